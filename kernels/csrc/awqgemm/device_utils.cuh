@@ -1,0 +1,130 @@
+// Device-side building blocks shared by the kernel families: int4 -> 16-bit
+// conversion, vector loads, and the 16-bit type traits.
+#pragma once
+
+#include <cuda_fp16.h>
+#if !defined(AWQGEMM_NO_BF16)
+#include <cuda_bf16.h>
+#endif
+#include "portable_types.h"
+
+namespace awqgemm {
+
+// std::is_same without <type_traits>, which NVRTC does not ship.
+template <typename A, typename B>
+struct SameType {
+  static constexpr bool value = false;
+};
+template <typename A>
+struct SameType<A, A> {
+  static constexpr bool value = true;
+};
+
+template <typename T>
+struct Half2Of;
+template <>
+struct Half2Of<__half> {
+  using type = __half2;
+  // (magic | q) reinterpreted as fp16 is exactly 1024 + q for q in 0..15.
+  static constexpr uint32_t kMagic = 0x64006400u;
+  static constexpr float kMagicValue = 1024.f;
+};
+#if !defined(AWQGEMM_NO_BF16)
+template <>
+struct Half2Of<__nv_bfloat16> {
+  using type = __nv_bfloat162;
+  // bf16 has 7 mantissa bits: 0x4300 is 128.0 and (0x4300 | q) is 128 + q.
+  static constexpr uint32_t kMagic = 0x43004300u;
+  static constexpr float kMagicValue = 128.f;
+};
+#endif
+
+__device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t mask, uint32_t magic) {
+  uint32_t r;
+  // (a & mask) | magic in one instruction.
+  asm volatile("lop3.b32 %0, %1, %2, %3, 0xea;\n" : "=r"(r) : "r"(a), "r"(mask), "r"(magic));
+  return r;
+}
+
+__device__ __forceinline__ __half2 h2_sub(__half2 a, __half2 b) { return __hsub2(a, b); }
+__device__ __forceinline__ __half2 h2_mul(__half2 a, __half2 b) { return __hmul2(a, b); }
+#if !defined(AWQGEMM_NO_BF16)
+// bf16 pair arithmetic exists as instructions from sm_80 on; the families that
+// run bf16 are sm_80+, so older targets never instantiate these.
+__device__ __forceinline__ __nv_bfloat162 h2_sub(__nv_bfloat162 a, __nv_bfloat162 b) { return __hsub2(a, b); }
+__device__ __forceinline__ __nv_bfloat162 h2_mul(__nv_bfloat162 a, __nv_bfloat162 b) { return __hmul2(a, b); }
+#endif
+
+template <typename H2>
+__device__ __forceinline__ uint32_t as_u32(H2 v) { return *reinterpret_cast<uint32_t*>(&v); }
+template <typename H2>
+__device__ __forceinline__ H2 from_u32(uint32_t v) { return *reinterpret_cast<H2*>(&v); }
+
+// Dequantizes one packed word (8 nibbles) into 4 A-operand registers.
+// Register i takes its (scale, zero) from row pair entry row_of(i): families
+// whose fragment alternates rows r / r + 8 per register use i & 1, those that
+// keep a row's registers together use i >> 1.
+template <typename T, bool kRowAlternates>
+__device__ __forceinline__ void dequant_word(uint32_t word, const uint32_t zero2[2], const uint32_t scale2[2],
+                                             uint32_t a[4]) {
+  using H2 = typename Half2Of<T>::type;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = kRowAlternates ? (i & 1) : (i >> 1);
+    const uint32_t biased = lop3_and_or(word >> (4 * i), 0x000F000Fu, Half2Of<T>::kMagic);
+    // (magic + q) - (magic + z) is exact; the multiply rounds once.
+    const H2 qz = h2_sub(from_u32<H2>(biased), from_u32<H2>(zero2[r]));
+    a[i] = as_u32(h2_mul(qz, from_u32<H2>(scale2[r])));
+  }
+}
+
+// Splits a (scale, zero+magic) pair word into broadcast pairs.
+__device__ __forceinline__ void split_scale_zero(uint32_t sz, uint32_t& scale2, uint32_t& zero2) {
+  const uint32_t lo = sz & 0xFFFFu, hi = sz >> 16;
+  scale2 = lo | (lo << 16);
+  zero2 = hi | (hi << 16);
+}
+
+// Read-only 16-byte load. Weights are streamed once, so keep them out of L1.
+__device__ __forceinline__ uint4 ldg_stream_u4(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// Activations are re-read by every block along N: let them live in L1/L2.
+__device__ __forceinline__ uint4 ldg_u4(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ uint2 ldg_u2(const void* p) {
+  uint2 v;
+  asm volatile("ld.global.nc.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+#if !defined(AWQGEMM_NO_BF16)
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+#endif
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v);
+template <>
+__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+#if !defined(AWQGEMM_NO_BF16)
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+#endif
+
+}  // namespace awqgemm

@@ -1,0 +1,24 @@
+// Entry points of the kernel families. Each lives in its own translation unit,
+// named for its architecture and MMA shape.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "tile_config.h"
+#include "problem.h"
+
+namespace awqgemm {
+
+cudaError_t launch_sm80_m16n8k16(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream);
+cudaError_t launch_sm75_m16n8k8(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream);
+cudaError_t launch_sm70_m8n8k4(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream);
+
+// fp32 split-K partials [splits][M][N] (+ bias) -> out.
+cudaError_t launch_splitk_reduce(const GemmProblem& p, int splits, cudaStream_t stream);
+
+// Packed weight -> dense transposed weight wt[N][K] in the activation dtype,
+// for the large-M path (a dense GEMM on the result).
+cudaError_t launch_dequantize_t(const void* qweight, const void* scale_zero, int layout, DType dtype, int N, int K,
+                                int group_size, void* wt, cudaStream_t stream);
+
+}  // namespace awqgemm

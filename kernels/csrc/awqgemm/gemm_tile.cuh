@@ -1,0 +1,322 @@
+// The tensor-core W4A16 kernel skeleton shared by the sm70, sm75 and sm80
+// families. A family supplies its MMA (a 16n x 8m x 16k step with the
+// m16n8k16 fragment layout, however its hardware spells that) and says whether
+// weights may travel by cp.async.
+//
+// Work split:
+//   blockIdx.x -> NT tiles of 16 output columns n
+//   blockIdx.y -> MT tiles of 8 tokens m
+//   blockIdx.z -> a slice of K (split-K across blocks; fp32 partials go to the
+//                 caller's workspace and a second kernel sums them)
+//   warps      -> interleaved 64-wide k-tiles inside the slice (split-K inside
+//                 the block, summed through shared memory). Interleaving keeps
+//                 a block's concurrent weight reads contiguous in DRAM.
+// Every lane loads its own 16 bytes of each weight tile and its own 32 bytes of
+// activations (see packed_layout.h), so no data is exchanged between lanes
+// before the MMA.
+#pragma once
+
+#include "device_utils.cuh"
+#include "packed_layout.h"
+#include "problem.h"
+#include "tile_config.h"
+
+namespace awqgemm {
+
+
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  // .cg: cache in L2 only -- each weight byte is used by exactly one block.
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+// Lane roles of the m16n8k8 / m16n8k16 fragments (sm75, sm80): lane 4 g + q
+// holds weight rows g and g + 8, activation row g, and k 16 q .. 16 q + 15 of
+// every 64-k tile (packed layout 1).
+struct M16n8Lanes {
+  static constexpr int kAcc = 4;
+  static constexpr int kLayout = kLayoutTc16x64;
+  __device__ __forceinline__ static int w_row(int lane) { return lane >> 2; }
+  __device__ __forceinline__ static int x_row(int lane) { return lane >> 2; }
+  __device__ __forceinline__ static int x_koff(int lane) { return 16 * (lane & 3); }
+  template <typename T>
+  __device__ __forceinline__ static void dequant(uint32_t w, const uint32_t z[2], const uint32_t s[2], uint32_t a[4]) {
+    dequant_word<T, true>(w, z, s, a);
+  }
+  // Register i of a dequantized word: row half and first k (it holds k, k + 1).
+  __device__ __forceinline__ static int reg_row_half(int i) { return i & 1; }
+  __device__ __forceinline__ static int reg_k(int i) { return 2 * (i >> 1); }
+  static constexpr int kOwn = 4;
+  __device__ __forceinline__ static void finish(const float (&c)[kAcc], float (&own)[kOwn], int) {
+#pragma unroll
+    for (int i = 0; i < kOwn; ++i) own[i] = c[i];
+  }
+  // C fragment: c0, c1 -> row g, columns 2q, 2q + 1; c2, c3 -> row g + 8.
+  __device__ __forceinline__ static void coord(int lane, int i, int& m, int& n) {
+    m = 2 * (lane & 3) + (i & 1);
+    n = (lane >> 2) + 8 * (i >> 1);
+  }
+};
+
+// Lane roles of Volta's m8n8k4 (packed layout 2); see gemm_sm70_m8n8k4.cu.
+// A (.row) / B (.col) fragments: lane holds row / column (lane % 4) +
+// 4 (lane >= 16) of its quad pair's 8x8 block; quad pair j = (lane >> 2) & 3
+// takes k chunk j of every 16-k step.
+struct Volta884Lanes {
+  static constexpr int kAcc = 16;  // 2 instructions x 8 fp32 accumulators
+  static constexpr int kLayout = kLayoutVolta884;
+  __device__ __forceinline__ static int w_row(int lane) { return (lane & 3) + 4 * (lane >> 4); }
+  __device__ __forceinline__ static int x_row(int lane) { return (lane & 3) + 4 * (lane >> 4); }
+  __device__ __forceinline__ static int x_koff(int lane) { return 16 * ((lane >> 2) & 3); }
+  template <typename T>
+  __device__ __forceinline__ static void dequant(uint32_t w, const uint32_t z[2], const uint32_t s[2], uint32_t a[4]) {
+    dequant_word<T, false>(w, z, s, a);  // registers {0,1}: row r, {2,3}: row r + 8
+  }
+  __device__ __forceinline__ static int reg_row_half(int i) { return i >> 1; }
+  __device__ __forceinline__ static int reg_k(int i) { return 2 * (i & 1); }
+  // Quad pairs differ in lane bits 2 and 3: a butterfly over them gives every
+  // quad pair the full sums; quad pair j then keeps accumulators 4j .. 4j + 3,
+  // so each lane owns 4 outputs, as in the m16n8 families.
+  static constexpr int kOwn = 4;
+  __device__ __forceinline__ static void finish(float (&c)[kAcc], float (&own)[kOwn], int lane) {
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) {
+      c[i] += __shfl_xor_sync(0xffffffffu, c[i], 4);
+      c[i] += __shfl_xor_sync(0xffffffffu, c[i], 8);
+    }
+    const int qp = (lane >> 2) & 3;
+#pragma unroll
+    for (int t = 0; t < kOwn; ++t) {
+      // Selects with constant indices: a lane-dependent index would spill c.
+      own[t] = qp == 0 ? c[t] : qp == 1 ? c[4 + t] : qp == 2 ? c[8 + t] : c[12 + t];
+    }
+  }
+  // f32 accumulator j of an m8n8k4 block sits at
+  //   row (lane & 1) + (j & 2) + 4 (lane >= 16), column (j & 4) + (lane & 2) + (j & 1);
+  // rows are weight columns n (8 h + row), columns are tokens m.
+  __device__ __forceinline__ static void coord(int lane, int t, int& m, int& n) {
+    const int i = 4 * ((lane >> 2) & 3) + t;
+    const int h = i >> 3, j = i & 7;
+    n = 8 * h + (lane & 1) + (j & 2) + 4 * (lane >> 4);
+    m = (j & 4) + (lane & 2) + (j & 1);
+  }
+};
+
+template <int MT, int NT>
+struct StageRegs {
+  uint4 w[NT];
+  uint4 x[MT][2];
+  uint2 sz[NT];
+};
+
+// A family (Fam) describes how its MMA sees the lanes:
+//   kAcc                 fp32 accumulators per lane per (8 m x 16 n) tile
+//   kLayout              the packed layout id it reads
+//   w_row(lane)          row r (0..7) of its weights: rows r and r + 8 of a tile
+//   x_row(lane)          token row (0..7) of the activations it loads
+//   x_koff(lane)         first of its 16 contiguous k inside a 64-k tile
+//   supported<T>()       false where the arch lacks the instruction
+//   dequant<T>(w, z, s, a)  one packed word -> 4 A-operand registers
+//   mma<T>(c, a, b0, b1) a 16 n x 8 m x 16 k step
+//   finish(c, own, lane) cross-lane reduction; leaves kOwn outputs per lane
+//   coord(lane, t, m, n) where owned output t of a lane lands
+template <typename T, int MT, int NT, int KWARPS, int STAGES, class Fam, bool kAsyncWeights>
+__global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem p, const int splits) {
+  if constexpr (!Fam::template supported<T>()) {
+    __trap();  // never launched: the dispatcher checks the family first
+  } else {
+    constexpr int kThreads = KWARPS * 32;
+    constexpr int kAcc = Fam::kAcc;
+    constexpr int kOwn = Fam::kOwn;
+    constexpr int kAccPerWarp = MT * NT * kOwn;
+    constexpr int kAsyncBytes = kAsyncWeights ? STAGES * NT * kThreads * 16 : 0;
+    constexpr int kReduceBytes = KWARPS > 1 ? KWARPS * kAccPerWarp * 32 * 4 : 0;
+    constexpr int kSmemBytes = (kAsyncBytes > kReduceBytes ? kAsyncBytes : kReduceBytes) + 16;
+    __shared__ uint4 smem[kSmemBytes / 16];
+
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int koff = Fam::x_koff(lane);
+
+    const int ktiles = padded_k(p.K) / kTileK;
+    const int ntiles = padded_n(p.N) / kTileN;
+    const int nt0 = blockIdx.x * NT;
+    const int m0 = blockIdx.y * (8 * MT);
+
+    const int per_split = ceil_div(ktiles, splits);
+    const int kt_begin = blockIdx.z * per_split;
+    const int kt_end = min(ktiles, kt_begin + per_split);
+    const int first = kt_begin + warp;
+    const int n_my = first < kt_end ? ceil_div(kt_end - first, KWARPS) : 0;
+
+    // Column tiles past the end re-read the last real tile; their results are
+    // never stored. Rows past M re-read row M - 1 for the same reason: column m
+    // of the MMA output depends only on column m of B.
+    const uint4* wptr[NT];
+    int ntc[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      ntc[nt] = min(nt0 + nt, ntiles - 1);
+      wptr[nt] = reinterpret_cast<const uint4*>(p.qweight) + static_cast<size_t>(ntc[nt]) * ktiles * 32 + lane;
+    }
+    const T* xptr[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const int row = min(m0 + mt * 8 + Fam::x_row(lane), p.M - 1);
+      xptr[mt] = reinterpret_cast<const T*>(p.x) + static_cast<size_t>(row) * p.x_row_stride + koff;
+    }
+    const uint2* szptr = reinterpret_cast<const uint2*>(p.scale_zero) + Fam::w_row(lane);
+
+    float acc[MT][NT][kAcc];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int i = 0; i < kAcc; ++i) acc[mt][nt][i] = 0.f;
+
+    uint4* sw = smem;  // [STAGES][NT][kThreads] when weights travel by cp.async
+    StageRegs<MT, NT> st[STAGES];
+
+    auto fetch = [&](StageRegs<MT, NT>& s, const int slot, const int i) {
+      if (i < n_my) {
+        const int kt = first + i * KWARPS;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          if constexpr (kAsyncWeights) {
+            cp_async_16(&sw[(slot * NT + nt) * kThreads + threadIdx.x], wptr[nt] + static_cast<size_t>(kt) * 32);
+          } else {
+            s.w[nt] = ldg_stream_u4(wptr[nt] + static_cast<size_t>(kt) * 32);
+          }
+        }
+        const int kx = kt * kTileK + koff;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          if (kx < p.K) {
+            s.x[mt][0] = ldg_u4(xptr[mt] + kt * kTileK);
+            s.x[mt][1] = ldg_u4(xptr[mt] + kt * kTileK + 8);
+          } else {  // K tail: the padded weights are zero, and so must x be (0 * NaN).
+            s.x[mt][0] = make_uint4(0, 0, 0, 0);
+            s.x[mt][1] = make_uint4(0, 0, 0, 0);
+          }
+        }
+        const int grp = kx / p.group_size;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          s.sz[nt] = ldg_u2(szptr + (static_cast<size_t>(grp) * ntiles + ntc[nt]) * 8);
+        }
+      }
+      if constexpr (kAsyncWeights) cp_async_commit();  // empty groups keep the count uniform
+    };
+
+    auto compute = [&](StageRegs<MT, NT>& s, const int slot) {
+      uint4 w[NT];
+      if constexpr (kAsyncWeights) {
+        cp_async_wait<STAGES - 1>();
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) w[nt] = sw[(slot * NT + nt) * kThreads + threadIdx.x];
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) w[nt] = s.w[nt];
+      }
+      uint32_t scale2[NT][2], zero2[NT][2];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        split_scale_zero(s.sz[nt].x, scale2[nt][0], zero2[nt][0]);
+        split_scale_zero(s.sz[nt].y, scale2[nt][1], zero2[nt][1]);
+      }
+#pragma unroll
+      for (int step = 0; step < 4; ++step) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const uint32_t word = step == 0 ? w[nt].x : step == 1 ? w[nt].y : step == 2 ? w[nt].z : w[nt].w;
+          uint32_t a[4];
+          Fam::template dequant<T>(word, zero2[nt], scale2[nt], a);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            const uint4& xv = s.x[mt][step >> 1];
+            const uint32_t b0 = (step & 1) ? xv.z : xv.x;
+            const uint32_t b1 = (step & 1) ? xv.w : xv.y;
+            Fam::template mma<T>(acc[mt][nt], a, b0, b1);
+          }
+        }
+      }
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) fetch(st[s], s, s);
+    for (int i0 = 0; i0 < n_my; i0 += STAGES) {
+#pragma unroll
+      for (int s = 0; s < STAGES; ++s) {
+        if (i0 + s < n_my) compute(st[s], s);
+        fetch(st[s], s, i0 + s + STAGES);
+      }
+    }
+
+    // Epilogue: each lane owns kOwn outputs per (mt, nt) tile after finish();
+    // owned value idx = (mt * NT + nt) * kOwn + t of lane ln -> (m, n).
+    float own[MT][NT][kOwn];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) Fam::finish(acc[mt][nt], own[mt][nt], lane);
+
+    auto store = [&](const int idx, const int ln, const float v) {
+      const int mt = idx / (NT * kOwn);
+      const int nt = (idx / kOwn) % NT;
+      int mo, no;
+      Fam::coord(ln, idx % kOwn, mo, no);
+      const int m = m0 + mt * 8 + mo;
+      const int n = (nt0 + nt) * kTileN + no;
+      if (m >= p.M || n >= p.N) return;
+      if (splits == 1) {
+        float r = v;
+        if (p.bias != nullptr) r += to_float(reinterpret_cast<const T*>(p.bias)[n]);
+        reinterpret_cast<T*>(p.out)[static_cast<size_t>(m) * p.out_row_stride + n] = from_float<T>(r);
+      } else {
+        p.workspace[(static_cast<size_t>(blockIdx.z) * p.M + m) * p.N + n] = v;
+      }
+    };
+
+    if constexpr (KWARPS > 1) {
+      if constexpr (kAsyncWeights) cp_async_wait<0>();
+      __syncthreads();
+      float* red = reinterpret_cast<float*>(smem);  // [KWARPS][kAccPerWarp][32]
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int t = 0; t < kOwn; ++t) red[(warp * kAccPerWarp + (mt * NT + nt) * kOwn + t) * 32 + lane] = own[mt][nt][t];
+      __syncthreads();
+      for (int e = threadIdx.x; e < kAccPerWarp * 32; e += kThreads) {
+        float v = 0.f;
+#pragma unroll
+        for (int w = 0; w < KWARPS; ++w) v += red[w * kAccPerWarp * 32 + e];
+        store(e >> 5, e & 31, v);
+      }
+    } else {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int t = 0; t < kOwn; ++t) store((mt * NT + nt) * kOwn + t, lane, own[mt][nt][t]);
+    }
+  }
+}
+
+}  // namespace awqgemm

@@ -1,0 +1,51 @@
+// The problem descriptor every kernel family consumes.
+//
+// Kept as a plain struct (no torch types) so the core never links libtorch and
+// so later work -- grouped GEMM over MoE experts, a Hopper wgmma path -- adds
+// fields instead of new entry points.
+#pragma once
+
+#include "portable_types.h"
+
+namespace awqgemm {
+
+enum class DType : int { kFloat16 = 0, kBFloat16 = 1 };
+
+// Kernel families, one per MMA generation. kAuto lets the dispatcher pick by
+// compute capability; the others are forced only by tests.
+enum class Family : int { kAuto = 0, kSm70 = 70, kSm75 = 75, kSm80 = 80 };
+
+struct GemmProblem {
+  // Logical sizes: out[M, N] = x[M, K] @ W[K, N] (+ bias[N]).
+  int M = 0;
+  int N = 0;
+  int K = 0;
+  int group_size = 0;
+  DType dtype = DType::kFloat16;
+
+  // Activations and output, row-major with explicit row strides (elements).
+  const void* x = nullptr;
+  int64_t x_row_stride = 0;
+  void* out = nullptr;
+  int64_t out_row_stride = 0;
+  const void* bias = nullptr;  // [N] or nullptr
+
+  // Packed weight (see packed_layout.h): tiles of 16 n x 64 k.
+  const void* qweight = nullptr;
+  const void* scale_zero = nullptr;
+
+  // Batched / grouped problems (MoE experts). Only num_batches == 1 is
+  // implemented today; the strides are here so the descriptor does not change
+  // when grouped GEMM lands. row_offsets, when set, gives each batch's first
+  // row in x/out (size num_batches + 1), as MoE token routing produces.
+  int num_batches = 1;
+  int64_t qweight_batch_stride = 0;     // in 32-bit words
+  int64_t scale_zero_batch_stride = 0;  // in elements
+  const int32_t* row_offsets = nullptr;
+
+  // fp32 scratch for split-K partial sums, owned by the caller (torch).
+  float* workspace = nullptr;
+  int64_t workspace_bytes = 0;
+};
+
+}  // namespace awqgemm

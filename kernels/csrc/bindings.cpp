@@ -1,0 +1,180 @@
+// The nanobind module awqgemm._C: a thin, torch-free shim. Tensors arrive as
+// raw device pointers with their shapes already validated by the Python layer
+// (awqgemm/_ops.py); this file only plans, launches and reports CUDA errors as
+// Python exceptions. Nothing here allocates device memory or synchronizes.
+#include <cuda_runtime.h>
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "awqgemm/dispatch.h"
+#include "awqgemm/families.h"
+
+namespace nb = nanobind;
+using namespace awqgemm;
+
+namespace {
+
+// Runs on the caller's device without disturbing the thread's current one.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    if (cudaGetDevice(&prev_) != cudaSuccess) prev_ = -1;
+    if (prev_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() {
+    int now = -1;
+    if (prev_ >= 0 && cudaGetDevice(&now) == cudaSuccess && now != prev_) cudaSetDevice(prev_);
+  }
+  static void check(cudaError_t err, const char* what) {
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      throw std::runtime_error(std::string("awqgemm: ") + what + " failed: " + cudaGetErrorString(err));
+    }
+  }
+
+ private:
+  int prev_ = -1;
+};
+
+DType to_dtype(int d) {
+  if (d == 0) return DType::kFloat16;
+  if (d == 1) return DType::kBFloat16;
+  throw nb::value_error("awqgemm: dtype code must be 0 (float16) or 1 (bfloat16)");
+}
+
+Family to_family(int f) {
+  switch (f) {
+    case 0: return Family::kAuto;
+    case 70: return Family::kSm70;
+    case 75: return Family::kSm75;
+    case 80: return Family::kSm80;
+    default: throw nb::value_error("awqgemm: kernel family must be one of 0 (auto), 70, 75, 80");
+  }
+}
+
+Family resolve(int family, int dtype, int device) {
+  const DeviceInfo dev = device_info(device);
+  if (dev.capability == 0) throw std::runtime_error("awqgemm: cannot query CUDA device " + std::to_string(device));
+  std::string why;
+  const Family f = choose_family(to_family(family), dev.capability, to_dtype(dtype), &why);
+  if (f == Family::kAuto) throw nb::value_error(("awqgemm: " + why).c_str());
+  return f;
+}
+
+std::vector<int> parse_archs(const char* list, bool want_ptx) {
+  // CMake's CUDA_ARCHITECTURES syntax: "80" = SASS + PTX, "80-real" = SASS,
+  // "80-virtual" = PTX.
+  std::vector<int> out;
+  std::string s(list), item;
+  for (size_t i = 0; i <= s.size(); ++i) {
+    if (i == s.size() || s[i] == ';' || s[i] == ',') {
+      if (!item.empty()) {
+        const bool real = item.find("-real") != std::string::npos;
+        const bool virt = item.find("-virtual") != std::string::npos;
+        const int arch = std::stoi(item);
+        if (want_ptx ? !real : !virt) out.push_back(arch);
+      }
+      item.clear();
+    } else {
+      item.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+#ifndef AWQGEMM_CUDA_ARCHS
+#define AWQGEMM_CUDA_ARCHS ""
+#endif
+#ifndef AWQGEMM_VERSION
+#define AWQGEMM_VERSION "0.0.0"
+#endif
+
+NB_MODULE(_C, m) {
+  m.doc() = "awqgemm CUDA kernels (torch-free core; use the awqgemm package, not this module)";
+
+  m.def("family_for", [](int family, int dtype, int device) { return static_cast<int>(resolve(family, dtype, device)); },
+        nb::arg("family"), nb::arg("dtype"), nb::arg("device"));
+
+  m.def("layout_for", [](int family) { return layout_for(to_family(family)); }, nb::arg("family"));
+
+  m.def(
+      "plan",
+      [](int family, int dtype, int M, int N, int K, int device) {
+        const Family f = resolve(family, dtype, device);
+        const Plan plan = make_plan(f, device_info(device), M, N, K);
+        return std::make_tuple(static_cast<int>(plan.family), plan.tile.mt, plan.tile.nt, plan.tile.splits,
+                               plan.workspace_bytes);
+      },
+      nb::arg("family"), nb::arg("dtype"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
+      "(family, mt, nt, splits, workspace_bytes) for a problem: deterministic, so a captured graph replays it");
+
+  m.def(
+      "gemm",
+      [](int family, int dtype, int M, int N, int K, int group_size, uintptr_t x, int64_t x_stride,
+         uintptr_t qweight, uintptr_t scale_zero, uintptr_t bias, uintptr_t out, int64_t out_stride,
+         uintptr_t workspace, int64_t workspace_bytes, int device, uintptr_t stream) {
+        const Family f = resolve(family, dtype, device);
+        const Plan plan = make_plan(f, device_info(device), M, N, K);
+        if (plan.workspace_bytes > workspace_bytes) {
+          throw nb::value_error(("awqgemm: workspace of " + std::to_string(workspace_bytes) +
+                                 " bytes is smaller than the plan's " + std::to_string(plan.workspace_bytes))
+                                    .c_str());
+        }
+        GemmProblem p;
+        p.M = M;
+        p.N = N;
+        p.K = K;
+        p.group_size = group_size;
+        p.dtype = to_dtype(dtype);
+        p.x = reinterpret_cast<const void*>(x);
+        p.x_row_stride = x_stride;
+        p.qweight = reinterpret_cast<const void*>(qweight);
+        p.scale_zero = reinterpret_cast<const void*>(scale_zero);
+        p.bias = reinterpret_cast<const void*>(bias);
+        p.out = reinterpret_cast<void*>(out);
+        p.out_row_stride = out_stride;
+        p.workspace = reinterpret_cast<float*>(workspace);
+        p.workspace_bytes = workspace_bytes;
+        DeviceGuard guard(device);
+        DeviceGuard::check(run_gemm(plan, p, reinterpret_cast<cudaStream_t>(stream)), "gemm launch");
+      },
+      nb::arg("family"), nb::arg("dtype"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("group_size"),
+      nb::arg("x"), nb::arg("x_stride"), nb::arg("qweight"), nb::arg("scale_zero"), nb::arg("bias"), nb::arg("out"),
+      nb::arg("out_stride"), nb::arg("workspace"), nb::arg("workspace_bytes"), nb::arg("device"), nb::arg("stream"));
+
+  m.def(
+      "dequantize_t",
+      [](int layout, int dtype, int N, int K, int group_size, uintptr_t qweight, uintptr_t scale_zero, uintptr_t wt,
+         int device, uintptr_t stream) {
+        DeviceGuard guard(device);
+        DeviceGuard::check(launch_dequantize_t(reinterpret_cast<const void*>(qweight),
+                                               reinterpret_cast<const void*>(scale_zero), layout, to_dtype(dtype), N,
+                                               K, group_size, reinterpret_cast<void*>(wt),
+                                               reinterpret_cast<cudaStream_t>(stream)),
+                           "dequantize launch");
+      },
+      nb::arg("layout"), nb::arg("dtype"), nb::arg("N"), nb::arg("K"), nb::arg("group_size"), nb::arg("qweight"),
+      nb::arg("scale_zero"), nb::arg("wt"), nb::arg("device"), nb::arg("stream"));
+
+  m.def("build_info", []() {
+    nb::dict d;
+    d["version"] = AWQGEMM_VERSION;
+    d["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string((CUDART_VERSION % 1000) / 10);
+    d["cuda_architectures"] = AWQGEMM_CUDA_ARCHS;
+    d["sass_archs"] = parse_archs(AWQGEMM_CUDA_ARCHS, false);
+    d["ptx_archs"] = parse_archs(AWQGEMM_CUDA_ARCHS, true);
+    d["kernel_families"] = std::vector<std::string>{"sm70_m8n8k4", "sm75_m16n8k8", "sm80_m16n8k16"};
+    return d;
+  });
+
+}

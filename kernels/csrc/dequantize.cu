@@ -1,0 +1,100 @@
+// Arch-neutral helpers: the split-K reduction and dequantization to a dense
+// weight (the large-M path hands that to cuBLAS through torch).
+#include "awqgemm/families.h"
+#include "awqgemm/gemm_tile.cuh"
+
+namespace awqgemm {
+namespace {
+
+template <typename T>
+__global__ void splitk_reduce_kernel(const GemmProblem p, const int splits) {
+  const int64_t total = static_cast<int64_t>(p.M) * p.N;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v = 0.f;
+    for (int s = 0; s < splits; ++s) v += p.workspace[s * total + idx];
+    const int m = static_cast<int>(idx / p.N);
+    const int n = static_cast<int>(idx % p.N);
+    if (p.bias != nullptr) v += to_float(reinterpret_cast<const T*>(p.bias)[n]);
+    reinterpret_cast<T*>(p.out)[static_cast<int64_t>(m) * p.out_row_stride + n] = from_float<T>(v);
+  }
+}
+
+// One thread per packed word: 8 weights = 4 register pairs, each pair two
+// consecutive k of one row n, stored as one 32-bit write into wt[n][k].
+template <typename T, class Lanes>
+__global__ void dequantize_t_kernel(const uint32_t* qweight, const uint2* scale_zero, int N, int K, int group_size,
+                                    T* wt) {
+  const int ktiles = padded_k(K) / kTileK;
+  const int ntiles = padded_n(N) / kTileN;
+  const int64_t words = static_cast<int64_t>(ntiles) * ktiles * kWordsPerTile;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < words;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int step = static_cast<int>(idx & 3);
+    const int lane = static_cast<int>((idx >> 2) & 31);
+    const int64_t tile = idx >> 7;
+    const int kt = static_cast<int>(tile % ktiles);
+    const int nt = static_cast<int>(tile / ktiles);
+    const int kbase = kt * kTileK + Lanes::x_koff(lane) + 4 * step;
+    if (kbase >= K) continue;  // K is a multiple of 32, so a lane's 16 k are all in or all out
+    const int grp = kbase / group_size;
+    const uint2 sz = scale_zero[(static_cast<int64_t>(grp) * ntiles + nt) * 8 + Lanes::w_row(lane)];
+    uint32_t scale2[2], zero2[2], a[4];
+    split_scale_zero(sz.x, scale2[0], zero2[0]);
+    split_scale_zero(sz.y, scale2[1], zero2[1]);
+    Lanes::template dequant<T>(qweight[idx], zero2, scale2, a);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int n = nt * kTileN + Lanes::w_row(lane) + 8 * Lanes::reg_row_half(i);
+      if (n < N) {
+        const int k = kbase + Lanes::reg_k(i);
+        *reinterpret_cast<uint32_t*>(wt + static_cast<int64_t>(n) * K + k) = a[i];
+      }
+    }
+  }
+}
+
+int grid_for(int64_t work, int threads) {
+  const int64_t blocks = (work + threads - 1) / threads;
+  return static_cast<int>(blocks < 65535 * 8 ? blocks : 65535 * 8);
+}
+
+template <typename T>
+cudaError_t dequantize_typed(const void* qweight, const void* scale_zero, int layout, int N, int K, int group_size,
+                             void* wt, cudaStream_t stream) {
+  const int64_t words = static_cast<int64_t>(padded_n(N) / kTileN) * (padded_k(K) / kTileK) * kWordsPerTile;
+  const int threads = 256;
+  const auto* qw = static_cast<const uint32_t*>(qweight);
+  const auto* sz = static_cast<const uint2*>(scale_zero);
+  if (layout == kLayoutTc16x64) {
+    dequantize_t_kernel<T, M16n8Lanes><<<grid_for(words, threads), threads, 0, stream>>>(qw, sz, N, K, group_size,
+                                                                                        static_cast<T*>(wt));
+  } else if (layout == kLayoutVolta884) {
+    dequantize_t_kernel<T, Volta884Lanes><<<grid_for(words, threads), threads, 0, stream>>>(qw, sz, N, K, group_size,
+                                                                                           static_cast<T*>(wt));
+  } else {
+    return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_splitk_reduce(const GemmProblem& p, int splits, cudaStream_t stream) {
+  const int threads = 256;
+  const int blocks = grid_for(static_cast<int64_t>(p.M) * p.N, threads);
+  if (p.dtype == DType::kBFloat16) {
+    splitk_reduce_kernel<__nv_bfloat16><<<blocks, threads, 0, stream>>>(p, splits);
+  } else {
+    splitk_reduce_kernel<__half><<<blocks, threads, 0, stream>>>(p, splits);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_dequantize_t(const void* qweight, const void* scale_zero, int layout, DType dtype, int N, int K,
+                                int group_size, void* wt, cudaStream_t stream) {
+  return dtype == DType::kBFloat16 ? dequantize_typed<__nv_bfloat16>(qweight, scale_zero, layout, N, K, group_size, wt, stream)
+                                   : dequantize_typed<__half>(qweight, scale_zero, layout, N, K, group_size, wt, stream);
+}
+
+}  // namespace awqgemm

@@ -1,0 +1,109 @@
+#include "awqgemm/dispatch.h"
+
+#include <mutex>
+#include <vector>
+
+#include "awqgemm/families.h"
+#include "awqgemm/packed_layout.h"
+
+namespace awqgemm {
+
+DeviceInfo device_info(int device) {
+  static std::mutex mu;
+  static std::vector<DeviceInfo> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  if (device < 0) return {};
+  if (static_cast<size_t>(device) >= cache.size()) cache.resize(device + 1);
+  DeviceInfo& info = cache[device];
+  if (info.capability == 0) {
+    int major = 0, minor = 0, sms = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+      cudaGetLastError();
+      return {};
+    }
+    info.capability = 10 * major + minor;
+    info.sm_count = sms;
+  }
+  return info;
+}
+
+Family choose_family(Family requested, int capability, DType dtype, std::string* why) {
+  Family f = requested;
+  if (f == Family::kAuto) {
+    if (capability >= 80) f = Family::kSm80;
+    else if (capability >= 75) f = Family::kSm75;
+    else if (capability >= 70) f = Family::kSm70;
+    else {
+      *why = "awqgemm needs compute capability 7.0 or newer, this GPU has " + std::to_string(capability / 10) + "." +
+             std::to_string(capability % 10);
+      return Family::kAuto;
+    }
+  }
+  const int need = static_cast<int>(f);
+  if (capability < need) {
+    *why = "kernel family sm" + std::to_string(need) + " needs compute capability " + std::to_string(need / 10) + "." +
+           std::to_string(need % 10) + ", this GPU has " + std::to_string(capability / 10) + "." +
+           std::to_string(capability % 10);
+    return Family::kAuto;
+  }
+  if (dtype == DType::kBFloat16 && f != Family::kSm80) {
+    *why = "bfloat16 needs the sm80 kernel family (compute capability 8.0+); use float16 on this GPU";
+    return Family::kAuto;
+  }
+  return f;
+}
+
+int layout_for(Family family) { return family == Family::kSm70 ? kLayoutVolta884 : kLayoutTc16x64; }
+
+Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
+  Plan plan;
+  plan.family = family;
+  TileConfig& t = plan.tile;
+  // Token tiles: decode batches fit one 8-row MMA tile; beyond 16 rows a block
+  // takes 32 rows and 64 columns so each weight byte feeds 4x more MMAs.
+  if (M <= 8) {
+    t.mt = 1;
+    t.nt = 2;
+  } else if (M <= 16) {
+    t.mt = 2;
+    t.nt = 2;
+  } else {
+    t.mt = 4;
+    t.nt = 4;
+  }
+  t.kwarps = kWarpsPerBlockDefault;
+  const int ntiles = padded_n(N) / kTileN;
+  const int ktiles = padded_k(K) / kTileK;
+  const int blocks = ceil_div(ntiles, t.nt) * ceil_div(M, 8 * t.mt);
+  // Aim for ~4 resident blocks (16 warps) per SM so enough weight loads are in
+  // flight to cover DRAM latency; split K across blocks when N alone is short,
+  // but keep >= 2 k-tiles per warp per split so the pipeline has work.
+  const int want = 4 * (dev.sm_count > 0 ? dev.sm_count : 80);
+  int splits = 1;
+  if (blocks < want) {
+    splits = ceil_div(want, blocks);
+    const int max_by_k = ktiles / (2 * t.kwarps);
+    if (splits > max_by_k) splits = max_by_k;
+    if (splits > 16) splits = 16;
+    if (splits < 1) splits = 1;
+  }
+  t.splits = splits;
+  plan.workspace_bytes = splits > 1 ? static_cast<int64_t>(splits) * M * N * 4 : 0;
+  return plan;
+}
+
+cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream) {
+  cudaError_t err = cudaErrorInvalidValue;
+  switch (plan.family) {
+    case Family::kSm80: err = launch_sm80_m16n8k16(p, plan.tile, stream); break;
+    case Family::kSm75: err = launch_sm75_m16n8k8(p, plan.tile, stream); break;
+    case Family::kSm70: err = launch_sm70_m8n8k4(p, plan.tile, stream); break;
+    default: break;
+  }
+  if (err != cudaSuccess || plan.tile.splits == 1) return err;
+  return launch_splitk_reduce(p, plan.tile.splits, stream);
+}
+
+}  // namespace awqgemm

@@ -1,0 +1,50 @@
+// Turing: mma.sync m16n8k8 (fp16 only -- bf16 MMA arrived with sm_80). The
+// packed layout was chosen so that a m16n8k16 step is exactly two m16n8k8
+// steps: A registers {0,1} and B register 0 are k 0..7, {2,3} and 1 are k 8..15.
+// No cp.async on Turing, so weights are prefetched into registers.
+#include "awqgemm/families.h"
+#include "awqgemm/launch.h"
+
+namespace awqgemm {
+namespace {
+
+struct MmaSm75 : M16n8Lanes {
+  template <typename T>
+  __host__ __device__ static constexpr bool supported() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 750
+    return false;
+#else
+    return SameType<T, __half>::value;
+#endif
+  }
+
+  template <typename T>
+  __device__ __forceinline__ static void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(b0));
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[2]), "r"(a[3]), "r"(b1));
+#endif
+  }
+};
+
+}  // namespace
+
+cudaError_t launch_sm75_m16n8k8(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
+  if (p.dtype != DType::kFloat16) return cudaErrorNotSupported;
+  switch (cfg.mt * 100 + cfg.nt) {
+    case 102: return launch_gemm_tc<__half, 1, 2, MmaSm75, false>(p, cfg, stream);
+    case 104: return launch_gemm_tc<__half, 1, 4, MmaSm75, false>(p, cfg, stream);
+    case 202: return launch_gemm_tc<__half, 2, 2, MmaSm75, false>(p, cfg, stream);
+    case 204: return launch_gemm_tc<__half, 2, 4, MmaSm75, false>(p, cfg, stream);
+    case 404: return launch_gemm_tc<__half, 4, 4, MmaSm75, false>(p, cfg, stream);
+    default: return cudaErrorInvalidConfiguration;
+  }
+}
+
+}  // namespace awqgemm

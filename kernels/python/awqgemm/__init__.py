@@ -1,0 +1,125 @@
+"""awqgemm: fast 4-bit AWQ (W4A16) GEMM for NVIDIA GPUs from Volta to Blackwell.
+
+Public API::
+
+    packed = awqgemm.pack_awq(qweight, qzeros, scales, group_size)  # once, at load
+    y = awqgemm.gemm(x, packed, bias)                                # every forward
+
+CUDA tensors run awqgemm's own kernels; CPU tensors run the pure-torch
+reference path. ``gemm`` is the custom op ``torch.ops.awqgemm.gemm`` with a fake
+implementation, so it works under ``torch.compile(fullgraph=True)`` and inside
+captured CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _layout, _ops, testing
+from ._ext import _C, have_cuda_kernels
+from ._validate import ACTIVATION_DTYPES, check_awq_inputs, check_tensor
+from .packed import PackedWeight
+from .reference import dequantize_awq, dequantize_packed, reference_gemm
+
+__all__ = [
+    "PackedWeight",
+    "build_info",
+    "dequantize_awq",
+    "dequantize_packed",
+    "gemm",
+    "have_cuda_kernels",
+    "pack_awq",
+    "reference_gemm",
+    "testing",
+]
+
+try:
+    from importlib.metadata import PackageNotFoundError, version
+
+    __version__ = version("awqgemm")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+local"
+
+
+def pack_awq(
+    qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int
+) -> PackedWeight:
+    """Repacks an AWQ checkpoint triple into the layout the kernels want.
+
+    Args:
+        qweight: int32 ``[K, N/8]``, AWQ nibble order (column ``j`` of each 8 in
+            nibble ``[0,4,1,5,2,6,3,7][j]``).
+        qzeros: int32 ``[K/G, N/8]``, same nibble order.
+        scales: float16 or bfloat16 ``[K/G, N]`` -- the activation dtype the
+            weight will be used with (float32 is accepted for CPU tensors only).
+        group_size: 32, 64 or 128; K must be a multiple of it.
+
+    Runs once, on the device the inputs live on, with memory only from torch
+    (temporaries are bounded to ~64 MiB chunks plus the unpacked ``[K, N]``
+    uint8 weight). N needs no alignment beyond AWQ's 8: the tail is padded to
+    the 16-column tile with zero weights, and K to the 64-wide tile likewise.
+    """
+    k_dim, n_dim = check_awq_inputs(qweight, qzeros, scales, group_size)
+    if scales.dtype == torch.float32 and scales.device.type == "cuda":
+        raise TypeError("awqgemm: float32 scales are only supported on CPU (reference path); use float16 or bfloat16")
+    layout = _ops.layout_for_device(scales.device, scales.dtype)
+    q = _layout.unpack_awq_int4(qweight)
+    packed_q = _layout.pack_qweight(q, layout)
+    del q
+    z = _layout.unpack_awq_int4(qzeros)
+    scale_zero = _layout.pack_scale_zero(scales, z, k_dim, group_size)
+    return PackedWeight(packed_q, scale_zero, k_dim, n_dim, group_size, layout)
+
+
+def gemm(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W + bias`` for ``x [..., K]`` -> ``[..., N]`` in ``x.dtype`` (fp32 accumulation)."""
+    check_tensor("x", x)
+    if not isinstance(packed, PackedWeight):
+        raise TypeError(f"awqgemm: packed must be an awqgemm.PackedWeight (from pack_awq), got {type(packed).__name__}")
+    allowed = ACTIVATION_DTYPES if x.device.type == "cuda" else (*ACTIVATION_DTYPES, torch.float32)
+    if x.dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(f"awqgemm: x must be {names} on {x.device.type}, got {x.dtype}")
+    if x.dtype != packed.dtype:
+        raise TypeError(
+            f"awqgemm: x is {x.dtype} but the weight was packed with {packed.dtype} scales; "
+            "pack with scales in the activation dtype"
+        )
+    if x.dim() < 1 or x.shape[-1] != packed.K:
+        raise ValueError(f"awqgemm: x must have shape [..., K={packed.K}], got {list(x.shape)}")
+    if x.device != packed.qweight.device or x.device != packed.scales.device:
+        raise ValueError(
+            f"awqgemm: x is on {x.device} but the packed weight is on {packed.qweight.device}; move one of them"
+        )
+    if packed.layout not in _layout.LAYOUTS:
+        raise ValueError(f"awqgemm: unknown packed layout {packed.layout}")
+    if bias is not None:
+        check_tensor("bias", bias)
+        if bias.shape != (packed.N,):
+            raise ValueError(f"awqgemm: bias must have shape [N={packed.N}], got {list(bias.shape)}")
+        if bias.dtype != x.dtype:
+            raise TypeError(f"awqgemm: bias must be {x.dtype} like x, got {bias.dtype}")
+        if bias.device != x.device:
+            raise ValueError(f"awqgemm: bias is on {bias.device} but x is on {x.device}")
+        bias = bias.contiguous()
+    return torch.ops.awqgemm.gemm(
+        x, packed.qweight, packed.scales, bias, packed.K, packed.N, packed.group_size, packed.layout
+    )
+
+
+def build_info() -> dict:
+    """What this build contains: version, CUDA version, SASS and PTX archs, kernel families."""
+    info: dict = {
+        "version": __version__,
+        "cuda_version": None,
+        "cuda_architectures": "",
+        "sass_archs": [],
+        "ptx_archs": [],
+        "kernel_families": [],
+    }
+    if _C is not None:
+        info.update(_C.build_info())
+        info["version"] = __version__
+    info["kernel_families"] = [*info["kernel_families"], "reference"]
+    info["torch_version"] = torch.__version__
+    return info

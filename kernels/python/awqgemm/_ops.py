@@ -1,0 +1,87 @@
+"""The ``awqgemm::gemm`` custom op: validation happens in :func:`awqgemm.gemm`,
+kernel choice inside the op, so compiled graphs see one opaque call whatever M
+turns out to be (vLLM compiles one graph for all token counts)."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _layout
+from ._ext import _C
+from .packed import PackedWeight
+from .reference import reference_gemm
+from .testing import state
+
+_DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1}
+
+# From this many tokens on, dequantizing into a dense weight (torch-allocated)
+# and running cuBLAS beats the fused kernel; see docs/perf-notes.md.
+DENSE_MIN_M = {80: 256, 75: 256, 70: 256}
+
+_lib = torch.library.Library("awqgemm", "DEF")
+_lib.define(
+    "gemm(Tensor x, Tensor qweight, Tensor scales, Tensor? bias, int K, int N, int group_size, int layout) -> Tensor"
+)
+
+
+def _gemm_cpu(x, qweight, scales, bias, K, N, group_size, layout):
+    packed = PackedWeight(qweight, scales, K, N, group_size, layout)
+    return reference_gemm(x, packed, bias)
+
+
+def _gemm_cuda(x, qweight, scales, bias, K, N, group_size, layout):
+    if _C is None:
+        raise RuntimeError(
+            "awqgemm: this build has no CUDA kernels (built with AWQGEMM_CUDA=0 or without nvcc); "
+            "install a CUDA build, or run on CPU tensors"
+        )
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, K)
+    if not x2.is_contiguous() or x2.data_ptr() % 16 != 0:
+        x2 = x2.contiguous() if not x2.is_contiguous() else x2.clone()
+    M = x2.shape[0]
+    if M == 0:
+        return x.new_empty((*lead, N))
+    if state.path == "reference":
+        return reference_gemm(x2, PackedWeight(qweight, scales, K, N, group_size, layout), bias).view(*lead, N)
+    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    dtype_code = _DTYPE_CODE[x.dtype]
+    family = _C.family_for(state.family, dtype_code, device)
+    if _C.layout_for(family) != layout:
+        raise ValueError(
+            f"awqgemm: the weight was packed in layout {layout} but kernel family sm{family} reads layout "
+            f"{_C.layout_for(family)}; pack the weight (awqgemm.pack_awq) on the device and settings that run it"
+        )
+    use_dense = state.path == "dense" or (state.path == "auto" and M >= DENSE_MIN_M[family])
+    if use_dense:
+        wt = torch.empty((N, K), dtype=x.dtype, device=x.device)
+        _C.dequantize_t(layout, dtype_code, N, K, group_size, qweight.data_ptr(), scales.data_ptr(), wt.data_ptr(),
+                        device, stream)
+        out = torch.matmul(x2, wt.t()) if bias is None else torch.addmm(bias, x2, wt.t())
+        return out.view(*lead, N)
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    _, _, _, _, ws_bytes = _C.plan(family, dtype_code, M, N, K, device)
+    ws = torch.empty((ws_bytes + 3) // 4, dtype=torch.float32, device=x.device) if ws_bytes else None
+    _C.gemm(family, dtype_code, M, N, K, group_size, x2.data_ptr(), K, qweight.data_ptr(), scales.data_ptr(),
+            0 if bias is None else bias.data_ptr(), out.data_ptr(), N, 0 if ws is None else ws.data_ptr(),
+            ws_bytes, device, stream)
+    return out.view(*lead, N)
+
+
+def _gemm_fake(x, qweight, scales, bias, K, N, group_size, layout):
+    return x.new_empty((*x.shape[:-1], N))
+
+
+_lib.impl("gemm", _gemm_cpu, "CPU")
+_lib.impl("gemm", _gemm_cuda, "CUDA")
+torch.library.register_fake("awqgemm::gemm", _gemm_fake, lib=_lib)
+
+
+def layout_for_device(device: torch.device, dtype: torch.dtype) -> int:
+    """The packed layout the kernels on ``device`` read (honouring test overrides)."""
+    if device.type != "cuda" or _C is None:
+        return _layout.LAYOUT_TC16X64
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    family = _C.family_for(state.family, _DTYPE_CODE[dtype], index)
+    return _C.layout_for(family)

@@ -1,0 +1,74 @@
+"""Input checks with errors that say what is wrong and what to do."""
+
+from __future__ import annotations
+
+import torch
+
+SUPPORTED_GROUP_SIZES = (32, 64, 128)
+ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(d) for d in t.shape) + "]"
+
+
+def check_tensor(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"awqgemm: {name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def check_group_size(group_size: object) -> int:
+    if isinstance(group_size, bool) or not isinstance(group_size, int):
+        raise TypeError(f"awqgemm: group_size must be an int, got {type(group_size).__name__}")
+    if group_size not in SUPPORTED_GROUP_SIZES:
+        raise ValueError(
+            f"awqgemm: group_size {group_size} is not supported; supported: {list(SUPPORTED_GROUP_SIZES)} "
+            "(per-channel or other groupings need a different kernel)"
+        )
+    return group_size
+
+
+def check_awq_inputs(
+    qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int
+) -> tuple[int, int]:
+    """Validates an AWQ checkpoint triple; returns (K, N)."""
+    check_tensor("qweight", qweight)
+    check_tensor("qzeros", qzeros)
+    check_tensor("scales", scales)
+    group_size = check_group_size(group_size)
+    for name, t in (("qweight", qweight), ("qzeros", qzeros)):
+        if t.dtype != torch.int32:
+            raise TypeError(f"awqgemm: {name} must be int32 (AWQ packs 8 int4 values per int32), got {t.dtype}")
+        if t.dim() != 2:
+            raise ValueError(f"awqgemm: {name} must be 2-D, got shape {_shape(t)}")
+    if scales.dtype not in (*ACTIVATION_DTYPES, torch.float32):
+        raise TypeError(f"awqgemm: scales must be float16 or bfloat16, got {scales.dtype}")
+    if scales.dim() != 2:
+        raise ValueError(f"awqgemm: scales must be 2-D [K / group_size, N], got shape {_shape(scales)}")
+    devices = {qweight.device, qzeros.device, scales.device}
+    if len(devices) != 1:
+        raise ValueError(
+            "awqgemm: qweight, qzeros and scales must be on the same device, got "
+            f"{qweight.device}, {qzeros.device}, {scales.device}"
+        )
+    k_dim, n_dim = qweight.shape[0], qweight.shape[1] * 8
+    if k_dim == 0 or n_dim == 0:
+        raise ValueError(f"awqgemm: qweight must be non-empty, got shape {_shape(qweight)}")
+    if k_dim % group_size != 0:
+        raise ValueError(
+            f"awqgemm: K = {k_dim} (qweight rows) is not a multiple of group_size {group_size}; "
+            "a tensor-parallel shard must split K on group boundaries"
+        )
+    groups = k_dim // group_size
+    if tuple(scales.shape) != (groups, n_dim):
+        raise ValueError(
+            f"awqgemm: scales must have shape [K / group_size, N] = [{groups}, {n_dim}] for qweight "
+            f"{_shape(qweight)} and group_size {group_size}, got {_shape(scales)}"
+        )
+    if tuple(qzeros.shape) != (groups, n_dim // 8):
+        raise ValueError(
+            f"awqgemm: qzeros must have shape [K / group_size, N / 8] = [{groups}, {n_dim // 8}], "
+            f"got {_shape(qzeros)}"
+        )
+    return k_dim, n_dim
