@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Builds awqgemm on the GPU machine, runs the GPU tests (every kernel family,
+# older ones forced onto this GPU), a compute-sanitizer memcheck subset, and
+# optionally the benchmark. Results and logs go to $OUT (or ./devrun).
+#
+#   bash ci/device_kernels.sh [tests|sanitizer|bench|all]...   (default: tests sanitizer)
+set -uo pipefail
+OUT=${OUT:-$PWD/devrun}
+mkdir -p "$OUT"
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(tests sanitizer)
+has() { local s; for s in "${steps[@]}"; do [ "$s" = "$1" ] || [ "$s" = all ] && return 0; done; return 1; }
+
+cap=$(python3 -c "import torch; c=torch.cuda.get_device_capability(); print(f'{c[0]}{c[1]}')")
+archs=${AWQGEMM_ARCHS:-${cap}-real}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+echo "== build awqgemm for ${archs} =="
+start=$(date +%s)
+CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=${archs}" CMAKE_BUILD_PARALLEL_LEVEL=16 \
+  python3 -m pip install --no-build-isolation --no-deps -q ./kernels >"$OUT/build.log" 2>&1 \
+  || { tail -50 "$OUT/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
+python3 -c "import awqgemm, json; print(json.dumps(awqgemm.build_info()))" | tee -a "$OUT/summary.txt"
+
+rc=0
+if has tests; then
+  echo "== GPU tests =="
+  (cd kernels && python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_gpu.py -s \
+     --junitxml="$OUT/gpu-tests.xml") >"$OUT/gpu-tests.log" 2>&1
+  r=$?; rc=$((rc | r))
+  grep -E "worst rel err|passed|failed|Error|error" "$OUT/gpu-tests.log" | tail -40
+fi
+if has sanitizer; then
+  echo "== compute-sanitizer memcheck (subset) =="
+  (cd kernels && compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
+     python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k sanitizer_subset) >"$OUT/sanitizer.log" 2>&1
+  r=$?; rc=$((rc | r))
+  tail -5 "$OUT/sanitizer.log"; echo "sanitizer rc=$r" | tee -a "$OUT/summary.txt"
+fi
+if has bench; then
+  echo "== benchmark =="
+  python3 benchmarks/gemm.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60
+fi
+exit $rc

@@ -1,0 +1,218 @@
+"""GPU tests: every kernel family against a float64 reference.
+
+Run on a GPU machine (ci/device_kernels.sh does it on the H100). Older families
+are forced onto newer GPUs through awqgemm.testing.force: their instructions
+remain valid there, so the same code that runs on a V100 / T4 is checked here.
+"""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+from conftest import has_gpu, random_awq
+
+import awqgemm
+from awqgemm import _layout
+
+pytestmark = pytest.mark.gpu
+
+M_SWEEP = [*range(1, 18), 31, 64, 127, 256, 1000, 4096]
+MODEL_SHAPES = {  # (K, N) of the linear layers
+    "llama3-8b": [(4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096)],
+    "qwen2.5-7b": [(3584, 4608), (3584, 3584), (3584, 37888), (18944, 3584)],
+    "llama2-7b": [(4096, 12288), (4096, 4096), (4096, 22016), (11008, 4096)],
+    # tensor-parallel shards: N not a multiple of 64, K not of 64*4 ...
+    "tp-shards": [(4096, 1376), (2752, 4096), (5504, 4096), (4736, 3584), (4096, 2368), (1120, 104)],
+}
+
+
+def families():
+    if not has_gpu():
+        return []
+    cap = torch.cuda.get_device_capability()
+    cc = 10 * cap[0] + cap[1]
+    return [f for f, need in (("sm70", 70), ("sm75", 75), ("sm80", 80)) if cc >= need]
+
+
+def dtypes_for(family):
+    return [torch.float16, torch.bfloat16] if family == "sm80" else [torch.float16]
+
+
+CASES = [(f, d) for f in ("sm70", "sm75", "sm80") for d in dtypes_for(f)]
+
+
+def skip_unless_family(family):
+    if family not in families():
+        pytest.skip(f"{family} family needs a newer GPU")
+
+
+def rel_err(out, ref):
+    return (torch.linalg.vector_norm(out.double() - ref) / torch.linalg.vector_norm(ref)).item()
+
+
+def check(x, qweight, qzeros, scales, group, bias=None, label=""):
+    """Runs awqgemm.gemm and checks it against float64 with a principled bound."""
+    packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
+    w = awqgemm.dequantize_awq(qweight, qzeros, scales, group)
+    m, n = x.shape[0], w.shape[1]
+    # Poison the allocator's free blocks so unwritten outputs show up as NaN.
+    torch.empty(max(m * n * 4, 1 << 20), dtype=torch.uint8, device=x.device).fill_(0xFF)
+    out = awqgemm.gemm(x, packed, bias)
+    ref = x.double() @ w.double() if bias is None else x.double() @ w.double() + bias.double()
+    # An honest 16-bit pipeline: dequantized weight in the dtype, fp32 accumulate, rounded output.
+    emulated = (x.float() @ w.float() + (0 if bias is None else bias.float())).to(x.dtype)
+    fixed = 2e-3 if x.dtype == torch.float16 else 1e-2
+    bound = max(fixed, 2 * rel_err(emulated, ref))
+    assert torch.isfinite(out).all(), f"{label}: non-finite output (unwritten or overflow)"
+    err = rel_err(out, ref)
+    assert err <= bound, f"{label}: rel err {err:.3e} > bound {bound:.3e}"
+    return err
+
+
+@pytest.mark.parametrize("family,dtype", CASES)
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_m_sweep(family, dtype, group):
+    skip_unless_family(family)
+    k, n = 1152, 1376  # N a TP-style shard; K = 18 tiles of 64
+    qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+    worst = 0.0
+    for path in ("fused", "auto"):
+        with awqgemm.testing.force(family=family, path=path):
+            for m in M_SWEEP:
+                x = torch.randn(m, k, dtype=dtype, device="cuda")
+                worst = max(worst, check(x, qweight, qzeros, scales, group, label=f"{family} {path} M={m}"))
+    print(f"{family} {dtype} g{group}: worst rel err {worst:.2e}")
+
+
+@pytest.mark.parametrize("family,dtype", CASES)
+@pytest.mark.parametrize("model", sorted(MODEL_SHAPES))
+def test_model_shapes(family, dtype, model):
+    skip_unless_family(family)
+    with awqgemm.testing.force(family=family):
+        for k, n in MODEL_SHAPES[model]:
+            group = 128 if k % 128 == 0 else 32
+            qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+            for m in (1, 5, 16, 33, 300):
+                x = torch.randn(m, k, dtype=dtype, device="cuda")
+                check(x, qweight, qzeros, scales, group, label=f"{family} {model} {k}x{n} M={m}")
+
+
+@pytest.mark.parametrize("family,dtype", CASES)
+def test_bias_and_k_tail(family, dtype):
+    skip_unless_family(family)
+    k, n = 1120, 104  # K % 64 == 32: the last k-tile is half padding
+    qweight, qzeros, scales = random_awq(k, n, 32, dtype, "cuda")
+    bias = torch.randn(n, dtype=dtype, device="cuda")
+    with awqgemm.testing.force(family=family, path="fused"):
+        for m in (1, 9, 40):
+            x = torch.randn(3, m, k, dtype=dtype, device="cuda")
+            packed = awqgemm.pack_awq(qweight, qzeros, scales, 32)
+            out = awqgemm.gemm(x, packed, bias)
+            assert out.shape == (3, m, n)
+            check(x.view(-1, k), qweight, qzeros, scales, 32, bias, label=f"{family} bias M={m}")
+
+
+def test_pack_on_gpu_matches_cpu():
+    qweight, qzeros, scales = random_awq(1152, 1376, 128, torch.float16)
+    cpu = awqgemm.pack_awq(qweight, qzeros, scales, 128)
+    gpu = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), 128)
+    if gpu.layout == cpu.layout:
+        assert torch.equal(gpu.qweight.cpu(), cpu.qweight)
+    assert torch.equal(gpu.scales.cpu(), cpu.scales)
+    with awqgemm.testing.force(family="sm70"):
+        volta = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), 128)
+    assert volta.layout == _layout.LAYOUT_VOLTA884
+    assert torch.equal(awqgemm.dequantize_packed(volta).cpu(), awqgemm.dequantize_awq(qweight, qzeros, scales, 128))
+
+
+@pytest.mark.parametrize("family,dtype", CASES)
+def test_cuda_graph_replay_equals_eager(family, dtype):
+    skip_unless_family(family)
+    k, n = 2048, 1376
+    qweight, qzeros, scales = random_awq(k, n, 128, dtype, "cuda")
+    with awqgemm.testing.force(family=family):
+        packed = awqgemm.pack_awq(qweight, qzeros, scales, 128)
+        for m in (1, 16, 64, 512):
+            static_x = torch.randn(m, k, dtype=dtype, device="cuda")
+            awqgemm.gemm(static_x, packed)  # warm-up outside capture
+            graph = torch.cuda.CUDAGraph()
+            stream = torch.cuda.Stream()
+            with torch.cuda.stream(stream):
+                with torch.cuda.graph(graph, stream=stream):
+                    static_out = awqgemm.gemm(static_x, packed)
+            for _ in range(2):
+                static_x.copy_(torch.randn(m, k, dtype=dtype, device="cuda"))
+                graph.replay()
+                torch.cuda.synchronize()
+                assert torch.equal(static_out, awqgemm.gemm(static_x, packed)), f"M={m}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_torch_compile_fullgraph_equals_eager(dtype):
+    if dtype == torch.bfloat16 and "sm80" not in families():
+        pytest.skip("bf16 needs sm80")
+    k, n = 1024, 768
+    qweight, qzeros, scales = random_awq(k, n, 64, dtype, "cuda")
+    packed = awqgemm.pack_awq(qweight, qzeros, scales, 64)
+    bias = torch.randn(n, dtype=dtype, device="cuda")
+
+    def layer(x):
+        return torch.nn.functional.silu(awqgemm.gemm(x, packed, bias))
+
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True)
+    for m in (1, 3, 17, 300):
+        x = torch.randn(m, k, dtype=dtype, device="cuda")
+        torch.testing.assert_close(compiled(x), layer(x), rtol=0, atol=0)
+
+
+def test_opcheck_cuda():
+    qweight, qzeros, scales = random_awq(256, 64, 64, torch.float16, "cuda")
+    p = awqgemm.pack_awq(qweight, qzeros, scales, 64)
+    for m in (1, 40):
+        x = torch.randn(m, 256, dtype=torch.float16, device="cuda")
+        torch.library.opcheck(torch.ops.awqgemm.gemm.default, (x, p.qweight, p.scales, None, p.K, p.N, 64, p.layout))
+
+
+def test_no_device_memory_outside_torch():
+    """pack + gemm allocate only through torch's caching allocator."""
+    k, n = 4096, 11008
+    qweight, qzeros, scales = random_awq(k, n, 128, torch.float16, "cuda")
+    # Warm-up: module load, cuBLAS handle and context memory are one-time costs.
+    packed = awqgemm.pack_awq(qweight, qzeros, scales, 128)
+    for m in (1, 16, 64, 2048):
+        awqgemm.gemm(torch.randn(m, k, dtype=torch.float16, device="cuda"), packed)
+    torch.cuda.synchronize()
+    for trial in range(2):
+        free0, _ = torch.cuda.mem_get_info()
+        reserved0 = torch.cuda.memory_reserved()
+        packed = awqgemm.pack_awq(qweight, qzeros, scales, 128)
+        outs = [awqgemm.gemm(torch.randn(m, k, dtype=torch.float16, device="cuda"), packed) for m in (1, 7, 64, 2048)]
+        torch.cuda.synchronize()
+        free1, _ = torch.cuda.mem_get_info()
+        reserved1 = torch.cuda.memory_reserved()
+        outside = (free0 - free1) - (reserved1 - reserved0)
+        assert abs(outside) <= 2 << 20, f"trial {trial}: {outside} bytes allocated outside torch"
+        del outs
+
+
+def test_build_info_archs_cover_this_gpu():
+    info = awqgemm.build_info()
+    assert info["cuda_version"] is not None, "GPU tests need a CUDA build of awqgemm"
+    cap = torch.cuda.get_device_capability()
+    cc = 10 * cap[0] + cap[1]
+    assert cc in info["sass_archs"] or any(p <= cc for p in info["ptx_archs"]), info
+
+
+def test_sanitizer_subset():
+    """Small cases for compute-sanitizer memcheck (run by ci/device_kernels.sh)."""
+    for family in families():
+        for dtype in dtypes_for(family):
+            with awqgemm.testing.force(family=family):
+                for k, n, group in ((1120, 104, 32), (512, 272, 128)):
+                    qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+                    for m in (1, 9, 33):
+                        x = torch.randn(m, k, dtype=dtype, device="cuda")
+                        check(x, qweight, qzeros, scales, group, label=f"sanitizer {family} M={m}")
+                    with awqgemm.testing.force(family=family, path="dense"):
+                        check(torch.randn(70, k, dtype=dtype, device="cuda"), qweight, qzeros, scales, group)
