@@ -158,12 +158,17 @@ def test_torch_compile_fullgraph_equals_eager(dtype):
     bias = torch.randn(n, dtype=dtype, device="cuda")
 
     def layer(x):
-        return torch.nn.functional.silu(awqgemm.gemm(x, packed, bias))
+        y = awqgemm.gemm(x, packed, bias)
+        return y, torch.nn.functional.silu(y)
 
     compiled = torch.compile(layer, fullgraph=True, dynamic=True)
     for m in (1, 3, 17, 300):
         x = torch.randn(m, k, dtype=dtype, device="cuda")
-        torch.testing.assert_close(compiled(x), layer(x), rtol=0, atol=0)
+        (y_c, act_c), (y_e, act_e) = compiled(x), layer(x)
+        # The GEMM is deterministic: bit-identical. Inductor fuses silu its own
+        # way, so that part may differ by an ulp.
+        torch.testing.assert_close(y_c, y_e, rtol=0, atol=0)
+        torch.testing.assert_close(act_c, act_e)
 
 
 def test_opcheck_cuda():
