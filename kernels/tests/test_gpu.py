@@ -7,7 +7,6 @@ remain valid there, so the same code that runs on a V100 / T4 is checked here.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from conftest import has_gpu, random_awq
@@ -138,9 +137,8 @@ def test_cuda_graph_replay_equals_eager(family, dtype):
             awqgemm.gemm(static_x, packed)  # warm-up outside capture
             graph = torch.cuda.CUDAGraph()
             stream = torch.cuda.Stream()
-            with torch.cuda.stream(stream):
-                with torch.cuda.graph(graph, stream=stream):
-                    static_out = awqgemm.gemm(static_x, packed)
+            with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+                static_out = awqgemm.gemm(static_x, packed)
             for _ in range(2):
                 static_x.copy_(torch.randn(m, k, dtype=dtype, device="cuda"))
                 graph.replay()

@@ -53,19 +53,36 @@ def _gemm_cuda(x, qweight, scales, bias, K, N, group_size, layout):
             f"awqgemm: the weight was packed in layout {layout} but kernel family sm{family} reads layout "
             f"{_C.layout_for(family)}; pack the weight (awqgemm.pack_awq) on the device and settings that run it"
         )
-    use_dense = state.path == "dense" or (state.path == "auto" and M >= DENSE_MIN_M[family])
+    use_dense = state.path == "dense" or (state.path == "auto" and DENSE_MIN_M[family] <= M)
     if use_dense:
         wt = torch.empty((N, K), dtype=x.dtype, device=x.device)
-        _C.dequantize_t(layout, dtype_code, N, K, group_size, qweight.data_ptr(), scales.data_ptr(), wt.data_ptr(),
-                        device, stream)
+        _C.dequantize_t(
+            layout, dtype_code, N, K, group_size, qweight.data_ptr(), scales.data_ptr(), wt.data_ptr(), device, stream
+        )
         out = torch.matmul(x2, wt.t()) if bias is None else torch.addmm(bias, x2, wt.t())
         return out.view(*lead, N)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     _, _, _, _, ws_bytes = _C.plan(family, dtype_code, M, N, K, device)
     ws = torch.empty((ws_bytes + 3) // 4, dtype=torch.float32, device=x.device) if ws_bytes else None
-    _C.gemm(family, dtype_code, M, N, K, group_size, x2.data_ptr(), K, qweight.data_ptr(), scales.data_ptr(),
-            0 if bias is None else bias.data_ptr(), out.data_ptr(), N, 0 if ws is None else ws.data_ptr(),
-            ws_bytes, device, stream)
+    _C.gemm(
+        family,
+        dtype_code,
+        M,
+        N,
+        K,
+        group_size,
+        x2.data_ptr(),
+        K,
+        qweight.data_ptr(),
+        scales.data_ptr(),
+        0 if bias is None else bias.data_ptr(),
+        out.data_ptr(),
+        N,
+        0 if ws is None else ws.data_ptr(),
+        ws_bytes,
+        device,
+        stream,
+    )
     return out.view(*lead, N)
 
 

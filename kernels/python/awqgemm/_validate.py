@@ -68,7 +68,6 @@ def check_awq_inputs(
         )
     if tuple(qzeros.shape) != (groups, n_dim // 8):
         raise ValueError(
-            f"awqgemm: qzeros must have shape [K / group_size, N / 8] = [{groups}, {n_dim // 8}], "
-            f"got {_shape(qzeros)}"
+            f"awqgemm: qzeros must have shape [K / group_size, N / 8] = [{groups}, {n_dim // 8}], got {_shape(qzeros)}"
         )
     return k_dim, n_dim

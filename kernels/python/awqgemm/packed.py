@@ -34,4 +34,6 @@ class PackedWeight:
 
     def to(self, device: torch.device | str) -> PackedWeight:
         """The same weight on another device (the layout does not change)."""
-        return PackedWeight(self.qweight.to(device), self.scales.to(device), self.K, self.N, self.group_size, self.layout)
+        return PackedWeight(
+            self.qweight.to(device), self.scales.to(device), self.K, self.N, self.group_size, self.layout
+        )

@@ -13,9 +13,7 @@ from ._validate import check_awq_inputs
 from .packed import PackedWeight
 
 
-def dequantize_awq(
-    qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int
-) -> torch.Tensor:
+def dequantize_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
     """Dense ``[K, N]`` weight of an AWQ checkpoint tensor triple, in ``scales.dtype``.
 
     ``w[k, n] = (q[k, n] - z[k // G, n]) * s[k // G, n]``, with ``q - z`` exact and
