@@ -57,6 +57,8 @@ Family choose_family(Family requested, int capability, DType dtype, std::string*
 
 int layout_for(Family family) { return family == Family::kSm70 ? kLayoutVolta884 : kLayoutTc16x64; }
 
+constexpr int kInflightBytesPerSm = 24 * 1024;
+
 Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
   Plan plan;
   plan.family = family;
@@ -73,22 +75,22 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
     t.mt = 4;
     t.nt = 4;
   }
-  t.kwarps = kWarpsPerBlockDefault;
   const int ntiles = padded_n(N) / kTileN;
   const int ktiles = padded_k(K) / kTileK;
   const int blocks = ceil_div(ntiles, t.nt) * ceil_div(M, 8 * t.mt);
-  // Aim for ~4 resident blocks (16 warps) per SM so enough weight loads are in
-  // flight to cover DRAM latency; split K across blocks when N alone is short,
-  // but keep >= 2 k-tiles per warp per split so the pipeline has work.
-  const int want = 4 * (dev.sm_count > 0 ? dev.sm_count : 80);
+  // Keep enough weight bytes in flight to cover DRAM latency (Little's law:
+  // ~3 TB/s x ~1 us over 132 SMs is ~24 KiB per SM on an H100). First widen
+  // the in-block K split (8 warps, summed in shared memory: no extra launch);
+  // only if that is still short, split K across blocks (fp32 workspace + a
+  // reduction kernel), keeping >= 2 k-tiles per warp per split.
+  const int stages = t.mt >= 4 ? 2 : 4;  // as launch.h's stages_for
+  const int64_t want = static_cast<int64_t>(kInflightBytesPerSm) * (dev.sm_count > 0 ? dev.sm_count : 80);
+  auto inflight = [&](int kwarps, int splits) {
+    return static_cast<int64_t>(blocks) * splits * kwarps * 32 * stages * t.nt * 16;
+  };
+  t.kwarps = (t.mt <= 2 && inflight(4, 1) < want) ? 8 : 4;
   int splits = 1;
-  if (blocks < want) {
-    splits = ceil_div(want, blocks);
-    const int max_by_k = ktiles / (2 * t.kwarps);
-    if (splits > max_by_k) splits = max_by_k;
-    if (splits > 16) splits = 16;
-    if (splits < 1) splits = 1;
-  }
+  while (splits < 16 && inflight(t.kwarps, splits) < want && ktiles / (splits + 1) >= 2 * t.kwarps) ++splits;
   t.splits = splits;
   plan.workspace_bytes = splits > 1 ? static_cast<int64_t>(splits) * M * N * 4 : 0;
   return plan;

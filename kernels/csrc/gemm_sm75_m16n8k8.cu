@@ -37,14 +37,7 @@ struct MmaSm75 : M16n8Lanes {
 
 cudaError_t launch_sm75_m16n8k8(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   if (p.dtype != DType::kFloat16) return cudaErrorNotSupported;
-  switch (cfg.mt * 100 + cfg.nt) {
-    case 102: return launch_gemm_tc<__half, 1, 2, MmaSm75, false>(p, cfg, stream);
-    case 104: return launch_gemm_tc<__half, 1, 4, MmaSm75, false>(p, cfg, stream);
-    case 202: return launch_gemm_tc<__half, 2, 2, MmaSm75, false>(p, cfg, stream);
-    case 204: return launch_gemm_tc<__half, 2, 4, MmaSm75, false>(p, cfg, stream);
-    case 404: return launch_gemm_tc<__half, 4, 4, MmaSm75, false>(p, cfg, stream);
-    default: return cudaErrorInvalidConfiguration;
-  }
+  return launch_family<__half, MmaSm75, false>(p, cfg, stream);
 }
 
 }  // namespace awqgemm

@@ -36,22 +36,12 @@ struct MmaSm80 : M16n8Lanes {
   }
 };
 
-template <typename T>
-cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
-  switch (cfg.mt * 100 + cfg.nt) {
-    case 102: return launch_gemm_tc<T, 1, 2, MmaSm80, true>(p, cfg, stream);
-    case 104: return launch_gemm_tc<T, 1, 4, MmaSm80, true>(p, cfg, stream);
-    case 202: return launch_gemm_tc<T, 2, 2, MmaSm80, true>(p, cfg, stream);
-    case 204: return launch_gemm_tc<T, 2, 4, MmaSm80, true>(p, cfg, stream);
-    case 404: return launch_gemm_tc<T, 4, 4, MmaSm80, true>(p, cfg, stream);
-    default: return cudaErrorInvalidConfiguration;
-  }
-}
 
 }  // namespace
 
 cudaError_t launch_sm80_m16n8k16(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
-  return p.dtype == DType::kBFloat16 ? launch_typed<__nv_bfloat16>(p, cfg, stream) : launch_typed<__half>(p, cfg, stream);
+  return p.dtype == DType::kBFloat16 ? launch_family<__nv_bfloat16, MmaSm80, true>(p, cfg, stream)
+                                     : launch_family<__half, MmaSm80, true>(p, cfg, stream);
 }
 
 }  // namespace awqgemm

@@ -15,7 +15,7 @@ import pathlib
 import pytest
 
 CSRC = pathlib.Path(__file__).resolve().parents[1] / "csrc"
-CONFIGS = [(1, 2), (1, 4), (2, 2), (2, 4), (4, 4)]  # (MT, NT), as launched in gemm_sm70_m8n8k4.cu
+CONFIGS = [(1, 2, 4), (1, 2, 8), (2, 2, 4), (2, 2, 8), (4, 4, 4)]  # (MT, NT, KWARPS): launch.h launch_family
 
 
 def load_nvrtc() -> tuple[ctypes.CDLL, pathlib.Path]:
@@ -35,8 +35,8 @@ def compile_volta(nvrtc: ctypes.CDLL, include: pathlib.Path, arch: str) -> tuple
     prog = ctypes.c_void_p()
     assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src, b"gemm_sm70_m8n8k4.cu", 0, None, None) == 0
     names = [
-        f"awqgemm::gemm_tc_kernel<__half, {mt}, {nt}, 4, {2 if mt >= 4 else 4}, awqgemm::Sm70M8n8k4, false>"
-        for mt, nt in CONFIGS
+        f"awqgemm::gemm_tc_kernel<__half, {mt}, {nt}, {kw}, {2 if mt >= 4 else 4}, awqgemm::Sm70M8n8k4, false>"
+        for mt, nt, kw in CONFIGS
     ]
     for name in names:
         assert nvrtc.nvrtcAddNameExpression(prog, name.encode()) == 0

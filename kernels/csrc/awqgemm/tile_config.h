@@ -3,13 +3,10 @@
 
 namespace awqgemm {
 
-// Warps per block; each takes every 4th k-tile of the block's K slice.
-constexpr int kWarpsPerBlockDefault = 4;
-
 struct TileConfig {
   int mt;      // 8-token MMA tiles per block
   int nt;      // 16-column tiles per block
-  int kwarps;  // warps splitting K inside a block
+  int kwarps;  // warps per block, splitting the block's K slice (4 or 8)
   int splits;  // blocks splitting K
 };
 
