@@ -39,6 +39,15 @@ if has sanitizer; then
 fi
 if has bench; then
   echo "== benchmark =="
-  python3 benchmarks/gemm.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60
+  # TurboMind 0.0.2 (baseline) from carried wheels: benchmarks/wheels holds the
+  # cp312 turbomind wheel and nvidia-cuda-runtime-cu12 (its libcudart.so.12).
+  if ls benchmarks/wheels/turbomind-*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-deps --target /tmp/tmwheels benchmarks/wheels/*.whl >/dev/null 2>&1 || true
+    export PYTHONPATH=/tmp/tmwheels${PYTHONPATH:+:$PYTHONPATH}
+    export LD_LIBRARY_PATH=/tmp/tmwheels/nvidia/cuda_runtime/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  fi
+  python3 benchmarks/gemm.py --out "$OUT" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
+  r=$?; echo "bench rc=$r" | tee -a "$OUT/summary.txt"
+  grep -v "^\[" "$OUT/bench.log" | tail -70
 fi
 exit $rc
