@@ -13,7 +13,7 @@ has() { local s; for s in "${steps[@]}"; do [ "$s" = "$1" ] || [ "$s" = all ] &&
 
 cap=$(python3 -c "import torch; c=torch.cuda.get_device_capability(); print(f'{c[0]}{c[1]}')")
 archs=${AWQGEMM_ARCHS:-${cap}-real}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt" "$OUT/summary.txt"
 echo "== build awqgemm for ${archs} =="
 start=$(date +%s)
 CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=${archs}" CMAKE_BUILD_PARALLEL_LEVEL=16 \
@@ -50,4 +50,6 @@ if has bench; then
   r=$?; echo "bench rc=$r" | tee -a "$OUT/summary.txt"
   grep -v "^\[" "$OUT/bench.log" | tail -70
 fi
+# At most 8 files come back from the GPU machine: bundle the logs.
+(cd "$OUT" && tar czf logs.tar.gz --remove-files ./*.log ./*.xml gpu.txt 2>/dev/null)
 exit $rc
