@@ -1,0 +1,39 @@
+"""Runs one awqgemm GEMM a few times, for profilers (ncu / nsys).
+
+    ncu --section SpeedOfLight python3 benchmarks/profile_one.py --k 4096 --n 28672 --m 1
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import awqgemm
+from awqgemm import _layout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--k", type=int, default=4096)
+    ap.add_argument("--n", type=int, default=28672)
+    ap.add_argument("--m", type=int, default=1)
+    ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16")
+    ap.add_argument("--path", default="fused")
+    ap.add_argument("--iters", type=int, default=3)
+    a = ap.parse_args()
+    dtype = torch.float16 if a.dtype == "fp16" else torch.bfloat16
+    q = torch.randint(0, 16, (a.k, a.n), dtype=torch.uint8, device="cuda")
+    z = torch.randint(0, 16, (a.k // a.group, a.n), dtype=torch.uint8, device="cuda")
+    s = (torch.rand(a.k // a.group, a.n, device="cuda") / a.k).to(dtype)
+    packed = awqgemm.pack_awq(_layout.pack_awq_int4(q), _layout.pack_awq_int4(z), s, a.group)
+    x = torch.randn(a.m, a.k, dtype=dtype, device="cuda")
+    with awqgemm.testing.force(path=a.path):
+        for _ in range(a.iters):
+            awqgemm.gemm(x, packed)
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main()
