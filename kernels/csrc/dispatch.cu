@@ -83,7 +83,7 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
   // the in-block K split (8 warps, summed in shared memory: no extra launch);
   // only if that is still short, split K across blocks (fp32 workspace + a
   // reduction kernel), keeping >= 2 k-tiles per warp per split.
-  const int stages = t.mt >= 4 ? 2 : 4;  // as launch.h's stages_for
+  const int stages = t.mt >= 4 ? 2 : 3;  // ~ launch.h's stages_for
   const int64_t want = static_cast<int64_t>(kInflightBytesPerSm) * (dev.sm_count > 0 ? dev.sm_count : 80);
   auto inflight = [&](int kwarps, int splits) {
     return static_cast<int64_t>(blocks) * splits * kwarps * 32 * stages * t.nt * 16;

@@ -31,6 +31,19 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
 #endif
 }
+// src_bytes = 0 fills the 16 bytes with zeros (the K tail of x).
+__device__ __forceinline__ void cp_async_16_zfill(void* smem, const void* gmem, int src_bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+#endif
+}
+__device__ __forceinline__ void cp_async_8(void* smem, const void* gmem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(s), "l"(gmem));
+#endif
+}
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::);
@@ -122,6 +135,16 @@ struct StageRegs {
   uint2 sz[NT];
 };
 
+// Dynamic shared memory of one gemm_tc_kernel instantiation: the cp.async
+// rings (sm80+) or, at the end, the cross-warp reduction, whichever is larger.
+template <int MT, int NT, int KWARPS, int STAGES, bool kAsync>
+struct SmemLayout {
+  static constexpr int kThreads = KWARPS * 32;
+  static constexpr int kRing = kAsync ? STAGES * kThreads * (NT * 16 + MT * 32 + NT * 8) : 0;
+  static constexpr int kReduce = KWARPS > 1 ? KWARPS * MT * NT * 4 * 32 * 4 : 0;
+  static constexpr int kBytes = (kRing > kReduce ? kRing : kReduce) + 16;
+};
+
 // A family (Fam) describes how its MMA sees the lanes:
 //   kAcc                 fp32 accumulators per lane per (8 m x 16 n) tile
 //   kLayout              the packed layout id it reads
@@ -142,10 +165,7 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
     constexpr int kAcc = Fam::kAcc;
     constexpr int kOwn = Fam::kOwn;
     constexpr int kAccPerWarp = MT * NT * kOwn;
-    constexpr int kAsyncBytes = kAsyncWeights ? STAGES * NT * kThreads * 16 : 0;
-    constexpr int kReduceBytes = KWARPS > 1 ? KWARPS * kAccPerWarp * 32 * 4 : 0;
-    constexpr int kSmemBytes = (kAsyncBytes > kReduceBytes ? kAsyncBytes : kReduceBytes) + 16;
-    __shared__ uint4 smem[kSmemBytes / 16];
+    extern __shared__ uint4 smem[];  // SmemLayout<...>::kBytes, set by the launcher
 
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -188,50 +208,75 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
 #pragma unroll
         for (int i = 0; i < kAcc; ++i) acc[mt][nt][i] = 0.f;
 
-    uint4* sw = smem;  // [STAGES][NT][kThreads] when weights travel by cp.async
-    StageRegs<MT, NT> st[STAGES];
+    // cp.async rings, private to each thread (no barriers needed): weights
+    // [STAGES][NT][kThreads], activations [STAGES][MT][2][kThreads], scale/zero
+    // pairs [STAGES][NT][kThreads]. Keeping the whole pipeline in shared memory
+    // instead of registers is what lets enough warps be resident.
+    uint4* sw = smem;
+    uint4* sx = sw + STAGES * NT * kThreads;
+    uint2* ssz = reinterpret_cast<uint2*>(sx + STAGES * MT * 2 * kThreads);
+    StageRegs<MT, NT> st[kAsyncWeights ? 1 : STAGES];
 
     auto fetch = [&](StageRegs<MT, NT>& s, const int slot, const int i) {
       if (i < n_my) {
         const int kt = first + i * KWARPS;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          if constexpr (kAsyncWeights) {
-            cp_async_16(&sw[(slot * NT + nt) * kThreads + threadIdx.x], wptr[nt] + static_cast<size_t>(kt) * 32);
-          } else {
-            s.w[nt] = ldg_stream_u4(wptr[nt] + static_cast<size_t>(kt) * 32);
-          }
-        }
         const int kx = kt * kTileK + koff;
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          if (kx < p.K) {
-            s.x[mt][0] = ldg_u4(xptr[mt] + kt * kTileK);
-            s.x[mt][1] = ldg_u4(xptr[mt] + kt * kTileK + 8);
-          } else {  // K tail: the padded weights are zero, and so must x be (0 * NaN).
-            s.x[mt][0] = make_uint4(0, 0, 0, 0);
-            s.x[mt][1] = make_uint4(0, 0, 0, 0);
-          }
-        }
         const int grp = kx / p.group_size;
+        if constexpr (kAsyncWeights) {
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          s.sz[nt] = ldg_u2(szptr + (static_cast<size_t>(grp) * ntiles + ntc[nt]) * 8);
+          for (int nt = 0; nt < NT; ++nt) {
+            cp_async_16(&sw[(slot * NT + nt) * kThreads + threadIdx.x], wptr[nt] + static_cast<size_t>(kt) * 32);
+            cp_async_8(&ssz[(slot * NT + nt) * kThreads + threadIdx.x],
+                       szptr + (static_cast<size_t>(grp) * ntiles + ntc[nt]) * 8);
+          }
+          // K tail: the padded weights are zero, and so must x be (0 * NaN).
+          const int xbytes = kx < p.K ? 16 : 0;
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            const T* src = xptr[mt] + (kx < p.K ? kt * kTileK : 0);
+            cp_async_16_zfill(&sx[((slot * MT + mt) * 2 + 0) * kThreads + threadIdx.x], src, xbytes);
+            cp_async_16_zfill(&sx[((slot * MT + mt) * 2 + 1) * kThreads + threadIdx.x], src + 8, xbytes);
+          }
+        } else {
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) s.w[nt] = ldg_stream_u4(wptr[nt] + static_cast<size_t>(kt) * 32);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            if (kx < p.K) {
+              s.x[mt][0] = ldg_u4(xptr[mt] + kt * kTileK);
+              s.x[mt][1] = ldg_u4(xptr[mt] + kt * kTileK + 8);
+            } else {  // K tail: the padded weights are zero, and so must x be (0 * NaN).
+              s.x[mt][0] = make_uint4(0, 0, 0, 0);
+              s.x[mt][1] = make_uint4(0, 0, 0, 0);
+            }
+          }
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            s.sz[nt] = ldg_u2(szptr + (static_cast<size_t>(grp) * ntiles + ntc[nt]) * 8);
+          }
         }
       }
       if constexpr (kAsyncWeights) cp_async_commit();  // empty groups keep the count uniform
     };
 
-    auto compute = [&](StageRegs<MT, NT>& s, const int slot) {
-      uint4 w[NT];
+    auto compute = [&](StageRegs<MT, NT>& staged, const int slot) {
+      StageRegs<MT, NT> s;
       if constexpr (kAsyncWeights) {
         cp_async_wait<STAGES - 1>();
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) w[nt] = sw[(slot * NT + nt) * kThreads + threadIdx.x];
-      } else {
+        for (int nt = 0; nt < NT; ++nt) {
+          s.w[nt] = sw[(slot * NT + nt) * kThreads + threadIdx.x];
+          s.sz[nt] = ssz[(slot * NT + nt) * kThreads + threadIdx.x];
+        }
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) w[nt] = s.w[nt];
+        for (int mt = 0; mt < MT; ++mt) {
+          s.x[mt][0] = sx[((slot * MT + mt) * 2 + 0) * kThreads + threadIdx.x];
+          s.x[mt][1] = sx[((slot * MT + mt) * 2 + 1) * kThreads + threadIdx.x];
+        }
+      } else {
+        s = staged;
       }
+      const uint4* w = s.w;
       uint32_t scale2[NT][2], zero2[NT][2];
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
@@ -256,13 +301,14 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
       }
     };
 
+    constexpr int kRegStages = kAsyncWeights ? 1 : STAGES;
 #pragma unroll
-    for (int s = 0; s < STAGES; ++s) fetch(st[s], s, s);
+    for (int s = 0; s < STAGES; ++s) fetch(st[s % kRegStages], s, s);
     for (int i0 = 0; i0 < n_my; i0 += STAGES) {
 #pragma unroll
       for (int s = 0; s < STAGES; ++s) {
-        if (i0 + s < n_my) compute(st[s], s);
-        fetch(st[s], s, i0 + s + STAGES);
+        if (i0 + s < n_my) compute(st[s % kRegStages], s);
+        fetch(st[s % kRegStages], s, i0 + s + STAGES);
       }
     }
 

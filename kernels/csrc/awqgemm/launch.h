@@ -8,19 +8,31 @@
 
 namespace awqgemm {
 
-// Register-staged pipelines get shallower as the activation tile grows, to
-// stay clear of spills: MT = 4 holds 4 x 32 bytes of activations per stage.
-template <int MT>
+// Pipeline depth. Register-staged pipelines (sm70/75) get shallower as the
+// activation tile grows, to stay clear of spills; the cp.async rings (sm80+)
+// are 3 deep (2 for MT = 4): at 30 KiB per 4-warp block, 7 blocks fit an SM,
+// which hides more latency than a 4th stage with fewer resident warps.
+template <int MT, int KWARPS, bool kAsync>
 constexpr int stages_for() {
-  return MT >= 4 ? 2 : 4;
+  if (!kAsync) return MT >= 4 ? 2 : 4;
+  return MT >= 4 ? 2 : 3;
 }
 
 template <typename T, int MT, int NT, int KWARPS, class Fam, bool kAsyncWeights>
 cudaError_t launch_gemm_tc(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   const int ntiles = padded_n(p.N) / kTileN;
   const dim3 grid(ceil_div(ntiles, NT), ceil_div(p.M, 8 * MT), cfg.splits);
-  gemm_tc_kernel<T, MT, NT, KWARPS, stages_for<MT>(), Fam, kAsyncWeights>
-      <<<grid, KWARPS * 32, 0, stream>>>(p, cfg.splits);
+  constexpr int kStages = stages_for<MT, KWARPS, kAsyncWeights>();
+  constexpr int kSmem = SmemLayout<MT, NT, KWARPS, kStages, kAsyncWeights>::kBytes;
+  auto* kernel = gemm_tc_kernel<T, MT, NT, KWARPS, kStages, Fam, kAsyncWeights>;
+  if constexpr (kSmem > 48 * 1024) {
+    // Opting in to > 48 KiB is a per-function attribute: set it once (it neither
+    // allocates nor synchronizes, so it is also safe during graph capture).
+    static const cudaError_t opt_in =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    if (opt_in != cudaSuccess) return opt_in;
+  }
+  kernel<<<grid, KWARPS * 32, kSmem, stream>>>(p, cfg.splits);
   return cudaGetLastError();
 }
 
