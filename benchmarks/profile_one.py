@@ -1,6 +1,6 @@
 """Runs one awqgemm GEMM a few times, for profilers (ncu / nsys).
 
-    ncu --section SpeedOfLight python3 benchmarks/profile_one.py --k 4096 --n 28672 --m 1
+ncu --section SpeedOfLight python3 benchmarks/profile_one.py --k 4096 --n 28672 --m 1
 """
 
 from __future__ import annotations
