@@ -59,40 +59,62 @@ int layout_for(Family family) { return family == Family::kSm70 ? kLayoutVolta884
 
 constexpr int kInflightBytesPerSm = 24 * 1024;
 
+namespace {
+
+// Split K across blocks until enough bytes are in flight, keeping >= min_tiles
+// k-tiles per split (per warp, for the K-split kernel) and <= 16 splits.
+int choose_splits(int ktiles, int min_tiles, int64_t want, int64_t per_split_inflight) {
+  int splits = 1;
+  while (splits < 16 && per_split_inflight * splits < want && ktiles / (splits + 1) >= min_tiles) ++splits;
+  return splits;
+}
+
+}  // namespace
+
 Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
   Plan plan;
   plan.family = family;
   TileConfig& t = plan.tile;
-  // Token tiles: decode batches fit one 8-row MMA tile; beyond 16 rows a block
-  // takes 32 rows and 64 columns so each weight byte feeds 4x more MMAs.
-  if (M <= 8) {
-    t.mt = 1;
-    t.nt = 2;
-  } else if (M <= 16) {
-    t.mt = 2;
-    t.nt = 2;
-  } else {
-    t.mt = 4;
-    t.nt = 4;
-  }
   const int ntiles = padded_n(N) / kTileN;
   const int ktiles = padded_k(K) / kTileK;
-  const int blocks = ceil_div(ntiles, t.nt) * ceil_div(M, 8 * t.mt);
   // Keep enough weight bytes in flight to cover DRAM latency (Little's law:
-  // ~3 TB/s x ~1 us over 132 SMs is ~24 KiB per SM on an H100). First widen
-  // the in-block K split (8 warps, summed in shared memory: no extra launch);
-  // only if that is still short, split K across blocks (fp32 workspace + a
-  // reduction kernel), keeping >= 2 k-tiles per warp per split.
-  const int stages = t.mt >= 4 ? 2 : 3;  // ~ launch.h's stages_for
+  // ~3 TB/s x ~1 us over 132 SMs is ~24 KiB per SM on an H100).
   const int64_t want = static_cast<int64_t>(kInflightBytesPerSm) * (dev.sm_count > 0 ? dev.sm_count : 80);
-  auto inflight = [&](int kwarps, int splits) {
-    return static_cast<int64_t>(blocks) * splits * kwarps * 32 * stages * t.nt * 16;
-  };
-  t.kwarps = (t.mt <= 2 && inflight(4, 1) < want) ? 8 : 4;
-  int splits = 1;
-  while (splits < 16 && inflight(t.kwarps, splits) < want && ktiles / (splits + 1) >= 2 * t.kwarps) ++splits;
-  t.splits = splits;
-  plan.workspace_bytes = splits > 1 ? static_cast<int64_t>(splits) * M * N * 4 : 0;
+
+  if (family == Family::kSm80 && M > 8) {
+    // Warps split N and share each activation tile through shared memory:
+    // 128 columns x (16, 32 or 64) tokens per block.
+    t.kind = KernelKind::kXShared;
+    t.mt = M <= 16 ? 2 : M <= 32 ? 4 : 8;
+    t.nt = 2;
+    t.kwarps = 4;
+    const int blocks = ceil_div(ntiles, t.nt * 4) * ceil_div(M, 8 * t.mt);
+    const int64_t per_split = static_cast<int64_t>(blocks) * 4 * 32 * 3 * t.nt * 16;  // 3 tiles ahead
+    t.splits = choose_splits(ktiles, 4, want, per_split);
+  } else {
+    // Warps split K. Token tiles: decode batches fit one 8-row MMA tile;
+    // beyond 16 rows a block takes 32 rows and 64 columns so each weight byte
+    // feeds 4x more MMAs (the older families' path for M > 16).
+    t.kind = KernelKind::kKSplit;
+    if (M <= 8) {
+      t.mt = 1;
+      t.nt = 2;
+    } else if (M <= 16) {
+      t.mt = 2;
+      t.nt = 2;
+    } else {
+      t.mt = 4;
+      t.nt = 4;
+    }
+    const int blocks = ceil_div(ntiles, t.nt) * ceil_div(M, 8 * t.mt);
+    const int stages = t.mt >= 4 ? 2 : 3;  // ~ launch.h's stages_for
+    auto inflight = [&](int kwarps) { return static_cast<int64_t>(blocks) * kwarps * 32 * stages * t.nt * 16; };
+    // First widen the in-block K split (8 warps, summed in shared memory: no
+    // extra launch); only if that is still short, split K across blocks.
+    t.kwarps = (t.mt <= 2 && inflight(4) < want) ? 8 : 4;
+    t.splits = choose_splits(ktiles, 2 * t.kwarps, want, inflight(t.kwarps));
+  }
+  plan.workspace_bytes = t.splits > 1 ? static_cast<int64_t>(t.splits) * M * N * 4 : 0;
   return plan;
 }
 

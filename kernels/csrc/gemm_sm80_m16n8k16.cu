@@ -1,6 +1,7 @@
 // Ampere, Ada, Hopper and Blackwell: mma.sync m16n8k16 with fp32 accumulate,
 // fp16 and bf16 activations, weights streamed through a cp.async ring.
 #include "awqgemm/families.h"
+#include "awqgemm/gemm_xshared.cuh"
 #include "awqgemm/launch.h"
 
 namespace awqgemm {
@@ -36,12 +37,38 @@ struct MmaSm80 : M16n8Lanes {
   }
 };
 
+template <typename T, int MT>
+cudaError_t launch_xs(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
+  constexpr int kNT = 2, kWN = 4, kStages = 4;
+  constexpr int kSmem = XsSmem<MT, kNT, kWN, kStages>::kBytes;
+  auto* kernel = gemm_xs_kernel<T, MT, kNT, kWN, kStages, MmaSm80>;
+  if constexpr (kSmem > 48 * 1024) {
+    static const cudaError_t opt_in = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    if (opt_in != cudaSuccess) return opt_in;
+  }
+  const int ntiles = padded_n(p.N) / kTileN;
+  const dim3 grid(ceil_div(ntiles, kNT * kWN), ceil_div(p.M, 8 * MT), cfg.splits);
+  kernel<<<grid, kWN * 32, kSmem, stream>>>(p, cfg.splits);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
+  if (cfg.kind == KernelKind::kKSplit) return launch_family<T, MmaSm80, true>(p, cfg, stream);
+  if (cfg.nt != 2 || cfg.kwarps != 4) return cudaErrorInvalidConfiguration;
+  switch (cfg.mt) {
+    case 2: return launch_xs<T, 2>(p, cfg, stream);
+    case 4: return launch_xs<T, 4>(p, cfg, stream);
+    case 8: return launch_xs<T, 8>(p, cfg, stream);
+    default: return cudaErrorInvalidConfiguration;
+  }
+}
 
 }  // namespace
 
 cudaError_t launch_sm80_m16n8k16(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
-  return p.dtype == DType::kBFloat16 ? launch_family<__nv_bfloat16, MmaSm80, true>(p, cfg, stream)
-                                     : launch_family<__half, MmaSm80, true>(p, cfg, stream);
+  return p.dtype == DType::kBFloat16 ? launch_typed<__nv_bfloat16>(p, cfg, stream)
+                                     : launch_typed<__half>(p, cfg, stream);
 }
 
 }  // namespace awqgemm

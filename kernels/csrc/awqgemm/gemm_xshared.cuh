@@ -1,0 +1,159 @@
+// The sm80 kernel for 8 < M <= DENSE_MIN_M: warps split N, not K, so the
+// activation tile of each 64-k step is loaded once per block into shared
+// memory and read by every warp -- at M = 64 the per-warp activation loads of
+// gemm_tc_kernel move twice the bytes of the weights. Weights and (scale, zero)
+// pairs still travel through per-thread cp.async rings (packed layout 1).
+#pragma once
+
+#include "gemm_tile.cuh"
+
+namespace awqgemm {
+
+// Activation rows padded by 16 bytes: lanes (g, q) read 32 bytes at row g,
+// column 32 q; with a 144-byte row stride the 8 lanes of each 16-byte phase
+// land in 8 distinct 4-bank groups (no conflicts).
+constexpr int kXsRowBytes = kTileK * 2 + 16;
+
+template <int MT, int NT, int WN, int STAGES>
+struct XsSmem {
+  static constexpr int kThreads = WN * 32;
+  static constexpr int kW = NT * kThreads * 16;
+  static constexpr int kSz = NT * kThreads * 8;
+  static constexpr int kX = MT * 8 * kXsRowBytes;
+  static constexpr int kStage = kW + kSz + kX;
+  static constexpr int kBytes = STAGES * kStage;
+};
+
+template <typename T, int MT, int NT, int WN, int STAGES, class Fam>
+__global__ void __launch_bounds__(WN * 32) gemm_xs_kernel(const GemmProblem p, const int splits) {
+  if constexpr (!Fam::template supported<T>()) {
+    __trap();
+  } else {
+    using L = XsSmem<MT, NT, WN, STAGES>;
+    constexpr int kThreads = L::kThreads;
+    constexpr int kXChunks = MT * 8 * 8;  // 16-byte chunks of one activation tile
+    extern __shared__ uint4 smem[];
+    unsigned char* base = reinterpret_cast<unsigned char*>(smem);
+
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int g = lane >> 2;
+    const int q = lane & 3;
+
+    const int ktiles = padded_k(p.K) / kTileK;
+    const int ntiles = padded_n(p.N) / kTileN;
+    const int nt0 = (blockIdx.x * WN + warp) * NT;
+    const int m0 = blockIdx.y * (8 * MT);
+    const int per_split = ceil_div(ktiles, splits);
+    const int kt_begin = blockIdx.z * per_split;
+    const int n_k = max(0, min(ktiles, kt_begin + per_split) - kt_begin);  // block-uniform
+
+    const uint4* wptr[NT];
+    int ntc[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      ntc[nt] = min(nt0 + nt, ntiles - 1);
+      wptr[nt] = reinterpret_cast<const uint4*>(p.qweight) + static_cast<size_t>(ntc[nt]) * ktiles * 32 + lane;
+    }
+    const uint2* szptr = reinterpret_cast<const uint2*>(p.scale_zero) + Fam::w_row(lane);
+    const T* x = reinterpret_cast<const T*>(p.x);
+
+    auto stage = [&](int slot) { return base + slot * L::kStage; };
+    auto sw = [&](int slot, int nt) { return reinterpret_cast<uint4*>(stage(slot)) + nt * kThreads + threadIdx.x; };
+    auto ssz = [&](int slot, int nt) {
+      return reinterpret_cast<uint2*>(stage(slot) + L::kW) + nt * kThreads + threadIdx.x;
+    };
+    auto sx = [&](int slot) { return stage(slot) + L::kW + L::kSz; };
+
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.f;
+
+    auto fetch = [&](int slot, int i) {
+      if (i < n_k) {
+        const int kt = kt_begin + i;
+        const int grp = (kt * kTileK + Fam::x_koff(lane)) / p.group_size;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          cp_async_16(sw(slot, nt), wptr[nt] + static_cast<size_t>(kt) * 32);
+          cp_async_8(ssz(slot, nt), szptr + (static_cast<size_t>(grp) * ntiles + ntc[nt]) * 8);
+        }
+#pragma unroll
+        for (int c = threadIdx.x; c < kXChunks; c += kThreads) {
+          const int r = c >> 3, j = c & 7;
+          const int k = kt * kTileK + 8 * j;
+          const int row = min(m0 + r, p.M - 1);
+          const T* src = x + static_cast<size_t>(row) * p.x_row_stride + (k < p.K ? k : 0);
+          cp_async_16_ca_zfill(sx(slot) + r * kXsRowBytes + 16 * j, src, k < p.K ? 16 : 0);
+        }
+      }
+      cp_async_commit();
+    };
+
+    auto compute = [&](int slot) {
+      uint4 w[NT];
+      uint32_t scale2[NT][2], zero2[NT][2];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        w[nt] = *sw(slot, nt);
+        const uint2 sz = *ssz(slot, nt);
+        split_scale_zero(sz.x, scale2[nt][0], zero2[nt][0]);
+        split_scale_zero(sz.y, scale2[nt][1], zero2[nt][1]);
+      }
+      const unsigned char* xs = sx(slot) + g * kXsRowBytes + 32 * q;
+#pragma unroll
+      for (int step = 0; step < 4; ++step) {
+        uint32_t a[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const uint32_t word = step == 0 ? w[nt].x : step == 1 ? w[nt].y : step == 2 ? w[nt].z : w[nt].w;
+          Fam::template dequant<T>(word, zero2[nt], scale2[nt], a[nt]);
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          // Halves 4 step .. 4 step + 3 of this lane's 16 activations.
+          const uint2 b = *reinterpret_cast<const uint2*>(xs + mt * 8 * kXsRowBytes + 8 * step);
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) Fam::template mma<T>(acc[mt][nt], a[nt], b.x, b.y);
+        }
+      }
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) fetch(s, s);
+    for (int i = 0; i < n_k; ++i) {
+      cp_async_wait<STAGES - 2>();
+      __syncthreads();  // tile i visible to all warps; everyone is done with tile i - 1's slot
+      fetch((i + STAGES - 1) % STAGES, i + STAGES - 1);
+      compute(i % STAGES);
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          int mo, no;
+          Fam::coord(lane, i, mo, no);
+          const int m = m0 + mt * 8 + mo;
+          const int n = (nt0 + nt) * kTileN + no;
+          if (m >= p.M || n >= p.N) continue;
+          const float v = acc[mt][nt][i];
+          if (splits == 1) {
+            float r = v;
+            if (p.bias != nullptr) r += to_float(reinterpret_cast<const T*>(p.bias)[n]);
+            reinterpret_cast<T*>(p.out)[static_cast<size_t>(m) * p.out_row_stride + n] = from_float<T>(r);
+          } else {
+            p.workspace[(static_cast<size_t>(blockIdx.z) * p.M + m) * p.N + n] = v;
+          }
+        }
+  }
+}
+
+}  // namespace awqgemm
