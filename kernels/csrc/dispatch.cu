@@ -81,11 +81,12 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
   // ~3 TB/s x ~1 us over 132 SMs is ~24 KiB per SM on an H100).
   const int64_t want = static_cast<int64_t>(kInflightBytesPerSm) * (dev.sm_count > 0 ? dev.sm_count : 80);
 
-  if (family == Family::kSm80 && M > 8) {
+  if (family == Family::kSm80 && M > 16) {
     // Warps split N and share each activation tile through shared memory:
-    // 128 columns x (16, 32 or 64) tokens per block.
+    // 128 columns x 32 or 64 tokens per block. (At M <= 16 the K-split kernel
+    // measured faster: v4 in docs/perf-notes.md.)
     t.kind = KernelKind::kXShared;
-    t.mt = M <= 16 ? 2 : M <= 32 ? 4 : 8;
+    t.mt = M <= 32 ? 4 : 8;
     t.nt = 2;
     t.kwarps = 4;
     const int blocks = ceil_div(ntiles, t.nt * 4) * ceil_div(M, 8 * t.mt);

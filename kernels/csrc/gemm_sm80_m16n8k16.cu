@@ -57,7 +57,6 @@ cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream
   if (cfg.kind == KernelKind::kKSplit) return launch_family<T, MmaSm80, true>(p, cfg, stream);
   if (cfg.nt != 2 || cfg.kwarps != 4) return cudaErrorInvalidConfiguration;
   switch (cfg.mt) {
-    case 2: return launch_xs<T, 2>(p, cfg, stream);
     case 4: return launch_xs<T, 4>(p, cfg, stream);
     case 8: return launch_xs<T, 8>(p, cfg, stream);
     default: return cudaErrorInvalidConfiguration;
