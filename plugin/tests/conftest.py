@@ -1,0 +1,146 @@
+"""Shared fixtures: tiny AWQ checkpoints built locally, and vLLM engine runs in
+subprocesses (one per model, each running several engines in turn)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import awq_tiny  # noqa: E402
+
+#: Greedy tokens generated per prompt in the integration tests.
+MAX_TOKENS = 16
+
+
+def engine_env(cache_root: Path) -> dict[str, str]:
+    """Environment for vLLM engine subprocesses: offline, CPU, in-process engine
+    core (fast start), a private compile cache so nothing stale is reused."""
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        VLLM_TARGET_DEVICE="cpu",
+        VLLM_ENABLE_V1_MULTIPROCESSING="0",
+        VLLM_CACHE_ROOT=str(cache_root),
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    env.pop("AWQGEMM_TAKE_OVER_AWQ", None)
+    env.pop("VLLM_PLUGINS", None)
+    return env
+
+
+def run_engines(
+    tmp: Path,
+    name: str,
+    runs: list[dict[str, Any]],
+    prompts: list[list[int]],
+    extra_env: dict[str, str] | None = None,
+    timeout: int = 900,
+) -> dict[str, dict[str, Any]]:
+    """Run ``runs`` in one fresh Python process; return results by run name."""
+    spec = tmp / f"{name}-spec.json"
+    out = tmp / f"{name}-out.json"
+    log = tmp / f"{name}-log.txt"
+    spec.write_text(json.dumps({"runs": runs, "prompts": prompts, "max_tokens": MAX_TOKENS}))
+    env = engine_env(tmp / f"{name}-vllm-cache")
+    env.update(extra_env or {})
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(
+            [sys.executable, str(HERE / "engine_runner.py"), str(spec), str(out)],
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            check=False,
+        )
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0 or not out.exists():
+        tail = log.read_text()[-6000:]
+        raise AssertionError(f"engine runner {name} failed (rc={proc.returncode}):\n{tail}")
+    results = {r["name"]: r for r in json.loads(out.read_text())}
+    for r in results.values():
+        r["log"] = str(log)
+        r["cache_root"] = str(tmp / f"{name}-vllm-cache")
+    print(f"\n[{name}] {len(runs)} engine(s) in {elapsed:.1f} s")
+    return results
+
+
+class TinyModels:
+    """The tiny checkpoints the integration tests serve."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tok = str(root / "tokenizer")
+        awq_tiny.train_tokenizer(self.tok)
+        self.specs: dict[str, awq_tiny.TinySpec] = {
+            "llama": awq_tiny.TinySpec("llama", group_size=128, seed=1),
+            "qwen2": awq_tiny.TinySpec("qwen2", group_size=32, seed=2),
+            # config in a separate quant_config.json (AutoAWQ style), group 64
+            "llama_qcfg": awq_tiny.TinySpec("llama", group_size=64, seed=3),
+        }
+        self.paths: dict[str, str] = {}
+        self.refs: dict[str, dict[str, Any]] = {}
+        for key, spec in self.specs.items():
+            path = str(root / key)
+            loc = "quant_config.json" if key == "llama_qcfg" else "config.json"
+            self.refs[key] = awq_tiny.write_awq_checkpoint(
+                path, spec, self.tok, config_location=loc
+            )
+            self.paths[key] = path
+        self._hf: dict[str, Any] = {}
+
+    def hf(self, key: str) -> Any:
+        """The dequantized model in transformers, fp32."""
+        if key not in self._hf:
+            self._hf[key] = awq_tiny.reference_model(self.specs[key], self.tok, self.refs[key])
+        return self._hf[key]
+
+    def prompts(self) -> list[list[int]]:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(self.tok)
+        texts = [
+            "The quick brown fox",
+            "Serving quantized language models needs fast matrix multiplication on every GPU",
+            "Paris is the capital of France. Berlin is the capital of Germany. "
+            "Four bit weights with group scales and zero points.",
+        ]
+        return [[tok.bos_token_id, *tok(t)["input_ids"]] for t in texts]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    return TinyModels(tmp_path_factory.mktemp("tiny-awq"))
+
+
+@pytest.fixture(scope="session")
+def engine_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield tmp_path_factory.mktemp("engines")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    try:
+        from test_integration_vllm import DIFFS
+    except ImportError:
+        return
+    if not DIFFS:
+        return
+    tr = terminalreporter
+    tr.section("largest per-token |logprob difference| (natural log)")
+    tr.write_line(f"{'run':46s} {'reference':34s} {'prompt':>9s} {'decode':>9s} tokens")
+    for what, against, p, d, n in DIFFS:
+        tr.write_line(f"{what:46s} {against:34s} {p:9.3g} {d:9.3g} {n:6d}")

@@ -1,0 +1,28 @@
+"""Functions the engine runner ships to vLLM workers with ``LLM.apply_model``.
+
+They live in an importable module (not the runner's ``__main__``) so that
+tensor-parallel worker processes can unpickle them by reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def served_by(model: Any) -> dict[str, str]:
+    """Quant method class of every module that has one."""
+    out = {}
+    for name, mod in model.named_modules():
+        qm = getattr(mod, "quant_method", None)
+        if qm is not None:
+            out[name] = type(qm).__name__
+    return out
+
+
+def packed_layers(model: Any) -> dict[str, list[str]]:
+    """Parameters of awqgemm layers after loading (checkpoint tensors must be gone)."""
+    out = {}
+    for name, mod in model.named_modules():
+        if type(getattr(mod, "quant_method", None)).__name__ == "AwqGemmLinearMethod":
+            out[name] = sorted(n for n, _ in mod.named_parameters(recurse=False))
+    return out

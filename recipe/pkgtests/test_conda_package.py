@@ -1,0 +1,125 @@
+"""Stored tests of the awqgemm conda package (run by `rattler-build test` / ci/conda_matrix.py test).
+
+CPU part: the public API imports and the CPU reference path agrees with an independent float64 numpy
+dequantization. GPU part: awqgemm.gemm on CUDA tensors against that float64 reference, for fp16 (and
+bf16 on sm_80+), group sizes 32/64/128, several M and real model shapes. Without a GPU, a driver or a
+CUDA build of torch, the GPU tests are skipped with a message that says which one is missing.
+Running this file by hand, AWQGEMM_REQUIRE_GPU=1 turns that skip into a failure. (rattler-build runs
+stored tests in a clean environment, so `ci/conda_matrix.py test --require-gpu` checks the output instead.)
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import awqgemm
+
+AWQ_ORDER = [0, 4, 1, 5, 2, 6, 3, 7]  # column j of each group of 8 sits in nibble AWQ_ORDER[j]
+
+
+def _gpu_skip_reason() -> str | None:
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU build: GPU GEMM tests skipped"
+    if not torch.cuda.is_available():
+        return (
+            f"no CUDA GPU or driver visible to torch {torch.__version__} (CUDA {torch.version.cuda}): "
+            "GPU GEMM tests skipped"
+        )
+    major, minor = torch.cuda.get_device_capability()
+    cc = 10 * major + minor
+    info = awqgemm.build_info()
+    sass, ptx = set(info.get("sass_archs") or []), set(info.get("ptx_archs") or [])
+    if cc not in sass and not any(p <= cc for p in ptx):
+        return (
+            f"this awqgemm build (SASS {sorted(sass)}, PTX {sorted(ptx)}) has no code for sm_{cc} "
+            f"({torch.cuda.get_device_name()}): take a build whose arch list covers it"
+        )
+    return None
+
+
+GPU_SKIP = _gpu_skip_reason()
+if GPU_SKIP and os.environ.get("AWQGEMM_REQUIRE_GPU") == "1":
+    raise RuntimeError(f"AWQGEMM_REQUIRE_GPU=1 but: {GPU_SKIP}")
+needs_gpu = pytest.mark.skipif(GPU_SKIP is not None, reason=GPU_SKIP or "")
+
+
+def pack_nibbles(vals: np.ndarray) -> np.ndarray:
+    """[R, C] ints in 0..15 -> [R, C/8] int32 in AWQ nibble order."""
+    r, c = vals.shape
+    v = vals.reshape(r, c // 8, 8).astype(np.uint32)
+    out = np.zeros((r, c // 8), dtype=np.uint32)
+    for j in range(8):
+        out |= v[:, :, j] << np.uint32(4 * AWQ_ORDER[j])
+    return out.view(np.int32)
+
+
+def make_awq(k: int, n: int, g: int, dtype: torch.dtype, rng: np.random.Generator):
+    q = rng.integers(0, 16, size=(k, n))
+    z = rng.integers(0, 16, size=(k // g, n))
+    s = (rng.random((k // g, n)) * 0.02 + 0.001).astype(np.float32)
+    s_t = torch.from_numpy(s).to(dtype)
+    w64 = (q - np.repeat(z, g, axis=0)) * np.repeat(s_t.double().numpy(), g, axis=0)  # exact fp64 weights
+    return (torch.from_numpy(pack_nibbles(q)), torch.from_numpy(pack_nibbles(z)), s_t, w64)
+
+
+def rel_err(out: torch.Tensor, ref: np.ndarray) -> float:
+    o = out.double().cpu().numpy()
+    return float(np.linalg.norm(o - ref) / np.linalg.norm(ref))
+
+
+def test_public_api_present():
+    for name in ("pack_awq", "gemm", "dequantize_awq", "build_info", "PackedWeight"):
+        assert hasattr(awqgemm, name), name
+    info = awqgemm.build_info()
+    for key in ("version", "cuda_version", "sass_archs", "ptx_archs", "kernel_families"):
+        assert key in info, key
+
+
+@pytest.mark.parametrize("g", [32, 64, 128])
+def test_cpu_reference_matches_fp64(g):
+    rng = np.random.default_rng(1000 + g)
+    qw, qz, s, w64 = make_awq(256, 64, g, torch.float16, rng)
+    w = awqgemm.dequantize_awq(qw, qz, s, g)
+    assert tuple(w.shape) == (256, 64)
+    np.testing.assert_allclose(w.double().numpy(), w64, rtol=1e-3, atol=1e-6)
+    x = torch.from_numpy(rng.standard_normal((5, 256)).astype(np.float32)).half()
+    out = awqgemm.gemm(x, awqgemm.pack_awq(qw, qz, s, g))
+    assert out.dtype == torch.float16 and tuple(out.shape) == (5, 64)
+    ref = x.double().numpy() @ w64
+    assert rel_err(out, ref) < 1e-2
+
+
+SHAPES = [(4096, 4096), (4096, 14336), (11008, 1376), (3584, 512)]  # Llama-3-8B, its MLP, Llama-2 TP shard, Qwen2.5
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("g", [32, 64, 128])
+@pytest.mark.parametrize("k,n", SHAPES)
+def test_gpu_gemm_vs_fp64(dtype, g, k, n):
+    if dtype == torch.bfloat16 and torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("bf16 needs sm_80+")
+    torch.backends.cuda.matmul.allow_tf32 = False  # the emulated pipeline below must really be fp32
+    rng = np.random.default_rng(k * 7 + n * 3 + g)
+    qw, qz, s, w64 = make_awq(k, n, g, dtype, rng)
+    packed = awqgemm.pack_awq(qw.cuda(), qz.cuda(), s.cuda(), g)
+    w64_d = torch.from_numpy(w64).cuda()  # exact dequantized weights, float64, from numpy (not awqgemm)
+    w16_d = w64_d.to(dtype).float()
+    for m in (1, 7, 16, 33, 128, 1000):
+        x = torch.from_numpy(rng.standard_normal((m, k)).astype(np.float32)).to(dtype).cuda()
+        ref = (x.double() @ w64_d).cpu().numpy()  # float64 GEMM
+        out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")  # poison: unwritten -> NaN
+        out.copy_(awqgemm.gemm(x, packed))
+        torch.cuda.synchronize()
+        assert out.dtype == dtype and tuple(out.shape) == (m, n)
+        assert torch.isfinite(out).all(), f"non-finite output (m={m})"
+        # Bound: a fixed 2e-3 (fp16) / 1e-2 (bf16), or twice the error of an honest 16-bit pipeline
+        # (weights rounded to dtype, fp32 accumulation, output rounded to dtype) on the same inputs.
+        emu = (x.float() @ w16_d).to(dtype)
+        bound = max(2e-3 if dtype == torch.float16 else 1e-2, 2 * rel_err(emu, ref))
+        err = rel_err(out, ref)
+        assert err <= bound, f"m={m} k={k} n={n} g={g} {dtype}: rel err {err:.3e} > {bound:.3e}"
