@@ -130,6 +130,19 @@ struct Volta884Lanes {
   }
 };
 
+// This lane's 16-byte slot in the first k-tile of each of NT consecutive
+// 16-column strips (tiles of a strip are 512 bytes apart along K). Strips past
+// the end re-read the last real one; their results are never stored.
+template <int NT>
+__device__ __forceinline__ void weight_strips(const GemmProblem& p, int nt0, int ntiles, int ktiles, int lane,
+                                              const uint4* (&wptr)[NT], int (&ntc)[NT]) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    ntc[nt] = min(nt0 + nt, ntiles - 1);
+    wptr[nt] = reinterpret_cast<const uint4*>(p.qweight) + static_cast<size_t>(ntc[nt]) * ktiles * 32 + lane;
+  }
+}
+
 template <int MT, int NT>
 struct StageRegs {
   uint4 w[NT];
@@ -189,11 +202,7 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
     // of the MMA output depends only on column m of B.
     const uint4* wptr[NT];
     int ntc[NT];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      ntc[nt] = min(nt0 + nt, ntiles - 1);
-      wptr[nt] = reinterpret_cast<const uint4*>(p.qweight) + static_cast<size_t>(ntc[nt]) * ktiles * 32 + lane;
-    }
+    weight_strips<NT>(p, nt0, ntiles, ktiles, lane, wptr, ntc);
     const T* xptr[MT];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {

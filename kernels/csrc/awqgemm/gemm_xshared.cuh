@@ -50,11 +50,7 @@ __global__ void __launch_bounds__(WN * 32) gemm_xs_kernel(const GemmProblem p, c
 
     const uint4* wptr[NT];
     int ntc[NT];
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      ntc[nt] = min(nt0 + nt, ntiles - 1);
-      wptr[nt] = reinterpret_cast<const uint4*>(p.qweight) + static_cast<size_t>(ntc[nt]) * ktiles * 32 + lane;
-    }
+    weight_strips<NT>(p, nt0, ntiles, ktiles, lane, wptr, ntc);
     const uint2* szptr = reinterpret_cast<const uint2*>(p.scale_zero) + Fam::w_row(lane);
     const T* x = reinterpret_cast<const T*>(p.x);
 
