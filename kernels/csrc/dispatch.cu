@@ -1,5 +1,6 @@
 #include "awqgemm/dispatch.h"
 
+#include <cstdlib>
 #include <mutex>
 #include <vector>
 
@@ -7,6 +8,8 @@
 #include "awqgemm/packed_layout.h"
 
 namespace awqgemm {
+
+constexpr int kDefaultInflightKiB = 24;
 
 DeviceInfo device_info(int device) {
   static std::mutex mu;
@@ -57,7 +60,18 @@ Family choose_family(Family requested, int capability, DType dtype, std::string*
 
 int layout_for(Family family) { return family == Family::kSm70 ? kLayoutVolta884 : kLayoutTc16x64; }
 
-constexpr int kInflightBytesPerSm = 24 * 1024;
+// Weight bytes to keep in flight per SM. Little's law for ~3 TB/s and ~1 us
+// of latency over 132 SMs gives ~24 KiB; the measured best is in
+// docs/perf-notes.md. AWQGEMM_INFLIGHT_KIB overrides it (a tuning knob, read
+// once, so plans stay deterministic within a process).
+int inflight_bytes_per_sm() {
+  static const int bytes = [] {
+    const char* env = std::getenv("AWQGEMM_INFLIGHT_KIB");
+    const int kib = env != nullptr ? std::atoi(env) : 0;
+    return (kib > 0 && kib <= 4096 ? kib : kDefaultInflightKiB) * 1024;
+  }();
+  return bytes;
+}
 
 namespace {
 
@@ -79,7 +93,7 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
   const int ktiles = padded_k(K) / kTileK;
   // Keep enough weight bytes in flight to cover DRAM latency (Little's law:
   // ~3 TB/s x ~1 us over 132 SMs is ~24 KiB per SM on an H100).
-  const int64_t want = static_cast<int64_t>(kInflightBytesPerSm) * (dev.sm_count > 0 ? dev.sm_count : 80);
+  const int64_t want = static_cast<int64_t>(inflight_bytes_per_sm()) * (dev.sm_count > 0 ? dev.sm_count : 80);
 
   if (family == Family::kSm80 && M > 16) {
     // Warps split N and share each activation tile through shared memory:
