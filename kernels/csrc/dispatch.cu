@@ -105,7 +105,9 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
     t.kwarps = 4;
     const int blocks = ceil_div(ntiles, t.nt * 4) * ceil_div(M, 8 * t.mt);
     const int64_t per_split = static_cast<int64_t>(blocks) * 4 * 32 * 3 * t.nt * 16;  // 3 tiles ahead
-    t.splits = choose_splits(ktiles, 4, want, per_split);
+    // Twice the decode target: measured 6 % faster at M = 32, neutral at 64
+    // (benchmarks/sweep_inflight.sh, docs/perf-notes.md).
+    t.splits = choose_splits(ktiles, 4, 2 * want, per_split);
   } else {
     // Warps split K. Token tiles: decode batches fit one 8-row MMA tile;
     // beyond 16 rows a block takes 32 rows and 64 columns so each weight byte
