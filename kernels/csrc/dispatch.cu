@@ -116,7 +116,10 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
     if (M <= 8) {
       t.mt = 1;
       t.nt = 2;
-    } else if (M <= 16) {
+    } else if (M <= 16 || family == Family::kSm70) {
+      // Volta's m8n8k4 keeps 16 accumulators per 8 x 16 tile (4 quad pairs),
+      // so a 32 x 64 block would need 256 of them: stay at 16 x 32 and let
+      // grid.y cover M (bounded by DENSE_MIN_M[70]).
       t.mt = 2;
       t.nt = 2;
     } else {
@@ -126,9 +129,14 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
     const int blocks = ceil_div(ntiles, t.nt) * ceil_div(M, 8 * t.mt);
     const int stages = t.mt >= 4 ? 2 : 3;  // ~ launch.h's stages_for
     auto inflight = [&](int kwarps) { return static_cast<int64_t>(blocks) * kwarps * 32 * stages * t.nt * 16; };
-    // First widen the in-block K split (8 warps, summed in shared memory: no
-    // extra launch); only if that is still short, split K across blocks.
-    t.kwarps = (t.mt <= 2 && inflight(4) < want) ? 8 : 4;
+    // First widen the in-block K split (8, then 16 warps, summed in shared
+    // memory: no extra launch); only if that is still short, split K across
+    // blocks (a second launch for the reduction).
+    t.kwarps = 4;
+    const int max_kwarps = family == Family::kSm80 ? 16 : 8;  // see launch.h launch_family
+    if (t.mt <= 2) {
+      while (t.kwarps < max_kwarps && inflight(t.kwarps) < want && ktiles >= 2 * 2 * t.kwarps) t.kwarps *= 2;
+    }
     t.splits = choose_splits(ktiles, 2 * t.kwarps, want, inflight(t.kwarps));
   }
   plan.workspace_bytes = t.splits > 1 ? static_cast<int64_t>(t.splits) * M * N * 4 : 0;

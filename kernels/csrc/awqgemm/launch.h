@@ -40,14 +40,27 @@ cudaError_t launch_gemm_tc(const GemmProblem& p, const TileConfig& cfg, cudaStre
 // only asks for these.
 template <typename T, class Fam, bool kAsyncWeights>
 cudaError_t launch_family(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
-  switch (cfg.mt * 1000 + cfg.nt * 100 + cfg.kwarps) {
+  switch (cfg.mt * 1000 + cfg.nt * 100 + cfg.kwarps) {  // MT, NT, KWARPS
     case 1204: return launch_gemm_tc<T, 1, 2, 4, Fam, kAsyncWeights>(p, cfg, stream);
     case 1208: return launch_gemm_tc<T, 1, 2, 8, Fam, kAsyncWeights>(p, cfg, stream);
     case 2204: return launch_gemm_tc<T, 2, 2, 4, Fam, kAsyncWeights>(p, cfg, stream);
     case 2208: return launch_gemm_tc<T, 2, 2, 8, Fam, kAsyncWeights>(p, cfg, stream);
-    case 4404: return launch_gemm_tc<T, 4, 4, 4, Fam, kAsyncWeights>(p, cfg, stream);
-    default: return cudaErrorInvalidConfiguration;
+    default: break;
   }
+  // 32 x 64 blocks: Volta's 16 accumulators per tile would need 256 registers.
+  if constexpr (Fam::kAcc == 4) {
+    if (cfg.mt == 4 && cfg.nt == 4 && cfg.kwarps == 4) return launch_gemm_tc<T, 4, 4, 4, Fam, kAsyncWeights>(p, cfg, stream);
+  }
+  // 16-warp blocks only where the pipeline lives in shared memory (sm80+):
+  // the register-staged families would spill under the 128-register cap.
+  if constexpr (kAsyncWeights) {
+    switch (cfg.mt * 1000 + cfg.nt * 100 + cfg.kwarps) {
+      case 1216: return launch_gemm_tc<T, 1, 2, 16, Fam, kAsyncWeights>(p, cfg, stream);
+      case 2216: return launch_gemm_tc<T, 2, 2, 16, Fam, kAsyncWeights>(p, cfg, stream);
+      default: break;
+    }
+  }
+  return cudaErrorInvalidConfiguration;
 }
 
 }  // namespace awqgemm

@@ -12,7 +12,7 @@ struct TileConfig {
   KernelKind kind = KernelKind::kKSplit;
   int mt;      // 8-token MMA tiles per block
   int nt;      // 16-column tiles per block
-  int kwarps;  // warps per block, splitting the block's K slice (4 or 8)
+  int kwarps;  // warps per block, splitting the block's K slice (4, 8 or 16)
   int splits;  // blocks splitting K
 };
 

@@ -15,8 +15,11 @@ from .testing import state
 _DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1}
 
 # From this many tokens on, dequantizing into a dense weight (torch-allocated)
-# and running cuBLAS beats the fused kernel; see docs/perf-notes.md.
-DENSE_MIN_M = {80: 256, 75: 256, 70: 256}
+# and running cuBLAS beats the fused kernel. sm80: measured on the H100 (fused
+# wins on 30/34 shapes at M=128, loses on 30/34 at 256; docs/perf-notes.md).
+# sm75/sm70: not measurable here (no T4/V100); chosen from the floors -- the
+# W4 floor stays HBM-bound to M ~ 37-60 there -- and Volta's 16 x 32 tiles.
+DENSE_MIN_M = {80: 256, 75: 128, 70: 64}
 
 _lib = torch.library.Library("awqgemm", "DEF")
 _lib.define(
