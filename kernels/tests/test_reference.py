@@ -88,6 +88,14 @@ def test_scale_zero_round_trip():
     assert torch.equal(z.to(torch.uint8), _layout.unpack_awq_int4(qzeros))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_unpack_awq_inverts_pack(dtype):
+    qweight, qzeros, scales = random_awq(320, 1376, 64, dtype)
+    back = awqgemm.unpack_awq(awqgemm.pack_awq(qweight, qzeros, scales, 64))
+    for got, want in zip(back, (qweight, qzeros, scales), strict=True):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
 def test_bias_and_leading_dims():
     qweight, qzeros, scales = random_awq(128, 24, 64, torch.float16)
     packed = awqgemm.pack_awq(qweight, qzeros, scales, 64)

@@ -31,6 +31,7 @@ __all__ = [
     "pack_awq",
     "reference_gemm",
     "testing",
+    "unpack_awq",
 ]
 
 try:
@@ -67,6 +68,19 @@ def pack_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, 
     z = _layout.unpack_awq_int4(qzeros)
     scale_zero = _layout.pack_scale_zero(scales, z, k_dim, group_size)
     return PackedWeight(packed_q, scale_zero, k_dim, n_dim, group_size, layout)
+
+
+def unpack_awq(packed: PackedWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inverse of :func:`pack_awq`: ``(qweight, qzeros, scales)`` in the AWQ checkpoint layout.
+
+    Lossless (the packed form keeps every nibble and scale), so a serving stack
+    can hand weights back in checkpoint form, e.g. to re-shard or reload them.
+    """
+    if not isinstance(packed, PackedWeight):
+        raise TypeError(f"awqgemm: packed must be an awqgemm.PackedWeight, got {type(packed).__name__}")
+    q = _layout.unpack_qweight(packed.qweight, packed.K, packed.N, packed.layout)
+    s, z = _layout.unpack_scale_zero(packed.scales, packed.K, packed.N, packed.group_size)
+    return _layout.pack_awq_int4(q), _layout.pack_awq_int4(z.to(torch.uint8)), s.contiguous()
 
 
 def gemm(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
