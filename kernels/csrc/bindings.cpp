@@ -112,11 +112,11 @@ NB_MODULE(_C, m) {
       [](int family, int dtype, int M, int N, int K, int device) {
         const Family f = resolve(family, dtype, device);
         const Plan plan = make_plan(f, device_info(device), M, N, K);
-        return std::make_tuple(static_cast<int>(plan.family), plan.tile.mt, plan.tile.nt, plan.tile.splits,
-                               plan.workspace_bytes);
+        return std::make_tuple(static_cast<int>(plan.family), layout_for(plan.family), plan.workspace_bytes);
       },
       nb::arg("family"), nb::arg("dtype"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
-      "(family, mt, nt, splits, workspace_bytes) for a problem: deterministic, so a captured graph replays it");
+      "(family, packed layout it reads, workspace_bytes) for a problem: deterministic, so a captured graph "
+      "replays it");
 
   m.def(
       "gemm",

@@ -101,10 +101,11 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
     // measured faster: v4 in docs/perf-notes.md.)
     t.kind = KernelKind::kXShared;
     t.mt = M <= 32 ? 4 : 8;
-    t.nt = 2;
-    t.kwarps = 4;
-    const int blocks = ceil_div(ntiles, t.nt * 4) * ceil_div(M, 8 * t.mt);
-    const int64_t per_split = static_cast<int64_t>(blocks) * 4 * 32 * 3 * t.nt * 16;  // 3 tiles ahead
+    t.nt = kXsNT;
+    t.kwarps = kXsWarps;
+    const int blocks = ceil_div(ntiles, t.nt * t.kwarps) * ceil_div(M, 8 * t.mt);
+    const int64_t per_split =
+        static_cast<int64_t>(blocks) * t.kwarps * 32 * (kXsStages - 1) * t.nt * 16;  // tiles in flight
     // Twice the decode target: measured 6 % faster at M = 32, neutral at 64
     // (benchmarks/sweep_inflight.sh, docs/perf-notes.md).
     t.splits = choose_splits(ktiles, 4, 2 * want, per_split);
@@ -127,7 +128,9 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
       t.nt = 4;
     }
     const int blocks = ceil_div(ntiles, t.nt) * ceil_div(M, 8 * t.mt);
-    const int stages = t.mt >= 4 ? 2 : 3;  // ~ launch.h's stages_for
+    // The estimate uses the cp.async ring depth for every family (the
+    // register-staged ones run deeper, so this errs towards splitting).
+    const int stages = pipeline_stages(t.mt, /*async_ring=*/true);
     auto inflight = [&](int kwarps) { return static_cast<int64_t>(blocks) * kwarps * 32 * stages * t.nt * 16; };
     // First widen the in-block K split (8, then 16 warps, summed in shared
     // memory: no extra launch); only if that is still short, split K across

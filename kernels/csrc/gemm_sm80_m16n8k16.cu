@@ -39,23 +39,17 @@ struct MmaSm80 : M16n8Lanes {
 
 template <typename T, int MT>
 cudaError_t launch_xs(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
-  constexpr int kNT = 2, kWN = 4, kStages = 4;
-  constexpr int kSmem = XsSmem<MT, kNT, kWN, kStages>::kBytes;
-  auto* kernel = gemm_xs_kernel<T, MT, kNT, kWN, kStages, MmaSm80>;
-  if constexpr (kSmem > 48 * 1024) {
-    static const cudaError_t opt_in = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    if (opt_in != cudaSuccess) return opt_in;
-  }
+  constexpr int kSmem = XsSmem<MT, kXsNT, kXsWarps, kXsStages>::kBytes;
   const int ntiles = padded_n(p.N) / kTileN;
-  const dim3 grid(ceil_div(ntiles, kNT * kWN), ceil_div(p.M, 8 * MT), cfg.splits);
-  kernel<<<grid, kWN * 32, kSmem, stream>>>(p, cfg.splits);
-  return cudaGetLastError();
+  const dim3 grid(ceil_div(ntiles, kXsNT * kXsWarps), ceil_div(p.M, 8 * MT), cfg.splits);
+  return launch_with_smem<kSmem>(gemm_xs_kernel<T, MT, kXsNT, kXsWarps, kXsStages, MmaSm80>, grid, kXsWarps * 32, p,
+                                 cfg.splits, stream);
 }
 
 template <typename T>
 cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   if (cfg.kind == KernelKind::kKSplit) return launch_family<T, MmaSm80, true>(p, cfg, stream);
-  if (cfg.nt != 2 || cfg.kwarps != 4) return cudaErrorInvalidConfiguration;
+  if (cfg.nt != kXsNT || cfg.kwarps != kXsWarps) return cudaErrorInvalidConfiguration;
   switch (cfg.mt) {
     case 4: return launch_xs<T, 4>(p, cfg, stream);
     case 8: return launch_xs<T, 8>(p, cfg, stream);

@@ -143,6 +143,18 @@ __device__ __forceinline__ void weight_strips(const GemmProblem& p, int nt0, int
   }
 }
 
+// Epilogue store of one output: with a single K split, add the bias and round
+// into out; otherwise park the fp32 partial in this split's workspace slice.
+template <typename T>
+__device__ __forceinline__ void store_result(const GemmProblem& p, int splits, int m, int n, float v) {
+  if (splits == 1) {
+    if (p.bias != nullptr) v += to_float(reinterpret_cast<const T*>(p.bias)[n]);
+    reinterpret_cast<T*>(p.out)[static_cast<size_t>(m) * p.out_row_stride + n] = from_float<T>(v);
+  } else {
+    p.workspace[(static_cast<size_t>(blockIdx.z) * p.M + m) * p.N + n] = v;
+  }
+}
+
 template <int MT, int NT>
 struct StageRegs {
   uint4 w[NT];
@@ -338,14 +350,7 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
       Fam::coord(ln, idx % kOwn, mo, no);
       const int m = m0 + mt * 8 + mo;
       const int n = (nt0 + nt) * kTileN + no;
-      if (m >= p.M || n >= p.N) return;
-      if (splits == 1) {
-        float r = v;
-        if (p.bias != nullptr) r += to_float(reinterpret_cast<const T*>(p.bias)[n]);
-        reinterpret_cast<T*>(p.out)[static_cast<size_t>(m) * p.out_row_stride + n] = from_float<T>(r);
-      } else {
-        p.workspace[(static_cast<size_t>(blockIdx.z) * p.M + m) * p.N + n] = v;
-      }
+      if (m < p.M && n < p.N) store_result<T>(p, splits, m, n, v);
     };
 
     if constexpr (KWARPS > 1) {

@@ -139,15 +139,7 @@ __global__ void __launch_bounds__(WN * 32) gemm_xs_kernel(const GemmProblem p, c
           Fam::coord(lane, i, mo, no);
           const int m = m0 + mt * 8 + mo;
           const int n = (nt0 + nt) * kTileN + no;
-          if (m >= p.M || n >= p.N) continue;
-          const float v = acc[mt][nt][i];
-          if (splits == 1) {
-            float r = v;
-            if (p.bias != nullptr) r += to_float(reinterpret_cast<const T*>(p.bias)[n]);
-            reinterpret_cast<T*>(p.out)[static_cast<size_t>(m) * p.out_row_stride + n] = from_float<T>(r);
-          } else {
-            p.workspace[(static_cast<size_t>(blockIdx.z) * p.M + m) * p.N + n] = v;
-          }
+          if (m < p.M && n < p.N) store_result<T>(p, splits, m, n, acc[mt][nt][i]);
         }
   }
 }

@@ -1,4 +1,4 @@
-// Host-side launch of one gemm_tc_kernel instantiation (kept out of
+// Host-side launches of the tensor-core kernels (kept out of
 // gemm_tile.cuh so that header stays device-only and NVRTC-compilable).
 #pragma once
 
@@ -8,32 +8,29 @@
 
 namespace awqgemm {
 
-// Pipeline depth. Register-staged pipelines (sm70/75) get shallower as the
-// activation tile grows, to stay clear of spills; the cp.async rings (sm80+)
-// are 3 deep (2 for MT = 4): at 30 KiB per 4-warp block, 7 blocks fit an SM,
-// which hides more latency than a 4th stage with fewer resident warps.
-template <int MT, int KWARPS, bool kAsync>
-constexpr int stages_for() {
-  if (!kAsync) return MT >= 4 ? 2 : 4;
-  return MT >= 4 ? 2 : 3;
+// Launches a kernel taking (GemmProblem, splits) with kSmem bytes of dynamic
+// shared memory. Opting in to > 48 KiB is a per-function attribute: set it once
+// (it neither allocates nor synchronizes, so it is also safe during capture).
+template <int kSmem, class Kernel>
+cudaError_t launch_with_smem(Kernel* kernel, dim3 grid, int threads, const GemmProblem& p, int splits,
+                             cudaStream_t stream) {
+  if constexpr (kSmem > 48 * 1024) {
+    static const cudaError_t opt_in =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    if (opt_in != cudaSuccess) return opt_in;
+  }
+  kernel<<<grid, threads, kSmem, stream>>>(p, splits);
+  return cudaGetLastError();
 }
 
 template <typename T, int MT, int NT, int KWARPS, class Fam, bool kAsyncWeights>
 cudaError_t launch_gemm_tc(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   const int ntiles = padded_n(p.N) / kTileN;
   const dim3 grid(ceil_div(ntiles, NT), ceil_div(p.M, 8 * MT), cfg.splits);
-  constexpr int kStages = stages_for<MT, KWARPS, kAsyncWeights>();
+  constexpr int kStages = pipeline_stages(MT, kAsyncWeights);
   constexpr int kSmem = SmemLayout<MT, NT, KWARPS, kStages, kAsyncWeights>::kBytes;
-  auto* kernel = gemm_tc_kernel<T, MT, NT, KWARPS, kStages, Fam, kAsyncWeights>;
-  if constexpr (kSmem > 48 * 1024) {
-    // Opting in to > 48 KiB is a per-function attribute: set it once (it neither
-    // allocates nor synchronizes, so it is also safe during graph capture).
-    static const cudaError_t opt_in =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    if (opt_in != cudaSuccess) return opt_in;
-  }
-  kernel<<<grid, KWARPS * 32, kSmem, stream>>>(p, cfg.splits);
-  return cudaGetLastError();
+  return launch_with_smem<kSmem>(gemm_tc_kernel<T, MT, NT, KWARPS, kStages, Fam, kAsyncWeights>, grid, KWARPS * 32, p,
+                                 cfg.splits, stream);
 }
 
 // The (MT, NT, KWARPS) instantiations every family provides; the dispatcher

@@ -1,12 +1,26 @@
 // Launch shape of the tensor-core kernels, chosen by the dispatcher.
 #pragma once
 
+#include "packed_layout.h"
+
 namespace awqgemm {
 
 enum class KernelKind : int {
   kKSplit = 0,   // gemm_tc_kernel: warps split K (decode, and every family)
-  kXShared = 1,  // gemm_xs_kernel: warps split N and share activations (sm80, M > 8)
+  kXShared = 1,  // gemm_xs_kernel: warps split N and share activations (sm80, M > 16)
 };
+
+// Pipeline depth of the K-split kernel. Register-staged pipelines (sm70/75)
+// get shallower as the activation tile grows, to stay clear of spills; the
+// cp.async rings (sm80+) are 3 deep (2 for MT = 4): at 30 KiB per 4-warp block,
+// 7 blocks fit an SM, which hides more latency than a 4th stage with fewer
+// resident warps.
+AWQGEMM_HD constexpr int pipeline_stages(int mt, bool async_ring) { return mt >= 4 ? 2 : (async_ring ? 3 : 4); }
+
+// Shape of the x-shared kernel: 4 warps x 2 column tiles, a 4-deep ring.
+constexpr int kXsWarps = 4;
+constexpr int kXsNT = 2;
+constexpr int kXsStages = 4;
 
 struct TileConfig {
   KernelKind kind = KernelKind::kKSplit;

@@ -50,11 +50,13 @@ def _gemm_cuda(x, qweight, scales, bias, K, N, group_size, layout):
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     stream = torch.cuda.current_stream(x.device).cuda_stream
     dtype_code = _DTYPE_CODE[x.dtype]
-    family = _C.family_for(state.family, dtype_code, device)
-    if _C.layout_for(family) != layout:
+    # One call resolves the family (and raises for an unsupported GPU/dtype),
+    # the layout it reads and the workspace; gemm below replays the same plan.
+    family, family_layout, ws_bytes = _C.plan(state.family, dtype_code, M, N, K, device)
+    if family_layout != layout:
         raise ValueError(
             f"awqgemm: the weight was packed in layout {layout} but kernel family sm{family} reads layout "
-            f"{_C.layout_for(family)}; pack the weight (awqgemm.pack_awq) on the device and settings that run it"
+            f"{family_layout}; pack the weight (awqgemm.pack_awq) on the device and settings that run it"
         )
     use_dense = state.path == "dense" or (state.path == "auto" and DENSE_MIN_M[family] <= M)
     if use_dense:
@@ -65,7 +67,6 @@ def _gemm_cuda(x, qweight, scales, bias, K, N, group_size, layout):
         out = torch.matmul(x2, wt.t()) if bias is None else torch.addmm(bias, x2, wt.t())
         return out.view(*lead, N)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    _, _, _, _, ws_bytes = _C.plan(family, dtype_code, M, N, K, device)
     ws = torch.empty((ws_bytes + 3) // 4, dtype=torch.float32, device=x.device) if ws_bytes else None
     _C.gemm(
         family,

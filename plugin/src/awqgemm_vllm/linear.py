@@ -56,22 +56,19 @@ class AwqGemmLinearMethod(LinearMethodBase):
         num_groups = input_size_per_partition // group
         weight_loader = extra_weight_attrs.get("weight_loader")
 
-        qweight = PackedvLLMParameter(
-            data=torch.empty(input_size_per_partition, n_part // PACK_FACTOR, dtype=torch.int32),
-            input_dim=0,
-            output_dim=1,
-            packed_dim=1,
-            packed_factor=PACK_FACTOR,
-            weight_loader=weight_loader,
-        )
-        qzeros = PackedvLLMParameter(
-            data=torch.empty(num_groups, n_part // PACK_FACTOR, dtype=torch.int32),
-            input_dim=0,
-            output_dim=1,
-            packed_dim=1,
-            packed_factor=PACK_FACTOR,
-            weight_loader=weight_loader,
-        )
+        def packed_int4(rows: int) -> PackedvLLMParameter:
+            # 8 int4 values per int32 along the output dim, as AWQ stores them.
+            return PackedvLLMParameter(
+                data=torch.empty(rows, n_part // PACK_FACTOR, dtype=torch.int32),
+                input_dim=0,
+                output_dim=1,
+                packed_dim=1,
+                packed_factor=PACK_FACTOR,
+                weight_loader=weight_loader,
+            )
+
+        qweight = packed_int4(input_size_per_partition)
+        qzeros = packed_int4(num_groups)
         scales = GroupQuantScaleParameter(
             data=torch.empty(num_groups, n_part, dtype=params_dtype),
             input_dim=0,
