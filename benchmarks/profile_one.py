@@ -29,6 +29,11 @@ def main() -> None:
     s = (torch.rand(a.k // a.group, a.n, device="cuda") / a.k).to(dtype)
     packed = awqgemm.pack_awq(_layout.pack_awq_int4(q), _layout.pack_awq_int4(z), s, a.group)
     x = torch.randn(a.m, a.k, dtype=dtype, device="cuda")
+    from awqgemm._ext import _C
+
+    dev = torch.cuda.current_device()
+    family, _, ws = _C.plan(0, 0 if a.dtype == "fp16" else 1, a.m, a.n, a.k, dev)
+    print(f"plan: family sm{family}, split-K workspace {ws} B = {ws // max(1, 4 * a.m * a.n)} splits", flush=True)
     with awqgemm.testing.force(path=a.path):
         for _ in range(a.iters):
             awqgemm.gemm(x, packed)
