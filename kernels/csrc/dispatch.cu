@@ -1,5 +1,6 @@
 #include "awqgemm/dispatch.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <mutex>
 #include <vector>
@@ -60,20 +61,36 @@ Family choose_family(Family requested, int capability, DType dtype, std::string*
 
 int layout_for(Family family) { return family == Family::kSm70 ? kLayoutVolta884 : kLayoutTc16x64; }
 
+namespace {
+
+// A tuning knob from the environment, read once so plans stay deterministic
+// within a process; `fallback` outside [lo, hi].
+int env_knob(const char* name, int fallback, int lo, int hi) {
+  const char* env = std::getenv(name);
+  const int v = env != nullptr ? std::atoi(env) : lo - 1;
+  return v >= lo && v <= hi ? v : fallback;
+}
+
 // Weight bytes to keep in flight per SM. Little's law for ~3 TB/s and ~1 us
 // of latency over 132 SMs gives ~24 KiB; the measured best is in
-// docs/perf-notes.md. AWQGEMM_INFLIGHT_KIB overrides it (a tuning knob, read
-// once, so plans stay deterministic within a process).
+// docs/perf-notes.md. AWQGEMM_INFLIGHT_KIB overrides it.
 int inflight_bytes_per_sm() {
-  static const int bytes = [] {
-    const char* env = std::getenv("AWQGEMM_INFLIGHT_KIB");
-    const int kib = env != nullptr ? std::atoi(env) : 0;
-    return (kib > 0 && kib <= 4096 ? kib : kDefaultInflightKiB) * 1024;
-  }();
+  static const int bytes = env_knob("AWQGEMM_INFLIGHT_KIB", kDefaultInflightKiB, 1, 4096) * 1024;
   return bytes;
 }
 
-namespace {
+// Resident warps per SM the K-split kernel aims for before it is content with
+// its bytes in flight (AWQGEMM_MIN_WARPS_PER_SM; 0 = bytes only).
+int min_warps_per_sm() {
+  static const int warps = env_knob("AWQGEMM_MIN_WARPS_PER_SM", 0, 0, 64);
+  return warps;
+}
+
+// Cap on the x-shared kernel's K splits (AWQGEMM_XS_MAX_SPLITS; 0 = none).
+int xs_max_splits() {
+  static const int splits = env_knob("AWQGEMM_XS_MAX_SPLITS", 0, 0, 16);
+  return splits;
+}
 
 // Split K across blocks until enough bytes are in flight, keeping >= min_tiles
 // k-tiles per split (per warp, for the K-split kernel) and <= 16 splits.
@@ -105,10 +122,11 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
     t.kwarps = kXsWarps;
     const int blocks = ceil_div(ntiles, t.nt * t.kwarps) * ceil_div(M, 8 * t.mt);
     const int64_t per_split =
-        static_cast<int64_t>(blocks) * t.kwarps * 32 * (kXsStages - 1) * t.nt * 16;  // tiles in flight
+        static_cast<int64_t>(blocks) * t.kwarps * 32 * (xs_stages(t.mt) - 1) * t.nt * 16;  // tiles in flight
     // Twice the decode target: measured 6 % faster at M = 32, neutral at 64
     // (benchmarks/sweep_inflight.sh, docs/perf-notes.md).
     t.splits = choose_splits(ktiles, 4, 2 * want, per_split);
+    if (xs_max_splits() > 0) t.splits = std::min(t.splits, xs_max_splits());
   } else {
     // Warps split K. Token tiles: decode batches fit one 8-row MMA tile;
     // beyond 16 rows a block takes 32 rows and 64 columns so each weight byte
@@ -138,9 +156,19 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
     t.kwarps = 4;
     const int max_kwarps = family == Family::kSm80 ? 16 : 8;  // see launch.h launch_family
     if (t.mt <= 2) {
-      while (t.kwarps < max_kwarps && inflight(t.kwarps) < want && ktiles >= 2 * 2 * t.kwarps) t.kwarps *= 2;
+      const int64_t want_warps = static_cast<int64_t>(min_warps_per_sm()) * dev.sm_count;
+      auto short_of = [&](int kwarps) {
+        return inflight(kwarps) < want || static_cast<int64_t>(blocks) * kwarps < want_warps;
+      };
+      while (t.kwarps < max_kwarps && short_of(t.kwarps) && ktiles >= 2 * 2 * t.kwarps) t.kwarps *= 2;
     }
     t.splits = choose_splits(ktiles, 2 * t.kwarps, want, inflight(t.kwarps));
+    if (t.mt <= 2) {
+      const int64_t want_warps = static_cast<int64_t>(min_warps_per_sm()) * dev.sm_count;
+      while (t.splits < 16 && static_cast<int64_t>(blocks) * t.kwarps * t.splits < want_warps &&
+             ktiles / (t.splits + 1) >= 2 * t.kwarps)
+        ++t.splits;
+    }
   }
   plan.workspace_bytes = t.splits > 1 ? static_cast<int64_t>(t.splits) * M * N * 4 : 0;
   return plan;

@@ -25,7 +25,7 @@ struct XsSmem {
 };
 
 template <typename T, int MT, int NT, int WN, int STAGES, class Fam>
-__global__ void __launch_bounds__(WN * 32) gemm_xs_kernel(const GemmProblem p, const int splits) {
+__global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(const GemmProblem p, const int splits) {
   if constexpr (!Fam::template supported<T>()) {
     __trap();
   } else {
@@ -100,21 +100,30 @@ __global__ void __launch_bounds__(WN * 32) gemm_xs_kernel(const GemmProblem p, c
         split_scale_zero(sz.x, scale2[nt][0], zero2[nt][0]);
         split_scale_zero(sz.y, scale2[nt][1], zero2[nt][1]);
       }
+      // Two halves of the k-tile: dequantize 2 steps x NT fragments, then feed
+      // each token tile from one 16-byte activation load (this lane's
+      // activations 8 h .. 8 h + 7). With the 144-byte row stride each 8-lane
+      // phase of a 16-byte load hits 8 distinct 4-bank groups; the 8-byte
+      // loads per step they replace were 2-way conflicted and twice as many.
       const unsigned char* xs = sx(slot) + g * kXsRowBytes + 32 * q;
 #pragma unroll
-      for (int step = 0; step < 4; ++step) {
-        uint32_t a[NT][4];
+      for (int h = 0; h < 2; ++h) {
+        uint32_t a[2][NT][4];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          const uint32_t word = step == 0 ? w[nt].x : step == 1 ? w[nt].y : step == 2 ? w[nt].z : w[nt].w;
-          Fam::template dequant<T>(word, zero2[nt], scale2[nt], a[nt]);
-        }
+        for (int s2 = 0; s2 < 2; ++s2)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            const uint32_t word = h == 0 ? (s2 == 0 ? w[nt].x : w[nt].y) : (s2 == 0 ? w[nt].z : w[nt].w);
+            Fam::template dequant<T>(word, zero2[nt], scale2[nt], a[s2][nt]);
+          }
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
-          // Halves 4 step .. 4 step + 3 of this lane's 16 activations.
-          const uint2 b = *reinterpret_cast<const uint2*>(xs + mt * 8 * kXsRowBytes + 8 * step);
+          const uint4 b = *reinterpret_cast<const uint4*>(xs + mt * 8 * kXsRowBytes + 16 * h);
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt) Fam::template mma<T>(acc[mt][nt], a[nt], b.x, b.y);
+          for (int nt = 0; nt < NT; ++nt) {
+            Fam::template mma<T>(acc[mt][nt], a[0][nt], b.x, b.y);
+            Fam::template mma<T>(acc[mt][nt], a[1][nt], b.z, b.w);
+          }
         }
       }
     };

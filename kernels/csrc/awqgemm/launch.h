@@ -4,22 +4,34 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
+
 #include "gemm_tile.cuh"
 
 namespace awqgemm {
 
 // Launches a kernel taking (GemmProblem, splits) with kSmem bytes of dynamic
-// shared memory. Opting in to > 48 KiB is a per-function attribute: set it once
-// (it neither allocates nor synchronizes, so it is also safe during capture).
-template <int kSmem, class Kernel>
-cudaError_t launch_with_smem(Kernel* kernel, dim3 grid, int threads, const GemmProblem& p, int splits,
-                             cudaStream_t stream) {
+// shared memory. Opting in to > 48 KiB is a per-function, per-device
+// attribute: set it on the first launch on each device (it neither allocates
+// nor synchronizes, so it is also safe during capture). The kernel is a
+// template argument so every instantiation keeps its own flag -- fp16 and
+// bf16 kernels share a type, and a flag keyed on the type alone once left the
+// bf16 kernels without the opt-in.
+template <int kSmem, auto Kernel>
+cudaError_t launch_with_smem(dim3 grid, int threads, const GemmProblem& p, int splits, cudaStream_t stream) {
   if constexpr (kSmem > 48 * 1024) {
-    static const cudaError_t opt_in =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    if (opt_in != cudaSuccess) return opt_in;
+    constexpr int kMaxDevices = 64;
+    static std::atomic<bool> opted_in[kMaxDevices];
+    int device = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err != cudaSuccess) return err;
+    if (device >= kMaxDevices || !opted_in[device].load(std::memory_order_acquire)) {
+      err = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+      if (err != cudaSuccess) return err;
+      if (device < kMaxDevices) opted_in[device].store(true, std::memory_order_release);
+    }
   }
-  kernel<<<grid, threads, kSmem, stream>>>(p, splits);
+  Kernel<<<grid, threads, kSmem, stream>>>(p, splits);
   return cudaGetLastError();
 }
 
@@ -29,8 +41,8 @@ cudaError_t launch_gemm_tc(const GemmProblem& p, const TileConfig& cfg, cudaStre
   const dim3 grid(ceil_div(ntiles, NT), ceil_div(p.M, 8 * MT), cfg.splits);
   constexpr int kStages = pipeline_stages(MT, kAsyncWeights);
   constexpr int kSmem = SmemLayout<MT, NT, KWARPS, kStages, kAsyncWeights>::kBytes;
-  return launch_with_smem<kSmem>(gemm_tc_kernel<T, MT, NT, KWARPS, kStages, Fam, kAsyncWeights>, grid, KWARPS * 32, p,
-                                 cfg.splits, stream);
+  return launch_with_smem<kSmem, gemm_tc_kernel<T, MT, NT, KWARPS, kStages, Fam, kAsyncWeights>>(grid, KWARPS * 32, p,
+                                                                                                cfg.splits, stream);
 }
 
 // The (MT, NT, KWARPS) instantiations every family provides; the dispatcher

@@ -17,10 +17,15 @@ enum class KernelKind : int {
 // resident warps.
 AWQGEMM_HD constexpr int pipeline_stages(int mt, bool async_ring) { return mt >= 4 ? 2 : (async_ring ? 3 : 4); }
 
-// Shape of the x-shared kernel: 4 warps x 2 column tiles, a 4-deep ring.
+// Shape of the x-shared kernel: 4 warps x 2 column tiles. Its ring is 4 deep
+// for 32-token blocks and 3 deep for 64-token ones, and 64-token blocks are
+// held to 128 registers: that is what lets 4 blocks (16 warps) share an SM --
+// at 4 stages and 162 registers only 3 fit, and ncu showed the tensor pipe at
+// 28 % with 9.7 warps resident (docs/perf-notes.md, v8).
 constexpr int kXsWarps = 4;
 constexpr int kXsNT = 2;
-constexpr int kXsStages = 4;
+AWQGEMM_HD constexpr int xs_stages(int mt) { return mt >= 8 ? 3 : 4; }
+AWQGEMM_HD constexpr int xs_min_blocks(int mt) { return mt >= 8 ? 4 : 5; }
 
 struct TileConfig {
   KernelKind kind = KernelKind::kKSplit;
