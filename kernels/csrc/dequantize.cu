@@ -2,12 +2,14 @@
 // weight (the large-M path hands that to cuBLAS through torch).
 #include "awqgemm/families.h"
 #include "awqgemm/gemm_tile.cuh"
+#include "awqgemm/launch.h"
 
 namespace awqgemm {
 namespace {
 
 template <typename T>
 __global__ void splitk_reduce_kernel(const GemmProblem p, const int splits) {
+  pdl_wait();  // the partials come from the GEMM kernel just before (PDL: see gemm_tile.cuh)
   const int64_t total = static_cast<int64_t>(p.M) * p.N;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -80,15 +82,12 @@ cudaError_t dequantize_typed(const void* qweight, const void* scale_zero, int la
 
 }  // namespace
 
-cudaError_t launch_splitk_reduce(const GemmProblem& p, int splits, cudaStream_t stream) {
+cudaError_t launch_splitk_reduce(const GemmProblem& p, int splits, bool pdl, cudaStream_t stream) {
   const int threads = 256;
-  const int blocks = grid_for(static_cast<int64_t>(p.M) * p.N, threads);
-  if (p.dtype == DType::kBFloat16) {
-    splitk_reduce_kernel<__nv_bfloat16><<<blocks, threads, 0, stream>>>(p, splits);
-  } else {
-    splitk_reduce_kernel<__half><<<blocks, threads, 0, stream>>>(p, splits);
-  }
-  return cudaGetLastError();
+  const dim3 blocks(grid_for(static_cast<int64_t>(p.M) * p.N, threads));
+  return p.dtype == DType::kBFloat16
+             ? launch_maybe_pdl(splitk_reduce_kernel<__nv_bfloat16>, blocks, dim3(threads), 0, pdl, stream, p, splits)
+             : launch_maybe_pdl(splitk_reduce_kernel<__half>, blocks, dim3(threads), 0, pdl, stream, p, splits);
 }
 
 cudaError_t launch_dequantize_t(const void* qweight, const void* scale_zero, int layout, DType dtype, int N, int K,

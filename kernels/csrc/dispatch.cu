@@ -79,17 +79,22 @@ int inflight_bytes_per_sm() {
   return bytes;
 }
 
-// Resident warps per SM the K-split kernel aims for before it is content with
-// its bytes in flight (AWQGEMM_MIN_WARPS_PER_SM; 0 = bytes only).
-int min_warps_per_sm() {
-  static const int warps = env_knob("AWQGEMM_MIN_WARPS_PER_SM", 0, 0, 64);
-  return warps;
+// Most K splits of the x-shared kernel (AWQGEMM_XS_MAX_SPLITS overrides).
+// Its fp32 partials grow with M (splits x M x N x 4 bytes, written and read
+// again), so past 8 splits they cost more than the extra parallelism buys:
+// capping 16 -> 8 measured 5 % faster at M = 64 (geomean of 16 shapes; K = 4096
+// layers up to 22 %), neutral at M = 32 (docs/perf-notes.md, v8).
+constexpr int kXsMaxSplits = 8;
+int xs_max_splits() {
+  static const int splits = env_knob("AWQGEMM_XS_MAX_SPLITS", kXsMaxSplits, 1, 16);
+  return splits;
 }
 
-// Cap on the x-shared kernel's K splits (AWQGEMM_XS_MAX_SPLITS; 0 = none).
-int xs_max_splits() {
-  static const int splits = env_knob("AWQGEMM_XS_MAX_SPLITS", 0, 0, 16);
-  return splits;
+// Programmatic dependent launch on sm90+ (AWQGEMM_PDL=0 turns it off, to
+// measure what it buys: docs/perf-notes.md, v8).
+bool pdl_enabled() {
+  static const bool on = env_knob("AWQGEMM_PDL", 1, 0, 1) == 1;
+  return on;
 }
 
 // Split K across blocks until enough bytes are in flight, keeping >= min_tiles
@@ -126,7 +131,7 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
     // Twice the decode target: measured 6 % faster at M = 32, neutral at 64
     // (benchmarks/sweep_inflight.sh, docs/perf-notes.md).
     t.splits = choose_splits(ktiles, 4, 2 * want, per_split);
-    if (xs_max_splits() > 0) t.splits = std::min(t.splits, xs_max_splits());
+    t.splits = std::min(t.splits, xs_max_splits());
   } else {
     // Warps split K. Token tiles: decode batches fit one 8-row MMA tile;
     // beyond 16 rows a block takes 32 rows and 64 columns so each weight byte
@@ -156,20 +161,11 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
     t.kwarps = 4;
     const int max_kwarps = family == Family::kSm80 ? 16 : 8;  // see launch.h launch_family
     if (t.mt <= 2) {
-      const int64_t want_warps = static_cast<int64_t>(min_warps_per_sm()) * dev.sm_count;
-      auto short_of = [&](int kwarps) {
-        return inflight(kwarps) < want || static_cast<int64_t>(blocks) * kwarps < want_warps;
-      };
-      while (t.kwarps < max_kwarps && short_of(t.kwarps) && ktiles >= 2 * 2 * t.kwarps) t.kwarps *= 2;
+      while (t.kwarps < max_kwarps && inflight(t.kwarps) < want && ktiles >= 2 * 2 * t.kwarps) t.kwarps *= 2;
     }
     t.splits = choose_splits(ktiles, 2 * t.kwarps, want, inflight(t.kwarps));
-    if (t.mt <= 2) {
-      const int64_t want_warps = static_cast<int64_t>(min_warps_per_sm()) * dev.sm_count;
-      while (t.splits < 16 && static_cast<int64_t>(blocks) * t.kwarps * t.splits < want_warps &&
-             ktiles / (t.splits + 1) >= 2 * t.kwarps)
-        ++t.splits;
-    }
   }
+  t.pdl = dev.capability >= 90 && pdl_enabled();
   plan.workspace_bytes = t.splits > 1 ? static_cast<int64_t>(t.splits) * M * N * 4 : 0;
   return plan;
 }
@@ -183,7 +179,7 @@ cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream
     default: break;
   }
   if (err != cudaSuccess || plan.tile.splits == 1) return err;
-  return launch_splitk_reduce(p, plan.tile.splits, stream);
+  return launch_splitk_reduce(p, plan.tile.splits, plan.tile.pdl, stream);
 }
 
 }  // namespace awqgemm

@@ -43,7 +43,7 @@ cudaError_t launch_xs(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   const int ntiles = padded_n(p.N) / kTileN;
   const dim3 grid(ceil_div(ntiles, kXsNT * kXsWarps), ceil_div(p.M, 8 * MT), cfg.splits);
   return launch_with_smem<kSmem, gemm_xs_kernel<T, MT, kXsNT, kXsWarps, xs_stages(MT), MmaSm80>>(grid, kXsWarps * 32, p,
-                                                                                            cfg.splits, stream);
+                                                                                            cfg.splits, cfg.pdl, stream);
 }
 
 template <typename T>

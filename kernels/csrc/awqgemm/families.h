@@ -14,7 +14,7 @@ cudaError_t launch_sm75_m16n8k8(const GemmProblem& p, const TileConfig& cfg, cud
 cudaError_t launch_sm70_m8n8k4(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream);
 
 // fp32 split-K partials [splits][M][N] (+ bias) -> out.
-cudaError_t launch_splitk_reduce(const GemmProblem& p, int splits, cudaStream_t stream);
+cudaError_t launch_splitk_reduce(const GemmProblem& p, int splits, bool pdl, cudaStream_t stream);
 
 // Packed weight -> dense transposed weight wt[N][K] in the activation dtype,
 // for the large-M path (a dense GEMM on the result).

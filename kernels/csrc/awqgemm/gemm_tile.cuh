@@ -58,6 +58,29 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
+// Programmatic dependent launch (sm90+). A kernel launched with the PDL
+// attribute may start while the previous kernel on the stream is finishing;
+// until pdl_wait() returns it must not read anything that kernel may write (x)
+// or write anything it may still read (out, workspace). Before the wait our
+// kernels only hint L2 prefetches of weights, which nothing writes during a
+// GEMM: a hint moves no data into registers, so it cannot observe a stale value.
+// Without the attribute (or before sm90) both calls are no-ops.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void prefetch_l2_before_wait(const void* gmem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(gmem));
+#endif
+}
+
 // Lane roles of the m16n8k8 / m16n8k16 fragments (sm75, sm80): lane 4 g + q
 // holds weight rows g and g + 8, activation row g, and k 16 q .. 16 q + 15 of
 // every 64-k tile (packed layout 1).
@@ -324,6 +347,15 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
       }
     };
 
+    // While the previous kernel drains (PDL): pull this warp's first k-tiles
+    // of weights towards L2, then wait for x to be final.
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+        if (s < n_my) prefetch_l2_before_wait(wptr[nt] + static_cast<size_t>(first + s * KWARPS) * 32);
+    pdl_wait();
+
     constexpr int kRegStages = kAsyncWeights ? 1 : STAGES;
 #pragma unroll
     for (int s = 0; s < STAGES; ++s) fetch(st[s % kRegStages], s, s);
@@ -334,6 +366,10 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
         fetch(st[s % kRegStages], s, i0 + s + STAGES);
       }
     }
+
+    // The next kernel may start its own prologue now; its pdl_wait() still
+    // waits for this grid to finish, stores included.
+    pdl_launch_dependents();
 
     // Epilogue: each lane owns kOwn outputs per (mt, nt) tile after finish();
     // owned value idx = (mt * NT + nt) * kOwn + t of lane ln -> (m, n).

@@ -128,6 +128,15 @@ __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(con
       }
     };
 
+    // PDL: prefetch this warp's first weight tiles while the previous kernel
+    // drains, then wait for x (see pdl_wait in gemm_tile.cuh).
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+        if (s < n_k) prefetch_l2_before_wait(wptr[nt] + static_cast<size_t>(kt_begin + s) * 32);
+    pdl_wait();
+
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) fetch(s, s);
     for (int i = 0; i < n_k; ++i) {
@@ -137,6 +146,7 @@ __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(con
       compute(i % STAGES);
     }
     cp_async_wait<0>();
+    pdl_launch_dependents();
 
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)

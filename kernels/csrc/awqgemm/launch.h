@@ -10,6 +10,24 @@
 
 namespace awqgemm {
 
+// Launches `kernel` on `stream`, as a programmatic dependent launch if `pdl`.
+template <class... Params, class... Args>
+cudaError_t launch_maybe_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, int smem, bool pdl,
+                             cudaStream_t stream, Args... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = static_cast<size_t>(smem);
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = pdl ? 1 : 0;
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, args...);
+  return err != cudaSuccess ? err : cudaGetLastError();
+}
+
 // Launches a kernel taking (GemmProblem, splits) with kSmem bytes of dynamic
 // shared memory. Opting in to > 48 KiB is a per-function, per-device
 // attribute: set it on the first launch on each device (it neither allocates
@@ -17,8 +35,14 @@ namespace awqgemm {
 // template argument so every instantiation keeps its own flag -- fp16 and
 // bf16 kernels share a type, and a flag keyed on the type alone once left the
 // bf16 kernels without the opt-in.
+//
+// With `pdl` the launch carries the programmatic-stream-serialization
+// attribute (sm90+; see pdl_wait in gemm_tile.cuh): it may begin while the
+// previous kernel on the stream drains. Stream capture records it as a
+// programmatic graph edge, so graph replay keeps the overlap.
 template <int kSmem, auto Kernel>
-cudaError_t launch_with_smem(dim3 grid, int threads, const GemmProblem& p, int splits, cudaStream_t stream) {
+cudaError_t launch_with_smem(dim3 grid, int threads, const GemmProblem& p, int splits, bool pdl,
+                             cudaStream_t stream) {
   if constexpr (kSmem > 48 * 1024) {
     constexpr int kMaxDevices = 64;
     static std::atomic<bool> opted_in[kMaxDevices];
@@ -31,8 +55,7 @@ cudaError_t launch_with_smem(dim3 grid, int threads, const GemmProblem& p, int s
       if (device < kMaxDevices) opted_in[device].store(true, std::memory_order_release);
     }
   }
-  Kernel<<<grid, threads, kSmem, stream>>>(p, splits);
-  return cudaGetLastError();
+  return launch_maybe_pdl(Kernel, grid, dim3(threads), kSmem, pdl, stream, p, splits);
 }
 
 template <typename T, int MT, int NT, int KWARPS, class Fam, bool kAsyncWeights>
@@ -42,7 +65,7 @@ cudaError_t launch_gemm_tc(const GemmProblem& p, const TileConfig& cfg, cudaStre
   constexpr int kStages = pipeline_stages(MT, kAsyncWeights);
   constexpr int kSmem = SmemLayout<MT, NT, KWARPS, kStages, kAsyncWeights>::kBytes;
   return launch_with_smem<kSmem, gemm_tc_kernel<T, MT, NT, KWARPS, kStages, Fam, kAsyncWeights>>(grid, KWARPS * 32, p,
-                                                                                                cfg.splits, stream);
+                                                                                                cfg.splits, cfg.pdl, stream);
 }
 
 // The (MT, NT, KWARPS) instantiations every family provides; the dispatcher

@@ -33,6 +33,7 @@ struct TileConfig {
   int nt;      // 16-column tiles per block
   int kwarps;  // warps per block, splitting the block's K slice (4, 8 or 16)
   int splits;  // blocks splitting K
+  bool pdl = false;  // launch as a programmatic dependent of the previous kernel (sm90+)
 };
 
 }  // namespace awqgemm
