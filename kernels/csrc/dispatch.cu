@@ -90,11 +90,12 @@ int xs_max_splits() {
   return splits;
 }
 
-// Programmatic dependent launch on sm90+ (AWQGEMM_PDL=0 turns it off, to
-// measure what it buys: docs/perf-notes.md, v8).
-bool pdl_enabled() {
-  static const bool on = env_knob("AWQGEMM_PDL", 1, 0, 1) == 1;
-  return on;
+// Programmatic dependent launch on sm90+: AWQGEMM_PDL=0 off, 1 on with the
+// next kernel triggered at block exit, 2 on and triggered after the main loop
+// (docs/perf-notes.md, v8, has what each measured).
+int pdl_mode() {
+  static const int mode = env_knob("AWQGEMM_PDL", 1, 0, 2);
+  return mode;
 }
 
 // Split K across blocks until enough bytes are in flight, keeping >= min_tiles
@@ -165,7 +166,8 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
     }
     t.splits = choose_splits(ktiles, 2 * t.kwarps, want, inflight(t.kwarps));
   }
-  t.pdl = dev.capability >= 90 && pdl_enabled();
+  t.pdl = dev.capability >= 90 && pdl_mode() > 0;
+  t.pdl_early_trigger = pdl_mode() == 2;
   plan.workspace_bytes = t.splits > 1 ? static_cast<int64_t>(t.splits) * M * N * 4 : 0;
   return plan;
 }

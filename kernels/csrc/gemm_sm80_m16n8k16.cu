@@ -42,8 +42,8 @@ cudaError_t launch_xs(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   constexpr int kSmem = XsSmem<MT, kXsNT, kXsWarps, xs_stages(MT)>::kBytes;
   const int ntiles = padded_n(p.N) / kTileN;
   const dim3 grid(ceil_div(ntiles, kXsNT * kXsWarps), ceil_div(p.M, 8 * MT), cfg.splits);
-  return launch_with_smem<kSmem, gemm_xs_kernel<T, MT, kXsNT, kXsWarps, xs_stages(MT), MmaSm80>>(grid, kXsWarps * 32, p,
-                                                                                            cfg.splits, cfg.pdl, stream);
+  return launch_with_smem<kSmem, gemm_xs_kernel<T, MT, kXsNT, kXsWarps, xs_stages(MT), MmaSm80>>(grid, kXsWarps * 32, p, cfg,
+                                                                                            stream);
 }
 
 template <typename T>

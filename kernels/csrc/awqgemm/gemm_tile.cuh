@@ -207,7 +207,7 @@ struct SmemLayout {
 //   finish(c, own, lane) cross-lane reduction; leaves kOwn outputs per lane
 //   coord(lane, t, m, n) where owned output t of a lane lands
 template <typename T, int MT, int NT, int KWARPS, int STAGES, class Fam, bool kAsyncWeights>
-__global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem p, const int splits) {
+__global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem p, const int splits, const bool early_trigger) {
   if constexpr (!Fam::template supported<T>()) {
     __trap();  // never launched: the dispatcher checks the family first
   } else {
@@ -369,7 +369,7 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
 
     // The next kernel may start its own prologue now; its pdl_wait() still
     // waits for this grid to finish, stores included.
-    pdl_launch_dependents();
+    if (early_trigger) pdl_launch_dependents();
 
     // Epilogue: each lane owns kOwn outputs per (mt, nt) tile after finish();
     // owned value idx = (mt * NT + nt) * kOwn + t of lane ln -> (m, n).

@@ -25,7 +25,7 @@ struct XsSmem {
 };
 
 template <typename T, int MT, int NT, int WN, int STAGES, class Fam>
-__global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(const GemmProblem p, const int splits) {
+__global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(const GemmProblem p, const int splits, const bool early_trigger) {
   if constexpr (!Fam::template supported<T>()) {
     __trap();
   } else {
@@ -146,7 +146,7 @@ __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(con
       compute(i % STAGES);
     }
     cp_async_wait<0>();
-    pdl_launch_dependents();
+    if (early_trigger) pdl_launch_dependents();
 
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)

@@ -28,7 +28,7 @@ cudaError_t launch_maybe_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, i
   return err != cudaSuccess ? err : cudaGetLastError();
 }
 
-// Launches a kernel taking (GemmProblem, splits) with kSmem bytes of dynamic
+// Launches a kernel taking (GemmProblem, splits, early_trigger) with kSmem bytes of dynamic
 // shared memory. Opting in to > 48 KiB is a per-function, per-device
 // attribute: set it on the first launch on each device (it neither allocates
 // nor synchronizes, so it is also safe during capture). The kernel is a
@@ -41,7 +41,7 @@ cudaError_t launch_maybe_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, i
 // previous kernel on the stream drains. Stream capture records it as a
 // programmatic graph edge, so graph replay keeps the overlap.
 template <int kSmem, auto Kernel>
-cudaError_t launch_with_smem(dim3 grid, int threads, const GemmProblem& p, int splits, bool pdl,
+cudaError_t launch_with_smem(dim3 grid, int threads, const GemmProblem& p, const TileConfig& cfg,
                              cudaStream_t stream) {
   if constexpr (kSmem > 48 * 1024) {
     constexpr int kMaxDevices = 64;
@@ -55,7 +55,7 @@ cudaError_t launch_with_smem(dim3 grid, int threads, const GemmProblem& p, int s
       if (device < kMaxDevices) opted_in[device].store(true, std::memory_order_release);
     }
   }
-  return launch_maybe_pdl(Kernel, grid, dim3(threads), kSmem, pdl, stream, p, splits);
+  return launch_maybe_pdl(Kernel, grid, dim3(threads), kSmem, cfg.pdl, stream, p, cfg.splits, cfg.pdl_early_trigger);
 }
 
 template <typename T, int MT, int NT, int KWARPS, class Fam, bool kAsyncWeights>
@@ -64,8 +64,8 @@ cudaError_t launch_gemm_tc(const GemmProblem& p, const TileConfig& cfg, cudaStre
   const dim3 grid(ceil_div(ntiles, NT), ceil_div(p.M, 8 * MT), cfg.splits);
   constexpr int kStages = pipeline_stages(MT, kAsyncWeights);
   constexpr int kSmem = SmemLayout<MT, NT, KWARPS, kStages, kAsyncWeights>::kBytes;
-  return launch_with_smem<kSmem, gemm_tc_kernel<T, MT, NT, KWARPS, kStages, Fam, kAsyncWeights>>(grid, KWARPS * 32, p,
-                                                                                                cfg.splits, cfg.pdl, stream);
+  return launch_with_smem<kSmem, gemm_tc_kernel<T, MT, NT, KWARPS, kStages, Fam, kAsyncWeights>>(grid, KWARPS * 32, p, cfg,
+                                                                                                stream);
 }
 
 // The (MT, NT, KWARPS) instantiations every family provides; the dispatcher

@@ -34,6 +34,8 @@ struct TileConfig {
   int kwarps;  // warps per block, splitting the block's K slice (4, 8 or 16)
   int splits;  // blocks splitting K
   bool pdl = false;  // launch as a programmatic dependent of the previous kernel (sm90+)
+  // Let the next kernel launch once the main loop is done (else at exit).
+  bool pdl_early_trigger = false;
 };
 
 }  // namespace awqgemm
