@@ -90,9 +90,13 @@ int xs_max_splits() {
   return splits;
 }
 
-// Programmatic dependent launch on sm90+: AWQGEMM_PDL=0 off, 1 on with the
-// next kernel triggered at block exit, 2 on and triggered after the main loop
-// (docs/perf-notes.md, v8, has what each measured).
+// Programmatic dependent launch on sm90+. AWQGEMM_PDL=0: off. 1 (default):
+// on; the next kernel is let in after the main loop only when it is our own
+// split-K reduction, otherwise at block exit. 2: always after the main loop.
+// Measured (docs/perf-notes.md, v8): mode 2 was fastest on most shapes but
+// up to 23 % slower where the *next GEMM's* single-wave grid (~2 blocks per
+// SM) got placed unevenly around the still-resident blocks; the reduction's
+// small grid cannot suffer that.
 int pdl_mode() {
   static const int mode = env_knob("AWQGEMM_PDL", 1, 0, 2);
   return mode;
@@ -167,7 +171,7 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
     t.splits = choose_splits(ktiles, 2 * t.kwarps, want, inflight(t.kwarps));
   }
   t.pdl = dev.capability >= 90 && pdl_mode() > 0;
-  t.pdl_early_trigger = pdl_mode() == 2;
+  t.pdl_early_trigger = pdl_mode() == 2 || (pdl_mode() == 1 && t.splits > 1);
   plan.workspace_bytes = t.splits > 1 ? static_cast<int64_t>(t.splits) * M * N * 4 : 0;
   return plan;
 }
