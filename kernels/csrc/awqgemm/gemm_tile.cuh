@@ -207,7 +207,7 @@ struct SmemLayout {
 //   finish(c, own, lane) cross-lane reduction; leaves kOwn outputs per lane
 //   coord(lane, t, m, n) where owned output t of a lane lands
 template <typename T, int MT, int NT, int KWARPS, int STAGES, class Fam, bool kAsyncWeights>
-__global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem p, const int splits, const bool early_trigger) {
+__global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem p, const int splits, const int pdl_flags) {
   if constexpr (!Fam::template supported<T>()) {
     __trap();  // never launched: the dispatcher checks the family first
   } else {
@@ -349,12 +349,14 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
 
     // While the previous kernel drains (PDL): pull this warp's first k-tiles
     // of weights towards L2, then wait for x to be final.
+    if (pdl_flags & kPdlPrefetch) {
 #pragma unroll
-    for (int s = 0; s < STAGES; ++s)
+      for (int s = 0; s < STAGES; ++s)
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-        if (s < n_my) prefetch_l2_before_wait(wptr[nt] + static_cast<size_t>(first + s * KWARPS) * 32);
-    pdl_wait();
+        for (int nt = 0; nt < NT; ++nt)
+          if (s < n_my) prefetch_l2_before_wait(wptr[nt] + static_cast<size_t>(first + s * KWARPS) * 32);
+    }
+    if (pdl_flags & kPdlLaunched) pdl_wait();
 
     constexpr int kRegStages = kAsyncWeights ? 1 : STAGES;
 #pragma unroll
@@ -369,7 +371,7 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
 
     // The next kernel may start its own prologue now; its pdl_wait() still
     // waits for this grid to finish, stores included.
-    if (early_trigger) pdl_launch_dependents();
+    if (pdl_flags & kPdlEarlyTrigger) pdl_launch_dependents();
 
     // Epilogue: each lane owns kOwn outputs per (mt, nt) tile after finish();
     // owned value idx = (mt * NT + nt) * kOwn + t of lane ln -> (m, n).

@@ -25,7 +25,7 @@ struct XsSmem {
 };
 
 template <typename T, int MT, int NT, int WN, int STAGES, class Fam>
-__global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(const GemmProblem p, const int splits, const bool early_trigger) {
+__global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(const GemmProblem p, const int splits, const int pdl_flags) {
   if constexpr (!Fam::template supported<T>()) {
     __trap();
   } else {
@@ -130,12 +130,14 @@ __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(con
 
     // PDL: prefetch this warp's first weight tiles while the previous kernel
     // drains, then wait for x (see pdl_wait in gemm_tile.cuh).
+    if (pdl_flags & kPdlPrefetch) {
 #pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s)
+      for (int s = 0; s < STAGES - 1; ++s)
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-        if (s < n_k) prefetch_l2_before_wait(wptr[nt] + static_cast<size_t>(kt_begin + s) * 32);
-    pdl_wait();
+        for (int nt = 0; nt < NT; ++nt)
+          if (s < n_k) prefetch_l2_before_wait(wptr[nt] + static_cast<size_t>(kt_begin + s) * 32);
+    }
+    if (pdl_flags & kPdlLaunched) pdl_wait();
 
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) fetch(s, s);
@@ -146,7 +148,7 @@ __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(con
       compute(i % STAGES);
     }
     cp_async_wait<0>();
-    if (early_trigger) pdl_launch_dependents();
+    if (pdl_flags & kPdlEarlyTrigger) pdl_launch_dependents();
 
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)

@@ -28,7 +28,7 @@ cudaError_t launch_maybe_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, i
   return err != cudaSuccess ? err : cudaGetLastError();
 }
 
-// Launches a kernel taking (GemmProblem, splits, early_trigger) with kSmem bytes of dynamic
+// Launches a kernel taking (GemmProblem, splits, pdl_flags) with kSmem bytes of dynamic
 // shared memory. Opting in to > 48 KiB is a per-function, per-device
 // attribute: set it on the first launch on each device (it neither allocates
 // nor synchronizes, so it is also safe during capture). The kernel is a
@@ -55,7 +55,7 @@ cudaError_t launch_with_smem(dim3 grid, int threads, const GemmProblem& p, const
       if (device < kMaxDevices) opted_in[device].store(true, std::memory_order_release);
     }
   }
-  return launch_maybe_pdl(Kernel, grid, dim3(threads), kSmem, cfg.pdl, stream, p, cfg.splits, cfg.pdl_early_trigger);
+  return launch_maybe_pdl(Kernel, grid, dim3(threads), kSmem, cfg.pdl, stream, p, cfg.splits, cfg.pdl_flags);
 }
 
 template <typename T, int MT, int NT, int KWARPS, class Fam, bool kAsyncWeights>

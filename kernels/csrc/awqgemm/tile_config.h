@@ -27,15 +27,20 @@ constexpr int kXsNT = 2;
 AWQGEMM_HD constexpr int xs_stages(int mt) { return mt >= 8 ? 3 : 4; }
 AWQGEMM_HD constexpr int xs_min_blocks(int mt) { return mt >= 8 ? 4 : 5; }
 
+// Kernel argument bits saying how the fused kernels take part in programmatic
+// dependent launch (see pdl_wait in gemm_tile.cuh).
+constexpr int kPdlLaunched = 1;      // launched with the PDL attribute: wait before reading x
+constexpr int kPdlPrefetch = 2;      // hint the first weight tiles into L2 before that wait
+constexpr int kPdlEarlyTrigger = 4;  // let the next kernel in after the main loop (else at exit)
+
 struct TileConfig {
   KernelKind kind = KernelKind::kKSplit;
   int mt;      // 8-token MMA tiles per block
   int nt;      // 16-column tiles per block
   int kwarps;  // warps per block, splitting the block's K slice (4, 8 or 16)
   int splits;  // blocks splitting K
-  bool pdl = false;  // launch as a programmatic dependent of the previous kernel (sm90+)
-  // Let the next kernel launch once the main loop is done (else at exit).
-  bool pdl_early_trigger = false;
+  bool pdl = false;    // launch as a programmatic dependent of the previous kernel (sm90+)
+  int pdl_flags = 0;  // kPdl* bits of gemm_tile.cuh, passed to the kernel
 };
 
 }  // namespace awqgemm
