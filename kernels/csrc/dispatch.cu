@@ -102,13 +102,6 @@ int pdl_mode() {
   return mode;
 }
 
-// Whether PDL launches hint their first weight tiles into L2 before waiting
-// (AWQGEMM_PDL_PREFETCH=0/1).
-bool pdl_prefetch() {
-  static const bool on = env_knob("AWQGEMM_PDL_PREFETCH", 1, 0, 1) == 1;
-  return on;
-}
-
 // Split K across blocks until enough bytes are in flight, keeping >= min_tiles
 // k-tiles per split (per warp, for the K-split kernel) and <= 16 splits.
 int choose_splits(int ktiles, int min_tiles, int64_t want, int64_t per_split_inflight) {
@@ -179,7 +172,7 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
   }
   t.pdl = dev.capability >= 90 && pdl_mode() > 0;
   if (t.pdl) {
-    t.pdl_flags = kPdlLaunched | (pdl_prefetch() ? kPdlPrefetch : 0);
+    t.pdl_flags = kPdlLaunched;
     if (pdl_mode() == 2 || (pdl_mode() == 1 && t.splits > 1)) t.pdl_flags |= kPdlEarlyTrigger;
   }
   plan.workspace_bytes = t.splits > 1 ? static_cast<int64_t>(t.splits) * M * N * 4 : 0;

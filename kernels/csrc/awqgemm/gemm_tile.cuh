@@ -61,9 +61,9 @@ __device__ __forceinline__ void cp_async_wait() {
 // Programmatic dependent launch (sm90+). A kernel launched with the PDL
 // attribute may start while the previous kernel on the stream is finishing;
 // until pdl_wait() returns it must not read anything that kernel may write (x)
-// or write anything it may still read (out, workspace). Before the wait our
-// kernels only hint L2 prefetches of weights, which nothing writes during a
-// GEMM: a hint moves no data into registers, so it cannot observe a stale value.
+// or write anything it may still read (out, workspace), so our kernels wait
+// before their first load. (Hinting the first weight tiles into L2 before the
+// wait was tried and measured 3-4 % slower: docs/perf-notes.md, v8.)
 // Without the attribute (or before sm90) both calls are no-ops.
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -73,11 +73,6 @@ __device__ __forceinline__ void pdl_wait() {
 __device__ __forceinline__ void pdl_launch_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void prefetch_l2_before_wait(const void* gmem) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(gmem));
 #endif
 }
 
@@ -347,15 +342,7 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
       }
     };
 
-    // While the previous kernel drains (PDL): pull this warp's first k-tiles
-    // of weights towards L2, then wait for x to be final.
-    if (pdl_flags & kPdlPrefetch) {
-#pragma unroll
-      for (int s = 0; s < STAGES; ++s)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-          if (s < n_my) prefetch_l2_before_wait(wptr[nt] + static_cast<size_t>(first + s * KWARPS) * 32);
-    }
+    // PDL: the previous kernel may still be draining; x is final after this.
     if (pdl_flags & kPdlLaunched) pdl_wait();
 
     constexpr int kRegStages = kAsyncWeights ? 1 : STAGES;

@@ -130,13 +130,6 @@ __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(con
 
     // PDL: prefetch this warp's first weight tiles while the previous kernel
     // drains, then wait for x (see pdl_wait in gemm_tile.cuh).
-    if (pdl_flags & kPdlPrefetch) {
-#pragma unroll
-      for (int s = 0; s < STAGES - 1; ++s)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-          if (s < n_k) prefetch_l2_before_wait(wptr[nt] + static_cast<size_t>(kt_begin + s) * 32);
-    }
     if (pdl_flags & kPdlLaunched) pdl_wait();
 
 #pragma unroll
