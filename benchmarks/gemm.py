@@ -667,6 +667,18 @@ def run_block(
                 row["us"][c], row["min_us"][c], row["iqr_pct"][c] = t.us, t.min_us, t.iqr_pct
                 fails[c] = 0
         del xs
+        if args.read_max_m >= M:
+            # The practical floor of a memory-bound call this size: a plain torch
+            # reduction streaming the same bytes (R distinct buffers), same timer.
+            n = max(1, awq_bytes(M, K, N, G) // 4)
+            bufs = [torch.rand(n, device=device) for _ in range(RM)] if device.type == "cuda" else []
+            calls = [lambda b=b: torch.sum(b) for b in bufs] or [lambda: None]
+            t = timer.time(calls, contextlib.nullcontext, 1.1 * row["floor_us"])
+            if t.error:
+                row["errors"]["read"] = t.error
+            else:
+                row["read_us"] = t.us
+            del bufs, calls
         derive(row)
         rows.append(row)
         n_done += 1
@@ -700,6 +712,7 @@ def derive(row: dict[str, Any]) -> None:
     us = row["us"]
     a = us.get("auto")
     row["auto_floor"] = a / row["floor_us"] if a else None
+    row["auto_read"] = a / row["read_us"] if a and row.get("read_us") else None
     row["speedup_dense"] = us["cublas"] / a if a and us.get("cublas") else None
     row["speedup_tm"] = us["tm"] / a if a and us.get("tm") else None
     row["best_awq_us"] = min([us[c] for c in ("fused", "dpath") if us.get(c)], default=None)
@@ -721,7 +734,7 @@ def fmt_x(v: float | None, nd: int = 2) -> str:
 def table_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     hdr = (
         f"{'shape':<22} {'K':>6} {'N':>6} {'g':>4} {'dt':<4} {'M':>5} | {'auto':>7} {'fused':>7} {'dpath':>7} "
-        f"{'cublas':>7} {'tm':>7} | {'floor':>7} {'b':<3} | {'a/flr':>5} {'xdense':>6} {'xtm':>5}"
+        f"{'cublas':>7} {'tm':>7} | {'floor':>7} {'b':<3} {'read':>7} | {'a/flr':>5} {'xdense':>6} {'xtm':>5}"
     )
     out = [hdr, "-" * len(hdr)]
     prev = None
@@ -739,7 +752,8 @@ def table_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
             f"{r['shape']:<22} {r['K']:>6} {r['N']:>6} {r['group']:>4} {r['dtype']:<4} {r['M']:>5} | "
             f"{fmt_us(us.get('auto')):>7} {fmt_us(us.get('fused')):>7} {fmt_us(us.get('dpath')):>7} "
             f"{fmt_us(us.get('cublas')):>7} {fmt_us(us.get('tm')):>7} | {fmt_us(r['floor_us']):>7} "
-            f"{r['floor_bound']:<3} | {fmt_x(r.get('auto_floor')):>5} {fmt_x(r.get('speedup_dense')):>6} "
+            f"{r['floor_bound']:<3} {fmt_us(r.get('read_us')):>7} | {fmt_x(r.get('auto_floor')):>5} "
+            f"{fmt_x(r.get('speedup_dense')):>6} "
             f"{fmt_x(r.get('speedup_tm')):>5}"
         )
     return out
@@ -840,6 +854,24 @@ def model_level(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 ent["speedup_tm"] = t / a if a and t else None
                 out.append(ent)
     return out
+
+
+def read_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Geomeans by (dtype, M) of read / floor and auto / read, where the read reference ran."""
+    out = []
+    keys = sorted({(r["dtype"], r["M"]) for r in rows if r.get("read_us")}, key=lambda k: (k[0], k[1]))
+    for dname, M in keys:
+        rr = [r for r in rows if r["dtype"] == dname and r["M"] == M and r.get("read_us") and r["group"] == GROUP_MAIN]
+        rf = geomean([r["read_us"] / r["floor_us"] for r in rr])
+        ar = [r["auto_read"] for r in rr if r.get("auto_read")]
+        if rf is None or not ar:
+            continue
+        out.append(
+            f"  {dname} M={M:<3d} read/floor {rf:.2f} ({min(r['read_us'] / r['floor_us'] for r in rr):.2f}.."
+            f"{max(r['read_us'] / r['floor_us'] for r in rr):.2f}); auto/read {geomean(ar):.2f} "
+            f"({min(ar):.2f}..{max(ar):.2f}); auto <= 1.15 x read at {sum(1 for v in ar if v <= 1.15)}/{len(ar)}"
+        )
+    return out or ["  (not measured: --read-max-m 0)"]
 
 
 def model_lines(ml: Sequence[dict[str, Any]]) -> list[str]:
@@ -1195,6 +1227,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--replays", type=int, default=21, help="timed graph replays per point (>= 20)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed graph replays per point")
     ap.add_argument(
+        "--read-max-m",
+        type=int,
+        default=64,
+        help="time the practical-floor reference (torch.sum over the same bytes) up to this M (0: never)",
+    )
+    ap.add_argument(
         "--fused-max-m",
         type=int,
         default=2048,
@@ -1358,7 +1396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.warmup} warm-up + {args.replays} timed replays, median / R; times in us"
     )
     lines.append(f"turbomind: {'available ' + str(tm.version) if tm.available else 'unavailable: ' + tm.reason}")
-    lines.append("columns: a/flr = auto / floor; xdense = cublas / auto; xtm = tm / auto; b = floor bound")
+    lines.append(
+        "columns: a/flr = auto / floor; xdense = cublas / auto; xtm = tm / auto; b = floor bound; "
+        "read = torch.sum over the same bytes (practical floor, M <= --read-max-m)"
+    )
     lines.append("")
     lines += table_lines(rows)
     err = errors_lines(rows)
@@ -1383,6 +1424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if worst:
         lines.append("  worst rel err: " + ", ".join(f"{k[0]} {k[1]} {v:.1e}" for k, v in sorted(worst.items())))
     lines += ["", "dispatch (fused vs dequantize + cuBLAS):", *(dispatch_lines(rows) or ["  (needs fused and dpath)"])]
+    lines += ["", "practical floor (read = torch.sum streaming the same bytes, same graph timer):", *read_lines(rows)]
     model_head = (
         "model level: GEMM time of one decode step and the GEMM-bound tokens/s ceiling (TP1, g128; no lm_head):"
     )

@@ -146,6 +146,55 @@ def test_cuda_graph_replay_equals_eager(family, dtype):
                 assert torch.equal(static_out, awqgemm.gemm(static_x, packed)), f"M={m}"
 
 
+# Two chained GEMMs (y2 = gemm(gemm(x, W1), W2)) replayed in a CUDA graph. On
+# sm90+ the second kernel is a programmatic dependent launch: it may start
+# while the first drains and must not read y1 before griddepcontrol.wait. y1 is
+# poisoned with NaN between replays and x changes, so a read that jumps the
+# wait shows up as NaN or as y2 != y1 @ W2. The PDL mode is read once per
+# process (AWQGEMM_PDL), hence one subprocess per mode.
+_PDL_CHAIN = """
+import sys, torch, awqgemm
+sys.path.insert(0, sys.argv[1])
+from conftest import random_awq
+k = 4096
+packs = [awqgemm.pack_awq(*random_awq(k, k, 128, torch.float16, "cuda", seed=s), 128) for s in (1, 2)]
+w2 = awqgemm.dequantize_awq(*random_awq(k, k, 128, torch.float16, "cuda", seed=2), 128).double()
+for m in (1, 16, 64, 200):
+    x = torch.randn(m, k, dtype=torch.float16, device="cuda")
+    awqgemm.gemm(awqgemm.gemm(x, packs[0]), packs[1])  # warm-up outside capture
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        y1 = awqgemm.gemm(x, packs[0])
+        y2 = awqgemm.gemm(y1, packs[1])
+    for _ in range(3):
+        x.copy_(torch.randn(m, k, dtype=torch.float16, device="cuda"))
+        y1.fill_(float("nan"))
+        y2.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.isfinite(y1).all() and torch.isfinite(y2).all(), f"M={m}: NaN reached the output"
+        ref = y1.double() @ w2
+        err = (torch.linalg.vector_norm(y2.double() - ref) / torch.linalg.vector_norm(ref)).item()
+        assert err < 2e-3, f"M={m}: y2 is not y1 @ W2 (rel err {err:.2e})"
+print("chain ok")
+"""
+
+
+@pytest.mark.parametrize("pdl_mode", ["0", "1", "2"])
+def test_chained_gemms_in_graph_respect_pdl_wait(pdl_mode):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "AWQGEMM_PDL": pdl_mode}
+    tests_dir = str(Path(__file__).resolve().parent)
+    r = subprocess.run(
+        [sys.executable, "-c", _PDL_CHAIN, tests_dir], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0 and "chain ok" in r.stdout, r.stdout + r.stderr
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_torch_compile_fullgraph_equals_eager(dtype):
     if dtype == torch.bfloat16 and "sm80" not in families():
