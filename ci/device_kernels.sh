@@ -3,7 +3,7 @@
 # older ones forced onto this GPU), a compute-sanitizer memcheck subset, and
 # optionally the benchmark. Results and logs go to $OUT (or ./devrun).
 #
-#   bash ci/device_kernels.sh [tests|sanitizer|ncu|mma|bench|all]...   (default: tests sanitizer)
+#   bash ci/device_kernels.sh [tests|sanitizer|ncu|micro|bench|all]...   (default: tests sanitizer)
 set -uo pipefail
 OUT=${OUT:-$PWD/devrun}
 mkdir -p "$OUT"
@@ -52,10 +52,12 @@ if has ncu; then
     grep -E "plan:|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Stall|Warp Cycles Per Issued|Grid Size|Block Size|Waves Per SM|L1/TEX Hit|L2 Hit|Issued Warp|Compute \(SM\)|Executed Ipc|Pipe" "$OUT/ncu-$1x$2-m$3.log" | head -45
   done
 fi
-if has mma; then
-  echo "== mma.sync peak (benchmarks/mma_peak.cu) =="
-  nvcc -O3 -std=c++17 -arch="sm_${cap}" benchmarks/mma_peak.cu -o /tmp/mma_peak >"$OUT/mma-build.log" 2>&1 \
-    && /tmp/mma_peak | tee "$OUT/mma-peak.json"
+if has micro; then
+  echo "== microbenchmarks: mma.sync peak, streaming-read practical floor =="
+  for b in mma_peak stream_read; do
+    nvcc -O3 -std=c++17 -arch="sm_${cap}" "benchmarks/$b.cu" -o "/tmp/$b" >"$OUT/$b-build.log" 2>&1 \
+      && "/tmp/$b" | tee "$OUT/$b.json"
+  done
 fi
 if has bench; then
   echo "== benchmark =="
