@@ -102,6 +102,11 @@ int pdl_mode() {
   return mode;
 }
 
+int balance_mode() {
+  static const int mode = env_knob("AWQGEMM_BALANCE", 0, 0, 2);
+  return mode;
+}
+
 // Split K across blocks until enough bytes are in flight, keeping >= min_tiles
 // k-tiles per split (per warp, for the K-split kernel) and <= 16 splits.
 int choose_splits(int ktiles, int min_tiles, int64_t want, int64_t per_split_inflight) {
@@ -169,6 +174,14 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
       while (t.kwarps < max_kwarps && inflight(t.kwarps) < want && ktiles >= 2 * 2 * t.kwarps) t.kwarps *= 2;
     }
     t.splits = choose_splits(ktiles, 2 * t.kwarps, want, inflight(t.kwarps));
+    // Between one and two blocks per SM, some SMs stream twice what others
+    // do. AWQGEMM_BALANCE (experimental, default off): 1 splits K in two,
+    // 2 doubles the warps per block instead.
+    const int balance = balance_mode();
+    if (balance > 0 && t.mt <= 2 && t.splits == 1 && blocks > dev.sm_count && blocks < 2 * dev.sm_count) {
+      if (balance == 1 && ktiles >= 2 * 2 * t.kwarps) t.splits = 2;
+      if (balance == 2 && max_kwarps >= 16 && t.kwarps < 16 && ktiles >= 2 * 16) t.kwarps = 16;
+    }
   }
   t.pdl = dev.capability >= 90 && pdl_mode() > 0;
   if (t.pdl) {
