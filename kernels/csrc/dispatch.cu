@@ -103,7 +103,7 @@ int pdl_mode() {
 }
 
 int balance_mode() {
-  static const int mode = env_knob("AWQGEMM_BALANCE", 0, 0, 2);
+  static const int mode = env_knob("AWQGEMM_BALANCE", 3, 0, 3);
   return mode;
 }
 
@@ -174,12 +174,19 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
       while (t.kwarps < max_kwarps && inflight(t.kwarps) < want && ktiles >= 2 * 2 * t.kwarps) t.kwarps *= 2;
     }
     t.splits = choose_splits(ktiles, 2 * t.kwarps, want, inflight(t.kwarps));
-    // Between one and two blocks per SM, some SMs stream twice what others
-    // do. AWQGEMM_BALANCE (experimental, default off): 1 splits K in two,
-    // 2 doubles the warps per block instead.
+    // Just over one block per SM, a few SMs stream twice what the rest do.
+    // Splitting K in two evens that out, but pays a reduction launch and
+    // partials, which only long K slices amortise. Measured on the H100
+    // (AWQGEMM_BALANCE sweep, docs/perf-notes.md v8): split in two where
+    // blocks <= 1.25 x SMs and each warp has >= 16 k-tiles -- Qwen2.5-32B down
+    // -19 % (TP1) / -14 % (TP2), Llama-2-70B qkv TP2 -8 % at M = 1; splitting
+    // anywhere else in the 1-2 blocks/SM window was 2-37 % slower, and
+    // 16-warp blocks instead of the split lost almost everywhere.
+    // AWQGEMM_BALANCE: 0 off, 1 split the whole window, 2 16-warp blocks, 3 (default) the rule.
     const int balance = balance_mode();
     if (balance > 0 && t.mt <= 2 && t.splits == 1 && blocks > dev.sm_count && blocks < 2 * dev.sm_count) {
-      if (balance == 1 && ktiles >= 2 * 2 * t.kwarps) t.splits = 2;
+      const bool long_k = ktiles >= 16 * t.kwarps && 4 * blocks <= 5 * dev.sm_count;
+      if ((balance == 1 || (balance == 3 && long_k)) && ktiles >= 2 * 2 * t.kwarps) t.splits = 2;
       if (balance == 2 && max_kwarps >= 16 && t.kwarps < 16 && ktiles >= 2 * 16) t.kwarps = 16;
     }
   }
