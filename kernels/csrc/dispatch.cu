@@ -64,11 +64,17 @@ int layout_for(Family family) { return family == Family::kSm70 ? kLayoutVolta884
 namespace {
 
 // A tuning knob from the environment, read once so plans stay deterministic
-// within a process; `fallback` outside [lo, hi].
+// within a process; `fallback` unless it is an integer in [lo, hi]. The Python
+// package checks the same names and ranges at import (awqgemm/_knobs.py) and
+// raises on a malformed value, so the fallback only guards direct C++ use.
 int env_knob(const char* name, int fallback, int lo, int hi) {
   const char* env = std::getenv(name);
-  const int v = env != nullptr ? std::atoi(env) : lo - 1;
-  return v >= lo && v <= hi ? v : fallback;
+  if (env == nullptr) return fallback;
+  char* end = nullptr;
+  const long v = std::strtol(env, &end, 10);
+  while (end != nullptr && (*end == ' ' || *end == '\t')) ++end;
+  const bool parsed = end != env && end != nullptr && *end == '\0';
+  return parsed && v >= lo && v <= hi ? static_cast<int>(v) : fallback;
 }
 
 // Weight bytes to keep in flight per SM. Little's law for ~3 TB/s and ~1 us

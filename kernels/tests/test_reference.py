@@ -197,3 +197,36 @@ def test_force_rejects_unknown_names():
         pass
     with pytest.raises(ValueError, match="unknown path"), awqgemm.testing.force(path="fast"):
         pass
+
+
+@pytest.mark.parametrize(
+    "env,msg",
+    [
+        ({"AWQGEMM_PDL": "on"}, "AWQGEMM_PDL='on' must be an integer in [0, 2]"),
+        ({"AWQGEMM_BALANCE": "7"}, "AWQGEMM_BALANCE='7' must be an integer in [0, 3]"),
+        ({"AWQGEMM_INFLIGHT_KIB": "0"}, "AWQGEMM_INFLIGHT_KIB='0' must be an integer in [1, 4096]"),
+        ({"AWQGEMM_XS_MAX_SPLITS": "2.5"}, "AWQGEMM_XS_MAX_SPLITS='2.5' must be an integer in [1, 16]"),
+    ],
+)
+def test_tuning_knobs_reject_malformed_values(env, msg):
+    from awqgemm import _knobs
+
+    with pytest.raises(ValueError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+        _knobs.check_environment(env)
+
+
+def test_tuning_knobs_accept_defaults_and_valid_values():
+    from awqgemm import _knobs
+
+    _knobs.check_environment({})
+    _knobs.check_environment({"AWQGEMM_PDL": "0", "AWQGEMM_BALANCE": " 3 ", "AWQGEMM_INFLIGHT_KIB": "", "OTHER": "x"})
+
+
+def test_import_fails_loudly_on_a_malformed_knob():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AWQGEMM_PDL": "yes"}
+    r = subprocess.run([sys.executable, "-c", "import awqgemm"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "AWQGEMM_PDL='yes'" in r.stderr

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _layout, _ops, testing
+from . import _knobs, _layout, _ops, testing
 from ._ext import _C, have_cuda_kernels
 from ._validate import ACTIVATION_DTYPES, check_awq_inputs, check_tensor
 from .packed import PackedWeight
@@ -33,6 +33,8 @@ __all__ = [
     "testing",
     "unpack_awq",
 ]
+
+_knobs.check_environment()
 
 try:
     from importlib.metadata import PackageNotFoundError, version
