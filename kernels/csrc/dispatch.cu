@@ -145,7 +145,7 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
     const int64_t per_split =
         static_cast<int64_t>(blocks) * t.kwarps * 32 * (xs_stages(t.mt) - 1) * t.nt * 16;  // tiles in flight
     // Twice the decode target: measured 6 % faster at M = 32, neutral at 64
-    // (benchmarks/sweep_inflight.sh, docs/perf-notes.md).
+    // (benchmarks/sweep_knob.sh AWQGEMM_INFLIGHT_KIB, docs/perf-notes.md v6).
     t.splits = choose_splits(ktiles, 4, 2 * want, per_split);
     t.splits = std::min(t.splits, xs_max_splits());
   } else {
@@ -191,7 +191,8 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
     // AWQGEMM_BALANCE: 0 off, 1 split the whole window, 2 16-warp blocks, 3 (default) the rule.
     const int balance = balance_mode();
     if (balance > 0 && t.mt <= 2 && t.splits == 1 && blocks > dev.sm_count && blocks < 2 * dev.sm_count) {
-      const bool long_k = ktiles >= 16 * t.kwarps && 4 * blocks <= 5 * dev.sm_count;
+      // Measured for the sm80 family only; the register-staged sm70/sm75 kernels keep the plain plan.
+      const bool long_k = family == Family::kSm80 && ktiles >= 16 * t.kwarps && 4 * blocks <= 5 * dev.sm_count;
       if ((balance == 1 || (balance == 3 && long_k)) && ktiles >= 2 * 2 * t.kwarps) t.splits = 2;
       if (balance == 2 && max_kwarps >= 16 && t.kwarps < 16 && ktiles >= 2 * 16) t.kwarps = 16;
     }
