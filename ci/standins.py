@@ -44,6 +44,7 @@ import zipfile
 from pathlib import Path
 
 STANDIN_TAG = "standin"
+STANDIN_BUILD = f"h{{h}}_{STANDIN_TAG}_0"  # {h}: the content hash write_package fills in
 HOMEPAGE = "https://github.com/awqgemm/awqgemm/blob/main/docs/conda.md#stand-ins"
 
 
@@ -59,8 +60,8 @@ def write_package(
     *,
     name: str,
     version: str,
-    build: str,
     subdir: str,
+    build: str = STANDIN_BUILD,
     depends: list[str] | None = None,
     constrains: list[str] | None = None,
     files: dict[str, bytes | tuple[str, str]] | None = None,
@@ -419,36 +420,28 @@ def add_tools(
     if with_compilers:
         gcc_v = tool_version("gcc", r"\) (\d+\.\d+\.\d+)")
         gxx_v = tool_version("g++", r"\) (\d+\.\d+\.\d+)")
-        gcc, gxx = shutil.which("gcc"), shutil.which("g++")
-        act = f'export CC="{gcc}"\nexport CC_FOR_BUILD="{gcc}"\n'.encode()
         major = gcc_v.split(".")[0]
-        write_package(
-            channel,
-            name="gcc_linux-64",
-            version=gcc_v,
-            build=f"h{{h}}_{STANDIN_TAG}_0",
-            subdir="linux-64",
-            files={"etc/conda/activate.d/awqgemm-standin-gcc.sh": act},
-            run_exports={"strong": [f"libgcc >={major}"]},
-            summary=f"STAND-IN gcc_linux-64: the host's {gcc} (GCC {gcc_v})",
+        compilers = (  # (tool, package, environment variable, version, run_exports)
+            ("gcc", "gcc_linux-64", "CC", gcc_v, [f"libgcc >={major}"]),
+            ("g++", "gxx_linux-64", "CXX", gxx_v, [f"libstdcxx >={major}", f"libgcc >={major}"]),
         )
-        act = f'export CXX="{gxx}"\nexport CXX_FOR_BUILD="{gxx}"\n'.encode()
-        write_package(
-            channel,
-            name="gxx_linux-64",
-            version=gxx_v,
-            build=f"h{{h}}_{STANDIN_TAG}_0",
-            subdir="linux-64",
-            files={"etc/conda/activate.d/awqgemm-standin-gxx.sh": act},
-            run_exports={"strong": [f"libstdcxx >={major}", f"libgcc >={major}"]},
-            summary=f"STAND-IN gxx_linux-64: the host's {gxx} (GCC {gxx_v})",
-        )
+        for tool, pkg, var, v, exports in compilers:
+            exe = shutil.which(tool)
+            act = f'export {var}="{exe}"\nexport {var}_FOR_BUILD="{exe}"\n'.encode()
+            write_package(
+                channel,
+                name=pkg,
+                version=v,
+                subdir="linux-64",
+                files={f"etc/conda/activate.d/awqgemm-standin-{pkg.split('_')[0]}.sh": act},
+                run_exports={"strong": exports},
+                summary=f"STAND-IN {pkg}: the host's {exe} (GCC {v})",
+            )
         glibc = host_glibc()
         write_package(
             channel,
             name="sysroot_linux-64",
             version=glibc,
-            build=f"h{{h}}_{STANDIN_TAG}_0",
             subdir="noarch",
             noarch="generic",
             run_exports={"strong": [f"__glibc >={glibc},<3.0.a0"]},
@@ -469,7 +462,6 @@ def add_tools(
                 channel,
                 name=tool,
                 version=v,
-                build=f"h{{h}}_{STANDIN_TAG}_0",
                 subdir="linux-64",
                 files=links,
                 summary=f"STAND-IN {tool}: the host's {exe} ({tool} {v})",
@@ -486,7 +478,6 @@ def add_tools(
             channel,
             name="cuda-version",
             version=cuda_version,
-            build=f"h{{h}}_{STANDIN_TAG}_0",
             subdir="noarch",
             noarch="generic",
             constrains=[f"__cuda >={major}", f"cudatoolkit {cuda_version}|{cuda_version}.*"],
@@ -509,7 +500,6 @@ def add_tools(
                 channel,
                 name="cuda-nvcc_linux-64",
                 version=nv,
-                build=f"h{{h}}_{STANDIN_TAG}_0",
                 subdir="linux-64",
                 files={"etc/conda/activate.d/awqgemm-standin-nvcc.sh": act},
                 run_exports={"strong": [f"cuda-version >={mm},<{int(major) + 1}.0a0"]},
@@ -519,7 +509,6 @@ def add_tools(
             channel,
             name="cuda-version",
             version=mm,
-            build=f"h{{h}}_{STANDIN_TAG}_0",
             subdir="noarch",
             noarch="generic",
             constrains=[f"__cuda >={major}", f"cudatoolkit {mm}|{mm}.*"],
@@ -536,7 +525,6 @@ def add_tools(
                 channel,
                 name="cuda-cudart-dev",
                 version=rt,
-                build=f"h{{h}}_{STANDIN_TAG}_0",
                 subdir="linux-64",
                 depends=[f"cuda-version >={rt},<{rt.split('.')[0]}.{int(rt.split('.')[1]) + 1}.0a0"],
                 run_exports={"weak": [f"cuda-cudart >={rt},<{int(major) + 1}.0a0"]},
@@ -551,7 +539,6 @@ def add_tools(
             channel,
             name=n,
             version=lib,
-            build=f"h{{h}}_{STANDIN_TAG}_0",
             subdir="linux-64",
             summary=f"STAND-IN {n}: the host system's GCC runtime (libstdc++ of GCC {lib})",
         )

@@ -205,6 +205,23 @@ def test_llama_vllm_own_awq_is_the_cpu_default(llama_runs):
     _served(res, "AutoAWQMarlinLinearMethod")
 
 
+def _check_vs_vllm_awq_and_hf(model, res, ref, res_label, ref_label):
+    """awqgemm run `res` vs vLLM's own AWQ run `ref` (same prompts), and both vs transformers
+    fp32: awqgemm must sit as close to transformers as vLLM's AWQ does."""
+    _check_ok(res)
+    _check_ok(ref)
+    _served(res, "AwqGemmLinearMethod")
+    _served(ref, "AutoAWQMarlinLinearMethod")
+    c = compare_engines(model, res, ref, TIE_BF16)
+    _record(res_label, ref_label, c)
+    _assert_close(c, TOL_BF16_VS_VLLM, min_decode=MAX_TOKENS)
+    base = compare_with_hf(model, ref, TIE_BF16)
+    _record(ref_label, "transformers fp32", base)
+    c = compare_with_hf(model, res, TIE_BF16)
+    _record(res_label, "transformers fp32", c)
+    _assert_close_relative(c, base, min_decode=3 * MAX_TOKENS)
+
+
 @pytest.mark.parametrize(
     ("run", "ref_run"),
     [
@@ -217,19 +234,8 @@ def test_llama_awqgemm_bf16_vs_vllm_awq_and_transformers(tiny_models, llama_runs
     res = llama_runs[run]
     _check_ok(res)
     assert res["quantization"] == "awqgemm"
-    _served(res, "AwqGemmLinearMethod")
     ref = llama_runs[ref_run]
-    _check_ok(ref)
-    _served(ref, "AutoAWQMarlinLinearMethod")
-    model = tiny_models.hf("llama")
-    c = compare_engines(model, res, ref, TIE_BF16)
-    _record(f"llama {run}", f"vLLM AWQ ({ref_run})", c)
-    _assert_close(c, TOL_BF16_VS_VLLM, min_decode=MAX_TOKENS)
-    base = compare_with_hf(model, ref, TIE_BF16)
-    _record(f"llama {ref_run}", "transformers fp32", base)
-    c = compare_with_hf(model, res, TIE_BF16)
-    _record(f"llama {run}", "transformers fp32", c)
-    _assert_close_relative(c, base, min_decode=3 * MAX_TOKENS)
+    _check_vs_vllm_awq_and_hf(tiny_models.hf("llama"), res, ref, f"llama {run}", f"llama {ref_run}")
 
 
 def test_llama_compiled_run_used_torch_compile_with_the_awqgemm_op(llama_runs):
@@ -281,21 +287,13 @@ def test_qwen2_awqgemm_fp32_matches_transformers(tiny_models, qwen2_runs):
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_qwen2_awqgemm_vs_vllm_awq(tiny_models, qwen2_runs, dtype):
-    res = qwen2_runs[f"awqgemm_{dtype}"]
-    ref = qwen2_runs[f"vllm_awq_{dtype}"]
-    _check_ok(res)
-    _check_ok(ref)
-    _served(res, "AwqGemmLinearMethod")
-    _served(ref, "AutoAWQMarlinLinearMethod")
-    model = tiny_models.hf("qwen2")
-    c = compare_engines(model, res, ref, TIE_BF16)
-    _record(f"qwen2 awqgemm {dtype}", f"vLLM AWQ {dtype}", c)
-    _assert_close(c, TOL_BF16_VS_VLLM, min_decode=MAX_TOKENS)
-    base = compare_with_hf(model, ref, TIE_BF16)
-    _record(f"qwen2 vLLM AWQ {dtype}", "transformers fp32", base)
-    c = compare_with_hf(model, res, TIE_BF16)
-    _record(f"qwen2 awqgemm {dtype}", "transformers fp32", c)
-    _assert_close_relative(c, base, min_decode=3 * MAX_TOKENS)
+    _check_vs_vllm_awq_and_hf(
+        tiny_models.hf("qwen2"),
+        qwen2_runs[f"awqgemm_{dtype}"],
+        qwen2_runs[f"vllm_awq_{dtype}"],
+        f"qwen2 awqgemm {dtype}",
+        f"qwen2 vLLM AWQ {dtype}",
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -30,7 +30,7 @@ AWQGEMM_HD constexpr int xs_min_blocks(int mt) { return mt >= 8 ? 4 : 5; }
 // Kernel argument bits saying how the fused kernels take part in programmatic
 // dependent launch (see pdl_wait in gemm_tile.cuh).
 constexpr int kPdlLaunched = 1;      // launched with the PDL attribute: wait before reading x
-constexpr int kPdlEarlyTrigger = 4;  // let the next kernel in after the main loop (else at exit)
+constexpr int kPdlEarlyTrigger = 2;  // let the next kernel in after the main loop (else at exit)
 
 struct TileConfig {
   KernelKind kind = KernelKind::kKSplit;
