@@ -66,8 +66,10 @@ class AwqTensors:
     scales: torch.Tensor  # fp16 [K/G, N]
 
 
-def quantize_awq(weight: torch.Tensor, group_size: int) -> AwqTensors:
-    """Quantize an nn.Linear weight [N, K] to AWQ tensors (zero point, 4 bit)."""
+def quantize_awq(weight: torch.Tensor, group_size: int, zero_point: bool = True) -> AwqTensors:
+    """Quantize an nn.Linear weight [N, K] to AWQ tensors (4 bit). With
+    ``zero_point=False`` it is AutoAWQ's symmetric mode: scale = max|w| / 7,
+    values -8..7 stored with an offset of 8 (qzeros all 8)."""
     n, k = weight.shape
     if k % group_size or n % 8:
         raise ValueError(f"weight {tuple(weight.shape)} vs group {group_size}")
@@ -75,9 +77,14 @@ def quantize_awq(weight: torch.Tensor, group_size: int) -> AwqTensors:
     g = w.reshape(k // group_size, group_size, n)
     wmax = g.amax(dim=1)
     wmin = g.amin(dim=1)
-    scales = ((wmax - wmin).clamp(min=1e-5) / 15).to(torch.float16)
-    s = scales.to(torch.float32)
-    zeros = torch.clamp(torch.round(-wmin / s), 0, 15)
+    if zero_point:
+        scales = ((wmax - wmin).clamp(min=1e-5) / 15).to(torch.float16)
+        s = scales.to(torch.float32)
+        zeros = torch.clamp(torch.round(-wmin / s), 0, 15)
+    else:
+        scales = (torch.maximum(wmax.abs(), wmin.abs()).clamp(min=1e-5) / 7).to(torch.float16)
+        s = scales.to(torch.float32)
+        zeros = torch.full_like(s, 8.0)
     q = torch.clamp(torch.round(g / s[:, None, :]) + zeros[:, None, :], 0, 15)
     return AwqTensors(
         qweight=pack_awq_int4(q.reshape(k, n).to(torch.int64)),
@@ -149,6 +156,8 @@ class TinySpec:
     kv_heads: int = 2
     vocab: int = 512
     seed: int = 0
+    zero_point: bool = True  # False: symmetric AWQ (zero_point: false)
+    quantize_lm_head: bool = False  # True: lm_head quantized too (lm_head: true)
 
 
 def _hf_config(spec: TinySpec, tok_dir: str) -> Any:
@@ -221,8 +230,9 @@ def write_awq_checkpoint(
     for name, value in state.items():
         module, _, leaf = name.rpartition(".")
         is_linear = leaf == "weight" and any(module.endswith(n) for n in LINEAR_NAMES)
+        is_linear = is_linear or (spec.quantize_lm_head and name == "lm_head.weight")
         if is_linear:
-            q = quantize_awq(value, spec.group_size)
+            q = quantize_awq(value, spec.group_size, spec.zero_point)
             tensors[module + ".qweight"] = q.qweight
             tensors[module + ".qzeros"] = q.qzeros
             tensors[module + ".scales"] = q.scales
@@ -243,9 +253,10 @@ def write_awq_checkpoint(
             "quant_method": "awq",
             "bits": 4,
             "group_size": spec.group_size,
-            "zero_point": True,
+            "zero_point": spec.zero_point,
             "version": "gemm",
             "modules_to_not_convert": None,
+            **({"lm_head": True} if spec.quantize_lm_head else {}),
         }
     )
     cfg_dict = cfg.to_dict()
