@@ -91,13 +91,16 @@ GROUP_EXTRA = (64, 32)
 GROUP_SHAPE = "llama3-8b/down/tp1"  # the one shape also run at groups 64 and 32
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-CONTENDERS = ("auto", "fused", "dpath", "cublas", "tm")
+CONTENDERS = ("auto", "fused", "wg", "dpath", "cublas", "tm", "machete", "marlin")
 CONTENDER_DOC = {
     "auto": "awqgemm.gemm, default dispatch (what users get)",
-    "fused": "awqgemm forced onto its fused tensor-core kernel (testing.force(path='fused'))",
+    "fused": "awqgemm forced onto its sm80 fused kernels (testing.force(family='sm80', path='fused'))",
+    "wg": "awqgemm forced onto the sm90a wgmma kernel (testing.force(family='sm90', path='fused'))",
     "dpath": "awqgemm forced onto dequantize + cuBLAS (testing.force(path='dense'))",
     "cublas": "dense torch matmul x @ w, w [K, N] in the same dtype (cuBLAS)",
     "tm": "turbomind==0.0.2 Linear(K, N, quant_method='awq'), fp16 + g128 only",
+    "machete": "vLLM's Machete (CUTLASS wgmma, sm90), as awq_marlin runs it on Hopper (benchmarks/vllm_peers.py)",
+    "marlin": "vLLM's Marlin (gptq_marlin_gemm on awq_marlin_repack'ed weights; benchmarks/vllm_peers.py)",
 }
 
 MODEL_LEVEL_MODELS = ("llama3-8b", "qwen2.5-32b")
@@ -431,16 +434,30 @@ def build_contenders(
     unavailable: dict[str, str] = {}
     keep: list[Any] = []
 
-    awq_names = [c for c in ("auto", "fused", "dpath") if c in wanted]
+    awq_names = [c for c in ("auto", "fused", "wg", "dpath") if c in wanted]
+    if "wg" in awq_names and "sm90a_m64nNk16" not in awqgemm.build_info()["kernel_families"]:
+        awq_names.remove("wg")
+        unavailable["wg"] = "n/a: this awqgemm build has no sm90a family (CUDA_ARCHITECTURES without 90a-real)"
+    elif "wg" in awq_names and torch.cuda.get_device_capability(device) != (9, 0):
+        awq_names.remove("wg")
+        unavailable["wg"] = "n/a: the wgmma family runs on compute capability 9.0 only"
     if awq_names:
         packs = [base] + [
             dataclasses.replace(base, qweight=base.qweight.clone(), scales=base.scales.clone()) for _ in range(R - 1)
         ]
         keep.append(packs)
-        path = {"auto": "auto", "fused": "fused", "dpath": "dense"}
+        sm80 = torch.cuda.get_device_capability(device) >= (8, 0)
+        force = {
+            "auto": {},
+            "fused": {"family": "sm80", "path": "fused"} if sm80 else {"path": "fused"},
+            "wg": {"family": "sm90", "path": "fused"},
+            "dpath": {"path": "dense"},
+        }
         for c in awq_names:
             contenders[c] = Contender(
-                c, lambda x, i, packs=packs: awqgemm.gemm(x, packs[i]), lambda p=path[c]: awqgemm.testing.force(path=p)
+                c,
+                lambda x, i, packs=packs: awqgemm.gemm(x, packs[i]),
+                lambda f=force[c]: awqgemm.testing.force(**f),
             )
     if "cublas" in wanted:
         ws = [w_dense] + [w_dense.clone() for _ in range(R - 1)]
@@ -465,6 +482,23 @@ def build_contenders(
                 contenders["tm"] = Contender("tm", lambda x, i, lins=lins: lins[i](x), contextlib.nullcontext)
             except Exception as exc:
                 unavailable["tm"] = f"setup failed: {_short_error(exc)}"
+    peers = [c for c in ("machete", "marlin") if c in wanted]
+    if peers:
+        import vllm_peers
+
+        ok, reason, _ = vllm_peers.probe()
+        for c in peers:
+            if not ok:
+                unavailable[c] = reason
+                continue
+            build = vllm_peers.build_machete if c == "machete" else vllm_peers.build_marlin
+            try:
+                fns = [build(qw.clone(), qz.clone(), s.clone(), G, dtype) for _ in range(R)]
+            except Exception as exc:
+                unavailable[c] = f"setup failed: {_short_error(exc)}"
+                continue
+            keep.append(fns)
+            contenders[c] = Contender(c, lambda x, i, fns=fns: fns[i](x), contextlib.nullcontext)
     del qw, qz, s
 
     def cleanup() -> None:
@@ -527,9 +561,12 @@ def plan_estimate(blocks: Sequence[Block], ms: Sequence[int], args: argparse.Nam
             per = {
                 "auto": awq if M < 256 else dense + K * N * 2.5 / bw,
                 "fused": awq * (3 if M >= 1024 else 1),
+                "wg": awq * 1.3,
                 "dpath": dense + K * N * 2.5 / bw,
                 "cublas": dense,
                 "tm": awq * 2,
+                "machete": awq * 1.3,
+                "marlin": awq * 1.5,
             }
             for c in args.contenders:
                 if c == "tm" and (b.dname != "fp16" or G != 128):
@@ -550,10 +587,19 @@ def fake_hint(c: str, M: int, K: int, N: int, G: int, ceil: dict[str, Any], dnam
     dense = max(dense_bytes(M, K, N) / bw, fl / rate) * 1e6
     fused = awq * (1.08 + M / 256)
     dpath = dense * 1.15 + 0.3 * K * N * 2.5 / bw * 1e6
-    return {"auto": min(fused, dpath), "fused": fused, "dpath": dpath, "cublas": dense * 1.1, "tm": awq * 2.0}[c]
+    return {
+        "auto": min(fused, dpath),
+        "fused": fused,
+        "wg": awq * 1.2,
+        "dpath": dpath,
+        "cublas": dense * 1.1,
+        "tm": awq * 2.0,
+        "machete": awq * 1.25,
+        "marlin": awq * 1.4,
+    }[c]
 
 
-def auto_path(M: int, dname: str, device: torch.device) -> str | None:
+def auto_path(M: int, K: int, N: int, dname: str, device: torch.device) -> str | None:
     """Which path awqgemm's dispatcher takes at M (for the repeat-noise estimate); None if unknown."""
     try:
         import awqgemm
@@ -561,8 +607,8 @@ def auto_path(M: int, dname: str, device: torch.device) -> str | None:
 
         if device.type != "cuda" or not awqgemm.have_cuda_kernels():
             return None
-        fam = _ops._C.family_for(0, _ops._DTYPE_CODE[DTYPES[dname]], device.index or 0)
-        return "dpath" if _ops.DENSE_MIN_M[fam] <= M else "fused"
+        _, family, _, dense, _ = _ops._C.plan(0, 0, _ops._DTYPE_CODE[DTYPES[dname]], M, N, K, device.index or 0)
+        return "dpath" if dense else ("wg" if family == 90 else "fused")
     except Exception:
         return None
 
@@ -586,7 +632,7 @@ def new_row(
     return {
         "shape": shape.label, "model": shape.model, "layer": shape.layer, "tp": shape.tp, "K": K, "N": N,
         "group": G, "dtype": dname, "M": M, "copies": R, "bytes": nbytes, "flops": flops,
-        "floor_us": fl, "floor_bound": bound, "dense_floor_us": dfl, "auto_path": auto_path(M, dname, device),
+        "floor_us": fl, "floor_bound": bound, "dense_floor_us": dfl, "auto_path": auto_path(M, K, N, dname, device),
         "us": {}, "min_us": {}, "iqr_pct": {}, "errors": {},
     }  # fmt: skip
 
@@ -715,7 +761,8 @@ def derive(row: dict[str, Any]) -> None:
     row["auto_read"] = a / row["read_us"] if a and row.get("read_us") else None
     row["speedup_dense"] = us["cublas"] / a if a and us.get("cublas") else None
     row["speedup_tm"] = us["tm"] / a if a and us.get("tm") else None
-    row["best_awq_us"] = min([us[c] for c in ("fused", "dpath") if us.get(c)], default=None)
+    row["best_awq_us"] = min([us[c] for c in ("fused", "wg", "dpath") if us.get(c)], default=None)
+    row["speedup_machete"] = us["machete"] / a if a and us.get("machete") else None
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -732,9 +779,11 @@ def fmt_x(v: float | None, nd: int = 2) -> str:
 
 
 def table_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    cols = [c for c in CONTENDERS if any(r["us"].get(c) for r in rows)] or ["auto"]
     hdr = (
-        f"{'shape':<22} {'K':>6} {'N':>6} {'g':>4} {'dt':<4} {'M':>5} | {'auto':>7} {'fused':>7} {'dpath':>7} "
-        f"{'cublas':>7} {'tm':>7} | {'floor':>7} {'b':<3} {'read':>7} | {'a/flr':>5} {'xdense':>6} {'xtm':>5}"
+        f"{'shape':<22} {'K':>6} {'N':>6} {'g':>4} {'dt':<4} {'M':>5} | "
+        + " ".join(f"{c:>7}" for c in cols)
+        + f" | {'floor':>7} {'b':<3} {'read':>7} | {'a/flr':>5} {'xdense':>6} {'xtm':>5} {'xmach':>5}"
     )
     out = [hdr, "-" * len(hdr)]
     prev = None
@@ -744,17 +793,16 @@ def table_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
             out.append("")
         prev = key
         us = r["us"]
+        head = f"{r['shape']:<22} {r['K']:>6} {r['N']:>6} {r['group']:>4} {r['dtype']:<4} {r['M']:>5} | "
         if r.get("skipped"):
-            tail = f"skipped ({r['skipped']})"
-            out.append(f"{r['shape']:<22} {r['K']:>6} {r['N']:>6} {r['group']:>4} {r['dtype']:<4} {r['M']:>5} | {tail}")
+            out.append(f"{head}skipped ({r['skipped']})")
             continue
         out.append(
-            f"{r['shape']:<22} {r['K']:>6} {r['N']:>6} {r['group']:>4} {r['dtype']:<4} {r['M']:>5} | "
-            f"{fmt_us(us.get('auto')):>7} {fmt_us(us.get('fused')):>7} {fmt_us(us.get('dpath')):>7} "
-            f"{fmt_us(us.get('cublas')):>7} {fmt_us(us.get('tm')):>7} | {fmt_us(r['floor_us']):>7} "
-            f"{r['floor_bound']:<3} {fmt_us(r.get('read_us')):>7} | {fmt_x(r.get('auto_floor')):>5} "
-            f"{fmt_x(r.get('speedup_dense')):>6} "
-            f"{fmt_x(r.get('speedup_tm')):>5}"
+            head
+            + " ".join(f"{fmt_us(us.get(c)):>7}" for c in cols)
+            + f" | {fmt_us(r['floor_us']):>7} {r['floor_bound']:<3} {fmt_us(r.get('read_us')):>7} | "
+            f"{fmt_x(r.get('auto_floor')):>5} {fmt_x(r.get('speedup_dense')):>6} {fmt_x(r.get('speedup_tm')):>5} "
+            f"{fmt_x(r.get('speedup_machete')):>5}"
         )
     return out
 
@@ -979,7 +1027,10 @@ def target_lines(res: Sequence[dict[str, Any]]) -> list[str]:
 
 PLOT_STYLE = {
     "auto": {"color": "C0", "lw": 2.0, "label": "awqgemm auto"},
-    "fused": {"color": "C2", "lw": 1.0, "label": "awqgemm fused"},
+    "fused": {"color": "C2", "lw": 1.0, "label": "awqgemm fused (sm80)"},
+    "wg": {"color": "C6", "lw": 1.5, "label": "awqgemm wgmma (sm90a)"},
+    "machete": {"color": "C7", "lw": 1.5, "label": "vLLM Machete"},
+    "marlin": {"color": "C8", "lw": 1.0, "label": "vLLM Marlin"},
     "dpath": {"color": "C4", "lw": 1.0, "label": "awqgemm dequant+cuBLAS"},
     "cublas": {"color": "C1", "lw": 1.5, "label": "dense cuBLAS"},
     "tm": {"color": "C3", "lw": 1.5, "label": "TurboMind 0.0.2"},

@@ -8,6 +8,7 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -44,6 +45,11 @@ class DeviceGuard {
   int prev_ = -1;
 };
 
+PathRequest to_path(int p) {
+  if (p < 0 || p > 2) throw nb::value_error("awqgemm: path code must be 0 (auto), 1 (fused) or 2 (dense)");
+  return static_cast<PathRequest>(p);
+}
+
 DType to_dtype(int d) {
   if (d == 0) return DType::kFloat16;
   if (d == 1) return DType::kBFloat16;
@@ -56,7 +62,8 @@ Family to_family(int f) {
     case 70: return Family::kSm70;
     case 75: return Family::kSm75;
     case 80: return Family::kSm80;
-    default: throw nb::value_error("awqgemm: kernel family must be one of 0 (auto), 70, 75, 80");
+    case 90: return Family::kSm90;
+    default: throw nb::value_error("awqgemm: kernel family must be one of 0 (auto), 70, 75, 80, 90");
   }
 }
 
@@ -79,8 +86,9 @@ std::vector<int> parse_archs(const char* list, bool want_ptx) {
       if (!item.empty()) {
         const bool real = item.find("-real") != std::string::npos;
         const bool virt = item.find("-virtual") != std::string::npos;
-        const int arch = std::stoi(item);
-        if (want_ptx ? !real : !virt) out.push_back(arch);
+        const int arch = std::stoi(item);  // "90a-real" -> 90 (build_info's arch_specific names the "a")
+        const bool seen = std::find(out.begin(), out.end(), arch) != out.end();
+        if ((want_ptx ? !real : !virt) && !seen) out.push_back(arch);
       }
       item.clear();
     } else {
@@ -109,25 +117,30 @@ NB_MODULE(_C, m) {
 
   m.def(
       "plan",
-      [](int family, int dtype, int M, int N, int K, int device) {
+      [](int family, int path, int dtype, int M, int N, int K, int device) {
+        if (M < 1 || N < 1 || K < 1) throw nb::value_error("awqgemm: M, N and K must be positive");
         const Family f = resolve(family, dtype, device);
-        const Plan plan = make_plan(f, device_info(device), M, N, K);
-        return std::make_tuple(static_cast<int>(plan.family), layout_for(plan.family), plan.workspace_bytes);
+        const Plan plan = make_plan(f, to_path(path), device_info(device), M, N, K, 2);
+        return std::make_tuple(encode_plan(plan), static_cast<int>(plan.family), layout_for(plan.family), plan.dense,
+                               plan.workspace_bytes);
       },
-      nb::arg("family"), nb::arg("dtype"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
-      "(family, packed layout it reads, workspace_bytes) for a problem: deterministic, so a captured graph "
-      "replays it");
+      nb::arg("family"), nb::arg("path"), nb::arg("dtype"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
+      "(plan code, family, packed layout it reads, dense?, workspace_bytes) for a problem. Deterministic, so a "
+      "captured graph replays it; the plan code goes to gemm() unchanged (made once per call).");
 
   m.def(
       "gemm",
-      [](int family, int dtype, int M, int N, int K, int group_size, uintptr_t x, int64_t x_stride,
+      [](int64_t plan_code, int dtype, int M, int N, int K, int group_size, uintptr_t x, int64_t x_stride,
          uintptr_t qweight, uintptr_t scale_zero, uintptr_t bias, uintptr_t out, int64_t out_stride,
          uintptr_t workspace, int64_t workspace_bytes, int device, uintptr_t stream) {
-        const Family f = resolve(family, dtype, device);
-        const Plan plan = make_plan(f, device_info(device), M, N, K);
-        if (plan.workspace_bytes > workspace_bytes) {
+        Plan plan;
+        if (!decode_plan(plan_code, &plan) || plan.dense) {
+          throw nb::value_error("awqgemm: not a fused-kernel plan code from plan()");
+        }
+        const int64_t need = plan.tile.splits > 1 ? static_cast<int64_t>(plan.tile.splits) * M * N * 4 : 0;
+        if (need > workspace_bytes) {
           throw nb::value_error(("awqgemm: workspace of " + std::to_string(workspace_bytes) +
-                                 " bytes is smaller than the plan's " + std::to_string(plan.workspace_bytes))
+                                 " bytes is smaller than the plan's " + std::to_string(need))
                                     .c_str());
         }
         GemmProblem p;
@@ -148,7 +161,7 @@ NB_MODULE(_C, m) {
         DeviceGuard guard(device);
         DeviceGuard::check(run_gemm(plan, p, reinterpret_cast<cudaStream_t>(stream)), "gemm launch");
       },
-      nb::arg("family"), nb::arg("dtype"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("group_size"),
+      nb::arg("plan_code"), nb::arg("dtype"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("group_size"),
       nb::arg("x"), nb::arg("x_stride"), nb::arg("qweight"), nb::arg("scale_zero"), nb::arg("bias"), nb::arg("out"),
       nb::arg("out_stride"), nb::arg("workspace"), nb::arg("workspace_bytes"), nb::arg("device"), nb::arg("stream"));
 
@@ -173,7 +186,10 @@ NB_MODULE(_C, m) {
     d["cuda_architectures"] = AWQGEMM_CUDA_ARCHS;
     d["sass_archs"] = parse_archs(AWQGEMM_CUDA_ARCHS, false);
     d["ptx_archs"] = parse_archs(AWQGEMM_CUDA_ARCHS, true);
-    d["kernel_families"] = std::vector<std::string>{"sm70_m8n8k4", "sm75_m16n8k8", "sm80_m16n8k16"};
+    d["arch_specific"] = have_sm90a() ? std::vector<std::string>{"90a"} : std::vector<std::string>{};
+    std::vector<std::string> families{"sm70_m8n8k4", "sm75_m16n8k8", "sm80_m16n8k16"};
+    if (have_sm90a()) families.push_back("sm90a_m64nNk16");
+    d["kernel_families"] = families;
     return d;
   });
 

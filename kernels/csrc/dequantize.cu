@@ -90,6 +90,17 @@ cudaError_t launch_splitk_reduce(const GemmProblem& p, int splits, bool pdl, cud
              : launch_maybe_pdl(splitk_reduce_kernel<__half>, blocks, dim3(threads), 0, pdl, stream, p, splits);
 }
 
+int compiled_ptx_arch() {
+  // Every arch-generic translation unit is compiled for the same arch list, so
+  // the reduction kernel speaks for all of them.
+  cudaFuncAttributes attr{};
+  if (cudaFuncGetAttributes(&attr, splitk_reduce_kernel<__half>) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return attr.ptxVersion;
+}
+
 cudaError_t launch_dequantize_t(const void* qweight, const void* scale_zero, int layout, DType dtype, int N, int K,
                                 int group_size, void* wt, cudaStream_t stream) {
   return dtype == DType::kBFloat16 ? dequantize_typed<__nv_bfloat16>(qweight, scale_zero, layout, N, K, group_size, wt, stream)

@@ -20,23 +20,41 @@ DeviceInfo device_info(int device) {
   if (static_cast<size_t>(device) >= cache.size()) cache.resize(device + 1);
   DeviceInfo& info = cache[device];
   if (info.capability == 0) {
-    int major = 0, minor = 0, sms = 0;
+    int major = 0, minor = 0, sms = 0, prev = -1;
     if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+        cudaGetDevice(&prev) != cudaSuccess) {
       cudaGetLastError();
       return {};
     }
+    // Function attributes are per device: query on `device`, then restore.
+    if (prev != device && cudaSetDevice(device) != cudaSuccess) {
+      cudaGetLastError();
+      return {};
+    }
+    info.ptx_arch = compiled_ptx_arch();
+    if (prev != device) cudaSetDevice(prev);
     info.capability = 10 * major + minor;
     info.sm_count = sms;
   }
   return info;
 }
 
+bool have_sm90a() {
+#if defined(AWQGEMM_HAS_SM90A)
+  return true;
+#else
+  return false;
+#endif
+}
+
 Family choose_family(Family requested, int capability, DType dtype, std::string* why) {
   Family f = requested;
   if (f == Family::kAuto) {
-    if (capability >= 80) f = Family::kSm80;
+    // sm_90a code runs on 9.0 only (arch-specific features are not forward compatible).
+    if (capability == 90 && have_sm90a()) f = Family::kSm90;
+    else if (capability >= 80) f = Family::kSm80;
     else if (capability >= 75) f = Family::kSm75;
     else if (capability >= 70) f = Family::kSm70;
     else {
@@ -52,7 +70,12 @@ Family choose_family(Family requested, int capability, DType dtype, std::string*
            std::to_string(capability % 10);
     return Family::kAuto;
   }
-  if (dtype == DType::kBFloat16 && f != Family::kSm80) {
+  if (f == Family::kSm90 && (capability != 90 || !have_sm90a())) {
+    *why = have_sm90a() ? "kernel family sm90 (wgmma) runs on compute capability 9.0 only"
+                        : "kernel family sm90 (wgmma) is not in this build (it needs CUDA_ARCHITECTURES with 90a-real)";
+    return Family::kAuto;
+  }
+  if (dtype == DType::kBFloat16 && f != Family::kSm80 && f != Family::kSm90) {
     *why = "bfloat16 needs the sm80 kernel family (compute capability 8.0+); use float16 on this GPU";
     return Family::kAuto;
   }
@@ -60,6 +83,34 @@ Family choose_family(Family requested, int capability, DType dtype, std::string*
 }
 
 int layout_for(Family family) { return family == Family::kSm70 ? kLayoutVolta884 : kLayoutTc16x64; }
+
+int64_t encode_plan(const Plan& plan) {
+  const TileConfig& t = plan.tile;
+  const int64_t fields[8] = {static_cast<int>(plan.family), static_cast<int>(t.kind), t.mt, t.nt, t.kwarps, t.splits,
+                             t.pdl_flags, (plan.dense ? 1 : 0) | (plan.reduce_pdl ? 2 : 0)};
+  int64_t code = 0;
+  for (int i = 7; i >= 0; --i) code = (code << 8) | (fields[i] & 0xFF);
+  return code;
+}
+
+bool decode_plan(int64_t code, Plan* plan) {
+  int f[8];
+  for (int i = 0; i < 8; ++i) f[i] = static_cast<int>((code >> (8 * i)) & 0xFF);
+  const bool family_ok = f[0] == 70 || f[0] == 75 || f[0] == 80 || (f[0] == 90 && have_sm90a());
+  if (!family_ok || f[1] > 2 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 3) {
+    return false;
+  }
+  plan->family = static_cast<Family>(f[0]);
+  plan->tile.kind = static_cast<KernelKind>(f[1]);
+  plan->tile.mt = f[2];
+  plan->tile.nt = f[3];
+  plan->tile.kwarps = f[4];
+  plan->tile.splits = f[5];
+  plan->tile.pdl_flags = f[6];
+  plan->dense = (f[7] & 1) != 0;
+  plan->reduce_pdl = (f[7] & 2) != 0;
+  return true;
+}
 
 namespace {
 
@@ -96,22 +147,43 @@ int xs_max_splits() {
   return splits;
 }
 
-// Programmatic dependent launch on sm90+. AWQGEMM_PDL=0: off. 1 (default):
-// on; the next kernel is let in after the main loop only when it is our own
-// split-K reduction, otherwise at block exit. 2: always after the main loop.
-// Measured (docs/perf-notes.md, v8): mode 2 was fastest on most shapes but
-// up to 23 % slower where the *next GEMM's* single-wave grid (~2 blocks per
-// SM) got placed unevenly around the still-resident blocks; the reduction's
-// small grid cannot suffer that.
-int pdl_mode() {
-  static const int mode = env_knob("AWQGEMM_PDL", 1, 0, 2);
-  return mode;
+// Programmatic dependent launch on sm90+: AWQGEMM_PDL=0 turns it off. The
+// next kernel is let in after the main loop only when it is our own split-K
+// reduction, otherwise at block exit: letting the *next GEMM* in early measured
+// up to 23 % slower where its single-wave grid (~2 blocks per SM) got placed
+// unevenly around still-resident blocks (docs/perf-notes.md, v8).
+bool pdl_enabled() {
+  static const bool on = env_knob("AWQGEMM_PDL", 1, 0, 1) == 1;
+  return on;
 }
 
-int balance_mode() {
-  static const int mode = env_knob("AWQGEMM_BALANCE", 3, 0, 3);
-  return mode;
+// The balance rule below (AWQGEMM_BALANCE=0 turns it off, to measure it).
+bool balance_enabled() {
+  static const bool on = env_knob("AWQGEMM_BALANCE", 1, 0, 1) == 1;
+  return on;
 }
+
+// From this many tokens on, dequantizing into a dense weight and running the
+// caller's dense GEMM (cuBLAS through torch) beats the fused kernels. sm80:
+// measured on the H100 (fused wins on 30/34 shapes at M = 128, loses on 30/34
+// at 256; docs/perf-notes.md). sm75/sm70: not measurable here (no T4/V100),
+// chosen from the floors -- the W4 floor stays HBM-bound to M ~ 37-60 there --
+// and Volta's 16 x 32 tiles.
+int dense_min_m(Family family) {
+  switch (family) {
+    case Family::kSm70: return 64;
+    case Family::kSm75: return 128;
+    default: return 256;
+  }
+}
+
+// sm90 family, auto path: the wgmma kernel from this many tokens on, the sm80
+// kernels below. Not yet measured against them, so for now the wgmma kernel runs
+// only when forced (tests, benchmarks); see docs/perf-notes.md.
+constexpr int kWgAutoMinM = 1 << 30;
+
+// Largest split-K workspace the wgmma plan may ask for (issue: <= 64 MiB extra per call).
+constexpr int64_t kMaxWorkspaceBytes = int64_t{64} << 20;
 
 // Split K across blocks until enough bytes are in flight, keeping >= min_tiles
 // k-tiles per split (per warp, for the K-split kernel) and <= 16 splits.
@@ -123,15 +195,46 @@ int choose_splits(int ktiles, int min_tiles, int64_t want, int64_t per_split_inf
 
 }  // namespace
 
-Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
+Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes) {
   Plan plan;
-  plan.family = family;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
   const int ktiles = padded_k(K) / kTileK;
   // Keep enough weight bytes in flight to cover DRAM latency (Little's law:
   // ~3 TB/s x ~1 us over 132 SMs is ~24 KiB per SM on an H100).
-  const int64_t want = static_cast<int64_t>(inflight_bytes_per_sm()) * (dev.sm_count > 0 ? dev.sm_count : 80);
+  const int sms = dev.sm_count > 0 ? dev.sm_count : 80;
+  const int64_t want = static_cast<int64_t>(inflight_bytes_per_sm()) * sms;
+
+  if (family == Family::kSm90) {
+    if (path == PathRequest::kFused || (path == PathRequest::kAuto && M >= kWgAutoMinM)) {
+      plan.family = Family::kSm90;
+      t.kind = KernelKind::kWgmma;
+      t.mt = M <= 64 ? 8 : 16;  // BM = 64 or 128 tokens
+      t.nt = kWgNT;
+      t.kwarps = kWgNT;  // warps per block (each owns a column tile; none split K)
+      const int blocks = ceil_div(ntiles, t.nt) * ceil_div(M, 8 * t.mt);
+      // Fill the SMs: split K until the grid covers them, keeping >= 4 k-tiles
+      // per split and the fp32 partials within kMaxWorkspaceBytes.
+      t.splits = 1;
+      while (t.splits < 16 && blocks * t.splits < sms && ktiles / (t.splits + 1) >= 4 &&
+             static_cast<int64_t>(t.splits + 1) * M * N * 4 <= kMaxWorkspaceBytes) {
+        ++t.splits;
+      }
+      const bool pdl = dev.capability >= 90 && pdl_enabled();  // this kernel is always compiled for sm_90a
+      t.pdl_flags = pdl ? kPdlLaunched : 0;
+      plan.reduce_pdl = pdl && dev.ptx_arch >= 90;
+      if (plan.reduce_pdl && t.splits > 1) t.pdl_flags |= kPdlEarlyTrigger;
+      plan.workspace_bytes = t.splits > 1 ? static_cast<int64_t>(t.splits) * M * N * 4 : 0;
+      return plan;
+    }
+    family = Family::kSm80;  // same packed layout: the sm80 kernels take the rest
+  }
+  plan.family = family;
+  if (path == PathRequest::kDense || (path == PathRequest::kAuto && M >= dense_min_m(family))) {
+    plan.dense = true;
+    plan.workspace_bytes = static_cast<int64_t>(N) * K * dtype_bytes;
+    return plan;
+  }
 
   if (family == Family::kSm80 && M > 16) {
     // Warps split N and share each activation tile through shared memory:
@@ -159,7 +262,7 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
     } else if (M <= 16 || family == Family::kSm70) {
       // Volta's m8n8k4 keeps 16 accumulators per 8 x 16 tile (4 quad pairs),
       // so a 32 x 64 block would need 256 of them: stay at 16 x 32 and let
-      // grid.y cover M (bounded by DENSE_MIN_M[70]).
+      // grid.y cover M (bounded by dense_min_m).
       t.mt = 2;
       t.nt = 2;
     } else {
@@ -188,20 +291,18 @@ Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K) {
     // -19 % (TP1) / -14 % (TP2), Llama-2-70B qkv TP2 -8 % at M = 1; splitting
     // anywhere else in the 1-2 blocks/SM window was 2-37 % slower, and
     // 16-warp blocks instead of the split lost almost everywhere.
-    // AWQGEMM_BALANCE: 0 off, 1 split the whole window, 2 16-warp blocks, 3 (default) the rule.
-    const int balance = balance_mode();
-    if (balance > 0 && t.mt <= 2 && t.splits == 1 && blocks > dev.sm_count && blocks < 2 * dev.sm_count) {
-      // Measured for the sm80 family only; the register-staged sm70/sm75 kernels keep the plain plan.
-      const bool long_k = family == Family::kSm80 && ktiles >= 16 * t.kwarps && 4 * blocks <= 5 * dev.sm_count;
-      if ((balance == 1 || (balance == 3 && long_k)) && ktiles >= 2 * 2 * t.kwarps) t.splits = 2;
-      if (balance == 2 && max_kwarps >= 16 && t.kwarps < 16 && ktiles >= 2 * 16) t.kwarps = 16;
+    // Measured for the sm80 family only; the register-staged sm70/sm75 kernels keep the plain plan.
+    if (balance_enabled() && family == Family::kSm80 && t.mt <= 2 && t.splits == 1 && blocks > sms &&
+        4 * blocks <= 5 * sms && ktiles >= 16 * t.kwarps) {
+      t.splits = 2;
     }
   }
-  t.pdl = dev.capability >= 90 && pdl_mode() > 0;
-  if (t.pdl) {
-    t.pdl_flags = kPdlLaunched;
-    if (pdl_mode() == 2 || (pdl_mode() == 1 && t.splits > 1)) t.pdl_flags |= kPdlEarlyTrigger;
-  }
+  // PDL only where the arch-generic kernels were compiled with griddepcontrol
+  // (PTX for sm90+): JIT from older PTX would run them without the wait.
+  const bool pdl = dev.capability >= 90 && dev.ptx_arch >= 90 && pdl_enabled();
+  t.pdl_flags = pdl ? kPdlLaunched : 0;
+  plan.reduce_pdl = pdl;
+  if (pdl && t.splits > 1) t.pdl_flags |= kPdlEarlyTrigger;
   plan.workspace_bytes = t.splits > 1 ? static_cast<int64_t>(t.splits) * M * N * 4 : 0;
   return plan;
 }
@@ -212,10 +313,13 @@ cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream
     case Family::kSm80: err = launch_sm80_m16n8k16(p, plan.tile, stream); break;
     case Family::kSm75: err = launch_sm75_m16n8k8(p, plan.tile, stream); break;
     case Family::kSm70: err = launch_sm70_m8n8k4(p, plan.tile, stream); break;
+#if defined(AWQGEMM_HAS_SM90A)
+    case Family::kSm90: err = launch_sm90a_m64nNk16(p, plan.tile, stream); break;
+#endif
     default: break;
   }
   if (err != cudaSuccess || plan.tile.splits == 1) return err;
-  return launch_splitk_reduce(p, plan.tile.splits, plan.tile.pdl, stream);
+  return launch_splitk_reduce(p, plan.tile.splits, plan.reduce_pdl, stream);
 }
 
 }  // namespace awqgemm

@@ -27,23 +27,30 @@ MODEL_SHAPES = {  # (K, N) of the linear layers
 
 
 def families():
+    """The kernel families this GPU can run: older ones forced onto it, and the
+    sm90 (wgmma) family on a 9.0 GPU when the build carries it."""
     if not has_gpu():
         return []
     cap = torch.cuda.get_device_capability()
     cc = 10 * cap[0] + cap[1]
-    return [f for f, need in (("sm70", 70), ("sm75", 75), ("sm80", 80)) if cc >= need]
+    out = [f for f, need in (("sm70", 70), ("sm75", 75), ("sm80", 80)) if cc >= need]
+    if cc == 90 and "sm90a_m64nNk16" in awqgemm.build_info()["kernel_families"]:
+        out.append("sm90")
+    return out
 
 
 def dtypes_for(family):
-    return [torch.float16, torch.bfloat16] if family == "sm80" else [torch.float16]
+    return [torch.float16, torch.bfloat16] if family in ("sm80", "sm90") else [torch.float16]
 
 
-CASES = [(f, d) for f in ("sm70", "sm75", "sm80") for d in dtypes_for(f)]
+CASES = [(f, d) for f in ("sm70", "sm75", "sm80", "sm90") for d in dtypes_for(f)]
 
 
 def skip_unless_family(family):
     if family not in families():
-        pytest.skip(f"{family} family needs a newer GPU")
+        if family == "sm90" and has_gpu() and torch.cuda.get_device_capability() == (9, 0):
+            pytest.fail("this 9.0 GPU's awqgemm build lacks the sm90 family: build with CUDA_ARCHITECTURES 90a-real")
+        pytest.skip(f"{family} family needs a newer GPU (or, for sm90, a 9.0 GPU)")
 
 
 def rel_err(out, ref):
@@ -180,14 +187,18 @@ print("chain ok")
 """
 
 
-@pytest.mark.parametrize("pdl_mode", ["0", "1", "2"])
-def test_chained_gemms_in_graph_respect_pdl_wait(pdl_mode):
+@pytest.mark.parametrize("family", ["auto", "sm90"])
+@pytest.mark.parametrize("pdl_mode", ["0", "1"])
+def test_chained_gemms_in_graph_respect_pdl_wait(pdl_mode, family):
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    env = {**os.environ, "AWQGEMM_PDL": pdl_mode}
+    env = {**os.environ, "AWQGEMM_PDL": pdl_mode, "AWQGEMM_FORCE_FAMILY": family, "AWQGEMM_FORCE_PATH": "auto"}
+    if family != "auto":
+        skip_unless_family(family)
+        env["AWQGEMM_FORCE_PATH"] = "fused"
     tests_dir = str(Path(__file__).resolve().parent)
     r = subprocess.run(
         [sys.executable, "-c", _PDL_CHAIN, tests_dir], env=env, capture_output=True, text=True, timeout=300

@@ -47,8 +47,9 @@ def expected(cuda_version: str, table: str) -> tuple[set[int], set[int]]:
     for line in pathlib.Path(table).read_text().splitlines():
         f = line.split()
         if f and not f[0].startswith("#") and f[0] == cuda_version:
-            sass = {int(a.split("-")[0]) for a in f[1:] if a.endswith("-real")}
-            ptx = {int(a.split("-")[0]) for a in f[1:] if a.endswith("-virtual")}
+            # "90a-real" is sm_90 SASS (the fatbin records 90 for sm_90a too) plus the wgmma family.
+            sass = {int(a.split("-")[0].rstrip("a")) for a in f[1:] if a.endswith("-real")}
+            ptx = {int(a.split("-")[0].rstrip("a")) for a in f[1:] if a.endswith("-virtual")}
             return sass, ptx
     raise SystemExit(f"FAIL: CUDA {cuda_version} is not in {table}")
 
@@ -64,6 +65,9 @@ def main() -> int:
         errors.append(f"cuda_version: built with {built!r}, variant is {cuda_version}")
     if set(info.get("sass_archs") or []) != sass:
         errors.append(f"sass_archs: binary has {sorted(info.get('sass_archs') or [])}, expected {sorted(sass)}")
+    wants_sm90a = any(a.startswith("90a") for a in info.get("cuda_architectures", "").split(","))
+    if wants_sm90a != ("sm90a_m64nNk16" in info.get("kernel_families", [])):
+        errors.append(f"kernel_families {info.get('kernel_families')} disagree with the arch list on sm90a")
     if set(info.get("ptx_archs") or []) != ptx:
         errors.append(f"ptx_archs: binary has {sorted(info.get('ptx_archs') or [])}, expected {sorted(ptx)}")
     libs = sorted(pathlib.Path(awqgemm.__file__).parent.glob("_C*.so"))

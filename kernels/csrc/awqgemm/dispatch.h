@@ -13,15 +13,27 @@
 
 namespace awqgemm {
 
+// What a caller may ask of the path: the dispatcher's choice, or (tests) the
+// family's fused kernel at every M, or dequantize + dense GEMM.
+enum class PathRequest : int { kAuto = 0, kFused = 1, kDense = 2 };
+
 struct Plan {
-  Family family = Family::kAuto;
+  Family family = Family::kAuto;  // the family whose kernel runs (sm90 may hand small M to sm80's)
+  bool dense = false;             // dequantize into workspace_bytes (N x K), then the caller's dense GEMM
+  bool reduce_pdl = false;        // the split-K reduction waits on griddepcontrol (compiled for sm90+)
   TileConfig tile{};
-  int64_t workspace_bytes = 0;
+  int64_t workspace_bytes = 0;    // split-K partials, or the dense weight
 };
+
+// A plan travels from plan() to gemm() through Python as one integer, so the
+// plan is made once per call; decode_plan rejects what encode_plan cannot make.
+int64_t encode_plan(const Plan& plan);
+bool decode_plan(int64_t code, Plan* plan);
 
 struct DeviceInfo {
   int capability = 0;  // 10 * major + minor
   int sm_count = 0;
+  int ptx_arch = 0;    // compiled_ptx_arch() on this device
 };
 
 // Cached per device; the first call per device queries the runtime (no sync).
@@ -34,7 +46,12 @@ Family choose_family(Family requested, int capability, DType dtype, std::string*
 // The packed layout a family reads.
 int layout_for(Family family);
 
-Plan make_plan(Family family, const DeviceInfo& dev, int M, int N, int K);
+// Whether this build carries the sm90 (wgmma) family.
+bool have_sm90a();
+
+// The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes
+// from choose_family; `dtype_bytes` sizes the dense weight.
+Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes);
 
 // Launches the fused kernel (and the split-K reduction when the plan splits).
 cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream);

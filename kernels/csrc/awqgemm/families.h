@@ -12,6 +12,14 @@ namespace awqgemm {
 cudaError_t launch_sm80_m16n8k16(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream);
 cudaError_t launch_sm75_m16n8k8(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream);
 cudaError_t launch_sm70_m8n8k4(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream);
+// Defined only where CMake built gemm_sm90a_m64nNk16.cu (AWQGEMM_HAS_SM90A).
+cudaError_t launch_sm90a_m64nNk16(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream);
+
+// The PTX arch (10 major + minor) the arch-generic kernels were compiled from
+// for the current device -- 0 if none runs there. Decides whether they carry
+// the sm90 griddepcontrol instructions (PDL): a device of 9.0 running code JIT-
+// compiled from older PTX must not be launched as a programmatic dependent.
+int compiled_ptx_arch();
 
 // fp32 split-K partials [splits][M][N] (+ bias) -> out.
 cudaError_t launch_splitk_reduce(const GemmProblem& p, int splits, bool pdl, cudaStream_t stream);

@@ -55,7 +55,8 @@ cudaError_t launch_with_smem(dim3 grid, int threads, const GemmProblem& p, const
       if (device < kMaxDevices) opted_in[device].store(true, std::memory_order_release);
     }
   }
-  return launch_maybe_pdl(Kernel, grid, dim3(threads), kSmem, cfg.pdl, stream, p, cfg.splits, cfg.pdl_flags);
+  return launch_maybe_pdl(Kernel, grid, dim3(threads), kSmem, (cfg.pdl_flags & kPdlLaunched) != 0, stream, p, cfg.splits,
+                          cfg.pdl_flags);
 }
 
 template <typename T, int MT, int NT, int KWARPS, class Fam, bool kAsyncWeights>

@@ -12,8 +12,9 @@ namespace awqgemm {
 enum class DType : int { kFloat16 = 0, kBFloat16 = 1 };
 
 // Kernel families, one per MMA generation. kAuto lets the dispatcher pick by
-// compute capability; the others are forced only by tests.
-enum class Family : int { kAuto = 0, kSm70 = 70, kSm75 = 75, kSm80 = 80 };
+// compute capability; the others are forced only by tests. kSm90 (wgmma)
+// exists only in builds that compiled it for sm_90a.
+enum class Family : int { kAuto = 0, kSm70 = 70, kSm75 = 75, kSm80 = 80, kSm90 = 90 };
 
 struct GemmProblem {
   // Logical sizes: out[M, N] = x[M, K] @ W[K, N] (+ bias[N]).

@@ -8,6 +8,7 @@ namespace awqgemm {
 enum class KernelKind : int {
   kKSplit = 0,   // gemm_tc_kernel: warps split K (decode, and every family)
   kXShared = 1,  // gemm_xs_kernel: warps split N and share activations (sm80, M > 16)
+  kWgmma = 2,    // gemm_wg_kernel: warpgroup MMA, weights as register A (sm90a)
 };
 
 // Pipeline depth of the K-split kernel. Register-staged pipelines (sm70/75)
@@ -27,6 +28,13 @@ constexpr int kXsNT = 2;
 AWQGEMM_HD constexpr int xs_stages(int mt) { return mt >= 8 ? 3 : 4; }
 AWQGEMM_HD constexpr int xs_min_blocks(int mt) { return mt >= 8 ? 4 : 5; }
 
+// Shape of the wgmma kernel: 8 warps (2 warpgroups) x one 16-column tile each,
+// BM = 8 mt tokens. Ring depth: two blocks of 2 warpgroups share an SM (the
+// latency hiding comes from the other block as much as from the ring); 6 x 14 KiB
+// stages at BM = 64, 5 x 22 KiB at BM = 128 fill the 227 KiB between them.
+constexpr int kWgNT = 8;
+AWQGEMM_HD constexpr int wg_stages(int bm) { return bm >= 128 ? 5 : 6; }
+
 // Kernel argument bits saying how the fused kernels take part in programmatic
 // dependent launch (see pdl_wait in gemm_tile.cuh).
 constexpr int kPdlLaunched = 1;      // launched with the PDL attribute: wait before reading x
@@ -38,8 +46,7 @@ struct TileConfig {
   int nt;      // 16-column tiles per block
   int kwarps;  // warps per block, splitting the block's K slice (4, 8 or 16)
   int splits;  // blocks splitting K
-  bool pdl = false;    // launch as a programmatic dependent of the previous kernel (sm90+)
-  int pdl_flags = 0;  // kPdl* bits of gemm_tile.cuh, passed to the kernel
+  int pdl_flags = 0;  // kPdl* bits: launched as a programmatic dependent (sm90+), early trigger
 };
 
 }  // namespace awqgemm

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 KNOBS: dict[str, tuple[int, int, str]] = {
     "AWQGEMM_INFLIGHT_KIB": (1, 4096, "weight bytes kept in flight per SM, in KiB (default 24)"),
     "AWQGEMM_XS_MAX_SPLITS": (1, 16, "most K splits of the x-shared kernel (default 8)"),
-    "AWQGEMM_BALANCE": (0, 3, "1-2 blocks/SM rule: 0 off, 1 split, 2 16-warp blocks, 3 measured rule (default)"),
-    "AWQGEMM_PDL": (0, 2, "programmatic dependent launch on sm90+: 0 off, 1 default, 2 always early trigger"),
+    "AWQGEMM_BALANCE": (0, 1, "split K in two just over one block per SM: 0 off, 1 on (default)"),
+    "AWQGEMM_PDL": (0, 1, "programmatic dependent launch on sm90+: 0 off, 1 on (default)"),
 }
 
 

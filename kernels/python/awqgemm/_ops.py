@@ -13,13 +13,9 @@ from .reference import reference_gemm
 from .testing import state
 
 _DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1}
-
-# From this many tokens on, dequantizing into a dense weight (torch-allocated)
-# and running cuBLAS beats the fused kernel. sm80: measured on the H100 (fused
-# wins on 30/34 shapes at M=128, loses on 30/34 at 256; docs/perf-notes.md).
-# sm75/sm70: not measurable here (no T4/V100); chosen from the floors -- the
-# W4 floor stays HBM-bound to M ~ 37-60 there -- and Volta's 16 x 32 tiles.
-DENSE_MIN_M = {80: 256, 75: 128, 70: 64}
+# PathRequest in csrc/awqgemm/dispatch.h. The dispatcher (make_plan) decides
+# the path, dense-or-fused included; "reference" never reaches it.
+_PATH_CODE = {"auto": 0, "fused": 1, "dense": 2}
 
 _lib = torch.library.Library("awqgemm", "DEF")
 _lib.define(
@@ -50,16 +46,17 @@ def _gemm_cuda(x, qweight, scales, bias, K, N, group_size, layout):
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     stream = torch.cuda.current_stream(x.device).cuda_stream
     dtype_code = _DTYPE_CODE[x.dtype]
-    # One call resolves the family (and raises for an unsupported GPU/dtype),
-    # the layout it reads and the workspace; gemm below replays the same plan.
-    family, family_layout, ws_bytes = _C.plan(state.family, dtype_code, M, N, K, device)
+    # One call makes the plan (and raises for an unsupported GPU/dtype); its
+    # code goes to _C.gemm unchanged, so the plan is made once per call.
+    code, family, family_layout, dense, ws_bytes = _C.plan(
+        state.family, _PATH_CODE[state.path], dtype_code, M, N, K, device
+    )
     if family_layout != layout:
         raise ValueError(
             f"awqgemm: the weight was packed in layout {layout} but kernel family sm{family} reads layout "
             f"{family_layout}; pack the weight (awqgemm.pack_awq) on the device and settings that run it"
         )
-    use_dense = state.path == "dense" or (state.path == "auto" and DENSE_MIN_M[family] <= M)
-    if use_dense:
+    if dense:
         wt = torch.empty((N, K), dtype=x.dtype, device=x.device)
         _C.dequantize_t(
             layout, dtype_code, N, K, group_size, qweight.data_ptr(), scales.data_ptr(), wt.data_ptr(), device, stream
@@ -69,7 +66,7 @@ def _gemm_cuda(x, qweight, scales, bias, K, N, group_size, layout):
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     ws = torch.empty((ws_bytes + 3) // 4, dtype=torch.float32, device=x.device) if ws_bytes else None
     _C.gemm(
-        family,
+        code,
         dtype_code,
         M,
         N,

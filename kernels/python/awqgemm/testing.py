@@ -1,6 +1,6 @@
 """Test-only overrides of the kernel choice.
 
-``AWQGEMM_FORCE_FAMILY`` (``sm70``, ``sm75``, ``sm80``) and ``AWQGEMM_FORCE_PATH``
+``AWQGEMM_FORCE_FAMILY`` (``sm70``, ``sm75``, ``sm80``, ``sm90``) and ``AWQGEMM_FORCE_PATH``
 (``fused``, ``dense``, ``reference``) set the initial values; :func:`force` sets
 them for a ``with`` block. Forcing an older family on a newer GPU is how the
 Volta and Turing kernels are tested on an H100: their code is valid there (the
@@ -14,7 +14,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-FAMILIES = {"auto": 0, "sm70": 70, "sm75": 75, "sm80": 80}
+FAMILIES = {"auto": 0, "sm70": 70, "sm75": 75, "sm80": 80, "sm90": 90}
 PATHS = ("auto", "fused", "dense", "reference")
 
 

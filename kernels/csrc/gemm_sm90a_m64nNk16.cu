@@ -1,0 +1,200 @@
+// Hopper (sm_90a): warpgroup MMA m64nNk16, fp16 and bf16, for the token counts
+// where mma.sync runs out of tensor throughput (perf-notes: M = 64-256 needs
+// 43-128 % of the measured mma.sync peak to meet its targets).
+//
+// Block: 2 warpgroups x 64 output columns n = 128 n, BM tokens (the wgmma's N).
+//   A = weights, dequantized by each lane from packed layout 1 straight into
+//       the register-A fragment (warp w of a warpgroup supplies 16 rows: one
+//       16-column tile of the packed weight, exactly as the mma.sync kernels).
+//   B = activations, BM tokens x 64 k per stage in shared memory, K-major with
+//       the 128-byte swizzle.
+//   D = fp32 [n][m] in registers (BM / 2 per thread).
+// One cp.async ring carries the stage: each thread's 16-byte weight slot and
+// (scale, zero) pair, and the activation tile. Layout 1 permutes k inside a
+// lane's fragment (packed_layout.h); mma.sync kernels cancel that by loading x
+// the same way, here the permutation is applied while staging x: every 4-byte
+// pair of x lands at the (step, logical k) the A fragment expects.
+//
+// Only this translation unit is compiled for sm_90a (arch-specific features);
+// builds without it lack the family (CMake defines AWQGEMM_HAS_SM90A for the
+// dispatcher only when this file is in the build).
+#include "awqgemm/families.h"
+#include "awqgemm/gemm_tile.cuh"
+#include "awqgemm/launch.h"
+#include "awqgemm/wgmma_sm90a.cuh"
+
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define AWQGEMM_NO_WGMMA 1  // a device pass without sm_90a features: the kernels trap (never launched)
+#endif
+
+namespace awqgemm {
+namespace {
+
+constexpr int kWgThreads = 256;  // 2 warpgroups
+constexpr int kWgWarps = kWgThreads / 32;
+static_assert(kWgNT == kWgWarps, "one 16-column weight tile per warp");
+
+template <int BM>
+struct WgSmem {
+  static constexpr int kX = BM * kTileK * 2;  // activation tile: BM rows of 128 bytes, swizzled
+  static constexpr int kW = kWgThreads * 16;  // one 16-byte weight slot per thread
+  static constexpr int kSz = kWgThreads * 8;  // one (scale, zero) pair slot per thread
+  static constexpr int kStage = kX + kW + kSz;
+  static_assert(kStage % 1024 == 0, "every stage's activation tile starts on a swizzle atom");
+  // + 1024: the dynamic shared memory base is aligned up to the next atom.
+  static constexpr int bytes(int stages) { return stages * kStage + 1024; }
+};
+
+__device__ __forceinline__ void cp_async_4_zfill(uint32_t smem, const void* gmem, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem), "l"(gmem), "r"(src_bytes));
+}
+
+template <typename T, int BM, int STAGES>
+__global__ void __launch_bounds__(kWgThreads, 2) gemm_wg_kernel(const GemmProblem p, const int splits,
+                                                              const int pdl_flags) {
+#if defined(AWQGEMM_NO_WGMMA)
+  __trap();
+#else
+  using L = WgSmem<BM>;
+  // Prefetch distance: one slot beyond the tile being computed stays with the
+  // previous tile, whose last wgmma may still be reading it (wait_group 1).
+  constexpr int kDist = STAGES - 2;
+  static_assert(kDist >= 1, "need at least 3 stages");
+  extern __shared__ uint4 smem_raw[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t base = (raw + 1023u) & ~1023u;
+  unsigned char* const sbase = reinterpret_cast<unsigned char*>(smem_raw) + (base - raw);
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int g = lane >> 2;
+  const int q = lane & 3;
+
+  const int ktiles = padded_k(p.K) / kTileK;
+  const int ntiles = padded_n(p.N) / kTileN;
+  const int nt = blockIdx.x * kWgWarps + warp;
+  const int ntc = min(nt, ntiles - 1);  // tiles past the end re-read the last one; never stored
+  const int m0 = blockIdx.y * BM;
+  const int per_split = ceil_div(ktiles, splits);
+  const int kt_begin = blockIdx.z * per_split;
+  const int n_k = max(0, min(ktiles, kt_begin + per_split) - kt_begin);  // block-uniform
+
+  const uint4* wsrc = reinterpret_cast<const uint4*>(p.qweight) + static_cast<size_t>(ntc) * ktiles * 32 + lane;
+  const uint2* szsrc = reinterpret_cast<const uint2*>(p.scale_zero) + g;
+  const T* x = reinterpret_cast<const T*>(p.x);
+
+  // Staging of x. 4-byte unit u of a row's 64-k tile holds actual k 2u, 2u + 1
+  // = 16 q' + 4 s + 2 h + {0, 1}, i.e. u = 8 q' + 2 s + h, which the A
+  // fragment of step s reads as logical k 8 h + 2 q' + {0, 1}: 16-byte chunk
+  // 2 s + h of the row (= u & 7), byte 4 q'. The 128-byte swizzle XORs the
+  // chunk with row & 7. Lane u of warp w stages unit u of rows w, w + 8, ...:
+  // each warp instruction reads one contiguous 128-byte row of x and writes
+  // 32 distinct banks.
+  const int u = lane;
+  const uint32_t x_dst0 = static_cast<uint32_t>(warp * 128 + (((u & 7) ^ warp) << 4) + 4 * (u >> 3));
+
+  auto fetch = [&](int slot, int i) {
+    if (i < n_k) {
+      const int kt = kt_begin + i;
+      const uint32_t st = base + slot * L::kStage;
+      unsigned char* const gst = sbase + slot * L::kStage;
+      cp_async_16(gst + L::kX + tid * 16, wsrc + static_cast<size_t>(kt) * 32);
+      const int grp = (kt * kTileK + 16 * q) / p.group_size;
+      cp_async_8(gst + L::kX + L::kW + tid * 8, szsrc + (static_cast<size_t>(grp) * ntiles + ntc) * 8);
+      const int k = kt * kTileK + 2 * u;
+      const bool k_in = k < p.K;  // K tail: padded weights are zero, and so must x be (0 * NaN)
+#pragma unroll
+      for (int r = warp; r < BM; r += kWgWarps) {
+        const int row = m0 + r;
+        const bool in = k_in && row < p.M;
+        const T* src = x + (in ? static_cast<size_t>(row) * p.x_row_stride + k : 0);
+        cp_async_4_zfill(st + x_dst0 + (r - warp) * 128, src, in ? 4 : 0);
+      }
+    }
+    cp_async_commit();  // empty groups keep the count uniform
+  };
+
+  float acc[BM / 2];
+#pragma unroll
+  for (int i = 0; i < BM / 2; ++i) acc[i] = 0.f;
+
+  auto compute = [&](int slot) {
+    const unsigned char* gst = sbase + slot * L::kStage;
+    const uint4 w = *reinterpret_cast<const uint4*>(gst + L::kX + tid * 16);
+    const uint2 sz = *reinterpret_cast<const uint2*>(gst + L::kX + L::kW + tid * 8);
+    uint32_t scale2[2], zero2[2];
+    split_scale_zero(sz.x, scale2[0], zero2[0]);
+    split_scale_zero(sz.y, scale2[1], zero2[1]);
+    const uint32_t xaddr = base + slot * L::kStage;
+    uint32_t a[2][4];
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      // Two A register sets: step s is dequantized while step s - 1 runs;
+      // wait_group 1 after each commit means step s - 2 (the set being
+      // overwritten) has finished.
+      const uint32_t word = s == 0 ? w.x : s == 1 ? w.y : s == 2 ? w.z : w.w;
+      dequant_word<T, true>(word, zero2, scale2, a[s & 1]);
+      wgmma_fence();
+      WgmmaRA<BM, T>::run(acc, a[s & 1], sw128_kmajor_desc(xaddr + 32 * s));
+      wgmma_commit();
+      wgmma_wait<1>();
+    }
+  };
+
+  if (pdl_flags & kPdlLaunched) pdl_wait();  // x may still be being written by the previous kernel
+
+#pragma unroll
+  for (int s = 0; s < kDist; ++s) fetch(s, s);
+  for (int i = 0; i < n_k; ++i) {
+    cp_async_wait<kDist - 1>();
+    fence_proxy_async_shared();  // cp.async wrote through the generic proxy; wgmma reads through the async one
+    __syncthreads();             // tile i visible to both warpgroups; tile i - 2's slot is free
+    fetch((i + kDist) % STAGES, i + kDist);
+    compute(i % STAGES);
+  }
+  wgmma_wait<0>();
+  cp_async_wait<0>();
+  if (pdl_flags & kPdlEarlyTrigger) pdl_launch_dependents();
+
+  // D fragment: acc[4 c + 2 h + t] = (n row g + 8 h of this warp's tile, token 8 c + 2 q + t).
+#pragma unroll
+  for (int c = 0; c < BM / 8; ++c)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        const int m = m0 + 8 * c + 2 * q + t;
+        const int n = nt * kTileN + g + 8 * h;
+        if (m < p.M && n < p.N) store_result<T>(p, splits, m, n, acc[4 * c + 2 * h + t]);
+      }
+#endif
+}
+
+template <typename T, int BM>
+cudaError_t launch_wg(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
+  constexpr int kStages = wg_stages(BM);
+  constexpr int kSmem = WgSmem<BM>::bytes(kStages);
+  const int ntiles = padded_n(p.N) / kTileN;
+  const dim3 grid(ceil_div(ntiles, kWgNT), ceil_div(p.M, BM), cfg.splits);
+  return launch_with_smem<kSmem, gemm_wg_kernel<T, BM, kStages>>(grid, kWgThreads, p, cfg, stream);
+}
+
+template <typename T>
+cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
+  if (cfg.kind != KernelKind::kWgmma || cfg.nt != kWgNT || cfg.kwarps != kWgWarps) return cudaErrorInvalidConfiguration;
+  switch (cfg.mt * 8) {
+    case 64: return launch_wg<T, 64>(p, cfg, stream);
+    case 128: return launch_wg<T, 128>(p, cfg, stream);
+    default: return cudaErrorInvalidConfiguration;
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_sm90a_m64nNk16(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
+  return p.dtype == DType::kBFloat16 ? launch_typed<__nv_bfloat16>(p, cfg, stream)
+                                     : launch_typed<__half>(p, cfg, stream);
+}
+
+}  // namespace awqgemm
