@@ -484,9 +484,12 @@ def build_contenders(
                 unavailable["tm"] = f"setup failed: {_short_error(exc)}"
     peers = [c for c in ("machete", "marlin") if c in wanted]
     if peers:
-        import vllm_peers
+        try:
+            import vllm_peers
 
-        ok, reason, _ = vllm_peers.probe()
+            ok, reason, _ = vllm_peers.probe()
+        except ImportError as exc:
+            ok, reason = False, f"benchmarks/vllm_peers.py unavailable: {_short_error(exc)}"
         for c in peers:
             if not ok:
                 unavailable[c] = reason

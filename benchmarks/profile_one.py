@@ -20,7 +20,8 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=1)
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16")
-    ap.add_argument("--path", default="fused")
+    ap.add_argument("--path", choices=["auto", "fused", "dense"], default="fused")
+    ap.add_argument("--family", choices=sorted(awqgemm.testing.FAMILIES), default="auto")
     ap.add_argument("--iters", type=int, default=3)
     a = ap.parse_args()
     dtype = torch.float16 if a.dtype == "fp16" else torch.bfloat16
@@ -32,9 +33,12 @@ def main() -> None:
     from awqgemm._ext import _C
 
     dev = torch.cuda.current_device()
-    family, _, ws = _C.plan(0, 0 if a.dtype == "fp16" else 1, a.m, a.n, a.k, dev)
-    print(f"plan: family sm{family}, split-K workspace {ws} B = {ws // max(1, 4 * a.m * a.n)} splits", flush=True)
-    with awqgemm.testing.force(path=a.path):
+    path_code = {"auto": 0, "fused": 1, "dense": 2}.get(a.path, 0)
+    fam_code = awqgemm.testing.FAMILIES[a.family]
+    code, family, _, dense, ws = _C.plan(fam_code, path_code, 0 if a.dtype == "fp16" else 1, a.m, a.n, a.k, dev)
+    kind = "dense" if dense else f"split-K workspace {ws} B = {ws // max(1, 4 * a.m * a.n)} splits"
+    print(f"plan {code:#x}: family sm{family}, {kind}", flush=True)
+    with awqgemm.testing.force(family=a.family, path=a.path):
         for _ in range(a.iters):
             awqgemm.gemm(x, packed)
     torch.cuda.synchronize()

@@ -44,7 +44,7 @@ if has ncu; then
   IFS=';' read -ra case_list <<<"$cases"
   for shape in "${case_list[@]}"; do
     set -- $shape
-    ncu --kernel-name regex:'gemm_(tc|xs)_kernel' --launch-skip 2 --launch-count 1 \
+    ncu --kernel-name regex:'gemm_(tc|xs|wg)_kernel' --launch-skip 2 --launch-count 1 \
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
         --section LaunchStats --section ComputeWorkloadAnalysis \
         python3 benchmarks/profile_one.py --k $1 --n $2 --m $3 >"$OUT/ncu-$1x$2-m$3.log" 2>&1
