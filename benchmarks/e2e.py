@@ -1,0 +1,582 @@
+"""End-to-end vLLM throughput and latency: awq_marlin vs awqgemm vs fp16.
+
+Offline ``vllm.LLM``, one engine per process: this driver starts one subprocess per
+contender (``--worker``), each builds one engine and runs every workload, and the
+driver collects the results into a table (stdout), a JSON file and a PNG under
+``benchmarks/results/`` (GPU name, vLLM version, date in each).
+
+Model: ``--shape llama3-8b|qwen2.5-7b|...`` writes a config.json (AWQ g128
+``quantization_config``; for fp16 the same config without it) and runs with
+``load_format="dummy"``, ``skip_tokenizer_init=True`` and token-id prompts, so no
+weights or tokenizer are needed. ``--model DIR`` serves a real AWQ checkpoint (the fp16
+contender then uses its config with dummy weights).
+
+Contenders (``--quant``, comma separated):
+  awq_marlin          vLLM's own AWQ on CUDA; its kernel chooser picks Machete (sm90) or Marlin
+  awq_marlin:marlin   the same with VLLM_DISABLED_KERNELS=MacheteLinearKernel (Marlin forced)
+  awqgemm             this project's plugin (alias awq_turbomind)
+  fp16                dense fp16, no quantization
+The kernel each AWQ engine used is read from the loaded model and recorded.
+
+Workloads (``--workloads``):
+  throughput  N prompts (>= 200) of 1024 in / 128 out, all submitted at once: req/s, tok/s
+  decode64    batch 64, 128 in / 256 out: ms per decode step
+  decode1     batch 1, 32 in / 256 out: ms per decode step
+ms/step = (t(out tokens) - t(1 token)) / (out - 1), the median over ``--reps`` of each.
+Every prompt is random token ids (distinct per prompt) and prefix caching is off, so
+repeats do not hit a cache; ``ignore_eos`` fixes the output lengths.
+
+Engine settings shared by all contenders (stated in the JSON): fp16 activations, CUDA
+graphs + torch.compile (vLLM's default mode) with a shorter list of capture sizes than
+vLLM's default (cheaper start, still covering batch 1, 64 and the throughput batch),
+max_num_seqs 256, prefix caching off.
+
+  python benchmarks/e2e.py --shape llama3-8b
+  python benchmarks/e2e.py --shape qwen2.5-7b --quant awq_marlin,awq_marlin:marlin,awqgemm
+  python benchmarks/e2e.py --shape llama3-8b --dry-run          # plan + configs, no GPU
+  python benchmarks/e2e.py --replot benchmarks/results/e2e-llama3-8b-....json
+Needs VLLM_ENABLE_V1_MULTIPROCESSING=0 and VLLM_USE_FLASHINFER_SAMPLER=0 where flashinfer
+is missing (the driver sets both for its workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+#: HF config fields of the dummy-weight shapes (public configs of these models).
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama3-8b": dict(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        bos_token_id=128000,
+        eos_token_id=128001,
+    ),
+    "llama2-7b": dict(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    "qwen2.5-7b": dict(
+        architectures=["Qwen2ForCausalLM"],
+        model_type="qwen2",
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        use_sliding_window=False,
+        bos_token_id=151643,
+        eos_token_id=151645,
+    ),
+    "qwen2.5-14b": dict(
+        architectures=["Qwen2ForCausalLM"],
+        model_type="qwen2",
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=48,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        vocab_size=152064,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-5,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        use_sliding_window=False,
+        bos_token_id=151643,
+        eos_token_id=151645,
+    ),
+}
+
+AWQ_G128 = {
+    "quant_method": "awq",
+    "bits": 4,
+    "group_size": 128,
+    "zero_point": True,
+    "version": "gemm",
+    "modules_to_not_convert": None,
+}
+
+#: name -> (vLLM quantization argument, extra environment, needs the AWQ config)
+CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
+    "awq_marlin": ("awq_marlin", {}, True),
+    "awq_marlin:marlin": ("awq_marlin", {"VLLM_DISABLED_KERNELS": "MacheteLinearKernel"}, True),
+    "awq_marlin:machete": ("awq_marlin", {"VLLM_DISABLED_KERNELS": "MarlinLinearKernel"}, True),
+    "awqgemm": ("awqgemm", {}, True),
+    "awq_turbomind": ("awq_turbomind", {}, True),
+    "fp16": (None, {}, False),
+}
+
+#: name -> (number of prompts, prompt tokens, output tokens, metric)
+WORKLOADS: dict[str, tuple[int, int, int, str]] = {
+    "decode1": (1, 32, 256, "ms_per_step"),
+    "decode64": (64, 128, 256, "ms_per_step"),
+    "throughput": (200, 1024, 128, "req_per_s"),
+}
+
+#: CUDA graph sizes captured (all contenders): batch 1, 64 and the throughput batch are covered.
+CAPTURE_SIZES = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 224, 256]
+
+WORKER_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_USE_FLASHINFER_SAMPLER": "0",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def progress(msg: str) -> None:
+    print(f"[e2e {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# worker: one engine, every workload
+# ---------------------------------------------------------------------------
+
+
+def kernels_in_use(model: Any) -> dict[str, int]:
+    """Quant method (and mixed-precision kernel, where there is one) of every linear layer."""
+    counts: dict[str, int] = {}
+    for _, mod in model.named_modules():
+        qm = getattr(mod, "quant_method", None)
+        if qm is None:
+            continue
+        name = type(qm).__name__
+        kernel = getattr(qm, "kernel", None)
+        if kernel is not None:
+            name += f"/{type(kernel).__name__}"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def random_prompts(n: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    import random
+
+    rng = random.Random(seed)
+    return [[rng.randrange(100, vocab - 100) for _ in range(length)] for _ in range(n)]
+
+
+def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    import vllm
+    from vllm import LLM, SamplingParams
+
+    t0 = time.perf_counter()
+    engine_kwargs = dict(spec["engine"])
+    llm = LLM(**engine_kwargs)
+    start_s = time.perf_counter() - t0
+    progress(f"{spec['name']}: engine up in {start_s:.0f} s")
+    kernels = llm.apply_model(kernels_in_use)[0]
+    cfg = llm.llm_engine.vllm_config
+    vocab = spec["vocab"]
+
+    def timed(prompts: list[list[int]], max_tokens: int) -> float:
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, detokenize=False)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t
+        lens = {len(o.outputs[0].token_ids) for o in outs}
+        if lens != {max_tokens}:
+            raise RuntimeError(f"output lengths {lens}, expected {max_tokens}")
+        return elapsed
+
+    timed(random_prompts(4, 64, vocab, seed=99), 8)  # warm-up
+    results: dict[str, Any] = {}
+    for wl in spec["workloads"]:
+        n, n_in, n_out, _ = WORKLOADS[wl]
+        if wl == "throughput":
+            n = spec["num_prompts"]
+        prompts = random_prompts(n, n_in, vocab, seed=zlib.crc32(wl.encode()))
+        if wl == "throughput":
+            progress(f"{spec['name']}: {wl} ({n} x {n_in} in / {n_out} out)")
+            times = [timed(prompts, n_out) for _ in range(spec["throughput_reps"])]
+            best = min(times)
+            results[wl] = dict(
+                prompts=n,
+                input_len=n_in,
+                output_len=n_out,
+                elapsed_s=times,
+                req_per_s=n / best,
+                output_tok_per_s=n * n_out / best,
+                total_tok_per_s=n * (n_in + n_out) / best,
+            )
+        else:
+            full, pre = [], []
+            for r in range(spec["reps"]):
+                progress(f"{spec['name']}: {wl} rep {r + 1}/{spec['reps']} (batch {n}, {n_in} in / {n_out} out)")
+                pre.append(timed(prompts, 1))
+                full.append(timed(prompts, n_out))
+            step = (statistics.median(full) - statistics.median(pre)) / (n_out - 1)
+            results[wl] = dict(
+                batch=n,
+                input_len=n_in,
+                output_len=n_out,
+                full_s=full,
+                prefill_s=pre,
+                ms_per_step=1e3 * step,
+                decode_tok_per_s=n / step,
+            )
+        progress(f"{spec['name']}: {wl} -> {summary_value(wl, results[wl])}")
+    awqgemm_info = None
+    try:
+        import awqgemm
+
+        awqgemm_info = {"version": awqgemm.__version__, "build": awqgemm.build_info()}
+    except Exception as exc:
+        awqgemm_info = {"error": repr(exc)}
+    return dict(
+        name=spec["name"],
+        quantization=cfg.model_config.quantization,
+        kernels=kernels,
+        engine_start_s=start_s,
+        max_num_batched_tokens=cfg.scheduler_config.max_num_batched_tokens,
+        cudagraph_capture_sizes=list(cfg.compilation_config.cudagraph_capture_sizes or []),
+        cudagraph_mode=str(cfg.compilation_config.cudagraph_mode),
+        compilation_mode=str(cfg.compilation_config.mode),
+        env={k: os.environ.get(k) for k in ("VLLM_DISABLED_KERNELS",) if os.environ.get(k)},
+        workloads=results,
+        gpu=torch.cuda.get_device_name(),
+        vllm=vllm.__version__,
+        torch=torch.__version__,
+        awqgemm=awqgemm_info,
+    )
+
+
+def summary_value(wl: str, r: dict[str, Any]) -> str:
+    if wl == "throughput":
+        return f"{r['req_per_s']:.2f} req/s, {r['output_tok_per_s']:.0f} out tok/s"
+    return f"{r['ms_per_step']:.3f} ms/step"
+
+
+# ---------------------------------------------------------------------------
+# driver
+# ---------------------------------------------------------------------------
+
+
+def write_model_dirs(args: argparse.Namespace, root: Path) -> tuple[dict[bool, str], int, str]:
+    """Model folders: {with AWQ config: path}, vocabulary size, load format."""
+    if args.model:
+        cfg = json.loads((Path(args.model) / "config.json").read_text())
+        dense = dict(cfg)
+        dense.pop("quantization_config", None)
+        (root / "fp16").mkdir(parents=True, exist_ok=True)
+        (root / "fp16" / "config.json").write_text(json.dumps(dense, indent=1))
+        return {True: args.model, False: str(root / "fp16")}, int(cfg["vocab_size"]), "auto"
+    base = dict(SHAPES[args.shape], torch_dtype="float16", initializer_range=0.02, use_cache=True)
+    dirs = {}
+    for quantized in (True, False):
+        d = root / ("awq" if quantized else "fp16")
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = dict(base)
+        if quantized:
+            cfg["quantization_config"] = dict(AWQ_G128, group_size=args.group_size)
+        (d / "config.json").write_text(json.dumps(cfg, indent=1))
+        dirs[quantized] = str(d)
+    return dirs, int(base["vocab_size"]), "dummy"
+
+
+def worker_spec(args: argparse.Namespace, name: str, dirs: dict[bool, str], vocab: int, load_format: str) -> dict:
+    quant, _, needs_awq = CONTENDERS[name]
+    model = dirs[needs_awq]
+    engine: dict[str, Any] = dict(
+        model=model,
+        quantization=quant,
+        dtype="float16",
+        load_format="dummy" if (load_format == "dummy" or not needs_awq) else load_format,
+        skip_tokenizer_init=True,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enable_prefix_caching=False,
+        seed=0,
+        compilation_config={"cudagraph_capture_sizes": args.capture_sizes},
+    )
+    if args.eager:
+        engine["enforce_eager"] = True
+        engine.pop("compilation_config")
+    return dict(
+        name=name,
+        engine=engine,
+        vocab=vocab,
+        workloads=args.workloads,
+        num_prompts=args.num_prompts,
+        reps=args.reps,
+        throughput_reps=args.throughput_reps,
+    )
+
+
+def run_contender(spec: dict[str, Any], tmp: Path, timeout: int, verbose: bool) -> dict[str, Any]:
+    name = spec["name"]
+    spec_path = tmp / f"spec-{name.replace(':', '_')}.json"
+    out_path = tmp / f"result-{name.replace(':', '_')}.json"
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ)
+    env.update(WORKER_ENV)
+    env.update(CONTENDERS[name][1])
+    if not verbose:
+        env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    t = time.perf_counter()
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path), str(out_path)]
+    try:
+        proc = subprocess.run(cmd, env=env, timeout=timeout, check=False)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    wall = time.perf_counter() - t
+    if rc != 0 or not out_path.exists():
+        progress(f"{name}: FAILED (rc={rc}) after {wall:.0f} s")
+        return {"name": name, "error": f"worker rc={rc}", "wall_s": wall}
+    res = json.loads(out_path.read_text())
+    res["wall_s"] = wall
+    return res
+
+
+def render_table(doc: dict[str, Any]) -> str:
+    rows = [r for r in doc["contenders"] if "error" not in r]
+    base = next((r for r in rows if r["name"] == "awq_marlin"), None)
+    lines = [
+        f"## {doc['model']} on {doc['gpu']} (vLLM {doc['vllm']}, {doc['date']})",
+        "",
+        "| workload | " + " | ".join(r["name"] for r in rows) + (" | awqgemm ÷ awq_marlin |" if base else " |"),
+        "|---|" + "---|" * (len(rows) + (1 if base else 0)),
+    ]
+    for wl in doc["workloads"]:
+        n, n_in, n_out, metric = WORKLOADS[wl]
+        if wl == "throughput":
+            n = doc["num_prompts"]
+            label = f"{n} prompts, {n_in} in / {n_out} out (req/s)"
+        else:
+            label = f"batch {n}, {n_in} in / {n_out} out (ms/step)"
+        cells = []
+        vals: dict[str, float] = {}
+        for r in rows:
+            w = r["workloads"].get(wl)
+            if w is None:
+                cells.append("-")
+                continue
+            vals[r["name"]] = w[metric]
+            cells.append(f"{w[metric]:.2f}" if metric == "req_per_s" else f"{w[metric]:.3f}")
+        line = f"| {label} | " + " | ".join(cells)
+        if base:
+            a, b = vals.get("awqgemm"), vals.get("awq_marlin")
+            if a and b:
+                ratio = a / b if metric == "req_per_s" else b / a
+                line += f" | {ratio:.2f}×"
+            else:
+                line += " | -"
+        lines.append(line + " |")
+    lines.append("")
+    for r in doc["contenders"]:
+        if "error" in r:
+            lines.append(f"- {r['name']}: FAILED ({r['error']})")
+        else:
+            lines.append(
+                f"- {r['name']}: quantization={r['quantization']}, layers {r['kernels']}, "
+                f"engine start {r['engine_start_s']:.0f} s{', env ' + str(r['env']) if r['env'] else ''}"
+            )
+    lines.append("(ratio > 1: awqgemm faster; ms/step ratio is awq_marlin ÷ awqgemm)")
+    return "\n".join(lines)
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in doc["contenders"] if "error" not in r]
+    wls = doc["workloads"]
+    fig, axes = plt.subplots(1, len(wls), figsize=(4.2 * len(wls), 3.8), squeeze=False)
+    for ax, wl in zip(axes[0], wls, strict=True):
+        metric = WORKLOADS[wl][3]
+        names = [r["name"] for r in rows if wl in r["workloads"]]
+        vals = [r["workloads"][wl][metric] for r in rows if wl in r["workloads"]]
+        bars = ax.bar(names, vals, color=["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b2"][: len(vals)])
+        for b, v in zip(bars, vals, strict=True):
+            ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+        n, n_in, n_out, _ = WORKLOADS[wl]
+        if wl == "throughput":
+            n = doc["num_prompts"]
+        ax.set_title(f"{wl}: {n} x {n_in}/{n_out}", fontsize=9)
+        ax.set_ylabel("req/s (higher is better)" if metric == "req_per_s" else "ms/step (lower is better)")
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    fig.suptitle(f"{doc['model']} — {doc['gpu']}, vLLM {doc['vllm']}, {doc['date']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def finish(doc: dict[str, Any], out_dirs: list[Path], stem: str) -> None:
+    table = render_table(doc)
+    print(table, flush=True)
+    for d in out_dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{stem}.json").write_text(json.dumps(doc, indent=1))
+        (d / f"{stem}.md").write_text(table + "\n")
+        try:
+            plot(doc, d / f"{stem}.png")
+        except Exception as exc:  # the numbers matter more than the picture
+            progress(f"plot failed: {exc!r}")
+        progress(f"wrote {d / stem}.json/.md/.png")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b", help="dummy-weight model shape")
+    g.add_argument("--model", help="a real AWQ checkpoint folder")
+    p.add_argument("--quant", default="awq_marlin,awqgemm,fp16", help=f"contenders, of {', '.join(CONTENDERS)}")
+    p.add_argument("--workloads", default="decode1,decode64,throughput", help=f"of {', '.join(WORKLOADS)}")
+    p.add_argument("--num-prompts", type=int, default=200, help="prompts in the throughput workload")
+    p.add_argument("--reps", type=int, default=3, help="repeats of each decode workload (median)")
+    p.add_argument("--throughput-reps", type=int, default=1, help="repeats of the throughput workload (best)")
+    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    p.add_argument("--capture-sizes", default=",".join(map(str, CAPTURE_SIZES)), help="CUDA graph batch sizes")
+    p.add_argument("--eager", action="store_true", help="no torch.compile / CUDA graphs (not for reported numbers)")
+    p.add_argument("--out-dir", action="append", default=[], help="also write results here (repeatable)")
+    p.add_argument("--no-results", action="store_true", help="do not write under benchmarks/results/")
+    p.add_argument("--label", default="", help="free text stored in the JSON (e.g. the commit)")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per contender process")
+    p.add_argument("--verbose", action="store_true", help="vLLM's INFO logs")
+    p.add_argument("--dry-run", action="store_true", help="write the configs, print the plan, run nothing")
+    p.add_argument("--replot", metavar="JSON", help="table + PNG again from a result JSON")
+    p.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.quant = [q.strip() for q in args.quant.split(",") if q.strip()]
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    args.capture_sizes = sorted({int(s) for s in args.capture_sizes.split(",") if s.strip()})
+    for q in args.quant:
+        if q not in CONTENDERS:
+            p.error(f"unknown contender {q!r}; known: {', '.join(CONTENDERS)}")
+    for w in args.workloads:
+        if w not in WORKLOADS:
+            p.error(f"unknown workload {w!r}; known: {', '.join(WORKLOADS)}")
+    if "throughput" in args.workloads and args.num_prompts > args.max_num_seqs:
+        progress(f"note: {args.num_prompts} prompts > max_num_seqs {args.max_num_seqs}; the scheduler queues the rest")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        spec = json.loads(Path(args.worker[0]).read_text())
+        res = run_worker(spec)
+        Path(args.worker[1]).write_text(json.dumps(res))
+        # Skip interpreter teardown: vLLM's engine may hang at exit; results are written.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    if args.replot:
+        doc = json.loads(Path(args.replot).read_text())
+        finish(doc, [Path(args.replot).parent], Path(args.replot).stem)
+        return 0
+    model_name = args.model or args.shape
+    with tempfile.TemporaryDirectory(prefix="e2e-") as td:
+        tmp = Path(td)
+        dirs, vocab, load_format = write_model_dirs(args, tmp / "models")
+        specs = [worker_spec(args, q, dirs, vocab, load_format) for q in args.quant]
+        progress(f"model {model_name}: {len(specs)} contender(s) {args.quant}, workloads {args.workloads}")
+        if args.dry_run:
+            for s in specs:
+                env = CONTENDERS[s["name"]][1]
+                print(json.dumps({"name": s["name"], "env": env, "engine": s["engine"]}, indent=1))
+            print((Path(dirs[True]) / "config.json").read_text())
+            return 0
+        results = []
+        for i, s in enumerate(specs, 1):
+            progress(f"[{i}/{len(specs)}] {s['name']}: starting engine process")
+            results.append(run_contender(s, tmp, args.timeout, args.verbose))
+    ok = [r for r in results if "error" not in r]
+    now = dt.datetime.now(dt.timezone.utc)
+    doc = dict(
+        model=model_name,
+        model_config=None if args.model else SHAPES[args.shape],
+        quantization_config=dict(AWQ_G128, group_size=args.group_size),
+        weights="dummy (random)" if not args.model else "checkpoint (fp16: dummy)",
+        gpu=ok[0]["gpu"] if ok else "unknown",
+        vllm=ok[0]["vllm"] if ok else "unknown",
+        torch=ok[0]["torch"] if ok else "unknown",
+        awqgemm=ok[0]["awqgemm"] if ok else None,
+        date=now.strftime("%Y-%m-%d %H:%M UTC"),
+        label=args.label,
+        command="python benchmarks/e2e.py " + " ".join(argv),
+        workloads=args.workloads,
+        num_prompts=args.num_prompts,
+        reps=args.reps,
+        throughput_reps=args.throughput_reps,
+        engine=dict(
+            dtype="float16",
+            max_model_len=args.max_model_len,
+            max_num_seqs=args.max_num_seqs,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            enable_prefix_caching=False,
+            enforce_eager=args.eager,
+            cudagraph_capture_sizes=None if args.eager else args.capture_sizes,
+            env=WORKER_ENV,
+            one_engine_per_process=True,
+        ),
+        method="ms/step = (median t(out) - median t(1 token)) / (out - 1); throughput: best of reps, "
+        "all prompts submitted at once",
+        contenders=results,
+    )
+    gpu_tag = doc["gpu"].replace("NVIDIA ", "").split()[0].lower() if ok else "nogpu"
+    stem = f"e2e-{Path(model_name).name}-{gpu_tag}-{now.strftime('%Y%m%d-%H%M')}"
+    out_dirs = [Path(d) for d in args.out_dir]
+    if not args.no_results:
+        out_dirs.insert(0, RESULTS)
+    finish(doc, out_dirs, stem)
+    return 0 if len(ok) == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
