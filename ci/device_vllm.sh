@@ -71,7 +71,9 @@ step_build() {
   cap=$(env -u PYTHONPATH python3 -c "import torch; c=torch.cuda.get_device_capability(); print(f'{c[0]}{c[1]}')")
   if [ "$cap" = 90 ]; then archs=${AWQGEMM_ARCHS:-90a-real}; else archs=${AWQGEMM_ARCHS:-${cap}-real}; fi
   h="$(src_hash)-$archs"
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$h" ] && env -u PYTHONPATH python3 -c "import awqgemm_vllm, awqgemm" 2>/dev/null; then
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$h" ] \
+      && env -u PYTHONPATH python3 -c "import awqgemm" 2>/dev/null \
+      && env -u PYTHONPATH python3 -m pip show -q awqgemm-vllm >/dev/null 2>&1; then
     log "build: awqgemm + plugin already installed for these sources ($h), skipped"
     return 0
   fi
@@ -188,5 +190,6 @@ for s in "${steps[@]}"; do
   log "after $s: $(elapsed)"
 done
 # At most 8 files come back from the GPU machine: bundle the logs.
-(cd "$OUT" && tar czf logs.tar.gz --remove-files ./*.log ./*.xml gpu.txt 2>/dev/null)
+shopt -s nullglob
+(cd "$OUT" && files=(./*.log ./*.xml ./gpu.txt) && [ ${#files[@]} -gt 0 ] && tar czf logs.tar.gz --remove-files "${files[@]}")
 exit $rc

@@ -19,7 +19,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -97,9 +96,22 @@ def _specs() -> dict[str, Any]:
     }
 
 
-def _prompts(vocab: int) -> list[list[int]]:
-    rng = random.Random(7)
-    return [[1] + [rng.randrange(3, vocab) for _ in range(n - 1)] for n in (24, 48, 80)]
+def _prompts(model: Any, vocab: int, seed: int) -> list[list[int]]:
+    """Prompts the model finds plausible: a few random ids, then tokens sampled
+    (temperature 1) from the fp32 reference itself, so the logprobs compared are of
+    the size the model gives its own text (random ids alone give ~-30 each)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for n in (24, 48, 80):
+        ids = [1] + [int(t) for t in torch.randint(3, vocab, (3,), generator=gen)]
+        with torch.no_grad():
+            while len(ids) < n:
+                logits = model(input_ids=torch.tensor([ids])).logits[0, -1].to(torch.float64)
+                ids.append(int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)))
+        out.append(ids)
+    return out
 
 
 def _out_dir(tmp: Path) -> Path:
@@ -140,12 +152,15 @@ def _run_engines(
 
 
 def _run_dicts(
-    names: dict[str, tuple[str, str, bool, dict[str, Any]]], paths: dict[str, str]
+    names: dict[str, tuple[str, str, bool, dict[str, Any]]],
+    paths: dict[str, str],
+    prompts: dict[str, list[list[int]]],
 ) -> list[dict]:
     return [
         {
             "name": name,
             "model": paths[ckpt],
+            "prompts": prompts[ckpt],
             "quantization": quant,
             "dtype": "float16",
             "enforce_eager": eager,
@@ -170,14 +185,18 @@ class GpuRuns:
         self.specs = _specs()
         self.paths: dict[str, str] = {}
         self.ref_lp: dict[str, list[list[float]]] = {}
-        self.prompts = _prompts(512)
-        for key, spec in self.specs.items():
+        self.prompts: dict[str, list[list[int]]] = {}
+        for i, (key, spec) in enumerate(self.specs.items()):
             self.paths[key] = str(tmp / key)
             state = awq_tiny.write_awq_checkpoint(self.paths[key], spec, self.tok)
             model = awq_tiny.reference_model(spec, self.tok, state)
-            self.ref_lp[key] = [awq_tiny.teacher_forced_logprobs(model, p) for p in self.prompts]
+            self.prompts[key] = _prompts(model, spec.vocab, seed=7 + i)
+            self.ref_lp[key] = [
+                awq_tiny.teacher_forced_logprobs(model, p) for p in self.prompts[key]
+            ]
             del model
-        self.results = _run_engines(tmp, "gpu", _run_dicts(RUNS, self.paths), self.prompts)
+        runs = _run_dicts(RUNS, self.paths, self.prompts)
+        self.results = _run_engines(tmp, "gpu", runs, self.prompts[next(iter(self.specs))])
         self.rows: list[dict[str, Any]] = []
         for name, (ckpt, _, _, _) in RUNS.items():
             res = self.results.get(name, {"error": "missing"})
@@ -223,7 +242,7 @@ class GpuRuns:
             "vllm": vllm.__version__,
             "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "prompt_tokens": sum(len(p) - 1 for p in self.prompts),
+            "prompt_tokens": {k: sum(len(p) - 1 for p in v) for k, v in self.prompts.items()},
             "checkpoints": {k: vars(v) for k, v in self.specs.items()},
             "tolerances": {
                 "rel_vs_marlin": REL_VS_MARLIN,
@@ -309,9 +328,9 @@ def test_tensor_parallel_2(gpu_runs: GpuRuns) -> None:
     if torch.cuda.device_count() < 2:
         pytest.skip(f"TP=2 needs 2 GPUs; this machine has {torch.cuda.device_count()} (not run)")
     name, run = TP2_RUN
-    runs = _run_dicts({name: run}, gpu_runs.paths)
+    runs = _run_dicts({name: run}, gpu_runs.paths, gpu_runs.prompts)
     runs[0]["tp"] = 2
-    res = _run_engines(gpu_runs.tmp, "gpu-tp2", runs, gpu_runs.prompts)[name]
+    res = _run_engines(gpu_runs.tmp, "gpu-tp2", runs, gpu_runs.prompts["qwen2_g64"])[name]
     assert "error" not in res, res["error"]
     gpu_runs.results[name] = res
     row = {
@@ -350,7 +369,7 @@ def _engine_process(spec_path: str, out_path: str) -> int:
         vllm.LLM = llm
         try:
             print(f"=== {run['name']} ===", flush=True)
-            return base_run_one(run, prompts, max_tokens)
+            return base_run_one(run, run.get("prompts") or prompts, max_tokens)
         finally:
             vllm.LLM = base_llm
 
