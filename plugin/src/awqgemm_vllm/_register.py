@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
-from ._policy import ALIAS_NAME, CANONICAL_NAME
+from ._policy import (
+    ALIAS_NAME,
+    ALLOW_UNTESTED_VLLM_ENV,
+    CANONICAL_NAME,
+    check_vllm_version,
+    env_flag,
+    vllm_requirement,
+)
+
+logger = logging.getLogger("vllm.awqgemm_vllm")
 
 _lock = threading.Lock()
 _registered = False
+
+
+def check_installed_vllm() -> str:
+    """The installed vLLM's version, checked against the supported range (the
+    one written in ``vllm-requirement.txt``); raises naming both otherwise."""
+    import vllm
+
+    version = str(getattr(vllm, "__version__", "0"))
+    requirement = vllm_requirement()
+    if not check_vllm_version(version, requirement, env_flag(ALLOW_UNTESTED_VLLM_ENV)):
+        logger.warning(
+            "awqgemm-vllm supports %s; registering with vLLM %s anyway (%s=1).",
+            requirement,
+            version,
+            ALLOW_UNTESTED_VLLM_ENV,
+        )
+    return version
 
 
 def register() -> None:
@@ -17,6 +44,7 @@ def register() -> None:
     with _lock:
         if _registered:
             return
+        check_installed_vllm()
         from vllm.model_executor.layers.quantization import (
             register_quantization_config,
         )

@@ -19,11 +19,14 @@ from ._policy import (
     AwqGemmConfigError,
     AwqSettings,
     _check_platform,
+    batch_invariance_error,
     decide_override,
     env_take_over,
     is_awq_checkpoint,
     module_is_skipped,
+    offload_error,
     parse_awq_config,
+    unquantized_modules_from_metadata,
     unquantized_modules_from_safetensors,
 )
 
@@ -31,7 +34,8 @@ logger = logging.getLogger("vllm.awqgemm_vllm")
 
 
 class AwqGemmConfig(QuantizationConfig):
-    """AWQ checkpoints (4-bit, zero point, group 32/64/128) served by awqgemm."""
+    """AWQ checkpoints (4-bit, with or without zero points, group 32/64/128)
+    served by awqgemm."""
 
     def __init__(self, settings: AwqSettings, full_config: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -39,6 +43,7 @@ class AwqGemmConfig(QuantizationConfig):
         self.weight_bits = settings.weight_bits
         self.group_size = settings.group_size
         self.zero_point = settings.zero_point
+        self.lm_head_quantized = settings.lm_head_quantized
         self.modules_to_not_convert: list[str] = list(settings.modules_to_not_convert)
         #: Whole module names found unquantized in the checkpoint's safetensors.
         self.scanned_unquantized: list[str] = []
@@ -48,6 +53,7 @@ class AwqGemmConfig(QuantizationConfig):
         return (
             f"AwqGemmConfig(weight_bits={self.weight_bits}, "
             f"group_size={self.group_size}, zero_point={self.zero_point}, "
+            f"lm_head_quantized={self.lm_head_quantized}, "
             f"modules_to_not_convert={self.modules_to_not_convert})"
         )
 
@@ -76,6 +82,8 @@ class AwqGemmConfig(QuantizationConfig):
     def from_config(cls, config: dict[str, Any]) -> AwqGemmConfig:
         settings = parse_awq_config(config)
         _check_platform(_platform.current())
+        if batch_invariant():
+            raise batch_invariance_error()
         return cls(settings, config)
 
     @classmethod
@@ -92,6 +100,7 @@ class AwqGemmConfig(QuantizationConfig):
             # the switch matters (and is validated) only for AWQ checkpoints
             take_over_all=is_awq_checkpoint(hf_quant_cfg) and env_take_over(),
             hf_config=hf_config,
+            batch_invariant=batch_invariant(),
         )
         if name is not None:
             logger.info("awqgemm serves this AWQ checkpoint: %s.", reason)
@@ -104,8 +113,10 @@ class AwqGemmConfig(QuantizationConfig):
             LinearBase,
             UnquantizedLinearMethod,
         )
+        from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
 
-        if isinstance(layer, LinearBase):
+        is_lm_head = isinstance(layer, ParallelLMHead)
+        if isinstance(layer, LinearBase) or (is_lm_head and self.lm_head_quantized):
             if module_is_skipped(
                 prefix,
                 self.modules_to_not_convert,
@@ -113,6 +124,8 @@ class AwqGemmConfig(QuantizationConfig):
                 self.scanned_unquantized,
             ):
                 return UnquantizedLinearMethod()
+            if is_lm_head:
+                _check_lm_head_shard(layer, prefix)
             from . import _register
             from .linear import AwqGemmLinearMethod
 
@@ -127,6 +140,15 @@ class AwqGemmConfig(QuantizationConfig):
             )
         return None
 
+    def check_serving_options(self, prefix: str) -> None:
+        """Engine options awqgemm layers cannot serve, checked as each layer is
+        created (in the process that builds the model)."""
+        if batch_invariant():
+            raise batch_invariance_error()
+        offload = _weight_offloading()
+        if offload:
+            raise offload_error(prefix, offload)
+
     def apply_vllm_mapper(self, hf_to_vllm_mapper: Any) -> None:
         if self.modules_to_not_convert:
             self.modules_to_not_convert = hf_to_vllm_mapper.apply_list(self.modules_to_not_convert)
@@ -137,12 +159,81 @@ class AwqGemmConfig(QuantizationConfig):
         self, model_name: str, hf_config: Any = None, revision: str | None = None
     ) -> None:
         # Checkpoints that leave layers unquantized without listing them in
-        # modules_to_not_convert: find them from the safetensors headers.
+        # modules_to_not_convert: find them from the safetensors headers, of a
+        # local folder or of a Hub repository (through vLLM's metadata reader).
         if self.modules_to_not_convert:
             return
         found = unquantized_modules_from_safetensors(model_name)
+        if found is None:
+            metadata = _hub_safetensors_metadata(model_name, revision)
+            found = unquantized_modules_from_metadata(metadata) if metadata else None
         if found:
             self.scanned_unquantized = found
+
+
+def batch_invariant() -> bool:
+    """vLLM's VLLM_BATCH_INVARIANT switch, read as vLLM reads it."""
+    import vllm.envs as envs
+
+    return bool(getattr(envs, "VLLM_BATCH_INVARIANT", False))
+
+
+def _weight_offloading() -> str:
+    """The CPU weight offloading configured for the model being built, as the
+    option that asks for it, or '' when there is none."""
+    from vllm.config import get_current_vllm_config
+
+    vllm_config = get_current_vllm_config()
+    offload = getattr(vllm_config, "offload_config", None)
+    uva = getattr(offload, "uva", None)
+    gb = getattr(uva, "cpu_offload_gb", None)
+    if gb is None:  # older vLLM: cache_config.cpu_offload_gb
+        gb = getattr(getattr(vllm_config, "cache_config", None), "cpu_offload_gb", 0)
+    if gb:
+        return f"--cpu-offload-gb {gb}"
+    group = getattr(getattr(offload, "prefetch", None), "offload_group_size", 0)
+    if group:
+        return f"--offload-group-size {group}"
+    return ""
+
+
+def _hub_safetensors_metadata(model_name: str, revision: str | None) -> dict[str, Any] | None:
+    """Tensor name -> metadata (with 'dtype') of a Hub checkpoint, through vLLM's
+    reader (which also looks in the local Hugging Face cache); None when this
+    vLLM has no such reader or nothing can be read."""
+    try:
+        from vllm.transformers_utils.config import get_safetensors_params_metadata
+    except ImportError:  # pragma: no cover - older vLLM
+        return None
+    try:
+        return get_safetensors_params_metadata(model_name, revision=revision) or None
+    except Exception as exc:  # network, auth, missing repo: keep serving
+        logger.warning(
+            "awqgemm could not read the safetensors headers of %s (%s); layers left "
+            "unquantized must then be listed in modules_to_not_convert.",
+            model_name,
+            exc,
+        )
+        return None
+
+
+def _check_lm_head_shard(layer: Any, prefix: str) -> None:
+    """A quantized lm_head loads only where this rank's vocabulary shard is
+    unpadded: vLLM's vocabulary loader copies packed shards row-wise."""
+    per_partition = getattr(layer, "num_embeddings_per_partition", None)
+    indices = getattr(layer, "shard_indices", None)
+    if per_partition is None or indices is None:
+        return
+    org = indices.org_vocab_end_index - indices.org_vocab_start_index
+    if org != per_partition or layer.org_vocab_size != layer.num_embeddings:
+        raise AwqGemmConfigError(
+            f"{prefix}: a quantized lm_head (lm_head: true) needs an unpadded "
+            f"vocabulary shard; this rank holds {org} of the vocabulary's "
+            f"{layer.org_vocab_size} rows padded to {per_partition} (added tokens "
+            f"or a vocabulary not a multiple of {layer.padding_size} per rank). "
+            "Use a tensor-parallel size that divides the vocabulary into multiples "
+            "of 64, or a checkpoint with an unquantized lm_head."
+        )
 
 
 def _is_moe_layer(layer: torch.nn.Module) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -11,22 +10,55 @@ from vllm.model_executor.parameter import GroupQuantScaleParameter, PackedvLLMPa
 
 from . import _platform
 from ._awqgemm import awqgemm
-from ._policy import PACK_FACTOR, check_act_dtype, check_linear_shard
+from ._policy import (
+    PACK_FACTOR,
+    SYMMETRIC_ZEROS_WORD,
+    AwqGemmConfigError,
+    check_act_dtype,
+    check_linear_shard,
+)
 
 if TYPE_CHECKING:
     from .config import AwqGemmConfig
 
-#: Attribute of the layer holding the awqgemm.PackedWeight after loading.
-PACKED_ATTR = "awqgemm_packed"
-#: Prefix of the layer parameters holding PackedWeight's tensors.
+#: Prefix of the layer parameters holding awqgemm's packed tensors.
 PARAM_PREFIX = "awqgemm_"
+#: The packed int4 weight (a parameter) and the fused scale/zero pairs.
+PACKED_QWEIGHT = PARAM_PREFIX + "qweight"
+PACKED_SCALES = PARAM_PREFIX + "scales"
 #: Checkpoint-layout parameters, freed once repacked.
 CHECKPOINT_PARAMS = ("qweight", "qzeros", "scales")
+#: Name under which the packed weight is also reachable (a non-persistent
+#: buffer aliasing ``awqgemm_qweight``): vLLM's LoRA wrapper and other
+#: features find a quantized layer's device and weight through ``qweight``,
+#: the name vLLM's own AWQ keeps.
+QWEIGHT_ALIAS = "qweight"
+#: Plain attribute with the problem's sizes (K, N, group size); set at weight
+#: creation and kept through weight reloads.
+SHAPE_ATTR = "awqgemm_shape"
+#: Plain attribute with the packed layout (an ``awqgemm`` layout id).
+LAYOUT_ATTR = "awqgemm_layout"
+
+
+def _is_checkpoint_layout(layer: torch.nn.Module) -> bool:
+    """The layer holds AWQ checkpoint tensors (fresh load, or a reload that put
+    them back), as opposed to awqgemm's packed ones."""
+    return "scales" in layer._parameters
 
 
 class AwqGemmLinearMethod(LinearMethodBase):
-    """AWQ linear layer: loads the checkpoint layout, repacks it once with
-    ``awqgemm.pack_awq`` and runs every forward as one ``awqgemm.gemm`` call."""
+    """AWQ linear layer: loads the checkpoint layout, repacks it with
+    ``awqgemm.pack_awq`` and runs every forward as one ``awqgemm.gemm`` call.
+
+    Weight reloads (``reload_weights``, RL weight sync, sleep level 2) put the
+    checkpoint-layout parameters back and call :meth:`process_weights_after_loading`
+    again: it repacks every time it finds them.  The forward builds its
+    ``awqgemm.PackedWeight`` from the layer's *current* parameters, so it follows
+    vLLM when it swaps the original storage back in after a reload.
+    """
+
+    #: The weight-cache IPC loader hands over the packed tensors themselves.
+    supports_pre_processed_weights = True
 
     def __init__(self, quant_config: AwqGemmConfig, prefix: str = "") -> None:
         self.quant_config = quant_config
@@ -52,6 +84,7 @@ class AwqGemmLinearMethod(LinearMethodBase):
             output_partition_sizes,
             group,
         )
+        self.quant_config.check_serving_options(self.prefix)
         n_part = sum(output_partition_sizes)
         num_groups = input_size_per_partition // group
         weight_loader = extra_weight_attrs.get("weight_loader")
@@ -67,43 +100,102 @@ class AwqGemmLinearMethod(LinearMethodBase):
                 weight_loader=weight_loader,
             )
 
-        qweight = packed_int4(input_size_per_partition)
-        qzeros = packed_int4(num_groups)
-        scales = GroupQuantScaleParameter(
-            data=torch.empty(num_groups, n_part, dtype=params_dtype),
-            input_dim=0,
-            output_dim=1,
-            weight_loader=weight_loader,
+        # qzeros is created for zero_point: false too (AutoAWQ writes it and
+        # vLLM's own AWQ loads it), but then its values are not used.
+        layer.register_parameter("qweight", packed_int4(input_size_per_partition))
+        layer.register_parameter("qzeros", packed_int4(num_groups))
+        layer.register_parameter(
+            "scales",
+            GroupQuantScaleParameter(
+                data=torch.empty(num_groups, n_part, dtype=params_dtype),
+                input_dim=0,
+                output_dim=1,
+                weight_loader=weight_loader,
+            ),
         )
-        layer.register_parameter("qweight", qweight)
-        layer.register_parameter("qzeros", qzeros)
-        layer.register_parameter("scales", scales)
+        setattr(layer, SHAPE_ATTR, (input_size_per_partition, n_part, group))
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        if hasattr(layer, PACKED_ATTR):  # already repacked (e.g. a second call)
+        from vllm.model_executor.utils import is_weights_pre_processed
+
+        if is_weights_pre_processed():
+            # Weight-cache IPC loader: the packed tensors were registered on
+            # the layer as exported; drop what create_weights left on meta.
+            self._adopt_packed(layer)
             return
+        if not _is_checkpoint_layout(layer):
+            # Already repacked and nothing reloaded since (a repeated call).
+            self._check_packed(layer)
+            return
+        qzeros = layer.qzeros.data
+        if not self.quant_config.zero_point:
+            # Symmetric AWQ: every zero is 8 (as vLLM's AWQ kernels take it);
+            # the checkpoint's qzeros are not used.
+            qzeros = torch.full_like(qzeros, SYMMETRIC_ZEROS_WORD)
         packed = awqgemm.pack_awq(
             layer.qweight.data,
-            layer.qzeros.data,
+            qzeros,
             layer.scales.data,
             self.quant_config.group_size,
         )
         # Free the checkpoint-layout tensors now, so that loading needs at most
         # one layer's temporaries on top of the repacked model.
+        del qzeros
         for name in CHECKPOINT_PARAMS:
             delattr(layer, name)
-        # The packed tensors become parameters of the layer (so vLLM moves,
-        # counts and offloads them like any weight) and PackedWeight refers to
-        # those very Parameter objects.
-        updates: dict[str, torch.nn.Parameter] = {}
-        for f in dataclasses.fields(packed):
-            value = getattr(packed, f.name)
-            if isinstance(value, torch.Tensor):
-                param = torch.nn.Parameter(value, requires_grad=False)
-                layer.register_parameter(PARAM_PREFIX + f.name, param)
-                updates[f.name] = param
-        packed = dataclasses.replace(packed, **updates)
-        setattr(layer, PACKED_ATTR, packed)
+        # The packed tensors become parameters of the layer, so vLLM moves,
+        # counts, reloads and shares them like any weight.
+        layer.register_parameter(
+            PACKED_QWEIGHT, torch.nn.Parameter(packed.qweight, requires_grad=False)
+        )
+        layer.register_parameter(
+            PACKED_SCALES, torch.nn.Parameter(packed.scales, requires_grad=False)
+        )
+        self._register_alias(layer)
+        self._check_packed(layer, packed.layout)
+
+    def _register_alias(self, layer: torch.nn.Module) -> None:
+        layer.register_buffer(QWEIGHT_ALIAS, getattr(layer, PACKED_QWEIGHT), persistent=False)
+
+    def _adopt_packed(self, layer: torch.nn.Module) -> None:
+        for name in (PACKED_QWEIGHT, PACKED_SCALES):
+            tensor = layer._parameters.get(name)
+            if tensor is None or tensor.is_meta:
+                raise AwqGemmConfigError(
+                    f"{self.prefix}: the pre-processed weights have no '{name}'; "
+                    "they were not exported from an awqgemm layer."
+                )
+        for name in CHECKPOINT_PARAMS:
+            if name in layer._parameters or name in layer._buffers:
+                delattr(layer, name)
+        self._register_alias(layer)
+        self._check_packed(layer)
+
+    def _check_packed(self, layer: torch.nn.Module, layout: int | None = None) -> None:
+        """The packed tensors on the layer fit this layer; records their layout."""
+        qweight = getattr(layer, PACKED_QWEIGHT)
+        scales = getattr(layer, PACKED_SCALES)
+        if qweight.dtype != torch.int32 or qweight.device != scales.device:
+            raise AwqGemmConfigError(
+                f"{self.prefix}: the packed weight is {qweight.dtype} on {qweight.device} "
+                f"and its scales are on {scales.device}; expected int32 on the scales' "
+                "device."
+            )
+        if layout is None:
+            layout = getattr(layer, LAYOUT_ATTR, None)
+        if layout is None:
+            # Weights packed elsewhere (weight-cache IPC): the layout the
+            # kernels of this device read, as pack_awq would have chosen it.
+            layout = awqgemm._ops.layout_for_device(scales.device, scales.dtype)
+        setattr(layer, LAYOUT_ATTR, layout)
+
+    def tie_weights(self, layer: torch.nn.Module, embed_tokens: torch.nn.Module) -> Any:
+        raise AwqGemmConfigError(
+            f"{self.prefix}: this checkpoint quantizes lm_head (lm_head: true) but ties "
+            "it to the input embeddings (tie_word_embeddings: true); a quantized "
+            "lm_head needs its own weights. Use a checkpoint with an unquantized or "
+            "untied lm_head."
+        )
 
     def apply(
         self,
@@ -111,4 +203,13 @@ class AwqGemmLinearMethod(LinearMethodBase):
         x: torch.Tensor,
         bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return awqgemm.gemm(x, getattr(layer, PACKED_ATTR), bias)
+        k, n, group = getattr(layer, SHAPE_ATTR)
+        packed = awqgemm.PackedWeight(
+            getattr(layer, PACKED_QWEIGHT),
+            getattr(layer, PACKED_SCALES),
+            k,
+            n,
+            group,
+            getattr(layer, LAYOUT_ATTR),
+        )
+        return awqgemm.gemm(x, packed, bias)
