@@ -100,7 +100,7 @@ CONTENDER_DOC = {
     "cublas": "dense torch matmul x @ w, w [K, N] in the same dtype (cuBLAS)",
     "tm": "turbomind==0.0.2 Linear(K, N, quant_method='awq'), fp16 + g128 only",
     "machete": "vLLM's Machete (CUTLASS wgmma, sm90), as awq_marlin runs it on Hopper (benchmarks/vllm_peers.py)",
-    "marlin": "vLLM's Marlin (gptq_marlin_gemm on awq_marlin_repack'ed weights; benchmarks/vllm_peers.py)",
+    "marlin": "vLLM's Marlin (marlin_gemm on gptq_marlin_repack'ed weights, vLLM 0.26's AWQ path; vllm_peers.py)",
 }
 
 MODEL_LEVEL_MODELS = ("llama3-8b", "qwen2.5-32b")

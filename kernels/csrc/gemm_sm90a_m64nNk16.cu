@@ -119,41 +119,61 @@ __global__ void __launch_bounds__(kWgThreads, 2) gemm_wg_kernel(const GemmProble
 #pragma unroll
   for (int i = 0; i < BM / 2; ++i) acc[i] = 0.f;
 
-  auto compute = [&](int slot) {
+  // A registers of two k-tiles: tile i is dequantized (all 4 steps) while
+  // tile i - 1's wgmmas run; wait_group 1 after each tile's commit means
+  // tile i - 2 -- whose registers tile i reuses, and whose shared-memory slot
+  // the next fetch refills -- has finished.
+  uint32_t a[2][4][4];
+#pragma unroll
+  for (int t = 0; t < 2; ++t)
+#pragma unroll
+    for (int s = 0; s < 4; ++s)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a[t][s][r] = 0u;  // keep_live reads the unused set before its first tile
+  auto compute = [&](int slot, uint32_t (&at)[4][4], uint32_t (&prev)[4][4]) {
     const unsigned char* gst = sbase + slot * L::kStage;
     const uint4 w = *reinterpret_cast<const uint4*>(gst + L::kX + tid * 16);
     const uint2 sz = *reinterpret_cast<const uint2*>(gst + L::kX + L::kW + tid * 8);
     uint32_t scale2[2], zero2[2];
     split_scale_zero(sz.x, scale2[0], zero2[0]);
     split_scale_zero(sz.y, scale2[1], zero2[1]);
+    dequant_word<T, true>(w.x, zero2, scale2, at[0]);
+    dequant_word<T, true>(w.y, zero2, scale2, at[1]);
+    dequant_word<T, true>(w.z, zero2, scale2, at[2]);
+    dequant_word<T, true>(w.w, zero2, scale2, at[3]);
     const uint32_t xaddr = base + slot * L::kStage;
-    uint32_t a[2][4];
+    wgmma_fence();
 #pragma unroll
-    for (int s = 0; s < 4; ++s) {
-      // Two A register sets: step s is dequantized while step s - 1 runs;
-      // wait_group 1 after each commit means step s - 2 (the set being
-      // overwritten) has finished.
-      const uint32_t word = s == 0 ? w.x : s == 1 ? w.y : s == 2 ? w.z : w.w;
-      dequant_word<T, true>(word, zero2, scale2, a[s & 1]);
-      wgmma_fence();
-      WgmmaRA<BM, T>::run(acc, a[s & 1], sw128_kmajor_desc(xaddr + 32 * s));
-      wgmma_commit();
-      wgmma_wait<1>();
-    }
+    for (int s = 0; s < 4; ++s) WgmmaRA<BM, T>::run(acc, at[s], sw128_kmajor_desc(xaddr + 32 * s));
+    wgmma_commit();
+    wgmma_wait<1>();
+    // The previous tile's wgmmas are retired only now: its A registers live until here.
+#pragma unroll
+    for (int s = 0; s < 4; ++s) keep_live(prev[s]);
+  };
+  auto step = [&](int i, uint32_t (&at)[4][4], uint32_t (&prev)[4][4]) {
+    cp_async_wait<kDist - 1>();
+    fence_proxy_async_shared();  // cp.async wrote through the generic proxy; wgmma reads through the async one
+    __syncthreads();             // tile i visible to both warpgroups; tile i - 2's slot is free
+    fetch((i + kDist) % STAGES, i + kDist);
+    compute(i % STAGES, at, prev);
   };
 
   if (pdl_flags & kPdlLaunched) pdl_wait();  // x may still be being written by the previous kernel
 
 #pragma unroll
   for (int s = 0; s < kDist; ++s) fetch(s, s);
-  for (int i = 0; i < n_k; ++i) {
-    cp_async_wait<kDist - 1>();
-    fence_proxy_async_shared();  // cp.async wrote through the generic proxy; wgmma reads through the async one
-    __syncthreads();             // tile i visible to both warpgroups; tile i - 2's slot is free
-    fetch((i + kDist) % STAGES, i + kDist);
-    compute(i % STAGES);
+  // Unrolled by two so each tile's A register set is a compile-time choice,
+  // with no branch inside the loop (a branch there made the compiler copy
+  // accumulators under in-flight wgmmas, and ptxas serialized them).
+  int i = 0;
+  for (; i + 1 < n_k; i += 2) {
+    step(i, a[0], a[1]);
+    step(i + 1, a[1], a[0]);
   }
+  if (i < n_k) step(i, a[0], a[1]);
   wgmma_wait<0>();
+  keep_live(acc);
   cp_async_wait<0>();
   if (pdl_flags & kPdlEarlyTrigger) pdl_launch_dependents();
 

@@ -44,6 +44,22 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
+// Keeps a register live (and in place) up to this point. The compiler sees a
+// wgmma's operands as consumed when it is issued; the hardware reads them
+// until the wait_group that retires it. Without this, the register allocator
+// may hand an in-flight wgmma's A registers to the next tile's dequantization,
+// and ptxas then serializes every wgmma (warning C7513) to stay correct.
+template <int N>
+__device__ __forceinline__ void keep_live(uint32_t (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void keep_live(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
 // D[64 x N] (fp32, += ) = A[64 x 16] (registers) * B[16 x N] (descriptor).
 // D fragment: warp w, lane 4 g + q holds, for each 8-column chunk c,
 // d[4 c + 2 h + t] = D[16 w + g + 8 h][8 c + 2 q + t].
