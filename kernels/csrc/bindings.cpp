@@ -137,7 +137,7 @@ NB_MODULE(_C, m) {
         if (!decode_plan(plan_code, &plan) || plan.dense) {
           throw nb::value_error("awqgemm: not a fused-kernel plan code from plan()");
         }
-        const int64_t need = plan.tile.splits > 1 ? static_cast<int64_t>(plan.tile.splits) * M * N * 4 : 0;
+        const int64_t need = fused_workspace_bytes(plan, M, N, K);
         if (need > workspace_bytes) {
           throw nb::value_error(("awqgemm: workspace of " + std::to_string(workspace_bytes) +
                                  " bytes is smaller than the plan's " + std::to_string(need))

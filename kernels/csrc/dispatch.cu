@@ -84,6 +84,15 @@ Family choose_family(Family requested, int capability, DType dtype, std::string*
 
 int layout_for(Family family) { return family == Family::kSm70 ? kLayoutVolta884 : kLayoutTc16x64; }
 
+int64_t partials_offset_bytes(const Plan& plan, int M, int K) {
+  return plan.tile.kind == KernelKind::kWgmmaStagedX ? wg_staged_x_bytes(M, K) : 0;
+}
+
+int64_t fused_workspace_bytes(const Plan& plan, int M, int N, int K) {
+  const int64_t partials = plan.tile.splits > 1 ? static_cast<int64_t>(plan.tile.splits) * M * N * 4 : 0;
+  return partials_offset_bytes(plan, M, K) + partials;
+}
+
 int64_t encode_plan(const Plan& plan) {
   const TileConfig& t = plan.tile;
   const int64_t fields[8] = {static_cast<int>(plan.family), static_cast<int>(t.kind), t.mt, t.nt, t.kwarps, t.splits,
@@ -97,7 +106,7 @@ bool decode_plan(int64_t code, Plan* plan) {
   int f[8];
   for (int i = 0; i < 8; ++i) f[i] = static_cast<int>((code >> (8 * i)) & 0xFF);
   const bool family_ok = f[0] == 70 || f[0] == 75 || f[0] == 80 || (f[0] == 90 && have_sm90a());
-  if (!family_ok || f[1] > 2 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 3) {
+  if (!family_ok || f[1] > 3 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 3) {
     return false;
   }
   plan->family = static_cast<Family>(f[0]);
@@ -208,23 +217,24 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   if (family == Family::kSm90) {
     if (path == PathRequest::kFused || (path == PathRequest::kAuto && M >= kWgAutoMinM)) {
       plan.family = Family::kSm90;
-      t.kind = KernelKind::kWgmma;
+      t.kind = wg_staged_x_bytes(M, K) <= kWgMaxStagedXBytes ? KernelKind::kWgmmaStagedX : KernelKind::kWgmma;
       t.mt = M <= 64 ? 8 : 16;  // BM = 64 or 128 tokens
       t.nt = kWgNT;
       t.kwarps = kWgNT;  // warps per block (each owns a column tile; none split K)
       const int blocks = ceil_div(ntiles, t.nt) * ceil_div(M, 8 * t.mt);
       // Fill the SMs: split K until the grid covers them, keeping >= 4 k-tiles
-      // per split and the fp32 partials within kMaxWorkspaceBytes.
+      // per split and the workspace (staged x + fp32 partials) within kMaxWorkspaceBytes.
       t.splits = 1;
+      const int64_t staged = partials_offset_bytes(plan, M, K);
       while (t.splits < 16 && blocks * t.splits < sms && ktiles / (t.splits + 1) >= 4 &&
-             static_cast<int64_t>(t.splits + 1) * M * N * 4 <= kMaxWorkspaceBytes) {
+             staged + static_cast<int64_t>(t.splits + 1) * M * N * 4 <= kMaxWorkspaceBytes) {
         ++t.splits;
       }
       const bool pdl = dev.capability >= 90 && pdl_enabled();  // this kernel is always compiled for sm_90a
       t.pdl_flags = pdl ? kPdlLaunched : 0;
       plan.reduce_pdl = pdl && dev.ptx_arch >= 90;
       if (plan.reduce_pdl && t.splits > 1) t.pdl_flags |= kPdlEarlyTrigger;
-      plan.workspace_bytes = t.splits > 1 ? static_cast<int64_t>(t.splits) * M * N * 4 : 0;
+      plan.workspace_bytes = fused_workspace_bytes(plan, M, N, K);
       return plan;
     }
     family = Family::kSm80;  // same packed layout: the sm80 kernels take the rest
@@ -303,7 +313,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   t.pdl_flags = pdl ? kPdlLaunched : 0;
   plan.reduce_pdl = pdl;
   if (pdl && t.splits > 1) t.pdl_flags |= kPdlEarlyTrigger;
-  plan.workspace_bytes = t.splits > 1 ? static_cast<int64_t>(t.splits) * M * N * 4 : 0;
+  plan.workspace_bytes = fused_workspace_bytes(plan, M, N, K);
   return plan;
 }
 
@@ -319,7 +329,9 @@ cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream
     default: break;
   }
   if (err != cudaSuccess || plan.tile.splits == 1) return err;
-  return launch_splitk_reduce(p, plan.tile.splits, plan.reduce_pdl, stream);
+  GemmProblem partials = p;
+  partials.workspace = p.workspace + partials_offset_bytes(plan, p.M, p.K) / 4;
+  return launch_splitk_reduce(partials, plan.tile.splits, plan.reduce_pdl, stream);
 }
 
 }  // namespace awqgemm

@@ -23,6 +23,8 @@
 #include "awqgemm/launch.h"
 #include "awqgemm/wgmma_sm90a.cuh"
 
+#include <algorithm>
+
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define AWQGEMM_NO_WGMMA 1  // a device pass without sm_90a features: the kernels trap (never launched)
 #endif
@@ -49,7 +51,34 @@ __device__ __forceinline__ void cp_async_4_zfill(uint32_t smem, const void* gmem
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem), "l"(gmem), "r"(src_bytes));
 }
 
-template <typename T, int BM, int STAGES>
+// x in the A fragments' k order: in each 64-k tile, 16-byte chunk c = 2 s + h
+// holds, for q' = 0..3, the pair at actual k 16 q' + 4 s + 2 h (+0, +1) --
+// exactly the logical k 8 h + 2 q' (+0, +1) of step s. [M][K padded to 64],
+// zeros past K. One thread per output chunk: four 4-byte reads, one 16-byte write.
+template <typename T>
+__global__ void stage_x_kernel(const GemmProblem p, T* xs) {
+  pdl_wait();  // x may still be being written by the previous kernel
+  const int kp = padded_k(p.K);
+  const int64_t chunks = static_cast<int64_t>(p.M) * (kp / 8);
+  const T* x = reinterpret_cast<const T*>(p.x);
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < chunks;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t m = idx / (kp / 8);
+    const int kc = static_cast<int>(idx % (kp / 8));  // chunk within the row: 8 kt + c
+    const int k0 = 8 * (kc & ~7) + 4 * ((kc & 7) >> 1) + 2 * (kc & 1);
+    const T* src = x + m * p.x_row_stride;
+    uint32_t v[4];
+#pragma unroll
+    for (int qq = 0; qq < 4; ++qq) {
+      const int k = k0 + 16 * qq;
+      v[qq] = k < p.K ? *reinterpret_cast<const uint32_t*>(src + k) : 0u;
+    }
+    *reinterpret_cast<uint4*>(xs + m * kp + 8 * kc) = make_uint4(v[0], v[1], v[2], v[3]);
+  }
+  pdl_launch_dependents();  // the GEMM may start its prologue; its pdl_wait covers all of this grid
+}
+
+template <typename T, int BM, int STAGES, bool kStagedX>
 __global__ void __launch_bounds__(kWgThreads, 2) gemm_wg_kernel(const GemmProblem p, const int splits,
                                                               const int pdl_flags) {
 #if defined(AWQGEMM_NO_WGMMA)
@@ -93,6 +122,20 @@ __global__ void __launch_bounds__(kWgThreads, 2) gemm_wg_kernel(const GemmProble
   // 32 distinct banks.
   const int u = lane;
   const uint32_t x_dst0 = static_cast<uint32_t>(warp * 128 + (((u & 7) ^ warp) << 4) + 4 * (u >> 3));
+  // Row j of this thread's is m0 + warp + 8 j; rows past M are zero-filled
+  // from x's base address (no bytes are read). The trip count is a constant
+  // so the loop unrolls to one add, one select and the copy per row.
+  const int rows_left = p.M - m0 - warp;
+  const T* const x_row0 = x + static_cast<size_t>(m0 + warp) * p.x_row_stride + 2 * u;
+  const size_t x_row8 = static_cast<size_t>(8) * p.x_row_stride;
+
+  // Staged x: chunk e = tid + 256 j of the tile is row e / 8 (8 threads per
+  // contiguous 128-byte row), chunk e % 8, swizzled. Rows past M are not
+  // copied: column m of D depends on column m of B alone, and is not stored.
+  const int sc = tid & 7;
+  const int sr = tid >> 3;
+  const T* const xs_row0 = x + static_cast<size_t>(m0 + sr) * p.x_row_stride + 8 * sc;
+  const size_t xs_row32 = static_cast<size_t>(32) * p.x_row_stride;
 
   auto fetch = [&](int slot, int i) {
     if (i < n_k) {
@@ -102,14 +145,21 @@ __global__ void __launch_bounds__(kWgThreads, 2) gemm_wg_kernel(const GemmProble
       cp_async_16(gst + L::kX + tid * 16, wsrc + static_cast<size_t>(kt) * 32);
       const int grp = (kt * kTileK + 16 * q) / p.group_size;
       cp_async_8(gst + L::kX + L::kW + tid * 8, szsrc + (static_cast<size_t>(grp) * ntiles + ntc) * 8);
-      const int k = kt * kTileK + 2 * u;
-      const bool k_in = k < p.K;  // K tail: padded weights are zero, and so must x be (0 * NaN)
+      if constexpr (kStagedX) {
+        const T* src = xs_row0 + kt * kTileK;
 #pragma unroll
-      for (int r = warp; r < BM; r += kWgWarps) {
-        const int row = m0 + r;
-        const bool in = k_in && row < p.M;
-        const T* src = x + (in ? static_cast<size_t>(row) * p.x_row_stride + k : 0);
-        cp_async_4_zfill(st + x_dst0 + (r - warp) * 128, src, in ? 4 : 0);
+        for (int j = 0; j < BM / 32; ++j, src += xs_row32) {
+          const int r = sr + 32 * j;
+          if (m0 + r < p.M) cp_async_16(gst + r * 128 + ((sc ^ (r & 7)) << 4), src);
+        }
+      } else {
+        const bool k_in = kt * kTileK + 2 * u < p.K;  // K tail: padded weights are zero, and so must x be (0 * NaN)
+        const T* src = x_row0 + kt * kTileK;
+#pragma unroll
+        for (int j = 0; j < BM / kWgWarps; ++j, src += x_row8) {
+          const bool in = k_in && 8 * j < rows_left;
+          cp_async_4_zfill(st + x_dst0 + j * 8 * 128, in ? src : x, in ? 4 : 0);
+        }
       }
     }
     cp_async_commit();  // empty groups keep the count uniform
@@ -197,12 +247,28 @@ cudaError_t launch_wg(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   constexpr int kSmem = WgSmem<BM>::bytes(kStages);
   const int ntiles = padded_n(p.N) / kTileN;
   const dim3 grid(ceil_div(ntiles, kWgNT), ceil_div(p.M, BM), cfg.splits);
-  return launch_with_smem<kSmem, gemm_wg_kernel<T, BM, kStages>>(grid, kWgThreads, p, cfg, stream);
+  if (cfg.kind == KernelKind::kWgmma) {
+    return launch_with_smem<kSmem, gemm_wg_kernel<T, BM, kStages, false>>(grid, kWgThreads, p, cfg, stream);
+  }
+  // Staged x at the front of the workspace; the split-K partials follow it.
+  T* xs = reinterpret_cast<T*>(p.workspace);
+  const int threads = 256;
+  const int64_t chunks = static_cast<int64_t>(p.M) * (padded_k(p.K) / 8);
+  const int blocks = static_cast<int>(std::min<int64_t>((chunks + threads - 1) / threads, 65535));
+  cudaError_t err = launch_maybe_pdl(stage_x_kernel<T>, dim3(blocks), dim3(threads), 0,
+                                     (cfg.pdl_flags & kPdlLaunched) != 0, stream, p, xs);
+  if (err != cudaSuccess) return err;
+  GemmProblem g = p;
+  g.x = xs;
+  g.x_row_stride = padded_k(p.K);
+  g.workspace = p.workspace + wg_staged_x_bytes(p.M, p.K) / 4;
+  return launch_with_smem<kSmem, gemm_wg_kernel<T, BM, kStages, true>>(grid, kWgThreads, g, cfg, stream);
 }
 
 template <typename T>
 cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
-  if (cfg.kind != KernelKind::kWgmma || cfg.nt != kWgNT || cfg.kwarps != kWgWarps) return cudaErrorInvalidConfiguration;
+  const bool wgmma = cfg.kind == KernelKind::kWgmma || cfg.kind == KernelKind::kWgmmaStagedX;
+  if (!wgmma || cfg.nt != kWgNT || cfg.kwarps != kWgWarps) return cudaErrorInvalidConfiguration;
   switch (cfg.mt * 8) {
     case 64: return launch_wg<T, 64>(p, cfg, stream);
     case 128: return launch_wg<T, 128>(p, cfg, stream);

@@ -119,6 +119,19 @@ def test_bias_and_k_tail(family, dtype):
             check(x.view(-1, k), qweight, qzeros, scales, 32, bias, label=f"{family} bias M={m}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_wgmma_both_x_stagings(dtype):
+    """The sm90 kernel stages x through the workspace up to 32 MiB of it and
+    gathers it itself above (M x K large): cover both, and the K tail."""
+    skip_unless_family("sm90")
+    k = 4128  # K % 64 == 32: the last k-tile is half padding
+    qweight, qzeros, scales = random_awq(k, 264, 32, dtype, "cuda")
+    with awqgemm.testing.force(family="sm90", path="fused"):
+        for m in (200, 4100):  # 4100 x 4160 (padded K) x 2 bytes > 32 MiB: the gathering kernel
+            x = torch.randn(m, k, dtype=dtype, device="cuda")
+            check(x, qweight, qzeros, scales, 32, label=f"sm90 staging M={m}")
+
+
 def test_pack_on_gpu_matches_cpu():
     qweight, qzeros, scales = random_awq(1152, 1376, 128, torch.float16)
     cpu = awqgemm.pack_awq(qweight, qzeros, scales, 128)

@@ -80,3 +80,28 @@ def test_staging_writes_are_bank_conflict_free():
     for r in range(ROWS):
         banks = {((128 * r + 16 * ((u & 7) ^ (r & 7)) + 4 * (u >> 3)) // 4) % 32 for u in range(32)}
         assert len(banks) == 32, f"row {r}: {32 - len(banks)} bank conflicts"
+
+
+def staged_x_row(x_row: torch.Tensor) -> torch.Tensor:
+    """stage_x_kernel for one row of 64 k: chunk c = 2 s + h, word q' = pair at 16 q' + 4 s + 2 h."""
+    out = torch.empty(64, dtype=x_row.dtype)
+    for kc in range(8):
+        k0 = 4 * (kc >> 1) + 2 * (kc & 1)
+        for qq in range(4):
+            out[8 * kc + 2 * qq : 8 * kc + 2 * qq + 2] = x_row[k0 + 16 * qq : k0 + 16 * qq + 2]
+    return out
+
+
+def test_staged_x_meets_the_a_fragment():
+    # The GEMM copies staged chunk c of row r whole to byte 128 r + 16 (c ^ (r & 7)).
+    x = torch.arange(ROWS * 64, dtype=torch.int64).view(ROWS, 64)
+    smem = torch.full((ROWS * 64,), -1, dtype=torch.int64)
+    for r in range(ROWS):
+        row = staged_x_row(x[r])
+        for c in range(8):
+            byte = 128 * r + 16 * (c ^ (r & 7))
+            smem[byte // 2 : byte // 2 + 8] = row[8 * c : 8 * c + 8]
+    for s in range(4):
+        for r in range(ROWS):
+            for j in range(16):
+                assert wgmma_reads(smem, s, r, j) == int(x[r, a_fragment_actual_k(s, j)]), (s, r, j)

@@ -25,6 +25,11 @@ struct Plan {
   int64_t workspace_bytes = 0;    // split-K partials, or the dense weight
 };
 
+// Workspace of a fused plan: the staged x (kWgmmaStagedX) and then the
+// split-K partials, which start partials_offset_bytes in.
+int64_t partials_offset_bytes(const Plan& plan, int M, int K);
+int64_t fused_workspace_bytes(const Plan& plan, int M, int N, int K);
+
 // A plan travels from plan() to gemm() through Python as one integer, so the
 // plan is made once per call; decode_plan rejects what encode_plan cannot make.
 int64_t encode_plan(const Plan& plan);

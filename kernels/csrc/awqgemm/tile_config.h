@@ -8,7 +8,8 @@ namespace awqgemm {
 enum class KernelKind : int {
   kKSplit = 0,   // gemm_tc_kernel: warps split K (decode, and every family)
   kXShared = 1,  // gemm_xs_kernel: warps split N and share activations (sm80, M > 16)
-  kWgmma = 2,    // gemm_wg_kernel: warpgroup MMA, weights as register A (sm90a)
+  kWgmma = 2,    // gemm_wg_kernel: warpgroup MMA, weights as register A (sm90a), gathers x itself
+  kWgmmaStagedX = 3,  // the same after a kernel that writes x in the A fragments' k order (workspace)
 };
 
 // Pipeline depth of the K-split kernel. Register-staged pipelines (sm70/75)
@@ -34,6 +35,16 @@ AWQGEMM_HD constexpr int xs_min_blocks(int mt) { return mt >= 8 ? 4 : 5; }
 // stages at BM = 64, 5 x 22 KiB at BM = 128 fill the 227 KiB between them.
 constexpr int kWgNT = 8;
 AWQGEMM_HD constexpr int wg_stages(int bm) { return bm >= 128 ? 5 : 6; }
+
+// The wgmma kernel reads x in the k order of packed layout 1's A fragments.
+// Up to this many bytes, a small kernel first writes that order into the
+// workspace ([M][K padded to 64], 16-byte chunks the GEMM copies whole);
+// above it (long prompts x wide K) the GEMM gathers 4-byte pairs itself,
+// which costs it ~4x the copy instructions but no memory.
+constexpr int64_t kWgMaxStagedXBytes = int64_t{32} << 20;
+AWQGEMM_HD constexpr int64_t wg_staged_x_bytes(int m, int k) {
+  return (static_cast<int64_t>(m) * ((k + kTileK - 1) / kTileK * kTileK) * 2 + 255) / 256 * 256;
+}
 
 // Kernel argument bits saying how the fused kernels take part in programmatic
 // dependent launch (see pdl_wait in gemm_tile.cuh).
