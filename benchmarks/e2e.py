@@ -473,9 +473,10 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def finish(doc: dict[str, Any], out_dirs: list[Path], stem: str) -> None:
+def finish(doc: dict[str, Any], out_dirs: list[Path], stem: str, quiet: bool = False) -> None:
     table = render_table(doc)
-    print(table, flush=True)
+    if not quiet:
+        print(table, flush=True)
     for d in out_dirs:
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{stem}.json").write_text(json.dumps(doc, indent=1))
@@ -485,6 +486,41 @@ def finish(doc: dict[str, Any], out_dirs: list[Path], stem: str) -> None:
         except Exception as exc:  # the numbers matter more than the picture
             progress(f"plot failed: {exc!r}")
         progress(f"wrote {d / stem}.json/.md/.png")
+
+
+def build_doc(args: argparse.Namespace, argv: list[str], model_name: str, results: list[dict], now: Any) -> dict:
+    ok = [r for r in results if "error" not in r]
+    return dict(
+        model=model_name,
+        model_config=None if args.model else SHAPES[args.shape],
+        quantization_config=dict(AWQ_G128, group_size=args.group_size),
+        weights="dummy (random)" if not args.model else "checkpoint (fp16: dummy)",
+        gpu=ok[0]["gpu"] if ok else "unknown",
+        vllm=ok[0]["vllm"] if ok else "unknown",
+        torch=ok[0]["torch"] if ok else "unknown",
+        awqgemm=ok[0]["awqgemm"] if ok else None,
+        date=now.strftime("%Y-%m-%d %H:%M UTC"),
+        label=args.label,
+        command="python benchmarks/e2e.py " + " ".join(argv),
+        workloads=args.workloads,
+        num_prompts=args.num_prompts,
+        reps=args.reps,
+        throughput_reps=args.throughput_reps,
+        engine=dict(
+            dtype="float16",
+            max_model_len=args.max_model_len,
+            max_num_seqs=args.max_num_seqs,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            enable_prefix_caching=False,
+            enforce_eager=args.eager,
+            cudagraph_capture_sizes=None if args.eager else args.capture_sizes,
+            env=WORKER_ENV,
+            one_engine_per_process=True,
+        ),
+        method="ms/step = (median t(out) - median t(1 token)) / (out - 1); throughput: best of reps, "
+        "all prompts submitted at once",
+        contenders=results,
+    )
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -552,49 +588,26 @@ def main(argv: list[str]) -> int:
                 print(json.dumps({"name": s["name"], "env": env, "engine": s["engine"]}, indent=1))
             print((Path(dirs[True]) / "config.json").read_text())
             return 0
-        results = []
+        results: list[dict[str, Any]] = []
+        ok: list[dict[str, Any]] = []
+        now = dt.datetime.now(dt.timezone.utc)
+        out_dirs = [Path(d) for d in args.out_dir]
+        if not args.no_results:
+            out_dirs.insert(0, RESULTS)
+        stem = ""
         for i, s in enumerate(specs, 1):
             progress(f"[{i}/{len(specs)}] {s['name']}: starting engine process")
             results.append(run_contender(s, tmp, args.timeout, args.verbose))
-    ok = [r for r in results if "error" not in r]
-    now = dt.datetime.now(dt.timezone.utc)
-    doc = dict(
-        model=model_name,
-        model_config=None if args.model else SHAPES[args.shape],
-        quantization_config=dict(AWQ_G128, group_size=args.group_size),
-        weights="dummy (random)" if not args.model else "checkpoint (fp16: dummy)",
-        gpu=ok[0]["gpu"] if ok else "unknown",
-        vllm=ok[0]["vllm"] if ok else "unknown",
-        torch=ok[0]["torch"] if ok else "unknown",
-        awqgemm=ok[0]["awqgemm"] if ok else None,
-        date=now.strftime("%Y-%m-%d %H:%M UTC"),
-        label=args.label,
-        command="python benchmarks/e2e.py " + " ".join(argv),
-        workloads=args.workloads,
-        num_prompts=args.num_prompts,
-        reps=args.reps,
-        throughput_reps=args.throughput_reps,
-        engine=dict(
-            dtype="float16",
-            max_model_len=args.max_model_len,
-            max_num_seqs=args.max_num_seqs,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            enable_prefix_caching=False,
-            enforce_eager=args.eager,
-            cudagraph_capture_sizes=None if args.eager else args.capture_sizes,
-            env=WORKER_ENV,
-            one_engine_per_process=True,
-        ),
-        method="ms/step = (median t(out) - median t(1 token)) / (out - 1); throughput: best of reps, "
-        "all prompts submitted at once",
-        contenders=results,
-    )
-    gpu_tag = doc["gpu"].replace("NVIDIA ", "").split()[0].lower() if ok else "nogpu"
-    stem = f"e2e-{Path(model_name).name}-{gpu_tag}-{now.strftime('%Y%m%d-%H%M')}"
-    out_dirs = [Path(d) for d in args.out_dir]
-    if not args.no_results:
-        out_dirs.insert(0, RESULTS)
-    finish(doc, out_dirs, stem)
+            doc = build_doc(args, argv, model_name, results, now)
+            ok = [r for r in results if "error" not in r]
+            if not stem and ok:
+                gpu_tag = doc["gpu"].replace("NVIDIA ", "").split()[0].lower()
+                stem = f"e2e-{Path(model_name).name}-{gpu_tag}-{now.strftime('%Y%m%d-%H%M')}"
+            if stem:  # after every contender: what a cut-off run has measured survives
+                finish(doc, out_dirs, stem, quiet=i < len(specs))
+    if not ok:
+        progress("no contender ran")
+        return 1
     return 0 if len(ok) == len(results) else 1
 
 
