@@ -616,6 +616,27 @@ def auto_path(M: int, K: int, N: int, dname: str, device: torch.device) -> str |
         return None
 
 
+def eager_us(con: Contender, xs: torch.Tensor, copies: int, reps: int) -> float:
+    """Per-call time of eager calls back to back (no graph): what a layer pays when vLLM runs a batch
+    above its largest captured graph. Where it exceeds the graph time, the host path (Python, the
+    op dispatch, _C.plan, allocations) is the bound. Median of 5 runs of `reps` calls."""
+    nx = xs.shape[0]
+    times = []
+    with con.ctx():
+        for i in range(3):
+            con.fn(xs[i % nx], i % copies)
+        for _ in range(5):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            for i in range(reps):
+                con.fn(xs[i % nx], i % copies)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1e3 / reps)
+    return statistics.median(times)
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     d = (out.float() - ref).norm().item()
     r = ref.norm().item()
@@ -715,6 +736,8 @@ def run_block(
             else:
                 row["us"][c], row["min_us"][c], row["iqr_pct"][c] = t.us, t.min_us, t.iqr_pct
                 fails[c] = 0
+        if "auto" in contenders and device.type == "cuda" and not args.dry_run and args.eager_reps > 0:
+            row["eager_us"] = eager_us(contenders["auto"], xs, RM, args.eager_reps)
         del xs
         if args.read_max_m >= M:
             # The practical floor of a memory-bound call this size: a plain torch
@@ -786,7 +809,7 @@ def table_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     hdr = (
         f"{'shape':<22} {'K':>6} {'N':>6} {'g':>4} {'dt':<4} {'M':>5} | "
         + " ".join(f"{c:>7}" for c in cols)
-        + f" | {'floor':>7} {'b':<3} {'read':>7} | {'a/flr':>5} {'xdense':>6} {'xtm':>5} {'xmach':>5}"
+        + f" | {'eager':>7} {'floor':>7} {'b':<3} {'read':>7} | {'a/flr':>5} {'xdense':>6} {'xtm':>5} {'xmach':>5}"
     )
     out = [hdr, "-" * len(hdr)]
     prev = None
@@ -803,7 +826,8 @@ def table_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
         out.append(
             head
             + " ".join(f"{fmt_us(us.get(c)):>7}" for c in cols)
-            + f" | {fmt_us(r['floor_us']):>7} {r['floor_bound']:<3} {fmt_us(r.get('read_us')):>7} | "
+            + f" | {fmt_us(r.get('eager_us')):>7} {fmt_us(r['floor_us']):>7} {r['floor_bound']:<3} "
+            f"{fmt_us(r.get('read_us')):>7} | "
             f"{fmt_x(r.get('auto_floor')):>5} {fmt_x(r.get('speedup_dense')):>6} {fmt_x(r.get('speedup_tm')):>5} "
             f"{fmt_x(r.get('speedup_machete')):>5}"
         )
@@ -1281,6 +1305,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--replays", type=int, default=21, help="timed graph replays per point (>= 20)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed graph replays per point")
     ap.add_argument(
+        "--eager-reps",
+        type=int,
+        default=50,
+        help="eager (no graph) calls of auto per timing, for the per-call host cost; 0: skip",
+    )
+    ap.add_argument(
         "--read-max-m",
         type=int,
         default=64,
@@ -1451,7 +1481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     lines.append(f"turbomind: {'available ' + str(tm.version) if tm.available else 'unavailable: ' + tm.reason}")
     lines.append(
-        "columns: a/flr = auto / floor; xdense = cublas / auto; xtm = tm / auto; b = floor bound; "
+        "columns: a/flr = auto / floor; xdense = cublas / auto; xtm = tm / auto; xmach = machete / auto; "
+        "eager = auto called eagerly back to back (host path included); b = floor bound; "
         "read = torch.sum over the same bytes (practical floor, M <= --read-max-m)"
     )
     lines.append("")
