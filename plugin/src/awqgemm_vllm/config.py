@@ -124,8 +124,6 @@ class AwqGemmConfig(QuantizationConfig):
                 self.scanned_unquantized,
             ):
                 return UnquantizedLinearMethod()
-            if is_lm_head:
-                _check_lm_head_shard(layer, prefix)
             from . import _register
             from .linear import AwqGemmLinearMethod
 
@@ -215,25 +213,6 @@ def _hub_safetensors_metadata(model_name: str, revision: str | None) -> dict[str
             exc,
         )
         return None
-
-
-def _check_lm_head_shard(layer: Any, prefix: str) -> None:
-    """A quantized lm_head loads only where this rank's vocabulary shard is
-    unpadded: vLLM's vocabulary loader copies packed shards row-wise."""
-    per_partition = getattr(layer, "num_embeddings_per_partition", None)
-    indices = getattr(layer, "shard_indices", None)
-    if per_partition is None or indices is None:
-        return
-    org = indices.org_vocab_end_index - indices.org_vocab_start_index
-    if org != per_partition or layer.org_vocab_size != layer.num_embeddings:
-        raise AwqGemmConfigError(
-            f"{prefix}: a quantized lm_head (lm_head: true) needs an unpadded "
-            f"vocabulary shard; this rank holds {org} of the vocabulary's "
-            f"{layer.org_vocab_size} rows padded to {per_partition} (added tokens "
-            f"or a vocabulary not a multiple of {layer.padding_size} per rank). "
-            "Use a tensor-parallel size that divides the vocabulary into multiples "
-            "of 64, or a checkpoint with an unquantized lm_head."
-        )
 
 
 def _is_moe_layer(layer: torch.nn.Module) -> bool:

@@ -40,6 +40,32 @@ SHAPE_ATTR = "awqgemm_shape"
 LAYOUT_ATTR = "awqgemm_layout"
 
 
+def _weights_pre_processed() -> bool:
+    """vLLM's weight-cache IPC mode (``weights_already_processed``); vLLM
+    releases without that loader never are in it."""
+    try:
+        from vllm.model_executor.utils import is_weights_pre_processed
+    except ImportError:  # pragma: no cover - vLLM without the weight cache
+        return False
+    return bool(is_weights_pre_processed())
+
+
+def _check_lm_head_shard(layer: Any, prefix: str, rows: int) -> None:
+    """A quantized lm_head loads only where this rank's vocabulary shard is
+    unpadded: vLLM's vocabulary loader copies packed shards row-wise."""
+    indices = layer.shard_indices
+    org = indices.org_vocab_end_index - indices.org_vocab_start_index
+    if org != rows or layer.org_vocab_size != layer.num_embeddings:
+        raise AwqGemmConfigError(
+            f"{prefix}: a quantized lm_head (lm_head: true) needs an unpadded "
+            f"vocabulary shard; this rank holds {org} of the vocabulary's "
+            f"{layer.org_vocab_size} rows padded to {rows} (added tokens, or a "
+            f"vocabulary not a multiple of {layer.padding_size} per rank). Use a "
+            "tensor-parallel size that splits the vocabulary into multiples of "
+            f"{layer.padding_size}, or a checkpoint with an unquantized lm_head."
+        )
+
+
 def _is_checkpoint_layout(layer: torch.nn.Module) -> bool:
     """The layer holds AWQ checkpoint tensors (fresh load, or a reload that put
     them back), as opposed to awqgemm's packed ones."""
@@ -85,6 +111,8 @@ class AwqGemmLinearMethod(LinearMethodBase):
             group,
         )
         self.quant_config.check_serving_options(self.prefix)
+        if hasattr(layer, "shard_indices"):  # a quantized lm_head (ParallelLMHead)
+            _check_lm_head_shard(layer, self.prefix, output_partition_sizes[0])
         n_part = sum(output_partition_sizes)
         num_groups = input_size_per_partition // group
         weight_loader = extra_weight_attrs.get("weight_loader")
@@ -116,9 +144,7 @@ class AwqGemmLinearMethod(LinearMethodBase):
         setattr(layer, SHAPE_ATTR, (input_size_per_partition, n_part, group))
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        from vllm.model_executor.utils import is_weights_pre_processed
-
-        if is_weights_pre_processed():
+        if _weights_pre_processed():
             # Weight-cache IPC loader: the packed tensors were registered on
             # the layer as exported; drop what create_weights left on meta.
             self._adopt_packed(layer)
