@@ -130,27 +130,34 @@ __global__ void __launch_bounds__(kWgThreads, 2) gemm_wg_kernel(const GemmProble
   const size_t x_row8 = static_cast<size_t>(8) * p.x_row_stride;
 
   // Staged x: chunk e = tid + 256 j of the tile is row e / 8 (8 threads per
-  // contiguous 128-byte row), chunk e % 8, swizzled. Rows past M are not
-  // copied: column m of D depends on column m of B alone, and is not stored.
+  // contiguous 128-byte row), chunk e % 8, swizzled with row & 7 -- the same
+  // for every j, since rows step by 32. Rows past M are not copied: column m
+  // of D depends on column m of B alone, and is not stored.
   const int sc = tid & 7;
   const int sr = tid >> 3;
   const T* const xs_row0 = x + static_cast<size_t>(m0 + sr) * p.x_row_stride + 8 * sc;
   const size_t xs_row32 = static_cast<size_t>(32) * p.x_row_stride;
+  const uint32_t xs_dst0 = static_cast<uint32_t>(sr * 128 + ((sc ^ (sr & 7)) << 4));
+  const int xs_rows_left = p.M - m0 - sr;
+  // Group sizes are powers of two (32, 64, 128): a shift, not a division, per tile.
+  const int gshift = 31 - __clz(p.group_size);
+  const uint2* const szlane = szsrc + ntc * 8;
+  const size_t sz_group_stride = static_cast<size_t>(ntiles) * 8;
 
-  auto fetch = [&](int slot, int i) {
+  int fetch_slot = 0;  // ring slots advance by one per tile: no modulo in the loop
+  auto fetch = [&](int i) {
     if (i < n_k) {
       const int kt = kt_begin + i;
-      const uint32_t st = base + slot * L::kStage;
-      unsigned char* const gst = sbase + slot * L::kStage;
+      const uint32_t st = base + fetch_slot * L::kStage;
+      unsigned char* const gst = sbase + fetch_slot * L::kStage;
       cp_async_16(gst + L::kX + tid * 16, wsrc + static_cast<size_t>(kt) * 32);
-      const int grp = (kt * kTileK + 16 * q) / p.group_size;
-      cp_async_8(gst + L::kX + L::kW + tid * 8, szsrc + (static_cast<size_t>(grp) * ntiles + ntc) * 8);
+      const int grp = (kt * kTileK + 16 * q) >> gshift;
+      cp_async_8(gst + L::kX + L::kW + tid * 8, szlane + grp * sz_group_stride);
       if constexpr (kStagedX) {
         const T* src = xs_row0 + kt * kTileK;
 #pragma unroll
         for (int j = 0; j < BM / 32; ++j, src += xs_row32) {
-          const int r = sr + 32 * j;
-          if (m0 + r < p.M) cp_async_16(gst + r * 128 + ((sc ^ (r & 7)) << 4), src);
+          if (32 * j < xs_rows_left) cp_async_16(gst + xs_dst0 + j * 32 * 128, src);
         }
       } else {
         const bool k_in = kt * kTileK + 2 * u < p.K;  // K tail: padded weights are zero, and so must x be (0 * NaN)
@@ -163,6 +170,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) gemm_wg_kernel(const GemmProble
       }
     }
     cp_async_commit();  // empty groups keep the count uniform
+    fetch_slot = fetch_slot + 1 == STAGES ? 0 : fetch_slot + 1;
   };
 
   float acc[BM / 2];
@@ -201,18 +209,20 @@ __global__ void __launch_bounds__(kWgThreads, 2) gemm_wg_kernel(const GemmProble
 #pragma unroll
     for (int s = 0; s < 4; ++s) keep_live(prev[s]);
   };
+  int compute_slot = 0;
   auto step = [&](int i, uint32_t (&at)[4][4], uint32_t (&prev)[4][4]) {
     cp_async_wait<kDist - 1>();
     fence_proxy_async_shared();  // cp.async wrote through the generic proxy; wgmma reads through the async one
     __syncthreads();             // tile i visible to both warpgroups; tile i - 2's slot is free
-    fetch((i + kDist) % STAGES, i + kDist);
-    compute(i % STAGES, at, prev);
+    fetch(i + kDist);
+    compute(compute_slot, at, prev);
+    compute_slot = compute_slot + 1 == STAGES ? 0 : compute_slot + 1;
   };
 
   if (pdl_flags & kPdlLaunched) pdl_wait();  // x may still be being written by the previous kernel
 
 #pragma unroll
-  for (int s = 0; s < kDist; ++s) fetch(s, s);
+  for (int s = 0; s < kDist; ++s) fetch(s);
   // Unrolled by two so each tile's A register set is a compile-time choice,
   // with no branch inside the loop (a branch there made the compiler copy
   // accumulators under in-flight wgmmas, and ptxas serialized them).
