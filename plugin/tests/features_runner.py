@@ -53,7 +53,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     kwargs: dict[str, Any] = dict(
         model=spec["model"],
-        dtype="float32",
+        dtype=spec.get("dtype", "float32"),
         quantization="awqgemm",
         enforce_eager=True,
         max_model_len=256,
