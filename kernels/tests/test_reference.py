@@ -139,9 +139,51 @@ def test_build_info_shape():
     info = awqgemm.build_info()
     for key in ("version", "cuda_version", "sass_archs", "ptx_archs", "kernel_families"):
         assert key in info
-    assert "reference" in info["kernel_families"]
-    if info["cuda_version"] is not None:
-        assert set(info["kernel_families"]) >= {"sm70_m8n8k4", "sm75_m16n8k8", "sm80_m16n8k16"}
+    assert info["kernel_families"][-1] == "reference"
+
+
+def test_build_info_families_match_the_build():
+    """The families build_info() claims must be ones this build can run and the tests can force.
+
+    A CPU-only build claims none; a CUDA build's families must each be forceable by their arch
+    (awqgemm.testing.FAMILIES, which the GPU tests use to cover every family) and need an arch
+    the build carries code for (SASS at or above the family's, or PTX to JIT from)."""
+    info = awqgemm.build_info()
+    gpu_families = [f for f in info["kernel_families"] if f != "reference"]
+    if info["cuda_version"] is None:
+        assert not awqgemm.have_cuda_kernels()
+        assert gpu_families == [], f"a CPU-only build claims GPU kernel families {gpu_families}"
+        return
+    assert gpu_families, "a CUDA build reports no kernel family"
+    forceable = {cc: name for name, cc in awqgemm.testing.FAMILIES.items() if name != "auto"}
+    for fam in gpu_families:
+        cc = int("".join(ch for ch in fam.split("_")[0][2:] if ch.isdigit()))  # "sm90a_m64nNk16" -> 90
+        assert cc in forceable, f"family {fam}: awqgemm.testing cannot force it (knows {sorted(forceable.values())})"
+        runnable = any(a >= cc for a in info["sass_archs"]) or bool(info["ptx_archs"])
+        assert runnable, f"family {fam} needs sm_{cc}+, but the build has SASS {info['sass_archs']} and no PTX"
+
+
+def test_cuda_tensor_on_a_cpu_only_build_says_how_to_get_kernels(monkeypatch):
+    """No GPU needed: a tensor that reports a CUDA device reaches the checks of the public API."""
+
+    class CudaLooking(torch.Tensor):
+        @property
+        def device(self):
+            return torch.device("cuda", 0)
+
+    monkeypatch.setattr(awqgemm._ext, "_C", None)  # a CPU-only build, whatever this one is
+    qweight, qzeros, scales = random_awq(128, 16, 64)
+    packed = awqgemm.pack_awq(qweight, qzeros, scales, 64)
+    x = torch.randn(2, 128, dtype=torch.float16).as_subclass(CudaLooking)
+    assert x.device.type == "cuda"
+    with pytest.raises(ValueError, match=r"x is a CUDA tensor .* built without CUDA kernels.*pip install \./kernels"):
+        awqgemm.gemm(x, packed)
+    with pytest.raises(ValueError, match=r"scales is a CUDA tensor .* built without CUDA kernels.*awqgemm \* cuda\*"):
+        awqgemm.pack_awq(*(t.as_subclass(CudaLooking) for t in (qweight, qzeros, scales)), 64)
+    # with CUDA kernels the same tensor passes this check and meets the next one (devices differ)
+    monkeypatch.setattr(awqgemm._ext, "_C", object())
+    with pytest.raises(ValueError, match="is on cuda:0 but the packed weight is on cpu"):
+        awqgemm.gemm(x, packed)
 
 
 # ---- bad inputs: every one a clear ValueError / TypeError naming the problem ----
@@ -199,27 +241,31 @@ def test_force_rejects_unknown_names():
         pass
 
 
-@pytest.mark.parametrize(
-    "env,msg",
-    [
-        ({"AWQGEMM_PDL": "on"}, "AWQGEMM_PDL='on' must be an integer in [0, 2]"),
-        ({"AWQGEMM_BALANCE": "7"}, "AWQGEMM_BALANCE='7' must be an integer in [0, 3]"),
-        ({"AWQGEMM_INFLIGHT_KIB": "0"}, "AWQGEMM_INFLIGHT_KIB='0' must be an integer in [1, 4096]"),
-        ({"AWQGEMM_XS_MAX_SPLITS": "2.5"}, "AWQGEMM_XS_MAX_SPLITS='2.5' must be an integer in [1, 16]"),
-    ],
-)
-def test_tuning_knobs_reject_malformed_values(env, msg):
+def _knob_table():
     from awqgemm import _knobs
 
-    with pytest.raises(ValueError, match=msg.replace("[", r"\[").replace("]", r"\]")):
-        _knobs.check_environment(env)
+    return _knobs.KNOBS
+
+
+@pytest.mark.parametrize("name", sorted(_knob_table()))
+def test_tuning_knobs_reject_malformed_values(name):
+    """Every knob of the one table: outside its range or not an integer -> ValueError naming both."""
+    from awqgemm import _knobs
+
+    lo, hi, _ = _knob_table()[name]
+    for raw in (str(lo - 1), str(hi + 1), "on", "2.5"):
+        with pytest.raises(ValueError, match=rf"{name}='{raw}' must be an integer in \[{lo}, {hi}\]"):
+            _knobs.check_environment({name: raw})
 
 
 def test_tuning_knobs_accept_defaults_and_valid_values():
     from awqgemm import _knobs
 
     _knobs.check_environment({})
-    _knobs.check_environment({"AWQGEMM_PDL": "0", "AWQGEMM_BALANCE": " 3 ", "AWQGEMM_INFLIGHT_KIB": "", "OTHER": "x"})
+    for name, (lo, hi, _) in _knob_table().items():
+        _knobs.check_environment({name: str(lo), "OTHER": "x"})
+        _knobs.check_environment({name: f" {hi} "})
+        _knobs.check_environment({name: ""})  # empty counts as unset
 
 
 def test_import_fails_loudly_on_a_malformed_knob():

@@ -17,7 +17,7 @@ import torch
 
 from . import _knobs, _layout, _ops, testing
 from ._ext import _C, have_cuda_kernels
-from ._validate import ACTIVATION_DTYPES, check_awq_inputs, check_tensor
+from ._validate import ACTIVATION_DTYPES, check_awq_inputs, check_kernels_for, check_tensor
 from .packed import PackedWeight
 from .reference import dequantize_awq, dequantize_packed, reference_gemm
 
@@ -61,6 +61,7 @@ def pack_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, 
     the 16-column tile with zero weights, and K to the 64-wide tile likewise.
     """
     k_dim, n_dim = check_awq_inputs(qweight, qzeros, scales, group_size)
+    check_kernels_for("scales", scales)
     if scales.dtype == torch.float32 and scales.device.type == "cuda":
         raise TypeError("awqgemm: float32 scales are only supported on CPU (reference path); use float16 or bfloat16")
     layout = _ops.layout_for_device(scales.device, scales.dtype)
@@ -90,6 +91,7 @@ def gemm(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None
     check_tensor("x", x)
     if not isinstance(packed, PackedWeight):
         raise TypeError(f"awqgemm: packed must be an awqgemm.PackedWeight (from pack_awq), got {type(packed).__name__}")
+    check_kernels_for("x", x)
     allowed = ACTIVATION_DTYPES if x.device.type == "cuda" else (*ACTIVATION_DTYPES, torch.float32)
     if x.dtype not in allowed:
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from . import _ext
+
 SUPPORTED_GROUP_SIZES = (32, 64, 128)
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -16,6 +18,17 @@ def check_tensor(name: str, t: object) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"awqgemm: {name} must be a torch.Tensor, got {type(t).__name__}")
     return t
+
+
+def check_kernels_for(name: str, t: torch.Tensor) -> None:
+    """A CUDA tensor needs a build with CUDA kernels: say so, and how to get one."""
+    if t.device.type == "cuda" and not _ext.have_cuda_kernels():
+        raise ValueError(
+            f"awqgemm: {name} is a CUDA tensor ({t.device}), but this awqgemm was built without CUDA kernels "
+            "(a CPU-only build: AWQGEMM_CUDA=0, or no nvcc when it was installed), so it runs CPU tensors only. "
+            "For the GPU kernels install a CUDA build: `pip install ./kernels` with the CUDA toolkit's nvcc "
+            "(>= 12.6) on PATH, or the conda package `awqgemm * cuda*` (README: Set-up, Building other variants)"
+        )
 
 
 def check_group_size(group_size: object) -> int:
