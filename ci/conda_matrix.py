@@ -42,7 +42,9 @@ RECIPE = ROOT / "recipe" / "recipe.yaml"
 VARIANTS = ROOT / "recipe" / "variants.yaml"
 ARCHS = ROOT / "recipe" / "cuda_archs.txt"
 WORK = Path(os.environ.get("AWQGEMM_CONDA_WORK", ROOT / "build" / "conda")).resolve()
-CHANNEL = WORK / "channel"
+CHANNEL = WORK / "channel"  # only the channel: noarch/, linux-64/, repodata (fit to publish)
+BUILD_OUT = WORK / "work"  # rattler-build's output dir: bld/, src_cache/, .tmp/, then moved out of it
+LOGS = WORK / "work" / "logs"
 STANDINS = WORK / "standins"
 VENV = WORK / "venv"
 REPORT = WORK / "build-report.json"
@@ -84,7 +86,8 @@ def bootstrap(argv: list[str]) -> None:
                 "-m",
                 "pip",
                 "install",
-                "-q",
+                "--progress-bar",
+                "off",
                 "--disable-pip-version-check",
                 "-r",
                 str(ROOT / "ci" / "requirements-conda.txt"),
@@ -237,8 +240,9 @@ def render(mode: str, variants: str | None = None) -> list[dict]:
                 cuda=cuda,
                 python=py,
                 cuda_archs=";".join(archs),
-                sass=[int(a.split("-")[0]) for a in archs if a.endswith("-real")],
-                ptx=[int(a.split("-")[0]) for a in archs if a.endswith("-virtual")],
+                # "90a-real" -> 90, as awqgemm.build_info() reports it
+                sass=[int(a.split("-")[0].rstrip("af")) for a in archs if a.endswith("-real")],
+                ptx=[int(a.split("-")[0].rstrip("af")) for a in archs if a.endswith("-virtual")],
             )
         else:
             item.update(id="plugin", cuda=None, python=v.get("python_min"))
@@ -284,7 +288,8 @@ def _pip_target(py: str, target: Path, reqs: list[str], stamp_text: str) -> None
             "-m",
             "pip",
             "install",
-            "-q",
+            "--progress-bar",
+            "off",  # one line per package, no progress bars
             "--disable-pip-version-check",
             "--no-warn-script-location",
             "--target",
@@ -411,14 +416,24 @@ def select(items: list[dict], a, mode: str) -> list[dict]:
 # --------------------------------------------------------------------------------------------------
 # build
 # --------------------------------------------------------------------------------------------------
+# Never part of a package's source: build trees, virtual environments, caches. Hidden directories
+# (.venv, .pytest_cache, .ruff_cache, ...) are skipped too. ci/test.sh builds its CPU-only awqgemm
+# outside the source tree, but a developer's kernels/build or kernels/.venv must not make an artifact
+# look stale either.
+DIGEST_SKIP_DIRS = {"build", "dist", "_skbuild", "venv", "__pycache__", "node_modules"}
+
+
 def source_digest(it: dict) -> str:
     """Hash of what an artifact is built from (its source tree + the recipe), to notice stale artifacts."""
     h = hashlib.sha256()
     src = ROOT / ("plugin" if it["name"] == "awqgemm-vllm" else "kernels")
-    skip = {"build", "__pycache__", ".pytest_cache", "_skbuild", ".ruff_cache"}
     for base in (src, ROOT / "recipe"):
         for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = sorted(d for d in dirnames if d not in skip and not d.endswith(".egg-info"))
+            dirnames[:] = sorted(
+                d
+                for d in dirnames
+                if d not in DIGEST_SKIP_DIRS and not d.startswith(".") and not d.endswith(".egg-info")
+            )
             for f in sorted(filenames):
                 if f.endswith((".so", ".pyc")):
                     continue
@@ -432,9 +447,17 @@ def artifact_path(it: dict) -> Path | None:
     return hits[-1] if hits else None
 
 
+# Lines of a build log that show progress on the console: ninja's "[12/40] Building CUDA object ...",
+# pip's wheel steps, pytest's per-test lines (stored tests), the installer's transaction.
+PROGRESS = re.compile(
+    r"^\s*\[\d+/\d+\] |Building wheel|Successfully (built|installed)|::\S+ (PASSED|FAILED|SKIPPED|ERROR|XFAIL)"
+    r"|^=+ .*(passed|failed|error).* =+$"
+)
+
+
 class BuildLog:
     """rattler-build progress callback: every log line goes to a per-variant log file; steps, warnings and
-    errors (and everything with --verbose) are echoed to the console."""
+    errors, progress lines (PROGRESS) and with --verbose everything are echoed to the console."""
 
     def __init__(self, path: Path, verbose: bool):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -452,11 +475,39 @@ class BuildLog:
 
     def on_log(self, event) -> None:
         for line in str(event.message).splitlines():
-            self._emit(line, self.verbose or event.level in ("error", "warn"))
+            self._emit(line, self.verbose or event.level in ("error", "warn") or bool(PROGRESS.search(line)))
 
     def on_download_start(self, event) -> None: ...
     def on_download_progress(self, event) -> None: ...
     def on_download_complete(self, event) -> None: ...
+
+
+def publish(it: dict) -> Path | None:
+    """Move a freshly built artifact from rattler-build's output dir into the channel, world-readable."""
+    built = sorted((BUILD_OUT / it["subdir"]).glob(f"{it['name']}-{it['version']}-{it['build_string']}.conda"))
+    if not built:
+        return None
+    dst = CHANNEL / it["subdir"] / built[-1].name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(built[-1], dst)
+    dst.chmod(0o644)
+    return dst
+
+
+def tidy_channel() -> None:
+    """The channel holds only noarch/, linux-64/ and their repodata: clear what older versions of this
+    script left there (rattler-build's bld/, src_cache/, .tmp*, logs), and make packages world-readable."""
+    CHANNEL.mkdir(parents=True, exist_ok=True)
+    for p in CHANNEL.iterdir():
+        if p.name not in ("noarch", "linux-64"):
+            log(f"channel: removing {p.name} (build scratch, not part of a channel)")
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    for sub in ("noarch", "linux-64"):
+        for p in (CHANNEL / sub).glob("*"):
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.suffix == ".conda" or p.name.endswith(".tar.bz2"):
+                p.chmod(0o644)
 
 
 def channels_for(mode: str) -> list[str]:
@@ -471,7 +522,7 @@ def cmd_build(a) -> int:
     chosen = select(items, a, mode)
     if mode == "offline":
         ensure_standins(sorted({it["python"] for it in chosen if it["python"]}))
-    CHANNEL.mkdir(parents=True, exist_ok=True)
+    tidy_channel()
     report = json.loads(REPORT.read_text()) if REPORT.exists() else {}
     n, failed = len(chosen), []
     for i, it in enumerate(chosen, 1):
@@ -486,11 +537,11 @@ def cmd_build(a) -> int:
             continue
         log(f"{label}: building ({mode}{', archs ' + it['cuda_archs'] if it.get('cuda_archs') else ''}) ...")
         t0 = time.time()
-        blog = BuildLog(WORK / "logs" / f"{it['name']}-{it['build_string']}.log", a.verbose)
+        blog = BuildLog(LOGS / f"{it['name']}-{it['build_string']}.log", a.verbose)
         try:
             it["_rv"].run_build(
                 tool_config=ToolConfiguration(test_strategy="skip", compression_threads=2),
-                output_dir=str(CHANNEL),
+                output_dir=str(BUILD_OUT),
                 channels=channels_for(mode),
                 progress_callback=blog,
             )
@@ -506,9 +557,9 @@ def cmd_build(a) -> int:
                 break
             continue
         dt = time.time() - t0
-        art = artifact_path(it)
+        art = publish(it)
         if art is None:
-            log(f"{label}: FAILED: no artifact appeared in {CHANNEL}")
+            log(f"{label}: FAILED: no artifact appeared in {BUILD_OUT / it['subdir']}")
             failed.append(it["id"])
             continue
         size = art.stat().st_size
@@ -533,6 +584,7 @@ def cmd_build(a) -> int:
 # --------------------------------------------------------------------------------------------------
 # test
 # --------------------------------------------------------------------------------------------------
+SUMMARY = re.compile(r"^=+ .* =+$|^(SKIPPED|FAILED|ERROR) |^OK: |^FAIL|GPU GEMM tests skipped")
 GPU_PASS = re.compile(r"test_conda_package\.py::test_gpu_gemm_vs_fp64\[.*\] PASSED")
 GPU_SKIP = re.compile(r"GPU GEMM tests skipped|no CUDA GPU|has no code for sm_|is a CPU build")
 
@@ -572,15 +624,22 @@ def run_stored_tests(pkg_file: Path, channels: list[str], require_gpu: bool = Fa
     log(f"testing {pkg_file.name}: {pkg.test_count} stored test(s), fresh prefix per test, channels {channels}")
     for i in range(pkg.test_count):
         t0 = time.time()
+        # progress lines (each pytest test) stream to the console; the whole output goes to a log file
+        tlog = BuildLog(LOGS / f"test-{pkg_file.name.removesuffix('.conda')}-{i}.log", False)
         try:
-            res = pkg.run_test(i, channel=channels, channel_priority="strict")
+            res = pkg.run_test(i, channel=channels, channel_priority="strict", progress_callback=tlog)
             ok, out = res.success, res.output
         except Exception as e:
             ok, out = False, [f"{type(e).__name__}: {e}"]
-        for line in out or []:
+        lines = [x for line in out or [] for x in str(line).splitlines()]
+        all_lines.extend(lines)
+        shown = lines[-60:] if not ok else [x for x in lines if SUMMARY.search(x)]
+        for line in shown:
             print(f"    | {line}", flush=True)
-            all_lines.extend(str(line).splitlines())
-        log(f"  test {i} ({type(pkg.tests[i]).__name__}): {'PASS' if ok else 'FAIL'} ({time.time() - t0:.0f} s)")
+        log(
+            f"  test {i} ({type(pkg.tests[i]).__name__}): {'PASS' if ok else 'FAIL'} ({time.time() - t0:.0f} s; "
+            f"output: {tlog.f.name})"
+        )
         passed += ok
         failed += not ok
     if require_gpu and pkg.name == "awqgemm":
