@@ -186,10 +186,16 @@ int dense_min_m(Family family) {
   }
 }
 
-// sm90 family, auto path: the wgmma kernel from this many tokens on, the sm80
-// kernels below. Not yet measured against them, so for now the wgmma kernel runs
-// only when forced (tests, benchmarks); see docs/perf-notes.md.
-constexpr int kWgAutoMinM = 1 << 30;
+// sm90 family, auto path: the wgmma kernel for kWgAutoMinM <= M <= kWgAutoMaxM,
+// the sm80 rules outside. Measured on the H200 (benchmarks/results/
+// h200-2026-11-28-wg-v4-subset.txt, fp16, 7 layer shapes; time of the wgmma
+// kernel / the better of x-shared and dequantize + cuBLAS, geomean and range):
+// M = 32 1.26 (0.93-1.53), 64 0.93 (0.71-1.14), 128 0.70 (0.49-0.90),
+// 256 0.79 (0.67-1.00), 512 0.96 (0.83-1.16), 1024 1.06 (1.05-1.07), 4096 1.54.
+// 512 stays with it (no N x K temporary; the wide layers, which carry the time,
+// win there); from 1024 on dequantize + cuBLAS is ahead.
+constexpr int kWgAutoMinM = 64;
+constexpr int kWgAutoMaxM = 512;
 
 // Largest split-K workspace the wgmma plan may ask for (issue: <= 64 MiB extra per call).
 constexpr int64_t kMaxWorkspaceBytes = int64_t{64} << 20;
@@ -215,7 +221,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   const int64_t want = static_cast<int64_t>(inflight_bytes_per_sm()) * sms;
 
   if (family == Family::kSm90) {
-    if (path == PathRequest::kFused || (path == PathRequest::kAuto && M >= kWgAutoMinM)) {
+    if (path == PathRequest::kFused || (path == PathRequest::kAuto && M >= kWgAutoMinM && M <= kWgAutoMaxM)) {
       plan.family = Family::kSm90;
       t.kind = wg_staged_x_bytes(M, K) <= kWgMaxStagedXBytes ? KernelKind::kWgmmaStagedX : KernelKind::kWgmma;
       t.mt = M <= 64 ? 8 : 16;  // BM = 64 or 128 tokens
