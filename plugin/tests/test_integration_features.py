@@ -54,21 +54,13 @@ def run_scenario(
     if device == "gpu":
         del env["VLLM_TARGET_DEVICE"]
         env["VLLM_USE_FLASHINFER_SAMPLER"] = "0"  # the GPU machine has no flashinfer
+    cmd = [sys.executable, str(HERE / "features_runner.py"), str(spec_path), str(out_path)]
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.run(
-            [sys.executable, str(HERE / "features_runner.py"), str(spec_path), str(out_path)],
-            env=env,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            timeout=timeout,
-            check=False,
-        )
+        rc = subprocess.call(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
     print(f"\n[{name}] {time.perf_counter() - t0:.1f} s")
-    if proc.returncode != 0 or not out_path.exists():
-        raise AssertionError(
-            f"{name} runner failed (rc={proc.returncode}):\n{log.read_text()[-6000:]}"
-        )
+    if rc != 0 or not out_path.exists():
+        raise AssertionError(f"{name} runner failed (rc={rc}):\n{log.read_text()[-6000:]}")
     res = json.loads(out_path.read_text())
     assert "error" not in res, f"{name}: {res['error']}\n{res['traceback']}"
     return res
