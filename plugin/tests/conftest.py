@@ -107,6 +107,31 @@ def engine_env(cache_root: Path) -> dict[str, str]:
     return env
 
 
+#: engine_runner.py starts its progress lines (one as each engine starts, one as it ends) with this.
+PROGRESS_TAG = "[engine-runner]"
+_CONFIG: pytest.Config | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _CONFIG
+    _CONFIG = config
+
+
+def progress(line: str) -> None:
+    """A line on the terminal now, even while pytest captures output (the engine runs behind
+    one fixture take minutes: without this nothing shows until the first test reports)."""
+    plugins = _CONFIG.pluginmanager if _CONFIG else None
+    capman = plugins.getplugin("capturemanager") if plugins else None
+    reporter = plugins.getplugin("terminalreporter") if plugins else None
+    if capman is None or reporter is None:
+        print(line, flush=True)
+        return
+    with capman.global_and_fixture_disabled():
+        reporter.ensure_newline()  # -v leaves the test's name on a line of its own
+        reporter.write_line(line)
+        reporter.flush()
+
+
 def run_engines(
     tmp: Path,
     name: str,
@@ -124,14 +149,30 @@ def run_engines(
     env.update(extra_env or {})
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, str(HERE / "engine_runner.py"), str(spec), str(out)],
             env=env,
             stdout=f,
             stderr=subprocess.STDOUT,
-            timeout=timeout,
-            check=False,
         )
+        shown, finished = 0, False
+        while not finished:  # the runner's one-line-per-engine progress, live
+            finished = proc.poll() is not None
+            lines = [
+                x
+                for x in log.read_text(errors="replace").splitlines()
+                if x.startswith(PROGRESS_TAG)
+            ]
+            for line in lines[shown:]:
+                progress(f"    [{name}] {line.removeprefix(PROGRESS_TAG).strip()}")
+            shown = len(lines)
+            time.sleep(0 if finished else 2)
+            if not finished and time.perf_counter() - t0 > timeout:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(
+                    f"engine runner {name} took over {timeout} s:\n{log.read_text()[-6000:]}"
+                )
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0 or not out.exists():
         tail = log.read_text()[-6000:]

@@ -140,10 +140,15 @@ def main(spec_path: str, out_path: str) -> int:
     if os.environ.get("AWQGEMM_TEST_HIDE_VLLM_CPU_AWQ") == "1":
         hide_vllm_cpu_awq()
     results = []
-    for run in spec["runs"]:
+    for i, run in enumerate(spec["runs"], 1):
+        t0 = time.perf_counter()
+        what = f"{run['name']} ({run['dtype']}, {run.get('quantization') or 'auto'})"
+        print(f"[engine-runner] {i}/{len(spec['runs'])} {what}: starting", flush=True)
         try:
             results.append(run_one(run, spec["prompts"], spec["max_tokens"]))
+            print(f"[engine-runner] {what}: done in {time.perf_counter() - t0:.0f} s", flush=True)
         except Exception as exc:
+            print(f"[engine-runner] {what}: FAILED: {type(exc).__name__}: {exc}", flush=True)
             results.append(
                 {
                     "name": run["name"],

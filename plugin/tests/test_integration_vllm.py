@@ -9,10 +9,10 @@ file a second time with the op hidden, AWQGEMM_TEST_HIDE_VLLM_CPU_AWQ=1)."""
 
 from __future__ import annotations
 
-import glob
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -315,8 +315,8 @@ def test_llama_compiled_run_used_torch_compile_with_the_awqgemm_op(llama_runs):
     # the op is in inductor's generated code, i.e. inside the compiled graph
     code = [
         f
-        for f in glob.glob(res["cache_root"] + "/**/*.py", recursive=True)
-        if "torch.ops.awqgemm.gemm" in open(f, errors="replace").read()
+        for f in Path(res["cache_root"]).glob("**/*.py")
+        if "torch.ops.awqgemm.gemm" in f.read_text(errors="replace")
     ]
     assert code, "no compiled graph calls torch.ops.awqgemm.gemm"
 
