@@ -186,16 +186,23 @@ int dense_min_m(Family family) {
   }
 }
 
-// sm90 family, auto path: the wgmma kernel for kWgAutoMinM <= M <= kWgAutoMaxM,
-// the sm80 rules outside. Measured on the H200 (benchmarks/results/
-// h200-2026-11-28-wg-v4-subset.txt, fp16, 7 layer shapes; time of the wgmma
-// kernel / the better of x-shared and dequantize + cuBLAS, geomean and range):
-// M = 32 1.26 (0.93-1.53), 64 0.93 (0.71-1.14), 128 0.70 (0.49-0.90),
-// 256 0.79 (0.67-1.00), 512 0.96 (0.83-1.16), 1024 1.06 (1.05-1.07), 4096 1.54.
-// 512 stays with it (no N x K temporary; the wide layers, which carry the time,
-// win there); from 1024 on dequantize + cuBLAS is ahead.
+// sm90 family, auto path: the wgmma kernel for M >= kWgAutoMinM while its grid
+// (before any K split) fills the GPU well enough for the token count, the sm80
+// rules elsewhere. Fitted to the H200 sweep of all 32 layer shapes (benchmarks/
+// results/h200-2026-11-28-wg-v4.txt; time of the wgmma kernel / the better of
+// x-shared and dequantize + cuBLAS): it wins at M = 64-128 everywhere but a few
+// 4096-wide layers (geomean 0.93, 0.74), at 256 on grids of >= half a block per
+// SM (small grids pay split-K partials and lose up to 1.3x), at 512 on grids of
+// >= 1.5 blocks per SM, and from 1024 on dequantize + cuBLAS is ahead (1.2x).
+// The rule, against the sm80 dispatch on the same data: 0.93x the time at
+// M = 64, 0.73x at 128, 0.86x at 256, 0.94x at 512 (fp16 and bf16 alike).
 constexpr int kWgAutoMinM = 64;
-constexpr int kWgAutoMaxM = 512;
+bool wgmma_auto(int M, int N, int sms) {
+  const int blocks = ceil_div(N, kWgNT * kTileN) * ceil_div(M, 128);
+  if (M < kWgAutoMinM || M > 512) return false;
+  if (M <= 128) return true;
+  return M <= 256 ? 2 * blocks >= sms : 2 * blocks >= 3 * sms;
+}
 
 // Largest split-K workspace the wgmma plan may ask for (issue: <= 64 MiB extra per call).
 constexpr int64_t kMaxWorkspaceBytes = int64_t{64} << 20;
@@ -221,7 +228,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   const int64_t want = static_cast<int64_t>(inflight_bytes_per_sm()) * sms;
 
   if (family == Family::kSm90) {
-    if (path == PathRequest::kFused || (path == PathRequest::kAuto && M >= kWgAutoMinM && M <= kWgAutoMaxM)) {
+    if (path == PathRequest::kFused || (path == PathRequest::kAuto && wgmma_auto(M, N, sms))) {
       plan.family = Family::kSm90;
       t.kind = wg_staged_x_bytes(M, K) <= kWgMaxStagedXBytes ? KernelKind::kWgmmaStagedX : KernelKind::kWgmma;
       t.mt = M <= 64 ? 8 : 16;  // BM = 64 or 128 tokens
