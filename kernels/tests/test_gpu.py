@@ -173,9 +173,12 @@ def test_cuda_graph_replay_equals_eager(family, dtype):
 # wait shows up as NaN or as y2 != y1 @ W2. The PDL mode is read once per
 # process (AWQGEMM_PDL), hence one subprocess per mode.
 _PDL_CHAIN = """
-import sys, torch, awqgemm
+import contextlib, sys, torch, awqgemm
 sys.path.insert(0, sys.argv[1])
 from conftest import random_awq
+family = sys.argv[2]
+force = awqgemm.testing.force(family=family, path="fused") if family != "auto" else contextlib.nullcontext()
+force.__enter__()
 k = 4096
 packs = [awqgemm.pack_awq(*random_awq(k, k, 128, torch.float16, "cuda", seed=s), 128) for s in (1, 2)]
 w2 = awqgemm.dequantize_awq(*random_awq(k, k, 128, torch.float16, "cuda", seed=2), 128).double()
@@ -208,13 +211,12 @@ def test_chained_gemms_in_graph_respect_pdl_wait(pdl_mode, family):
     import sys
     from pathlib import Path
 
-    env = {**os.environ, "AWQGEMM_PDL": pdl_mode, "AWQGEMM_FORCE_FAMILY": family, "AWQGEMM_FORCE_PATH": "auto"}
+    env = {**os.environ, "AWQGEMM_PDL": pdl_mode}
     if family != "auto":
         skip_unless_family(family)
-        env["AWQGEMM_FORCE_PATH"] = "fused"
     tests_dir = str(Path(__file__).resolve().parent)
     r = subprocess.run(
-        [sys.executable, "-c", _PDL_CHAIN, tests_dir], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _PDL_CHAIN, tests_dir, family], env=env, capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0 and "chain ok" in r.stdout, r.stdout + r.stderr
 

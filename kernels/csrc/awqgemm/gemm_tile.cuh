@@ -81,7 +81,6 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 // every 64-k tile (packed layout 1).
 struct M16n8Lanes {
   static constexpr int kAcc = 4;
-  static constexpr int kLayout = kLayoutTc16x64;
   __device__ __forceinline__ static int w_row(int lane) { return lane >> 2; }
   __device__ __forceinline__ static int x_row(int lane) { return lane >> 2; }
   __device__ __forceinline__ static int x_koff(int lane) { return 16 * (lane & 3); }
@@ -110,7 +109,6 @@ struct M16n8Lanes {
 // takes k chunk j of every 16-k step.
 struct Volta884Lanes {
   static constexpr int kAcc = 16;  // 2 instructions x 8 fp32 accumulators
-  static constexpr int kLayout = kLayoutVolta884;
   __device__ __forceinline__ static int w_row(int lane) { return (lane & 3) + 4 * (lane >> 4); }
   __device__ __forceinline__ static int x_row(int lane) { return (lane & 3) + 4 * (lane >> 4); }
   __device__ __forceinline__ static int x_koff(int lane) { return 16 * ((lane >> 2) & 3); }
@@ -192,7 +190,6 @@ struct SmemLayout {
 
 // A family (Fam) describes how its MMA sees the lanes:
 //   kAcc                 fp32 accumulators per lane per (8 m x 16 n) tile
-//   kLayout              the packed layout id it reads
 //   w_row(lane)          row r (0..7) of its weights: rows r and r + 8 of a tile
 //   x_row(lane)          token row (0..7) of the activations it loads
 //   x_koff(lane)         first of its 16 contiguous k inside a 64-k tile

@@ -1,4 +1,4 @@
-// The sm80 kernel for 8 < M <= DENSE_MIN_M: warps split N, not K, so the
+// The sm80 kernel for 16 < M below the dense threshold (dispatch.cu): warps split N, not K, so the
 // activation tile of each 64-k step is loaded once per block into shared
 // memory and read by every warp -- at M = 64 the per-warp activation loads of
 // gemm_tc_kernel move twice the bytes of the weights. Weights and (scale, zero)
@@ -128,8 +128,7 @@ __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(con
       }
     };
 
-    // PDL: prefetch this warp's first weight tiles while the previous kernel
-    // drains, then wait for x (see pdl_wait in gemm_tile.cuh).
+    // PDL: x may still be being written by the previous kernel (see pdl_wait in gemm_tile.cuh).
     if (pdl_flags & kPdlLaunched) pdl_wait();
 
 #pragma unroll

@@ -54,9 +54,4 @@ AWQGEMM_HD int padded_n(int n) { return round_up(n, kTileN); }
 AWQGEMM_HD int padded_k(int k) { return round_up(k, kTileK); }
 AWQGEMM_HD int padded_groups(int k, int group) { return ceil_div(padded_k(k), group); }
 
-// Fragment element carried by nibble p of a word.
-AWQGEMM_HD int nibble_element(int p) { return p < 4 ? 2 * p : 2 * (p - 4) + 1; }
-AWQGEMM_HD int element_n(int g, int e) { return g + 8 * ((e >> 1) & 1); }
-AWQGEMM_HD int element_k(int q, int s, int e) { return 16 * q + 4 * s + (e & 1) + 2 * (e >> 2); }
-
 }  // namespace awqgemm

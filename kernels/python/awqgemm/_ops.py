@@ -10,12 +10,22 @@ from . import _layout
 from ._ext import _C
 from .packed import PackedWeight
 from .reference import reference_gemm
-from .testing import state
 
 _DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1}
 # PathRequest in csrc/awqgemm/dispatch.h. The dispatcher (make_plan) decides
 # the path, dense-or-fused included; "reference" never reaches it.
 _PATH_CODE = {"auto": 0, "fused": 1, "dense": 2}
+
+
+class _Override:
+    """The kernel-choice override. Production leaves it at auto; only
+    :func:`awqgemm.testing.force` (tests, benchmarks) changes it."""
+
+    family: int = 0  # 0 = auto, else the family code (70, 75, 80, 90)
+    path: str = "auto"  # auto | fused | dense | reference
+
+
+state = _Override()
 
 _lib = torch.library.Library("awqgemm", "DEF")
 _lib.define(

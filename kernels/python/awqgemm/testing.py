@@ -1,18 +1,20 @@
 """Test-only overrides of the kernel choice.
 
-``AWQGEMM_FORCE_FAMILY`` (``sm70``, ``sm75``, ``sm80``, ``sm90``) and ``AWQGEMM_FORCE_PATH``
-(``fused``, ``dense``, ``reference``) set the initial values; :func:`force` sets
-them for a ``with`` block. Forcing an older family on a newer GPU is how the
-Volta and Turing kernels are tested on an H100: their code is valid there (the
-instructions are a subset), only slower. Pack the weight inside the same block,
-since the sm70 family reads its own layout.
+:func:`force` sets a kernel family (``sm70``, ``sm75``, ``sm80``, ``sm90``) and/or
+a path (``fused``, ``dense``, ``reference``) for a ``with`` block. Forcing an
+older family on a newer GPU is how the Volta and Turing kernels are tested on
+an H100: their code is valid there (the instructions are a subset), only
+slower. Pack the weight inside the same block, since the sm70 family reads its
+own layout. Nothing here is read from the environment: production code never
+changes the dispatcher's choice.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
+
+from ._ops import state
 
 FAMILIES = {"auto": 0, "sm70": 70, "sm75": 75, "sm80": 80, "sm90": 90}
 PATHS = ("auto", "fused", "dense", "reference")
@@ -28,14 +30,6 @@ def _parse_path(name: str) -> str:
     if name not in PATHS:
         raise ValueError(f"awqgemm: unknown path {name!r}; choose one of {list(PATHS)}")
     return name
-
-
-class _State:
-    family: int = _parse_family(os.environ.get("AWQGEMM_FORCE_FAMILY", "auto"))
-    path: str = _parse_path(os.environ.get("AWQGEMM_FORCE_PATH", "auto"))
-
-
-state = _State()
 
 
 @contextlib.contextmanager
