@@ -435,10 +435,11 @@ def build_contenders(
     keep: list[Any] = []
 
     awq_names = [c for c in ("auto", "fused", "wg", "dpath") if c in wanted]
+    cuda = device.type == "cuda"
     if "wg" in awq_names and "sm90a_m64nNk16" not in awqgemm.build_info()["kernel_families"]:
         awq_names.remove("wg")
         unavailable["wg"] = "n/a: this awqgemm build has no sm90a family (CUDA_ARCHITECTURES without 90a-real)"
-    elif "wg" in awq_names and torch.cuda.get_device_capability(device) != (9, 0):
+    elif "wg" in awq_names and (not cuda or torch.cuda.get_device_capability(device) != (9, 0)):
         awq_names.remove("wg")
         unavailable["wg"] = "n/a: the wgmma family runs on compute capability 9.0 only"
     if awq_names:
@@ -446,7 +447,7 @@ def build_contenders(
             dataclasses.replace(base, qweight=base.qweight.clone(), scales=base.scales.clone()) for _ in range(R - 1)
         ]
         keep.append(packs)
-        sm80 = torch.cuda.get_device_capability(device) >= (8, 0)
+        sm80 = cuda and torch.cuda.get_device_capability(device) >= (8, 0)
         force = {
             "auto": {},
             "fused": {"family": "sm80", "path": "fused"} if sm80 else {"path": "fused"},
