@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import has_gpu, random_awq
 
 import awqgemm
 from awqgemm import _layout
+from conftest import has_gpu, random_awq
 
 pytestmark = pytest.mark.gpu
 

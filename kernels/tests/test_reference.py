@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import random_awq
 
 import awqgemm
 from awqgemm import _layout
+from conftest import random_awq
 
 
 def numpy_dequant(qweight, qzeros, scales, group):

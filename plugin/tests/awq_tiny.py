@@ -135,9 +135,7 @@ def train_tokenizer(out_dir: str, vocab_size: int = 512) -> int:
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
     if tok.get_vocab_size() > vocab_size:
         raise ValueError(f"trained {tok.get_vocab_size()} tokens > {vocab_size}")
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     # Fill the vocabulary up to the model's size, so every id decodes.
     fast.add_tokens([f"<extra_{i}>" for i in range(vocab_size - len(fast))])
     assert len(fast) == vocab_size, len(fast)

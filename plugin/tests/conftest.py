@@ -70,9 +70,7 @@ def vllm_cpu_awq() -> VllmCpuAwq:
     library = "_C" if got["avx512_bf16"] else ("_C_AVX512" if got["avx512"] else "_C_AVX2")
     missing = None
     if os.environ.get(HIDE_VLLM_CPU_AWQ) == "1":
-        missing = (
-            f"{HIDE_VLLM_CPU_AWQ}=1 hides torch.ops._C.cpu_gemm_wna16 (as on a CPU without AVX-512)"
-        )
+        missing = f"{HIDE_VLLM_CPU_AWQ}=1 hides torch.ops._C.cpu_gemm_wna16 (as on a CPU without AVX-512)"
     elif not got["op"]:
         missing = (
             f"vllm-cpu loaded {library} on this CPU, which has no torch.ops._C.cpu_gemm_wna16 "
@@ -158,11 +156,7 @@ def run_engines(
         shown, finished = 0, False
         while not finished:  # the runner's one-line-per-engine progress, live
             finished = proc.poll() is not None
-            lines = [
-                x
-                for x in log.read_text(errors="replace").splitlines()
-                if x.startswith(PROGRESS_TAG)
-            ]
+            lines = [x for x in log.read_text(errors="replace").splitlines() if x.startswith(PROGRESS_TAG)]
             for line in lines[shown:]:
                 progress(f"    [{name}] {line.removeprefix(PROGRESS_TAG).strip()}")
             shown = len(lines)
@@ -170,9 +164,7 @@ def run_engines(
             if not finished and time.perf_counter() - t0 > timeout:
                 proc.kill()
                 proc.wait()
-                raise AssertionError(
-                    f"engine runner {name} took over {timeout} s:\n{log.read_text()[-6000:]}"
-                )
+                raise AssertionError(f"engine runner {name} took over {timeout} s:\n{log.read_text()[-6000:]}")
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0 or not out.exists():
         tail = log.read_text()[-6000:]
@@ -203,9 +195,7 @@ class TinyModels:
         for key, spec in self.specs.items():
             path = str(root / key)
             loc = "quant_config.json" if key == "llama_qcfg" else "config.json"
-            self.refs[key] = awq_tiny.write_awq_checkpoint(
-                path, spec, self.tok, config_location=loc
-            )
+            self.refs[key] = awq_tiny.write_awq_checkpoint(path, spec, self.tok, config_location=loc)
             self.paths[key] = path
         self._hf: dict[str, Any] = {}
 

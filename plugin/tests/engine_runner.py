@@ -31,8 +31,7 @@ def hide_vllm_cpu_awq() -> None:
 
     def missing(*args: Any, **kwargs: Any) -> Any:
         raise AttributeError(
-            "torch.ops._C has no attribute 'cpu_gemm_wna16' "
-            "(hidden by AWQGEMM_TEST_HIDE_VLLM_CPU_AWQ=1)"
+            "torch.ops._C has no attribute 'cpu_gemm_wna16' (hidden by AWQGEMM_TEST_HIDE_VLLM_CPU_AWQ=1)"
         )
 
     _custom_ops.cpu_gemm_wna16 = missing
@@ -87,10 +86,7 @@ def run_one(run: dict[str, Any], prompts: list[list[int]], max_tokens: int) -> d
                 "prompt": prompt,
                 "tokens": tokens,
                 "logprobs": [_chosen(lp, t) for lp, t in zip(comp.logprobs, tokens, strict=True)],
-                "prompt_logprobs": [
-                    _chosen(lp, t)
-                    for lp, t in zip(out.prompt_logprobs[1:], prompt[1:], strict=True)
-                ],
+                "prompt_logprobs": [_chosen(lp, t) for lp, t in zip(out.prompt_logprobs[1:], prompt[1:], strict=True)],
             }
         )
     after = compilation_counter.clone()

@@ -19,9 +19,7 @@ def _prompt_logprobs(llm: Any, prompts: list[list[int]], lora: Any = None) -> li
     from vllm import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1)
-    outs = llm.generate(
-        [{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False, lora_request=lora
-    )
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False, lora_request=lora)
     return [
         [float(lp[t].logprob) for lp, t in zip(out.prompt_logprobs[1:], p[1:], strict=True)]
         for p, out in zip(prompts, outs, strict=True)
@@ -35,15 +33,11 @@ def _greedy(llm: Any, prompts: list[list[int]], lora: Any = None) -> list[dict[s
     from vllm import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=1, ignore_eos=True)
-    outs = llm.generate(
-        [{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False, lora_request=lora
-    )
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False, lora_request=lora)
     seqs = []
     for out in outs:
         tokens = list(out.outputs[0].token_ids)
-        logprobs = [
-            float(lp[t].logprob) for lp, t in zip(out.outputs[0].logprobs, tokens, strict=True)
-        ]
+        logprobs = [float(lp[t].logprob) for lp, t in zip(out.outputs[0].logprobs, tokens, strict=True)]
         seqs.append({"tokens": tokens, "logprobs": logprobs})
     return seqs
 

@@ -62,9 +62,7 @@ def _load(layer: torch.nn.Module, q: awq_tiny.AwqTensors) -> None:
 
 def _layer(cfg: dict | None = None, prefix: str = "model.layers.0.mlp.down_proj"):
     qc = AwqGemmConfig.from_config(cfg or CFG)
-    return vllm_linear.ReplicatedLinear(
-        K, N, bias=False, quant_config=qc, params_dtype=torch.float32, prefix=prefix
-    )
+    return vllm_linear.ReplicatedLinear(K, N, bias=False, quant_config=qc, params_dtype=torch.float32, prefix=prefix)
 
 
 class Tiny(torch.nn.Module):
@@ -218,9 +216,7 @@ def test_symmetric_checkpoint_uses_zero_8_whatever_qzeros_holds(vllm_ctx):
 
 def _lm_head(cfg: dict, vocab: int = 256, hidden: int = K, **kw) -> torch.nn.Module:
     qc = AwqGemmConfig.from_config(cfg)
-    return vllm_vocab.ParallelLMHead(
-        vocab, hidden, params_dtype=torch.float32, quant_config=qc, prefix="lm_head", **kw
-    )
+    return vllm_vocab.ParallelLMHead(vocab, hidden, params_dtype=torch.float32, quant_config=qc, prefix="lm_head", **kw)
 
 
 def test_quantized_lm_head_is_served(vllm_ctx):
@@ -292,9 +288,7 @@ def test_batch_invariant_mode_is_refused_or_left_to_vllm(monkeypatch, vllm_ctx):
 @pytest.mark.parametrize(
     "hf_config",
     [
-        types.SimpleNamespace(
-            model_type="dbrx", ffn_config=types.SimpleNamespace(moe_num_experts=16)
-        ),
+        types.SimpleNamespace(model_type="dbrx", ffn_config=types.SimpleNamespace(moe_num_experts=16)),
         types.SimpleNamespace(model_type="ernie4_5_moe", moe_num_experts=64),
     ],
 )
@@ -332,17 +326,13 @@ def test_unquantized_layers_of_a_hub_checkpoint_are_found(monkeypatch, vllm_ctx)
     cfg.maybe_update_config("someorg/Some-AWQ-model", revision="main")
     assert seen["args"] == ("someorg/Some-AWQ-model", "main")
     assert cfg.scanned_unquantized == ["model.layers.0.mlp.gate"]
-    gate = vllm_linear.ReplicatedLinear(
-        K, 8, bias=False, quant_config=cfg, prefix="model.layers.0.mlp.gate"
-    )
+    gate = vllm_linear.ReplicatedLinear(K, 8, bias=False, quant_config=cfg, prefix="model.layers.0.mlp.gate")
     assert not isinstance(gate.quant_method, AwqGemmLinearMethod)
     assert isinstance(_layer_with(cfg).quant_method, AwqGemmLinearMethod)
 
 
 def _layer_with(cfg: AwqGemmConfig) -> torch.nn.Module:
-    return vllm_linear.ReplicatedLinear(
-        K, N, bias=False, quant_config=cfg, prefix="model.layers.0.mlp.down_proj"
-    )
+    return vllm_linear.ReplicatedLinear(K, N, bias=False, quant_config=cfg, prefix="model.layers.0.mlp.down_proj")
 
 
 # ---------------------------------------------------------------------------

@@ -37,9 +37,7 @@ def _skip_reason() -> str | None:
     except ImportError:
         return "torch is not installed"
     if not torch.cuda.is_available():
-        return (
-            "no CUDA GPU (these run on the GPU machine: bash ci/device_vllm.sh ... install tests)"
-        )
+        return "no CUDA GPU (these run on the GPU machine: bash ci/device_vllm.sh ... install tests)"
     try:
         from vllm.platforms import current_platform
     except Exception as exc:  # pragma: no cover - depends on the machine
@@ -125,9 +123,7 @@ def _out_dir(tmp: Path) -> Path:
     return d
 
 
-def _run_engines(
-    tmp: Path, name: str, runs: list[dict[str, Any]], prompts: list[list[int]]
-) -> dict[str, Any]:
+def _run_engines(tmp: Path, name: str, runs: list[dict[str, Any]], prompts: list[list[int]]) -> dict[str, Any]:
     from conftest import engine_env
 
     spec, out, log = tmp / f"{name}-spec.json", tmp / f"{name}-out.json", tmp / f"{name}-log.txt"
@@ -149,9 +145,7 @@ def _run_engines(
             ).returncode
         except subprocess.TimeoutExpired:  # keep the engines that finished (written after each)
             rc = "timeout"
-    print(
-        f"\n[{name}] {len(runs)} engine(s) in {time.perf_counter() - t0:.0f} s, rc={rc} (log {log})"
-    )
+    print(f"\n[{name}] {len(runs)} engine(s) in {time.perf_counter() - t0:.0f} s, rc={rc} (log {log})")
     if not out.exists():
         raise AssertionError(f"engine process {name} failed (rc={rc}):\n{log.read_text()[-6000:]}")
     if os.environ.get("AWQGEMM_GPU_VLLM_OUT"):
@@ -199,9 +193,7 @@ class GpuRuns:
             state = awq_tiny.write_awq_checkpoint(self.paths[key], spec, self.tok)
             model = awq_tiny.reference_model(spec, self.tok, state)
             self.prompts[key] = _prompts(model, spec.vocab, seed=7 + i)
-            self.ref_lp[key] = [
-                awq_tiny.teacher_forced_logprobs(model, p) for p in self.prompts[key]
-            ]
+            self.ref_lp[key] = [awq_tiny.teacher_forced_logprobs(model, p) for p in self.prompts[key]]
             del model
         runs = _run_dicts(SELECTED, self.paths, self.prompts)
         self.results = _run_engines(tmp, "gpu", runs, self.prompts[next(iter(self.specs))])
@@ -231,8 +223,7 @@ class GpuRuns:
         rows = self.rows + (extra or [])
         lines = [
             "prompt logprobs |Δ| (natural log), fp16 engines",
-            f"{'run':42s} {'vs fp32 max':>12s} {'mean':>8s} "
-            f"{'vs awq_marlin max':>18s} {'mean':>8s} {'start s':>8s}",
+            f"{'run':42s} {'vs fp32 max':>12s} {'mean':>8s} {'vs awq_marlin max':>18s} {'mean':>8s} {'start s':>8s}",
         ]
         for r in rows:
             vm = r.get("vs_awq_marlin")
@@ -260,9 +251,7 @@ class GpuRuns:
                 "alias_max": TOL_ALIAS_MAX,
             },
             "rows": rows,
-            "served_by": {
-                n: sorted(set(r.get("served_by", {}).values())) for n, r in self.results.items()
-            },
+            "served_by": {n: sorted(set(r.get("served_by", {}).values())) for n, r in self.results.items()},
             "errors": {n: r["error"] for n, r in self.results.items() if "error" in r},
         }
         (_out_dir(self.tmp) / "gpu-vllm-logprobs.json").write_text(json.dumps(doc, indent=1))

@@ -45,9 +45,7 @@ LORA_ALPHA = 16
 LORA_TARGETS = ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")
 
 
-def run_scenario(
-    tmp: Path, name: str, spec: dict[str, Any], device: str = "cpu", timeout: int = 900
-) -> dict:
+def run_scenario(tmp: Path, name: str, spec: dict[str, Any], device: str = "cpu", timeout: int = 900) -> dict:
     spec_path, out_path, log = tmp / f"{name}.json", tmp / f"{name}-out.json", tmp / f"{name}.log"
     spec_path.write_text(json.dumps({**spec, "dtype": DTYPE[device]}))
     env = engine_env(tmp / f"{name}-vllm-cache")
@@ -170,10 +168,7 @@ def test_lora_adapter_on_an_awqgemm_model(tiny_models: TinyModels, tmp_path: Pat
     d_after = greedy_diff(base_model, prompts, res["after"])
     # the adapter's effect: its run against the base model
     effect = greedy_diff(base_model, prompts, res["lora"])
-    print(
-        f"LoRA: |d| vs merged reference {d_lora:.2e}, base {d_base:.2e}/{d_after:.2e}, "
-        f"effect {effect:.3f}"
-    )
+    print(f"LoRA: |d| vs merged reference {d_lora:.2e}, base {d_base:.2e}/{d_after:.2e}, effect {effect:.3f}")
     assert effect > max(0.05, 4 * TOL[device]), "the adapter changed nothing: was it applied?"
     assert d_lora < TOL[device]
     assert d_base < TOL[device] and d_after < TOL[device]
@@ -185,9 +180,7 @@ def test_lora_adapter_on_an_awqgemm_model(tiny_models: TinyModels, tmp_path: Pat
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_reload_weights_in_place_serves_the_new_checkpoint(
-    tiny_models: TinyModels, tmp_path: Path, device: str
-):
+def test_reload_weights_in_place_serves_the_new_checkpoint(tiny_models: TinyModels, tmp_path: Path, device: str):
     spec_a = tiny_models.specs["llama"]
     spec_b = awq_tiny.TinySpec("llama", group_size=spec_a.group_size, seed=7)
     path_b = str(tmp_path / "llama_b")
@@ -196,9 +189,7 @@ def test_reload_weights_in_place_serves_the_new_checkpoint(
     res = run_scenario(
         tmp_path,
         "reload",
-        dict(
-            scenario="reload", model=tiny_models.paths["llama"], prompts=prompts, reload_from=path_b
-        ),
+        dict(scenario="reload", model=tiny_models.paths["llama"], prompts=prompts, reload_from=path_b),
         device,
     )
     _assert_awqgemm_served(res)
@@ -225,20 +216,14 @@ def test_reload_weights_in_place_serves_the_new_checkpoint(
         ("lm_head", dict(quantize_lm_head=True), ("lm_head",)),
     ],
 )
-def test_checkpoint_variants_are_served(
-    tiny_models: TinyModels, tmp_path: Path, variant, spec_kw, also, device
-):
+def test_checkpoint_variants_are_served(tiny_models: TinyModels, tmp_path: Path, variant, spec_kw, also, device):
     spec = awq_tiny.TinySpec("llama", group_size=64, seed=5, **spec_kw)
     path = str(tmp_path / variant)
     ref = awq_tiny.write_awq_checkpoint(path, spec, tiny_models.tok)
     cfg = json.loads((Path(path) / "config.json").read_text())["quantization_config"]
-    assert (
-        cfg["zero_point"] is spec.zero_point and cfg.get("lm_head", False) is spec.quantize_lm_head
-    )
+    assert cfg["zero_point"] is spec.zero_point and cfg.get("lm_head", False) is spec.quantize_lm_head
     prompts = tiny_models.prompts()
-    res = run_scenario(
-        tmp_path, variant, dict(scenario="serve", model=path, prompts=prompts), device
-    )
+    res = run_scenario(tmp_path, variant, dict(scenario="serve", model=path, prompts=prompts), device)
     _assert_awqgemm_served(res, also)
     d = max_diff(awq_tiny.reference_model(spec, tiny_models.tok, ref), prompts, res["before"])
     print(f"{variant} ({device}): |d| vs transformers fp32 {d:.2e}")

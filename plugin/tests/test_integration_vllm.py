@@ -85,8 +85,7 @@ def compare_with_hf(model: Any, res: dict[str, Any], tie: float) -> Cmp:
             c.n_decode += 1
             if top1[n + i] != toks[i] and margins[n + i] >= tie:
                 c.token_mismatches.append(
-                    f"step {i}: vLLM chose {toks[i]}, reference argmax {top1[n + i]} "
-                    f"(margin {margins[n + i]:.3f})"
+                    f"step {i}: vLLM chose {toks[i]}, reference argmax {top1[n + i]} (margin {margins[n + i]:.3f})"
                 )
     return c
 
@@ -106,9 +105,7 @@ def compare_engines(model: Any, a: dict[str, Any], b: dict[str, Any], tie: float
                 full = sa["prompt"] + sa["tokens"][:i]
                 margin = awq_tiny.greedy_margins(model, [*full, ta])[-1]
                 if margin >= tie:
-                    c.token_mismatches.append(
-                        f"step {i}: {ta} vs {tb}, reference margin {margin:.3f}"
-                    )
+                    c.token_mismatches.append(f"step {i}: {ta} vs {tb}, reference margin {margin:.3f}")
                 break
             c.decode_max = max(c.decode_max, abs(sa["logprobs"][i] - sb["logprobs"][i]))
             c.n_decode += 1
@@ -266,9 +263,7 @@ def test_awqgemm_16bit_matches_transformers(tiny_models, runs_of, key, run, ref_
 
 
 @pytest.mark.parametrize(("key", "run", "ref_run"), PAIRS_16BIT)
-def test_awqgemm_16bit_as_close_to_transformers_as_vllm_awq(
-    tiny_models, runs_of, key, run, ref_run
-):
+def test_awqgemm_16bit_as_close_to_transformers_as_vllm_awq(tiny_models, runs_of, key, run, ref_run):
     """awqgemm in 16 bits must sit as close to transformers fp32 as vLLM's own AWQ does."""
     vllm_cpu_awq().require()
     res, ref = runs_of(key)[run], runs_of(key)[ref_run]
@@ -314,9 +309,7 @@ def test_llama_compiled_run_used_torch_compile_with_the_awqgemm_op(llama_runs):
     assert compiled > 0, counters
     # the op is in inductor's generated code, i.e. inside the compiled graph
     code = [
-        f
-        for f in Path(res["cache_root"]).glob("**/*.py")
-        if "torch.ops.awqgemm.gemm" in f.read_text(errors="replace")
+        f for f in Path(res["cache_root"]).glob("**/*.py") if "torch.ops.awqgemm.gemm" in f.read_text(errors="replace")
     ]
     assert code, "no compiled graph calls torch.ops.awqgemm.gemm"
 

@@ -56,7 +56,8 @@ def test_checkpoint_files(tmp_path):
     spec = awq_tiny.TinySpec("qwen2", group_size=32)
     out = str(tmp_path / "m")
     ref = awq_tiny.write_awq_checkpoint(out, spec, tok)
-    cfg = json.load(open(os.path.join(out, "config.json")))
+    with open(os.path.join(out, "config.json")) as f:
+        cfg = json.load(f)
     assert cfg["quantization_config"]["quant_method"] == "awq"
     assert cfg["quantization_config"]["group_size"] == 32
     from safetensors.torch import load_file

@@ -182,13 +182,9 @@ def test_get_quant_method_per_layer_kind(vllm_ctx):
     from vllm.model_executor.layers.linear import UnquantizedLinearMethod
 
     cfg = AwqGemmConfig.from_config({**CFG, "modules_to_not_convert": ["visual"]})
-    lin = vllm_linear.ReplicatedLinear(
-        128, 64, bias=False, quant_config=cfg, prefix="model.layers.0.mlp.down_proj"
-    )
+    lin = vllm_linear.ReplicatedLinear(128, 64, bias=False, quant_config=cfg, prefix="model.layers.0.mlp.down_proj")
     assert isinstance(lin.quant_method, AwqGemmLinearMethod)
-    skipped = vllm_linear.ReplicatedLinear(
-        128, 64, bias=False, quant_config=cfg, prefix="visual.blocks.0.proj"
-    )
+    skipped = vllm_linear.ReplicatedLinear(128, 64, bias=False, quant_config=cfg, prefix="visual.blocks.0.proj")
     assert isinstance(skipped.quant_method, UnquantizedLinearMethod)
     assert cfg.get_quant_method(torch.nn.LayerNorm(4), "model.norm") is None
 
@@ -235,9 +231,7 @@ def test_start_up_errors_reach_the_user(tiny_models, tmp_path, monkeypatch):
 
 def test_alias_and_quant_config_json_resolve_to_awqgemm(tiny_models, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    mc = ModelConfig(
-        model=tiny_models.paths["llama"], quantization="awq_turbomind", dtype="float32"
-    )
+    mc = ModelConfig(model=tiny_models.paths["llama"], quantization="awq_turbomind", dtype="float32")
     assert mc.quantization == "awqgemm"
     qc = VllmConfig.get_quantization_config(mc, LoadConfig())
     assert isinstance(qc, AwqGemmConfig) and qc.group_size == 128
@@ -289,9 +283,7 @@ def test_replicated_layer_matches_dequantized_reference(vllm_ctx, group, dtype):
     assert {"awqgemm_qweight", "awqgemm_scales", "bias"} <= names
     assert not names & {"qweight", "qzeros", "scales"}
     # scales are rounded to the activation dtype, as the layer stores them
-    w = awq_tiny.dequantize(
-        awq_tiny.AwqTensors(q.qweight, q.qzeros, q.scales.to(dtype).to(torch.float32)), group
-    )
+    w = awq_tiny.dequantize(awq_tiny.AwqTensors(q.qweight, q.qzeros, q.scales.to(dtype).to(torch.float32)), group)
     for m in (1, 7, 300):
         x = torch.randn(m, k).to(dtype)
         out, _ = layer(x)
@@ -306,9 +298,7 @@ def test_apply_is_one_awqgemm_call_whatever_the_token_count(vllm_ctx, monkeypatc
     from awqgemm_vllm import linear as our_linear
 
     cfg = AwqGemmConfig.from_config(CFG)
-    layer = vllm_linear.ReplicatedLinear(
-        128, 64, bias=False, quant_config=cfg, prefix="p", params_dtype=torch.float32
-    )
+    layer = vllm_linear.ReplicatedLinear(128, 64, bias=False, quant_config=cfg, prefix="p", params_dtype=torch.float32)
     q, _ = _quant(64, 128, 64, seed=1)
     _load(layer, q)
     layer.quant_method.process_weights_after_loading(layer)
@@ -333,9 +323,7 @@ def test_compiled_apply_is_one_graph_for_all_token_counts(vllm_ctx):
     import torch._dynamo
 
     cfg = AwqGemmConfig.from_config(CFG)
-    layer = vllm_linear.ReplicatedLinear(
-        128, 64, bias=True, quant_config=cfg, prefix="p", params_dtype=torch.float32
-    )
+    layer = vllm_linear.ReplicatedLinear(128, 64, bias=True, quant_config=cfg, prefix="p", params_dtype=torch.float32)
     q, _ = _quant(64, 128, 64, seed=2)
     _load(layer, q)
     layer.bias.data.copy_(torch.randn(64))
@@ -357,9 +345,7 @@ def test_bf16_on_v100_fails_at_weight_creation(vllm_ctx, monkeypatch):
     on_platform(monkeypatch, Platform("cuda", 70))
     cfg = AwqGemmConfig.from_config(CFG)
     with pytest.raises(AwqGemmConfigError, match="--dtype float16"):
-        vllm_linear.ReplicatedLinear(
-            128, 64, bias=False, quant_config=cfg, prefix="p", params_dtype=torch.bfloat16
-        )
+        vllm_linear.ReplicatedLinear(128, 64, bias=False, quant_config=cfg, prefix="p", params_dtype=torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------
@@ -390,9 +376,7 @@ def test_merged_column_parallel_gate_up_shards(vllm_ctx, tp, tp_size):
         _load(layer, qu, 1)
         layer.quant_method.process_weights_after_loading(layer)
         out = layer(x)[0]
-        ref = torch.cat(
-            [x @ wg[:, r * part : (r + 1) * part], x @ wu[:, r * part : (r + 1) * part]], 1
-        )
+        ref = torch.cat([x @ wg[:, r * part : (r + 1) * part], x @ wu[:, r * part : (r + 1) * part]], 1)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
 
 
@@ -489,9 +473,7 @@ def test_replicated_layer_on_the_gpu(vllm_ctx):
     k, n, group = 4096, 1376, 128  # a Llama-2 TP shard width
     cfg = AwqGemmConfig.from_config({**CFG, "group_size": group})
     with torch.device("cuda"):
-        layer = vllm_linear.ReplicatedLinear(
-            k, n, bias=True, quant_config=cfg, params_dtype=torch.float16, prefix="p"
-        )
+        layer = vllm_linear.ReplicatedLinear(k, n, bias=True, quant_config=cfg, params_dtype=torch.float16, prefix="p")
     q, _ = _quant(n, k, group, seed=5)
     _load(layer, awq_tiny.AwqTensors(q.qweight.cuda(), q.qzeros.cuda(), q.scales.cuda()))
     layer.bias.data.copy_(torch.randn(n, dtype=torch.float16))

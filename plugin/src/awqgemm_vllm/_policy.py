@@ -83,9 +83,7 @@ def vllm_requirement() -> str:
     text = files(__package__).joinpath(VLLM_REQUIREMENT_FILE).read_text()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     if len(lines) != 1 or not lines[0].startswith("vllm"):
-        raise AwqGemmVersionError(
-            f"{VLLM_REQUIREMENT_FILE} must hold one 'vllm...' requirement line, got {lines}."
-        )
+        raise AwqGemmVersionError(f"{VLLM_REQUIREMENT_FILE} must hold one 'vllm...' requirement line, got {lines}.")
     return lines[0]
 
 
@@ -100,9 +98,7 @@ def check_vllm_version(version: str, requirement: str, allow_untested: bool = Fa
     try:
         parsed = Version(version)
     except InvalidVersion:
-        raise AwqGemmVersionError(
-            f"awqgemm-vllm cannot read the vLLM version {version!r}."
-        ) from None
+        raise AwqGemmVersionError(f"awqgemm-vllm cannot read the vLLM version {version!r}.") from None
     # compare the release only: 0.33.1.dev3+gabc or 0.32.0+cpu count as 0.33.1, 0.32.0
     if spec.contains(Version(parsed.base_version), prereleases=True):
         return True
@@ -115,9 +111,7 @@ def check_vllm_version(version: str, requirement: str, allow_untested: bool = Fa
     )
 
 
-def env_flag(
-    name: str, environ: Mapping[str, str] | None = None, hint: str = "set it to 1 or 0"
-) -> bool:
+def env_flag(name: str, environ: Mapping[str, str] | None = None, hint: str = "set it to 1 or 0") -> bool:
     """A boolean environment switch: 1/true/yes/on or 0/false/no/off (default)."""
     env = os.environ if environ is None else environ
     raw = env.get(name, "").strip().lower()
@@ -156,19 +150,13 @@ def _first(cfg: Mapping[str, Any], keys: Sequence[str]) -> tuple[bool, Any]:
 
 def _as_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str | float):
-        raise AwqGemmConfigError(
-            f"AWQ quantization config: {what} must be an integer, got {value!r}."
-        )
+        raise AwqGemmConfigError(f"AWQ quantization config: {what} must be an integer, got {value!r}.")
     try:
         as_float = float(value)
     except ValueError:
-        raise AwqGemmConfigError(
-            f"AWQ quantization config: {what} must be an integer, got {value!r}."
-        ) from None
+        raise AwqGemmConfigError(f"AWQ quantization config: {what} must be an integer, got {value!r}.") from None
     if as_float != int(as_float):
-        raise AwqGemmConfigError(
-            f"AWQ quantization config: {what} must be an integer, got {value!r}."
-        )
+        raise AwqGemmConfigError(f"AWQ quantization config: {what} must be an integer, got {value!r}.")
     return int(as_float)
 
 
@@ -179,9 +167,7 @@ def _as_bool(value: Any, what: str) -> bool:
         return value.lower() == "true"
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise AwqGemmConfigError(
-        f"AWQ quantization config: {what} must be true or false, got {value!r}."
-    )
+    raise AwqGemmConfigError(f"AWQ quantization config: {what} must be true or false, got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -202,9 +188,7 @@ def parse_awq_config(cfg: Mapping[str, Any]) -> AwqSettings:
     serve it.  Raises :class:`AwqGemmConfigError` naming the problem and what to do.
     """
     if not isinstance(cfg, Mapping):
-        raise AwqGemmConfigError(
-            f"AWQ quantization config must be a JSON object, got {type(cfg).__name__}."
-        )
+        raise AwqGemmConfigError(f"AWQ quantization config must be a JSON object, got {type(cfg).__name__}.")
     method = cfg.get("quant_method")
     if method is not None and str(method).lower() != "awq":
         raise AwqGemmConfigError(
@@ -216,8 +200,7 @@ def parse_awq_config(cfg: Mapping[str, Any]) -> AwqSettings:
     found, bits = _first(cfg, ("w_bit", "bits"))
     if not found:
         raise AwqGemmConfigError(
-            "AWQ quantization config has no 'w_bit' or 'bits' key; "
-            "cannot tell the weight bit width."
+            "AWQ quantization config has no 'w_bit' or 'bits' key; cannot tell the weight bit width."
         )
     bits = _as_int(bits, "bits")
     if bits not in SUPPORTED_BITS:
@@ -229,9 +212,7 @@ def parse_awq_config(cfg: Mapping[str, Any]) -> AwqSettings:
 
     found, group = _first(cfg, ("q_group_size", "group_size"))
     if not found:
-        raise AwqGemmConfigError(
-            "AWQ quantization config has no 'q_group_size' or 'group_size' key."
-        )
+        raise AwqGemmConfigError("AWQ quantization config has no 'q_group_size' or 'group_size' key.")
     group = _as_int(group, "group_size")
     if group not in SUPPORTED_GROUP_SIZES:
         hint = " (per-channel quantization)" if group in (-1, 0) else ""
@@ -261,8 +242,7 @@ def parse_awq_config(cfg: Mapping[str, Any]) -> AwqSettings:
         modules = []
     if isinstance(modules, str) or not isinstance(modules, Iterable):
         raise AwqGemmConfigError(
-            "AWQ quantization config: modules_to_not_convert must be a list of "
-            f"module names, got {modules!r}."
+            f"AWQ quantization config: modules_to_not_convert must be a list of module names, got {modules!r}."
         )
     modules = tuple(str(m) for m in modules)
 
@@ -287,9 +267,7 @@ def is_awq_checkpoint(hf_quant_cfg: Mapping[str, Any] | None) -> bool:
 
 def env_take_over(environ: Mapping[str, str] | None = None) -> bool:
     """Whether ``AWQGEMM_TAKE_OVER_AWQ`` asks to take every AWQ checkpoint."""
-    return env_flag(
-        TAKE_OVER_ENV, environ, hint="set it to 1 (take all AWQ checkpoints) or 0 (default)"
-    )
+    return env_flag(TAKE_OVER_ENV, environ, hint="set it to 1 (take all AWQ checkpoints) or 0 (default)")
 
 
 #: Config keys that give the number of routed experts, by architecture:
@@ -389,9 +367,7 @@ def decide_override(
     if platform.kind == "cuda" and platform.capability is not None:
         cap = platform.capability
         if MIN_CAPABILITY <= cap < VLLM_AWQ_MIN_CAPABILITY:
-            return CANONICAL_NAME, (
-                f"GPU capability {cap / 10:.1f} has no vLLM AWQ kernel; awqgemm serves it"
-            )
+            return CANONICAL_NAME, (f"GPU capability {cap / 10:.1f} has no vLLM AWQ kernel; awqgemm serves it")
         if cap < MIN_CAPABILITY:
             return None, f"GPU capability {cap / 10:.1f} is below awqgemm's minimum 7.0"
     if take_over_all:
@@ -422,11 +398,7 @@ def check_act_dtype(dtype_name: str, platform: Platform) -> None:
     if dtype_name == "float16":
         return
     if dtype_name == "bfloat16":
-        if (
-            platform.kind == "cuda"
-            and platform.capability is not None
-            and platform.capability < BF16_MIN_CAPABILITY
-        ):
+        if platform.kind == "cuda" and platform.capability is not None and platform.capability < BF16_MIN_CAPABILITY:
             raise AwqGemmConfigError(
                 f"bfloat16 needs compute capability 8.0 or newer; this GPU has "
                 f"{platform.capability / 10:.1f}. Start vLLM with '--dtype float16'."
@@ -436,8 +408,7 @@ def check_act_dtype(dtype_name: str, platform: Platform) -> None:
         return
     allowed = "float16 or bfloat16" + (", or float32" if platform.kind == "cpu" else "")
     raise AwqGemmConfigError(
-        f"awqgemm runs activations in {allowed}; the model dtype is {dtype_name}. "
-        "Start vLLM with '--dtype float16'."
+        f"awqgemm runs activations in {allowed}; the model dtype is {dtype_name}. Start vLLM with '--dtype float16'."
     )
 
 
@@ -458,8 +429,7 @@ def check_linear_shard(
     name = prefix or "<linear layer>"
     if input_size_per_partition <= 0 or any(n <= 0 for n in output_partition_sizes):
         raise AwqGemmConfigError(
-            f"{name}: empty shard (input {input_size_per_partition}, outputs "
-            f"{list(output_partition_sizes)})."
+            f"{name}: empty shard (input {input_size_per_partition}, outputs {list(output_partition_sizes)})."
         )
     if input_size_per_partition % group_size != 0:
         tp = max(1, input_size // input_size_per_partition)
@@ -483,11 +453,7 @@ def check_linear_shard(
 
 def valid_row_parallel_sizes(input_size: int, group_size: int, limit: int = 8) -> list[int]:
     """Tensor-parallel sizes (up to ``limit``) that split K into whole groups."""
-    return [
-        tp
-        for tp in range(1, limit + 1)
-        if input_size % tp == 0 and (input_size // tp) % group_size == 0
-    ]
+    return [tp for tp in range(1, limit + 1) if input_size % tp == 0 and (input_size // tp) % group_size == 0]
 
 
 def module_is_skipped(
@@ -568,8 +534,4 @@ def _safetensors_dtypes(path: str) -> dict[str, str]:
         if n <= 0 or n > 100 * 2**20:
             raise AwqGemmConfigError(f"{path}: not a safetensors file (bad header size).")
         header = json.loads(f.read(n))
-    return {
-        k: v.get("dtype", "")
-        for k, v in header.items()
-        if k != "__metadata__" and isinstance(v, dict)
-    }
+    return {k: v.get("dtype", "") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}

@@ -153,9 +153,7 @@ class AwqGemmConfig(QuantizationConfig):
         if self.scanned_unquantized:
             self.scanned_unquantized = hf_to_vllm_mapper.apply_list(self.scanned_unquantized)
 
-    def maybe_update_config(
-        self, model_name: str, hf_config: Any = None, revision: str | None = None
-    ) -> None:
+    def maybe_update_config(self, model_name: str, hf_config: Any = None, revision: str | None = None) -> None:
         # Checkpoints that leave layers unquantized without listing them in
         # modules_to_not_convert: find them from the safetensors headers, of a
         # local folder or of a Hub repository (through vLLM's metadata reader).

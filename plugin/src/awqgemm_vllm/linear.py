@@ -171,12 +171,8 @@ class AwqGemmLinearMethod(LinearMethodBase):
             delattr(layer, name)
         # The packed tensors become parameters of the layer, so vLLM moves,
         # counts, reloads and shares them like any weight.
-        layer.register_parameter(
-            PACKED_QWEIGHT, torch.nn.Parameter(packed.qweight, requires_grad=False)
-        )
-        layer.register_parameter(
-            PACKED_SCALES, torch.nn.Parameter(packed.scales, requires_grad=False)
-        )
+        layer.register_parameter(PACKED_QWEIGHT, torch.nn.Parameter(packed.qweight, requires_grad=False))
+        layer.register_parameter(PACKED_SCALES, torch.nn.Parameter(packed.scales, requires_grad=False))
         self._register_alias(layer)
         self._check_packed(layer, packed.layout)
 
