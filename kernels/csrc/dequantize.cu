@@ -1,11 +1,11 @@
 // Arch-neutral helpers: the split-K reduction and dequantization to a dense
 // weight (the large-M path hands that to cuBLAS through torch).
-#include "awqgemm/families.h"
+//
+// Compiled for every arch of the build, sm_70 included in CUDA 12.x builds; CI
+// checks that with NVRTC 12.9, so the host half is hidden from NVRTC.
 #include "awqgemm/gemm_tile.cuh"
-#include "awqgemm/launch.h"
 
 namespace awqgemm {
-namespace {
 
 template <typename T>
 __global__ void splitk_reduce_kernel(const GemmProblem p, const int splits) {
@@ -55,6 +55,15 @@ __global__ void dequantize_t_kernel(const uint32_t* qweight, const uint2* scale_
     }
   }
 }
+
+}  // namespace awqgemm
+
+#if !defined(__CUDACC_RTC__)
+#include "awqgemm/families.h"
+#include "awqgemm/launch.h"
+
+namespace awqgemm {
+namespace {
 
 int grid_for(int64_t work, int threads) {
   const int64_t blocks = (work + threads - 1) / threads;
@@ -108,3 +117,4 @@ cudaError_t launch_dequantize_t(const void* qweight, const void* scale_zero, int
 }
 
 }  // namespace awqgemm
+#endif

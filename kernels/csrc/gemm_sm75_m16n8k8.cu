@@ -2,13 +2,14 @@
 // packed layout was chosen so that a m16n8k16 step is exactly two m16n8k8
 // steps: A registers {0,1} and B register 0 are k 0..7, {2,3} and 1 are k 8..15.
 // No cp.async on Turing, so weights are prefetched into registers.
-#include "awqgemm/families.h"
-#include "awqgemm/launch.h"
+//
+// CUDA 12.x builds compile this file for sm_70 too (every TU gets the whole arch
+// list); CI checks that with NVRTC 12.9, so the host half is hidden from NVRTC.
+#include "awqgemm/gemm_tile.cuh"
 
 namespace awqgemm {
-namespace {
 
-struct MmaSm75 : M16n8Lanes {
+struct Sm75M16n8k8 : M16n8Lanes {
   template <typename T>
   __host__ __device__ static constexpr bool supported() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 750
@@ -33,11 +34,18 @@ struct MmaSm75 : M16n8Lanes {
   }
 };
 
-}  // namespace
+}  // namespace awqgemm
+
+#if !defined(__CUDACC_RTC__)
+#include "awqgemm/families.h"
+#include "awqgemm/launch.h"
+
+namespace awqgemm {
 
 cudaError_t launch_sm75_m16n8k8(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   if (p.dtype != DType::kFloat16) return cudaErrorNotSupported;
-  return launch_family<__half, MmaSm75, false>(p, cfg, stream);
+  return launch_family<__half, Sm75M16n8k8, false>(p, cfg, stream);
 }
 
 }  // namespace awqgemm
+#endif

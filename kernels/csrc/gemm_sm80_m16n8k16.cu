@@ -1,13 +1,14 @@
 // Ampere, Ada, Hopper and Blackwell: mma.sync m16n8k16 with fp32 accumulate,
 // fp16 and bf16 activations, weights streamed through a cp.async ring.
-#include "awqgemm/families.h"
+//
+// CUDA 12.x builds compile this file for sm_70 and sm_75 too (every TU gets the
+// whole arch list; there the kernels reduce to a trap, never launched); CI checks
+// that with NVRTC 12.9, so the host half is hidden from NVRTC.
 #include "awqgemm/gemm_xshared.cuh"
-#include "awqgemm/launch.h"
 
 namespace awqgemm {
-namespace {
 
-struct MmaSm80 : M16n8Lanes {
+struct Sm80M16n8k16 : M16n8Lanes {
   template <typename T>
   __host__ __device__ static constexpr bool supported() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -37,18 +38,27 @@ struct MmaSm80 : M16n8Lanes {
   }
 };
 
+}  // namespace awqgemm
+
+#if !defined(__CUDACC_RTC__)
+#include "awqgemm/families.h"
+#include "awqgemm/launch.h"
+
+namespace awqgemm {
+namespace {
+
 template <typename T, int MT>
 cudaError_t launch_xs(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   constexpr int kSmem = XsSmem<MT, kXsNT, kXsWarps, xs_stages(MT)>::kBytes;
   const int ntiles = padded_n(p.N) / kTileN;
   const dim3 grid(ceil_div(ntiles, kXsNT * kXsWarps), ceil_div(p.M, 8 * MT), cfg.splits);
-  return launch_with_smem<kSmem, gemm_xs_kernel<T, MT, kXsNT, kXsWarps, xs_stages(MT), MmaSm80>>(grid, kXsWarps * 32, p, cfg,
-                                                                                            stream);
+  constexpr auto kernel = gemm_xs_kernel<T, MT, kXsNT, kXsWarps, xs_stages(MT), Sm80M16n8k16>;
+  return launch_with_smem<kSmem, kernel>(grid, kXsWarps * 32, p, cfg, stream);
 }
 
 template <typename T>
 cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
-  if (cfg.kind == KernelKind::kKSplit) return launch_family<T, MmaSm80, true>(p, cfg, stream);
+  if (cfg.kind == KernelKind::kKSplit) return launch_family<T, Sm80M16n8k16, true>(p, cfg, stream);
   if (cfg.nt != kXsNT || cfg.kwarps != kXsWarps) return cudaErrorInvalidConfiguration;
   switch (cfg.mt) {
     case 4: return launch_xs<T, 4>(p, cfg, stream);
@@ -65,3 +75,4 @@ cudaError_t launch_sm80_m16n8k16(const GemmProblem& p, const TileConfig& cfg, cu
 }
 
 }  // namespace awqgemm
+#endif
