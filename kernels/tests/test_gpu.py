@@ -136,9 +136,13 @@ def test_pack_on_gpu_matches_cpu():
     qweight, qzeros, scales = random_awq(1152, 1376, 128, torch.float16)
     cpu = awqgemm.pack_awq(qweight, qzeros, scales, 128)
     gpu = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), 128)
-    if gpu.layout == cpu.layout:
+    # The GPU packs for its own family: layout 2 on a Volta, layout 1 (as on the CPU) on every newer GPU.
+    volta_gpu = torch.cuda.get_device_capability() < (7, 5)
+    assert gpu.layout == (_layout.LAYOUT_VOLTA884 if volta_gpu else cpu.layout)
+    if not volta_gpu:
         assert torch.equal(gpu.qweight.cpu(), cpu.qweight)
     assert torch.equal(gpu.scales.cpu(), cpu.scales)
+    assert torch.equal(awqgemm.dequantize_packed(gpu).cpu(), awqgemm.dequantize_packed(cpu))
     with awqgemm.testing.force(family="sm70"):
         volta = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), 128)
     assert volta.layout == _layout.LAYOUT_VOLTA884
