@@ -298,3 +298,16 @@ def test_sanitizer_subset():
                         check(x, qweight, qzeros, scales, group, label=f"sanitizer {family} M={m}")
                     with awqgemm.testing.force(family=family, path="dense"):
                         check(torch.randn(70, k, dtype=dtype, device="cuda"), qweight, qzeros, scales, group)
+
+
+def test_plan_info_names_the_dispatchers_choice():
+    """The public plan query agrees with the dispatch rules in docs/design.md."""
+    assert awqgemm.plan_info(1, 4096, 4096)["kernel"] == "k_split"
+    assert awqgemm.plan_info(4096, 4096, 4096)["dense"]
+    wide = awqgemm.plan_info(128, 28672, 4096)
+    if "sm90" in families():
+        assert (wide["family"], wide["kernel"]) == ("sm90", "wgmma_staged_x"), wide
+    else:
+        assert wide["kernel"] == "x_shared", wide
+    with awqgemm.testing.force(path="dense"):
+        assert awqgemm.plan_info(1, 4096, 4096)["kernel"] == "dequantize+dense"

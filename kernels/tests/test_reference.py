@@ -276,3 +276,11 @@ def test_import_fails_loudly_on_a_malformed_knob():
     env = {**os.environ, "AWQGEMM_PDL": "yes"}
     r = subprocess.run([sys.executable, "-c", "import awqgemm"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "AWQGEMM_PDL='yes'" in r.stderr
+
+
+def test_plan_info_off_the_gpu_is_the_reference_path_and_checks_its_inputs():
+    assert awqgemm.plan_info(64, 4096, 4096, torch.float16, "cpu")["kernel"] == "reference"
+    with pytest.raises(ValueError, match="M must be a positive int"):
+        awqgemm.plan_info(0, 4096, 4096)
+    with pytest.raises(TypeError, match="float16 or bfloat16"):
+        awqgemm.plan_info(1, 4096, 4096, torch.float32, "cpu")

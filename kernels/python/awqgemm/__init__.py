@@ -29,6 +29,7 @@ __all__ = [
     "gemm",
     "have_cuda_kernels",
     "pack_awq",
+    "plan_info",
     "reference_gemm",
     "testing",
     "unpack_awq",
@@ -121,6 +122,19 @@ def gemm(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None
     return torch.ops.awqgemm.gemm(
         x, packed.qweight, packed.scales, bias, packed.K, packed.N, packed.group_size, packed.layout
     )
+
+
+def plan_info(M: int, N: int, K: int, dtype: torch.dtype = torch.float16, device: torch.device | str = "cuda") -> dict:
+    """The dispatcher's choice for an ``[M, K] @ [K, N]`` GEMM on ``device``: kernel family, kernel
+    (``k_split``, ``x_shared``, ``wgmma``, ``wgmma_staged_x``, ``dequantize+dense``, or ``reference``
+    off the GPU), tokens per tile, K splits and workspace bytes. For benchmarks and for understanding
+    a layer's speed; ``gemm`` makes the same plan itself."""
+    for name, v in (("M", M), ("N", N), ("K", K)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"awqgemm: {name} must be a positive int, got {v!r}")
+    if dtype not in ACTIVATION_DTYPES:
+        raise TypeError(f"awqgemm: dtype must be float16 or bfloat16, got {dtype}")
+    return _ops.plan_info(M, N, K, dtype, torch.device(device))
 
 
 def build_info() -> dict:
