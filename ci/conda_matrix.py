@@ -117,9 +117,20 @@ def archs_for(cuda: str) -> list[str]:
     return t[cuda]
 
 
+VLLM_REQUIREMENT = ROOT / "plugin" / "src" / "awqgemm_vllm" / "vllm-requirement.txt"
+
+
 def check_versions() -> None:
-    """recipe.yaml's versions must equal the pyproject versions of what it packages."""
+    """recipe.yaml's versions must equal the pyproject versions of what it packages, and its vllm
+    pin the plugin's vllm-requirement.txt (the one place the supported range is written)."""
     txt = RECIPE.read_text()
+    req = next(
+        line.strip() for line in VLLM_REQUIREMENT.read_text().splitlines() if line.strip() and line[0] != "#"
+    )
+    want = "vllm " + req.removeprefix("vllm").strip()
+    pins = re.findall(r"^\s+- (vllm [^\n]*)$", txt, re.M)
+    if pins != [want]:
+        die(f"recipe/recipe.yaml pins {pins}, but {VLLM_REQUIREMENT.relative_to(ROOT)} says {want!r}")
     for key, pyproject in (
         ("version", ROOT / "kernels" / "pyproject.toml"),
         ("plugin_version", ROOT / "plugin" / "pyproject.toml"),
