@@ -124,9 +124,7 @@ def check_versions() -> None:
     """recipe.yaml's versions must equal the pyproject versions of what it packages, and its vllm
     pin the plugin's vllm-requirement.txt (the one place the supported range is written)."""
     txt = RECIPE.read_text()
-    req = next(
-        line.strip() for line in VLLM_REQUIREMENT.read_text().splitlines() if line.strip() and line[0] != "#"
-    )
+    req = next(line.strip() for line in VLLM_REQUIREMENT.read_text().splitlines() if line.strip() and line[0] != "#")
     want = "vllm " + req.removeprefix("vllm").strip()
     pins = re.findall(r"^\s+- (vllm [^\n]*)$", txt, re.M)
     if pins != [want]:
