@@ -350,22 +350,6 @@ def measure_read_bw(timer: GraphTimer | FakeTimer, dry: bool, device: torch.devi
 # ----------------------------------------------------------------------------- contenders
 
 
-def random_awq(
-    K: int, N: int, G: int, dtype: torch.dtype, device: torch.device, seed: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A random AWQ triple (qweight, qzeros, scales) with realistic magnitudes (as kernels/tests/conftest.py)."""
-    from awqgemm import _layout
-
-    gen = torch.Generator(device=device).manual_seed(seed)
-    q = torch.randint(0, 16, (K, N), generator=gen, dtype=torch.uint8, device=device)
-    z = torch.randint(0, 16, (K // G, N), generator=gen, dtype=torch.uint8, device=device)
-    s = (torch.rand(K // G, N, generator=gen, device=device) + 0.5) / (8 * K**0.5)
-    qweight = _layout.pack_awq_int4(q)
-    del q
-    qzeros = _layout.pack_awq_int4(z)
-    return qweight, qzeros, s.to(dtype)
-
-
 @dataclasses.dataclass
 class Contender:
     name: str
@@ -427,7 +411,7 @@ def build_contenders(
 
     dtype = DTYPES[dname]
     K, N = shape.K, shape.N
-    qw, qz, s = random_awq(K, N, G, dtype, device, seed)
+    qw, qz, s = awqgemm.testing.random_awq(K, N, G, dtype, device, seed)
     base = awqgemm.pack_awq(qw, qz, s, G)
     w_dense = awqgemm.dequantize_awq(qw, qz, s, G)  # [K, N] in dtype: the same function the AWQ kernels compute
     contenders: dict[str, Contender] = {}

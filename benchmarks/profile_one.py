@@ -10,7 +10,6 @@ import argparse
 import torch
 
 import awqgemm
-from awqgemm import _layout
 
 
 def main() -> None:
@@ -25,20 +24,13 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3)
     a = ap.parse_args()
     dtype = torch.float16 if a.dtype == "fp16" else torch.bfloat16
-    q = torch.randint(0, 16, (a.k, a.n), dtype=torch.uint8, device="cuda")
-    z = torch.randint(0, 16, (a.k // a.group, a.n), dtype=torch.uint8, device="cuda")
-    s = (torch.rand(a.k // a.group, a.n, device="cuda") / a.k).to(dtype)
-    packed = awqgemm.pack_awq(_layout.pack_awq_int4(q), _layout.pack_awq_int4(z), s, a.group)
+    awq = awqgemm.testing.random_awq(a.k, a.n, a.group, dtype, "cuda", seed=0)
     x = torch.randn(a.m, a.k, dtype=dtype, device="cuda")
-    from awqgemm._ext import _C
-
-    dev = torch.cuda.current_device()
-    path_code = {"auto": 0, "fused": 1, "dense": 2}.get(a.path, 0)
-    fam_code = awqgemm.testing.FAMILIES[a.family]
-    code, family, _, dense, ws = _C.plan(fam_code, path_code, 0 if a.dtype == "fp16" else 1, a.m, a.n, a.k, dev)
-    kind = "dense" if dense else f"split-K workspace {ws} B = {ws // max(1, 4 * a.m * a.n)} splits"
-    print(f"plan {code:#x}: family sm{family}, {kind}", flush=True)
     with awqgemm.testing.force(family=a.family, path=a.path):
+        packed = awqgemm.pack_awq(*awq, a.group)  # inside the block: the sm70 family packs its own layout
+        p = awqgemm.plan_info(a.m, a.n, a.k, dtype, "cuda")
+        kind = "dequantize + dense matmul" if p["dense"] else f"{p['kernel']}, {p['tile_tokens']} tokens/tile"
+        print(f"plan: family {p['family']}, {kind}, {p['splits']} K splits, workspace {p['workspace_bytes']} B")
         for _ in range(a.iters):
             awqgemm.gemm(x, packed)
     torch.cuda.synchronize()

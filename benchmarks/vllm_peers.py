@@ -32,7 +32,8 @@ All persistent tensors (prepacked weight, scales, zeros, workspace, empty index 
 build time; the callables only allocate their output (and, where vLLM itself does, the padded
 activation / unpadded output), so they can be captured in a CUDA graph.
 
-Importable without vLLM: ``probe()`` then says why the peers are unavailable.
+Importable without vLLM: ``probe()`` then says why the peers are unavailable. The self-check's
+random AWQ data comes from ``awqgemm.testing.random_awq``.
 
 Usage (GPU machine with vLLM 0.26.0)::
 
@@ -144,16 +145,6 @@ def unpack_awq(packed: torch.Tensor) -> torch.Tensor:
     r, c8 = packed.shape
     vals = (packed.to(torch.int32).unsqueeze(-1) >> _awq_shifts(packed.device)) & 0xF
     return vals.reshape(r, 8 * c8)
-
-
-def pack_awq(values: torch.Tensor) -> torch.Tensor:
-    """int [R, C] values 0..15 -> int32 [R, C/8] in AWQ nibble order (for test data)."""
-    r, c = values.shape
-    v = values.to(torch.int32).reshape(r, c // 8, 8)
-    out = torch.zeros(r, c // 8, dtype=torch.int32, device=values.device)
-    for col, nib in enumerate(AWQ_NIBBLE_OF_COLUMN):
-        out |= v[:, :, col] << (4 * nib)
-    return out
 
 
 def pack_k_plain(values: torch.Tensor) -> torch.Tensor:
@@ -340,18 +331,6 @@ BUILDERS: dict[str, Callable[..., GemmFn]] = {"machete": build_machete, "marlin"
 # ----------------------------------------------------------------------------- self-check
 
 
-def random_awq(
-    K: int, N: int, G: int, dtype: torch.dtype, device: torch.device | str = "cuda", seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A random AWQ triple (qweight, qzeros, scales) with gemm.py's magnitudes."""
-    groups = 1 if G == -1 else K // G
-    gen = torch.Generator(device=device).manual_seed(seed)
-    q = torch.randint(0, 16, (K, N), generator=gen, dtype=torch.int32, device=device)
-    z = torch.randint(0, 16, (groups, N), generator=gen, dtype=torch.int32, device=device)
-    s = (torch.rand(groups, N, generator=gen, device=device) + 0.5) / (8 * K**0.5)
-    return pack_awq(q), pack_awq(z), s.to(dtype)
-
-
 def dequant_awq_f32(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, G: int) -> torch.Tensor:
     """W [K, N] in float32: (q - z) * s with z, s broadcast over each group of G rows."""
     q = unpack_awq(qweight).float()
@@ -396,6 +375,8 @@ def check(M: int, K: int, N: int, G: int, dtype: torch.dtype, seed: int = 0) -> 
     if not ok:
         res["error"] = reason
         return res
+    from awqgemm.testing import random_awq  # the test data only: the peers themselves need no awqgemm
+
     device = torch.device("cuda", torch.cuda.current_device())
     qw, qz, s = random_awq(K, N, G, dtype, device, seed)
     w = dequant_awq_f32(qw, qz, s, G)

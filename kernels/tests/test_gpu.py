@@ -12,7 +12,8 @@ import torch
 
 import awqgemm
 from awqgemm import _layout
-from conftest import has_gpu, random_awq
+from awqgemm.testing import random_awq
+from conftest import has_gpu
 
 pytestmark = pytest.mark.gpu
 
@@ -178,9 +179,8 @@ def test_cuda_graph_replay_equals_eager(family, dtype):
 # process (AWQGEMM_PDL), hence one subprocess per mode.
 _PDL_CHAIN = """
 import contextlib, sys, torch, awqgemm
-sys.path.insert(0, sys.argv[1])
-from conftest import random_awq
-family = sys.argv[2]
+from awqgemm.testing import random_awq
+family = sys.argv[1]
 force = awqgemm.testing.force(family=family, path="fused") if family != "auto" else contextlib.nullcontext()
 force.__enter__()
 k = 4096
@@ -213,15 +213,11 @@ def test_chained_gemms_in_graph_respect_pdl_wait(pdl_mode, family):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     env = {**os.environ, "AWQGEMM_PDL": pdl_mode}
     if family != "auto":
         skip_unless_family(family)
-    tests_dir = str(Path(__file__).resolve().parent)
-    r = subprocess.run(
-        [sys.executable, "-c", _PDL_CHAIN, tests_dir, family], env=env, capture_output=True, text=True, timeout=300
-    )
+    r = subprocess.run([sys.executable, "-c", _PDL_CHAIN, family], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "chain ok" in r.stdout, r.stdout + r.stderr
 
 

@@ -8,7 +8,7 @@ import torch
 
 import awqgemm
 from awqgemm import _layout
-from conftest import random_awq
+from awqgemm.testing import random_awq
 
 
 def numpy_dequant(qweight, qzeros, scales, group):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import awq_tiny
+import awqgemm
 import awqgemm_vllm
 from awqgemm_vllm import _policy, _register
 from awqgemm_vllm._policy import AwqGemmConfigError
@@ -207,7 +208,7 @@ def test_symmetric_checkpoint_uses_zero_8_whatever_qzeros_holds(vllm_ctx):
     layer = _layer({**CFG, "zero_point": False})
     q, w = _quant(5, zero_point=False)
     # vLLM's AWQ ignores qzeros for zero_point: false; so do we
-    junk = awq_tiny.pack_awq_int4(torch.randint(0, 16, (K // G, N)))
+    junk = awqgemm.testing.random_awq(K, N, G)[1]  # random packed zero points
     _load(layer, awq_tiny.AwqTensors(q.qweight, junk, q.scales))
     layer.quant_method.process_weights_after_loading(layer)
     x = torch.randn(5, K)

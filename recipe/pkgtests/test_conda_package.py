@@ -47,23 +47,19 @@ if GPU_SKIP and os.environ.get("AWQGEMM_REQUIRE_GPU") == "1":
 needs_gpu = pytest.mark.skipif(GPU_SKIP is not None, reason=GPU_SKIP or "")
 
 
-def pack_nibbles(vals: np.ndarray) -> np.ndarray:
-    """[R, C] ints in 0..15 -> [R, C/8] int32 in AWQ nibble order."""
-    r, c = vals.shape
-    v = vals.reshape(r, c // 8, 8).astype(np.uint32)
-    out = np.zeros((r, c // 8), dtype=np.uint32)
-    for j in range(8):
-        out |= v[:, :, j] << np.uint32(4 * AWQ_ORDER[j])
-    return out.view(np.int32)
+def unpack_nibbles(words: torch.Tensor) -> np.ndarray:
+    """[R, C/8] int32 in AWQ nibble order -> [R, C] ints in 0..15 (numpy, independent of awqgemm's layout code)."""
+    w = words.numpy().view(np.uint32)
+    cols = [(w >> np.uint32(4 * AWQ_ORDER[j])) & np.uint32(0xF) for j in range(8)]
+    return np.stack(cols, axis=-1).reshape(w.shape[0], -1).astype(np.int64)
 
 
-def make_awq(k: int, n: int, g: int, dtype: torch.dtype, rng: np.random.Generator):
-    q = rng.integers(0, 16, size=(k, n))
-    z = rng.integers(0, 16, size=(k // g, n))
-    s = (rng.random((k // g, n)) * 0.02 + 0.001).astype(np.float32)
-    s_t = torch.from_numpy(s).to(dtype)
-    w64 = (q - np.repeat(z, g, axis=0)) * np.repeat(s_t.double().numpy(), g, axis=0)  # exact fp64 weights
-    return (torch.from_numpy(pack_nibbles(q)), torch.from_numpy(pack_nibbles(z)), s_t, w64)
+def make_awq(k: int, n: int, g: int, dtype: torch.dtype, seed: int):
+    """A random AWQ triple (awqgemm.testing.random_awq) and its exact float64 weights, decoded here with numpy."""
+    qw, qz, s = awqgemm.testing.random_awq(k, n, g, dtype, seed=seed)
+    q, z = unpack_nibbles(qw), unpack_nibbles(qz)
+    w64 = (q - np.repeat(z, g, axis=0)) * np.repeat(s.double().numpy(), g, axis=0)  # exact fp64 weights
+    return qw, qz, s, w64
 
 
 def rel_err(out: torch.Tensor, ref: np.ndarray) -> float:
@@ -75,8 +71,7 @@ def test_public_api_works_and_reports_this_package():
     """Each public entry point does its job on CPU tensors, and build_info() names this package."""
     from importlib.metadata import version
 
-    rng = np.random.default_rng(7)
-    qw, qz, s, w64 = make_awq(128, 32, 64, torch.float16, rng)
+    qw, qz, s, w64 = make_awq(128, 32, 64, torch.float16, seed=7)
     packed = awqgemm.pack_awq(qw, qz, s, 64)
     assert isinstance(packed, awqgemm.PackedWeight)
     assert (packed.K, packed.N, packed.group_size) == (128, 32, 64)
@@ -97,7 +92,7 @@ def test_public_api_works_and_reports_this_package():
 @pytest.mark.parametrize("g", [32, 64, 128])
 def test_cpu_reference_matches_fp64(g):
     rng = np.random.default_rng(1000 + g)
-    qw, qz, s, w64 = make_awq(256, 64, g, torch.float16, rng)
+    qw, qz, s, w64 = make_awq(256, 64, g, torch.float16, seed=1000 + g)
     w = awqgemm.dequantize_awq(qw, qz, s, g)
     assert tuple(w.shape) == (256, 64)
     np.testing.assert_allclose(w.double().numpy(), w64, rtol=1e-3, atol=1e-6)
@@ -130,7 +125,7 @@ def test_gpu_gemm_vs_fp64(dtype, g, k, n):
         pytest.skip("bf16 needs sm_80+")
     torch.backends.cuda.matmul.allow_tf32 = False  # the emulated pipeline below must really be fp32
     rng = np.random.default_rng(k * 7 + n * 3 + g)
-    qw, qz, s, w64 = make_awq(k, n, g, dtype, rng)
+    qw, qz, s, w64 = make_awq(k, n, g, dtype, seed=k * 7 + n * 3 + g)
     packed = awqgemm.pack_awq(qw.cuda(), qz.cuda(), s.cuda(), g)
     w64_d = torch.from_numpy(w64).cuda()  # exact dequantized weights, float64, from numpy (not awqgemm)
     w16_d = w64_d.to(dtype).float()
