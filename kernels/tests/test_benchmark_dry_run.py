@@ -9,10 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 GEMM_PY = Path(__file__).resolve().parents[2] / "benchmarks" / "gemm.py"
 
 
 def test_gemm_benchmark_dry_run(tmp_path):
+    if not GEMM_PY.exists():
+        # The conda package's stored tests copy kernels/tests only; the source tree's run covers this.
+        pytest.skip(f"benchmarks/gemm.py is not next to these tests ({GEMM_PY}): it runs from the source tree")
     cmd = [sys.executable, str(GEMM_PY), "--dry-run", "--quick", "--shapes", "llama3-8b/o/tp1", "--m", "1,64"]
     r = subprocess.run([*cmd, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
