@@ -50,6 +50,18 @@ PathRequest to_path(int p) {
   return static_cast<PathRequest>(p);
 }
 
+// The kernels index groups by shift and need a lane's 16 k inside one group:
+// group sizes are the powers of two 32..128 (awqgemm/_validate.py checks the
+// same set first, with the user-facing message).
+int checked_group_size(int g, int K) {
+  if ((g != 32 && g != 64 && g != 128) || K % g != 0) {
+    throw nb::value_error(("awqgemm: group_size " + std::to_string(g) + " with K = " + std::to_string(K) +
+                           " is not supported (32, 64 or 128, dividing K)")
+                              .c_str());
+  }
+  return g;
+}
+
 DType to_dtype(int d) {
   if (d == 0) return DType::kFloat16;
   if (d == 1) return DType::kBFloat16;
@@ -147,7 +159,7 @@ NB_MODULE(_C, m) {
         p.M = M;
         p.N = N;
         p.K = K;
-        p.group_size = group_size;
+        p.group_size = checked_group_size(group_size, K);
         p.dtype = to_dtype(dtype);
         p.x = reinterpret_cast<const void*>(x);
         p.x_row_stride = x_stride;
@@ -172,7 +184,7 @@ NB_MODULE(_C, m) {
         DeviceGuard guard(device);
         DeviceGuard::check(launch_dequantize_t(reinterpret_cast<const void*>(qweight),
                                                reinterpret_cast<const void*>(scale_zero), layout, to_dtype(dtype), N,
-                                               K, group_size, reinterpret_cast<void*>(wt),
+                                               K, checked_group_size(group_size, K), reinterpret_cast<void*>(wt),
                                                reinterpret_cast<cudaStream_t>(stream)),
                            "dequantize launch");
       },
