@@ -231,7 +231,10 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
     if (path == PathRequest::kFused || (path == PathRequest::kAuto && wgmma_auto(M, N, sms))) {
       plan.family = Family::kSm90;
       t.kind = wg_staged_x_bytes(M, K) <= kWgMaxStagedXBytes ? KernelKind::kWgmmaStagedX : KernelKind::kWgmma;
-      t.mt = M <= 64 ? 8 : 16;  // BM = 64 or 128 tokens
+      // BM = 64, 128 or 256 tokens. 256 (one block per SM) is reached only
+      // above wgmma_auto's range, i.e. when forced (tests, the benchmark's wg
+      // contender), until a sweep says where it beats dequantize + cuBLAS.
+      t.mt = M <= 64 ? 8 : M <= 512 ? 16 : 32;
       t.nt = kWgNT;
       t.kwarps = kWgNT;  // warps per block (each owns a column tile; none split K)
       const int blocks = ceil_div(ntiles, t.nt) * ceil_div(M, 8 * t.mt);

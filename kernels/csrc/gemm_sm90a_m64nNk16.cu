@@ -79,7 +79,7 @@ __global__ void stage_x_kernel(const GemmProblem p, T* xs) {
 }
 
 template <typename T, int BM, int STAGES, bool kStagedX>
-__global__ void __launch_bounds__(kWgThreads, 2) gemm_wg_kernel(const GemmProblem p, const int splits,
+__global__ void __launch_bounds__(kWgThreads, wg_min_blocks(BM)) gemm_wg_kernel(const GemmProblem p, const int splits,
                                                               const int pdl_flags) {
 #if defined(AWQGEMM_NO_WGMMA)
   __trap();
@@ -282,6 +282,7 @@ cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream
   switch (cfg.mt * 8) {
     case 64: return launch_wg<T, 64>(p, cfg, stream);
     case 128: return launch_wg<T, 128>(p, cfg, stream);
+    case 256: return launch_wg<T, 256>(p, cfg, stream);
     default: return cudaErrorInvalidConfiguration;
   }
 }

@@ -30,11 +30,14 @@ AWQGEMM_HD constexpr int xs_stages(int mt) { return mt >= 8 ? 3 : 4; }
 AWQGEMM_HD constexpr int xs_min_blocks(int mt) { return mt >= 8 ? 4 : 5; }
 
 // Shape of the wgmma kernel: 8 warps (2 warpgroups) x one 16-column tile each,
-// BM = 8 mt tokens. Ring depth: two blocks of 2 warpgroups share an SM (the
+// BM = 8 mt tokens. Ring depth: at BM = 64 and 128 two blocks share an SM (the
 // latency hiding comes from the other block as much as from the ring); 6 x 14 KiB
 // stages at BM = 64, 5 x 22 KiB at BM = 128 fill the 227 KiB between them.
+// BM = 256 (m64n256: 128 accumulators per thread) runs one block per SM with
+// 5 x 38 KiB stages: twice the tokens per dequantized weight and per barrier.
 constexpr int kWgNT = 8;
 AWQGEMM_HD constexpr int wg_stages(int bm) { return bm >= 128 ? 5 : 6; }
+AWQGEMM_HD constexpr int wg_min_blocks(int bm) { return bm >= 256 ? 1 : 2; }
 
 // The wgmma kernel reads x in the k order of packed layout 1's A fragments.
 // Up to this many bytes, a small kernel first writes that order into the
