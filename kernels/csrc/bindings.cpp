@@ -141,6 +141,20 @@ NB_MODULE(_C, m) {
       "captured graph replays it; the plan code goes to gemm() unchanged (made once per call).");
 
   m.def(
+      "describe_plan",
+      [](int64_t plan_code) {
+        Plan plan;
+        if (!decode_plan(plan_code, &plan)) throw nb::value_error("awqgemm: not a plan code from plan()");
+        static const char* const kKernels[] = {"k_split", "x_shared", "wgmma", "wgmma_staged_x"};
+        nb::dict d;
+        d["kernel"] = plan.dense ? "dequantize+dense" : kKernels[static_cast<int>(plan.tile.kind)];
+        d["tile_tokens"] = 8 * plan.tile.mt;
+        d["splits"] = plan.tile.splits;
+        return d;
+      },
+      nb::arg("plan_code"), "kernel name, tokens per tile and K splits of a plan code");
+
+  m.def(
       "gemm",
       [](int64_t plan_code, int dtype, int M, int N, int K, int group_size, uintptr_t x, int64_t x_stride,
          uintptr_t qweight, uintptr_t scale_zero, uintptr_t bias, uintptr_t out, int64_t out_stride,

@@ -198,14 +198,28 @@ int dense_min_m(Family family) {
 // M = 64, 0.73x at 128, 0.86x at 256, 0.94x at 512 (fp16 and bf16 alike).
 constexpr int kWgAutoMinM = 64;
 bool wgmma_auto(int M, int N, int sms) {
-  const int blocks = ceil_div(N, kWgNT * kTileN) * ceil_div(M, 128);
   if (M < kWgAutoMinM || M > 512) return false;
   if (M <= 128) return true;
+  const int blocks = ceil_div(N, kWgNT * kTileN) * ceil_div(M, 128);
   return M <= 256 ? 2 * blocks >= sms : 2 * blocks >= 3 * sms;
 }
 
 // Largest split-K workspace the wgmma plan may ask for (issue: <= 64 MiB extra per call).
 constexpr int64_t kMaxWorkspaceBytes = int64_t{64} << 20;
+
+// PDL flags and workspace, once kernel, tile and splits are chosen. A kernel
+// may be launched as a programmatic dependent only if the code that runs was
+// compiled with griddepcontrol: the wgmma kernel always is (sm_90a), the
+// arch-generic ones only with PTX for sm90+ (JIT from older PTX would run them
+// without the wait). The split-K reduction is arch-generic.
+void finish_plan(Plan& plan, const DeviceInfo& dev, bool kernel_has_wait, int M, int N, int K) {
+  TileConfig& t = plan.tile;
+  const bool pdl = dev.capability >= 90 && pdl_enabled();
+  t.pdl_flags = pdl && kernel_has_wait ? kPdlLaunched : 0;
+  plan.reduce_pdl = pdl && dev.ptx_arch >= 90;
+  if (t.pdl_flags != 0 && plan.reduce_pdl && t.splits > 1) t.pdl_flags |= kPdlEarlyTrigger;
+  plan.workspace_bytes = fused_workspace_bytes(plan, M, N, K);
+}
 
 // Split K across blocks until enough bytes are in flight, keeping >= min_tiles
 // k-tiles per split (per warp, for the K-split kernel) and <= 16 splits.
@@ -246,11 +260,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
              staged + static_cast<int64_t>(t.splits + 1) * M * N * 4 <= kMaxWorkspaceBytes) {
         ++t.splits;
       }
-      const bool pdl = dev.capability >= 90 && pdl_enabled();  // this kernel is always compiled for sm_90a
-      t.pdl_flags = pdl ? kPdlLaunched : 0;
-      plan.reduce_pdl = pdl && dev.ptx_arch >= 90;
-      if (plan.reduce_pdl && t.splits > 1) t.pdl_flags |= kPdlEarlyTrigger;
-      plan.workspace_bytes = fused_workspace_bytes(plan, M, N, K);
+      finish_plan(plan, dev, /*kernel_has_wait=*/true, M, N, K);
       return plan;
     }
     family = Family::kSm80;  // same packed layout: the sm80 kernels take the rest
@@ -323,13 +333,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
       t.splits = 2;
     }
   }
-  // PDL only where the arch-generic kernels were compiled with griddepcontrol
-  // (PTX for sm90+): JIT from older PTX would run them without the wait.
-  const bool pdl = dev.capability >= 90 && dev.ptx_arch >= 90 && pdl_enabled();
-  t.pdl_flags = pdl ? kPdlLaunched : 0;
-  plan.reduce_pdl = pdl;
-  if (pdl && t.splits > 1) t.pdl_flags |= kPdlEarlyTrigger;
-  plan.workspace_bytes = fused_workspace_bytes(plan, M, N, K);
+  finish_plan(plan, dev, /*kernel_has_wait=*/dev.ptx_arch >= 90, M, N, K);
   return plan;
 }
 

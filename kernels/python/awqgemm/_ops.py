@@ -115,22 +115,10 @@ def layout_for_device(device: torch.device, dtype: torch.dtype) -> int:
     return _C.layout_for(family)
 
 
-# KernelKind in csrc/awqgemm/tile_config.h (byte 1 of the plan code).
-_KERNEL_NAMES = {0: "k_split", 1: "x_shared", 2: "wgmma", 3: "wgmma_staged_x"}
-
-
 def plan_info(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> dict:
     """What the dispatcher runs for an ``[M, K] @ [K, N]`` problem on ``device`` (honouring test overrides)."""
     if device.type != "cuda" or _C is None or state.path == "reference":
         return {"family": None, "kernel": "reference", "dense": False, "workspace_bytes": 0}
     index = device.index if device.index is not None else torch.cuda.current_device()
     code, family, _, dense, ws = _C.plan(state.family, _PATH_CODE[state.path], _DTYPE_CODE[dtype], M, N, K, index)
-    fields = [(code >> (8 * i)) & 0xFF for i in range(8)]
-    return {
-        "family": f"sm{family}",
-        "kernel": "dequantize+dense" if dense else _KERNEL_NAMES.get(fields[1], str(fields[1])),
-        "dense": bool(dense),
-        "tile_tokens": 8 * fields[2],
-        "splits": fields[5],
-        "workspace_bytes": ws,
-    }
+    return {"family": f"sm{family}", "dense": bool(dense), "workspace_bytes": ws, **_C.describe_plan(code)}
