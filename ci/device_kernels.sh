@@ -3,7 +3,7 @@
 # older ones forced onto this GPU), a compute-sanitizer memcheck subset, and
 # optionally the benchmark. Results and logs go to $OUT (or ./devrun).
 #
-#   bash ci/device_kernels.sh [tests|sanitizer|ncu|micro|bench|all]...   (default: tests sanitizer)
+#   bash ci/device_kernels.sh [tests|sanitizer|racecheck|ncu|micro|bench|all]...   (default: tests sanitizer)
 set -uo pipefail
 OUT=${OUT:-$PWD/devrun}
 mkdir -p "$OUT"
@@ -36,6 +36,13 @@ if has sanitizer; then
      python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k sanitizer_subset) >"$OUT/sanitizer.log" 2>&1
   r=$?; rc=$((rc | r))
   tail -5 "$OUT/sanitizer.log"; echo "sanitizer rc=$r" | tee -a "$OUT/summary.txt"
+fi
+if has racecheck; then
+  echo "== compute-sanitizer racecheck (subset) =="
+  (cd kernels && compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 9 \
+     python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k sanitizer_subset) >"$OUT/racecheck.log" 2>&1
+  r=$?; rc=$((rc | r))
+  tail -5 "$OUT/racecheck.log"; echo "racecheck rc=$r" | tee -a "$OUT/summary.txt"
 fi
 if has ncu; then
   echo "== ncu: fused kernels at a few shapes =="

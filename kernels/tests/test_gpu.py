@@ -294,6 +294,11 @@ def test_sanitizer_subset():
                         check(x, qweight, qzeros, scales, group, label=f"sanitizer {family} M={m}")
                     with awqgemm.testing.force(family=family, path="dense"):
                         check(torch.randn(70, k, dtype=dtype, device="cuda"), qweight, qzeros, scales, group)
+                    # The fused kernels at every tile height the dispatcher can pick (sm90: BM 64, 128, 256).
+                    with awqgemm.testing.force(family=family, path="fused"):
+                        for m in (17, 130, 600):
+                            x = torch.randn(m, k, dtype=dtype, device="cuda")
+                            check(x, qweight, qzeros, scales, group, label=f"sanitizer fused {family} M={m}")
 
 
 def test_plan_info_names_the_dispatchers_choice():
