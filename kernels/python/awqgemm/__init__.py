@@ -5,6 +5,11 @@ Public API::
     packed = awqgemm.pack_awq(qweight, qzeros, scales, group_size)  # once, at load
     y = awqgemm.gemm(x, packed, bias)                                # every forward
 
+Mixture-of-experts layers::
+
+    w13 = awqgemm.pack_awq_experts(qweight, qzeros, scales, group_size)  # [E, ...] stacked
+    y = awqgemm.fused_moe(x, w13, w2, topk_weights, topk_ids)
+
 CUDA tensors run awqgemm's own kernels; CPU tensors run the pure-torch
 reference path. ``gemm`` is the custom op ``torch.ops.awqgemm.gemm`` with a fake
 implementation, so it works under ``torch.compile(fullgraph=True)`` and inside
@@ -15,9 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from . import _knobs, _layout, _ops, testing
+from . import _knobs, _layout, _ops, moe, testing
 from ._ext import _C, have_cuda_kernels
 from ._validate import ACTIVATION_DTYPES, check_awq_inputs, check_kernels_for, check_tensor
+from .moe import dequantize_experts, fused_moe, moe_gemm, pack_awq_experts, unpack_awq_experts
 from .packed import PackedWeight
 from .reference import dequantize_awq, dequantize_packed, reference_gemm
 
@@ -25,14 +31,20 @@ __all__ = [
     "PackedWeight",
     "build_info",
     "dequantize_awq",
+    "dequantize_experts",
     "dequantize_packed",
+    "fused_moe",
     "gemm",
     "have_cuda_kernels",
+    "moe",
+    "moe_gemm",
     "pack_awq",
+    "pack_awq_experts",
     "plan_info",
     "reference_gemm",
     "testing",
     "unpack_awq",
+    "unpack_awq_experts",
 ]
 
 _knobs.check_environment()
@@ -82,6 +94,8 @@ def unpack_awq(packed: PackedWeight) -> tuple[torch.Tensor, torch.Tensor, torch.
     """
     if not isinstance(packed, PackedWeight):
         raise TypeError(f"awqgemm: packed must be an awqgemm.PackedWeight, got {type(packed).__name__}")
+    if packed.num_experts is not None:
+        raise ValueError("awqgemm: packed holds stacked experts; use awqgemm.unpack_awq_experts")
     q = _layout.unpack_qweight(packed.qweight, packed.K, packed.N, packed.layout)
     s, z = _layout.unpack_scale_zero(packed.scales, packed.K, packed.N, packed.group_size)
     return _layout.pack_awq_int4(q), _layout.pack_awq_int4(z.to(torch.uint8)), s.contiguous()
@@ -92,6 +106,11 @@ def gemm(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None
     check_tensor("x", x)
     if not isinstance(packed, PackedWeight):
         raise TypeError(f"awqgemm: packed must be an awqgemm.PackedWeight (from pack_awq), got {type(packed).__name__}")
+    if packed.num_experts is not None:
+        raise ValueError(
+            f"awqgemm: packed holds {packed.num_experts} stacked experts (pack_awq_experts); "
+            "use awqgemm.fused_moe or awqgemm.moe_gemm for them"
+        )
     check_kernels_for("x", x)
     allowed = ACTIVATION_DTYPES if x.device.type == "cuda" else (*ACTIVATION_DTYPES, torch.float32)
     if x.dtype not in allowed:

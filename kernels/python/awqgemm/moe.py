@@ -1,0 +1,423 @@
+"""Mixture-of-experts: stacked expert packing, the grouped GEMM op and fused_moe.
+
+Routing is prepared with torch ops on the device, without a host sync (a
+captured CUDA graph replays it): the ``T * k`` (token, slot) pairs are sorted
+by expert, stably, so expert ``e`` owns the contiguous sorted rows
+``expert_offsets[e] .. expert_offsets[e + 1]``. Pairs whose expert is not
+served here (expert parallel, or an id out of range) sort past the last
+offset and contribute zero. The grouped GEMM ``awqgemm::moe_gemm`` reads its
+input rows through an optional row index (gate_up gathers token rows straight
+from ``x``: no ``[T * k, H]`` copy) and writes output rows in sorted order;
+the combine un-sorts, weights and sums over ``k`` in fp32, without atomics, so
+the result is deterministic.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+from . import _layout, _ops
+from ._ext import _C
+from ._validate import ACTIVATION_DTYPES, check_awq_inputs, check_kernels_for, check_tensor
+from .packed import PackedWeight
+from .reference import dequantize_packed
+
+ACTIVATIONS = ("silu",)
+
+
+def pack_awq_experts(
+    qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int
+) -> PackedWeight:
+    """Packs stacked per-expert AWQ tensors once, at load.
+
+    Args:
+        qweight: int32 ``[E, K, N/8]`` (each expert in AWQ checkpoint order).
+        qzeros: int32 ``[E, K/G, N/8]``.
+        scales: float16 or bfloat16 ``[E, K/G, N]`` (float32 on CPU only).
+        group_size: 32, 64 or 128.
+
+    Returns a :class:`PackedWeight` whose ``qweight``/``scales`` have a leading
+    ``E`` dimension and ``num_experts = E``. Tensor- or expert-parallel shards
+    are packed the same way: pass the shard's slice (K split on group
+    boundaries for a row-parallel shard, N on multiples of 8 for a column one,
+    the local experts' rows of dim 0 for expert parallel).
+    """
+    for name, t in (("qweight", qweight), ("qzeros", qzeros), ("scales", scales)):
+        check_tensor(name, t)
+        if t.dim() != 3:
+            raise ValueError(
+                f"awqgemm: pack_awq_experts wants stacked experts: {name} must be 3-D [E, ...], "
+                f"got shape {list(t.shape)}"
+            )
+    num = qweight.shape[0]
+    if num == 0:
+        raise ValueError("awqgemm: pack_awq_experts needs at least one expert, got E = 0")
+    if qzeros.shape[0] != num or scales.shape[0] != num:
+        raise ValueError(
+            f"awqgemm: qweight, qzeros and scales must have the same number of experts (dim 0), got "
+            f"{qweight.shape[0]}, {qzeros.shape[0]}, {scales.shape[0]}"
+        )
+    k_dim, n_dim = check_awq_inputs(qweight[0], qzeros[0], scales[0], group_size)
+    check_kernels_for("scales", scales)
+    if scales.dtype == torch.float32 and scales.device.type == "cuda":
+        raise TypeError("awqgemm: float32 scales are only supported on CPU (reference path); use float16 or bfloat16")
+    layout = _ops.layout_for_device(scales.device, scales.dtype)
+    packed_q, packed_sz = [], []
+    for e in range(num):  # per expert: temporaries stay one expert's size
+        packed_q.append(_layout.pack_qweight(_layout.unpack_awq_int4(qweight[e]), layout))
+        z = _layout.unpack_awq_int4(qzeros[e])
+        packed_sz.append(_layout.pack_scale_zero(scales[e], z, k_dim, group_size))
+    return PackedWeight(torch.stack(packed_q), torch.stack(packed_sz), k_dim, n_dim, group_size, layout, num)
+
+
+def unpack_awq_experts(packed: PackedWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inverse of :func:`pack_awq_experts`: stacked ``(qweight, qzeros, scales)`` in checkpoint layout."""
+    check_experts("packed", packed)
+    parts = [_layout_unpack_one(_expert(packed, e)) for e in range(packed.num_experts)]
+    return tuple(torch.stack([p[i] for p in parts]) for i in range(3))
+
+
+def _layout_unpack_one(p: PackedWeight):
+    q = _layout.unpack_qweight(p.qweight, p.K, p.N, p.layout)
+    s, z = _layout.unpack_scale_zero(p.scales, p.K, p.N, p.group_size)
+    return _layout.pack_awq_int4(q), _layout.pack_awq_int4(z.to(torch.uint8)), s.contiguous()
+
+
+def _expert(packed: PackedWeight, e: int) -> PackedWeight:
+    return PackedWeight(packed.qweight[e], packed.scales[e], packed.K, packed.N, packed.group_size, packed.layout)
+
+
+def dequantize_experts(packed: PackedWeight) -> torch.Tensor:
+    """Dense ``[E, K, N]`` weights of packed experts (tests and debugging only: E x K x N memory)."""
+    check_experts("packed", packed)
+    return torch.stack([dequantize_packed(_expert(packed, e)) for e in range(packed.num_experts)])
+
+
+def check_experts(name: str, packed: object) -> PackedWeight:
+    if not isinstance(packed, PackedWeight):
+        raise TypeError(f"awqgemm: {name} must be an awqgemm.PackedWeight, got {type(packed).__name__}")
+    if packed.num_experts is None:
+        raise ValueError(
+            f"awqgemm: {name} is a dense weight (from pack_awq); MoE needs stacked experts from pack_awq_experts"
+        )
+    if packed.qweight.dim() != 3 or packed.scales.dim() != 3 or packed.qweight.shape[0] != packed.num_experts:
+        raise ValueError(
+            f"awqgemm: {name} claims {packed.num_experts} experts but its tensors have shapes "
+            f"{list(packed.qweight.shape)}, {list(packed.scales.shape)}"
+        )
+    if packed.layout not in _layout.LAYOUTS:
+        raise ValueError(f"awqgemm: unknown packed layout {packed.layout}")
+    return packed
+
+
+# --------------------------------------------------------------------------------------------
+# The grouped GEMM custom op.
+
+_lib = torch.library.Library("awqgemm", "FRAGMENT")
+_lib.define(
+    "moe_gemm(Tensor x, Tensor qweight, Tensor scales, Tensor expert_offsets, Tensor? row_index, "
+    "int K, int N, int group_size, int layout) -> Tensor"
+)
+
+
+def _rows(x, row_index):
+    return x.shape[0] if row_index is None else row_index.shape[0]
+
+
+def _moe_gemm_cpu(x, qweight, scales, expert_offsets, row_index, K, N, group_size, layout):
+    rows = _rows(x, row_index)
+    num = qweight.shape[0]
+    out = torch.zeros((rows, N), dtype=torch.float32)
+    offs = expert_offsets.tolist()
+    src = x if row_index is None else x[row_index.long()]
+    for e in range(num):
+        lo, hi = offs[e], offs[e + 1]
+        if hi > lo:
+            w = dequantize_packed(PackedWeight(qweight[e], scales[e], K, N, group_size, layout)).float()
+            out[lo:hi] = src[lo:hi].float() @ w
+    return out.to(x.dtype)
+
+
+def _moe_gemm_cuda(x, qweight, scales, expert_offsets, row_index, K, N, group_size, layout):
+    if _C is None:
+        raise RuntimeError("awqgemm: this build has no CUDA kernels; run on CPU tensors or install a CUDA build")
+    rows = _rows(x, row_index)
+    num = qweight.shape[0]
+    if rows == 0:
+        return x.new_empty((0, N))
+    if _ops.state.path == "reference":
+        return _moe_gemm_cpu_like(x, qweight, scales, expert_offsets, row_index, K, N, group_size, layout)
+    if not x.is_contiguous() or x.data_ptr() % 16 != 0:
+        x = x.contiguous() if not x.is_contiguous() else x.clone()
+    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    dtype_code = _ops._DTYPE_CODE[x.dtype]
+    code, family, family_layout, ws_bytes = _C.plan_grouped(_ops.state.family, dtype_code, rows, num, N, K, device)
+    if family_layout != layout:
+        raise ValueError(
+            f"awqgemm: the experts were packed in layout {layout} but kernel family sm{family} reads layout "
+            f"{family_layout}; pack them (awqgemm.pack_awq_experts) on the device and settings that run them"
+        )
+    out = torch.empty((rows, N), dtype=x.dtype, device=x.device)
+    ws = torch.empty((ws_bytes + 3) // 4, dtype=torch.float32, device=x.device) if ws_bytes else None
+    _C.gemm_grouped(
+        code,
+        dtype_code,
+        rows,
+        N,
+        K,
+        group_size,
+        num,
+        x.data_ptr(),
+        x.shape[0],
+        K,
+        0 if row_index is None else row_index.data_ptr(),
+        expert_offsets.data_ptr(),
+        qweight.data_ptr(),
+        qweight.stride(0),
+        scales.data_ptr(),
+        scales.stride(0),
+        out.data_ptr(),
+        N,
+        0 if ws is None else ws.data_ptr(),
+        ws_bytes,
+        device,
+        stream,
+    )
+    return out
+
+
+def _moe_gemm_cpu_like(x, qweight, scales, expert_offsets, row_index, K, N, group_size, layout):
+    # The forced "reference" path on a GPU: the CPU algorithm on the device, without a sync
+    # per expert (masks instead of offsets read back), for tests only.
+    rows = _rows(x, row_index)
+    src = x if row_index is None else x[row_index.long()]
+    r = torch.arange(rows, device=x.device)
+    out = torch.zeros((rows, N), dtype=torch.float32, device=x.device)
+    for e in range(qweight.shape[0]):
+        w = dequantize_packed(PackedWeight(qweight[e], scales[e], K, N, group_size, layout)).float()
+        mask = (r >= expert_offsets[e]) & (r < expert_offsets[e + 1])
+        out += torch.where(mask[:, None], src.float() @ w, 0.0)
+    return out.to(x.dtype)
+
+
+def _moe_gemm_fake(x, qweight, scales, expert_offsets, row_index, K, N, group_size, layout):
+    return x.new_empty((_rows(x, row_index), N))
+
+
+_lib.impl("moe_gemm", _moe_gemm_cpu, "CPU")
+_lib.impl("moe_gemm", _moe_gemm_cuda, "CUDA")
+torch.library.register_fake("awqgemm::moe_gemm", _moe_gemm_fake, lib=_lib)
+
+
+def _check_index(name: str, t: object, device: torch.device, length: int | None = None) -> torch.Tensor:
+    check_tensor(name, t)
+    if t.dtype != torch.int32:
+        raise TypeError(f"awqgemm: {name} must be int32, got {t.dtype}")
+    if t.dim() != 1 or (length is not None and t.shape[0] != length):
+        want = f"[{length}]" if length is not None else "1-D"
+        raise ValueError(f"awqgemm: {name} must have shape {want}, got {list(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"awqgemm: {name} is on {t.device} but x is on {device}")
+    return t.contiguous()
+
+
+def _check_activations(x: object, packed: PackedWeight, what: str) -> torch.Tensor:
+    check_tensor("x", x)
+    check_kernels_for("x", x)
+    allowed = ACTIVATION_DTYPES if x.device.type == "cuda" else (*ACTIVATION_DTYPES, torch.float32)
+    if x.dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(f"awqgemm: x must be {names} on {x.device.type}, got {x.dtype}")
+    if x.device.type == "cuda" and x.dtype != packed.dtype:
+        raise TypeError(
+            f"awqgemm: x is {x.dtype} but {what} was packed with {packed.dtype} scales; "
+            "pack with scales in the activation dtype"
+        )
+    if x.device != packed.qweight.device or x.device != packed.scales.device:
+        raise ValueError(f"awqgemm: x is on {x.device} but {what} is on {packed.qweight.device}; move one of them")
+    return x
+
+
+def moe_gemm(
+    x: torch.Tensor,
+    experts: PackedWeight,
+    expert_offsets: torch.Tensor,
+    row_index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The grouped GEMM over stacked experts: ``out[r] = x[row_index[r]] @ W[e]`` for
+    ``expert_offsets[e] <= r < expert_offsets[e + 1]``.
+
+    Args:
+        x: ``[T, K]`` activations.
+        experts: stacked experts from :func:`pack_awq_experts` (``E`` of them).
+        expert_offsets: int32 ``[E + 1]``, non-decreasing, ``expert_offsets[0] = 0``.
+        row_index: int32 ``[R]``: the row of ``x`` each output row reads (gather); ``None``
+            means row ``r`` of ``x`` (then ``R = T``).
+
+    Returns ``[R, N]`` in ``x.dtype``; rows from ``expert_offsets[E]`` on are zero. The
+    offsets and indices are not read back on a GPU (no sync): there, values out of
+    range cannot raise, but the kernel clamps them, so they never read or write
+    out of bounds. On CPU they are checked.
+    """
+    check_experts("experts", experts)
+    x = _check_activations(x, experts, "experts")
+    if x.dim() != 2 or x.shape[1] != experts.K:
+        raise ValueError(f"awqgemm: x must have shape [T, K={experts.K}], got {list(x.shape)}")
+    offsets = _check_index("expert_offsets", expert_offsets, x.device, experts.num_experts + 1)
+    rows = x.shape[0]
+    if row_index is not None:
+        row_index = _check_index("row_index", row_index, x.device)
+        rows = row_index.shape[0]
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        offs = offsets.tolist()
+        if offs[0] != 0 or any(b < a for a, b in itertools.pairwise(offs)) or offs[-1] > rows:
+            raise ValueError(
+                f"awqgemm: expert_offsets must start at 0, not decrease and end at most at R = {rows}, got {offs}"
+            )
+        if row_index is not None and rows and (int(row_index.min()) < 0 or int(row_index.max()) >= x.shape[0]):
+            raise ValueError(f"awqgemm: row_index values must be in [0, {x.shape[0]}) (rows of x)")
+    return torch.ops.awqgemm.moe_gemm(
+        x, experts.qweight, experts.scales, offsets, row_index, experts.K, experts.N, experts.group_size, experts.layout
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# fused_moe
+
+
+def route(
+    topk_ids: torch.Tensor, num_experts: int, expert_map: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sorts the ``T * k`` (token, slot) pairs by local expert, on the device, without a sync.
+
+    Returns ``(order, expert_offsets, local)``: ``order[r]`` is the flat (token * k + slot)
+    index of sorted row ``r``; ``expert_offsets`` int32 ``[E + 1]``; ``local[r]`` whether
+    sorted row ``r`` belongs to a local expert (the rest sort past ``expert_offsets[E]``).
+    """
+    ids = topk_ids.reshape(-1).long()
+    if expert_map is not None:
+        n_global = expert_map.shape[0]
+        ok = (ids >= 0) & (ids < n_global)
+        ids = torch.where(ok, expert_map.long()[ids.clamp(0, n_global - 1)], -1)
+    ids = torch.where((ids >= 0) & (ids < num_experts), ids, num_experts)
+    sorted_ids, order = torch.sort(ids, stable=True)
+    bounds = torch.arange(num_experts + 1, device=ids.device, dtype=sorted_ids.dtype)
+    offsets = torch.searchsorted(sorted_ids, bounds).to(torch.int32)
+    return order, offsets, sorted_ids < num_experts
+
+
+def fused_moe(
+    x: torch.Tensor,
+    w13: PackedWeight,
+    w2: PackedWeight,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    activation: str = "silu",
+    apply_router_weight_on_input: bool = False,
+    expert_map: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """An AWQ mixture-of-experts MLP: ``sum_j w_j * down_e(silu(gate_e(x)) * up_e(x))``, ``e = topk_ids[t, j]``.
+
+    Args:
+        x: ``[T, H]`` activations (float16/bfloat16; float32 too on CPU).
+        w13: experts from :func:`pack_awq_experts` with ``K = H``, ``N = 2I``: columns
+            ``0..I-1`` are gate, ``I..2I-1`` up (vLLM's w13 order).
+        w2: experts with ``K = I``, ``N = H``; the same number of experts as ``w13``.
+        topk_weights: ``[T, k]`` router weights (float32 or ``x.dtype``).
+        topk_ids: ``[T, k]`` int32/int64 expert ids (global ids when ``expert_map`` is given).
+        activation: ``"silu"``.
+        apply_router_weight_on_input: scale ``x`` by the router weight before the experts
+            instead of their outputs (vLLM's option; needs ``k = 1``).
+        expert_map: int ``[E_global]``, global id -> local expert index or -1 (expert
+            parallel): pairs routed to experts not held here contribute zero.
+
+    Returns ``[T, H]`` in ``x.dtype``. The top-k weighting and the sum over ``k`` happen here
+    (fp32, deterministic), so the result is the layer's output, not per-slot rows.
+    CPU tensors run the reference path in fp32; CUDA tensors the grouped kernels. Ids out of
+    range contribute zero (CPU raises instead: there they can be checked without a sync).
+    """
+    check_experts("w13", w13)
+    check_experts("w2", w2)
+    x = _check_activations(x, w13, "w13")
+    _check_activations(x, w2, "w2")
+    if x.dim() != 2:
+        raise ValueError(f"awqgemm: x must be 2-D [T, H], got shape {list(x.shape)}")
+    if w13.num_experts != w2.num_experts:
+        raise ValueError(f"awqgemm: w13 has {w13.num_experts} experts but w2 has {w2.num_experts}")
+    if w13.N % 2:
+        raise ValueError(f"awqgemm: w13 must have N = 2 * intermediate (gate then up), got N = {w13.N}")
+    inter = w13.N // 2
+    if x.shape[1] != w13.K:
+        raise ValueError(f"awqgemm: x has hidden size {x.shape[1]} but w13 has K = {w13.K}")
+    if inter != w2.K or w2.N != w13.K:
+        raise ValueError(
+            f"awqgemm: w2 must be [K = I = {inter}, N = H = {w13.K}] to match w13, got K = {w2.K}, N = {w2.N}"
+        )
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"awqgemm: activation {activation!r} is not supported; supported: {list(ACTIVATIONS)}")
+    check_tensor("topk_ids", topk_ids)
+    check_tensor("topk_weights", topk_weights)
+    if topk_ids.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"awqgemm: topk_ids must be int32 or int64, got {topk_ids.dtype}")
+    if topk_weights.dtype not in (torch.float32, x.dtype):
+        raise TypeError(f"awqgemm: topk_weights must be float32 or {x.dtype} (x's dtype), got {topk_weights.dtype}")
+    if topk_ids.dim() != 2 or topk_ids.shape[0] != x.shape[0] or topk_ids.shape[1] < 1:
+        raise ValueError(f"awqgemm: topk_ids must have shape [T = {x.shape[0]}, k >= 1], got {list(topk_ids.shape)}")
+    if topk_weights.shape != topk_ids.shape:
+        raise ValueError(
+            f"awqgemm: topk_weights must have topk_ids' shape {list(topk_ids.shape)}, got {list(topk_weights.shape)}"
+        )
+    for name, t in (("topk_ids", topk_ids), ("topk_weights", topk_weights)):
+        if t.device != x.device:
+            raise ValueError(f"awqgemm: {name} is on {t.device} but x is on {x.device}")
+    top_k = topk_ids.shape[1]
+    if apply_router_weight_on_input and top_k != 1:
+        raise ValueError(f"awqgemm: apply_router_weight_on_input needs top-k = 1, got k = {top_k}")
+    num_global = w13.num_experts
+    if expert_map is not None:
+        check_tensor("expert_map", expert_map)
+        if expert_map.dtype not in (torch.int32, torch.int64) or expert_map.dim() != 1:
+            raise TypeError(
+                f"awqgemm: expert_map must be a 1-D int32/int64 tensor, got {expert_map.dtype} {list(expert_map.shape)}"
+            )
+        if expert_map.device != x.device:
+            raise ValueError(f"awqgemm: expert_map is on {expert_map.device} but x is on {x.device}")
+        num_global = expert_map.shape[0]
+    # Value checks read the tensors back: eager CPU only (a compiled graph cannot branch on them).
+    if x.device.type == "cpu" and topk_ids.numel() and not torch.compiler.is_compiling():
+        lo, hi = int(topk_ids.min()), int(topk_ids.max())
+        if lo < 0 or hi >= num_global:
+            raise ValueError(f"awqgemm: topk_ids must be in [0, {num_global}), got values in [{lo}, {hi}]")
+        if expert_map is not None and expert_map.numel():
+            lo, hi = int(expert_map.min()), int(expert_map.max())
+            if lo < -1 or hi >= w13.num_experts:
+                raise ValueError(
+                    f"awqgemm: expert_map values must be -1 or a local expert in [0, {w13.num_experts}), "
+                    f"got values in [{lo}, {hi}]"
+                )
+    tokens, hidden = x.shape
+    if tokens == 0:
+        return x.new_zeros((0, hidden))
+
+    # CPU: the same routing and grouped op, with fp32 activations between the steps.
+    work = x.float() if x.device.type == "cpu" else x
+    order, offsets, local = route(topk_ids, w13.num_experts, expert_map)
+    weights = topk_weights.reshape(-1)[order].float()
+    if apply_router_weight_on_input:
+        work = (work.float() * topk_weights.float()).to(work.dtype)
+        weights = torch.ones_like(weights)
+    token_of_row = torch.div(order, top_k, rounding_mode="floor").to(torch.int32)
+    h = torch.ops.awqgemm.moe_gemm(
+        work, w13.qweight, w13.scales, offsets, token_of_row, w13.K, w13.N, w13.group_size, w13.layout
+    )
+    act = (F.silu(h[:, :inter].float()) * h[:, inter:].float()).to(work.dtype)
+    y = torch.ops.awqgemm.moe_gemm(act, w2.qweight, w2.scales, offsets, None, w2.K, w2.N, w2.group_size, w2.layout)
+    # Non-local rows are zero already; the select also keeps a NaN weight of theirs out.
+    y = torch.where(local[:, None], y.float() * weights[:, None], 0.0)
+    unsorted = torch.empty_like(y).index_copy_(0, order, y)
+    return unsorted.view(tokens, top_k, hidden).sum(dim=1).to(x.dtype)
