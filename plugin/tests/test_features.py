@@ -293,7 +293,18 @@ def test_batch_invariant_mode_is_refused_or_left_to_vllm(monkeypatch, vllm_ctx):
         types.SimpleNamespace(model_type="ernie4_5_moe", moe_num_experts=64),
     ],
 )
-def test_dbrx_and_ernie_moe_are_not_taken_over(monkeypatch, hf_config):
+def test_dbrx_and_ernie_moe_are_taken_over_like_dense_models(monkeypatch, hf_config):
+    monkeypatch.setenv("AWQGEMM_TAKE_OVER_AWQ", "1")
+    assert AwqGemmConfig.override_quantization_method(CFG, None, hf_config=hf_config) == "awqgemm"
+    monkeypatch.setenv("AWQGEMM_TAKE_OVER_AWQ", "0")
+    assert AwqGemmConfig.override_quantization_method(CFG, None, hf_config=hf_config) is None
+
+
+@pytest.mark.parametrize("hf_config", [types.SimpleNamespace(model_type="qwen3_moe", num_experts=128)])
+def test_moe_models_are_left_to_vllm_by_a_library_without_the_moe_op(monkeypatch, hf_config):
+    import awqgemm
+
+    monkeypatch.delattr(awqgemm, "fused_moe")
     monkeypatch.setenv("AWQGEMM_TAKE_OVER_AWQ", "1")
     assert AwqGemmConfig.override_quantization_method(CFG, None, hf_config=hf_config) is None
 

@@ -182,12 +182,25 @@ def test_incompatible_awq_checkpoint_is_left_to_vllm_on_auto_detection():
     assert "bits=8" in reason
 
 
-def test_moe_models_are_not_auto_taken():
+def test_moe_models_follow_the_dense_rules():
+    """MoE layers run on awqgemm.fused_moe: the same override rules as dense models."""
     moe = types.SimpleNamespace(num_experts=8)
-    assert P.decide_override(GOOD, None, V100, hf_config=moe)[0] is None
-    assert P.decide_override(GOOD, None, A100, take_over_all=True, hf_config=moe)[0] is None
     dense = types.SimpleNamespace(num_experts=None)
-    assert P.decide_override(GOOD, None, V100, hf_config=dense)[0] == "awqgemm"
+    for cfg in (moe, dense):
+        assert P.decide_override(GOOD, None, V100, hf_config=cfg)[0] == "awqgemm"
+        assert P.decide_override(GOOD, None, A100, take_over_all=True, hf_config=cfg)[0] == "awqgemm"
+        assert P.decide_override(GOOD, None, A100, hf_config=cfg)[0] is None
+        assert P.decide_override(GOOD, None, CPU, hf_config=cfg)[0] is None
+        assert P.decide_override(GOOD, "awqgemm", A100, hf_config=cfg)[0] == "awqgemm"
+
+
+def test_moe_models_are_not_auto_taken_by_a_library_without_the_moe_op():
+    moe = types.SimpleNamespace(num_experts=8)
+    name, reason = P.decide_override(GOOD, None, V100, hf_config=moe, moe_supported=False)
+    assert name is None and "no MoE op" in reason
+    assert P.decide_override(GOOD, None, A100, take_over_all=True, hf_config=moe, moe_supported=False)[0] is None
+    dense = types.SimpleNamespace(num_experts=None)
+    assert P.decide_override(GOOD, None, V100, hf_config=dense, moe_supported=False)[0] == "awqgemm"
 
 
 @pytest.mark.parametrize(
@@ -205,8 +218,34 @@ def test_moe_models_are_not_auto_taken():
 )
 def test_moe_detection_dbrx_and_ernie(hf_config):
     assert P.is_moe_config(hf_config)
-    assert P.decide_override(GOOD, None, A100, take_over_all=True, hf_config=hf_config)[0] is None
-    assert P.decide_override(GOOD, None, V100, hf_config=hf_config)[0] is None
+    kw = dict(hf_config=hf_config, moe_supported=False)
+    assert P.decide_override(GOOD, None, A100, take_over_all=True, **kw)[0] is None
+    assert P.decide_override(GOOD, None, V100, **kw)[0] is None
+    assert P.decide_override(GOOD, None, V100, hf_config=hf_config)[0] == "awqgemm"
+
+
+def test_moe_check_shard():
+    P.check_moe_shard("m", 2048, 768, 768, 128)  # Qwen3-30B-A3B, TP 1
+    P.check_moe_shard("m", 2048, 384, 768, 128)  # TP 2
+    with pytest.raises(P.AwqGemmConfigError, match=r"192 \(768 split 4 ways\).*\[1, 2, 3, 6\]"):
+        P.check_moe_shard("m", 2048, 192, 768, 128)  # TP 4: half groups per rank
+    with pytest.raises(P.AwqGemmConfigError, match="expert parallelism"):
+        P.check_moe_shard("m", 2048, 96, 768, 128)  # TP 8
+    P.check_moe_shard("m", 4096, 14336 // 8, 14336, 128)  # Mixtral-8x7B, TP 8: 14 groups per rank
+    with pytest.raises(P.AwqGemmConfigError, match="hidden size 100"):
+        P.check_moe_shard("m", 100, 128, 128, 32)
+    with pytest.raises(P.AwqGemmConfigError, match="empty"):
+        P.check_moe_shard("m", 128, 0, 128, 32)
+
+
+def test_moe_is_skipped():
+    prefix = "model.layers.0.mlp.experts"
+    assert not P.moe_is_skipped(prefix, [], [])
+    assert P.moe_is_skipped(prefix, ["mlp.experts"], [])
+    assert not P.moe_is_skipped(prefix, ["model.layers.1."], [])
+    # experts stored unquantized in the checkpoint (found by the safetensors scan)
+    assert P.moe_is_skipped(prefix, [], ["model.layers.0.mlp.experts.0.gate_proj"])
+    assert not P.moe_is_skipped(prefix, [], ["model.layers.0.mlp.gate", "model.layers.0.mlp.experts_x.0.w1"])
 
 
 @pytest.mark.parametrize(

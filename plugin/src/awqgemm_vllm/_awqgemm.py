@@ -11,4 +11,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the libr
         "from the awqgemm repository."
     ) from exc
 
-__all__ = ["awqgemm"]
+__all__ = ["awqgemm", "library_has_moe"]
+
+
+def library_has_moe() -> bool:
+    """Whether the installed awqgemm library has the MoE op and its packer."""
+    return hasattr(awqgemm, "fused_moe") and hasattr(awqgemm, "pack_awq_experts")

@@ -327,8 +327,14 @@ def decide_override(
     take_over_all: bool = False,
     hf_config: Any = None,
     batch_invariant: bool = False,
+    moe_supported: bool = True,
 ) -> tuple[str | None, str]:
     """Decide whether the plugin serves a checkpoint.
+
+    Mixture-of-experts models follow the same rules as dense ones (their MoE
+    layers run on ``awqgemm.fused_moe``), unless ``moe_supported`` is False (an
+    awqgemm library without the MoE op): then they are never taken
+    automatically.
 
     Returns ``(name, reason)`` where ``name`` is :data:`CANONICAL_NAME` to take the
     checkpoint or ``None`` to leave it to vLLM.  Raises :class:`AwqGemmConfigError`
@@ -359,8 +365,8 @@ def decide_override(
         parse_awq_config(hf_quant_cfg)
     except AwqGemmConfigError as exc:
         return None, f"checkpoint not servable by awqgemm ({exc})"
-    if is_moe_config(hf_config):
-        return None, "mixture-of-experts model (awqgemm serves dense linear layers)"
+    if not moe_supported and is_moe_config(hf_config):
+        return None, "mixture-of-experts model, and the installed awqgemm library has no MoE op"
     if batch_invariant:
         return None, f"{BATCH_INVARIANT_ENV}=1 (awqgemm is not batch-invariant)"
 
@@ -451,6 +457,45 @@ def check_linear_shard(
             )
 
 
+def check_moe_shard(
+    prefix: str,
+    hidden_size: int,
+    intermediate_size_per_partition: int,
+    intermediate_size: int | None,
+    group_size: int,
+) -> None:
+    """Check that one rank's shard of an AWQ mixture-of-experts layer can be served.
+
+    Per expert, w13 is ``[hidden, 2 * intermediate]`` (K = hidden) and w2 is
+    ``[intermediate, hidden]`` (K = intermediate).  Tensor parallelism splits the
+    intermediate size: every shard must hold whole quantization groups (w2's K)
+    and whole int32 words of 8 packed columns (w13's N).  Expert parallelism
+    splits the experts and needs nothing more.
+    """
+    name = prefix or "<MoE layer>"
+    inter = intermediate_size_per_partition
+    if hidden_size <= 0 or inter <= 0:
+        raise AwqGemmConfigError(f"{name}: empty expert shard (hidden {hidden_size}, intermediate {inter}).")
+    if hidden_size % group_size or hidden_size % PACK_FACTOR:
+        raise AwqGemmConfigError(
+            f"{name}: the hidden size {hidden_size} is not a multiple of the AWQ group size "
+            f"{group_size} (and of {PACK_FACTOR}); this checkpoint cannot be an AWQ MoE "
+            "checkpoint awqgemm reads."
+        )
+    if inter % group_size or inter % PACK_FACTOR:
+        full = intermediate_size if intermediate_size else inter
+        tp = max(1, full // inter)
+        good = [t for t in valid_row_parallel_sizes(full, group_size) if (full // t) % PACK_FACTOR == 0]
+        raise AwqGemmConfigError(
+            f"{name}: this rank's share of the experts' intermediate size is {inter} "
+            f"({full} split {tp} ways), not a multiple of the AWQ group size {group_size} "
+            f"(and of {PACK_FACTOR}), so quantization groups would straddle ranks. Use a "
+            f"tensor-parallel size that gives whole groups per rank (for this layer: {good}), "
+            "or expert parallelism (--enable-expert-parallel), which splits experts, not "
+            "their intermediate size."
+        )
+
+
 def valid_row_parallel_sizes(input_size: int, group_size: int, limit: int = 8) -> list[int]:
     """Tensor-parallel sizes (up to ``limit``) that split K into whole groups."""
     return [tp for tp in range(1, limit + 1) if input_size % tp == 0 and (input_size // tp) % group_size == 0]
@@ -488,6 +533,22 @@ def module_is_skipped(
             "quantized."
         )
     return skipped(prefix)
+
+
+def moe_is_skipped(
+    prefix: str,
+    modules_to_not_convert: Sequence[str],
+    exact_modules: Sequence[str] = (),
+) -> bool:
+    """Whether a MoE layer (``prefix`` = its experts module, e.g.
+    ``model.layers.0.mlp.experts``) is left unquantized: by
+    ``modules_to_not_convert`` (substring match, as vLLM's AWQ MoE does), or
+    because the checkpoint stores its experts unquantized (``exact_modules``,
+    found by scanning the safetensors, holds modules below ``prefix``)."""
+    if any(m in prefix for m in modules_to_not_convert):
+        return True
+    below = prefix + "."
+    return any(m.startswith(below) for m in exact_modules)
 
 
 FLOAT_SAFETENSORS_DTYPES = ("F16", "BF16", "F32")

@@ -16,7 +16,6 @@ from ._policy import (
     CANONICAL_NAME,
     CONFIG_FILENAMES,
     MIN_CAPABILITY,
-    AwqGemmConfigError,
     AwqSettings,
     _check_platform,
     batch_invariance_error,
@@ -24,6 +23,7 @@ from ._policy import (
     env_take_over,
     is_awq_checkpoint,
     module_is_skipped,
+    moe_is_skipped,
     offload_error,
     parse_awq_config,
     unquantized_modules_from_metadata,
@@ -101,6 +101,7 @@ class AwqGemmConfig(QuantizationConfig):
             take_over_all=is_awq_checkpoint(hf_quant_cfg) and env_take_over(),
             hf_config=hf_config,
             batch_invariant=batch_invariant(),
+            moe_supported=_library_has_moe(),
         )
         if name is not None:
             logger.info("awqgemm serves this AWQ checkpoint: %s.", reason)
@@ -130,12 +131,13 @@ class AwqGemmConfig(QuantizationConfig):
             _register.enable_weight_loader_v2()
             return AwqGemmLinearMethod(self, prefix)
         if _is_moe_layer(layer):
-            raise AwqGemmConfigError(
-                f"{prefix}: awqgemm serves dense linear layers; this model has "
-                "mixture-of-experts layers. Serve it with vLLM's own AWQ support "
-                f"(drop '--quantization {CANONICAL_NAME}' and "
-                "AWQGEMM_TAKE_OVER_AWQ)."
-            )
+            if moe_is_skipped(prefix, self.modules_to_not_convert, self.scanned_unquantized):
+                from vllm.model_executor.layers.fused_moe import UnquantizedFusedMoEMethod
+
+                return UnquantizedFusedMoEMethod(layer.moe_config)
+            from .moe import AwqGemmMoEMethod
+
+            return AwqGemmMoEMethod(self, layer.moe_config, prefix)
         return None
 
     def check_serving_options(self, prefix: str) -> None:
@@ -211,6 +213,16 @@ def _hub_safetensors_metadata(model_name: str, revision: str | None) -> dict[str
             exc,
         )
         return None
+
+
+def _library_has_moe() -> bool:
+    """Whether the installed awqgemm has the MoE op (False where awqgemm does
+    not import: the dense path then reports that)."""
+    try:
+        from ._awqgemm import library_has_moe
+    except ImportError:
+        return False
+    return library_has_moe()
 
 
 def _is_moe_layer(layer: torch.nn.Module) -> bool:
