@@ -3,7 +3,7 @@
 # older ones forced onto this GPU), a compute-sanitizer memcheck subset, and
 # optionally the benchmark. Results and logs go to $OUT (or ./devrun).
 #
-#   bash ci/device_kernels.sh [tests|sanitizer|racecheck|ncu|micro|bench|all]...   (default: tests sanitizer)
+#   bash ci/device_kernels.sh [tests|sanitizer|racecheck|ncu|micro|moe|bench|all]...   (default: tests sanitizer)
 set -uo pipefail
 OUT=${OUT:-$PWD/devrun}
 mkdir -p "$OUT"
@@ -65,6 +65,23 @@ if has micro; then
     nvcc -O3 -std=c++17 -arch="sm_${cap}" "benchmarks/$b.cu" -o "/tmp/$b" >"$OUT/$b-build.log" 2>&1 \
       && "/tmp/$b" | tee "$OUT/$b.json"
   done
+fi
+if has moe; then
+  echo "== MoE: grouped GEMM tests, memcheck subset, benchmark =="
+  (cd kernels && python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_gpu_moe.py -s \
+     --junitxml="$OUT/gpu-moe-tests.xml") >"$OUT/gpu-moe-tests.log" 2>&1
+  r=$?; rc=$((rc | r))
+  grep -E "worst rel err|passed|failed|Error|error" "$OUT/gpu-moe-tests.log" | tail -30
+  echo "moe tests rc=$r" | tee -a "$OUT/summary.txt"
+  (cd kernels && compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
+     python3 -m pytest -q -p no:cacheprovider tests/test_gpu_moe.py -k sanitizer_subset) >"$OUT/moe-sanitizer.log" 2>&1
+  r=$?; rc=$((rc | r))
+  tail -5 "$OUT/moe-sanitizer.log"; echo "moe sanitizer rc=$r" | tee -a "$OUT/summary.txt"
+  # MOE_BENCH_ARGS: e.g. "--tokens 1,64,1024 --deadline 120"
+  mkdir -p "$OUT/results"
+  python3 benchmarks/moe.py --out "$OUT/results" ${MOE_BENCH_ARGS:-} >"$OUT/moe-bench.log" 2>&1
+  r=$?; echo "moe bench rc=$r" | tee -a "$OUT/summary.txt"
+  tail -30 "$OUT/moe-bench.log"
 fi
 if has bench; then
   echo "== benchmark =="

@@ -192,6 +192,76 @@ NB_MODULE(_C, m) {
       nb::arg("out_stride"), nb::arg("workspace"), nb::arg("workspace_bytes"), nb::arg("device"), nb::arg("stream"));
 
   m.def(
+      "plan_grouped",
+      [](int family, int dtype, int R, int E, int N, int K, int device) {
+        if (R < 1 || E < 1 || N < 1 || K < 1) throw nb::value_error("awqgemm: R, E, N and K must be positive");
+        const Family f = resolve(family, dtype, device);
+        const Plan plan = make_grouped_plan(f, device_info(device), R, E, N, K);
+        if (grouped_grid_rows(R, 8 * plan.tile.mt, E) > 65535) {
+          throw nb::value_error(("awqgemm: grouped GEMM of " + std::to_string(R) + " rows over " + std::to_string(E) +
+                                 " experts needs more than 65535 grid rows; split the batch")
+                                    .c_str());
+        }
+        return std::make_tuple(encode_plan(plan), static_cast<int>(plan.family), layout_for(plan.family),
+                               plan.workspace_bytes);
+      },
+      nb::arg("family"), nb::arg("dtype"), nb::arg("R"), nb::arg("E"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
+      "(plan code, family, packed layout it reads, workspace_bytes) for a grouped (MoE) problem of R rows over E "
+      "experts.");
+
+  m.def(
+      "gemm_grouped",
+      [](int64_t plan_code, int dtype, int R, int N, int K, int group_size, int E, uintptr_t x, int x_rows,
+         int64_t x_stride, uintptr_t row_index, uintptr_t row_offsets, uintptr_t qweight, int64_t qweight_stride,
+         uintptr_t scale_zero, int64_t scale_zero_stride, uintptr_t out, int64_t out_stride, uintptr_t workspace,
+         int64_t workspace_bytes, int device, uintptr_t stream) {
+        Plan plan;
+        if (!decode_plan(plan_code, &plan) || plan.dense || plan.tile.kind != KernelKind::kKSplit ||
+            plan.family == Family::kSm90) {
+          throw nb::value_error("awqgemm: not a grouped plan code from plan_grouped()");
+        }
+        if (R < 1 || E < 1 || x_rows < 1 || row_offsets == 0) {
+          throw nb::value_error("awqgemm: a grouped GEMM needs R, E, x rows >= 1 and expert offsets");
+        }
+        if (grouped_grid_rows(R, 8 * plan.tile.mt, E) > 65535) {
+          throw nb::value_error("awqgemm: grouped GEMM grid too tall; split the batch");
+        }
+        const int64_t need = fused_workspace_bytes(plan, R, N, K);
+        if (need > workspace_bytes) {
+          throw nb::value_error(("awqgemm: workspace of " + std::to_string(workspace_bytes) +
+                                 " bytes is smaller than the plan's " + std::to_string(need))
+                                    .c_str());
+        }
+        GemmProblem p;
+        p.M = R;
+        p.N = N;
+        p.K = K;
+        p.group_size = checked_group_size(group_size, K);
+        p.dtype = to_dtype(dtype);
+        p.x = reinterpret_cast<const void*>(x);
+        p.x_row_stride = x_stride;
+        p.x_rows = x_rows;
+        p.row_index = reinterpret_cast<const int32_t*>(row_index);
+        p.num_batches = E;
+        p.row_offsets = reinterpret_cast<const int32_t*>(row_offsets);
+        p.qweight = reinterpret_cast<const void*>(qweight);
+        p.qweight_batch_stride = qweight_stride;
+        p.scale_zero = reinterpret_cast<const void*>(scale_zero);
+        p.scale_zero_batch_stride = scale_zero_stride;
+        p.out = reinterpret_cast<void*>(out);
+        p.out_row_stride = out_stride;
+        p.workspace = reinterpret_cast<float*>(workspace);
+        p.workspace_bytes = workspace_bytes;
+        DeviceGuard guard(device);
+        DeviceGuard::check(run_gemm(plan, p, reinterpret_cast<cudaStream_t>(stream)), "grouped gemm launch");
+      },
+      nb::arg("plan_code"), nb::arg("dtype"), nb::arg("R"), nb::arg("N"), nb::arg("K"), nb::arg("group_size"),
+      nb::arg("E"), nb::arg("x"), nb::arg("x_rows"), nb::arg("x_stride"), nb::arg("row_index"),
+      nb::arg("row_offsets"), nb::arg("qweight"), nb::arg("qweight_stride"), nb::arg("scale_zero"),
+      nb::arg("scale_zero_stride"), nb::arg("out"), nb::arg("out_stride"), nb::arg("workspace"),
+      nb::arg("workspace_bytes"), nb::arg("device"), nb::arg("stream"));
+
+  m.def(
       "dequantize_t",
       [](int layout, int dtype, int N, int K, int group_size, uintptr_t qweight, uintptr_t scale_zero, uintptr_t wt,
          int device, uintptr_t stream) {

@@ -11,12 +11,16 @@ template <typename T>
 __global__ void splitk_reduce_kernel(const GemmProblem p, const int splits) {
   pdl_wait();  // the partials come from the GEMM kernel just before (PDL: see gemm_tile.cuh)
   const int64_t total = static_cast<int64_t>(p.M) * p.N;
+  // Grouped problems: rows past the last expert's have no partials; the GEMM
+  // kernel zeroed them in out already.
+  const int rows = p.row_offsets == nullptr ? p.M : min(max(p.row_offsets[p.num_batches], 0), p.M);
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float v = 0.f;
-    for (int s = 0; s < splits; ++s) v += p.workspace[s * total + idx];
     const int m = static_cast<int>(idx / p.N);
     const int n = static_cast<int>(idx % p.N);
+    if (m >= rows) break;  // idx only grows
+    float v = 0.f;
+    for (int s = 0; s < splits; ++s) v += p.workspace[s * total + idx];
     if (p.bias != nullptr) v += to_float(reinterpret_cast<const T*>(p.bias)[n]);
     reinterpret_cast<T*>(p.out)[static_cast<int64_t>(m) * p.out_row_stride + n] = from_float<T>(v);
   }

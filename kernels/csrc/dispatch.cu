@@ -337,6 +337,51 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   return plan;
 }
 
+// Grouped problems run the K-split kernel on every family (sm90 hands them to
+// sm80's: same packed layout). A block's token tile never straddles two
+// experts, so the tile height follows the rows per active expert (R / min(E, R)),
+// not R: decode's handful of rows per expert gets 8-row tiles. No dense path:
+// it would dequantize all E experts (E x N x K) or need each expert's row count
+// on the host (a sync). Split-K partials are [splits][R][N] fp32, capped like
+// the wgmma plan's.
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K) {
+  Plan plan;
+  TileConfig& t = plan.tile;
+  if (family == Family::kSm90) family = Family::kSm80;
+  plan.family = family;
+  t.kind = KernelKind::kKSplit;
+  const int ntiles = padded_n(N) / kTileN;
+  const int ktiles = padded_k(K) / kTileK;
+  const int sms = dev.sm_count > 0 ? dev.sm_count : 80;
+  const int64_t want = static_cast<int64_t>(inflight_bytes_per_sm()) * sms;
+  const int active = std::max(1, std::min(E, R));
+  const int per_expert = ceil_div(R, active);
+  if (per_expert <= 8) {
+    t.mt = 1;
+    t.nt = 2;
+  } else if (per_expert <= 16 || family == Family::kSm70) {
+    t.mt = 2;
+    t.nt = 2;
+  } else {
+    t.mt = 4;
+    t.nt = 4;
+  }
+  // Tiles that do work: at least one per active expert, at least R / tile.
+  const int tiles = std::max(active, ceil_div(R, 8 * t.mt));
+  const int blocks = ceil_div(ntiles, t.nt) * tiles;
+  const int stages = pipeline_stages(t.mt, /*async_ring=*/true);
+  auto inflight = [&](int kwarps) { return static_cast<int64_t>(blocks) * kwarps * 32 * stages * t.nt * 16; };
+  t.kwarps = 4;
+  const int max_kwarps = family == Family::kSm80 ? 16 : 8;  // see launch.h launch_family
+  if (t.mt <= 2) {
+    while (t.kwarps < max_kwarps && inflight(t.kwarps) < want && ktiles >= 2 * 2 * t.kwarps) t.kwarps *= 2;
+  }
+  t.splits = choose_splits(ktiles, 2 * t.kwarps, want, inflight(t.kwarps));
+  while (t.splits > 1 && static_cast<int64_t>(t.splits) * R * N * 4 > kMaxWorkspaceBytes) --t.splits;
+  finish_plan(plan, dev, /*kernel_has_wait=*/dev.ptx_arch >= 90, R, N, K);
+  return plan;
+}
+
 cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream) {
   cudaError_t err = cudaErrorInvalidValue;
   switch (plan.family) {

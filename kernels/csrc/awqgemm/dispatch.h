@@ -58,6 +58,10 @@ bool have_sm90a();
 // from choose_family; `dtype_bytes` sizes the dense weight.
 Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes);
 
+// The grouped sibling (MoE experts: GemmProblem::row_offsets): R rows over
+// E experts, N x K each. Always the K-split kernel (see dispatch.cu).
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K);
+
 // Launches the fused kernel (and the split-K reduction when the plan splits).
 cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream);
 

@@ -150,13 +150,83 @@ struct Volta884Lanes {
 // 16-column strips (tiles of a strip are 512 bytes apart along K). Strips past
 // the end re-read the last real one; their results are never stored.
 template <int NT>
-__device__ __forceinline__ void weight_strips(const GemmProblem& p, int nt0, int ntiles, int ktiles, int lane,
+__device__ __forceinline__ void weight_strips(const void* qweight, int nt0, int ntiles, int ktiles, int lane,
                                               const uint4* (&wptr)[NT], int (&ntc)[NT]) {
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     ntc[nt] = min(nt0 + nt, ntiles - 1);
-    wptr[nt] = reinterpret_cast<const uint4*>(p.qweight) + static_cast<size_t>(ntc[nt]) * ktiles * 32 + lane;
+    wptr[nt] = reinterpret_cast<const uint4*>(qweight) + static_cast<size_t>(ntc[nt]) * ktiles * 32 + lane;
   }
+}
+template <int NT>
+__device__ __forceinline__ void weight_strips(const GemmProblem& p, int nt0, int ntiles, int ktiles, int lane,
+                                              const uint4* (&wptr)[NT], int (&ntc)[NT]) {
+  weight_strips<NT>(p.qweight, nt0, ntiles, ktiles, lane, wptr, ntc);
+}
+
+// Grouped problems: block row `tile` of the grid -> its expert e and rows
+// [m0, m_end) (m_end: the expert's last row + 1; the block takes up to bm of
+// them). Tiles are numbered expert by expert, each expert ceil(rows / bm) of
+// them, so the grid needs at most ceil(M / bm) + num_batches rows; the tiles
+// after the last expert's cover the rows of no expert (e = -1), which the
+// block zeroes. Every warp scans the offsets itself, 32 experts per step (a
+// shuffle scan of the tile counts), so no barrier and no prep kernel.
+// Offsets are clamped into [0, M] and made non-decreasing on the fly.
+__device__ __forceinline__ void resolve_group_tile(const GemmProblem& p, int bm, int tile, int& e, int& m0,
+                                                   int& m_end) {
+  const int lane = threadIdx.x & 31;
+  const int num = p.num_batches;
+  int base = 0;  // tiles of the experts before this chunk
+  int prev = 0;  // end row of the chunk before
+  for (int c = 0; c < num; c += 32) {
+    const int i = c + lane;
+    int lo = 0, hi = 0;
+    if (i < num) {
+      lo = min(max(__ldg(p.row_offsets + i), 0), p.M);
+      hi = min(max(__ldg(p.row_offsets + i + 1), lo), p.M);
+    }
+    const int cnt = ceil_div(hi - lo, bm);
+    int incl = cnt;
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+      const int v = __shfl_up_sync(0xffffffffu, incl, d);
+      if (lane >= d) incl += v;
+    }
+    const int total = __shfl_sync(0xffffffffu, incl, 31);
+    if (tile < base + total) {
+      const int src = __ffs(__ballot_sync(0xffffffffu, base + incl > tile)) - 1;
+      const int before = __shfl_sync(0xffffffffu, incl - cnt, src);
+      e = c + src;
+      m0 = __shfl_sync(0xffffffffu, lo, src) + (tile - base - before) * bm;
+      m_end = __shfl_sync(0xffffffffu, hi, src);
+      return;
+    }
+    base += total;
+    prev = __shfl_sync(0xffffffffu, hi, 31);
+    if (c + 32 >= num) prev = __shfl_sync(0xffffffffu, hi, (num - 1) & 31);
+  }
+  e = -1;
+  m0 = max(prev, min(max(__ldg(p.row_offsets + num), 0), p.M)) + (tile - base) * bm;
+  m_end = p.M;
+}
+
+// Zeroes out rows [m0, min(m0 + bm, m_end)) x this block's columns (grouped
+// problems' rows of no expert). Only the first K split writes: the split-K
+// reduction skips these rows.
+template <typename T>
+__device__ __forceinline__ void zero_rows(const GemmProblem& p, int m0, int m_end, int bm, int n0, int ncols) {
+  if (blockIdx.z != 0 || m0 >= m_end) return;
+  const int rows = min(bm, m_end - m0);
+  const int cols = min(ncols, p.N - n0);
+  for (int idx = threadIdx.x; idx < rows * cols; idx += blockDim.x) {
+    const int m = m0 + idx / cols;
+    reinterpret_cast<T*>(p.out)[static_cast<size_t>(m) * p.out_row_stride + n0 + idx % cols] = from_float<T>(0.f);
+  }
+}
+
+// The x row that output row `row` reads (grouped problems may gather).
+__device__ __forceinline__ int x_row_of(const GemmProblem& p, int row) {
+  return p.row_index == nullptr ? row : min(max(__ldg(p.row_index + row), 0), p.x_rows - 1);
 }
 
 // Epilogue store of one output: with a single K split, add the bias and round
@@ -216,7 +286,22 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
     const int ktiles = padded_k(p.K) / kTileK;
     const int ntiles = padded_n(p.N) / kTileN;
     const int nt0 = blockIdx.x * NT;
-    const int m0 = blockIdx.y * (8 * MT);
+    int m0 = blockIdx.y * (8 * MT);
+    int m_end = p.M;  // rows this block may store: [m0, min(m0 + 8 MT, m_end))
+    const void* qweight = p.qweight;
+    const void* scale_zero = p.scale_zero;
+    if (p.row_offsets != nullptr) {
+      // PDL: the offsets and row indices come from the kernels just before.
+      if (pdl_flags & kPdlLaunched) pdl_wait();
+      int e;
+      resolve_group_tile(p, 8 * MT, blockIdx.y, e, m0, m_end);
+      if (e < 0) {
+        zero_rows<T>(p, m0, m_end, 8 * MT, nt0 * kTileN, NT * kTileN);
+        return;  // the whole block: no barrier has been reached
+      }
+      qweight = reinterpret_cast<const uint32_t*>(qweight) + e * p.qweight_batch_stride;
+      scale_zero = reinterpret_cast<const T*>(scale_zero) + e * p.scale_zero_batch_stride;
+    }
 
     const int per_split = ceil_div(ktiles, splits);
     const int kt_begin = blockIdx.z * per_split;
@@ -229,14 +314,14 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
     // of the MMA output depends only on column m of B.
     const uint4* wptr[NT];
     int ntc[NT];
-    weight_strips<NT>(p, nt0, ntiles, ktiles, lane, wptr, ntc);
+    weight_strips<NT>(qweight, nt0, ntiles, ktiles, lane, wptr, ntc);
     const T* xptr[MT];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      const int row = min(m0 + mt * 8 + Fam::x_row(lane), p.M - 1);
+      const int row = x_row_of(p, min(m0 + mt * 8 + Fam::x_row(lane), m_end - 1));
       xptr[mt] = reinterpret_cast<const T*>(p.x) + static_cast<size_t>(row) * p.x_row_stride + koff;
     }
-    const uint2* szptr = reinterpret_cast<const uint2*>(p.scale_zero) + Fam::w_row(lane);
+    const uint2* szptr = reinterpret_cast<const uint2*>(scale_zero) + Fam::w_row(lane);
 
     float acc[MT][NT][kAcc];
 #pragma unroll
@@ -372,7 +457,7 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
       Fam::coord(ln, idx % kOwn, mo, no);
       const int m = m0 + mt * 8 + mo;
       const int n = (nt0 + nt) * kTileN + no;
-      if (m < p.M && n < p.N) store_result<T>(p, splits, m, n, v);
+      if (m < m_end && n < p.N) store_result<T>(p, splits, m, n, v);
     };
 
     if constexpr (KWARPS > 1) {

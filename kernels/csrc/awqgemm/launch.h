@@ -62,7 +62,8 @@ cudaError_t launch_with_smem(dim3 grid, int threads, const GemmProblem& p, const
 template <typename T, int MT, int NT, int KWARPS, class Fam, bool kAsyncWeights>
 cudaError_t launch_gemm_tc(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   const int ntiles = padded_n(p.N) / kTileN;
-  const dim3 grid(ceil_div(ntiles, NT), ceil_div(p.M, 8 * MT), cfg.splits);
+  const dim3 grid(ceil_div(ntiles, NT), grouped_grid_rows(p.M, 8 * MT, p.row_offsets != nullptr ? p.num_batches : 0),
+                  cfg.splits);
   constexpr int kStages = pipeline_stages(MT, kAsyncWeights);
   constexpr int kSmem = SmemLayout<MT, NT, KWARPS, kStages, kAsyncWeights>::kBytes;
   return launch_with_smem<kSmem, gemm_tc_kernel<T, MT, NT, KWARPS, kStages, Fam, kAsyncWeights>>(grid, KWARPS * 32, p, cfg,

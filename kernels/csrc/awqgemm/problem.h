@@ -35,18 +35,32 @@ struct GemmProblem {
   const void* qweight = nullptr;
   const void* scale_zero = nullptr;
 
-  // Batched / grouped problems (MoE experts). Only num_batches == 1 is
-  // implemented today; the strides are here so the descriptor does not change
-  // when grouped GEMM lands. row_offsets, when set, gives each batch's first
-  // row in x/out (size num_batches + 1), as MoE token routing produces.
+  // Grouped problems (MoE experts), when row_offsets is set (device memory,
+  // num_batches + 1 entries): output rows row_offsets[e] .. row_offsets[e + 1]
+  // are x rows times expert e's weight, which starts e * the batch strides
+  // after qweight / scale_zero. Rows from row_offsets[num_batches] to M belong
+  // to no expert here and are written as zeros. The offsets are read on the
+  // device only (no host sync), and clamped to [0, M] there, so bad ones
+  // cannot send a block out of bounds. Only the K-split kernel reads these.
   int num_batches = 1;
   int64_t qweight_batch_stride = 0;     // in 32-bit words
   int64_t scale_zero_batch_stride = 0;  // in elements
   const int32_t* row_offsets = nullptr;
+  // Gather (grouped problems): output row r reads x row row_index[r], clamped
+  // to [0, x_rows); nullptr reads x row r. MoE's gate/up projection reads each
+  // token's row once per chosen expert this way, with no [M, K] copy of x.
+  const int32_t* row_index = nullptr;
+  int x_rows = 0;
 
   // fp32 scratch for split-K partial sums, owned by the caller (torch).
   float* workspace = nullptr;
   int64_t workspace_bytes = 0;
 };
+
+#if !defined(__CUDACC_RTC__)
+// Grid rows of the K-split kernel: M / bm token tiles, plus (grouped problems,
+// `groups` experts) one partial tile per expert at most (resolve_group_tile).
+constexpr int grouped_grid_rows(int m, int bm, int groups) { return (m + bm - 1) / bm + groups; }
+#endif
 
 }  // namespace awqgemm

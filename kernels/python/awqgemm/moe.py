@@ -421,3 +421,22 @@ def fused_moe(
     y = torch.where(local[:, None], y.float() * weights[:, None], 0.0)
     unsorted = torch.empty_like(y).index_copy_(0, order, y)
     return unsorted.view(tokens, top_k, hidden).sum(dim=1).to(x.dtype)
+
+
+def grouped_plan_info(
+    rows: int, num_experts: int, N: int, K: int, dtype: torch.dtype = torch.float16, device="cuda"
+) -> dict:
+    """The dispatcher's plan for a grouped GEMM of ``rows`` (= tokens x top-k) over
+    ``num_experts`` experts of ``[K, N]``: family, kernel, tokens per tile, K splits,
+    workspace bytes (benchmarks and tests; :func:`moe_gemm` makes the same plan)."""
+    for name, v in (("rows", rows), ("num_experts", num_experts), ("N", N), ("K", K)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"awqgemm: {name} must be a positive int, got {v!r}")
+    if dtype not in ACTIVATION_DTYPES:
+        raise TypeError(f"awqgemm: dtype must be float16 or bfloat16, got {dtype}")
+    device = torch.device(device)
+    if device.type != "cuda" or _C is None or _ops.state.path == "reference":
+        return {"family": None, "kernel": "reference", "workspace_bytes": 0}
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    code, family, _, ws = _C.plan_grouped(_ops.state.family, _ops._DTYPE_CODE[dtype], rows, num_experts, N, K, index)
+    return {"family": f"sm{family}", "workspace_bytes": ws, **_C.describe_plan(code)}
