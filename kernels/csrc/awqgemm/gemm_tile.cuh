@@ -167,10 +167,11 @@ __device__ __forceinline__ void weight_strips(const GemmProblem& p, int nt0, int
 // Grouped problems: block row `tile` of the grid -> its expert e and rows
 // [m0, m_end) (m_end: the expert's last row + 1; the block takes up to bm of
 // them). Tiles are numbered expert by expert, each expert ceil(rows / bm) of
-// them, so the grid needs at most ceil(M / bm) + num_batches rows; the tiles
-// after the last expert's cover the rows of no expert (e = -1), which the
-// block zeroes. Every warp scans the offsets itself, 32 experts per step (a
-// shuffle scan of the tile counts), so no barrier and no prep kernel.
+// them; the tiles after the last expert's cover the rows of no expert (e = -1),
+// which the block zeroes. All of them fit in ceil(M / bm) + min(num_batches, M)
+// grid rows (grouped_grid_rows in problem.h). Every warp scans the offsets
+// itself, 32 experts per step (a shuffle scan of the tile counts), so no
+// barrier and no prep kernel.
 // Offsets are clamped into [0, M] and made non-decreasing on the fly.
 __device__ __forceinline__ void resolve_group_tile(const GemmProblem& p, int bm, int tile, int& e, int& m0,
                                                    int& m_end) {

@@ -59,8 +59,11 @@ struct GemmProblem {
 
 #if !defined(__CUDACC_RTC__)
 // Grid rows of the K-split kernel: M / bm token tiles, plus (grouped problems,
-// `groups` experts) one partial tile per expert at most (resolve_group_tile).
-constexpr int grouped_grid_rows(int m, int bm, int groups) { return (m + bm - 1) / bm + groups; }
+// `groups` experts) one partial tile per expert that has rows -- at most
+// min(groups, M) of them -- including the tiles of rows of no expert
+// (resolve_group_tile). Decode (M = 8 rows over 128 experts) launches 9 block
+// rows, not 129: the extra blocks only scanned the offsets and exited.
+constexpr int grouped_grid_rows(int m, int bm, int groups) { return (m + bm - 1) / bm + (groups < m ? groups : m); }
 #endif
 
 }  // namespace awqgemm
