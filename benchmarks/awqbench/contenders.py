@@ -12,10 +12,11 @@ import torch
 from .shapes import DTYPES, Shape
 from .timing import short_error
 
-CONTENDERS = ("auto", "fused", "wg", "dpath", "cublas", "tm", "machete", "marlin")
+CONTENDERS = ("auto", "fused", "wt", "wg", "dpath", "cublas", "tm", "machete", "marlin")
 CONTENDER_DOC = {
     "auto": "awqgemm.gemm, default dispatch (what users get)",
     "fused": "awqgemm forced onto its sm80 fused kernels (testing.force(family='sm80', path='fused'))",
+    "wt": "awqgemm forced onto the sm80 weight-tile kernel at every M (testing.force(family='sm80', path='wtile'))",
     "wg": "awqgemm forced onto the sm90a wgmma kernel (testing.force(family='sm90', path='fused'))",
     "dpath": "awqgemm forced onto dequantize + cuBLAS (testing.force(path='dense'))",
     "cublas": "dense torch matmul x @ w, w [K, N] in the same dtype (cuBLAS)",
@@ -93,7 +94,7 @@ def build_contenders(
     unavailable: dict[str, str] = {}
     keep: list[Any] = []
 
-    awq_names = [c for c in ("auto", "fused", "wg", "dpath") if c in wanted]
+    awq_names = [c for c in ("auto", "fused", "wt", "wg", "dpath") if c in wanted]
     cuda = device.type == "cuda"
     if "wg" in awq_names and "sm90a_m64nNk16" not in awqgemm.build_info()["kernel_families"]:
         awq_names.remove("wg")
@@ -110,6 +111,7 @@ def build_contenders(
         force = {
             "auto": {},
             "fused": {"family": "sm80", "path": "fused"} if sm80 else {"path": "fused"},
+            "wt": {"family": "sm80", "path": "wtile"} if sm80 else {"path": "wtile"},
             "wg": {"family": "sm90", "path": "fused"},
             "dpath": {"path": "dense"},
         }

@@ -61,6 +61,7 @@ def plan_estimate(blocks: Sequence[Block], ms: Sequence[int], args: argparse.Nam
             per = {
                 "auto": awq if M < 256 else dense + K * N * 2.5 / bw,
                 "fused": awq * (3 if M >= 1024 else 1),
+                "wt": awq * (2 if M >= 1024 else 1),
                 "wg": awq * 1.3,
                 "dpath": dense + K * N * 2.5 / bw,
                 "cublas": dense,
@@ -71,7 +72,7 @@ def plan_estimate(blocks: Sequence[Block], ms: Sequence[int], args: argparse.Nam
             for c in args.contenders:
                 if c == "tm" and (b.dname != "fp16" or G != 128):
                     continue
-                if c == "fused" and 0 < args.fused_max_m < M:
+                if c in ("fused", "wt") and 0 < args.fused_max_m < M:
                     continue
                 calls += R
                 graphs += 1
@@ -147,7 +148,7 @@ def run_block(
         nx = max(1, min(RM, math.ceil(rotate / (M * K * 2))))
         xs = torch.randn(nx, M, K, dtype=dtype, device=device, generator=gen)
         for c, con in contenders.items():
-            if c == "fused" and 0 < args.fused_max_m < M:
+            if c in ("fused", "wt") and 0 < args.fused_max_m < M:
                 continue
             if fails.get(c, 0) >= 2:
                 row["errors"][c] = f"not timed: failed twice in this block ({row_errors_last(rows, c)})"

@@ -46,7 +46,9 @@ class DeviceGuard {
 };
 
 PathRequest to_path(int p) {
-  if (p < 0 || p > 2) throw nb::value_error("awqgemm: path code must be 0 (auto), 1 (fused) or 2 (dense)");
+  if (p < 0 || p > 3) {
+    throw nb::value_error("awqgemm: path code must be 0 (auto), 1 (fused), 2 (dense) or 3 (weight-tile kernel)");
+  }
   return static_cast<PathRequest>(p);
 }
 
@@ -145,7 +147,7 @@ NB_MODULE(_C, m) {
       [](int64_t plan_code) {
         Plan plan;
         if (!decode_plan(plan_code, &plan)) throw nb::value_error("awqgemm: not a plan code from plan()");
-        static const char* const kKernels[] = {"k_split", "x_shared", "wgmma", "wgmma_staged_x"};
+        static const char* const kKernels[] = {"k_split", "x_shared", "wgmma", "wgmma_staged_x", "w_tile"};
         nb::dict d;
         d["kernel"] = plan.dense ? "dequantize+dense" : kKernels[static_cast<int>(plan.tile.kind)];
         d["tile_tokens"] = 8 * plan.tile.mt;

@@ -27,13 +27,18 @@ __global__ void splitk_reduce_kernel(const GemmProblem p, const int splits) {
 }
 
 // One thread per packed word: 8 weights = 4 register pairs, each pair two
-// consecutive k of one row n, stored as one 32-bit write into wt[n][k].
+// consecutive k of one row n, stored as one 32-bit write into wt[n - n_begin][k].
+// The packed layout stores column tiles one after another (all of a tile's K,
+// then the next), so a chunk of columns is a contiguous run of words.
 template <typename T, class Lanes>
 __global__ void dequantize_t_kernel(const uint32_t* qweight, const uint2* scale_zero, int N, int K, int group_size,
-                                    T* wt) {
+                                    int n_begin, int n_count, T* wt) {
   const int ktiles = padded_k(K) / kTileK;
   const int ntiles = padded_n(N) / kTileN;
-  const int64_t words = static_cast<int64_t>(ntiles) * ktiles * kWordsPerTile;
+  const int nt_begin = n_begin / kTileN;
+  const int n_end = min(N, n_begin + n_count);
+  const int64_t words = static_cast<int64_t>(ceil_div(n_end - n_begin, kTileN)) * ktiles * kWordsPerTile;
+  const int64_t word0 = static_cast<int64_t>(nt_begin) * ktiles * kWordsPerTile;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < words;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int step = static_cast<int>(idx & 3);
@@ -52,9 +57,9 @@ __global__ void dequantize_t_kernel(const uint32_t* qweight, const uint2* scale_
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int n = nt * kTileN + Lanes::w_row(lane) + 8 * Lanes::reg_row_half(i);
-      if (n < N) {
+      if (n < n_end) {
         const int k = kbase + Lanes::reg_k(i);
-        *reinterpret_cast<uint32_t*>(wt + static_cast<int64_t>(n) * K + k) = a[i];
+        *reinterpret_cast<uint32_t*>(wt + static_cast<int64_t>(n - n_begin) * K + k) = a[i];
       }
     }
   }
@@ -76,17 +81,18 @@ int grid_for(int64_t work, int threads) {
 
 template <typename T>
 cudaError_t dequantize_typed(const void* qweight, const void* scale_zero, int layout, int N, int K, int group_size,
-                             void* wt, cudaStream_t stream) {
-  const int64_t words = static_cast<int64_t>(padded_n(N) / kTileN) * (padded_k(K) / kTileK) * kWordsPerTile;
+                             int n_begin, int n_count, void* wt, cudaStream_t stream) {
+  if (n_begin < 0 || n_begin % kTileN != 0 || n_count < 1 || n_begin + n_count > N) return cudaErrorInvalidValue;
+  const int64_t words = static_cast<int64_t>(ceil_div(n_count, kTileN)) * (padded_k(K) / kTileK) * kWordsPerTile;
   const int threads = 256;
   const auto* qw = static_cast<const uint32_t*>(qweight);
   const auto* sz = static_cast<const uint2*>(scale_zero);
   if (layout == kLayoutTc16x64) {
-    dequantize_t_kernel<T, M16n8Lanes><<<grid_for(words, threads), threads, 0, stream>>>(qw, sz, N, K, group_size,
-                                                                                        static_cast<T*>(wt));
+    dequantize_t_kernel<T, M16n8Lanes><<<grid_for(words, threads), threads, 0, stream>>>(
+        qw, sz, N, K, group_size, n_begin, n_count, static_cast<T*>(wt));
   } else if (layout == kLayoutVolta884) {
-    dequantize_t_kernel<T, Volta884Lanes><<<grid_for(words, threads), threads, 0, stream>>>(qw, sz, N, K, group_size,
-                                                                                           static_cast<T*>(wt));
+    dequantize_t_kernel<T, Volta884Lanes><<<grid_for(words, threads), threads, 0, stream>>>(
+        qw, sz, N, K, group_size, n_begin, n_count, static_cast<T*>(wt));
   } else {
     return cudaErrorInvalidValue;
   }
@@ -115,9 +121,10 @@ int compiled_ptx_arch() {
 }
 
 cudaError_t launch_dequantize_t(const void* qweight, const void* scale_zero, int layout, DType dtype, int N, int K,
-                                int group_size, void* wt, cudaStream_t stream) {
-  return dtype == DType::kBFloat16 ? dequantize_typed<__nv_bfloat16>(qweight, scale_zero, layout, N, K, group_size, wt, stream)
-                                   : dequantize_typed<__half>(qweight, scale_zero, layout, N, K, group_size, wt, stream);
+                                int group_size, int n_begin, int n_count, void* wt, cudaStream_t stream) {
+  return dtype == DType::kBFloat16
+             ? dequantize_typed<__nv_bfloat16>(qweight, scale_zero, layout, N, K, group_size, n_begin, n_count, wt, stream)
+             : dequantize_typed<__half>(qweight, scale_zero, layout, N, K, group_size, n_begin, n_count, wt, stream);
 }
 
 }  // namespace awqgemm

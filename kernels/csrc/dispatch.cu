@@ -106,7 +106,7 @@ bool decode_plan(int64_t code, Plan* plan) {
   int f[8];
   for (int i = 0; i < 8; ++i) f[i] = static_cast<int>((code >> (8 * i)) & 0xFF);
   const bool family_ok = f[0] == 70 || f[0] == 75 || f[0] == 80 || (f[0] == 90 && have_sm90a());
-  if (!family_ok || f[1] > 3 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 3) {
+  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 3) {
     return false;
   }
   plan->family = static_cast<Family>(f[0]);
@@ -229,6 +229,43 @@ int choose_splits(int ktiles, int min_tiles, int64_t want, int64_t per_split_inf
   return splits;
 }
 
+// sm80 family, fused path: the weight-tile kernel instead of the x-shared one
+// where it measured faster (H200, sm80 forced, 16 TP1 layers, fp16 g128;
+// benchmarks/results/h200-2026-11-28-wtile-v2.txt, time wt / x-shared):
+// above 64 tokens (BM = 128 tiles; geomean 0.95 at M = 128 with 12/16 wins,
+// 0.91 at 256, 0.91 at 512 -- the last two reached only when forced or on
+// sm90's small grids, below the dense threshold otherwise), and at 17..32
+// tokens on layers with K >= 5120 (0.79..1.01 there, geomean 0.93; the
+// K <= 4096 layers lost up to 1.13x). At 33..64 tokens the x-shared kernel
+// stays (wt 1.03x, 5/16 wins).
+bool wtile_auto(int M, int K) { return M > 64 || (M > 16 && M <= 32 && K >= 5120); }
+
+// The weight-tile kernel's tile and K split. Block tokens: 32, 64 or 128
+// (the smallest that covers M up to 64; 128 above, which reads each weight
+// byte once per 128 tokens). K split: the smallest that fills the two
+// resident blocks per SM to >= 80 % of a whole number of waves (fp32 partials
+// cost splits x M x N x 8 bytes of traffic, so no more than that), at most 8,
+// >= 8 k-tiles per split, partials within kMaxWorkspaceBytes.
+void plan_wtile(Plan& plan, int sms, int M, int N, int K) {
+  TileConfig& t = plan.tile;
+  t.kind = KernelKind::kWTile;
+  t.mt = M <= 32 ? 4 : M <= 64 ? 8 : 16;
+  t.nt = kWtTiles;
+  t.kwarps = kWtWarps;
+  const int ktiles = padded_k(K) / kTileK;
+  const int blocks = ceil_div(padded_n(N) / kTileN, kWtTiles) * ceil_div(M, 8 * t.mt);
+  const int64_t slots = 2 * static_cast<int64_t>(sms);
+  auto fill = [&](int s) {
+    const int64_t b = static_cast<int64_t>(blocks) * s;
+    return static_cast<double>(b) / (static_cast<double>((b + slots - 1) / slots) * slots);
+  };
+  t.splits = 1;
+  while (fill(t.splits) < 0.8 && t.splits < 8 && ktiles / (t.splits + 1) >= 8 &&
+         static_cast<int64_t>(t.splits + 1) * M * N * 4 <= kMaxWorkspaceBytes) {
+    ++t.splits;
+  }
+}
+
 }  // namespace
 
 Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes) {
@@ -266,12 +303,23 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
     family = Family::kSm80;  // same packed layout: the sm80 kernels take the rest
   }
   plan.family = family;
+  if (family == Family::kSm80 && path == PathRequest::kWTile) {
+    plan_wtile(plan, sms, M, N, K);
+    finish_plan(plan, dev, /*kernel_has_wait=*/dev.ptx_arch >= 90, M, N, K);
+    return plan;
+  }
+  if (path == PathRequest::kWTile) path = PathRequest::kFused;  // the older families have no weight-tile kernel
   if (path == PathRequest::kDense || (path == PathRequest::kAuto && M >= dense_min_m(family))) {
     plan.dense = true;
     plan.workspace_bytes = static_cast<int64_t>(N) * K * dtype_bytes;
     return plan;
   }
 
+  if (family == Family::kSm80 && wtile_auto(M, K)) {
+    plan_wtile(plan, sms, M, N, K);
+    finish_plan(plan, dev, /*kernel_has_wait=*/dev.ptx_arch >= 90, M, N, K);
+    return plan;
+  }
   if (family == Family::kSm80 && M > 16) {
     // Warps split N and share each activation tile through shared memory:
     // 128 columns x 32 or 64 tokens per block. (At M <= 16 the K-split kernel

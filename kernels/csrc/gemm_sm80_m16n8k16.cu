@@ -4,6 +4,7 @@
 // CUDA 12.x builds compile this file for sm_70 and sm_75 too (every TU gets the
 // whole arch list; there the kernels reduce to a trap, never launched); CI checks
 // that with NVRTC 12.9, so the host half is hidden from NVRTC.
+#include "awqgemm/gemm_wtile.cuh"
 #include "awqgemm/gemm_xshared.cuh"
 
 namespace awqgemm {
@@ -56,9 +57,29 @@ cudaError_t launch_xs(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   return launch_with_smem<kSmem, kernel>(grid, kXsWarps * 32, p, cfg, stream);
 }
 
+template <typename T, int MT, int WM, int WK>
+cudaError_t launch_wt(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
+  constexpr int kWN = kWtWarps / (WM * WK);
+  constexpr int kNT = kWtTiles / kWN;
+  using L = WtSmem<MT, WM, kWN, WK, kNT, kWtStages>;
+  const int ntiles = padded_n(p.N) / kTileN;
+  const dim3 grid(ceil_div(ntiles, L::kTiles), ceil_div(p.M, L::kBm), cfg.splits);
+  constexpr auto kernel = gemm_wt_kernel<T, MT, WM, kWN, WK, kNT, kWtStages, Sm80M16n8k16>;
+  return launch_with_smem<L::kBytes, kernel>(grid, L::kThreads, p, cfg, stream);
+}
+
 template <typename T>
 cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   if (cfg.kind == KernelKind::kKSplit) return launch_family<T, Sm80M16n8k16, true>(p, cfg, stream);
+  if (cfg.kind == KernelKind::kWTile) {
+    if (cfg.nt != kWtTiles || cfg.kwarps != kWtWarps) return cudaErrorInvalidConfiguration;
+    switch (cfg.mt) {  // block tokens / 8
+      case 4: return launch_wt<T, 4, 1, 2>(p, cfg, stream);
+      case 8: return launch_wt<T, 8, 1, 2>(p, cfg, stream);
+      case 16: return launch_wt<T, 8, 2, 1>(p, cfg, stream);
+      default: return cudaErrorInvalidConfiguration;
+    }
+  }
   if (cfg.nt != kXsNT || cfg.kwarps != kXsWarps) return cudaErrorInvalidConfiguration;
   switch (cfg.mt) {
     case 4: return launch_xs<T, 4>(p, cfg, stream);

@@ -84,7 +84,8 @@ def test_m_sweep(family, dtype, group):
     k, n = 1152, 1376  # N a TP-style shard; K = 18 tiles of 64
     qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
     worst = 0.0
-    for path in ("fused", "auto"):
+    # sm80: the weight-tile kernel forced at every M too (the dispatcher picks it only for some M).
+    for path in ("fused", "auto", "wtile") if family == "sm80" else ("fused", "auto"):
         with awqgemm.testing.force(family=family, path=path):
             for m in M_SWEEP:
                 x = torch.randn(m, k, dtype=dtype, device="cuda")
@@ -106,13 +107,16 @@ def test_model_shapes(family, dtype, model):
 
 
 @pytest.mark.parametrize("family,dtype", CASES)
-def test_bias_and_k_tail(family, dtype):
+@pytest.mark.parametrize("path", ["fused", "wtile"])
+def test_bias_and_k_tail(family, dtype, path):
     skip_unless_family(family)
+    if path == "wtile" and family != "sm80":
+        pytest.skip("the weight-tile kernel is the sm80 family's")
     k, n = 1120, 104  # K % 64 == 32: the last k-tile is half padding
     qweight, qzeros, scales = random_awq(k, n, 32, dtype, "cuda")
     bias = torch.randn(n, dtype=dtype, device="cuda")
-    with awqgemm.testing.force(family=family, path="fused"):
-        for m in (1, 9, 40):
+    with awqgemm.testing.force(family=family, path=path):
+        for m in (1, 9, 40, 130):
             x = torch.randn(3, m, k, dtype=dtype, device="cuda")
             packed = awqgemm.pack_awq(qweight, qzeros, scales, 32)
             out = awqgemm.gemm(x, packed, bias)
@@ -150,14 +154,28 @@ def test_pack_on_gpu_matches_cpu():
     assert torch.equal(awqgemm.dequantize_packed(volta).cpu(), awqgemm.dequantize_awq(qweight, qzeros, scales, 128))
 
 
-@pytest.mark.parametrize("family,dtype", CASES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_wtile_model_shapes(dtype):
+    """The sm80 weight-tile kernel forced on real and TP-shard layers (N, K tails), every block height."""
+    skip_unless_family("sm80")
+    with awqgemm.testing.force(family="sm80", path="wtile"):
+        for k, n in MODEL_SHAPES["tp-shards"] + [(4096, 6144), (14336, 4096)]:
+            group = 128 if k % 128 == 0 else 32
+            qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+            for m in (17, 32, 33, 64, 65, 128, 300, 512):
+                x = torch.randn(m, k, dtype=dtype, device="cuda")
+                check(x, qweight, qzeros, scales, group, label=f"wtile {k}x{n} M={m}")
+
+
+@pytest.mark.parametrize("family,dtype", [*CASES, ("sm80-wtile", torch.float16), ("sm80-wtile", torch.bfloat16)])
 def test_cuda_graph_replay_equals_eager(family, dtype):
+    family, _, path = family.partition("-")
     skip_unless_family(family)
     k, n = 2048, 1376
     qweight, qzeros, scales = random_awq(k, n, 128, dtype, "cuda")
-    with awqgemm.testing.force(family=family):
+    with awqgemm.testing.force(family=family, path=path or "auto"):
         packed = awqgemm.pack_awq(qweight, qzeros, scales, 128)
-        for m in (1, 16, 64, 512):
+        for m in (1, 16, 64, 512) if not path else (17, 64, 100, 512):
             static_x = torch.randn(m, k, dtype=dtype, device="cuda")
             awqgemm.gemm(static_x, packed)  # warm-up outside capture
             graph = torch.cuda.CUDAGraph()
@@ -274,6 +292,30 @@ def test_no_device_memory_outside_torch():
         del outs
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_dense_path_bounded_workspace(dtype):
+    """The dequantize + dense path works in column chunks through <= 64 MiB of workspace: a layer whose
+    dense weight is 166 MiB (K = 8192, N = 10616, three chunks, the last one ending in a half tile)
+    stays within x + out + 64 MiB + cuBLAS's own scratch, and matches fp64."""
+    k, n, m = 8192, 10616, 300
+    qweight, qzeros, scales = random_awq(k, n, 128, dtype, "cuda")
+    packed = awqgemm.pack_awq(qweight, qzeros, scales, 128)
+    x = torch.randn(m, k, dtype=dtype, device="cuda")
+    bias = torch.randn(n, dtype=dtype, device="cuda")
+    with awqgemm.testing.force(path="dense"):
+        assert awqgemm.plan_info(m, n, k, dtype)["workspace_bytes"] <= 64 << 20
+        check(x, qweight, qzeros, scales, 128, bias=bias, label="dense chunks")
+        awqgemm.gemm(x, packed, bias)  # warm-up: cuBLAS workspace
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = awqgemm.gemm(x, packed, bias)
+        torch.cuda.synchronize()
+        extra = torch.cuda.max_memory_allocated() - base - out.numel() * out.element_size()
+    dense_weight = n * k * x.element_size()
+    assert extra <= (64 << 20) + (8 << 20), f"dense path used {extra} extra bytes (dense weight: {dense_weight})"
+
+
 def test_build_info_archs_cover_this_gpu():
     info = awqgemm.build_info()
     assert info["cuda_version"] is not None, "GPU tests need a CUDA build of awqgemm"
@@ -299,6 +341,11 @@ def test_sanitizer_subset():
                         for m in (17, 130, 600):
                             x = torch.randn(m, k, dtype=dtype, device="cuda")
                             check(x, qweight, qzeros, scales, group, label=f"sanitizer fused {family} M={m}")
+                    if family == "sm80":  # the weight-tile kernel at every block height (32, 64, 128 tokens)
+                        with awqgemm.testing.force(family=family, path="wtile"):
+                            for m in (9, 33, 70, 130):
+                                x = torch.randn(m, k, dtype=dtype, device="cuda")
+                                check(x, qweight, qzeros, scales, group, label=f"sanitizer wtile M={m}")
 
 
 def test_plan_info_names_the_dispatchers_choice():
@@ -309,6 +356,11 @@ def test_plan_info_names_the_dispatchers_choice():
     if "sm90" in families():
         assert (wide["family"], wide["kernel"]) == ("sm90", "wgmma_staged_x"), wide
     else:
-        assert wide["kernel"] == "x_shared", wide
+        assert wide["kernel"] == "w_tile", wide
+    with awqgemm.testing.force(family="sm80"):  # wtile_auto in dispatch.cu
+        assert awqgemm.plan_info(128, 28672, 4096)["kernel"] == "w_tile"
+        assert awqgemm.plan_info(48, 4096, 4096)["kernel"] == "x_shared"
+        assert awqgemm.plan_info(32, 4096, 4096)["kernel"] == "x_shared"
+        assert awqgemm.plan_info(32, 8192, 8192)["kernel"] == "w_tile"
     with awqgemm.testing.force(path="dense"):
         assert awqgemm.plan_info(1, 4096, 4096)["kernel"] == "dequantize+dense"

@@ -66,6 +66,12 @@ UNITS = [
             f"awqgemm::gemm_xs_kernel<{t}, {mt}, 2, 4, {stages}, awqgemm::Sm80M16n8k16>"
             for t in TYPES
             for mt, stages in ((4, 4), (8, 3))  # xs_stages() in tile_config.h
+        ]
+        + [
+            f"awqgemm::gemm_wt_kernel<{t}, {mt}, {wm}, {wn}, {wk}, 2, 4, awqgemm::Sm80M16n8k16>"
+            for t in TYPES
+            # launch_wt in gemm_sm80_m16n8k16.cu
+            for mt, wm, wn, wk in ((4, 1, 4, 2), (8, 1, 4, 2), (8, 2, 4, 1))
         ],
         must_have=("trap;",),
     ),

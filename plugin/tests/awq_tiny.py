@@ -1,5 +1,14 @@
 """Test helpers: a small AWQ quantizer writing the real AWQ checkpoint format,
-tiny random Llama / Qwen2 models, and a locally trained byte-level BPE tokenizer.
+tiny random Llama / Qwen2 models and Qwen3-MoE / Mixtral mixture-of-experts
+models, and a locally trained byte-level BPE tokenizer.
+
+MoE checkpoints are written as AutoAWQ writes them: one AWQ triple per expert
+projection (``mlp.experts.<e>.{gate,up,down}_proj`` for Qwen3-MoE,
+``block_sparse_moe.experts.<e>.{w1,w3,w2}`` for Mixtral), the router
+(``gate``) unquantized in fp16.  transformers (5.x) keeps each layer's experts
+fused (``experts.gate_up_proj`` [E, 2I, H], ``experts.down_proj`` [E, H, I]):
+the reference state dict is built in that layout from the same dequantized
+values.
 
 The quantizer is AWQ's zero-point round-to-nearest step (per group along K:
 scale = (max - min) / 15, zero = round(-min / scale)) without the activation-aware
@@ -143,9 +152,17 @@ def train_tokenizer(out_dir: str, vocab_size: int = 512) -> int:
     return len(fast)
 
 
+#: Mixture-of-experts families: checkpoint name of each layer's MoE block and of
+#: the (gate, up, down) projections of one expert.
+MOE_FAMILIES = {
+    "qwen3_moe": ("mlp", ("gate_proj", "up_proj", "down_proj")),
+    "mixtral": ("block_sparse_moe", ("w1", "w3", "w2")),
+}
+
+
 @dataclass(frozen=True)
 class TinySpec:
-    family: str  # "llama" or "qwen2"
+    family: str  # "llama", "qwen2", "qwen3_moe" or "mixtral"
     group_size: int
     hidden: int = 128
     intermediate: int = 384
@@ -156,10 +173,20 @@ class TinySpec:
     seed: int = 0
     zero_point: bool = True  # False: symmetric AWQ (zero_point: false)
     quantize_lm_head: bool = False  # True: lm_head quantized too (lm_head: true)
+    # mixture-of-experts families: routed experts per layer, top-k, and each
+    # expert's intermediate size (``intermediate`` is unused there)
+    num_experts: int = 4
+    top_k: int = 2
+    moe_intermediate: int = 64
+    norm_topk_prob: bool = True  # Qwen3-MoE's renormalization of the top-k weights
+
+    @property
+    def is_moe(self) -> bool:
+        return self.family in MOE_FAMILIES
 
 
 def _hf_config(spec: TinySpec, tok_dir: str) -> Any:
-    from transformers import AutoTokenizer, LlamaConfig, Qwen2Config
+    from transformers import AutoTokenizer, LlamaConfig, MixtralConfig, Qwen2Config, Qwen3MoeConfig
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     common: dict[str, Any] = dict(
@@ -181,6 +208,33 @@ def _hf_config(spec: TinySpec, tok_dir: str) -> Any:
         return LlamaConfig(**common, attention_bias=False, mlp_bias=False)
     if spec.family == "qwen2":
         return Qwen2Config(**common, use_sliding_window=False)
+    if spec.family == "qwen3_moe":
+        common.pop("intermediate_size")
+        return Qwen3MoeConfig(
+            **common,
+            intermediate_size=spec.moe_intermediate,  # dense MLPs: none (every layer is sparse)
+            moe_intermediate_size=spec.moe_intermediate,
+            num_experts=spec.num_experts,
+            num_experts_per_tok=spec.top_k,
+            norm_topk_prob=spec.norm_topk_prob,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            head_dim=spec.hidden // spec.heads,
+            use_sliding_window=False,
+            output_router_logits=False,
+            architectures=["Qwen3MoeForCausalLM"],
+        )
+    if spec.family == "mixtral":
+        common.pop("intermediate_size")
+        return MixtralConfig(
+            **common,
+            intermediate_size=spec.moe_intermediate,
+            num_local_experts=spec.num_experts,
+            num_experts_per_tok=spec.top_k,
+            sliding_window=None,
+            output_router_logits=False,
+            architectures=["MixtralForCausalLM"],
+        )
     raise ValueError(spec.family)
 
 
@@ -200,6 +254,13 @@ def make_random_state(spec: TinySpec, tok_dir: str) -> tuple[Any, dict[str, torc
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             elif name.endswith(".bias"):
                 p.copy_(0.05 * torch.randn_like(p))
+            elif name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj"):
+                # the fused expert tensors are not nn.Linear: give them the
+                # linear layers' scale (std 0.08, the config's initializer_range)
+                p.copy_(0.08 * torch.randn_like(p))
+            elif name.endswith(".gate.weight") and spec.is_moe:
+                # a router with clear preferences: routing decisions far from ties
+                p.copy_(0.5 * torch.randn_like(p))
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return cfg, state
 
@@ -227,6 +288,16 @@ def write_awq_checkpoint(
     reference: dict[str, torch.Tensor] = {}
     for name, value in state.items():
         module, _, leaf = name.rpartition(".")
+        if spec.is_moe and module.endswith(".mlp.experts"):
+            _write_experts(spec, module, leaf, value, tensors, reference)
+            continue
+        if spec.is_moe and module.endswith(".mlp.gate"):
+            # the router: unquantized, under the family's checkpoint name
+            block = MOE_FAMILIES[spec.family][0]
+            disk = name.replace(".mlp.gate.", f".{block}.gate.")
+            tensors[disk] = value.to(torch.float16)
+            reference[name] = tensors[disk].to(torch.float32)
+            continue
         is_linear = leaf == "weight" and any(module.endswith(n) for n in LINEAR_NAMES)
         is_linear = is_linear or (spec.quantize_lm_head and name == "lm_head.weight")
         if is_linear:
@@ -279,6 +350,40 @@ def write_awq_checkpoint(
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
         json.dump({"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id}, f)
     return reference
+
+
+def _write_experts(
+    spec: TinySpec,
+    module: str,
+    leaf: str,
+    value: torch.Tensor,
+    tensors: dict[str, torch.Tensor],
+    reference: dict[str, torch.Tensor],
+) -> None:
+    """One fused transformers expert tensor (``gate_up_proj`` [E, 2I, H] or
+    ``down_proj`` [E, H, I]) -> per-expert AWQ triples under the family's
+    checkpoint names, and the dequantized fused tensor as the reference."""
+    block, (gate, up, down) = MOE_FAMILIES[spec.family]
+    disk_prefix = module.replace(".mlp.experts", f".{block}.experts")
+    inter = spec.moe_intermediate
+    deq = []
+    for e in range(value.shape[0]):
+        if leaf == "gate_up_proj":
+            parts = [(gate, value[e, :inter]), (up, value[e, inter:])]
+        elif leaf == "down_proj":
+            parts = [(down, value[e])]
+        else:
+            raise ValueError(f"unexpected expert tensor {module}.{leaf}")
+        rows = []
+        for proj, weight in parts:  # weight [N, K], as nn.Linear stores it
+            q = quantize_awq(weight, spec.group_size, spec.zero_point)
+            base = f"{disk_prefix}.{e}.{proj}"
+            tensors[base + ".qweight"] = q.qweight
+            tensors[base + ".qzeros"] = q.qzeros
+            tensors[base + ".scales"] = q.scales
+            rows.append(dequantize(q, spec.group_size).t())
+        deq.append(torch.cat(rows, dim=0))
+    reference[f"{module}.{leaf}"] = torch.stack(deq).contiguous()
 
 
 def reference_model(spec: TinySpec, tok_dir: str, reference: dict[str, torch.Tensor]) -> Any:

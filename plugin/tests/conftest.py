@@ -180,11 +180,11 @@ def run_engines(
 class TinyModels:
     """The tiny checkpoints the integration tests serve."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, specs: dict[str, awq_tiny.TinySpec] | None = None) -> None:
         self.root = root
         self.tok = str(root / "tokenizer")
         awq_tiny.train_tokenizer(self.tok)
-        self.specs: dict[str, awq_tiny.TinySpec] = {
+        self.specs: dict[str, awq_tiny.TinySpec] = specs or {
             "llama": awq_tiny.TinySpec("llama", group_size=128, seed=1),
             "qwen2": awq_tiny.TinySpec("qwen2", group_size=32, seed=2),
             # config in a separate quant_config.json (AutoAWQ style), group 64
@@ -227,6 +227,31 @@ class TinyModels:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     return TinyModels(tmp_path_factory.mktemp("tiny-awq"))
+
+
+#: The tiny mixture-of-experts checkpoints (test_integration_moe.py).
+MOE_SPECS = {
+    # Qwen3-MoE: 8 experts, top-2, renormalized (norm_topk_prob), group 32
+    "qwen3_moe": awq_tiny.TinySpec("qwen3_moe", group_size=32, seed=4, num_experts=8, top_k=2, moe_intermediate=64),
+    # Qwen3-MoE without renormalization, symmetric AWQ (zero_point: false), group 64
+    "qwen3_moe_sym": awq_tiny.TinySpec(
+        "qwen3_moe",
+        group_size=64,
+        seed=6,
+        num_experts=8,
+        top_k=2,
+        moe_intermediate=128,
+        norm_topk_prob=False,
+        zero_point=False,
+    ),
+    # Mixtral: 4 experts, top-2, group 64
+    "mixtral": awq_tiny.TinySpec("mixtral", group_size=64, seed=5, num_experts=4, top_k=2, moe_intermediate=128),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
+    return TinyModels(tmp_path_factory.mktemp("tiny-awq-moe"), MOE_SPECS)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import time
 import traceback
 from typing import Any
 
-from engine_probe import packed_layers, served_by
+from engine_probe import moe_layers, packed_layers, served_by
 
 
 def _chosen(entry: Any, token: int) -> float:
@@ -62,11 +62,14 @@ def run_one(run: dict[str, Any], prompts: list[list[int]], max_tokens: int) -> d
     if run.get("tp", 1) > 1:
         kwargs["tensor_parallel_size"] = run["tp"]
         kwargs["distributed_executor_backend"] = "mp"
+    if run.get("enable_expert_parallel"):
+        kwargs["enable_expert_parallel"] = True
     llm = LLM(**kwargs)
     t_start = time.perf_counter() - t0
     quant = llm.llm_engine.vllm_config.model_config.quantization
     served = llm.apply_model(served_by)[0]
     packed = llm.apply_model(packed_layers)[0]
+    moe = llm.apply_model(moe_layers)  # one dict per worker
     params = SamplingParams(
         temperature=0.0,
         max_tokens=max_tokens,
@@ -110,6 +113,7 @@ def run_one(run: dict[str, Any], prompts: list[list[int]], max_tokens: int) -> d
         "quantization": quant,
         "served_by": served,
         "packed_params": packed,
+        "moe_layers": moe,
         "seqs": seqs,
         "start_s": t_start,
         "generate_s": t_gen,

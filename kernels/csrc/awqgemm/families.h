@@ -24,9 +24,10 @@ int compiled_ptx_arch();
 // fp32 split-K partials [splits][M][N] (+ bias) -> out.
 cudaError_t launch_splitk_reduce(const GemmProblem& p, int splits, bool pdl, cudaStream_t stream);
 
-// Packed weight -> dense transposed weight wt[N][K] in the activation dtype,
-// for the large-M path (a dense GEMM on the result).
+// Columns [n_begin, n_begin + n_count) of the packed weight -> dense transposed
+// weight wt[n_count][K] in the activation dtype, for the large-M path (a dense
+// GEMM per chunk of columns). n_begin is a multiple of the 16-column tile.
 cudaError_t launch_dequantize_t(const void* qweight, const void* scale_zero, int layout, DType dtype, int N, int K,
-                                int group_size, void* wt, cudaStream_t stream);
+                                int group_size, int n_begin, int n_count, void* wt, cudaStream_t stream);
 
 }  // namespace awqgemm

@@ -10,6 +10,7 @@ enum class KernelKind : int {
   kXShared = 1,  // gemm_xs_kernel: warps split N and share activations (sm80, M > 16)
   kWgmma = 2,    // gemm_wg_kernel: warpgroup MMA, weights as register A (sm90a), gathers x itself
   kWgmmaStagedX = 3,  // the same after a kernel that writes x in the A fragments' k order (workspace)
+  kWTile = 4,    // gemm_wt_kernel: weight, scale and x tiles staged per block in shared memory (sm80, M > 16)
 };
 
 // Pipeline depth of the K-split kernel. Register-staged pipelines (sm70/75)
@@ -28,6 +29,14 @@ constexpr int kXsWarps = 4;
 constexpr int kXsNT = 2;
 AWQGEMM_HD constexpr int xs_stages(int mt) { return mt >= 8 ? 3 : 4; }
 AWQGEMM_HD constexpr int xs_min_blocks(int mt) { return mt >= 8 ? 4 : 5; }
+
+// Shapes of the weight-tile kernel (gemm_wtile.cuh): 8 warps, 128 columns
+// (4 warps x 2 column tiles) per block. Block tokens BM = 8 mt: 32 and 64 run
+// two warps per column strip, each on half of every 64-k step (WK = 2); 128
+// runs two warps per strip on 64 tokens each (WM = 2). Ring depth 4.
+constexpr int kWtWarps = 8;
+constexpr int kWtTiles = 8;  // 16-column tiles per block
+constexpr int kWtStages = 4;
 
 // Shape of the wgmma kernel: 8 warps (2 warpgroups) x one 16-column tile each,
 // BM = 8 mt tokens. Ring depth: at BM = 64 and 128 two blocks share an SM (the

@@ -14,7 +14,7 @@ from .reference import reference_gemm
 _DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1}
 # PathRequest in csrc/awqgemm/dispatch.h. The dispatcher (make_plan) decides
 # the path, dense-or-fused included; "reference" never reaches it.
-_PATH_CODE = {"auto": 0, "fused": 1, "dense": 2}
+_PATH_CODE = {"auto": 0, "fused": 1, "dense": 2, "wtile": 3}
 
 
 class _Override:
@@ -67,12 +67,9 @@ def _gemm_cuda(x, qweight, scales, bias, K, N, group_size, layout):
             f"{family_layout}; pack the weight (awqgemm.pack_awq) on the device and settings that run it"
         )
     if dense:
-        wt = torch.empty((N, K), dtype=x.dtype, device=x.device)
-        _C.dequantize_t(
-            layout, dtype_code, N, K, group_size, qweight.data_ptr(), scales.data_ptr(), wt.data_ptr(), device, stream
+        return _dense_in_chunks(x2, qweight, scales, bias, K, N, group_size, layout, ws_bytes, device, stream).view(
+            *lead, N
         )
-        out = torch.matmul(x2, wt.t()) if bias is None else torch.addmm(bias, x2, wt.t())
-        return out.view(*lead, N)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     ws = torch.empty((ws_bytes + 3) // 4, dtype=torch.float32, device=x.device) if ws_bytes else None
     _C.gemm(
@@ -95,6 +92,38 @@ def _gemm_cuda(x, qweight, scales, bias, K, N, group_size, layout):
         stream,
     )
     return out.view(*lead, N)
+
+
+def _dense_in_chunks(x2, qweight, scales, bias, K, N, group_size, layout, ws_bytes, device, stream):
+    """Dequantize + dense GEMM, a chunk of columns at a time through one bounded workspace (the plan's
+    ws_bytes is exactly chunk columns x K elements, dispatch.h): never an N x K temporary. Each chunk's
+    GEMM writes its column slice of ``out`` in place (cuBLAS takes the row stride N as its leading dim)."""
+    cols = ws_bytes // (K * x2.element_size())
+    wt = torch.empty((cols, K), dtype=x2.dtype, device=x2.device)
+    out = torch.empty((x2.shape[0], N), dtype=x2.dtype, device=x2.device)
+    dtype_code = _DTYPE_CODE[x2.dtype]
+    for n0 in range(0, N, cols):
+        n = min(cols, N - n0)
+        _C.dequantize_t(
+            layout,
+            dtype_code,
+            N,
+            K,
+            group_size,
+            n0,
+            n,
+            qweight.data_ptr(),
+            scales.data_ptr(),
+            wt.data_ptr(),
+            device,
+            stream,
+        )
+        w = wt[:n].t()
+        if bias is None:
+            torch.mm(x2, w, out=out[:, n0 : n0 + n])
+        else:
+            torch.addmm(bias[n0 : n0 + n], x2, w, out=out[:, n0 : n0 + n])
+    return out
 
 
 def _gemm_fake(x, qweight, scales, bias, K, N, group_size, layout):
