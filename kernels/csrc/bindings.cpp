@@ -265,17 +265,24 @@ NB_MODULE(_C, m) {
 
   m.def(
       "dequantize_t",
-      [](int layout, int dtype, int N, int K, int group_size, uintptr_t qweight, uintptr_t scale_zero, uintptr_t wt,
-         int device, uintptr_t stream) {
+      [](int layout, int dtype, int N, int K, int group_size, int n_begin, int n_count, uintptr_t qweight,
+         uintptr_t scale_zero, uintptr_t wt, int device, uintptr_t stream) {
+        if (n_begin < 0 || n_begin % kTileN != 0 || n_count < 1 || n_begin + n_count > N) {
+          throw nb::value_error(("awqgemm: dequantize columns [" + std::to_string(n_begin) + ", " +
+                                 std::to_string(n_begin + n_count) + ") must lie in [0, N=" + std::to_string(N) +
+                                 ") and start on a multiple of 16")
+                                    .c_str());
+        }
         DeviceGuard guard(device);
         DeviceGuard::check(launch_dequantize_t(reinterpret_cast<const void*>(qweight),
                                                reinterpret_cast<const void*>(scale_zero), layout, to_dtype(dtype), N,
-                                               K, checked_group_size(group_size, K), reinterpret_cast<void*>(wt),
-                                               reinterpret_cast<cudaStream_t>(stream)),
+                                               K, checked_group_size(group_size, K), n_begin, n_count,
+                                               reinterpret_cast<void*>(wt), reinterpret_cast<cudaStream_t>(stream)),
                            "dequantize launch");
       },
-      nb::arg("layout"), nb::arg("dtype"), nb::arg("N"), nb::arg("K"), nb::arg("group_size"), nb::arg("qweight"),
-      nb::arg("scale_zero"), nb::arg("wt"), nb::arg("device"), nb::arg("stream"));
+      nb::arg("layout"), nb::arg("dtype"), nb::arg("N"), nb::arg("K"), nb::arg("group_size"), nb::arg("n_begin"),
+      nb::arg("n_count"), nb::arg("qweight"), nb::arg("scale_zero"), nb::arg("wt"), nb::arg("device"),
+      nb::arg("stream"));
 
   m.def("build_info", []() {
     nb::dict d;

@@ -45,7 +45,7 @@ __global__ void dequantize_t_kernel(const uint32_t* qweight, const uint2* scale_
     const int lane = static_cast<int>((idx >> 2) & 31);
     const int64_t tile = idx >> 7;
     const int kt = static_cast<int>(tile % ktiles);
-    const int nt = static_cast<int>(tile / ktiles);
+    const int nt = nt_begin + static_cast<int>(tile / ktiles);
     const int kbase = kt * kTileK + Lanes::x_koff(lane) + 4 * step;
     if (kbase >= K) continue;  // K is a multiple of 32, so a lane's 16 k are all in or all out
     const int grp = kbase / group_size;
@@ -53,7 +53,7 @@ __global__ void dequantize_t_kernel(const uint32_t* qweight, const uint2* scale_
     uint32_t scale2[2], zero2[2], a[4];
     split_scale_zero(sz.x, scale2[0], zero2[0]);
     split_scale_zero(sz.y, scale2[1], zero2[1]);
-    Lanes::template dequant<T>(qweight[idx], zero2, scale2, a);
+    Lanes::template dequant<T>(qweight[word0 + idx], zero2, scale2, a);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int n = nt * kTileN + Lanes::w_row(lane) + 8 * Lanes::reg_row_half(i);

@@ -93,6 +93,13 @@ int64_t fused_workspace_bytes(const Plan& plan, int M, int N, int K) {
   return partials_offset_bytes(plan, M, K) + partials;
 }
 
+int dense_chunk_columns(int N, int K, int dtype_bytes) {
+  const int64_t fit = kMaxDenseChunkBytes / (static_cast<int64_t>(K) * dtype_bytes);
+  // Whole 128-column blocks keep every chunk's GEMM on cuBLAS's full tiles.
+  const int64_t cols = fit >= N ? N : std::max<int64_t>(128, fit / 128 * 128);
+  return static_cast<int>(std::min<int64_t>(cols, N));
+}
+
 int64_t encode_plan(const Plan& plan) {
   const TileConfig& t = plan.tile;
   const int64_t fields[8] = {static_cast<int>(plan.family), static_cast<int>(t.kind), t.mt, t.nt, t.kwarps, t.splits,
@@ -196,12 +203,19 @@ int dense_min_m(Family family) {
 // >= 1.5 blocks per SM, and from 1024 on dequantize + cuBLAS is ahead (1.2x).
 // The rule, against the sm80 dispatch on the same data: 0.93x the time at
 // M = 64, 0.73x at 128, 0.86x at 256, 0.94x at 512 (fp16 and bf16 alike).
+// Above 512 the kernel runs BM = 256 tiles (one block per SM): on the H200 check
+// run (benchmarks/results/h200-2026-11-28-quick-v9.4-check.txt, TP1 shapes,
+// fp16) it beat dequantize + cuBLAS at M = 1024 on the wide layers (gate_up:
+// 0.81-0.92x the time) and tied where its grid had >= 2 blocks per SM; on
+// smaller grids it lost (up to 1.9x), and at 2048 it lost or tied everywhere
+// but one shape.
 constexpr int kWgAutoMinM = 64;
 bool wgmma_auto(int M, int N, int sms) {
-  if (M < kWgAutoMinM || M > 512) return false;
+  if (M < kWgAutoMinM || M > 1024) return false;
   if (M <= 128) return true;
-  const int blocks = ceil_div(N, kWgNT * kTileN) * ceil_div(M, 128);
-  return M <= 256 ? 2 * blocks >= sms : 2 * blocks >= 3 * sms;
+  const int blocks = ceil_div(N, kWgNT * kTileN) * ceil_div(M, M <= 512 ? 128 : 256);
+  if (M <= 256) return 2 * blocks >= sms;
+  return M <= 512 ? 2 * blocks >= 3 * sms : blocks >= 2 * sms;
 }
 
 // Largest split-K workspace the wgmma plan may ask for (issue: <= 64 MiB extra per call).
@@ -282,9 +296,8 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
     if (path == PathRequest::kFused || (path == PathRequest::kAuto && wgmma_auto(M, N, sms))) {
       plan.family = Family::kSm90;
       t.kind = wg_staged_x_bytes(M, K) <= kWgMaxStagedXBytes ? KernelKind::kWgmmaStagedX : KernelKind::kWgmma;
-      // BM = 64, 128 or 256 tokens. 256 (one block per SM) is reached only
-      // above wgmma_auto's range, i.e. when forced (tests, the benchmark's wg
-      // contender), until a sweep says where it beats dequantize + cuBLAS.
+      // BM = 64, 128 or 256 tokens (256: one block per SM, twice the tokens
+      // per dequantized weight; wgmma_auto takes it up to M = 1024 on wide grids).
       t.mt = M <= 64 ? 8 : M <= 512 ? 16 : 32;
       t.nt = kWgNT;
       t.kwarps = kWgNT;  // warps per block (each owns a column tile; none split K)
@@ -311,7 +324,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   if (path == PathRequest::kWTile) path = PathRequest::kFused;  // the older families have no weight-tile kernel
   if (path == PathRequest::kDense || (path == PathRequest::kAuto && M >= dense_min_m(family))) {
     plan.dense = true;
-    plan.workspace_bytes = static_cast<int64_t>(N) * K * dtype_bytes;
+    plan.workspace_bytes = static_cast<int64_t>(dense_chunk_columns(N, K, dtype_bytes)) * K * dtype_bytes;
     return plan;
   }
 

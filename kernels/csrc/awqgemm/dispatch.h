@@ -55,6 +55,14 @@ int layout_for(Family family);
 // Whether this build carries the sm90 (wgmma) family.
 bool have_sm90a();
 
+// The dense path dequantizes the weight in chunks of this many columns (a
+// multiple of 128, or all N), each into the same workspace of columns x K
+// elements, and runs the dense GEMM per chunk: never an N x K temporary (a 70B
+// gate_up is 0.9 GB), at most kMaxDenseChunkBytes. A dense plan's
+// workspace_bytes is exactly dense_chunk_columns(...) x K x dtype_bytes.
+constexpr int64_t kMaxDenseChunkBytes = int64_t{64} << 20;
+int dense_chunk_columns(int N, int K, int dtype_bytes);
+
 // The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes
 // from choose_family; `dtype_bytes` sizes the dense weight.
 Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes);

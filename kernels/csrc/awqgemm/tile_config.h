@@ -65,10 +65,12 @@ constexpr int kPdlEarlyTrigger = 2;  // let the next kernel in after the main lo
 
 struct TileConfig {
   KernelKind kind = KernelKind::kKSplit;
-  int mt;      // 8-token MMA tiles per block
-  int nt;      // 16-column tiles per block
-  int kwarps;  // warps per block, splitting the block's K slice (4, 8 or 16)
-  int splits;  // blocks splitting K
+  // Defaults matter: a dense plan leaves the tile unset, and its plan code must
+  // still decode (plan_info of a dense plan once raised "not a plan code").
+  int mt = 1;      // 8-token MMA tiles per block
+  int nt = 1;      // 16-column tiles per block
+  int kwarps = 1;  // warps per block, splitting the block's K slice (4, 8 or 16)
+  int splits = 1;  // blocks splitting K
   int pdl_flags = 0;  // kPdl* bits: launched as a programmatic dependent (sm90+), early trigger
 };
 
