@@ -39,9 +39,10 @@ if has sanitizer; then
 fi
 if has racecheck; then
   echo "== compute-sanitizer racecheck (subset) =="
-  # Only our kernels: cuBLAS's nvjet kernels (the dense path) report WAR hazards of their own.
-  (cd kernels && compute-sanitizer --tool racecheck --racecheck-report hazard --kernel-name kns=awqgemm --error-exitcode 9 \
-     python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k sanitizer_subset) >"$OUT/racecheck.log" 2>&1
+  # A subset that runs no cuBLAS kernel (their nvjet kernels report WAR hazards of their own; filtering
+  # them out with --kernel-name made the sanitizer fail on a hardware exception it could not handle).
+  (cd kernels && compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 9 \
+     python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -k racecheck_subset) >"$OUT/racecheck.log" 2>&1
   r=$?; rc=$((rc | r))
   tail -5 "$OUT/racecheck.log"; echo "racecheck rc=$r" | tee -a "$OUT/summary.txt"
 fi

@@ -324,6 +324,28 @@ def test_build_info_archs_cover_this_gpu():
     assert cc in info["sass_archs"] or any(p <= cc for p in info["ptx_archs"]), info
 
 
+def test_racecheck_subset():
+    """Every fused kernel (each family, tile height and K split the subset reaches) for compute-sanitizer
+    racecheck (ci/device_kernels.sh). References run on the CPU: cuBLAS's own kernels report WAR hazards
+    of their own under racecheck and would drown ours, so no GPU matmul runs here (nor the dense path)."""
+    paths = ["fused", "wtile"] if "sm80" in families() else ["fused"]
+    for family in families():
+        for dtype in dtypes_for(family):
+            for path in paths:
+                if path == "wtile" and family != "sm80":
+                    continue
+                for k, n, group in ((1120, 104, 32), (512, 272, 128)):
+                    qweight, qzeros, scales = random_awq(k, n, group, dtype, "cpu")
+                    w = awqgemm.dequantize_awq(qweight, qzeros, scales, group).double()
+                    with awqgemm.testing.force(family=family, path=path):
+                        packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), group)
+                        for m in (1, 9, 33, 130, 600):
+                            x = torch.randn(m, k, dtype=dtype)
+                            out = awqgemm.gemm(x.cuda(), packed).cpu()
+                            err = rel_err(out, x.double() @ w)
+                            assert err < (5e-3 if dtype == torch.float16 else 2e-2), (family, path, m, err)
+
+
 def test_sanitizer_subset():
     """Small cases for compute-sanitizer memcheck (run by ci/device_kernels.sh)."""
     for family in families():
