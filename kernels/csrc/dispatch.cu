@@ -209,10 +209,17 @@ int dense_min_m(Family family) {
 // 0.81-0.92x the time) and tied where its grid had >= 2 blocks per SM; on
 // smaller grids it lost (up to 1.9x), and at 2048 it lost or tied everywhere
 // but one shape.
+// Deep layers (K >= 3 N: the MLP down projections) are the exception to the
+// grid rule up to 512 tokens: their small grid is filled by splitting the long
+// K, and dequantize + cuBLAS pays a whole extra pass over a large weight. Two
+// H200 runs (benchmarks/results/h200-2026-11-28-{v9.5-dense-chunks,peers})
+// measured the wgmma kernel at 0.70-0.83x the dense path's time there at
+// M = 256 and 512 (Llama-3-8B and Qwen2.5-7B down; Qwen2.5-32B down 0.87x in
+// one run, 1.08x in the other); at 1024 it loses (1.1-1.7x).
 constexpr int kWgAutoMinM = 64;
-bool wgmma_auto(int M, int N, int sms) {
+bool wgmma_auto(int M, int N, int K, int sms) {
   if (M < kWgAutoMinM || M > 1024) return false;
-  if (M <= 128) return true;
+  if (M <= 128 || (M <= 512 && K >= 3 * N)) return true;
   const int blocks = ceil_div(N, kWgNT * kTileN) * ceil_div(M, M <= 512 ? 128 : 256);
   if (M <= 256) return 2 * blocks >= sms;
   return M <= 512 ? 2 * blocks >= 3 * sms : blocks >= 2 * sms;
@@ -293,7 +300,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   const int64_t want = static_cast<int64_t>(inflight_bytes_per_sm()) * sms;
 
   if (family == Family::kSm90) {
-    if (path == PathRequest::kFused || (path == PathRequest::kAuto && wgmma_auto(M, N, sms))) {
+    if (path == PathRequest::kFused || (path == PathRequest::kAuto && wgmma_auto(M, N, K, sms))) {
       plan.family = Family::kSm90;
       t.kind = wg_staged_x_bytes(M, K) <= kWgMaxStagedXBytes ? KernelKind::kWgmmaStagedX : KernelKind::kWgmma;
       // BM = 64, 128 or 256 tokens (256: one block per SM, twice the tokens
