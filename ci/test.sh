@@ -104,7 +104,7 @@ run_section "kernels tests" kernels_tests
 run_section "plugin tests" plugin_tests
 run_section "plugin integration tests, vLLM's CPU AWQ op hidden" plugin_tests_no_vllm_cpu_awq
 run_section "conda: build one real variant offline, run its stored tests" conda_build_and_test
-run_section "conda: install environment.yml offline (py-rattler), plugin's stored tests" conda_user_env
+run_section "conda: environment.yml installed offline, plugin tests" conda_user_env
 
 failed=0
 printf '\n==== summary ==== (%s, %d s in all)\n' "$(date +%T)" "$((SECONDS - T_START))"
