@@ -46,8 +46,10 @@ class DeviceGuard {
 };
 
 PathRequest to_path(int p) {
-  if (p < 0 || p > 3) {
-    throw nb::value_error("awqgemm: path code must be 0 (auto), 1 (fused), 2 (dense) or 3 (weight-tile kernel)");
+  if (p < 0 || p > 4) {
+    throw nb::value_error(
+        "awqgemm: path code must be 0 (auto), 1 (fused), 2 (dense), 3 (weight-tile kernel) or 4 (warp-specialized "
+        "wgmma kernel)");
   }
   return static_cast<PathRequest>(p);
 }
@@ -147,7 +149,7 @@ NB_MODULE(_C, m) {
       [](int64_t plan_code) {
         Plan plan;
         if (!decode_plan(plan_code, &plan)) throw nb::value_error("awqgemm: not a plan code from plan()");
-        static const char* const kKernels[] = {"k_split", "x_shared", "wgmma", "wgmma_staged_x", "w_tile"};
+        static const char* const kKernels[] = {"k_split", "x_shared", "wgmma", "wgmma_staged_x", "w_tile", "wgmma_ws"};
         nb::dict d;
         d["kernel"] = plan.dense ? "dequantize+dense" : kKernels[static_cast<int>(plan.tile.kind)];
         d["tile_tokens"] = 8 * plan.tile.mt;

@@ -85,6 +85,7 @@ Family choose_family(Family requested, int capability, DType dtype, std::string*
 int layout_for(Family family) { return family == Family::kSm70 ? kLayoutVolta884 : kLayoutTc16x64; }
 
 int64_t partials_offset_bytes(const Plan& plan, int M, int K) {
+  if (plan.tile.kind == KernelKind::kWgmmaWs) return wg_staged_x_bytes(ws_chunk_rows(M, K), K);
   return plan.tile.kind == KernelKind::kWgmmaStagedX ? wg_staged_x_bytes(M, K) : 0;
 }
 
@@ -113,7 +114,7 @@ bool decode_plan(int64_t code, Plan* plan) {
   int f[8];
   for (int i = 0; i < 8; ++i) f[i] = static_cast<int>((code >> (8 * i)) & 0xFF);
   const bool family_ok = f[0] == 70 || f[0] == 75 || f[0] == 80 || (f[0] == 90 && have_sm90a());
-  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 3) {
+  if (!family_ok || f[1] > 5 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 3) {
     return false;
   }
   plan->family = static_cast<Family>(f[0]);
@@ -287,6 +288,57 @@ void plan_wtile(Plan& plan, int sms, int M, int N, int K) {
   }
 }
 
+// The warp-specialized persistent wgmma kernel (v11, test-only path "wgws"
+// until a GPU run measures it): tokens per unit (BM) and K split from a cost
+// model in SM cycles, to be fitted to the first H200 sweep. Blocks (one per
+// SM) walk nblocks x mblocks x splits work units in ceil(units / SMs) rounds;
+// a unit costs, per 64-k tile, max(4 BM, 256) cycles (8 m64nBMk16 wgmmas at
+// 2048 MAC/cycle, or ~4 KiB of weights per SM at ~15 bytes/cycle/SM of HBM)
+// plus an epilogue of ~8 BM + 500. A K split adds the reduction launch
+// (~3000) and its fp32 partials, written and read (8 M N splits bytes at
+// ~2000 bytes/cycle for the whole GPU) -- partial traffic is what made the v9
+// kernel lose on small grids. BM: 64 up to 64 tokens, else 128 or 256
+// (equal cost: 256, which dequantizes each weight once per 256 tokens).
+// Limits: >= 4 k-tiles per split, staged x + partials within
+// kMaxWorkspaceBytes, no split when the rows go in chunks (the partials are
+// indexed over the whole M). Returns false where the staged x of even 256 rows
+// would not fit (K > 65536): the caller takes the v9 kernel, which gathers x.
+bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
+  TileConfig& t = plan.tile;
+  const int chunk = ws_chunk_rows(M, K);
+  if (chunk < std::min(M, 256)) return false;
+  t.kind = KernelKind::kWgmmaWs;
+  t.nt = kWgNT;
+  t.kwarps = kWsThreads / 32;  // warps per block: 8 consumers + the producer warpgroup
+  const int nblocks = ceil_div(padded_n(N) / kTileN, kWgNT);
+  const int ktiles = padded_k(K) / kTileK;
+  const int rows = std::min(M, chunk);
+  const int64_t staged = wg_staged_x_bytes(rows, K);
+  auto cost = [&](int bm, int splits) {
+    const int64_t units = static_cast<int64_t>(nblocks) * ceil_div(rows, bm) * splits;
+    const int64_t rounds = (units + sms - 1) / sms;
+    const int64_t unit = static_cast<int64_t>(ceil_div(ktiles, splits)) * std::max(4 * bm, 256) + 8 * bm + 500;
+    const int64_t partials = splits > 1 ? 3000 + static_cast<int64_t>(splits) * M * N * 8 / 2000 : 0;
+    return rounds * unit + partials;
+  };
+  int64_t best = -1;
+  for (const int bm : {256, 128, 64}) {
+    if ((M <= 64) != (bm == 64)) continue;
+    for (int s = 1; s <= 16; ++s) {
+      if (s > 1 && (chunk < M || ktiles / s < 4 || staged + static_cast<int64_t>(s) * M * N * 4 > kMaxWorkspaceBytes)) {
+        break;
+      }
+      const int64_t c = cost(bm, s);
+      if (best < 0 || c < best) {
+        best = c;
+        t.mt = bm / 8;
+        t.splits = s;
+      }
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes) {
@@ -299,6 +351,16 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   const int sms = dev.sm_count > 0 ? dev.sm_count : 80;
   const int64_t want = static_cast<int64_t>(inflight_bytes_per_sm()) * sms;
 
+  if (family == Family::kSm90 && path == PathRequest::kWgmmaWs) {
+    plan.family = Family::kSm90;
+    if (plan_wgws(plan, sms, M, N, K)) {
+      finish_plan(plan, dev, /*kernel_has_wait=*/true, M, N, K);
+      return plan;
+    }
+    plan = Plan{};
+    path = PathRequest::kFused;  // K too long to stage even 256 rows: the v9 kernel gathers x itself
+  }
+  if (path == PathRequest::kWgmmaWs) path = PathRequest::kFused;  // the other families have no such kernel
   if (family == Family::kSm90) {
     if (path == PathRequest::kFused || (path == PathRequest::kAuto && wgmma_auto(M, N, K, sms))) {
       plan.family = Family::kSm90;

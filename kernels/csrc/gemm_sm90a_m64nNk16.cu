@@ -29,6 +29,8 @@
 #define AWQGEMM_NO_WGMMA 1  // a device pass without sm_90a features: the kernels trap (never launched)
 #endif
 
+#include "awqgemm/gemm_wgws_sm90a.cuh"  // v11: warp-specialized, persistent (after AWQGEMM_NO_WGMMA)
+
 namespace awqgemm {
 namespace {
 
@@ -275,8 +277,60 @@ cudaError_t launch_wg(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   return launch_with_smem<kSmem, gemm_wg_kernel<T, BM, kStages, true>>(grid, kWgThreads, g, cfg, stream);
 }
 
+// v11 (gemm_wgws_sm90a.cuh): x staged tile-major and swizzled at the front of
+// the workspace, then the persistent kernel on min(units, SMs) blocks. Above
+// kWgMaxStagedXBytes of staged x the rows go in chunks (ws_chunk_rows, a
+// multiple of 256), each staged and multiplied in turn; the plan never splits
+// K then, so the partials' [splits][M][N] indexing stays whole-problem. Under
+// PDL each stage kernel waits for the GEMM before it (which still reads the
+// staged x it overwrites) and each GEMM for its stage kernel.
+template <typename T, int BM>
+cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
+  constexpr int kStages = ws_stages(BM);
+  constexpr int kSmem = kStages * ws_stage_bytes(BM) + 1024;  // + 1024: the base is aligned up to a swizzle atom
+  static_assert(kSmem <= 227 * 1024, "one block per SM must fit");
+  const int chunk = ws_chunk_rows(p.M, p.K);
+  if (chunk <= 0 || (chunk < p.M && cfg.splits != 1)) return cudaErrorInvalidConfiguration;
+  int device = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  const bool pdl = (cfg.pdl_flags & kPdlLaunched) != 0;
+  T* xs = reinterpret_cast<T*>(p.workspace);
+  const int nblocks = ceil_div(padded_n(p.N) / kTileN, kWgNT);
+  const int ktiles = padded_k(p.K) / kTileK;
+  for (int m0 = 0; m0 < p.M; m0 += chunk) {
+    const int rows = std::min(chunk, p.M - m0);
+    const int threads = 256;
+    const int64_t chunks = static_cast<int64_t>(rows) * ktiles * 8;
+    const int blocks = static_cast<int>(std::min<int64_t>((chunks + threads - 1) / threads, 65535));
+    err = launch_maybe_pdl(stage_x_tiles_kernel<T>, dim3(blocks), dim3(threads), 0, pdl, stream, p, m0, rows, xs);
+    if (err != cudaSuccess) return err;
+    GemmProblem g = p;
+    g.M = rows;
+    g.x = xs;
+    g.x_row_stride = kTileK;  // not read: the kernel indexes the staged tiles itself
+    g.out = reinterpret_cast<T*>(p.out) + static_cast<int64_t>(m0) * p.out_row_stride;
+    g.workspace = p.workspace + wg_staged_x_bytes(chunk, p.K) / 4;
+    const int64_t units = static_cast<int64_t>(nblocks) * ceil_div(rows, BM) * cfg.splits;
+    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(units, sms)));
+    err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages>>(grid, kWsThreads, g, cfg, stream);
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
 template <typename T>
 cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
+  if (cfg.kind == KernelKind::kWgmmaWs) {
+    if (cfg.nt != kWgNT || cfg.kwarps != kWsThreads / 32) return cudaErrorInvalidConfiguration;
+    switch (cfg.mt * 8) {
+      case 64: return launch_ws<T, 64>(p, cfg, stream);
+      case 128: return launch_ws<T, 128>(p, cfg, stream);
+      case 256: return launch_ws<T, 256>(p, cfg, stream);
+      default: return cudaErrorInvalidConfiguration;
+    }
+  }
   const bool wgmma = cfg.kind == KernelKind::kWgmma || cfg.kind == KernelKind::kWgmmaStagedX;
   if (!wgmma || cfg.nt != kWgNT || cfg.kwarps != kWgWarps) return cudaErrorInvalidConfiguration;
   switch (cfg.mt * 8) {

@@ -84,8 +84,10 @@ def test_m_sweep(family, dtype, group):
     k, n = 1152, 1376  # N a TP-style shard; K = 18 tiles of 64
     qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
     worst = 0.0
-    # sm80: the weight-tile kernel forced at every M too (the dispatcher picks it only for some M).
-    for path in ("fused", "auto", "wtile") if family == "sm80" else ("fused", "auto"):
+    # sm80: the weight-tile kernel forced at every M too (the dispatcher picks it only for some M);
+    # sm90: the warp-specialized persistent wgmma kernel (v11, test-only path) likewise.
+    extra = {"sm80": ("wtile",), "sm90": ("wgws",)}.get(family, ())
+    for path in ("fused", "auto", *extra):
         with awqgemm.testing.force(family=family, path=path):
             for m in M_SWEEP:
                 x = torch.randn(m, k, dtype=dtype, device="cuda")
@@ -107,11 +109,13 @@ def test_model_shapes(family, dtype, model):
 
 
 @pytest.mark.parametrize("family,dtype", CASES)
-@pytest.mark.parametrize("path", ["fused", "wtile"])
+@pytest.mark.parametrize("path", ["fused", "wtile", "wgws"])
 def test_bias_and_k_tail(family, dtype, path):
     skip_unless_family(family)
     if path == "wtile" and family != "sm80":
         pytest.skip("the weight-tile kernel is the sm80 family's")
+    if path == "wgws" and family != "sm90":
+        pytest.skip("the warp-specialized wgmma kernel is the sm90 family's")
     k, n = 1120, 104  # K % 64 == 32: the last k-tile is half padding
     qweight, qzeros, scales = random_awq(k, n, 32, dtype, "cuda")
     bias = torch.randn(n, dtype=dtype, device="cuda")
@@ -131,10 +135,12 @@ def test_wgmma_both_x_stagings(dtype):
     skip_unless_family("sm90")
     k = 4128  # K % 64 == 32: the last k-tile is half padding
     qweight, qzeros, scales = random_awq(k, 264, 32, dtype, "cuda")
-    with awqgemm.testing.force(family="sm90", path="fused"):
-        for m in (200, 4100):  # 4100 x 4160 (padded K) x 2 bytes > 32 MiB: the gathering kernel
-            x = torch.randn(m, k, dtype=dtype, device="cuda")
-            check(x, qweight, qzeros, scales, 32, label=f"sm90 staging M={m}")
+    # v11 ("wgws") stages x tile-major in row chunks of <= 32 MiB instead: M = 4100 is two chunks.
+    for path in ("fused", "wgws"):
+        with awqgemm.testing.force(family="sm90", path=path):
+            for m in (200, 4100):  # 4100 x 4160 (padded K) x 2 bytes > 32 MiB: the gathering kernel / chunks
+                x = torch.randn(m, k, dtype=dtype, device="cuda")
+                check(x, qweight, qzeros, scales, 32, label=f"sm90 {path} staging M={m}")
 
 
 def test_pack_on_gpu_matches_cpu():
@@ -167,7 +173,31 @@ def test_wtile_model_shapes(dtype):
                 check(x, qweight, qzeros, scales, group, label=f"wtile {k}x{n} M={m}")
 
 
-@pytest.mark.parametrize("family,dtype", [*CASES, ("sm80-wtile", torch.float16), ("sm80-wtile", torch.bfloat16)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_wgws_model_shapes(dtype):
+    """The warp-specialized persistent wgmma kernel (v11) forced on real and TP-shard layers (N, K
+    tails), every tile height (64, 128, 256 tokens) and K splits on the small grids."""
+    skip_unless_family("sm90")
+    with awqgemm.testing.force(family="sm90", path="wgws"):
+        seen = set()
+        for k, n in MODEL_SHAPES["tp-shards"] + [(4096, 6144), (14336, 4096), (4096, 28672)]:
+            group = 128 if k % 128 == 0 else 32
+            qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+            for m in (1, 17, 64, 65, 128, 129, 300, 512, 1024):
+                info = awqgemm.plan_info(m, n, k, dtype, torch.device("cuda"))
+                assert info["kernel"] == "wgmma_ws", info
+                seen.add((info["tile_tokens"], info["splits"] > 1))
+                x = torch.randn(m, k, dtype=dtype, device="cuda")
+                check(x, qweight, qzeros, scales, group, label=f"wgws {k}x{n} M={m} {info}")
+        assert {t for t, _ in seen} == {64, 128, 256} and (64, True) in seen, seen
+
+
+_FORCED_PATHS = [f"{f}-{p}" for f, p in (("sm80", "wtile"), ("sm90", "wgws"))]
+
+
+@pytest.mark.parametrize(
+    "family,dtype", [*CASES, *((f, d) for f in _FORCED_PATHS for d in (torch.float16, torch.bfloat16))]
+)
 def test_cuda_graph_replay_equals_eager(family, dtype):
     family, _, path = family.partition("-")
     skip_unless_family(family)
@@ -328,18 +358,17 @@ def test_racecheck_subset():
     """Every fused kernel (each family, tile height and K split the subset reaches) for compute-sanitizer
     racecheck (ci/device_kernels.sh). References run on the CPU: cuBLAS's own kernels report WAR hazards
     of their own under racecheck and would drown ours, so no GPU matmul runs here (nor the dense path)."""
-    paths = ["fused", "wtile"] if "sm80" in families() else ["fused"]
     for family in families():
         for dtype in dtypes_for(family):
-            for path in paths:
-                if path == "wtile" and family != "sm80":
-                    continue
-                for k, n, group in ((1120, 104, 32), (512, 272, 128)):
+            for path in ["fused", *{"sm80": ["wtile"], "sm90": ["wgws"]}.get(family, [])]:
+                # v11 ("wgws") picks 256-token tiles only on wide grids: the third shape reaches them at M = 1500.
+                shapes = ((1120, 104, 32), (512, 272, 128), *(((256, 8192, 64),) if path == "wgws" else ()))
+                for k, n, group in shapes:
                     qweight, qzeros, scales = random_awq(k, n, group, dtype, "cpu")
                     w = awqgemm.dequantize_awq(qweight, qzeros, scales, group).double()
                     with awqgemm.testing.force(family=family, path=path):
                         packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), group)
-                        for m in (1, 9, 33, 130, 600):
+                        for m in (1, 9, 33, 130, 600) if n < 8192 else (1500,):
                             x = torch.randn(m, k, dtype=dtype)
                             out = awqgemm.gemm(x.cuda(), packed).cpu()
                             err = rel_err(out, x.double() @ w)
@@ -368,6 +397,17 @@ def test_sanitizer_subset():
                             for m in (9, 33, 70, 130):
                                 x = torch.randn(m, k, dtype=dtype, device="cuda")
                                 check(x, qweight, qzeros, scales, group, label=f"sanitizer wtile M={m}")
+                    if family == "sm90":  # v11: BM 64 (K split), 128, and a second persistent round
+                        with awqgemm.testing.force(family=family, path="wgws"):
+                            for m in (1, 17, 130, 600):
+                                x = torch.randn(m, k, dtype=dtype, device="cuda")
+                                check(x, qweight, qzeros, scales, group, label=f"sanitizer wgws M={m}")
+            if family == "sm90":  # v11's 256-token tiles (wide grid) and the two-chunk staging of x
+                with awqgemm.testing.force(family=family, path="wgws"):
+                    for k, n, m in ((256, 8192, 1500), (4128, 264, 4100)):
+                        qweight, qzeros, scales = random_awq(k, n, 32, torch.float16, "cuda")
+                        x = torch.randn(m, k, dtype=torch.float16, device="cuda")
+                        check(x, qweight, qzeros, scales, 32, label=f"sanitizer wgws {k}x{n} M={m}")
 
 
 def test_plan_info_names_the_dispatchers_choice():
@@ -384,5 +424,11 @@ def test_plan_info_names_the_dispatchers_choice():
         assert awqgemm.plan_info(48, 4096, 4096)["kernel"] == "x_shared"
         assert awqgemm.plan_info(32, 4096, 4096)["kernel"] == "x_shared"
         assert awqgemm.plan_info(32, 8192, 8192)["kernel"] == "w_tile"
+    if "sm90" in families():  # v11 behind the switch: tile heights by M and grid (plan_wgws)
+        with awqgemm.testing.force(family="sm90", path="wgws"):
+            for m, n, tokens in ((1, 4096, 64), (64, 4096, 64), (65, 4096, 128), (300, 4096, 128), (1024, 28672, 256)):
+                info = awqgemm.plan_info(m, n, 4096)
+                assert (info["kernel"], info["tile_tokens"]) == ("wgmma_ws", tokens), (m, n, info)
+            assert awqgemm.plan_info(64, 4096, 4096)["splits"] > 1
     with awqgemm.testing.force(path="dense"):
         assert awqgemm.plan_info(1, 4096, 4096)["kernel"] == "dequantize+dense"

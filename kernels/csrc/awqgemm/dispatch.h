@@ -15,8 +15,9 @@ namespace awqgemm {
 
 // What a caller may ask of the path: the dispatcher's choice, or (tests) the
 // family's fused kernel at every M, or dequantize + dense GEMM, or (tests,
-// benchmarks) the sm80 weight-tile kernel at every M.
-enum class PathRequest : int { kAuto = 0, kFused = 1, kDense = 2, kWTile = 3 };
+// benchmarks) the sm80 weight-tile kernel at every M, or (tests, benchmarks)
+// the sm90 family's warp-specialized persistent wgmma kernel (v11) at every M.
+enum class PathRequest : int { kAuto = 0, kFused = 1, kDense = 2, kWTile = 3, kWgmmaWs = 4 };
 
 struct Plan {
   Family family = Family::kAuto;  // the family whose kernel runs (sm90 may hand small M to sm80's)

@@ -11,6 +11,7 @@ enum class KernelKind : int {
   kWgmma = 2,    // gemm_wg_kernel: warpgroup MMA, weights as register A (sm90a), gathers x itself
   kWgmmaStagedX = 3,  // the same after a kernel that writes x in the A fragments' k order (workspace)
   kWTile = 4,    // gemm_wt_kernel: weight, scale and x tiles staged per block in shared memory (sm80, M > 16)
+  kWgmmaWs = 5,  // gemm_ws_kernel: warp-specialized persistent wgmma (sm90a, v11; test-only path "wgws" so far)
 };
 
 // Pipeline depth of the K-split kernel. Register-staged pipelines (sm70/75)
@@ -56,6 +57,31 @@ AWQGEMM_HD constexpr int wg_min_blocks(int bm) { return bm >= 256 ? 1 : 2; }
 constexpr int64_t kWgMaxStagedXBytes = int64_t{32} << 20;
 AWQGEMM_HD constexpr int64_t wg_staged_x_bytes(int m, int k) {
   return (static_cast<int64_t>(m) * ((k + kTileK - 1) / kTileK * kTileK) * 2 + 255) / 256 * 256;
+}
+
+// Shape of the warp-specialized persistent wgmma kernel (v11, gemm_wgws_sm90a.cuh):
+// 2 consumer warpgroups x 64 columns = 128 columns (8 weight tiles) per work
+// unit, BM = 64/128/256 tokens, plus a producer warpgroup of which one warp
+// moves whole stages with cp.async.bulk: 12 warps, one block per SM. Registers
+// are handed out per warpgroup (a 9-warp block was compiled to 168 registers,
+// 65536 / 384, and spilled at BM = 256), so the producer warpgroup gives
+// its registers up (setmaxnreg 40) and the consumers take them (232):
+// 128 x 40 + 256 x 232 <= 64 Ki. Stage = the x tile
+// (BM rows of 128 swizzled bytes) + 8 weight tiles (4 KiB) + 2 (scale, zero)
+// rows (1 KiB); the ring is as deep as ~190 KiB allows.
+constexpr int kWsConsumerWarps = 8;
+constexpr int kWsThreads = 32 * (kWsConsumerWarps + 4);
+constexpr int kWsProducerRegs = 40;
+constexpr int kWsConsumerRegs = 232;
+AWQGEMM_HD constexpr int ws_stage_bytes(int bm) { return bm * 128 + 8 * 512 + 2 * 512; }
+AWQGEMM_HD constexpr int ws_stages(int bm) { return bm >= 256 ? 5 : bm >= 128 ? 8 : 12; }
+// x is staged tile-major ([k-tile][M][64], rows pre-swizzled) in the workspace,
+// at most kWgMaxStagedXBytes of it: larger problems run as chunks of this many
+// rows (a multiple of 256), each staged and multiplied in turn.
+AWQGEMM_HD constexpr int ws_chunk_rows(int m, int k) {
+  const int64_t row_bytes = static_cast<int64_t>((k + kTileK - 1) / kTileK * kTileK) * 2;
+  const int64_t fit = kWgMaxStagedXBytes / row_bytes / 256 * 256;
+  return fit >= m ? m : static_cast<int>(fit);
 }
 
 // Kernel argument bits saying how the fused kernels take part in programmatic

@@ -14,7 +14,7 @@ from .reference import reference_gemm
 _DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1}
 # PathRequest in csrc/awqgemm/dispatch.h. The dispatcher (make_plan) decides
 # the path, dense-or-fused included; "reference" never reaches it.
-_PATH_CODE = {"auto": 0, "fused": 1, "dense": 2, "wtile": 3}
+_PATH_CODE = {"auto": 0, "fused": 1, "dense": 2, "wtile": 3, "wgws": 4}
 
 
 class _Override:

@@ -23,7 +23,7 @@ from . import _layout
 from ._ops import state
 
 FAMILIES = {"auto": 0, "sm70": 70, "sm75": 75, "sm80": 80, "sm90": 90}
-PATHS = ("auto", "fused", "dense", "reference", "wtile")
+PATHS = ("auto", "fused", "dense", "reference", "wtile", "wgws")
 
 
 def _parse_family(name: str) -> int:
@@ -41,7 +41,8 @@ def _parse_path(name: str) -> str:
 @contextlib.contextmanager
 def force(family: str = "auto", path: str = "auto") -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel, ``dense`` dequantize + matmul, ``reference``,
-    ``wtile``: the sm80 family's weight-tile kernel at every M; other families run their fused kernels)."""
+    ``wtile``: the sm80 family's weight-tile kernel at every M; ``wgws``: the sm90 family's warp-specialized
+    persistent wgmma kernel (v11) at every M; other families run their fused kernels)."""
     old = (state.family, state.path)
     state.family, state.path = _parse_family(family), _parse_path(path)
     try:

@@ -1,0 +1,328 @@
+// Hopper (sm_90a) wgmma kernel v11: warp-specialized and persistent.
+//
+// Why (docs/perf-notes.md, v9.3/v9.4): in the v9 kernel every warp copies its
+// share of each stage, dequantizes and issues wgmma, and a __syncthreads per
+// 64-k tile publishes the stage; ncu found it issue-bound with the barrier
+// exposed, at 1.3-1.7x cuBLAS time where Machete (also register-A wgmma) runs
+// at 1.0-1.17x. Here:
+//   * one producer warp moves whole stages with cp.async.bulk (the TMA
+//     engine): 8 weight tiles (each 16 n x 64 k = 512 contiguous bytes of
+//     packed layout 1), the (scale, zero) row(s) of the k-tile's group(s) and
+//     the x tile. x was written once per call by stage_x_tiles_kernel already
+//     in the A fragments' k order AND already swizzled, tile-major
+//     ([k-tile][M][128 bytes]), so a tile of BM tokens is one contiguous copy
+//     and lands in shared memory exactly as the 128-byte-swizzle descriptor
+//     reads it -- no tensor map (and no driver entry point) needed;
+//   * two consumer warpgroups (64 columns each) only read their weight word
+//     and (scale, zero) pair from shared memory, dequantize into the A
+//     registers and issue wgmma; they hand a stage back through an mbarrier
+//     once the wgmmas that read it have retired. No block barrier in the loop;
+//   * persistent: about one block per SM walks the (m-block, n-block, K
+//     split) work units with a static stride, so the producer fills the ring
+//     for the next unit while the consumers store the last one.
+//
+// Ring protocol, per slot s (both sides count k-tiles over all their units in
+// the same order, so slot and phase agree without any exchange):
+//   full[s]:  1 arrival (the producer's arrive.expect_tx of the stage's bytes)
+//             + the bulk copies' complete_tx; consumers wait on it.
+//   empty[s]: kWsConsumerWarps arrivals (lane 0 of each consumer warp after
+//             its wgmma.wait_group retired the wgmmas that read the slot);
+//             the producer waits on it before refilling.
+// Use number r of a slot (r = 0, 1, ...) is phase r of full[s]: consumers
+// wait for parity r & 1. The producer's r-th fill needs empty's phase r - 1
+// done: parity (r & 1) ^ 1, which a fresh barrier reports as complete for
+// r = 0 (try_wait.parity returns true for the phase before the current one).
+//
+// Proxies: the bulk copies write through the async proxy and complete_tx on
+// the mbarrier makes the bytes visible to whoever observes the phase flip,
+// for wgmma (async proxy) and for the consumers' ld.shared alike; the only
+// generic-proxy write the async proxy must see is mbarrier.init
+// (fence.mbarrier_init before the one __syncthreads).
+#pragma once
+
+#include "gemm_tile.cuh"
+#include "wgmma_sm90a.cuh"
+
+namespace awqgemm {
+
+// Register reallocation between warpgroups (all 4 warps of a warpgroup execute it).
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+// Spins inside the asm (labels are local to the braces): the loop is not a
+// branch the compiler sees, so it cannot move accumulator copies around it
+// (a visible branch near wgmmas once made ptxas serialize them, C7513).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred p;\nAWQ_WS_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra AWQ_WS_WAIT;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// A predicated arrive (no branch in the consumer loop).
+__device__ __forceinline__ void mbar_arrive_if(uint32_t bar, uint32_t pred) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.u32 p, %1, 0;\n@p mbarrier.arrive.shared::cta.b64 _, [%0];\n}\n" ::"r"(bar),
+      "r"(pred)
+      : "memory");
+}
+// 1D bulk copy global -> this CTA's shared memory (16-byte aligned, size a
+// multiple of 16), completing `bytes` of the mbarrier's transaction count.
+__device__ __forceinline__ void bulk_g2s(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
+// x rows [m0, m0 + rows) -> xs[k-tile][rows][64], each 128-byte row in the A
+// fragments' k order (16-byte chunk c = 2 s + h holds, for q' = 0..3, the pair
+// at actual k 16 q' + 4 s + 2 h + {0, 1}: see stage_x_kernel) and with the
+// 128-byte swizzle applied (chunk c of row r stored at chunk c ^ (r & 7)).
+// Work-unit tiles start at multiples of BM (>= 8) rows, so r & 7 is also the
+// row's index within its 1024-byte swizzle atom in shared memory. Zeros past K.
+// One thread per 16-byte output chunk, consecutive threads writing
+// consecutive chunks.
+template <typename T>
+__global__ void stage_x_tiles_kernel(const GemmProblem p, const int m0, const int rows, T* xs) {
+  pdl_wait();  // x may still be being written, and xs still read, by the previous kernel
+  const int ktiles = padded_k(p.K) / kTileK;
+  const int64_t chunks = static_cast<int64_t>(ktiles) * rows * 8;
+  const T* x = reinterpret_cast<const T*>(p.x);
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < chunks;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int c = static_cast<int>(idx & 7);
+    const int64_t row_of_all = idx >> 3;  // kt * rows + r
+    const int r = static_cast<int>(row_of_all % rows);
+    const int kt = static_cast<int>(row_of_all / rows);
+    const int k0 = kTileK * kt + 4 * (c >> 1) + 2 * (c & 1);
+    const T* src = x + static_cast<int64_t>(m0 + r) * p.x_row_stride;
+    uint32_t v[4];
+#pragma unroll
+    for (int qq = 0; qq < 4; ++qq) {
+      const int k = k0 + 16 * qq;
+      v[qq] = k < p.K ? *reinterpret_cast<const uint32_t*>(src + k) : 0u;
+    }
+    *reinterpret_cast<uint4*>(xs + row_of_all * 64 + 8 * (c ^ (r & 7))) = make_uint4(v[0], v[1], v[2], v[3]);
+  }
+  pdl_launch_dependents();  // the GEMM's pdl_wait still covers all of this grid
+}
+
+// Work unit u -> (m-block, n-block, K split), m fastest: the blocks running at
+// the same time share n-blocks, so a weight tile comes from DRAM once and the
+// other m-blocks find it in L2 (x is the smaller, re-read operand).
+struct WsUnit {
+  int mb, nb, split;
+};
+__device__ __forceinline__ WsUnit ws_unit(int u, int mblocks, int nblocks) {
+  const int rest = u / mblocks;
+  return {u - rest * mblocks, rest % nblocks, rest / nblocks};
+}
+
+// p.x is the staged x (stage_x_tiles_kernel) of p.M rows; out, bias and the
+// split-K workspace ([splits][M][N] fp32) as in the other kernels.
+template <typename T, int BM, int STAGES>
+__global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
+                                                               const int pdl_flags) {
+#if defined(AWQGEMM_NO_WGMMA)
+  __trap();
+#else
+  constexpr int kStage = ws_stage_bytes(BM);
+  constexpr int kWOff = BM * 128;         // 8 weight tiles of 512 bytes after the x tile
+  constexpr int kSzOff = kWOff + 8 * 512;  // (scale, zero) rows: [0] for k 0..31 of the tile, [1] for 32..63
+  static_assert(kStage % 1024 == 0, "every stage's x tile starts on a swizzle atom");
+  __shared__ uint64_t bars[2 * STAGES];  // full[0..STAGES), empty[0..STAGES)
+  extern __shared__ uint4 smem_raw[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t base = (raw + 1023u) & ~1023u;
+  const unsigned char* const sbase = reinterpret_cast<const unsigned char*>(smem_raw) + (base - raw);
+  const uint32_t full0 = static_cast<uint32_t>(__cvta_generic_to_shared(bars));
+  const uint32_t empty0 = full0 + 8 * STAGES;
+
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  if (tid == 0) {
+#pragma unroll 1
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full0 + 8 * s, 1);
+      mbar_init(empty0 + 8 * s, kWsConsumerWarps);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();  // the only block barrier: the ring's barriers exist for everyone
+  // Everyone waits: the producer reads x, the consumers write out / workspace.
+  if (pdl_flags & kPdlLaunched) pdl_wait();
+
+  const int ktiles = padded_k(p.K) / kTileK;
+  const int ntiles = padded_n(p.N) / kTileN;
+  const int nblocks = ceil_div(ntiles, kWgNT);
+  const int mblocks = ceil_div(p.M, BM);
+  const int per_split = ceil_div(ktiles, splits);
+  const int units = nblocks * mblocks * splits;
+  // Group sizes are 32, 64, 128: a shift. With 32 a k-tile spans two groups
+  // (lanes q = 0, 1 and q = 2, 3), so its stage carries two (scale, zero) rows.
+  const int gshift = 31 - __clz(p.group_size);
+  const int sz_rows = gshift == 5 ? 2 : 1;
+
+  if (warp >= kWsConsumerWarps) {
+    setmaxnreg_dec<kWsProducerRegs>();
+    if (warp != kWsConsumerWarps) return;  // one producer warp is enough for the bulk copies
+    // ---- producer warp: lane j < 8 copies weight tile j, lanes 8 / 9 the
+    // (scale, zero) rows, lane 10 the x tile; lane 0 announces the bytes.
+    const unsigned char* const wsrc = reinterpret_cast<const unsigned char*>(p.qweight);
+    const unsigned char* const szsrc = reinterpret_cast<const unsigned char*>(p.scale_zero);
+    const unsigned char* const xsrc = reinterpret_cast<const unsigned char*>(p.x);
+    int slot = 0;
+    uint32_t phase = 0;
+#pragma unroll 1
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {
+      const WsUnit w = ws_unit(u, mblocks, nblocks);
+      const int kt0 = w.split * per_split;
+      const int n_k = max(0, min(ktiles, kt0 + per_split) - kt0);
+      // Tiles past N (a TP shard's last n-block) and rows past M are not
+      // copied: they feed only outputs that are never stored.
+      const int nvalid = min(kWgNT, ntiles - kWgNT * w.nb);
+      const int rows = min(BM, p.M - w.mb * BM);
+      const uint32_t bytes = static_cast<uint32_t>(rows * 128 + nvalid * 512 + sz_rows * nvalid * 64);
+      const unsigned char* src = nullptr;
+      int64_t src_step = 0;  // bytes per k-tile
+      uint32_t dst_off = 0, len = 0;
+      if (lane < nvalid) {
+        src = wsrc + (static_cast<int64_t>(kWgNT * w.nb + lane) * ktiles + kt0) * 512;
+        src_step = 512;
+        dst_off = kWOff + 512 * lane;
+        len = 512;
+      } else if (lane == 10) {
+        src = xsrc + (static_cast<int64_t>(kt0) * p.M + w.mb * BM) * 128;
+        src_step = static_cast<int64_t>(p.M) * 128;
+        len = rows * 128;
+      }
+      const bool sz_lane = lane == 8 || (lane == 9 && sz_rows == 2);
+#pragma unroll 1
+      for (int i = 0; i < n_k; ++i) {
+        mbar_wait(empty0 + 8 * slot, phase ^ 1);
+        const uint32_t full = full0 + 8 * slot;
+        const uint32_t st = base + slot * kStage;
+        if (lane == 0) mbar_arrive_expect_tx(full, bytes);
+        __syncwarp();
+        if (len != 0) bulk_g2s(st + dst_off, src + i * src_step, len, full);
+        if (sz_lane) {
+          const int grp = ((kt0 + i) * kTileK + 32 * (lane - 8)) >> gshift;
+          bulk_g2s(st + kSzOff + 512 * (lane - 8),
+                   szsrc + (static_cast<int64_t>(grp) * ntiles + kWgNT * w.nb) * 64, nvalid * 64, full);
+        }
+        const uint32_t wrap = slot + 1 == STAGES;
+        slot = wrap ? 0 : slot + 1;
+        phase ^= wrap;
+      }
+    }
+    return;  // in-flight copies complete into the CTA, which the consumers keep alive
+  }
+
+  setmaxnreg_inc<kWsConsumerRegs>();
+  // ---- consumers: warp w (0..7) owns weight tile w of each unit, i.e. rows
+  // 16 (w & 3) .. + 15 of its warpgroup's 64-row A.
+  const int g = lane >> 2;
+  const int q = lane & 3;
+  const uint32_t w_off = kWOff + warp * 512 + lane * 16;
+  const uint32_t sz_off = kSzOff + (sz_rows == 2 ? (q >> 1) * 512 : 0) + warp * 64 + g * 8;
+  uint32_t a[2][4][4];
+#pragma unroll
+  for (int t = 0; t < 2; ++t)
+#pragma unroll
+    for (int s = 0; s < 4; ++s)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a[t][s][r] = 0u;  // keep_live reads the unused set before its first tile
+  int slot = 0;
+  uint32_t phase = 0;
+  const uint32_t leader = lane == 0;
+
+#pragma unroll 1
+  for (int u = blockIdx.x; u < units; u += gridDim.x) {
+    const WsUnit w = ws_unit(u, mblocks, nblocks);
+    const int kt0 = w.split * per_split;
+    const int n_k = max(0, min(ktiles, kt0 + per_split) - kt0);
+    float acc[BM / 2];
+#pragma unroll
+    for (int i = 0; i < BM / 2; ++i) acc[i] = 0.f;
+    uint32_t prev_empty = empty0;
+    uint32_t have_prev = 0;
+    // Tile i is dequantized into one register set while tile i - 1's wgmmas
+    // run from the other; wait_group 1 after tile i's commit retires tile
+    // i - 1, whose slot is then handed back and whose registers tile i + 1 reuses.
+    auto step = [&](uint32_t (&at)[4][4], uint32_t (&prev)[4][4]) {
+      mbar_wait(full0 + 8 * slot, phase);
+      const unsigned char* const gst = sbase + slot * kStage;
+      const uint4 wv = *reinterpret_cast<const uint4*>(gst + w_off);
+      const uint2 sz = *reinterpret_cast<const uint2*>(gst + sz_off);
+      uint32_t scale2[2], zero2[2];
+      split_scale_zero(sz.x, scale2[0], zero2[0]);
+      split_scale_zero(sz.y, scale2[1], zero2[1]);
+      dequant_word<T, true>(wv.x, zero2, scale2, at[0]);
+      dequant_word<T, true>(wv.y, zero2, scale2, at[1]);
+      dequant_word<T, true>(wv.z, zero2, scale2, at[2]);
+      dequant_word<T, true>(wv.w, zero2, scale2, at[3]);
+      const uint32_t xaddr = base + slot * kStage;
+      wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < 4; ++s) WgmmaRA<BM, T>::run(acc, at[s], sw128_kmajor_desc(xaddr + 32 * s));
+      wgmma_commit();
+      wgmma_wait<1>();
+      mbar_arrive_if(prev_empty, have_prev & leader);
+#pragma unroll
+      for (int s = 0; s < 4; ++s) keep_live(prev[s]);
+      prev_empty = empty0 + 8 * slot;
+      have_prev = 1;
+      const uint32_t wrap = slot + 1 == STAGES;
+      slot = wrap ? 0 : slot + 1;
+      phase ^= wrap;
+    };
+    int i = 0;
+    for (; i + 1 < n_k; i += 2) {
+      step(a[0], a[1]);
+      step(a[1], a[0]);
+    }
+    if (i < n_k) step(a[0], a[1]);
+    wgmma_wait<0>();
+    keep_live(acc);
+    mbar_arrive_if(prev_empty, have_prev & leader);
+
+    // D fragment: acc[4 c + 2 h + t] = (n row g + 8 h of this warp's tile, token 8 c + 2 q + t).
+    const int n0 = (kWgNT * w.nb + warp) * kTileN + g;
+#pragma unroll
+    for (int c = 0; c < BM / 8; ++c)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+          const int m = w.mb * BM + 8 * c + 2 * q + t;
+          const int n = n0 + 8 * h;
+          if (m < p.M && n < p.N) {
+            float v = acc[4 * c + 2 * h + t];
+            if (splits == 1) {
+              if (p.bias != nullptr) v += to_float(reinterpret_cast<const T*>(p.bias)[n]);
+              reinterpret_cast<T*>(p.out)[static_cast<size_t>(m) * p.out_row_stride + n] = from_float<T>(v);
+            } else {
+              p.workspace[(static_cast<size_t>(w.split) * p.M + m) * p.N + n] = v;
+            }
+          }
+        }
+  }
+#endif
+}
+
+}  // namespace awqgemm

@@ -1,0 +1,190 @@
+"""CPU model of the warp-specialized wgmma kernel's data movement (v11, gemm_wgws_sm90a.cuh).
+
+v11 moves every operand by byte offsets the GPU cannot be asked about without
+a device: the staging kernel writes x tile-major and pre-swizzled
+(``[k-tile][M][128 bytes]``), the producer warp copies 512-byte weight tiles,
+(scale, zero) rows and a contiguous x tile per stage, and the consumers read
+their weight word and (scale, zero) pair at fixed offsets in the stage. This
+test replays exactly those offsets (each function below mirrors one
+expression of the C++, named in its docstring) on the real packer's bytes
+(``_layout.pack_qweight`` / ``pack_scale_zero``), builds the A fragments the
+way ``dequant_word`` does, reads B through the 128-byte-swizzle descriptor
+model of ``test_wgmma_staging.py``, and checks the product against x @ W over
+a problem with an N tail (a partial 128-column block), a K tail, several
+m-blocks (the last partial), K splits and every group size. A pass pins the
+index algebra; a GPU failure then points at the hardware protocol (mbarrier
+phases, transaction bytes), not at an offset.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from awqgemm import _layout
+
+TILE_K = 64
+
+
+def wgmma_reads(smem: torch.Tensor, s: int, r: int, j: int) -> float:
+    """The element a K-major SW128 descriptor at +32 s bytes yields for token r, logical k j
+    (the model of test_wgmma_staging.py, returning the value: holes are NaN here)."""
+    plain = 128 * r + 32 * s + 16 * (j // 8) + 2 * (j % 8)
+    swizzled = (plain & ~(7 << 4)) | ((((plain >> 4) & 7) ^ ((plain >> 7) & 7)) << 4)
+    return smem[swizzled // 2].item()
+
+
+def staged_x(x: torch.Tensor, ktiles: int) -> torch.Tensor:
+    """stage_x_tiles_kernel: x [rows, K] -> [ktiles * rows * 64] elements; chunk c of row r of
+    k-tile kt holds the pairs at 64 kt + 4 (c >> 1) + 2 (c & 1) + 16 q' (q' = 0..3), stored at
+    chunk c ^ (r & 7). Zeros past K. (NaN marks holes.)"""
+    rows, k_dim = x.shape
+    out = torch.full((ktiles * rows * 64,), float("nan"), dtype=torch.float64)
+    for kt in range(ktiles):
+        for r in range(rows):
+            for c in range(8):
+                k0 = TILE_K * kt + 4 * (c >> 1) + 2 * (c & 1)
+                dst = (kt * rows + r) * 64 + 8 * (c ^ (r & 7))
+                for qq in range(4):
+                    for t in range(2):
+                        k = k0 + 16 * qq + t
+                        out[dst + 2 * qq + t] = x[r, k].item() if k < k_dim else 0.0
+    return out
+
+
+def producer_stage(qbytes, szbytes, xs, m_rows, ntiles, ktiles, gshift, bm, mb, nb, kt):
+    """One stage as the producer warp fills it: lane j < nvalid copies weight tile j from byte
+    ((8 nb + j) * ktiles + kt) * 512; lanes 8 (and 9 when groups are 32) copy nvalid * 64 bytes of
+    (scale, zero) row ((kt * 64 + 32 (lane - 8)) >> gshift) from byte (grp * ntiles + 8 nb) * 64;
+    lane 10 copies rows * 128 bytes of x from element (kt * M + mb * BM) * 64. What is not copied
+    keeps stale contents (NaN / 0xEE here). Returns the stage and the bytes the copies complete,
+    which the kernel's expect_tx must announce."""
+    nvalid = min(8, ntiles - 8 * nb)
+    rows = min(bm, m_rows - mb * bm)
+    w = torch.full((8 * 512,), 0xEE, dtype=torch.uint8)
+    for j in range(nvalid):
+        src = ((8 * nb + j) * ktiles + kt) * 512
+        w[512 * j : 512 * j + 512] = qbytes[src : src + 512]
+    sz = torch.full((2 * 512,), 0xEE, dtype=torch.uint8)
+    for lane in (8, 9) if gshift == 5 else (8,):
+        grp = (kt * TILE_K + 32 * (lane - 8)) >> gshift
+        src = (grp * ntiles + 8 * nb) * 64
+        sz[512 * (lane - 8) : 512 * (lane - 8) + nvalid * 64] = szbytes[src : src + nvalid * 64]
+    xt = torch.full((bm * 64,), float("nan"), dtype=torch.float64)
+    src = (kt * m_rows + mb * bm) * 64
+    xt[: rows * 64] = xs[src : src + rows * 64]
+    copied = rows * 128 + nvalid * 512 + (len((8, 9)) if gshift == 5 else 1) * nvalid * 64
+    return w, sz, xt, copied
+
+
+def consumer_a(w, sz, gshift, dtype):
+    """The A operand of the stage, [128 rows][4 steps][16 logical k], as the consumers build it:
+    warp j reads its word at j * 512 + lane * 16 of the weight region and its
+    (scale, zero) pair at ((q >> 1) * 512 if groups are 32) + j * 64 + g * 8 of the scale
+    region; dequant_word<T, true>: register i of word s takes nibbles i (low half) and i + 4
+    (high half), row half i & 1, logical k 2 q + 8 (i >> 1) + {0, 1}."""
+    magic = _layout.MAGIC[dtype]
+    words = w.view(torch.int32)  # little-endian, as the GPU reads them
+    pairs = sz.view(dtype).to(torch.float64)
+    a = torch.zeros(128, 4, 16, dtype=torch.float64)
+    for j in range(8):
+        for lane in range(32):
+            g, q = lane >> 2, lane & 3
+            sz_off = ((q >> 1) * 512 if gshift == 5 else 0) + j * 64 + g * 8
+            e = sz_off // 2
+            scale = (pairs[e].item(), pairs[e + 2].item())
+            zero = (pairs[e + 1].item() - magic, pairs[e + 3].item() - magic)
+            for s in range(4):
+                word = int(words[(j * 512 + lane * 16) // 4 + s].item()) & 0xFFFFFFFF
+                for i in range(4):
+                    h = i & 1
+                    for t, nib in enumerate(((word >> (4 * i)) & 0xF, (word >> (16 + 4 * i)) & 0xF)):
+                        v = torch.tensor((nib - zero[h]), dtype=dtype) * torch.tensor(scale[h], dtype=dtype)
+                        a[16 * j + g + 8 * h, s, 2 * q + 8 * (i >> 1) + t] = v.to(torch.float64)
+    return a
+
+
+def consumer_b(xt, bm):
+    """B of the stage, [4 steps][16 logical k][BM tokens], through the descriptor at +32 s bytes."""
+    b = torch.empty(4, 16, bm, dtype=torch.float64)
+    for s in range(4):
+        for r in range(bm):
+            for jl in range(16):
+                b[s, jl, r] = wgmma_reads(xt, s, r, jl)
+    return b
+
+
+def run_model(x, q, z, scales, group, bm, splits):
+    dtype = scales.dtype
+    m_rows, k_dim = x.shape
+    n_dim = q.shape[1]
+    packed_q = _layout.pack_qweight(q, _layout.LAYOUT_TC16X64)
+    scale_zero = _layout.pack_scale_zero(scales, z, k_dim, group)
+    qbytes = packed_q.contiguous().view(torch.uint8).flatten()
+    szbytes = scale_zero.contiguous().view(torch.uint8).flatten()
+    ktiles = (k_dim + TILE_K - 1) // TILE_K
+    ntiles = (n_dim + 15) // 16
+    nblocks = (ntiles + 7) // 8
+    mblocks = (m_rows + bm - 1) // bm
+    gshift = group.bit_length() - 1
+    xs = staged_x(x.to(torch.float64), ktiles)
+    per_split = (ktiles + splits - 1) // splits
+    partials = torch.full((splits, m_rows, n_dim), float("nan"), dtype=torch.float64)
+    for u in range(nblocks * mblocks * splits):  # ws_unit: m fastest, then n, then the split
+        rest = u // mblocks
+        mb, nb, split = u - rest * mblocks, rest % nblocks, rest // nblocks
+        kt0 = split * per_split
+        acc = torch.zeros(128, bm, dtype=torch.float64)
+        for kt in range(kt0, min(ktiles, kt0 + per_split)):
+            w, sz, xt, copied = producer_stage(qbytes, szbytes, xs, m_rows, ntiles, ktiles, gshift, bm, mb, nb, kt)
+            # gemm_ws_kernel's expect_tx: rows * 128 + nvalid * 512 + sz_rows * nvalid * 64.
+            nvalid, rows = min(8, ntiles - 8 * nb), min(bm, m_rows - mb * bm)
+            assert copied == rows * 128 + nvalid * 512 + (2 if gshift == 5 else 1) * nvalid * 64
+            a = consumer_a(w, sz, gshift, dtype)
+            b = consumer_b(xt, bm)
+            acc += torch.einsum("nsj,sjm->nm", a, b)
+        for n_local in range(128):
+            n = nb * 128 + n_local
+            for m_local in range(bm):
+                m = mb * bm + m_local
+                if m < m_rows and n < n_dim:
+                    partials[split, m, n] = acc[n_local, m_local]
+    return partials.sum(0)
+
+
+@pytest.mark.parametrize("group,splits", [(32, 2), (64, 1), (128, 3)])
+def test_model_matches_x_at_w(group, splits):
+    torch.manual_seed(group)
+    k_dim = 3 * 64 - 32 if group == 32 else 3 * 128  # a K tail where the group allows one
+    n_dim = 8 * 16 + 40  # two 128-column blocks, the second partial (and a partial 16-column tile)
+    m_rows, bm = 20, 16  # the model takes any BM divisible by 8: two m-blocks, the last partial
+    dtype = torch.float16
+    groups = k_dim // group
+    q = torch.randint(0, 16, (k_dim, n_dim), dtype=torch.uint8)
+    z = torch.randint(0, 16, (groups, n_dim), dtype=torch.uint8)
+    scales = ((torch.rand(groups, n_dim) + 0.5) / 16).to(dtype)
+    x = torch.randn(m_rows, k_dim).to(dtype)
+    out = run_model(x, q, z, scales, group, bm, splits)
+    wq = (q.double() - z.double().repeat_interleave(group, 0)).to(dtype) * scales.repeat_interleave(group, 0)
+    ref = x.double() @ wq.double()
+    assert torch.isfinite(out).all(), "an output reads a hole (unstaged x, uncopied weight or scale)"
+    assert torch.allclose(out, ref, rtol=1e-9, atol=1e-9), (out - ref).abs().max()
+
+
+def test_stage_rows_sit_in_their_swizzle_atom():
+    # A unit's x tile starts at row mb * BM of the staged k-tile (BM a multiple of 8), so the
+    # staged swizzle (by r & 7 of the row in the chunk) is the one the descriptor applies to the
+    # row inside the shared-memory tile: check it for BM = 64 over a chunk of 200 rows.
+    rows, bm = 200, 64
+    x = torch.arange(rows * 64, dtype=torch.float64).view(rows, 64)
+    xs = staged_x(x, 1)
+    for mb in range((rows + bm - 1) // bm):
+        n = min(bm, rows - mb * bm)
+        tile = torch.full((bm * 64,), float("nan"), dtype=torch.float64)
+        tile[: n * 64] = xs[mb * bm * 64 : (mb * bm + n) * 64]
+        for r in range(0, n, 7):
+            for s in range(4):
+                for jl in range(16):
+                    qq, t, half = (jl % 8) // 2, jl % 2, jl // 8
+                    want = x[mb * bm + r, 16 * qq + 4 * s + 2 * half + t].item()
+                    assert wgmma_reads(tile, s, r, jl) == want, (mb, r, s, jl)
