@@ -49,20 +49,21 @@ Qwen3-30B-A3B is ~61 GB of weights (fits an H100 at 0.85), fp16 Mixtral-8x7B ~93
 its AWQ contenders fit an H100).
 
 On the GPU machine (vLLM 0.26.0 arrives in 4 parts through ``ci/device_vllm.sh``; one device run
-each, back to back while the machine stays warm; each run is capped at 10 minutes, so the MoE
-contenders go in separate runs and ``--merge`` joins them):
+each, back to back while the machine stays warm; a device run is capped at 10 minutes and a Qwen3-30B
+engine (dummy init of ~61 GB, torch.compile, graph capture) plus its workloads takes several, so each
+contender gets its own run and ``--merge`` joins them; ``device_vllm.sh`` adds ``--out-dir $OUT``):
 
   carry=[ci/vllm_gpu/parts/p1]  bash ci/device_vllm.sh stash build
   carry=[ci/vllm_gpu/parts/p2]  bash ci/device_vllm.sh stash
   carry=[ci/vllm_gpu/parts/p3]  bash ci/device_vllm.sh stash
-  carry=[ci/vllm_gpu/parts/p4]  bash ci/device_vllm.sh stash install e2e --shape qwen3-30b-a3b \
-                                    --quant awq_marlin,awqgemm --reps 2 --timeout 280 --out-dir $OUT/results
-  (then, same warm machine)     bash ci/device_vllm.sh e2e --shape qwen3-30b-a3b --quant fp16 \
-                                    --reps 2 --timeout 280 --out-dir $OUT/results
-  (here)                        python benchmarks/e2e.py --merge <the two JSONs>
+  carry=[ci/vllm_gpu/parts/p4]  bash ci/device_vllm.sh stash install
+  bash ci/device_vllm.sh e2e --shape qwen3-30b-a3b --quant awq_marlin --reps 2 --timeout 560
+  bash ci/device_vllm.sh e2e --shape qwen3-30b-a3b --quant awqgemm --reps 2 --timeout 560
+  bash ci/device_vllm.sh e2e --shape qwen3-30b-a3b --quant fp16 --reps 2 --timeout 560
+  (here)  python benchmarks/e2e.py --merge <the three JSONs>
 
-The full contender list ``--quant awq_marlin,awqgemm,fp16`` in one run is the same benchmark when
-the time allows it (each contender is its own engine process; results are written after each).
+``--quant awq_marlin,awqgemm,fp16`` in one run is the same benchmark where no 10-minute cap applies
+(each contender is its own engine process; results are written after each).
 Needs VLLM_ENABLE_V1_MULTIPROCESSING=0 and VLLM_USE_FLASHINFER_SAMPLER=0 where flashinfer
 is missing (the driver sets both for its workers).
 """
