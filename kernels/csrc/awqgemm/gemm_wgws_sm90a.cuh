@@ -62,12 +62,28 @@ __device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier
 // Spins inside the asm (labels are local to the braces): the loop is not a
 // branch the compiler sees, so it cannot move accumulator copies around it
 // (a visible branch near wgmmas once made ptxas serialize them, C7513).
+// A wait that has not completed after kWsHangNs traps: a wrong phase or byte
+// count would otherwise hang the GPU run (and the device session with it);
+// a trap fails that test process with a launch failure instead. The limit is
+// far above any legitimate wait (one unit's main loop, even under
+// compute-sanitizer), and the clock is read only once the first try failed.
+constexpr unsigned long long kWsHangNs = 30ull * 1000 * 1000 * 1000;
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   asm volatile(
-      "{\n.reg .pred p;\nAWQ_WS_WAIT:\n"
+      "{\n.reg .pred p;\n.reg .u64 t0, t1;\n"
       "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      "@!p bra AWQ_WS_WAIT;\n}\n" ::"r"(bar),
-      "r"(parity)
+      "@p bra AWQ_WS_DONE;\n"
+      "mov.u64 t0, %%globaltimer;\n"
+      "AWQ_WS_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@p bra AWQ_WS_DONE;\n"
+      "mov.u64 t1, %%globaltimer;\n"
+      "sub.u64 t1, t1, t0;\n"
+      "setp.gt.u64 p, t1, %2;\n"
+      "@p trap;\n"
+      "bra AWQ_WS_WAIT;\n"
+      "AWQ_WS_DONE:\n}\n" ::"r"(bar),
+      "r"(parity), "l"(kWsHangNs)
       : "memory");
 }
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
@@ -303,6 +319,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
 
     // D fragment: acc[4 c + 2 h + t] = (n row g + 8 h of this warp's tile, token 8 c + 2 q + t).
     const int n0 = (kWgNT * w.nb + warp) * kTileN + g;
+    // The thread's two bias values, loaded once: out may alias bias as far as
+    // the compiler knows, so it would reload them after every store.
+    float bias[2] = {0.f, 0.f};
+    if (splits == 1 && p.bias != nullptr) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (n0 + 8 * h < p.N) bias[h] = to_float(reinterpret_cast<const T*>(p.bias)[n0 + 8 * h]);
+      }
+    }
 #pragma unroll
     for (int c = 0; c < BM / 8; ++c)
 #pragma unroll
@@ -312,10 +337,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
           const int m = w.mb * BM + 8 * c + 2 * q + t;
           const int n = n0 + 8 * h;
           if (m < p.M && n < p.N) {
-            float v = acc[4 * c + 2 * h + t];
+            const float v = acc[4 * c + 2 * h + t];
             if (splits == 1) {
-              if (p.bias != nullptr) v += to_float(reinterpret_cast<const T*>(p.bias)[n]);
-              reinterpret_cast<T*>(p.out)[static_cast<size_t>(m) * p.out_row_stride + n] = from_float<T>(v);
+              reinterpret_cast<T*>(p.out)[static_cast<size_t>(m) * p.out_row_stride + n] = from_float<T>(v + bias[h]);
             } else {
               p.workspace[(static_cast<size_t>(w.split) * p.M + m) * p.N + n] = v;
             }
