@@ -228,8 +228,8 @@ def test_cuda_graph_replay_equals_eager(family, dtype):
 _PDL_CHAIN = """
 import contextlib, sys, torch, awqgemm
 from awqgemm.testing import random_awq
-family = sys.argv[1]
-force = awqgemm.testing.force(family=family, path="fused") if family != "auto" else contextlib.nullcontext()
+family, _, path = sys.argv[1].partition("-")
+force = awqgemm.testing.force(family=family, path=path or "fused") if family != "auto" else contextlib.nullcontext()
 force.__enter__()
 k = 4096
 packs = [awqgemm.pack_awq(*random_awq(k, k, 128, torch.float16, "cuda", seed=s), 128) for s in (1, 2)]
@@ -255,7 +255,7 @@ print("chain ok")
 """
 
 
-@pytest.mark.parametrize("family", ["auto", "sm90"])
+@pytest.mark.parametrize("family", ["auto", "sm90", "sm90-wgws"])
 @pytest.mark.parametrize("pdl_mode", ["0", "1"])
 def test_chained_gemms_in_graph_respect_pdl_wait(pdl_mode, family):
     import os
@@ -264,7 +264,7 @@ def test_chained_gemms_in_graph_respect_pdl_wait(pdl_mode, family):
 
     env = {**os.environ, "AWQGEMM_PDL": pdl_mode}
     if family != "auto":
-        skip_unless_family(family)
+        skip_unless_family(family.partition("-")[0])
     r = subprocess.run([sys.executable, "-c", _PDL_CHAIN, family], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "chain ok" in r.stdout, r.stdout + r.stderr
 
