@@ -266,6 +266,14 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   int slot = 0;
   uint32_t phase = 0;
   const uint32_t leader = lane == 0;
+  // B descriptors: the start-address field is (address >> 4) in bits 0-13 and
+  // every shared address here is < 256 KiB, so the descriptor of slot s, step
+  // k is the ring base's plus (s * kStage + 32 k) >> 4 in the low word, with no
+  // carry out of the field. One add per wgmma instead of the mask-and-shift
+  // of sw128_kmajor_desc (ptxas had ~4 uniform instructions per descriptor).
+  const uint64_t desc_base = sw128_kmajor_desc(base);
+  const uint32_t desc_lo = static_cast<uint32_t>(desc_base);
+  const uint32_t desc_hi = static_cast<uint32_t>(desc_base >> 32);
 
 #pragma unroll 1
   for (int u = blockIdx.x; u < units; u += gridDim.x) {
@@ -292,10 +300,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       dequant_word<T, true>(wv.y, zero2, scale2, at[1]);
       dequant_word<T, true>(wv.z, zero2, scale2, at[2]);
       dequant_word<T, true>(wv.w, zero2, scale2, at[3]);
-      const uint32_t xaddr = base + slot * kStage;
+      const uint32_t lo = desc_lo + static_cast<uint32_t>(slot * (kStage >> 4));
       wgmma_fence();
 #pragma unroll
-      for (int s = 0; s < 4; ++s) WgmmaRA<BM, T>::run(acc, at[s], sw128_kmajor_desc(xaddr + 32 * s));
+      for (int s = 0; s < 4; ++s) {
+        WgmmaRA<BM, T>::run(acc, at[s], (static_cast<uint64_t>(desc_hi) << 32) | (lo + 2 * s));
+      }
       wgmma_commit();
       wgmma_wait<1>();
       mbar_arrive_if(prev_empty, have_prev & leader);
