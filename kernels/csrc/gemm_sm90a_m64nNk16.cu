@@ -291,6 +291,12 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   static_assert(kSmem <= 227 * 1024, "one block per SM must fit");
   const int chunk = ws_chunk_rows(p.M, p.K);
   if (chunk <= 0 || (chunk < p.M && cfg.splits != 1)) return cudaErrorInvalidConfiguration;
+  // cp.async.bulk needs 16-byte aligned sources: torch's allocations are, but a
+  // packed weight viewed at an odd offset of a larger buffer would fault.
+  if (((reinterpret_cast<uintptr_t>(p.qweight) | reinterpret_cast<uintptr_t>(p.scale_zero) |
+        reinterpret_cast<uintptr_t>(p.workspace)) & 15) != 0) {
+    return cudaErrorMisalignedAddress;
+  }
   int device = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
