@@ -289,6 +289,25 @@ def moe_gemm(
 # fused_moe
 
 
+def _sort_key(topk_ids: torch.Tensor, num_experts: int, expert_map: torch.Tensor | None) -> torch.Tensor:
+    """Flat ``[T * k]`` sort keys: the local expert of each (token, slot) pair, or ``num_experts``
+    for pairs of no local expert (ids out of range, or mapped to -1 / out of range by ``expert_map``).
+    Keeps the ids' dtype (int32 from vLLM's router: no cast, and half the radix-sort passes of int64)."""
+    ids = topk_ids.reshape(-1)
+    if expert_map is not None:
+        safe = ids.clamp(0, expert_map.shape[0] - 1)
+        ids = torch.where(ids == safe, expert_map[safe], -1)  # global ids out of range -> -1
+    # x < 0 -> -1 -> E, x >= E -> E, else x: two elementwise ops for the sentinel.
+    return ids.clamp(-1, num_experts).remainder(num_experts + 1)
+
+
+def _sort_pairs(key: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    sorted_key, order = torch.sort(key, stable=True)
+    bounds = torch.arange(num_experts + 1, device=key.device, dtype=key.dtype)
+    offsets = torch.searchsorted(sorted_key, bounds, out_int32=True)
+    return sorted_key, order, offsets
+
+
 def route(
     topk_ids: torch.Tensor, num_experts: int, expert_map: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -298,16 +317,8 @@ def route(
     index of sorted row ``r``; ``expert_offsets`` int32 ``[E + 1]``; ``local[r]`` whether
     sorted row ``r`` belongs to a local expert (the rest sort past ``expert_offsets[E]``).
     """
-    ids = topk_ids.reshape(-1).long()
-    if expert_map is not None:
-        n_global = expert_map.shape[0]
-        ok = (ids >= 0) & (ids < n_global)
-        ids = torch.where(ok, expert_map.long()[ids.clamp(0, n_global - 1)], -1)
-    ids = torch.where((ids >= 0) & (ids < num_experts), ids, num_experts)
-    sorted_ids, order = torch.sort(ids, stable=True)
-    bounds = torch.arange(num_experts + 1, device=ids.device, dtype=sorted_ids.dtype)
-    offsets = torch.searchsorted(sorted_ids, bounds).to(torch.int32)
-    return order, offsets, sorted_ids < num_experts
+    sorted_key, order, offsets = _sort_pairs(_sort_key(topk_ids, num_experts, expert_map), num_experts)
+    return order, offsets, sorted_key < num_experts
 
 
 def fused_moe(
@@ -406,21 +417,47 @@ def fused_moe(
 
     # CPU: the same routing and grouped op, with fp32 activations between the steps.
     work = x.float() if x.device.type == "cpu" else x
-    order, offsets, local = route(topk_ids, w13.num_experts, expert_map)
-    weights = topk_weights.reshape(-1)[order].float()
-    if apply_router_weight_on_input:
-        work = (work.float() * topk_weights.float()).to(work.dtype)
-        weights = torch.ones_like(weights)
-    token_of_row = torch.div(order, top_k, rounding_mode="floor").to(torch.int32)
+    return _experts_and_combine(work, w13, w2, topk_weights, topk_ids, apply_router_weight_on_input, expert_map).to(
+        x.dtype
+    )
+
+
+def _experts_and_combine(work, w13, w2, topk_weights, topk_ids, apply_router_weight_on_input, expert_map):
+    """fused_moe after its checks, on activations ``work``; returns fp32 ``[T, H]``.
+
+    Each line is one elementwise/reduction op (one kernel on a GPU) unless noted; views are free.
+    Rounding is the same as computing every step in fp32 and rounding the activation and the
+    outputs of the GEMMs to ``work.dtype``: mixed-dtype products promote to fp32, and an fp32
+    result written into a ``work.dtype`` ``out=`` tensor is rounded once, as ``.to()`` would."""
+    tokens, hidden = work.shape
+    top_k = topk_ids.shape[1]
+    inter = w13.N // 2
+    num = w13.num_experts
+    key = _sort_key(topk_ids, num, expert_map)  # 2 ops (+4 with an expert map)
+    _, order, offsets = _sort_pairs(key, num)  # sort (a few kernels), arange, searchsorted
+    rows = order.shape[0]
+    # Router weights in (token, slot) order; pairs of no local expert weigh 0 (their down rows are
+    # zero; the select keeps a NaN/inf weight of theirs out).
+    local = key.view(tokens, top_k) < num
+    if apply_router_weight_on_input:  # k = 1: scale x, and weigh the outputs by 1 (or 0)
+        scaled = torch.empty_like(work)
+        work = torch.mul(work, topk_weights.float(), out=scaled)
+        weights = local.float()
+    else:
+        weights = torch.where(local, topk_weights.float(), 0.0)
+    token_of_row = torch.empty(rows, dtype=torch.int32, device=work.device)
+    torch.div(order, top_k, rounding_mode="floor", out=token_of_row)
     h = torch.ops.awqgemm.moe_gemm(
         work, w13.qweight, w13.scales, offsets, token_of_row, w13.K, w13.N, w13.group_size, w13.layout
     )
-    act = (F.silu(h[:, :inter].float()) * h[:, inter:].float()).to(work.dtype)
+    gate = F.silu(h[:, :inter].float())  # 2 ops: the fp32 copy of gate, silu
+    act = torch.empty((rows, inter), dtype=work.dtype, device=work.device)
+    torch.mul(gate, h[:, inter:], out=act)  # fp32 product, rounded once to work.dtype
     y = torch.ops.awqgemm.moe_gemm(act, w2.qweight, w2.scales, offsets, None, w2.K, w2.N, w2.group_size, w2.layout)
-    # Non-local rows are zero already; the select also keeps a NaN weight of theirs out.
-    y = torch.where(local[:, None], y.float() * weights[:, None], 0.0)
+    # Combine: rows back to (token, slot) order (rows of no local expert are zero), weigh in fp32,
+    # sum over k in fp32 in slot order: no atomics, deterministic.
     unsorted = torch.empty_like(y).index_copy_(0, order, y)
-    return unsorted.view(tokens, top_k, hidden).sum(dim=1).to(x.dtype)
+    return torch.mul(unsorted.view(tokens, top_k, hidden), weights[:, :, None]).sum(dim=1)
 
 
 def grouped_plan_info(
