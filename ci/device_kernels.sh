@@ -81,7 +81,9 @@ if has moe; then
   tail -5 "$OUT/moe-sanitizer.log"; echo "moe sanitizer rc=$r" | tee -a "$OUT/summary.txt"
   # MOE_BENCH_ARGS: e.g. "--tokens 1,64,1024 --deadline 120"
   mkdir -p "$OUT/results"
-  python3 benchmarks/moe.py --out "$OUT/results" ${MOE_BENCH_ARGS:-} >"$OUT/moe-bench.log" 2>&1
+  # vLLM's fused_marlin_moe is the peer when ci/device_vllm.sh installed vLLM on this machine (its env file).
+  (if [ -f "$HOME/vsite/env" ]; then source "$HOME/vsite/env"; fi
+   python3 benchmarks/moe.py --out "$OUT/results" ${MOE_BENCH_ARGS:-}) >"$OUT/moe-bench.log" 2>&1
   r=$?; echo "moe bench rc=$r" | tee -a "$OUT/summary.txt"
   tail -30 "$OUT/moe-bench.log"
 fi
