@@ -114,6 +114,34 @@ std::vector<int> parse_archs(const char* list, bool want_ptx) {
   return out;
 }
 
+// The fields every fused launch shares (plain and grouped), after checking
+// that the caller's workspace holds what the plan asks for.
+GemmProblem fused_problem(const Plan& plan, int dtype, int M, int N, int K, int group_size, uintptr_t x,
+                          int64_t x_stride, uintptr_t qweight, uintptr_t scale_zero, uintptr_t out,
+                          int64_t out_stride, uintptr_t workspace, int64_t workspace_bytes) {
+  const int64_t need = fused_workspace_bytes(plan, M, N, K);
+  if (need > workspace_bytes) {
+    throw nb::value_error(("awqgemm: workspace of " + std::to_string(workspace_bytes) +
+                           " bytes is smaller than the plan's " + std::to_string(need))
+                              .c_str());
+  }
+  GemmProblem p;
+  p.M = M;
+  p.N = N;
+  p.K = K;
+  p.group_size = checked_group_size(group_size, K);
+  p.dtype = to_dtype(dtype);
+  p.x = reinterpret_cast<const void*>(x);
+  p.x_row_stride = x_stride;
+  p.qweight = reinterpret_cast<const void*>(qweight);
+  p.scale_zero = reinterpret_cast<const void*>(scale_zero);
+  p.out = reinterpret_cast<void*>(out);
+  p.out_row_stride = out_stride;
+  p.workspace = reinterpret_cast<float*>(workspace);
+  p.workspace_bytes = workspace_bytes;
+  return p;
+}
+
 }  // namespace
 
 #ifndef AWQGEMM_CUDA_ARCHS
@@ -167,27 +195,9 @@ NB_MODULE(_C, m) {
         if (!decode_plan(plan_code, &plan) || plan.dense) {
           throw nb::value_error("awqgemm: not a fused-kernel plan code from plan()");
         }
-        const int64_t need = fused_workspace_bytes(plan, M, N, K);
-        if (need > workspace_bytes) {
-          throw nb::value_error(("awqgemm: workspace of " + std::to_string(workspace_bytes) +
-                                 " bytes is smaller than the plan's " + std::to_string(need))
-                                    .c_str());
-        }
-        GemmProblem p;
-        p.M = M;
-        p.N = N;
-        p.K = K;
-        p.group_size = checked_group_size(group_size, K);
-        p.dtype = to_dtype(dtype);
-        p.x = reinterpret_cast<const void*>(x);
-        p.x_row_stride = x_stride;
-        p.qweight = reinterpret_cast<const void*>(qweight);
-        p.scale_zero = reinterpret_cast<const void*>(scale_zero);
+        GemmProblem p = fused_problem(plan, dtype, M, N, K, group_size, x, x_stride, qweight, scale_zero, out,
+                                      out_stride, workspace, workspace_bytes);
         p.bias = reinterpret_cast<const void*>(bias);
-        p.out = reinterpret_cast<void*>(out);
-        p.out_row_stride = out_stride;
-        p.workspace = reinterpret_cast<float*>(workspace);
-        p.workspace_bytes = workspace_bytes;
         DeviceGuard guard(device);
         DeviceGuard::check(run_gemm(plan, p, reinterpret_cast<cudaStream_t>(stream)), "gemm launch");
       },
@@ -230,32 +240,14 @@ NB_MODULE(_C, m) {
         if (grouped_grid_rows(R, 8 * plan.tile.mt, E) > 65535) {
           throw nb::value_error("awqgemm: grouped GEMM grid too tall; split the batch");
         }
-        const int64_t need = fused_workspace_bytes(plan, R, N, K);
-        if (need > workspace_bytes) {
-          throw nb::value_error(("awqgemm: workspace of " + std::to_string(workspace_bytes) +
-                                 " bytes is smaller than the plan's " + std::to_string(need))
-                                    .c_str());
-        }
-        GemmProblem p;
-        p.M = R;
-        p.N = N;
-        p.K = K;
-        p.group_size = checked_group_size(group_size, K);
-        p.dtype = to_dtype(dtype);
-        p.x = reinterpret_cast<const void*>(x);
-        p.x_row_stride = x_stride;
+        GemmProblem p = fused_problem(plan, dtype, R, N, K, group_size, x, x_stride, qweight, scale_zero, out,
+                                      out_stride, workspace, workspace_bytes);
         p.x_rows = x_rows;
         p.row_index = reinterpret_cast<const int32_t*>(row_index);
         p.num_batches = E;
         p.row_offsets = reinterpret_cast<const int32_t*>(row_offsets);
-        p.qweight = reinterpret_cast<const void*>(qweight);
         p.qweight_batch_stride = qweight_stride;
-        p.scale_zero = reinterpret_cast<const void*>(scale_zero);
         p.scale_zero_batch_stride = scale_zero_stride;
-        p.out = reinterpret_cast<void*>(out);
-        p.out_row_stride = out_stride;
-        p.workspace = reinterpret_cast<float*>(workspace);
-        p.workspace_bytes = workspace_bytes;
         DeviceGuard guard(device);
         DeviceGuard::check(run_gemm(plan, p, reinterpret_cast<cudaStream_t>(stream)), "grouped gemm launch");
       },

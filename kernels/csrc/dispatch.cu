@@ -341,6 +341,44 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
 
 }  // namespace
 
+// The K-split kernel's tile, in-block warps and K split, for the dense problem
+// (rows = M) and the grouped one (rows = rows per active expert: a token tile
+// never straddles two experts). Token tiles: decode batches fit one 8-row MMA
+// tile; beyond 16 rows a block takes 32 rows and 64 columns so each weight byte
+// feeds 4x more MMAs (the older families' path for M > 16). tiles_for(mt): the
+// token tiles of work the grid holds at that tile height.
+template <class TilesFor>
+void plan_ksplit(TileConfig& t, Family family, int rows, int ntiles, int ktiles, TilesFor tiles_for, int64_t want) {
+  t.kind = KernelKind::kKSplit;
+  if (rows <= 8) {
+    t.mt = 1;
+    t.nt = 2;
+  } else if (rows <= 16 || family == Family::kSm70) {
+    // Volta's m8n8k4 keeps 16 accumulators per 8 x 16 tile (4 quad pairs),
+    // so a 32 x 64 block would need 256 of them: stay at 16 x 32 and let
+    // grid.y cover M (bounded by dense_min_m).
+    t.mt = 2;
+    t.nt = 2;
+  } else {
+    t.mt = 4;
+    t.nt = 4;
+  }
+  const int blocks = ceil_div(ntiles, t.nt) * tiles_for(t.mt);
+  // The estimate uses the cp.async ring depth for every family (the
+  // register-staged ones run deeper, so this errs towards splitting).
+  const int stages = pipeline_stages(t.mt, /*async_ring=*/true);
+  auto inflight = [&](int kwarps) { return static_cast<int64_t>(blocks) * kwarps * 32 * stages * t.nt * 16; };
+  // First widen the in-block K split (8, then 16 warps, summed in shared
+  // memory: no extra launch); only if that is still short, split K across
+  // blocks (a second launch for the reduction).
+  t.kwarps = 4;
+  const int max_kwarps = family == Family::kSm80 ? 16 : 8;  // see launch.h launch_family
+  if (t.mt <= 2) {
+    while (t.kwarps < max_kwarps && inflight(t.kwarps) < want && ktiles >= 2 * 2 * t.kwarps) t.kwarps *= 2;
+  }
+  t.splits = choose_splits(ktiles, 2 * t.kwarps, want, inflight(t.kwarps));
+}
+
 Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes) {
   Plan plan;
   TileConfig& t = plan.tile;
@@ -418,37 +456,9 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
     t.splits = choose_splits(ktiles, 4, 2 * want, per_split);
     t.splits = std::min(t.splits, xs_max_splits());
   } else {
-    // Warps split K. Token tiles: decode batches fit one 8-row MMA tile;
-    // beyond 16 rows a block takes 32 rows and 64 columns so each weight byte
-    // feeds 4x more MMAs (the older families' path for M > 16).
-    t.kind = KernelKind::kKSplit;
-    if (M <= 8) {
-      t.mt = 1;
-      t.nt = 2;
-    } else if (M <= 16 || family == Family::kSm70) {
-      // Volta's m8n8k4 keeps 16 accumulators per 8 x 16 tile (4 quad pairs),
-      // so a 32 x 64 block would need 256 of them: stay at 16 x 32 and let
-      // grid.y cover M (bounded by dense_min_m).
-      t.mt = 2;
-      t.nt = 2;
-    } else {
-      t.mt = 4;
-      t.nt = 4;
-    }
+    // Warps split K (plan_ksplit); grid.y covers M in token tiles.
+    plan_ksplit(t, family, M, ntiles, ktiles, [&](int mt) { return ceil_div(M, 8 * mt); }, want);
     const int blocks = ceil_div(ntiles, t.nt) * ceil_div(M, 8 * t.mt);
-    // The estimate uses the cp.async ring depth for every family (the
-    // register-staged ones run deeper, so this errs towards splitting).
-    const int stages = pipeline_stages(t.mt, /*async_ring=*/true);
-    auto inflight = [&](int kwarps) { return static_cast<int64_t>(blocks) * kwarps * 32 * stages * t.nt * 16; };
-    // First widen the in-block K split (8, then 16 warps, summed in shared
-    // memory: no extra launch); only if that is still short, split K across
-    // blocks (a second launch for the reduction).
-    t.kwarps = 4;
-    const int max_kwarps = family == Family::kSm80 ? 16 : 8;  // see launch.h launch_family
-    if (t.mt <= 2) {
-      while (t.kwarps < max_kwarps && inflight(t.kwarps) < want && ktiles >= 2 * 2 * t.kwarps) t.kwarps *= 2;
-    }
-    t.splits = choose_splits(ktiles, 2 * t.kwarps, want, inflight(t.kwarps));
     // Just over one block per SM, a few SMs stream twice what the rest do.
     // Splitting K in two evens that out, but pays a reduction launch and
     // partials, which only long K slices amortise. Measured on the H100
@@ -479,34 +489,14 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   TileConfig& t = plan.tile;
   if (family == Family::kSm90) family = Family::kSm80;
   plan.family = family;
-  t.kind = KernelKind::kKSplit;
   const int ntiles = padded_n(N) / kTileN;
   const int ktiles = padded_k(K) / kTileK;
   const int sms = dev.sm_count > 0 ? dev.sm_count : 80;
   const int64_t want = static_cast<int64_t>(inflight_bytes_per_sm()) * sms;
   const int active = std::max(1, std::min(E, R));
-  const int per_expert = ceil_div(R, active);
-  if (per_expert <= 8) {
-    t.mt = 1;
-    t.nt = 2;
-  } else if (per_expert <= 16 || family == Family::kSm70) {
-    t.mt = 2;
-    t.nt = 2;
-  } else {
-    t.mt = 4;
-    t.nt = 4;
-  }
   // Tiles that do work: at least one per active expert, at least R / tile.
-  const int tiles = std::max(active, ceil_div(R, 8 * t.mt));
-  const int blocks = ceil_div(ntiles, t.nt) * tiles;
-  const int stages = pipeline_stages(t.mt, /*async_ring=*/true);
-  auto inflight = [&](int kwarps) { return static_cast<int64_t>(blocks) * kwarps * 32 * stages * t.nt * 16; };
-  t.kwarps = 4;
-  const int max_kwarps = family == Family::kSm80 ? 16 : 8;  // see launch.h launch_family
-  if (t.mt <= 2) {
-    while (t.kwarps < max_kwarps && inflight(t.kwarps) < want && ktiles >= 2 * 2 * t.kwarps) t.kwarps *= 2;
-  }
-  t.splits = choose_splits(ktiles, 2 * t.kwarps, want, inflight(t.kwarps));
+  plan_ksplit(t, family, ceil_div(R, active), ntiles, ktiles,
+              [&](int mt) { return std::max(active, ceil_div(R, 8 * mt)); }, want);
   while (t.splits > 1 && static_cast<int64_t>(t.splits) * R * N * 4 > kMaxWorkspaceBytes) --t.splits;
   finish_plan(plan, dev, /*kernel_has_wait=*/dev.ptx_arch >= 90, R, N, K);
   return plan;

@@ -9,21 +9,7 @@ import torch
 import awqgemm
 from awqgemm import _layout
 from awqgemm.testing import random_awq
-
-
-def numpy_dequant(qweight, qzeros, scales, group):
-    """Independent float64 dequantization straight from the AWQ spec."""
-    order = [0, 4, 1, 5, 2, 6, 3, 7]
-    qw = qweight.numpy().view(np.uint32)
-    qz = qzeros.numpy().view(np.uint32)
-    k, n8 = qw.shape
-    q = np.zeros((k, n8 * 8))
-    z = np.zeros((qz.shape[0], n8 * 8))
-    for j in range(8):
-        q[:, j::8] = (qw >> (4 * order[j])) & 0xF
-        z[:, j::8] = (qz >> (4 * order[j])) & 0xF
-    s = scales.float().numpy().astype(np.float64)
-    return (q - np.repeat(z, group, axis=0)) * np.repeat(s, group, axis=0)
+from conftest import numpy_dequant
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])
