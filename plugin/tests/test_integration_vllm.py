@@ -10,7 +10,6 @@ file a second time with the op hidden, AWQGEMM_TEST_HIDE_VLLM_CPU_AWQ=1)."""
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 
 import awq_tiny
-from conftest import MAX_TOKENS, TinyModels, run_engines, vllm_cpu_awq, without_vllm_awq_runs
+from conftest import MAX_TOKENS, TinyModels, run_engines, two_worker_env, vllm_cpu_awq, without_vllm_awq_runs
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -351,16 +350,6 @@ def test_qwen2_awqgemm_fp32_matches_transformers(tiny_models, qwen2_runs):
 # ---------------------------------------------------------------------------
 
 
-def _tp_env() -> dict[str, str]:
-    cpus = sorted(os.sched_getaffinity(0))
-    return {
-        # two workers need their own processes and an explicit thread binding
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
-        "VLLM_CPU_OMP_THREADS_BIND": f"{cpus[0]}|{cpus[1 % len(cpus)]}",
-        "VLLM_ALLOW_INSECURE_SERIALIZATION": "1",  # apply_model ships a function
-    }
-
-
 @pytest.fixture(scope="module")
 def tp2_runs(tiny_models: TinyModels, engine_tmp: Any) -> dict[str, dict[str, Any]]:
     # fp32, so that the shard arithmetic is checked to fp32 precision (in 16 bits
@@ -374,7 +363,7 @@ def tp2_runs(tiny_models: TinyModels, engine_tmp: Any) -> dict[str, dict[str, An
             tp=2,
         ),
     ]
-    return run_engines(engine_tmp, "tp2", runs, tiny_models.prompts(), extra_env=_tp_env())
+    return run_engines(engine_tmp, "tp2", runs, tiny_models.prompts(), extra_env=two_worker_env())
 
 
 def test_qwen2_tensor_parallel_2_matches_transformers(tiny_models, tp2_runs, qwen2_runs):
