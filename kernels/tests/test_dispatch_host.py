@@ -1,0 +1,87 @@
+"""The dispatcher's invariants, checked on the host without a GPU: csrc/dispatch.cu is compiled with nvcc
+into a small driver (plan_driver.cu, stub launchers) that prints the plan of every (device, family, path,
+layer shape, M) and every grouped (MoE) problem of a grid; this test holds every plan to the rules the
+kernels and the issues rely on."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+CSRC = HERE.parent / "csrc"
+MAX_WORKSPACE = 64 << 20  # bytes a call may ask of torch's allocator (issues 10-12)
+
+
+def _plan_fields(code: int) -> dict[str, int]:
+    """The plan code's bytes (encode_plan in dispatch.cu): family, kernel, mt, nt, kwarps, splits, pdl, flags."""
+    names = ("family", "kind", "mt", "nt", "kwarps", "splits", "pdl", "flags")
+    return {n: (code >> (8 * i)) & 0xFF for i, n in enumerate(names)}
+
+
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory) -> list[dict]:
+    nvcc = shutil.which("nvcc") or (
+        os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc") if os.environ.get("CUDA_HOME") else None
+    )
+    if not CSRC.is_dir():
+        pytest.skip("the kernel sources (kernels/csrc) are not here, as in an installed package's tests")
+    if not nvcc or not os.path.exists(nvcc):
+        pytest.skip("no nvcc on this machine: the dispatcher cannot be compiled for its host-side check")
+    exe = tmp_path_factory.mktemp("plans") / "plan_driver"
+    cmd = [nvcc, "-std=c++17", "-O1", "-DAWQGEMM_HAS_SM90A=1", f"-I{CSRC}", "-x", "cu",
+           str(HERE / "plan_driver.cu"), str(CSRC / "dispatch.cu"), "-o", str(exe)]  # fmt: skip
+    built = subprocess.run(cmd, capture_output=True, text=True)
+    assert built.returncode == 0, f"compiling the dispatcher failed:\n{built.stderr[-3000:]}"
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    rows = []
+    for line in run.stdout.splitlines():
+        kind, cap, fam, a, k, n, m, code, ws, rt = line.split()
+        rows.append(
+            dict(problem=kind, cap=int(cap), fam=int(fam), a=int(a), K=int(k), N=int(n), M=int(m), code=int(code),
+                 ws=int(ws), roundtrip=int(rt), **_plan_fields(int(code)))
+        )  # fmt: skip
+    assert len(rows) > 10000, f"the driver printed only {len(rows)} plans"
+    return rows
+
+
+def test_every_plan_code_round_trips(plans):
+    bad = [p for p in plans if not p["roundtrip"]]
+    assert not bad, f"{len(bad)} plans do not survive encode -> decode, e.g. {bad[:3]}"
+
+
+def test_workspace_within_64_mib(plans):
+    """No plan asks for more than 64 MiB: split-K partials, staged x and the dense path's chunks."""
+    worst = max(plans, key=lambda p: p["ws"])
+    assert worst["ws"] <= MAX_WORKSPACE, f"a plan asks for {worst['ws']} bytes: {worst}"
+
+
+def test_families_run_only_where_they_can(plans):
+    for p in plans:
+        assert p["family"] <= p["cap"], p
+        if p["family"] == 90:
+            assert p["cap"] == 90 and p["fam"] == 90, p  # sm_90a code only on 9.0
+        if p["problem"] == "G":
+            assert p["flags"] & 1 == 0, p  # grouped problems never take the dense path (E x N x K)
+            assert p["family"] != 90, p  # the grouped kernel is the K-split kernel of sm70/75/80
+
+
+def test_dispatch_rules_of_the_design_doc(plans):
+    """A few rules docs/design.md states, held to the plans the dispatcher really makes (auto path)."""
+    auto = [p for p in plans if p["problem"] == "P" and p["a"] == 0]
+    for p in auto:
+        dense = p["flags"] & 1 == 1
+        # 9.0 with the sm90 family: the wgmma kernel at 64 <= M <= 128 on every layer.
+        if p["cap"] == 90 and p["fam"] == 90 and 64 <= p["M"] <= 128:
+            assert p["family"] == 90 and not dense, p
+        # Decode: the K-split kernel, never the dense path.
+        if p["M"] <= 16:
+            assert not dense and p["kind"] == 0, p
+        # Long prompts: dequantize + dense GEMM on every family.
+        if p["M"] >= 4096:
+            assert dense, p
