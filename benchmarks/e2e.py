@@ -87,6 +87,35 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
+def _decoder_fields(
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    vocab: int,
+    max_pos: int,
+    rope_theta: float,
+    eps: float,
+    bos: int,
+    eos: int,
+) -> dict[str, Any]:
+    """The HF config fields every decoder shape here shares, dense or MoE."""
+    return dict(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        vocab_size=vocab,
+        max_position_embeddings=max_pos,
+        rope_theta=rope_theta,
+        rms_norm_eps=eps,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        bos_token_id=bos,
+        eos_token_id=eos,
+    )
+
+
 def _shape(
     family: str,
     hidden: int,
@@ -105,19 +134,8 @@ def _shape(
     cfg: dict[str, Any] = dict(
         architectures=[{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[family]],
         model_type=family,
-        hidden_size=hidden,
         intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        vocab_size=vocab,
-        max_position_embeddings=max_pos,
-        rope_theta=rope_theta,
-        rms_norm_eps=eps,
-        hidden_act="silu",
-        tie_word_embeddings=False,
-        bos_token_id=bos,
-        eos_token_id=eos,
+        **_decoder_fields(hidden, layers, heads, kv_heads, vocab, max_pos, rope_theta, eps, bos, eos),
     )
     if family == "qwen2":
         cfg["use_sliding_window"] = False
@@ -171,20 +189,7 @@ def _moe_shape(
         )
     else:
         raise ValueError(f"unknown MoE family {family!r}")
-    cfg.update(
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        vocab_size=vocab,
-        max_position_embeddings=max_pos,
-        rope_theta=rope_theta,
-        rms_norm_eps=eps,
-        hidden_act="silu",
-        tie_word_embeddings=False,
-        bos_token_id=bos,
-        eos_token_id=eos,
-    )
+    cfg.update(_decoder_fields(hidden, layers, heads, kv_heads, vocab, max_pos, rope_theta, eps, bos, eos))
     return cfg
 
 

@@ -27,6 +27,12 @@ class _Override:
 
 state = _Override()
 
+
+def device_index(device: torch.device) -> int:
+    """The CUDA ordinal of ``device`` (``cuda`` without one means the current device)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 _lib = torch.library.Library("awqgemm", "DEF")
 _lib.define(
     "gemm(Tensor x, Tensor qweight, Tensor scales, Tensor? bias, int K, int N, int group_size, int layout) -> Tensor"
@@ -53,7 +59,7 @@ def _gemm_cuda(x, qweight, scales, bias, K, N, group_size, layout):
         return x.new_empty((*lead, N))
     if state.path == "reference":
         return reference_gemm(x2, PackedWeight(qweight, scales, K, N, group_size, layout), bias).view(*lead, N)
-    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    device = device_index(x.device)
     stream = torch.cuda.current_stream(x.device).cuda_stream
     dtype_code = _DTYPE_CODE[x.dtype]
     # One call makes the plan (and raises for an unsupported GPU/dtype); its
@@ -67,9 +73,9 @@ def _gemm_cuda(x, qweight, scales, bias, K, N, group_size, layout):
             f"{family_layout}; pack the weight (awqgemm.pack_awq) on the device and settings that run it"
         )
     if dense:
-        return _dense_in_chunks(x2, qweight, scales, bias, K, N, group_size, layout, ws_bytes, device, stream).view(
-            *lead, N
-        )
+        return _dense_in_chunks(
+            x2, qweight, scales, bias, K, N, group_size, layout, dtype_code, ws_bytes, device, stream
+        ).view(*lead, N)
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     ws = torch.empty((ws_bytes + 3) // 4, dtype=torch.float32, device=x.device) if ws_bytes else None
     _C.gemm(
@@ -94,14 +100,13 @@ def _gemm_cuda(x, qweight, scales, bias, K, N, group_size, layout):
     return out.view(*lead, N)
 
 
-def _dense_in_chunks(x2, qweight, scales, bias, K, N, group_size, layout, ws_bytes, device, stream):
+def _dense_in_chunks(x2, qweight, scales, bias, K, N, group_size, layout, dtype_code, ws_bytes, device, stream):
     """Dequantize + dense GEMM, a chunk of columns at a time through one bounded workspace (the plan's
     ws_bytes is exactly chunk columns x K elements, dispatch.h): never an N x K temporary. Each chunk's
     GEMM writes its column slice of ``out`` in place (cuBLAS takes the row stride N as its leading dim)."""
     cols = ws_bytes // (K * x2.element_size())
     wt = torch.empty((cols, K), dtype=x2.dtype, device=x2.device)
     out = torch.empty((x2.shape[0], N), dtype=x2.dtype, device=x2.device)
-    dtype_code = _DTYPE_CODE[x2.dtype]
     for n0 in range(0, N, cols):
         n = min(cols, N - n0)
         _C.dequantize_t(
@@ -139,7 +144,7 @@ def layout_for_device(device: torch.device, dtype: torch.dtype) -> int:
     """The packed layout the kernels on ``device`` read (honouring test overrides)."""
     if device.type != "cuda" or _C is None:
         return _layout.LAYOUT_TC16X64
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = device_index(device)
     family = _C.family_for(state.family, _DTYPE_CODE[dtype], index)
     return _C.layout_for(family)
 
@@ -148,6 +153,6 @@ def plan_info(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) 
     """What the dispatcher runs for an ``[M, K] @ [K, N]`` problem on ``device`` (honouring test overrides)."""
     if device.type != "cuda" or _C is None or state.path == "reference":
         return {"family": None, "kernel": "reference", "dense": False, "workspace_bytes": 0}
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = device_index(device)
     code, family, _, dense, ws = _C.plan(state.family, _PATH_CODE[state.path], _DTYPE_CODE[dtype], M, N, K, index)
     return {"family": f"sm{family}", "dense": bool(dense), "workspace_bytes": ws, **_C.describe_plan(code)}

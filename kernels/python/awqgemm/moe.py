@@ -152,7 +152,7 @@ def _moe_gemm_cuda(x, qweight, scales, expert_offsets, row_index, K, N, group_si
         return _moe_gemm_cpu_like(x, qweight, scales, expert_offsets, row_index, K, N, group_size, layout)
     if not x.is_contiguous() or x.data_ptr() % 16 != 0:
         x = x.contiguous() if not x.is_contiguous() else x.clone()
-    device = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    device = _ops.device_index(x.device)
     stream = torch.cuda.current_stream(x.device).cuda_stream
     dtype_code = _ops._DTYPE_CODE[x.dtype]
     code, family, family_layout, ws_bytes = _C.plan_grouped(_ops.state.family, dtype_code, rows, num, N, K, device)
@@ -474,6 +474,6 @@ def grouped_plan_info(
     device = torch.device(device)
     if device.type != "cuda" or _C is None or _ops.state.path == "reference":
         return {"family": None, "kernel": "reference", "workspace_bytes": 0}
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _ops.device_index(device)
     code, family, _, ws = _C.plan_grouped(_ops.state.family, _ops._DTYPE_CODE[dtype], rows, num_experts, N, K, index)
     return {"family": f"sm{family}", "workspace_bytes": ws, **_C.describe_plan(code)}
