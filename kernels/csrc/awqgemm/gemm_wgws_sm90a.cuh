@@ -308,6 +308,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       }
       wgmma_commit();
       wgmma_wait<1>();
+      // Lane 0 releases the slot for its whole warp. The other lanes' loads
+      // from it have returned (their values fed this warp's wgmma), but only
+      // a warp barrier makes that ordering visible to compute-sanitizer's
+      // racecheck, which otherwise reports every lane's read as racing the
+      // producer's next bulk copy into the slot.
+      __syncwarp();
       mbar_arrive_if(prev_empty, have_prev & leader);
 #pragma unroll
       for (int s = 0; s < 4; ++s) keep_live(prev[s]);
@@ -325,6 +331,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     if (i < n_k) step(a[0], a[1]);
     wgmma_wait<0>();
     keep_live(acc);
+    __syncwarp();
     mbar_arrive_if(prev_empty, have_prev & leader);
 
     // D fragment: acc[4 c + 2 h + t] = (n row g + 8 h of this warp's tile, token 8 c + 2 q + t).
