@@ -25,8 +25,8 @@
 // the same order, so slot and phase agree without any exchange):
 //   full[s]:  1 arrival (the producer's arrive.expect_tx of the stage's bytes)
 //             + the bulk copies' complete_tx; consumers wait on it.
-//   empty[s]: kWsConsumerWarps arrivals (lane 0 of each consumer warp after
-//             its wgmma.wait_group retired the wgmmas that read the slot);
+//   empty[s]: 32 kWsConsumerWarps arrivals (every consumer thread, after its
+//             wgmma.wait_group retired the wgmmas that read the slot);
 //             the producer waits on it before refilling.
 // Use number r of a slot (r = 0, 1, ...) is phase r of full[s]: consumers
 // wait for parity r & 1. The producer's r-th fill needs empty's phase r - 1
@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
 #pragma unroll 1
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full0 + 8 * s, 1);
-      mbar_init(empty0 + 8 * s, kWsConsumerWarps);
+      mbar_init(empty0 + 8 * s, 32 * kWsConsumerWarps);
     }
     mbar_init_fence();
   }
@@ -265,7 +265,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       for (int r = 0; r < 4; ++r) a[t][s][r] = 0u;  // keep_live reads the unused set before its first tile
   int slot = 0;
   uint32_t phase = 0;
-  const uint32_t leader = lane == 0;
   // B descriptors: the start-address field is (address >> 4) in bits 0-13 and
   // every shared address here is < 256 KiB, so the descriptor of slot s, step
   // k is the ring base's plus (s * kStage + 32 k) >> 4 in the low word, with no
@@ -308,13 +307,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       }
       wgmma_commit();
       wgmma_wait<1>();
-      // Lane 0 releases the slot for its whole warp. The other lanes' loads
-      // from it have returned (their values fed this warp's wgmma), but only
-      // a warp barrier makes that ordering visible to compute-sanitizer's
-      // racecheck, which otherwise reports every lane's read as racing the
-      // producer's next bulk copy into the slot.
-      __syncwarp();
-      mbar_arrive_if(prev_empty, have_prev & leader);
+      // Every consumer thread releases the slot it read. One arrival per
+      // warp (lane 0, even after a __syncwarp) is enough on the hardware, since
+      // the other lanes' loads fed this warp's wgmma, but compute-sanitizer's
+      // racecheck orders only the arriving thread's reads before the
+      // producer's next bulk copy and reported every other lane's (H200 run).
+      mbar_arrive_if(prev_empty, have_prev);
 #pragma unroll
       for (int s = 0; s < 4; ++s) keep_live(prev[s]);
       prev_empty = empty0 + 8 * slot;
@@ -331,8 +329,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     if (i < n_k) step(a[0], a[1]);
     wgmma_wait<0>();
     keep_live(acc);
-    __syncwarp();
-    mbar_arrive_if(prev_empty, have_prev & leader);
+    mbar_arrive_if(prev_empty, have_prev);
 
     // D fragment: acc[4 c + 2 h + t] = (n row g + 8 h of this warp's tile, token 8 c + 2 q + t).
     const int n0 = (kWgNT * w.nb + warp) * kTileN + g;
