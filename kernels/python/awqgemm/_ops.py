@@ -23,6 +23,9 @@ class _Override:
 
     family: int = 0  # 0 = auto, else the family code (70, 75, 80, 90)
     path: str = "auto"  # auto | fused | dense | reference
+    # Work in progress, not yet run on a GPU (tests and benchmarks select them; production never):
+    coalesced_dequant: bool = False  # the dense path's dequantization through shared memory (v12)
+    moe_routing_kernels: bool = False  # fused_moe's routing / silu-mul / combine as CUDA kernels
 
 
 state = _Override()

@@ -39,16 +39,30 @@ def _parse_path(name: str) -> str:
 
 
 @contextlib.contextmanager
-def force(family: str = "auto", path: str = "auto") -> Iterator[None]:
+def force(
+    family: str = "auto",
+    path: str = "auto",
+    *,
+    coalesced_dequant: bool = False,
+    moe_routing_kernels: bool = False,
+) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel, ``dense`` dequantize + matmul, ``reference``,
     ``wtile``: the sm80 family's weight-tile kernel at every M; ``wgws``: the sm90 family's warp-specialized
-    persistent wgmma kernel (v11) at every M; other families run their fused kernels)."""
-    old = (state.family, state.path)
+    persistent wgmma kernel (v11) at every M; other families run their fused kernels).
+
+    Work in progress behind this switch (not yet run on a GPU): ``coalesced_dequant`` dequantizes the
+    dense path's chunks through shared memory; ``moe_routing_kernels`` runs fused_moe's routing,
+    silu-mul and combine as CUDA kernels instead of torch ops."""
+    for name, v in (("coalesced_dequant", coalesced_dequant), ("moe_routing_kernels", moe_routing_kernels)):
+        if not isinstance(v, bool):
+            raise TypeError(f"awqgemm.testing.force: {name} must be a bool, got {type(v).__name__}")
+    old = (state.family, state.path, state.coalesced_dequant, state.moe_routing_kernels)
     state.family, state.path = _parse_family(family), _parse_path(path)
+    state.coalesced_dequant, state.moe_routing_kernels = coalesced_dequant, moe_routing_kernels
     try:
         yield
     finally:
-        state.family, state.path = old
+        state.family, state.path, state.coalesced_dequant, state.moe_routing_kernels = old
 
 
 def random_awq(
