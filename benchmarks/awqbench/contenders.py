@@ -12,7 +12,7 @@ import torch
 from .shapes import DTYPES, Shape
 from .timing import short_error
 
-CONTENDERS = ("auto", "fused", "wt", "wg", "ws", "dpath", "cublas", "tm", "machete", "marlin")
+CONTENDERS = ("auto", "fused", "wt", "wg", "ws", "dpath", "dpath12", "cublas", "tm", "machete", "marlin")
 CONTENDER_DOC = {
     "auto": "awqgemm.gemm, default dispatch (what users get)",
     "fused": "awqgemm forced onto its sm80 fused kernels (testing.force(family='sm80', path='fused'))",
@@ -20,6 +20,7 @@ CONTENDER_DOC = {
     "wg": "awqgemm forced onto the sm90a wgmma kernel (testing.force(family='sm90', path='fused'))",
     "ws": "awqgemm forced onto the sm90a warp-specialized wgmma kernel v11 (force(family='sm90', path='wgws'))",
     "dpath": "awqgemm forced onto dequantize + cuBLAS (testing.force(path='dense'))",
+    "dpath12": "dpath with v12's tile-per-warp dequantization (testing.force(path='dense', coalesced_dequant=True))",
     "cublas": "dense torch matmul x @ w, w [K, N] in the same dtype (cuBLAS)",
     "tm": "turbomind==0.0.2 Linear(K, N, quant_method='awq'), fp16 + g128 only",
     "machete": "vLLM's Machete (CUTLASS wgmma, sm90), as awq_marlin runs it on Hopper (benchmarks/vllm_peers.py)",
@@ -95,7 +96,7 @@ def build_contenders(
     unavailable: dict[str, str] = {}
     keep: list[Any] = []
 
-    awq_names = [c for c in ("auto", "fused", "wt", "wg", "ws", "dpath") if c in wanted]
+    awq_names = [c for c in ("auto", "fused", "wt", "wg", "ws", "dpath", "dpath12") if c in wanted]
     cuda = device.type == "cuda"
     for c in ("wg", "ws"):
         if c in awq_names and "sm90a_m64nNk16" not in awqgemm.build_info()["kernel_families"]:
@@ -117,6 +118,7 @@ def build_contenders(
             "wg": {"family": "sm90", "path": "fused"},
             "ws": {"family": "sm90", "path": "wgws"},
             "dpath": {"path": "dense"},
+            "dpath12": {"path": "dense", "coalesced_dequant": True},
         }
         for c in awq_names:
             contenders[c] = Contender(

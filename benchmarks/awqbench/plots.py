@@ -19,6 +19,7 @@ PLOT_STYLE = {
     "machete": {"color": "C7", "lw": 1.5, "label": "vLLM Machete"},
     "marlin": {"color": "C8", "lw": 1.0, "label": "vLLM Marlin"},
     "dpath": {"color": "C4", "lw": 1.0, "label": "awqgemm dequant+cuBLAS"},
+    "dpath12": {"color": "C6", "lw": 1.0, "label": "awqgemm dequant (v12, coalesced)+cuBLAS"},
     "cublas": {"color": "C1", "lw": 1.5, "label": "dense cuBLAS"},
     "tm": {"color": "C3", "lw": 1.5, "label": "TurboMind 0.0.2"},
 }

@@ -65,6 +65,7 @@ def plan_estimate(blocks: Sequence[Block], ms: Sequence[int], args: argparse.Nam
                 "wg": awq * 1.3,
                 "ws": awq * 1.2,
                 "dpath": dense + K * N * 2.5 / bw,
+                "dpath12": dense + K * N * 2.5 / bw,
                 "cublas": dense,
                 "tm": awq * 2,
                 "machete": awq * 1.3,

@@ -133,6 +133,7 @@ def fake_hint(c: str, M: int, K: int, N: int, G: int, ceil: dict[str, Any], dnam
         "wg": awq * 1.2,
         "ws": awq * 1.1,
         "dpath": dpath,
+        "dpath12": dpath * 0.97,
         "cublas": dense * 1.1,
         "tm": awq * 2.0,
         "machete": awq * 1.25,

@@ -260,7 +260,7 @@ NB_MODULE(_C, m) {
   m.def(
       "dequantize_t",
       [](int layout, int dtype, int N, int K, int group_size, int n_begin, int n_count, uintptr_t qweight,
-         uintptr_t scale_zero, uintptr_t wt, int device, uintptr_t stream) {
+         uintptr_t scale_zero, uintptr_t wt, int device, uintptr_t stream, bool coalesced) {
         if (n_begin < 0 || n_begin % kTileN != 0 || n_count < 1 || n_begin + n_count > N) {
           throw nb::value_error(("awqgemm: dequantize columns [" + std::to_string(n_begin) + ", " +
                                  std::to_string(n_begin + n_count) + ") must lie in [0, N=" + std::to_string(N) +
@@ -271,12 +271,13 @@ NB_MODULE(_C, m) {
         DeviceGuard::check(launch_dequantize_t(reinterpret_cast<const void*>(qweight),
                                                reinterpret_cast<const void*>(scale_zero), layout, to_dtype(dtype), N,
                                                K, checked_group_size(group_size, K), n_begin, n_count,
-                                               reinterpret_cast<void*>(wt), reinterpret_cast<cudaStream_t>(stream)),
+                                               reinterpret_cast<void*>(wt), coalesced,
+                                               reinterpret_cast<cudaStream_t>(stream)),
                            "dequantize launch");
       },
       nb::arg("layout"), nb::arg("dtype"), nb::arg("N"), nb::arg("K"), nb::arg("group_size"), nb::arg("n_begin"),
       nb::arg("n_count"), nb::arg("qweight"), nb::arg("scale_zero"), nb::arg("wt"), nb::arg("device"),
-      nb::arg("stream"));
+      nb::arg("stream"), nb::arg("coalesced") = false);
 
   m.def("build_info", []() {
     nb::dict d;

@@ -65,6 +65,78 @@ __global__ void dequantize_t_kernel(const uint32_t* qweight, const uint2* scale_
   }
 }
 
+// v12 (work in progress, behind testing.force(coalesced_dequant=True); not yet
+// run on a GPU). The kernel above writes each word's four register pairs to
+// four rows (n, n + 8 of two lanes' row pairs), 4 bytes at a time: a warp's
+// store touches ~32 separate sectors, so every 128-byte line of wt is written
+// in 32 partial pieces. Here one warp owns one 16 x 64 tile: it dequantizes the
+// tile's 128 words into shared memory, then writes each of the tile's 16 rows
+// as one 128-byte run (lane j: k 2j, 2j + 1), a full line per store. Warps of a
+// block take consecutive k-tiles of one column tile, so they fill adjacent
+// 128-byte pieces of the same rows of wt.
+constexpr int kDqWarps = 8;
+// Row stride of the shared tile in 32-bit words: 33 (odd) makes the scattered
+// writes conflict-free. A store instruction's 32 lanes hit rows w_row(lane)
+// (8 values) at k offsets 16 * (lane's quarter) (4 values), i.e. bank
+// 33 row + 8 quarter + c = row + 8 quarter + c (mod 32): 32 distinct banks in
+// both lane layouts. The row reads (lane j: word j of a row) are conflict-free
+// for any stride.
+constexpr int kDqRowWords = kTileK / 2 + 1;
+
+template <typename T, class Lanes>
+__global__ void __launch_bounds__(32 * kDqWarps) dequantize_t_tiles_kernel(const uint32_t* qweight,
+                                                                          const uint2* scale_zero, int N, int K,
+                                                                          int group_size, int n_begin, int n_count,
+                                                                          T* wt) {
+  __shared__ uint32_t tile_smem[kDqWarps][kTileN * kDqRowWords];
+  const int lane = threadIdx.x & 31;
+  uint32_t* const sm = tile_smem[threadIdx.x >> 5];
+  const int ktiles = padded_k(K) / kTileK;
+  const int ntiles = padded_n(N) / kTileN;
+  const int nt_begin = n_begin / kTileN;
+  const int n_end = min(N, n_begin + n_count);
+  const int64_t tiles = static_cast<int64_t>(ceil_div(n_end - n_begin, kTileN)) * ktiles;
+  const int wrow = Lanes::w_row(lane);
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kDqWarps + (threadIdx.x >> 5); t < tiles;
+       t += static_cast<int64_t>(gridDim.x) * kDqWarps) {
+    const int kt = static_cast<int>(t % ktiles);
+    const int nt = nt_begin + static_cast<int>(t / ktiles);
+    // The lane's 16 k (its four words, steps 0..3) lie in one group: groups
+    // are >= 32 wide and 16-aligned runs never straddle them.
+    const int klane = kt * kTileK + Lanes::x_koff(lane);
+    if (klane < K) {  // K is a multiple of 32: a lane's 16 k are all in or all out
+      const uint4 w4 = *reinterpret_cast<const uint4*>(qweight + (static_cast<int64_t>(nt) * ktiles + kt) * kWordsPerTile +
+                                                        4 * lane);
+      const uint2 sz = scale_zero[(static_cast<int64_t>(klane / group_size) * ntiles + nt) * 8 + wrow];
+      uint32_t scale2[2], zero2[2];
+      split_scale_zero(sz.x, scale2[0], zero2[0]);
+      split_scale_zero(sz.y, scale2[1], zero2[1]);
+#pragma unroll
+      for (int step = 0; step < 4; ++step) {
+        const uint32_t word = step == 0 ? w4.x : step == 1 ? w4.y : step == 2 ? w4.z : w4.w;
+        uint32_t a[4];
+        Lanes::template dequant<T>(word, zero2, scale2, a);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int row = wrow + 8 * Lanes::reg_row_half(i);
+          const int kk = Lanes::x_koff(lane) + 4 * step + Lanes::reg_k(i);  // even: a pair's first k
+          sm[row * kDqRowWords + kk / 2] = a[i];
+        }
+      }
+    }
+    __syncwarp();
+    const int k = kt * kTileK + 2 * lane;
+#pragma unroll 4
+    for (int row = 0; row < kTileN; ++row) {
+      const int n = nt * kTileN + row;
+      if (n < n_end && k < K) {
+        *reinterpret_cast<uint32_t*>(wt + static_cast<int64_t>(n - n_begin) * K + k) = sm[row * kDqRowWords + lane];
+      }
+    }
+    __syncwarp();  // the tile's reads are done before the next tile's writes
+  }
+}
+
 }  // namespace awqgemm
 
 #if !defined(__CUDACC_RTC__)
@@ -79,14 +151,33 @@ int grid_for(int64_t work, int threads) {
   return static_cast<int>(blocks < 65535 * 8 ? blocks : 65535 * 8);
 }
 
+template <typename T, class Lanes>
+void launch_dequantize_tiles(const uint32_t* qw, const uint2* sz, int N, int K, int group_size, int n_begin,
+                             int n_count, T* wt, cudaStream_t stream) {
+  const int64_t tiles = static_cast<int64_t>(ceil_div(n_count, kTileN)) * (padded_k(K) / kTileK);
+  dequantize_t_tiles_kernel<T, Lanes><<<grid_for(tiles, kDqWarps), 32 * kDqWarps, 0, stream>>>(
+      qw, sz, N, K, group_size, n_begin, n_count, wt);
+}
+
 template <typename T>
 cudaError_t dequantize_typed(const void* qweight, const void* scale_zero, int layout, int N, int K, int group_size,
-                             int n_begin, int n_count, void* wt, cudaStream_t stream) {
+                             int n_begin, int n_count, void* wt, bool coalesced, cudaStream_t stream) {
   if (n_begin < 0 || n_begin % kTileN != 0 || n_count < 1 || n_begin + n_count > N) return cudaErrorInvalidValue;
   const int64_t words = static_cast<int64_t>(ceil_div(n_count, kTileN)) * (padded_k(K) / kTileK) * kWordsPerTile;
   const int threads = 256;
   const auto* qw = static_cast<const uint32_t*>(qweight);
   const auto* sz = static_cast<const uint2*>(scale_zero);
+  if (coalesced) {
+    if (layout == kLayoutTc16x64) {
+      launch_dequantize_tiles<T, M16n8Lanes>(qw, sz, N, K, group_size, n_begin, n_count, static_cast<T*>(wt), stream);
+    } else if (layout == kLayoutVolta884) {
+      launch_dequantize_tiles<T, Volta884Lanes>(qw, sz, N, K, group_size, n_begin, n_count, static_cast<T*>(wt),
+                                                stream);
+    } else {
+      return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+  }
   if (layout == kLayoutTc16x64) {
     dequantize_t_kernel<T, M16n8Lanes><<<grid_for(words, threads), threads, 0, stream>>>(
         qw, sz, N, K, group_size, n_begin, n_count, static_cast<T*>(wt));
@@ -121,10 +212,12 @@ int compiled_ptx_arch() {
 }
 
 cudaError_t launch_dequantize_t(const void* qweight, const void* scale_zero, int layout, DType dtype, int N, int K,
-                                int group_size, int n_begin, int n_count, void* wt, cudaStream_t stream) {
-  return dtype == DType::kBFloat16
-             ? dequantize_typed<__nv_bfloat16>(qweight, scale_zero, layout, N, K, group_size, n_begin, n_count, wt, stream)
-             : dequantize_typed<__half>(qweight, scale_zero, layout, N, K, group_size, n_begin, n_count, wt, stream);
+                                int group_size, int n_begin, int n_count, void* wt, bool coalesced,
+                                cudaStream_t stream) {
+  return dtype == DType::kBFloat16 ? dequantize_typed<__nv_bfloat16>(qweight, scale_zero, layout, N, K, group_size,
+                                                                     n_begin, n_count, wt, coalesced, stream)
+                                   : dequantize_typed<__half>(qweight, scale_zero, layout, N, K, group_size, n_begin,
+                                                              n_count, wt, coalesced, stream);
 }
 
 }  // namespace awqgemm

@@ -16,7 +16,8 @@ cudaError_t launch_sm70_m8n8k4(const GemmProblem&, const TileConfig&, cudaStream
 cudaError_t launch_sm90a_m64nNk16(const GemmProblem&, const TileConfig&, cudaStream_t) { return cudaSuccess; }
 int compiled_ptx_arch() { return 90; }
 cudaError_t launch_splitk_reduce(const GemmProblem&, int, bool, cudaStream_t) { return cudaSuccess; }
-cudaError_t launch_dequantize_t(const void*, const void*, int, DType, int, int, int, int, int, void*, cudaStream_t) {
+cudaError_t launch_dequantize_t(const void*, const void*, int, DType, int, int, int, int, int, void*, bool,
+                                cudaStream_t) {
   return cudaSuccess;
 }
 }  // namespace awqgemm

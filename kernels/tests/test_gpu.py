@@ -346,6 +346,57 @@ def test_dense_path_bounded_workspace(dtype):
     assert extra <= (64 << 20) + (8 << 20), f"dense path used {extra} extra bytes (dense weight: {dense_weight})"
 
 
+def _dequantize_chunk(packed, dtype, n_begin, n_count, coalesced):
+    from awqgemm._ext import _C
+    from awqgemm._ops import _DTYPE_CODE
+
+    wt = torch.full((n_count, packed.K), float("nan"), dtype=dtype, device="cuda")
+    _C.dequantize_t(
+        packed.layout,
+        _DTYPE_CODE[dtype],
+        packed.N,
+        packed.K,
+        packed.group_size,
+        n_begin,
+        n_count,
+        packed.qweight.data_ptr(),
+        packed.scales.data_ptr(),
+        wt.data_ptr(),
+        torch.cuda.current_device(),
+        torch.cuda.current_stream().cuda_stream,
+        coalesced,
+    )
+    return wt
+
+
+@pytest.mark.parametrize("family", ["sm70", "sm80"])  # the two packed layouts (Volta 884, m16n8)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_coalesced_dequant_is_bitwise_the_same(family, dtype):
+    """v12's tile-per-warp dequantization (testing.force(coalesced_dequant=True)) writes exactly what the
+    word-per-thread kernel writes, every element of every chunk (NaN-filled first: a missed element fails),
+    with a half last k-tile (K = 1120), a half last column tile (N = 104) and chunks starting mid-layer."""
+    skip_unless_family(family)
+    for k, n, group in ((1120, 104, 32), (512, 272, 64), (4096, 1376, 128), (256, 48, -1)):
+        qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+        with awqgemm.testing.force(family=family):
+            packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
+        for n_begin, n_count in ((0, n), (16, n - 16), (n - n % 16 if n % 16 else n - 16, n % 16 or 16), (0, 32)):
+            old = _dequantize_chunk(packed, dtype, n_begin, n_count, False)
+            new = _dequantize_chunk(packed, dtype, n_begin, n_count, True)
+            assert not torch.isnan(old).any(), (k, n, group, n_begin, n_count)
+            assert torch.equal(old, new), (family, k, n, group, n_begin, n_count)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_dense_path_with_coalesced_dequant(dtype):
+    """The dense path end to end with v12's dequantization: three chunks, the last one ending in a half tile."""
+    k, n, m = 8192, 10616, 300
+    qweight, qzeros, scales = random_awq(k, n, 128, dtype, "cuda")
+    x = torch.randn(m, k, dtype=dtype, device="cuda")
+    with awqgemm.testing.force(path="dense", coalesced_dequant=True):
+        check(x, qweight, qzeros, scales, 128, bias=torch.randn(n, dtype=dtype, device="cuda"), label="v12 dense")
+
+
 def test_build_info_archs_cover_this_gpu():
     info = awqgemm.build_info()
     assert info["cuda_version"] is not None, "GPU tests need a CUDA build of awqgemm"
@@ -386,6 +437,8 @@ def test_sanitizer_subset():
                         x = torch.randn(m, k, dtype=dtype, device="cuda")
                         check(x, qweight, qzeros, scales, group, label=f"sanitizer {family} M={m}")
                     with awqgemm.testing.force(family=family, path="dense"):
+                        check(torch.randn(70, k, dtype=dtype, device="cuda"), qweight, qzeros, scales, group)
+                    with awqgemm.testing.force(family=family, path="dense", coalesced_dequant=True):
                         check(torch.randn(70, k, dtype=dtype, device="cuda"), qweight, qzeros, scales, group)
                     # The fused kernels at every tile height the dispatcher can pick (sm90: BM 64, 128, 256).
                     with awqgemm.testing.force(family=family, path="fused"):

@@ -79,7 +79,8 @@ UNITS = [
         "dequantize.cu",
         [f"awqgemm::splitk_reduce_kernel<{t}>" for t in TYPES]
         + [
-            f"awqgemm::dequantize_t_kernel<{t}, awqgemm::{lanes}>"
+            f"awqgemm::{kernel}<{t}, awqgemm::{lanes}>"
+            for kernel in ("dequantize_t_kernel", "dequantize_t_tiles_kernel")
             for t in TYPES
             for lanes in ("M16n8Lanes", "Volta884Lanes")
         ],

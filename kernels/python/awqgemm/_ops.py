@@ -125,6 +125,7 @@ def _dense_in_chunks(x2, qweight, scales, bias, K, N, group_size, layout, dtype_
             wt.data_ptr(),
             device,
             stream,
+            state.coalesced_dequant,
         )
         w = wt[:n].t()
         if bias is None:
