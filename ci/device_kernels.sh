@@ -48,15 +48,16 @@ if has racecheck; then
 fi
 if has ncu; then
   echo "== ncu: fused kernels at a few shapes =="
-  # NCU_CASES: "K N M" triples (default: decode and mid-M points of Llama-3-8B).
+  # NCU_CASES: "K N M" triples (default: decode and mid-M points of Llama-3-8B);
+  # NCU_PROFILE_ARGS: extra profile_one.py arguments, e.g. "--family sm90 --path wgws".
   cases=${NCU_CASES:-"4096 28672 1;4096 4096 1;4096 28672 16;4096 28672 64"}
   IFS=';' read -ra case_list <<<"$cases"
   for shape in "${case_list[@]}"; do
     set -- $shape
-    ncu --kernel-name regex:'gemm_(tc|xs|wg)_kernel' --launch-skip 2 --launch-count 1 \
+    ncu --kernel-name regex:'gemm_(tc|xs|wg|ws|wt)_kernel|dequantize_t' --launch-skip 2 --launch-count 1 \
         --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
         --section LaunchStats --section ComputeWorkloadAnalysis \
-        python3 benchmarks/profile_one.py --k $1 --n $2 --m $3 >"$OUT/ncu-$1x$2-m$3.log" 2>&1
+        python3 benchmarks/profile_one.py --k $1 --n $2 --m $3 ${NCU_PROFILE_ARGS:-} >"$OUT/ncu-$1x$2-m$3.log" 2>&1
     echo "--- K=$1 N=$2 M=$3"
     grep -E "plan:|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Stall|Warp Cycles Per Issued|Grid Size|Block Size|Waves Per SM|L1/TEX Hit|L2 Hit|Issued Warp|Compute \(SM\)|Executed Ipc|Pipe" "$OUT/ncu-$1x$2-m$3.log" | head -45
   done
