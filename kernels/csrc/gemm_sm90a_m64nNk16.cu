@@ -277,6 +277,43 @@ cudaError_t launch_wg(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   return launch_with_smem<kSmem, gemm_wg_kernel<T, BM, kStages, true>>(grid, kWgThreads, g, cfg, stream);
 }
 
+// The weight tensor map of v11.1 (gemm_wgws_sm90a.cuh): the packed weight
+// as a 2-D array of uint32, one row per 16-column tile (ktiles * 128 words),
+// boxes of 8 rows x 128 words (one k-tile of a block's 8 column tiles). The
+// encoder comes from the driver through cudart's entry-point lookup (no
+// libcuda link, no cuda.h); the enum values are the driver API's
+// (CU_TENSOR_MAP_DATA_TYPE_UINT32 = 2, *_NONE = 0, L2 promotion 256B = 3).
+using EncodeTiledFn = int (*)(TensorMap128*, int, unsigned, void*, const unsigned long long*,
+                              const unsigned long long*, const unsigned*, const unsigned*, int, int, int, int);
+
+EncodeTiledFn tensor_map_encoder() {
+  static const EncodeTiledFn fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return static_cast<EncodeTiledFn>(nullptr);
+    }
+    return reinterpret_cast<EncodeTiledFn>(f);
+  }();
+  return fn;
+}
+
+cudaError_t weight_tensor_map(const GemmProblem& p, TensorMap128* map) {
+  const EncodeTiledFn encode = tensor_map_encoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const unsigned long long ktiles = padded_k(p.K) / kTileK;
+  const unsigned long long dims[2] = {ktiles * kWordsPerTile, static_cast<unsigned long long>(padded_n(p.N) / kTileN)};
+  const unsigned long long row_bytes[1] = {ktiles * kWordsPerTile * 4};
+  const unsigned box[2] = {kWordsPerTile, kWgNT};
+  const unsigned unit_strides[2] = {1, 1};
+  const int rc = encode(map, /*UINT32*/ 2, 2, const_cast<void*>(p.qweight), dims, row_bytes, box, unit_strides,
+                        /*interleave none*/ 0, /*swizzle none*/ 0, /*L2 256B*/ 3, /*OOB fill none*/ 0);
+  return rc == 0 ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 // v11 (gemm_wgws_sm90a.cuh): x staged tile-major and swizzled at the front of
 // the workspace, then the persistent kernel on min(units, SMs) blocks. Above
 // kWgMaxStagedXBytes of staged x the rows go in chunks (ws_chunk_rows, a
@@ -302,6 +339,9 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
   const bool pdl = (cfg.pdl_flags & kPdlLaunched) != 0;
+  TensorMap128 wmap{};
+  err = weight_tensor_map(p, &wmap);
+  if (err != cudaSuccess) return err;
   T* xs = reinterpret_cast<T*>(p.workspace);
   const int nblocks = ceil_div(padded_n(p.N) / kTileN, kWgNT);
   const int ktiles = padded_k(p.K) / kTileK;
@@ -320,7 +360,7 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     g.workspace = p.workspace + wg_staged_x_bytes(chunk, p.K) / 4;
     const int64_t units = static_cast<int64_t>(nblocks) * ceil_div(rows, BM) * cfg.splits;
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>(units, sms)));
-    err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages>>(grid, kWsThreads, g, cfg, stream);
+    err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages>>(grid, kWsThreads, g, cfg, stream, wmap);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;

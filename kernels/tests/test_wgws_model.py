@@ -2,7 +2,7 @@
 
 v11 moves every operand by byte offsets the GPU cannot be asked about without
 a device: the staging kernel writes x tile-major and pre-swizzled
-(``[k-tile][M][128 bytes]``), the producer warp copies 512-byte weight tiles,
+(``[k-tile][M][128 bytes]``), the producer copies a box of 8 512-byte weight tiles,
 (scale, zero) rows and a contiguous x tile per stage, and the consumers read
 their weight word and (scale, zero) pair at fixed offsets in the stage. This
 test replays exactly those offsets (each function below mirrors one
@@ -53,27 +53,30 @@ def staged_x(x: torch.Tensor, ktiles: int) -> torch.Tensor:
 
 
 def producer_stage(qbytes, szbytes, xs, m_rows, ntiles, ktiles, gshift, bm, mb, nb, kt):
-    """One stage as the producer warp fills it: lane j < nvalid copies weight tile j from byte
-    ((8 nb + j) * ktiles + kt) * 512; lanes 8 (and 9 when groups are 32) copy nvalid * 64 bytes of
-    (scale, zero) row ((kt * 64 + 32 (lane - 8)) >> gshift) from byte (grp * ntiles + 8 nb) * 64;
-    lane 10 copies rows * 128 bytes of x from element (kt * M + mb * BM) * 64. What is not copied
-    keeps stale contents (NaN / 0xEE here). Returns the stage and the bytes the copies complete,
-    which the kernel's expect_tx must announce."""
+    """One stage as the producer thread fills it (v11.1): the weight box of the tensor map over the
+    packed weight seen as [ntiles rows][ktiles * 128 uint32] at (column kt * 128, row 8 nb), 8 rows x
+    512 bytes, i.e. row j from byte ((8 nb + j) * ktiles + kt) * 512, rows past the last tile (j >=
+    nvalid) zero-filled and all 4096 bytes counted; the (scale, zero) row(s) r = 0 (and 1 when groups
+    are 32): nvalid * 64 bytes of row ((kt * 64 + 32 r) >> gshift) from byte (grp * ntiles + 8 nb) * 64;
+    rows * 128 bytes of x from element (kt * M + mb * BM) * 64. What is not copied keeps stale contents
+    (NaN / 0xEE here). Returns the stage and the bytes the copies complete, which the kernel's
+    expect_tx must announce."""
     nvalid = min(8, ntiles - 8 * nb)
     rows = min(bm, m_rows - mb * bm)
-    w = torch.full((8 * 512,), 0xEE, dtype=torch.uint8)
-    for j in range(nvalid):
-        src = ((8 * nb + j) * ktiles + kt) * 512
-        w[512 * j : 512 * j + 512] = qbytes[src : src + 512]
+    w = torch.zeros((8 * 512,), dtype=torch.uint8)  # the box: out-of-bounds rows read as zeros
+    for j in range(8):
+        if 8 * nb + j < ntiles:
+            src = ((8 * nb + j) * ktiles + kt) * 512
+            w[512 * j : 512 * j + 512] = qbytes[src : src + 512]
     sz = torch.full((2 * 512,), 0xEE, dtype=torch.uint8)
-    for lane in (8, 9) if gshift == 5 else (8,):
-        grp = (kt * TILE_K + 32 * (lane - 8)) >> gshift
+    for r in (0, 1) if gshift == 5 else (0,):
+        grp = (kt * TILE_K + 32 * r) >> gshift
         src = (grp * ntiles + 8 * nb) * 64
-        sz[512 * (lane - 8) : 512 * (lane - 8) + nvalid * 64] = szbytes[src : src + nvalid * 64]
+        sz[512 * r : 512 * r + nvalid * 64] = szbytes[src : src + nvalid * 64]
     xt = torch.full((bm * 64,), float("nan"), dtype=torch.float64)
     src = (kt * m_rows + mb * bm) * 64
     xt[: rows * 64] = xs[src : src + rows * 64]
-    copied = rows * 128 + nvalid * 512 + (len((8, 9)) if gshift == 5 else 1) * nvalid * 64
+    copied = rows * 128 + 8 * 512 + (2 if gshift == 5 else 1) * nvalid * 64
     return w, sz, xt, copied
 
 
@@ -137,9 +140,9 @@ def run_model(x, q, z, scales, group, bm, splits):
         acc = torch.zeros(128, bm, dtype=torch.float64)
         for kt in range(kt0, min(ktiles, kt0 + per_split)):
             w, sz, xt, copied = producer_stage(qbytes, szbytes, xs, m_rows, ntiles, ktiles, gshift, bm, mb, nb, kt)
-            # gemm_ws_kernel's expect_tx: rows * 128 + nvalid * 512 + sz_rows * nvalid * 64.
+            # gemm_ws_kernel's expect_tx: rows * 128 + 8 * 512 (the whole weight box) + sz_rows * nvalid * 64.
             nvalid, rows = min(8, ntiles - 8 * nb), min(bm, m_rows - mb * bm)
-            assert copied == rows * 128 + nvalid * 512 + (2 if gshift == 5 else 1) * nvalid * 64
+            assert copied == rows * 128 + 8 * 512 + (2 if gshift == 5 else 1) * nvalid * 64
             a = consumer_a(w, sz, gshift, dtype)
             b = consumer_b(xt, bm)
             acc += torch.einsum("nsj,sjm->nm", a, b)

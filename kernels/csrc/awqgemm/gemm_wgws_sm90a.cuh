@@ -5,14 +5,14 @@
 // 64-k tile publishes the stage; ncu found it issue-bound with the barrier
 // exposed, at 1.3-1.7x cuBLAS time where Machete (also register-A wgmma) runs
 // at 1.0-1.17x. Here:
-//   * one producer warp moves whole stages with cp.async.bulk (the TMA
-//     engine): 8 weight tiles (each 16 n x 64 k = 512 contiguous bytes of
-//     packed layout 1), the (scale, zero) row(s) of the k-tile's group(s) and
-//     the x tile. x was written once per call by stage_x_tiles_kernel already
-//     in the A fragments' k order AND already swizzled, tile-major
-//     ([k-tile][M][128 bytes]), so a tile of BM tokens is one contiguous copy
-//     and lands in shared memory exactly as the 128-byte-swizzle descriptor
-//     reads it -- no tensor map (and no driver entry point) needed;
+//   * one producer thread moves whole stages with the TMA engine: the 8
+//     weight tiles (each 16 n x 64 k = 512 contiguous bytes of packed layout
+//     1, ktiles * 512 bytes apart) as ONE 2-D tensor copy (v11.1, below), the
+//     (scale, zero) row(s) of the k-tile's group(s) and the x tile as 1-D bulk
+//     copies. x was written once per call by stage_x_tiles_kernel already in
+//     the A fragments' k order AND already swizzled, tile-major ([k-tile][M]
+//     [128 bytes]), so a tile of BM tokens is one contiguous copy and lands in
+//     shared memory exactly as the 128-byte-swizzle descriptor reads it;
 //   * two consumer warpgroups (64 columns each) only read their weight word
 //     and (scale, zero) pair from shared memory, dequantize into the A
 //     registers and issue wgmma; they hand a stage back through an mbarrier
@@ -38,12 +38,32 @@
 // for wgmma (async proxy) and for the consumers' ld.shared alike; the only
 // generic-proxy write the async proxy must see is mbarrier.init
 // (fence.mbarrier_init before the one __syncthreads).
+//
+// v11.1: v11 issued 11 bulk copies per stage (8 weight tiles from lanes 0-7,
+// scale/zero rows from 8-9, x from 10). cp.async.bulk takes its operands in
+// uniform registers, so ptxas turned the per-lane copies into a loop over
+// the lanes (ELECT, R2UR x 4, UBLKCP, BRA.U.ANY: one copy per trip) and the
+// TMA engine got eleven 64-512-byte requests per k-tile. On the H200 v11 ran
+// ~3.7x its tensor and dequantization budget at 64-token tiles (perf-notes),
+// i.e. ~1,100 cycles per k-tile against ~256 of wgmma. Now one thread issues
+// 3 (4 with groups of 32) requests per stage, the weights as one 8 x 512-byte
+// box of a tensor map over the packed weight seen as [column tiles][ktiles *
+// 512 bytes]. Rows of the box past the last column tile are zero-filled and
+// still count toward the transaction bytes.
 #pragma once
 
 #include "gemm_tile.cuh"
 #include "wgmma_sm90a.cuh"
 
 namespace awqgemm {
+
+// The driver's CUtensorMap: 128 opaque bytes, 64-byte aligned. Declared here
+// so that the build needs no cuda.h (the conda packages build against
+// cuda-cudart-dev only); filled on the host by cuTensorMapEncodeTiled, passed
+// to the kernel as a __grid_constant__ parameter.
+struct alignas(64) TensorMap128 {
+  unsigned long long opaque[16];
+};
 
 // Register reallocation between warpgroups (all 4 warps of a warpgroup execute it).
 template <int N>
@@ -104,6 +124,16 @@ __device__ __forceinline__ void bulk_g2s(uint32_t dst, const void* src, uint32_t
                : "memory");
 }
 
+// A 2-D tensor copy global -> this CTA's shared memory: box at element
+// coordinates (c0 innermost, c1), completing its bytes on the mbarrier.
+__device__ __forceinline__ void tma_g2s_2d(uint32_t dst, const TensorMap128* map, int c0, int c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+
 // x rows [m0, m0 + rows) -> xs[k-tile][rows][64], each 128-byte row in the A
 // fragments' k order (16-byte chunk c = 2 s + h holds, for q' = 0..3, the pair
 // at actual k 16 q' + 4 s + 2 h + {0, 1}: see stage_x_kernel) and with the
@@ -152,7 +182,8 @@ __device__ __forceinline__ WsUnit ws_unit(int u, int mblocks, int nblocks) {
 // split-K workspace ([splits][M][N] fp32) as in the other kernels.
 template <typename T, int BM, int STAGES>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
-                                                               const int pdl_flags) {
+                                                               const int pdl_flags,
+                                                               const __grid_constant__ TensorMap128 wmap) {
 #if defined(AWQGEMM_NO_WGMMA)
   __trap();
 #else
@@ -196,10 +227,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
 
   if (warp >= kWsConsumerWarps) {
     setmaxnreg_dec<kWsProducerRegs>();
-    if (warp != kWsConsumerWarps) return;  // one producer warp is enough for the bulk copies
-    // ---- producer warp: lane j < 8 copies weight tile j, lanes 8 / 9 the
-    // (scale, zero) rows, lane 10 the x tile; lane 0 announces the bytes.
-    const unsigned char* const wsrc = reinterpret_cast<const unsigned char*>(p.qweight);
+    // One thread issues every copy: the operands of a bulk copy live in
+    // uniform registers, so per-lane copies would be issued one lane at a time.
+    if (warp != kWsConsumerWarps || lane != 0) return;
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&wmap)) : "memory");
     const unsigned char* const szsrc = reinterpret_cast<const unsigned char*>(p.scale_zero);
     const unsigned char* const xsrc = reinterpret_cast<const unsigned char*>(p.x);
     int slot = 0;
@@ -209,37 +240,28 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       const WsUnit w = ws_unit(u, mblocks, nblocks);
       const int kt0 = w.split * per_split;
       const int n_k = max(0, min(ktiles, kt0 + per_split) - kt0);
-      // Tiles past N (a TP shard's last n-block) and rows past M are not
-      // copied: they feed only outputs that are never stored.
+      // Scale rows past N (a TP shard's last n-block) and x rows past M are
+      // not copied: they feed only outputs that are never stored. The weight
+      // box is always whole (8 x 512 bytes; rows past the last tile are zeros).
       const int nvalid = min(kWgNT, ntiles - kWgNT * w.nb);
       const int rows = min(BM, p.M - w.mb * BM);
-      const uint32_t bytes = static_cast<uint32_t>(rows * 128 + nvalid * 512 + sz_rows * nvalid * 64);
-      const unsigned char* src = nullptr;
-      int64_t src_step = 0;  // bytes per k-tile
-      uint32_t dst_off = 0, len = 0;
-      if (lane < nvalid) {
-        src = wsrc + (static_cast<int64_t>(kWgNT * w.nb + lane) * ktiles + kt0) * 512;
-        src_step = 512;
-        dst_off = kWOff + 512 * lane;
-        len = 512;
-      } else if (lane == 10) {
-        src = xsrc + (static_cast<int64_t>(kt0) * p.M + w.mb * BM) * 128;
-        src_step = static_cast<int64_t>(p.M) * 128;
-        len = rows * 128;
-      }
-      const bool sz_lane = lane == 8 || (lane == 9 && sz_rows == 2);
+      const uint32_t bytes = static_cast<uint32_t>(rows * 128 + kWgNT * 512 + sz_rows * nvalid * 64);
+      const unsigned char* const xunit = xsrc + (static_cast<int64_t>(kt0) * p.M + w.mb * BM) * 128;
+      const int64_t x_step = static_cast<int64_t>(p.M) * 128;  // bytes per k-tile
 #pragma unroll 1
       for (int i = 0; i < n_k; ++i) {
         mbar_wait(empty0 + 8 * slot, phase ^ 1);
         const uint32_t full = full0 + 8 * slot;
         const uint32_t st = base + slot * kStage;
-        if (lane == 0) mbar_arrive_expect_tx(full, bytes);
-        __syncwarp();
-        if (len != 0) bulk_g2s(st + dst_off, src + i * src_step, len, full);
-        if (sz_lane) {
-          const int grp = ((kt0 + i) * kTileK + 32 * (lane - 8)) >> gshift;
-          bulk_g2s(st + kSzOff + 512 * (lane - 8),
-                   szsrc + (static_cast<int64_t>(grp) * ntiles + kWgNT * w.nb) * 64, nvalid * 64, full);
+        mbar_arrive_expect_tx(full, bytes);
+        // Box (128 words = one tile's 512 bytes of k-tile kt0 + i, 8 column tiles from 8 nb).
+        tma_g2s_2d(st + kWOff, &wmap, (kt0 + i) * kWordsPerTile, kWgNT * w.nb, full);
+        bulk_g2s(st, xunit + i * x_step, rows * 128, full);
+#pragma unroll 1
+        for (int r = 0; r < sz_rows; ++r) {
+          const int grp = ((kt0 + i) * kTileK + 32 * r) >> gshift;
+          bulk_g2s(st + kSzOff + 512 * r, szsrc + (static_cast<int64_t>(grp) * ntiles + kWgNT * w.nb) * 64,
+                   nvalid * 64, full);
         }
         const uint32_t wrap = slot + 1 == STAGES;
         slot = wrap ? 0 : slot + 1;

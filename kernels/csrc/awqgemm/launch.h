@@ -40,9 +40,9 @@ cudaError_t launch_maybe_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, i
 // attribute (sm90+; see pdl_wait in gemm_tile.cuh): it may begin while the
 // previous kernel on the stream drains. Stream capture records it as a
 // programmatic graph edge, so graph replay keeps the overlap.
-template <int kSmem, auto Kernel>
+template <int kSmem, auto Kernel, class... Extra>
 cudaError_t launch_with_smem(dim3 grid, int threads, const GemmProblem& p, const TileConfig& cfg,
-                             cudaStream_t stream) {
+                             cudaStream_t stream, Extra... extra) {
   if constexpr (kSmem > 48 * 1024) {
     constexpr int kMaxDevices = 64;
     static std::atomic<bool> opted_in[kMaxDevices];
@@ -56,7 +56,7 @@ cudaError_t launch_with_smem(dim3 grid, int threads, const GemmProblem& p, const
     }
   }
   return launch_maybe_pdl(Kernel, grid, dim3(threads), kSmem, (cfg.pdl_flags & kPdlLaunched) != 0, stream, p, cfg.splits,
-                          cfg.pdl_flags);
+                          cfg.pdl_flags, extra...);
 }
 
 template <typename T, int MT, int NT, int KWARPS, class Fam, bool kAsyncWeights>
