@@ -15,6 +15,9 @@ Contenders (``--quant``, comma separated):
   awq_marlin          vLLM's own AWQ on CUDA; its kernel chooser picks Machete (sm90) or Marlin
   awq_marlin:marlin   the same with VLLM_DISABLED_KERNELS=MacheteLinearKernel (Marlin forced)
   awqgemm             this project's plugin (alias awq_turbomind)
+  awqgemm:sm80        the plugin with awqgemm's sm80 (mma.sync) family forced for the whole engine
+                      (awqgemm.testing.force in the worker): what an A100 / L40S runs, timed here;
+                      compare with awq_marlin:marlin (issue 11)
   fp16                dense fp16, no quantization
 The kernel each AWQ engine used is read from the loaded model and recorded.
 
@@ -71,6 +74,7 @@ is missing (the driver sets both for its workers).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -233,9 +237,12 @@ CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
     "awq_marlin:marlin": ("awq_marlin", {"VLLM_DISABLED_KERNELS": "MacheteLinearKernel"}, True),
     "awq_marlin:machete": ("awq_marlin", {"VLLM_DISABLED_KERNELS": "MarlinLinearKernel"}, True),
     "awqgemm": ("awqgemm", {}, True),
+    "awqgemm:sm80": ("awqgemm", {}, True),
     "awq_turbomind": ("awq_turbomind", {}, True),
     "fp16": (None, {}, False),
 }
+#: contender -> awqgemm kernel family forced in its worker (benchmark-only, through awqgemm.testing.force)
+FORCED_FAMILY: dict[str, str] = {"awqgemm:sm80": "sm80"}
 
 #: name -> (number of prompts, prompt tokens, output tokens, metric)
 WORKLOADS: dict[str, tuple[int, int, int, str]] = {
@@ -433,6 +440,7 @@ def worker_spec(args: argparse.Namespace, name: str, dirs: dict[bool, str], voca
     return dict(
         name=name,
         engine=engine,
+        force_family=FORCED_FAMILY.get(name),
         vocab=vocab,
         workloads=args.workloads,
         num_prompts=args.num_prompts,
@@ -665,7 +673,15 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.worker:
         spec = json.loads(Path(args.worker[0]).read_text())
-        res = run_worker(spec)
+        with contextlib.ExitStack() as stack:
+            if spec.get("force_family"):
+                # The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): packing at load and
+                # every call after it, captured graphs included, see the forced family.
+                import awqgemm.testing
+
+                stack.enter_context(awqgemm.testing.force(family=spec["force_family"]))
+            res = run_worker(spec)
+            res["force_family"] = spec.get("force_family")
         Path(args.worker[1]).write_text(json.dumps(res))
         # Skip interpreter teardown: vLLM's engine may hang at exit; results are written.
         sys.stdout.flush()
@@ -689,7 +705,8 @@ def main(argv: list[str]) -> int:
         if args.dry_run:
             for s in specs:
                 env = CONTENDERS[s["name"]][1]
-                print(json.dumps({"name": s["name"], "env": env, "engine": s["engine"]}, indent=1))
+                plan = {"name": s["name"], "env": env, "engine": s["engine"], "force_family": s["force_family"]}
+                print(json.dumps(plan, indent=1))
             print((Path(dirs[True]) / "config.json").read_text())
             return 0
         results: list[dict[str, Any]] = []

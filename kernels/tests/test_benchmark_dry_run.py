@@ -169,3 +169,17 @@ def test_e2e_merge():
     other = dict(doc(["fp16"], "b"), gpu="other")
     with pytest.raises(SystemExit, match="differ in 'gpu'"):
         e2e.merge_docs([doc(["awqgemm"], "a"), other], ["a", "b"])
+
+
+def test_e2e_forced_sm80_contender_plan():
+    """`awqgemm:sm80` (issue 11's e2e comparison with awq_marlin:marlin) serves through the plugin with the
+    sm80 family forced in its worker; the other contenders force nothing."""
+    _e2e_module()
+    cmd = [sys.executable, str(E2E_PY), "--dry-run", "--shape", "llama3-8b", "--quant", "awqgemm:sm80,awqgemm"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    plans = _json_objects(r.stdout)[:-1]
+    assert [(p["name"], p["engine"]["quantization"], p["force_family"]) for p in plans] == [
+        ("awqgemm:sm80", "awqgemm", "sm80"),
+        ("awqgemm", "awqgemm", None),
+    ]
