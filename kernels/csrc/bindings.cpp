@@ -17,6 +17,7 @@
 
 #include "awqgemm/dispatch.h"
 #include "awqgemm/families.h"
+#include "awqgemm/moe_routing.h"
 
 namespace nb = nanobind;
 using namespace awqgemm;
@@ -278,6 +279,114 @@ NB_MODULE(_C, m) {
       nb::arg("layout"), nb::arg("dtype"), nb::arg("N"), nb::arg("K"), nb::arg("group_size"), nb::arg("n_begin"),
       nb::arg("n_count"), nb::arg("qweight"), nb::arg("scale_zero"), nb::arg("wt"), nb::arg("device"),
       nb::arg("stream"), nb::arg("coalesced") = false);
+
+  // fused_moe's routing / activation / combine kernels (awqgemm/moe_routing.h).
+  m.attr("max_route_experts") = kMaxRouteExperts;
+
+  m.def(
+      "moe_route",
+      [](uintptr_t topk_ids, int ids_type, uintptr_t topk_weights, int weights_type, bool weights_on_input,
+         uintptr_t expert_map, int map_type, int64_t map_len, int64_t pairs, int top_k, int num_experts,
+         uintptr_t order, uintptr_t offsets, uintptr_t token_of_row, uintptr_t pos, uintptr_t weights, int device,
+         uintptr_t stream) {
+        if (ids_type != 0 && ids_type != 1) {
+          throw nb::value_error("awqgemm: moe_route ids type must be 0 (int32) or 1 (int64)");
+        }
+        if (map_type != 0 && map_type != 1) {
+          throw nb::value_error("awqgemm: moe_route map type must be 0 (int32) or 1 (int64)");
+        }
+        if (weights_type < 0 || weights_type > 2) {
+          throw nb::value_error("awqgemm: moe_route weights type must be 0 (float16), 1 (bfloat16) or 2 (float32)");
+        }
+        if (num_experts < 1 || num_experts > kMaxRouteExperts) {
+          throw nb::value_error(("awqgemm: moe_route handles 1.." + std::to_string(kMaxRouteExperts) +
+                                 " local experts, got " + std::to_string(num_experts))
+                                    .c_str());
+        }
+        if (top_k < 1 || pairs < 0 || pairs > kMaxRoutePairs || pairs % top_k != 0) {
+          throw nb::value_error(("awqgemm: moe_route needs top_k >= 1 and 0 <= pairs <= 2^30, a multiple of top_k; "
+                                 "got pairs = " +
+                                 std::to_string(pairs) + ", top_k = " + std::to_string(top_k))
+                                    .c_str());
+        }
+        if (offsets == 0 || (pairs > 0 && (topk_ids == 0 || order == 0 || token_of_row == 0 || pos == 0 ||
+                                           weights == 0 || (!weights_on_input && topk_weights == 0)))) {
+          throw nb::value_error("awqgemm: moe_route got a null pointer for an input or output");
+        }
+        if (expert_map != 0 && map_len < 0) throw nb::value_error("awqgemm: moe_route map_len must be >= 0");
+        RouteArgs a;
+        a.topk_ids = reinterpret_cast<const void*>(topk_ids);
+        a.topk_weights = reinterpret_cast<const void*>(topk_weights);
+        a.expert_map = reinterpret_cast<const void*>(expert_map);
+        a.map_len = map_len;
+        a.pairs = static_cast<int>(pairs);
+        a.top_k = top_k;
+        a.num_experts = num_experts;
+        a.ids_type = static_cast<IdsType>(ids_type);
+        a.map_type = static_cast<IdsType>(map_type);
+        a.weights_type = static_cast<WeightsType>(weights_type);
+        a.weights_on_input = weights_on_input;
+        a.order = reinterpret_cast<int64_t*>(order);
+        a.offsets = reinterpret_cast<int32_t*>(offsets);
+        a.token_of_row = reinterpret_cast<int32_t*>(token_of_row);
+        a.pos = reinterpret_cast<int32_t*>(pos);
+        a.weights = reinterpret_cast<float*>(weights);
+        DeviceGuard guard(device);
+        DeviceGuard::check(launch_moe_route(a, reinterpret_cast<cudaStream_t>(stream)), "moe_route launch");
+      },
+      nb::arg("topk_ids"), nb::arg("ids_type"), nb::arg("topk_weights"), nb::arg("weights_type"),
+      nb::arg("weights_on_input"), nb::arg("expert_map"), nb::arg("map_type"), nb::arg("map_len"), nb::arg("pairs"),
+      nb::arg("top_k"), nb::arg("num_experts"), nb::arg("order"), nb::arg("offsets"), nb::arg("token_of_row"),
+      nb::arg("pos"), nb::arg("weights"), nb::arg("device"), nb::arg("stream"),
+      "Stable sort of the pairs by local expert (one block): order (int64), offsets, token_of_row, pos (int32) and "
+      "fp32 router weights, into the caller's buffers.");
+
+  m.def(
+      "moe_silu_mul",
+      [](int dtype, int64_t rows, int64_t inter, uintptr_t h, uintptr_t act, int device, uintptr_t stream) {
+        if (rows < 0 || inter < 1 || rows > INT32_MAX || inter > INT32_MAX / 2) {
+          throw nb::value_error(("awqgemm: moe_silu_mul needs 0 <= rows < 2^31 and 1 <= inter < 2^30, got rows = " +
+                                 std::to_string(rows) + ", inter = " + std::to_string(inter))
+                                    .c_str());
+        }
+        if (rows > 0 && (h == 0 || act == 0)) throw nb::value_error("awqgemm: moe_silu_mul got a null pointer");
+        const DType dt = to_dtype(dtype);
+        DeviceGuard guard(device);
+        DeviceGuard::check(launch_moe_silu_mul(dt, reinterpret_cast<const void*>(h), static_cast<int>(rows),
+                                               static_cast<int>(inter), reinterpret_cast<void*>(act),
+                                               reinterpret_cast<cudaStream_t>(stream)),
+                           "moe_silu_mul launch");
+      },
+      nb::arg("dtype"), nb::arg("rows"), nb::arg("inter"), nb::arg("h"), nb::arg("act"), nb::arg("device"),
+      nb::arg("stream"), "act[r, i] = silu(h[r, i]) * h[r, inter + i], fp32 math rounded once; h is [rows, 2 * inter].");
+
+  m.def(
+      "moe_combine",
+      [](int dtype, bool fp32_out, uintptr_t y, int64_t rows, uintptr_t pos, uintptr_t weights, int64_t tokens,
+         int top_k, int64_t hidden, uintptr_t out, int device, uintptr_t stream) {
+        if (rows < 1 || rows > INT32_MAX || tokens < 0 || tokens > INT32_MAX || top_k < 1 || hidden < 1 ||
+            hidden > INT32_MAX) {
+          throw nb::value_error(("awqgemm: moe_combine needs rows >= 1, tokens >= 0, top_k >= 1, hidden >= 1 (each "
+                                 "< 2^31), got rows = " +
+                                 std::to_string(rows) + ", tokens = " + std::to_string(tokens) +
+                                 ", top_k = " + std::to_string(top_k) + ", hidden = " + std::to_string(hidden))
+                                    .c_str());
+        }
+        if (tokens > 0 && (y == 0 || pos == 0 || weights == 0 || out == 0)) {
+          throw nb::value_error("awqgemm: moe_combine got a null pointer");
+        }
+        const DType dt = to_dtype(dtype);
+        DeviceGuard guard(device);
+        DeviceGuard::check(
+            launch_moe_combine(dt, fp32_out, reinterpret_cast<const void*>(y), static_cast<int>(rows),
+                               reinterpret_cast<const int32_t*>(pos), reinterpret_cast<const float*>(weights),
+                               static_cast<int>(tokens), top_k, static_cast<int>(hidden), reinterpret_cast<void*>(out),
+                               reinterpret_cast<cudaStream_t>(stream)),
+            "moe_combine launch");
+      },
+      nb::arg("dtype"), nb::arg("fp32_out"), nb::arg("y"), nb::arg("rows"), nb::arg("pos"), nb::arg("weights"),
+      nb::arg("tokens"), nb::arg("top_k"), nb::arg("hidden"), nb::arg("out"), nb::arg("device"), nb::arg("stream"),
+      "out[t] = sum over slots j of weights[t, j] * y[pos[t, j]] in fp32 (torch's order), as fp32 or dtype.");
 
   m.def("build_info", []() {
     nb::dict d;

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import awqgemm
+from awqgemm import moe
 from awqgemm.moe import grouped_plan_info
 from awqgemm.testing import random_awq
 from conftest import has_gpu
@@ -74,10 +75,10 @@ def tolerance(dtype):
     return 1.5e-2 if dtype == torch.float16 else 4e-2
 
 
-def run_case(family, dtype, group, tokens, num=8, hidden=256, inter=128, top_k=2, seed=0, zero=(1, 6)):
+def run_case(family, dtype, group, tokens, num=8, hidden=256, inter=128, top_k=2, seed=0, zero=(1, 6), kernels=False):
     ck13 = experts(num, hidden, 2 * inter, group, dtype, seed)
     ck2 = experts(num, inter, hidden, group, dtype, seed + 50)
-    with awqgemm.testing.force(family=family):
+    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels):
         w13 = awqgemm.pack_awq_experts(*ck13, group)
         w2 = awqgemm.pack_awq_experts(*ck2, group)
         x = torch.randn(tokens, hidden, dtype=dtype, device="cuda")
@@ -252,3 +253,266 @@ def test_sanitizer_subset():
             y = awqgemm.moe_gemm(x, packed, offsets, rows)
             torch.cuda.synchronize()
             assert (y[4:] == 0).all()
+    # fused_moe's routing / silu-mul / combine kernels (vectorized and scalar widths), and the
+    # routing kernel over several tiles with garbage ids and an expert map.
+    run_case("auto", torch.float16, 64, 7, num=5, hidden=1024, inter=128, top_k=2, seed=3, zero=(2,), kernels=True)
+    run_case("auto", torch.bfloat16, 32, 40, num=3, hidden=96 * 2, inter=64, top_k=3, seed=4, zero=(), kernels=True)
+    h = misaligned(torch.randn(9, 2 * 20, device="cuda").half())
+    torch.ops.awqgemm.moe_silu_mul(h)
+    pos = torch.randperm(12, device="cuda").to(torch.int32).view(4, 3)
+    for y in (torch.randn(12, 20, device="cuda").bfloat16(), misaligned(torch.randn(12, 64, device="cuda").half())):
+        torch.ops.awqgemm.moe_combine(y, pos, torch.rand(4, 3, device="cuda"), False)
+    gen = torch.Generator().manual_seed(9)
+    for ids_dtype, map_dtype in ((torch.int32, None), (torch.int64, torch.int64), (torch.int32, torch.int32)):
+        emap = None if map_dtype is None else garbage_map(40, 6, map_dtype, gen)
+        ti = garbage_ids(700, 3, 6 if emap is None else 40, ids_dtype, gen)
+        tw = torch.rand(700, 3, generator=gen).cuda()
+        torch.ops.awqgemm.moe_route(ti, tw, emap, 6, False)
+    torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------------------------
+# fused_moe's routing / silu-mul / combine kernels (testing.force(moe_routing_kernels=True)):
+# each bit for bit equal to the torch path they replace.
+
+
+def garbage_ids(tokens, top_k, high, dtype, gen):
+    """Ids in [0, high) mostly (some experts get none), with negatives, ids past high and the
+    dtype's extremes mixed in; on the GPU."""
+    ids = torch.randint(0, high, (tokens, top_k), generator=gen, dtype=torch.int64)
+    info = torch.iinfo(dtype)
+    specials = torch.tensor([-1, -7, high, high + 3, info.min, info.max], dtype=torch.int64)
+    mask = torch.rand(tokens, top_k, generator=gen) < 0.2
+    pick = specials[torch.randint(0, specials.numel(), (tokens, top_k), generator=gen)]
+    return torch.where(mask, pick, ids).to(dtype).cuda()
+
+
+def garbage_map(num_global, num_local, dtype, gen):
+    """global -> local: a random subset of the local experts, -1 for most others, and a few
+    entries out of range (num_local, a negative other than -1) as device garbage would be."""
+    emap = torch.full((num_global,), -1, dtype=torch.int64)
+    held = torch.randperm(num_global, generator=gen)[:num_local]
+    emap[held] = torch.randperm(num_local, generator=gen)
+    emap[torch.randint(0, num_global, (2,), generator=gen)] = torch.tensor([num_local, -5])
+    return emap.to(dtype).cuda()
+
+
+def assert_bitwise(got, want, what):
+    assert got.dtype == want.dtype and got.shape == want.shape, (what, got.dtype, want.dtype, got.shape, want.shape)
+    if got.is_floating_point():
+        view = {2: torch.int16, 4: torch.int32}[got.element_size()]
+        got, want = got.contiguous().view(view), want.contiguous().view(view)
+    bad = (got != want).nonzero()
+    assert bad.numel() == 0, f"{what}: {bad.shape[0]} elements differ, first at {bad[0].tolist()}"
+
+
+ROUTE_TOKENS = [1, 2, 3, 4, 37, 1000, 4096]
+
+
+@pytest.mark.parametrize("num", [8, 128])
+@pytest.mark.parametrize("top_k", [1, 2, 8])
+@pytest.mark.parametrize("tokens", ROUTE_TOKENS)
+def test_route_kernel_bitwise_equals_torch(num, top_k, tokens):
+    """order, offsets, token_of_row, pos and weights of the routing kernel == the torch path's, over
+    ids/map/weight dtypes, ids out of range, expert maps with -1 and garbage, a NaN weight on pairs
+    of no local expert, all pairs on one expert, and T * k past one 1024-pair tile."""
+    skip_unless("auto")
+    gen = torch.Generator().manual_seed(tokens * 1000 + top_k * 10 + num)
+    for variant in range(6):
+        ids_dtype = (torch.int32, torch.int64)[variant % 2]
+        w_dtype = (torch.float32, torch.float16, torch.bfloat16)[variant % 3]
+        emap = None
+        if variant in (2, 3, 5):
+            num_global = num + 5 + variant
+            emap = garbage_map(num_global, num, (torch.int64, torch.int32)[variant % 2], gen)
+            ti = garbage_ids(tokens, top_k, num_global, ids_dtype, gen)
+        elif variant == 4:  # every pair on one expert: the longest runs of equal keys in a warp
+            ti = torch.full((tokens, top_k), num // 2, dtype=ids_dtype, device="cuda")
+        else:
+            ti = garbage_ids(tokens, top_k, num, ids_dtype, gen)
+        tw = torch.rand(tokens, top_k, generator=gen).to(w_dtype).cuda()
+        key = moe._sort_key(ti, num, emap).view(tokens, top_k)
+        tw = torch.where(key == num, torch.tensor(float("nan"), dtype=w_dtype, device="cuda"), tw)
+        on_input = top_k == 1 and variant == 1
+        got = torch.ops.awqgemm.moe_route(ti, tw, emap, num, on_input)
+        want = moe.route_torch(ti, tw, emap, num, on_input)
+        for g, w, name in zip(got, want, ("order", "offsets", "token_of_row", "pos", "weights"), strict=True):
+            assert_bitwise(g, w, f"{name} (T={tokens} k={top_k} E={num} variant {variant})")
+        # pos is the inverse of order
+        order, pos = got[0], got[3].reshape(-1)
+        assert torch.equal(order[pos.long()], torch.arange(tokens * top_k, device="cuda"))
+
+
+def test_route_kernel_largest_expert_count_and_bad_inputs():
+    skip_unless("auto")
+    gen = torch.Generator().manual_seed(1)
+    num = moe.ROUTE_KERNEL_MAX_EXPERTS
+    ti = garbage_ids(300, 4, num, torch.int32, gen)
+    tw = torch.rand(300, 4, generator=gen).cuda()
+    for g, w, name in zip(
+        torch.ops.awqgemm.moe_route(ti, tw, None, num, False),
+        moe.route_torch(ti, tw, None, num, False),
+        "ootpw",
+        strict=True,
+    ):
+        assert_bitwise(g, w, name)
+    # more experts than the kernel's table: the op routes with torch (same results)
+    got = torch.ops.awqgemm.moe_route(ti, tw, None, num + 1, False)
+    assert_bitwise(got[1], moe.route_torch(ti, tw, None, num + 1, False)[1], "offsets")
+    with pytest.raises(TypeError, match="topk_ids must be 2-D int32/int64"):
+        torch.ops.awqgemm.moe_route(ti.float(), tw, None, 8, False)
+    with pytest.raises(TypeError, match="topk_weights must be"):
+        torch.ops.awqgemm.moe_route(ti, tw[:, :2], None, 8, False)
+    with pytest.raises(ValueError, match="num_experts must be >= 1"):
+        torch.ops.awqgemm.moe_route(ti, tw, None, 0, False)
+    with pytest.raises(ValueError, match="one device"):
+        torch.ops.awqgemm.moe_route(ti, tw, torch.zeros(4, dtype=torch.int32), 8, False)
+    with pytest.raises(ValueError, match="local experts"):
+        awqgemm._C.moe_route(ti.data_ptr(), 0, tw.data_ptr(), 2, False, 0, 0, 0, 1200, 4, num + 1, 1, 1, 1, 1, 1, 0, 0)
+    with pytest.raises(ValueError, match="multiple of top_k"):
+        awqgemm._C.moe_route(ti.data_ptr(), 0, tw.data_ptr(), 2, False, 0, 0, 0, 1201, 4, 8, 1, 1, 1, 1, 1, 0, 0)
+    with pytest.raises(ValueError, match="null pointer"):
+        awqgemm._C.moe_route(0, 0, tw.data_ptr(), 2, False, 0, 0, 0, 1200, 4, 8, 1, 1, 1, 1, 1, 0, 0)
+    with pytest.raises(ValueError, match="ids type"):
+        awqgemm._C.moe_route(ti.data_ptr(), 3, tw.data_ptr(), 2, False, 0, 0, 0, 1200, 4, 8, 1, 1, 1, 1, 1, 0, 0)
+
+
+def misaligned(t):
+    """t's values in a buffer one element off 16-byte alignment (the kernels' scalar path)."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("rows", "inter"), [(1, 8), (7, 12), (300, 768), (64, 5), (33, 1)])
+def test_silu_mul_kernel_bitwise(dtype, rows, inter):
+    skip_unless("auto")
+    gen = torch.Generator().manual_seed(rows + inter)
+    h = (torch.randn(rows, 2 * inter, generator=gen) * 6).to(dtype)
+    big = torch.finfo(dtype).max
+    h.view(-1)[: min(8, h.numel())] = torch.tensor([0.0, -0.0, 1e-7, -1e-7, 30.0, -30.0, big, -big])[
+        : min(8, h.numel())
+    ].to(dtype)
+    h = h.cuda()
+    for src in (h, misaligned(h)):
+        assert_bitwise(torch.ops.awqgemm.moe_silu_mul(src), moe.silu_mul_torch(src), f"act {rows}x{inter}")
+    with pytest.raises(ValueError, match="2 \\* inter"):
+        torch.ops.awqgemm.moe_silu_mul(h[:, :-1] if h.shape[1] > 2 else h[:, :1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("top_k", [1, 2, 3, 5, 8, 15])
+@pytest.mark.parametrize("tokens", [1, 4, 257])
+def test_combine_kernel_bitwise(dtype, top_k, tokens):
+    """The fp32 sum over k in torch's reduction order (4 accumulators, slot j -> j % 4: Reduce.cuh,
+    one thread per output for k < 16): bitwise, and the x.dtype output == .to() of the fp32 one."""
+    skip_unless("auto")
+    gen = torch.Generator().manual_seed(tokens * 100 + top_k)
+    rows = tokens * top_k
+    for hidden in (2048, 72, 20):
+        y = (torch.randn(rows, hidden, generator=gen) * 3).to(dtype)
+        y[torch.rand(rows, generator=gen) < 0.2] = 0.0  # rows of no local expert
+        y[0, :4] = -0.0
+        pos = torch.randperm(rows, generator=gen).to(torch.int32).view(tokens, top_k)
+        w = torch.rand(tokens, top_k, generator=gen)
+        w[torch.rand(tokens, top_k, generator=gen) < 0.2] = 0.0
+        y, pos, w = y.cuda(), pos.cuda(), w.cuda()
+        for ys in (y, misaligned(y)):
+            for fp32_out in (True, False):
+                got = torch.ops.awqgemm.moe_combine(ys, pos, w, fp32_out)
+                assert_bitwise(got, moe.combine_torch(ys, pos, w, fp32_out), f"combine H={hidden} fp32={fp32_out}")
+    with pytest.raises(ValueError, match="rows but pos has"):
+        torch.ops.awqgemm.moe_combine(y[1:], pos, w, True)
+    with pytest.raises(TypeError, match="pos int32"):
+        torch.ops.awqgemm.moe_combine(y, pos.long(), w, True)
+
+
+FUSED_CASES = ["plain", "fp16-weights", "int64-ids", "garbage-ids", "expert-map", "on-input", "k8-e128", "large"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", FUSED_CASES)
+def test_fused_moe_kernels_bitwise_equal_torch_path(dtype, case):
+    """fused_moe with the switch on == off, bit for bit ("large": T * k past the routing kernel's
+    bound, so torch routing + the activation and torch combine)."""
+    skip_unless("auto")
+    gen = torch.Generator().manual_seed(FUSED_CASES.index(case))
+    num, hidden, inter, tokens, top_k = 8, 256, 128, 37, 2
+    emap, on_input = None, False
+    if case == "k8-e128":
+        num, top_k, tokens = 128, 8, 300
+    elif case == "large":
+        top_k, tokens = 8, 4096
+        assert not moe.route_kernel_fits(tokens * top_k, num)
+    ck13 = experts(num, hidden, 2 * inter, 64, dtype, 3)
+    ck2 = experts(num, inter, hidden, 64, dtype, 4)
+    w13, w2 = awqgemm.pack_awq_experts(*ck13, 64), awqgemm.pack_awq_experts(*ck2, 64)
+    x = torch.randn(tokens, hidden, generator=gen).to(dtype).cuda()
+    tw, ti = routing(tokens, num, top_k, 5, zero=(1,) if num - 1 >= top_k else ())
+    if case == "fp16-weights":
+        tw = tw.to(dtype)
+    elif case == "int64-ids":
+        ti = ti.long()
+    elif case == "garbage-ids":
+        ti = garbage_ids(tokens, top_k, num, torch.int32, gen)
+    elif case == "expert-map":
+        emap = garbage_map(num + 6, num, torch.int32, gen)
+        ti = garbage_ids(tokens, top_k, num + 6, torch.int32, gen)
+    elif case == "on-input":
+        top_k, on_input = 1, True
+        ti, tw = ti[:, :1].contiguous(), (torch.rand(tokens, 1, generator=gen) + 0.5).cuda()
+    kw = {"apply_router_weight_on_input": on_input, "expert_map": emap}
+    off = awqgemm.fused_moe(x, w13, w2, tw, ti, **kw)
+    with awqgemm.testing.force(moe_routing_kernels=True):
+        on = awqgemm.fused_moe(x, w13, w2, tw, ti, **kw)
+        on_body = moe._experts_and_combine(x, w13, w2, tw, ti, on_input, emap)
+    assert torch.isfinite(off).all()
+    assert_bitwise(on, off, f"fused_moe {case}")
+    off_body = moe._experts_and_combine(x, w13, w2, tw, ti, on_input, emap)
+    assert_bitwise(on_body.to(dtype), off_body.to(dtype), f"body {case}")
+
+
+def test_cuda_graph_replay_matches_eager_with_routing_kernels():
+    skip_unless("auto")
+    num, hidden, inter, tokens, top_k = 16, 512, 256, 24, 4
+    ck13 = experts(num, hidden, 2 * inter, 64, torch.float16, 1)
+    ck2 = experts(num, inter, hidden, 64, torch.float16, 2)
+    w13, w2 = awqgemm.pack_awq_experts(*ck13, 64), awqgemm.pack_awq_experts(*ck2, 64)
+    x = torch.randn(tokens, hidden, dtype=torch.float16, device="cuda")
+    tw, ti = routing(tokens, num, top_k, 0, zero=(3,))
+    with awqgemm.testing.force(moe_routing_kernels=True):
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            awqgemm.fused_moe(x, w13, w2, tw, ti)  # warm-up outside capture
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = awqgemm.fused_moe(x, w13, w2, tw, ti)
+        for seed in range(1, 4):
+            tw2, ti2 = routing(tokens, num, top_k, seed, zero=(seed, 2 * seed))
+            x.copy_(torch.randn_like(x))
+            tw.copy_(tw2)
+            ti.copy_(ti2)
+            graph.replay()
+            eager = awqgemm.fused_moe(x, w13, w2, tw, ti)
+            torch.cuda.synchronize()
+            assert_bitwise(out, eager, f"graph replay vs eager (routing seed {seed})")
+    # and the same as the torch path
+    assert_bitwise(out, awqgemm.fused_moe(x, w13, w2, tw, ti), "graph (kernels) vs torch path")
+
+
+def test_torch_compile_fullgraph_with_routing_kernels():
+    skip_unless("auto")
+    ck13 = experts(4, 256, 256, 64, torch.bfloat16, 8)
+    ck2 = experts(4, 128, 256, 64, torch.bfloat16, 9)
+    w13, w2 = awqgemm.pack_awq_experts(*ck13, 64), awqgemm.pack_awq_experts(*ck2, 64)
+    x = torch.randn(9, 256, dtype=torch.bfloat16, device="cuda")
+    tw, ti = routing(9, 4, 2, 5)
+    with awqgemm.testing.force(moe_routing_kernels=True):
+        eager = awqgemm.fused_moe(x, w13, w2, tw, ti)
+        fn = torch.compile(lambda a, b, c: awqgemm.fused_moe(a, w13, w2, b, c), fullgraph=True)
+        compiled = fn(x, tw, ti)
+    torch.testing.assert_close(compiled, eager, rtol=2e-2, atol=2e-2)

@@ -85,6 +85,19 @@ UNITS = [
             for lanes in ("M16n8Lanes", "Volta884Lanes")
         ],
     ),
+    # fused_moe's routing (match.any: sm_70+), silu-mul and combine kernels.
+    Unit(
+        "moe_routing.cu",
+        ["awqgemm::moe_route_kernel"]
+        + [f"awqgemm::moe_silu_mul_kernel<{t}, {v}>" for t in TYPES for v in (1, 8)]
+        + [
+            f"awqgemm::moe_combine_kernel<{t}, {str(f32).lower()}, {v}>"
+            for t in TYPES
+            for f32 in (False, True)
+            for v in (1, 8)
+        ],
+        must_have=("match.any.sync.b32",),
+    ),
 ]
 
 

@@ -423,7 +423,8 @@ def fused_moe(
 
 
 def _experts_and_combine(work, w13, w2, topk_weights, topk_ids, apply_router_weight_on_input, expert_map):
-    """fused_moe after its checks, on activations ``work``; returns fp32 ``[T, H]``.
+    """fused_moe after its checks, on activations ``work``; returns fp32 ``[T, H]`` (``work.dtype``
+    on the routing-kernel path: the fp32 sum rounded once, as fused_moe's ``.to()`` would).
 
     Each line is one elementwise/reduction op (one kernel on a GPU) unless noted; views are free.
     Rounding is the same as computing every step in fp32 and rounding the activation and the
@@ -433,6 +434,11 @@ def _experts_and_combine(work, w13, w2, topk_weights, topk_ids, apply_router_wei
     top_k = topk_ids.shape[1]
     inter = w13.N // 2
     num = w13.num_experts
+    kernels = work.is_cuda and _ops.state.moe_routing_kernels
+    if kernels and route_kernel_fits(tokens * top_k, num):
+        return _experts_and_combine_kernels(
+            work, w13, w2, topk_weights, topk_ids, apply_router_weight_on_input, expert_map
+        )
     key = _sort_key(topk_ids, num, expert_map)  # 2 ops (+4 with an expert map)
     _, order, offsets = _sort_pairs(key, num)  # sort (a few kernels), arange, searchsorted
     rows = order.shape[0]
@@ -450,14 +456,277 @@ def _experts_and_combine(work, w13, w2, topk_weights, topk_ids, apply_router_wei
     h = torch.ops.awqgemm.moe_gemm(
         work, w13.qweight, w13.scales, offsets, token_of_row, w13.K, w13.N, w13.group_size, w13.layout
     )
-    gate = F.silu(h[:, :inter].float())  # 2 ops: the fp32 copy of gate, silu
-    act = torch.empty((rows, inter), dtype=work.dtype, device=work.device)
-    torch.mul(gate, h[:, inter:], out=act)  # fp32 product, rounded once to work.dtype
+    if kernels:  # routing too large for the one-block kernel: the activation kernel still applies
+        act = torch.ops.awqgemm.moe_silu_mul(h)
+    else:
+        gate = F.silu(h[:, :inter].float())  # 2 ops: the fp32 copy of gate, silu
+        act = torch.empty((rows, inter), dtype=work.dtype, device=work.device)
+        torch.mul(gate, h[:, inter:], out=act)  # fp32 product, rounded once to work.dtype
     y = torch.ops.awqgemm.moe_gemm(act, w2.qweight, w2.scales, offsets, None, w2.K, w2.N, w2.group_size, w2.layout)
     # Combine: rows back to (token, slot) order (rows of no local expert are zero), weigh in fp32,
     # sum over k in fp32 in slot order: no atomics, deterministic.
     unsorted = torch.empty_like(y).index_copy_(0, order, y)
     return torch.mul(unsorted.view(tokens, top_k, hidden), weights[:, :, None]).sum(dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# fused_moe's routing, activation and combine as three CUDA kernels (work in progress, behind
+# testing.force(moe_routing_kernels=True); moe_routing.cu), each giving bit for bit what the
+# torch path above gives. Custom ops with fake impls, so torch.compile(fullgraph=True) sees
+# opaque calls; their CPU impls are the torch path's own expressions (tests of the glue).
+
+_IDS_CODE = {torch.int32: 0, torch.int64: 1}
+_WEIGHTS_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
+# The routing kernel is one block of 1024 threads that walks the pairs twice in tiles of 1024:
+# no launch or sync beyond its own, but its time grows with T * k on one SM. Above this many
+# pairs torch's multi-block sort is expected to win (not measured yet), so fused_moe routes with
+# torch ops there (decided from shapes only; the activation kernel still runs).
+ROUTE_KERNEL_MAX_PAIRS = 16384
+# Its shared memory holds a byte per (expert, warp): kMaxRouteExperts in moe_routing.h.
+ROUTE_KERNEL_MAX_EXPERTS = 1024
+
+
+def route_kernel_fits(pairs: int, num_experts: int) -> bool:
+    """Whether fused_moe (routing-kernel switch on) routes ``pairs`` = T * k pairs with the kernel."""
+    return pairs <= ROUTE_KERNEL_MAX_PAIRS and num_experts <= ROUTE_KERNEL_MAX_EXPERTS
+
+
+_lib.define(
+    "moe_route(Tensor topk_ids, Tensor topk_weights, Tensor? expert_map, int num_experts, "
+    "bool weights_on_input) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+_lib.define("moe_silu_mul(Tensor h) -> Tensor")
+_lib.define("moe_combine(Tensor y, Tensor pos, Tensor weights, bool fp32_out) -> Tensor")
+
+
+def route_torch(topk_ids, topk_weights, expert_map, num_experts, weights_on_input):
+    """The routing outputs of the torch path, plus the inverse permutation ``pos``: ``(order``
+    int64 ``[T*k]``, ``offsets`` int32 ``[E+1]``, ``token_of_row`` int32 ``[T*k]``, ``pos`` int32
+    ``[T, k]``, ``weights`` fp32 ``[T, k]``); what ``awqgemm::moe_route`` must equal bit for bit."""
+    tokens, top_k = topk_ids.shape
+    key = _sort_key(topk_ids, num_experts, expert_map)
+    _, order, offsets = _sort_pairs(key, num_experts)
+    local = key.view(tokens, top_k) < num_experts
+    weights = local.float() if weights_on_input else torch.where(local, topk_weights.float(), 0.0)
+    token_of_row = torch.div(order, top_k, rounding_mode="floor").to(torch.int32)
+    rows = order.shape[0]
+    ramp = torch.arange(rows, dtype=torch.int32, device=order.device)
+    pos = torch.empty(rows, dtype=torch.int32, device=order.device).index_copy_(0, order, ramp)
+    return order, offsets, token_of_row, pos.view(tokens, top_k), weights
+
+
+def _check_same_device(what: str, *tensors: torch.Tensor) -> None:
+    dev = tensors[0].device
+    for t in tensors[1:]:
+        if t.device != dev:
+            raise ValueError(f"awqgemm: {what}: tensors on {dev} and {t.device}; put them on one device")
+
+
+def _check_route_args(topk_ids, topk_weights, expert_map, num_experts):
+    if topk_ids.dtype not in _IDS_CODE or topk_ids.dim() != 2:
+        raise TypeError(
+            f"awqgemm: moe_route: topk_ids must be 2-D int32/int64, got {topk_ids.dtype} {list(topk_ids.shape)}"
+        )
+    if topk_weights.dtype not in _WEIGHTS_CODE or topk_weights.shape != topk_ids.shape:
+        raise TypeError(
+            f"awqgemm: moe_route: topk_weights must be float16/bfloat16/float32 of shape {list(topk_ids.shape)}, "
+            f"got {topk_weights.dtype} {list(topk_weights.shape)}"
+        )
+    if expert_map is not None and (expert_map.dtype not in _IDS_CODE or expert_map.dim() != 1):
+        raise TypeError(
+            f"awqgemm: moe_route: expert_map must be 1-D int32/int64, got {expert_map.dtype} {list(expert_map.shape)}"
+        )
+    if isinstance(num_experts, bool) or num_experts < 1:
+        raise ValueError(f"awqgemm: moe_route: num_experts must be >= 1, got {num_experts}")
+    _check_same_device("moe_route", topk_ids, topk_weights, *(() if expert_map is None else (expert_map,)))
+
+
+def _moe_route_cpu(topk_ids, topk_weights, expert_map, num_experts, weights_on_input):
+    _check_route_args(topk_ids, topk_weights, expert_map, num_experts)
+    return route_torch(topk_ids, topk_weights, expert_map, num_experts, weights_on_input)
+
+
+def _moe_route_cuda(topk_ids, topk_weights, expert_map, num_experts, weights_on_input):
+    _check_route_args(topk_ids, topk_weights, expert_map, num_experts)
+    if _C is None or num_experts > ROUTE_KERNEL_MAX_EXPERTS:
+        return route_torch(topk_ids, topk_weights, expert_map, num_experts, weights_on_input)
+    tokens, top_k = topk_ids.shape
+    rows = tokens * top_k
+    ids, tw = topk_ids.contiguous(), topk_weights.contiguous()
+    emap = None if expert_map is None else expert_map.contiguous()
+    dev = ids.device
+    order = torch.empty(rows, dtype=torch.int64, device=dev)
+    offsets = torch.empty(num_experts + 1, dtype=torch.int32, device=dev)
+    token_of_row = torch.empty(rows, dtype=torch.int32, device=dev)
+    pos = torch.empty((tokens, top_k), dtype=torch.int32, device=dev)
+    weights = torch.empty((tokens, top_k), dtype=torch.float32, device=dev)
+    _C.moe_route(
+        ids.data_ptr(),
+        _IDS_CODE[ids.dtype],
+        tw.data_ptr(),
+        _WEIGHTS_CODE[tw.dtype],
+        weights_on_input,
+        0 if emap is None else emap.data_ptr(),
+        0 if emap is None else _IDS_CODE[emap.dtype],
+        0 if emap is None else emap.shape[0],
+        rows,
+        top_k,
+        num_experts,
+        order.data_ptr(),
+        offsets.data_ptr(),
+        token_of_row.data_ptr(),
+        pos.data_ptr(),
+        weights.data_ptr(),
+        _ops.device_index(dev),
+        torch.cuda.current_stream(dev).cuda_stream,
+    )
+    return order, offsets, token_of_row, pos, weights
+
+
+def _moe_route_fake(topk_ids, topk_weights, expert_map, num_experts, weights_on_input):
+    tokens, top_k = topk_ids.shape
+    rows = tokens * top_k
+    new = topk_ids.new_empty
+    return (
+        new(rows, dtype=torch.int64),
+        new(num_experts + 1, dtype=torch.int32),
+        new(rows, dtype=torch.int32),
+        new((tokens, top_k), dtype=torch.int32),
+        new((tokens, top_k), dtype=torch.float32),
+    )
+
+
+def _check_silu_mul_args(h):
+    if h.dim() != 2 or h.shape[1] % 2 or h.shape[1] == 0:
+        raise ValueError(f"awqgemm: moe_silu_mul: h must be [R, 2 * inter] with inter >= 1, got {list(h.shape)}")
+
+
+def silu_mul_torch(h: torch.Tensor) -> torch.Tensor:
+    """The torch path's activation (what ``awqgemm::moe_silu_mul`` must equal bit for bit)."""
+    inter = h.shape[1] // 2
+    act = torch.empty((h.shape[0], inter), dtype=h.dtype, device=h.device)
+    return torch.mul(F.silu(h[:, :inter].float()), h[:, inter:], out=act)
+
+
+def _moe_silu_mul_cpu(h):
+    _check_silu_mul_args(h)
+    return silu_mul_torch(h)
+
+
+def _moe_silu_mul_cuda(h):
+    _check_silu_mul_args(h)
+    if h.dtype not in _ops._DTYPE_CODE:
+        raise TypeError(f"awqgemm: moe_silu_mul: h must be float16 or bfloat16 on cuda, got {h.dtype}")
+    if _C is None:
+        return silu_mul_torch(h)
+    h = h.contiguous()
+    rows, inter = h.shape[0], h.shape[1] // 2
+    act = torch.empty((rows, inter), dtype=h.dtype, device=h.device)
+    if rows:
+        _C.moe_silu_mul(
+            _ops._DTYPE_CODE[h.dtype],
+            rows,
+            inter,
+            h.data_ptr(),
+            act.data_ptr(),
+            _ops.device_index(h.device),
+            torch.cuda.current_stream(h.device).cuda_stream,
+        )
+    return act
+
+
+def _moe_silu_mul_fake(h):
+    return h.new_empty((h.shape[0], h.shape[1] // 2))
+
+
+def _check_combine_args(y, pos, weights):
+    if y.dim() != 2 or pos.dim() != 2 or pos.dtype != torch.int32:
+        raise TypeError(
+            f"awqgemm: moe_combine: y must be [R, H] and pos int32 [T, k], got {list(y.shape)} and "
+            f"{pos.dtype} {list(pos.shape)}"
+        )
+    if weights.dtype != torch.float32 or weights.shape != pos.shape:
+        raise TypeError(
+            f"awqgemm: moe_combine: weights must be float32 {list(pos.shape)}, "
+            f"got {weights.dtype} {list(weights.shape)}"
+        )
+    if y.shape[0] != pos.numel():
+        raise ValueError(f"awqgemm: moe_combine: y has {y.shape[0]} rows but pos has {pos.numel()} pairs")
+    _check_same_device("moe_combine", y, pos, weights)
+
+
+def combine_torch(y: torch.Tensor, pos: torch.Tensor, weights: torch.Tensor, fp32_out: bool) -> torch.Tensor:
+    """The torch path's combine (+ fused_moe's cast unless ``fp32_out``), through ``pos`` instead
+    of ``order``: what ``awqgemm::moe_combine`` must equal bit for bit (for k < 16)."""
+    tokens, top_k = pos.shape
+    unsorted = y[pos.reshape(-1).long()]  # the same rows index_copy_ puts back through order
+    out = torch.mul(unsorted.view(tokens, top_k, y.shape[1]), weights[:, :, None]).sum(dim=1)
+    return out if fp32_out else out.to(y.dtype)
+
+
+def _moe_combine_cpu(y, pos, weights, fp32_out):
+    _check_combine_args(y, pos, weights)
+    return combine_torch(y, pos, weights, fp32_out)
+
+
+def _moe_combine_cuda(y, pos, weights, fp32_out):
+    _check_combine_args(y, pos, weights)
+    if y.dtype not in _ops._DTYPE_CODE:
+        raise TypeError(f"awqgemm: moe_combine: y must be float16 or bfloat16 on cuda, got {y.dtype}")
+    if _C is None:
+        return combine_torch(y, pos, weights, fp32_out)
+    tokens, top_k = pos.shape
+    hidden = y.shape[1]
+    y, pos, weights = y.contiguous(), pos.contiguous(), weights.contiguous()
+    out = torch.empty((tokens, hidden), dtype=torch.float32 if fp32_out else y.dtype, device=y.device)
+    if tokens and hidden:
+        _C.moe_combine(
+            _ops._DTYPE_CODE[y.dtype],
+            fp32_out,
+            y.data_ptr(),
+            y.shape[0],
+            pos.data_ptr(),
+            weights.data_ptr(),
+            tokens,
+            top_k,
+            hidden,
+            out.data_ptr(),
+            _ops.device_index(y.device),
+            torch.cuda.current_stream(y.device).cuda_stream,
+        )
+    return out
+
+
+def _moe_combine_fake(y, pos, weights, fp32_out):
+    return y.new_empty((pos.shape[0], y.shape[1]), dtype=torch.float32 if fp32_out else y.dtype)
+
+
+for _name, _cpu, _cuda, _fake in (
+    ("moe_route", _moe_route_cpu, _moe_route_cuda, _moe_route_fake),
+    ("moe_silu_mul", _moe_silu_mul_cpu, _moe_silu_mul_cuda, _moe_silu_mul_fake),
+    ("moe_combine", _moe_combine_cpu, _moe_combine_cuda, _moe_combine_fake),
+):
+    _lib.impl(_name, _cpu, "CPU")
+    _lib.impl(_name, _cuda, "CUDA")
+    torch.library.register_fake(f"awqgemm::{_name}", _fake, lib=_lib)
+
+
+def _experts_and_combine_kernels(work, w13, w2, topk_weights, topk_ids, apply_router_weight_on_input, expert_map):
+    """_experts_and_combine with the routing, activation and combine kernels: route, the two
+    GEMMs, silu-mul, combine (five launches; six with the router weight on the input). Returns
+    ``[T, H]`` in ``work.dtype``: the combine rounds the fp32 sum itself, as ``.to()`` would."""
+    _, offsets, token_of_row, pos, weights = torch.ops.awqgemm.moe_route(
+        topk_ids, topk_weights, expert_map, w13.num_experts, apply_router_weight_on_input
+    )
+    if apply_router_weight_on_input:  # k = 1: scale x (the torch path's op); weights are 1 or 0
+        scaled = torch.empty_like(work)
+        work = torch.mul(work, topk_weights.float(), out=scaled)
+    h = torch.ops.awqgemm.moe_gemm(
+        work, w13.qweight, w13.scales, offsets, token_of_row, w13.K, w13.N, w13.group_size, w13.layout
+    )
+    act = torch.ops.awqgemm.moe_silu_mul(h)
+    y = torch.ops.awqgemm.moe_gemm(act, w2.qweight, w2.scales, offsets, None, w2.K, w2.N, w2.group_size, w2.layout)
+    return torch.ops.awqgemm.moe_combine(y, pos, weights, False)
 
 
 def grouped_plan_info(
