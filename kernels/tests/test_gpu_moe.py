@@ -185,7 +185,10 @@ def test_moe_gemm_rows_of_no_expert_are_zero():
     assert (y[5:] == 0).all()
 
 
-def test_cuda_graph_replay_matches_eager_with_new_routing():
+@pytest.mark.parametrize("routing_kernels", [False, True])
+def test_cuda_graph_replay_matches_eager_with_new_routing(routing_kernels):
+    """A captured fused_moe replays new routings bitwise as eager does; with the routing kernels
+    (testing.force(moe_routing_kernels=True)) also bitwise what the torch path gives."""
     skip_unless("auto")
     num, hidden, inter, tokens, top_k = 16, 512, 256, 24, 4
     ck13 = experts(num, hidden, 2 * inter, 64, torch.float16, 1)
@@ -193,35 +196,41 @@ def test_cuda_graph_replay_matches_eager_with_new_routing():
     w13, w2 = awqgemm.pack_awq_experts(*ck13, 64), awqgemm.pack_awq_experts(*ck2, 64)
     x = torch.randn(tokens, hidden, dtype=torch.float16, device="cuda")
     tw, ti = routing(tokens, num, top_k, 0, zero=(3,))
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        awqgemm.fused_moe(x, w13, w2, tw, ti)  # warm-up outside capture
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = awqgemm.fused_moe(x, w13, w2, tw, ti)
-    for seed in range(1, 4):
-        tw2, ti2 = routing(tokens, num, top_k, seed, zero=(seed, 2 * seed))
-        x.copy_(torch.randn_like(x))
-        tw.copy_(tw2)
-        ti.copy_(ti2)
-        graph.replay()
-        eager = awqgemm.fused_moe(x, w13, w2, tw, ti)
-        torch.cuda.synchronize()
-        assert torch.equal(out, eager), f"graph replay differs from eager (routing seed {seed})"
+    with awqgemm.testing.force(moe_routing_kernels=routing_kernels):
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            awqgemm.fused_moe(x, w13, w2, tw, ti)  # warm-up outside capture
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = awqgemm.fused_moe(x, w13, w2, tw, ti)
+        for seed in range(1, 4):
+            tw2, ti2 = routing(tokens, num, top_k, seed, zero=(seed, 2 * seed))
+            x.copy_(torch.randn_like(x))
+            tw.copy_(tw2)
+            ti.copy_(ti2)
+            graph.replay()
+            eager = awqgemm.fused_moe(x, w13, w2, tw, ti)
+            torch.cuda.synchronize()
+            assert_bitwise(out, eager, f"graph replay vs eager (routing seed {seed})")
+    if routing_kernels:
+        assert_bitwise(out, awqgemm.fused_moe(x, w13, w2, tw, ti), "graph (kernels) vs torch path")
 
 
-def test_torch_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize("routing_kernels", [False, True])
+def test_torch_compile_fullgraph_matches_eager(routing_kernels):
     skip_unless("auto")
     ck13 = experts(4, 256, 256, 64, torch.bfloat16, 8)
     ck2 = experts(4, 128, 256, 64, torch.bfloat16, 9)
     w13, w2 = awqgemm.pack_awq_experts(*ck13, 64), awqgemm.pack_awq_experts(*ck2, 64)
     x = torch.randn(9, 256, dtype=torch.bfloat16, device="cuda")
     tw, ti = routing(9, 4, 2, 5)
-    eager = awqgemm.fused_moe(x, w13, w2, tw, ti)
-    fn = torch.compile(lambda a, b, c: awqgemm.fused_moe(a, w13, w2, b, c), fullgraph=True)
-    torch.testing.assert_close(fn(x, tw, ti), eager, rtol=2e-2, atol=2e-2)
+    with awqgemm.testing.force(moe_routing_kernels=routing_kernels):
+        eager = awqgemm.fused_moe(x, w13, w2, tw, ti)
+        fn = torch.compile(lambda a, b, c: awqgemm.fused_moe(a, w13, w2, b, c), fullgraph=True)
+        compiled = fn(x, tw, ti)
+    torch.testing.assert_close(compiled, eager, rtol=2e-2, atol=2e-2)
 
 
 def test_bad_inputs_on_gpu():
@@ -472,47 +481,3 @@ def test_fused_moe_kernels_bitwise_equal_torch_path(dtype, case):
     assert_bitwise(on, off, f"fused_moe {case}")
     off_body = moe._experts_and_combine(x, w13, w2, tw, ti, on_input, emap)
     assert_bitwise(on_body.to(dtype), off_body.to(dtype), f"body {case}")
-
-
-def test_cuda_graph_replay_matches_eager_with_routing_kernels():
-    skip_unless("auto")
-    num, hidden, inter, tokens, top_k = 16, 512, 256, 24, 4
-    ck13 = experts(num, hidden, 2 * inter, 64, torch.float16, 1)
-    ck2 = experts(num, inter, hidden, 64, torch.float16, 2)
-    w13, w2 = awqgemm.pack_awq_experts(*ck13, 64), awqgemm.pack_awq_experts(*ck2, 64)
-    x = torch.randn(tokens, hidden, dtype=torch.float16, device="cuda")
-    tw, ti = routing(tokens, num, top_k, 0, zero=(3,))
-    with awqgemm.testing.force(moe_routing_kernels=True):
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            awqgemm.fused_moe(x, w13, w2, tw, ti)  # warm-up outside capture
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = awqgemm.fused_moe(x, w13, w2, tw, ti)
-        for seed in range(1, 4):
-            tw2, ti2 = routing(tokens, num, top_k, seed, zero=(seed, 2 * seed))
-            x.copy_(torch.randn_like(x))
-            tw.copy_(tw2)
-            ti.copy_(ti2)
-            graph.replay()
-            eager = awqgemm.fused_moe(x, w13, w2, tw, ti)
-            torch.cuda.synchronize()
-            assert_bitwise(out, eager, f"graph replay vs eager (routing seed {seed})")
-    # and the same as the torch path
-    assert_bitwise(out, awqgemm.fused_moe(x, w13, w2, tw, ti), "graph (kernels) vs torch path")
-
-
-def test_torch_compile_fullgraph_with_routing_kernels():
-    skip_unless("auto")
-    ck13 = experts(4, 256, 256, 64, torch.bfloat16, 8)
-    ck2 = experts(4, 128, 256, 64, torch.bfloat16, 9)
-    w13, w2 = awqgemm.pack_awq_experts(*ck13, 64), awqgemm.pack_awq_experts(*ck2, 64)
-    x = torch.randn(9, 256, dtype=torch.bfloat16, device="cuda")
-    tw, ti = routing(9, 4, 2, 5)
-    with awqgemm.testing.force(moe_routing_kernels=True):
-        eager = awqgemm.fused_moe(x, w13, w2, tw, ti)
-        fn = torch.compile(lambda a, b, c: awqgemm.fused_moe(a, w13, w2, b, c), fullgraph=True)
-        compiled = fn(x, tw, ti)
-    torch.testing.assert_close(compiled, eager, rtol=2e-2, atol=2e-2)
