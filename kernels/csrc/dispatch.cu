@@ -379,6 +379,26 @@ void plan_ksplit(TileConfig& t, Family family, int rows, int ntiles, int ktiles,
   t.splits = choose_splits(ktiles, 2 * t.kwarps, want, inflight(t.kwarps));
 }
 
+// The x-shared kernel (sm80): warps split N and share each activation tile
+// through shared memory, 128 columns x 32 or 64 tokens per block. (At M <= 16
+// the K-split kernel measured faster: v4 in docs/perf-notes.md.) `rows` picks
+// the tile height (M, or the rows per active expert of a grouped problem);
+// row_blocks(mt) is the grid's block rows for that height.
+template <class RowBlocks>
+void plan_xshared(TileConfig& t, int rows, RowBlocks row_blocks, int ntiles, int ktiles, int64_t want) {
+  t.kind = KernelKind::kXShared;
+  t.mt = rows <= 32 ? 4 : 8;
+  t.nt = kXsNT;
+  t.kwarps = kXsWarps;
+  const int blocks = ceil_div(ntiles, t.nt * t.kwarps) * row_blocks(t.mt);
+  const int64_t per_split =
+      static_cast<int64_t>(blocks) * t.kwarps * 32 * (xs_stages(t.mt) - 1) * t.nt * 16;  // tiles in flight
+  // Twice the decode target: measured 6 % faster at M = 32, neutral at 64
+  // (benchmarks/sweep_knob.sh AWQGEMM_INFLIGHT_KIB, docs/perf-notes.md v6).
+  t.splits = choose_splits(ktiles, 4, 2 * want, per_split);
+  t.splits = std::min(t.splits, xs_max_splits());
+}
+
 Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes) {
   Plan plan;
   TileConfig& t = plan.tile;
@@ -441,20 +461,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
     return plan;
   }
   if (family == Family::kSm80 && M > 16) {
-    // Warps split N and share each activation tile through shared memory:
-    // 128 columns x 32 or 64 tokens per block. (At M <= 16 the K-split kernel
-    // measured faster: v4 in docs/perf-notes.md.)
-    t.kind = KernelKind::kXShared;
-    t.mt = M <= 32 ? 4 : 8;
-    t.nt = kXsNT;
-    t.kwarps = kXsWarps;
-    const int blocks = ceil_div(ntiles, t.nt * t.kwarps) * ceil_div(M, 8 * t.mt);
-    const int64_t per_split =
-        static_cast<int64_t>(blocks) * t.kwarps * 32 * (xs_stages(t.mt) - 1) * t.nt * 16;  // tiles in flight
-    // Twice the decode target: measured 6 % faster at M = 32, neutral at 64
-    // (benchmarks/sweep_knob.sh AWQGEMM_INFLIGHT_KIB, docs/perf-notes.md v6).
-    t.splits = choose_splits(ktiles, 4, 2 * want, per_split);
-    t.splits = std::min(t.splits, xs_max_splits());
+    plan_xshared(t, M, [&](int mt) { return ceil_div(M, 8 * mt); }, ntiles, ktiles, want);
   } else {
     // Warps split K (plan_ksplit); grid.y covers M in token tiles.
     plan_ksplit(t, family, M, ntiles, ktiles, [&](int mt) { return ceil_div(M, 8 * mt); }, want);
@@ -484,7 +491,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 // it would dequantize all E experts (E x N x K) or need each expert's row count
 // on the host (a sync). Split-K partials are [splits][R][N] fp32, capped like
 // the wgmma plan's.
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K) {
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool xshared) {
   Plan plan;
   TileConfig& t = plan.tile;
   if (family == Family::kSm90) family = Family::kSm80;
@@ -495,8 +502,14 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   const int64_t want = static_cast<int64_t>(inflight_bytes_per_sm()) * sms;
   const int active = std::max(1, std::min(E, R));
   // Tiles that do work: at least one per active expert, at least R / tile.
-  plan_ksplit(t, family, ceil_div(R, active), ntiles, ktiles,
-              [&](int mt) { return std::max(active, ceil_div(R, 8 * mt)); }, want);
+  const auto row_blocks = [&](int mt) { return std::max(active, ceil_div(R, 8 * mt)); };
+  if (xshared && family == Family::kSm80 && ceil_div(R, active) > 16) {
+    // Work in progress (testing.force(grouped_xshared=True), not yet run on a
+    // GPU): prefill-sized experts on the x-shared kernel, planned as dense M.
+    plan_xshared(t, ceil_div(R, active), row_blocks, ntiles, ktiles, want);
+  } else {
+    plan_ksplit(t, family, ceil_div(R, active), ntiles, ktiles, row_blocks, want);
+  }
   while (t.splits > 1 && static_cast<int64_t>(t.splits) * R * N * 4 > kMaxWorkspaceBytes) --t.splits;
   finish_plan(plan, dev, /*kernel_has_wait=*/dev.ptx_arch >= 90, R, N, K);
   return plan;

@@ -52,9 +52,13 @@ template <typename T, int MT>
 cudaError_t launch_xs(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   constexpr int kSmem = XsSmem<MT, kXsNT, kXsWarps, xs_stages(MT)>::kBytes;
   const int ntiles = padded_n(p.N) / kTileN;
-  const dim3 grid(ceil_div(ntiles, kXsNT * kXsWarps), ceil_div(p.M, 8 * MT), cfg.splits);
+  const bool grouped = p.row_offsets != nullptr;
+  const dim3 grid(ceil_div(ntiles, kXsNT * kXsWarps), grouped_grid_rows(p.M, 8 * MT, grouped ? p.num_batches : 0),
+                  cfg.splits);
   constexpr auto kernel = gemm_xs_kernel<T, MT, kXsNT, kXsWarps, xs_stages(MT), Sm80M16n8k16>;
-  return launch_with_smem<kSmem, kernel>(grid, kXsWarps * 32, p, cfg, stream);
+  constexpr auto grouped_kernel = gemm_xs_kernel<T, MT, kXsNT, kXsWarps, xs_stages(MT), Sm80M16n8k16, true>;
+  return grouped ? launch_with_smem<kSmem, grouped_kernel>(grid, kXsWarps * 32, p, cfg, stream)
+                 : launch_with_smem<kSmem, kernel>(grid, kXsWarps * 32, p, cfg, stream);
 }
 
 template <typename T, int MT, int WM, int WK>

@@ -66,9 +66,14 @@ def test_families_run_only_where_they_can(plans):
         assert p["family"] <= p["cap"], p
         if p["family"] == 90:
             assert p["cap"] == 90 and p["fam"] == 90, p  # sm_90a code only on 9.0
-        if p["problem"] == "G":
+        if p["problem"] in ("G", "X"):
             assert p["flags"] & 1 == 0, p  # grouped problems never take the dense path (E x N x K)
-            assert p["family"] != 90, p  # the grouped kernel is the K-split kernel of sm70/75/80
+            assert p["family"] != 90, p  # the grouped kernels are sm70/75/80's
+        if p["problem"] == "G":
+            assert p["kind"] == 0, p  # the K-split kernel
+        if p["problem"] == "X":  # the x-shared switch (work in progress): sm80, experts of > 16 rows
+            per_expert = -(-p["M"] // min(p["a"], p["M"]))
+            assert p["kind"] == (1 if p["family"] == 80 and per_expert > 16 else 0), p
 
 
 def test_dispatch_rules_of_the_design_doc(plans):

@@ -75,10 +75,12 @@ def tolerance(dtype):
     return 1.5e-2 if dtype == torch.float16 else 4e-2
 
 
-def run_case(family, dtype, group, tokens, num=8, hidden=256, inter=128, top_k=2, seed=0, zero=(1, 6), kernels=False):
+def run_case(
+    family, dtype, group, tokens, num=8, hidden=256, inter=128, top_k=2, seed=0, zero=(1, 6), kernels=False, xs=False
+):
     ck13 = experts(num, hidden, 2 * inter, group, dtype, seed)
     ck2 = experts(num, inter, hidden, group, dtype, seed + 50)
-    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels):
+    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels, grouped_xshared=xs):
         w13 = awqgemm.pack_awq_experts(*ck13, group)
         w2 = awqgemm.pack_awq_experts(*ck2, group)
         x = torch.randn(tokens, hidden, dtype=dtype, device="cuda")
@@ -98,6 +100,22 @@ def test_fused_moe_every_family(family, dtype, group, tokens):
     skip_unless(family)
     err = run_case(family, dtype, group, tokens)
     print(f"moe {family} {dtype} g={group} T={tokens}: worst rel err {err:.2e}")
+
+
+@pytest.mark.parametrize("tokens", [37, 300, 1000])
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize(("family", "dtype"), [c for c in CASES if c[0] in ("sm80", "auto")])
+def test_grouped_xshared(family, dtype, group, tokens):
+    """Work in progress (testing.force(grouped_xshared=True)): experts of more than 16 rows on the sm80
+    x-shared kernel, against fp64, with zero-token experts; the plan really is the x-shared kernel at
+    both tile heights, with a long-K case for its split-K partials."""
+    skip_unless(family)
+    err = run_case(family, dtype, group, tokens, xs=True)
+    run_case(family, dtype, group, tokens, num=4, hidden=4096, inter=256, seed=tokens, zero=(), xs=True)
+    print(f"moe x-shared {family} {dtype} g={group} T={tokens}: worst rel err {err:.2e}")
+    with awqgemm.testing.force(family=family, grouped_xshared=True):
+        assert grouped_plan_info(600, 6, 256, 256, dtype)["kernel"] == "x_shared"
+        assert grouped_plan_info(8, 8, 256, 256, dtype)["kernel"] == "k_split"  # 1 row per expert
 
 
 @pytest.mark.parametrize("family", ["sm70", "sm75", "sm80", "auto"])
@@ -262,6 +280,20 @@ def test_sanitizer_subset():
             y = awqgemm.moe_gemm(x, packed, offsets, rows)
             torch.cuda.synchronize()
             assert (y[4:] == 0).all()
+    # The grouped x-shared kernel (work in progress): gather, a zero-token expert, split-K over a long K,
+    # and rows of no expert (past offsets[E]) with clamped garbage row indices.
+    for dtype in (torch.float16, torch.bfloat16):
+        run_case("auto", dtype, 64, 40, num=3, hidden=1024, inter=128, top_k=2, seed=5, zero=(1,), xs=True)
+        run_case("auto", dtype, 128, 20, num=2, hidden=8192, inter=128, top_k=2, seed=6, zero=(), xs=True)
+        with awqgemm.testing.force(grouped_xshared=True):
+            packed = awqgemm.pack_awq_experts(*experts(3, 512, 200, 64, dtype, 7), 64)
+            assert grouped_plan_info(50, 3, 200, 512, dtype)["kernel"] == "x_shared"
+            x = torch.randn(30, 512, dtype=dtype, device="cuda")
+            offsets = torch.tensor([0, 20, 20, 40], dtype=torch.int32, device="cuda")
+            rows = torch.randint(-5, 40, (50,), dtype=torch.int32, device="cuda")  # clamped in the kernel
+            y = awqgemm.moe_gemm(x, packed, offsets, rows)
+            torch.cuda.synchronize()
+            assert (y[40:] == 0).all() and torch.isfinite(y).all()
     # fused_moe's routing / silu-mul / combine kernels (vectorized and scalar widths), and the
     # routing kernel over several tiles with garbage ids and an expert map.
     run_case("auto", torch.float16, 64, 7, num=5, hidden=1024, inter=128, top_k=2, seed=3, zero=(2,), kernels=True)

@@ -63,9 +63,10 @@ UNITS = [
         "gemm_sm80_m16n8k16.cu",
         [tc_kernel(t, *c, "Sm80M16n8k16", True) for t in TYPES for c in [*REG_STAGED, *ASYNC_EXTRA, (4, 4, 4)]]
         + [
-            f"awqgemm::gemm_xs_kernel<{t}, {mt}, 2, 4, {stages}, awqgemm::Sm80M16n8k16>"
+            f"awqgemm::gemm_xs_kernel<{t}, {mt}, 2, 4, {stages}, awqgemm::Sm80M16n8k16, {grouped}>"
             for t in TYPES
             for mt, stages in ((4, 4), (8, 3))  # xs_stages() in tile_config.h
+            for grouped in ("false", "true")
         ]
         + [
             f"awqgemm::gemm_wt_kernel<{t}, {mt}, {wm}, {wn}, {wk}, 2, 4, awqgemm::Sm80M16n8k16>"

@@ -3,6 +3,12 @@
 // memory and read by every warp -- at M = 64 the per-warp activation loads of
 // gemm_tc_kernel move twice the bytes of the weights. Weights and (scale, zero)
 // pairs still travel through per-thread cp.async rings (packed layout 1).
+//
+// Grouped (MoE) problems (work in progress, behind testing.force(grouped_xshared=True); not yet run
+// on a GPU): like gemm_tc_kernel, a block row resolves its expert and row range from the expert
+// offsets (resolve_group_tile: every warp scans them itself, so the block agrees without a barrier),
+// offsets the weight and (scale, zero) pointers by the expert, gathers x rows through the row index
+// and stores only its expert's rows; block rows past the last expert zero the rows of no expert.
 #pragma once
 
 #include "gemm_tile.cuh"
@@ -24,7 +30,9 @@ struct XsSmem {
   static constexpr int kBytes = STAGES * kStage;
 };
 
-template <typename T, int MT, int NT, int WN, int STAGES, class Fam>
+// kGrouped: its own instantiation, so the dense kernel's code (and registers:
+// the grouped bookkeeping made the 64-token variant spill) stay as they were.
+template <typename T, int MT, int NT, int WN, int STAGES, class Fam, bool kGrouped = false>
 __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(const GemmProblem p, const int splits, const int pdl_flags) {
   if constexpr (!Fam::template supported<T>()) {
     __trap();
@@ -43,15 +51,42 @@ __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(con
     const int ktiles = padded_k(p.K) / kTileK;
     const int ntiles = padded_n(p.N) / kTileN;
     const int nt0 = (blockIdx.x * WN + warp) * NT;
-    const int m0 = blockIdx.y * (8 * MT);
+    int m0 = blockIdx.y * (8 * MT);
+    // Grouped: the rows this block may store, [m0, min(m0 + 8 MT, m_end)),
+    // and the x row each of its tile rows gathers (in shared memory: looked up
+    // per stage, they would cost the 64-token variant registers it lacks).
+    int m_end = p.M;
+    __shared__ int x_rows_s[kGrouped ? 8 * MT : 1];
+    __shared__ int m_end_s;
+    const void* qweight = p.qweight;
+    const void* scale_zero = p.scale_zero;
+    if constexpr (kGrouped) {
+      // PDL: the offsets and row indices come from the kernels just before.
+      if (pdl_flags & kPdlLaunched) pdl_wait();
+      int e;
+      resolve_group_tile(p, 8 * MT, blockIdx.y, e, m0, m_end);
+      if (e < 0) {  // block-uniform: every warp resolved the same tile
+        zero_rows<T>(p, m0, m_end, 8 * MT, blockIdx.x * WN * NT * kTileN, WN * NT * kTileN);
+        return;  // the whole block, before any barrier
+      }
+      qweight = reinterpret_cast<const uint32_t*>(qweight) + e * p.qweight_batch_stride;
+      scale_zero = reinterpret_cast<const T*>(scale_zero) + e * p.scale_zero_batch_stride;
+      for (int r = threadIdx.x; r < 8 * MT; r += kThreads) x_rows_s[r] = x_row_of(p, min(m0 + r, m_end - 1));
+      if (threadIdx.x == 0) m_end_s = m_end;  // re-read at the end: no register held across the main loop
+      __syncthreads();
+    }
     const int per_split = ceil_div(ktiles, splits);
     const int kt_begin = blockIdx.z * per_split;
     const int n_k = max(0, min(ktiles, kt_begin + per_split) - kt_begin);  // block-uniform
 
     const uint4* wptr[NT];
     int ntc[NT];
-    weight_strips<NT>(p, nt0, ntiles, ktiles, lane, wptr, ntc);
-    const uint2* szptr = reinterpret_cast<const uint2*>(p.scale_zero) + Fam::w_row(lane);
+    if constexpr (kGrouped) {
+      weight_strips<NT>(qweight, nt0, ntiles, ktiles, lane, wptr, ntc);
+    } else {
+      weight_strips<NT>(p, nt0, ntiles, ktiles, lane, wptr, ntc);
+    }
+    const uint2* szptr = reinterpret_cast<const uint2*>(kGrouped ? scale_zero : p.scale_zero) + Fam::w_row(lane);
     const T* x = reinterpret_cast<const T*>(p.x);
 
     auto stage = [&](int slot) { return base + slot * L::kStage; };
@@ -82,7 +117,7 @@ __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(con
         for (int c = threadIdx.x; c < kXChunks; c += kThreads) {
           const int r = c >> 3, j = c & 7;
           const int k = kt * kTileK + 8 * j;
-          const int row = min(m0 + r, p.M - 1);
+          const int row = kGrouped ? x_rows_s[r] : min(m0 + r, p.M - 1);
           const T* src = x + static_cast<size_t>(row) * p.x_row_stride + (k < p.K ? k : 0);
           cp_async_16_ca_zfill(sx(slot) + r * kXsRowBytes + 16 * j, src, k < p.K ? 16 : 0);
         }
@@ -152,7 +187,7 @@ __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(con
           Fam::coord(lane, i, mo, no);
           const int m = m0 + mt * 8 + mo;
           const int n = (nt0 + nt) * kTileN + no;
-          if (m < p.M && n < p.N) store_result<T>(p, splits, m, n, acc[mt][nt][i]);
+          if (m < (kGrouped ? m_end_s : p.M) && n < p.N) store_result<T>(p, splits, m, n, acc[mt][nt][i]);
         }
   }
 }

@@ -26,6 +26,7 @@ class _Override:
     # Work in progress, not yet run on a GPU (tests and benchmarks select them; production never):
     coalesced_dequant: bool = False  # the dense path's dequantization through shared memory (v12)
     moe_routing_kernels: bool = False  # fused_moe's routing / silu-mul / combine as CUDA kernels
+    grouped_xshared: bool = False  # grouped (MoE) GEMMs of > 16 rows per expert on the sm80 x-shared kernel
 
 
 state = _Override()

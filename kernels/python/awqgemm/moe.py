@@ -155,7 +155,9 @@ def _moe_gemm_cuda(x, qweight, scales, expert_offsets, row_index, K, N, group_si
     device = _ops.device_index(x.device)
     stream = torch.cuda.current_stream(x.device).cuda_stream
     dtype_code = _ops._DTYPE_CODE[x.dtype]
-    code, family, family_layout, ws_bytes = _C.plan_grouped(_ops.state.family, dtype_code, rows, num, N, K, device)
+    code, family, family_layout, ws_bytes = _C.plan_grouped(
+        _ops.state.family, dtype_code, rows, num, N, K, device, _ops.state.grouped_xshared
+    )
     if family_layout != layout:
         raise ValueError(
             f"awqgemm: the experts were packed in layout {layout} but kernel family sm{family} reads layout "
@@ -744,5 +746,7 @@ def grouped_plan_info(
     if device.type != "cuda" or _C is None or _ops.state.path == "reference":
         return {"family": None, "kernel": "reference", "workspace_bytes": 0}
     index = _ops.device_index(device)
-    code, family, _, ws = _C.plan_grouped(_ops.state.family, _ops._DTYPE_CODE[dtype], rows, num_experts, N, K, index)
+    code, family, _, ws = _C.plan_grouped(
+        _ops.state.family, _ops._DTYPE_CODE[dtype], rows, num_experts, N, K, index, _ops.state.grouped_xshared
+    )
     return {"family": f"sm{family}", "workspace_bytes": ws, **_C.describe_plan(code)}

@@ -45,6 +45,7 @@ def force(
     *,
     coalesced_dequant: bool = False,
     moe_routing_kernels: bool = False,
+    grouped_xshared: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel, ``dense`` dequantize + matmul, ``reference``,
     ``wtile``: the sm80 family's weight-tile kernel at every M; ``wgws``: the sm90 family's warp-specialized
@@ -52,17 +53,26 @@ def force(
 
     Work in progress behind this switch (not yet run on a GPU): ``coalesced_dequant`` dequantizes the
     dense path's chunks through shared memory; ``moe_routing_kernels`` runs fused_moe's routing,
-    silu-mul and combine as CUDA kernels instead of torch ops."""
-    for name, v in (("coalesced_dequant", coalesced_dequant), ("moe_routing_kernels", moe_routing_kernels)):
+    silu-mul and combine as CUDA kernels instead of torch ops; ``grouped_xshared`` runs grouped (MoE)
+    GEMMs of more than 16 rows per expert on the sm80 family's x-shared kernel."""
+    switches = {
+        "coalesced_dequant": coalesced_dequant,
+        "moe_routing_kernels": moe_routing_kernels,
+        "grouped_xshared": grouped_xshared,
+    }
+    for name, v in switches.items():
         if not isinstance(v, bool):
             raise TypeError(f"awqgemm.testing.force: {name} must be a bool, got {type(v).__name__}")
-    old = (state.family, state.path, state.coalesced_dequant, state.moe_routing_kernels)
+    old = (state.family, state.path, *(getattr(state, n) for n in switches))
     state.family, state.path = _parse_family(family), _parse_path(path)
-    state.coalesced_dequant, state.moe_routing_kernels = coalesced_dequant, moe_routing_kernels
+    for n, v in switches.items():
+        setattr(state, n, v)
     try:
         yield
     finally:
-        state.family, state.path, state.coalesced_dequant, state.moe_routing_kernels = old
+        state.family, state.path = old[:2]
+        for n, v in zip(switches, old[2:], strict=True):
+            setattr(state, n, v)
 
 
 def random_awq(
