@@ -64,6 +64,12 @@ def parse_args(argv=None):
     p.add_argument("--replays", type=int, default=20)
     p.add_argument("--deadline", type=float, default=300.0, help="seconds; rows not reached are left out")
     p.add_argument("--no-marlin", action="store_true", help="skip vLLM's Marlin MoE even where it runs")
+    p.add_argument(
+        "--wip",
+        action="store_true",
+        help="also time awqgemm with the work-in-progress switches on (testing.force(moe_routing_kernels=True, "
+        "grouped_xshared=True)): columns awqgemm_wip_*",
+    )
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, fake timings: tests the pipeline")
     args = p.parse_args(argv)
     bad = [s for s in args.shapes.split(",") if s not in SHAPES]
@@ -418,6 +424,13 @@ def main(argv=None):
             row["dense_fp16_eager_us"] = timer(dense, graph=False, hint_us=fake_us("dense", hint, t))
             got, ref = fn(), dense()
             row["rel_err_vs_dense"] = rel_err(got, ref)
+            if args.wip:
+                with awqgemm.testing.force(moe_routing_kernels=True, grouped_xshared=True):
+                    if device == "cuda":
+                        row["wip_plan_gate_up"] = grouped_plan_info(t * top_k, num, 2 * inter, hidden, dtype)
+                    row["awqgemm_wip_graph_us"] = timer(fn, graph=True, hint_us=fake_us("awqgemm", hint, t))
+                    row["awqgemm_wip_eager_us"] = timer(fn, graph=False, hint_us=fake_us("awqgemm", hint, t))
+                    row["awqgemm_wip_rel_err_vs_dense"] = rel_err(fn(), ref)
             if marlin is not None:
                 mfn = bind(marlin, x, tw, ti)
                 try:
@@ -438,6 +451,9 @@ def main(argv=None):
                 if "marlin_graph_us" in row
                 else f"marlin: {row['marlin_note']}"
             )
+            if args.wip:
+                wip_us, wip_err = row["awqgemm_wip_graph_us"], row["awqgemm_wip_rel_err_vs_dense"]
+                mtxt += f"  wip graph {wip_us:9.1f} us (err {wip_err:.1e})"
             plan = row.get("plan_gate_up")
             print(
                 f"{name:14s} T={t:5d} active={active:3d}  awqgemm graph {row['awqgemm_graph_us']:9.1f} us  "

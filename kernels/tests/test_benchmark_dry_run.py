@@ -41,7 +41,7 @@ def test_moe_benchmark_dry_run(tmp_path):
     fake timings, one JSON."""
     if not MOE_PY.exists():
         pytest.skip(f"benchmarks/moe.py is not next to these tests ({MOE_PY}): it runs from the source tree")
-    cmd = [sys.executable, str(MOE_PY), "--dry-run", "--tokens", "1,3,16", "--out", str(tmp_path)]
+    cmd = [sys.executable, str(MOE_PY), "--dry-run", "--wip", "--tokens", "1,3,16", "--out", str(tmp_path)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "FAKE timings" in r.stdout
@@ -54,11 +54,22 @@ def test_moe_benchmark_dry_run(tmp_path):
         (s, t) for s in ("qwen3-30b-a3b", "mixtral-8x7b") for t in (1, 3, 16)
     }
     for row in rows:
-        for key in ("awqgemm_graph_us", "awqgemm_eager_us", "dense_fp16_eager_us", "marlin_graph_us"):
+        for key in (
+            "awqgemm_graph_us",
+            "awqgemm_eager_us",
+            "dense_fp16_eager_us",
+            "marlin_graph_us",
+            "awqgemm_wip_graph_us",
+        ):
             assert row[key] > 0, (key, row)
         assert "marlin_note" not in row, row
         # fp16 rounding of the activations and outputs only: ~1e-3
-        for key in ("rel_err_vs_dense", "marlin_rel_err_vs_dense", "marlin_rel_err_vs_awqgemm"):
+        for key in (
+            "rel_err_vs_dense",
+            "marlin_rel_err_vs_dense",
+            "marlin_rel_err_vs_awqgemm",
+            "awqgemm_wip_rel_err_vs_dense",
+        ):
             assert row[key] < 5e-3, (key, row)
 
 
