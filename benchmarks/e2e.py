@@ -18,6 +18,8 @@ Contenders (``--quant``, comma separated):
   awqgemm:sm80        the plugin with awqgemm's sm80 (mma.sync) family forced for the whole engine
                       (awqgemm.testing.force in the worker): what an A100 / L40S runs, timed here;
                       compare with awq_marlin:marlin (issue 11)
+  awqgemm:wip         the plugin with the work-in-progress switches on for the whole engine (v12's
+                      dequantization, the MoE routing kernels, grouped x-shared GEMMs): their e2e effect
   fp16                dense fp16, no quantization
 The kernel each AWQ engine used is read from the loaded model and recorded.
 
@@ -238,11 +240,15 @@ CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
     "awq_marlin:machete": ("awq_marlin", {"VLLM_DISABLED_KERNELS": "MarlinLinearKernel"}, True),
     "awqgemm": ("awqgemm", {}, True),
     "awqgemm:sm80": ("awqgemm", {}, True),
+    "awqgemm:wip": ("awqgemm", {}, True),
     "awq_turbomind": ("awq_turbomind", {}, True),
     "fp16": (None, {}, False),
 }
-#: contender -> awqgemm kernel family forced in its worker (benchmark-only, through awqgemm.testing.force)
-FORCED_FAMILY: dict[str, str] = {"awqgemm:sm80": "sm80"}
+#: contender -> awqgemm.testing.force arguments for its whole worker (benchmark-only)
+FORCED: dict[str, dict[str, Any]] = {
+    "awqgemm:sm80": {"family": "sm80"},
+    "awqgemm:wip": {"coalesced_dequant": True, "moe_routing_kernels": True, "grouped_xshared": True},
+}
 
 #: name -> (number of prompts, prompt tokens, output tokens, metric)
 WORKLOADS: dict[str, tuple[int, int, int, str]] = {
@@ -440,7 +446,7 @@ def worker_spec(args: argparse.Namespace, name: str, dirs: dict[bool, str], voca
     return dict(
         name=name,
         engine=engine,
-        force_family=FORCED_FAMILY.get(name),
+        force=FORCED.get(name),
         vocab=vocab,
         workloads=args.workloads,
         num_prompts=args.num_prompts,
@@ -674,14 +680,14 @@ def main(argv: list[str]) -> int:
     if args.worker:
         spec = json.loads(Path(args.worker[0]).read_text())
         with contextlib.ExitStack() as stack:
-            if spec.get("force_family"):
+            if spec.get("force"):
                 # The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): packing at load and
-                # every call after it, captured graphs included, see the forced family.
+                # every call after it, captured graphs included, see the forced settings.
                 import awqgemm.testing
 
-                stack.enter_context(awqgemm.testing.force(family=spec["force_family"]))
+                stack.enter_context(awqgemm.testing.force(**spec["force"]))
             res = run_worker(spec)
-            res["force_family"] = spec.get("force_family")
+            res["force"] = spec.get("force")
         Path(args.worker[1]).write_text(json.dumps(res))
         # Skip interpreter teardown: vLLM's engine may hang at exit; results are written.
         sys.stdout.flush()
@@ -705,7 +711,7 @@ def main(argv: list[str]) -> int:
         if args.dry_run:
             for s in specs:
                 env = CONTENDERS[s["name"]][1]
-                plan = {"name": s["name"], "env": env, "engine": s["engine"], "force_family": s["force_family"]}
+                plan = {"name": s["name"], "env": env, "engine": s["engine"], "force": s["force"]}
                 print(json.dumps(plan, indent=1))
             print((Path(dirs[True]) / "config.json").read_text())
             return 0

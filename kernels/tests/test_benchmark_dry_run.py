@@ -184,13 +184,20 @@ def test_e2e_merge():
 
 def test_e2e_forced_sm80_contender_plan():
     """`awqgemm:sm80` (issue 11's e2e comparison with awq_marlin:marlin) serves through the plugin with the
-    sm80 family forced in its worker; the other contenders force nothing."""
+    sm80 family forced in its worker, `awqgemm:wip` with the work-in-progress switches on; plain awqgemm
+    forces nothing."""
     _e2e_module()
-    cmd = [sys.executable, str(E2E_PY), "--dry-run", "--shape", "llama3-8b", "--quant", "awqgemm:sm80,awqgemm"]
+    quant = "awqgemm:sm80,awqgemm:wip,awqgemm"
+    cmd = [sys.executable, str(E2E_PY), "--dry-run", "--shape", "llama3-8b", "--quant", quant]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     plans = _json_objects(r.stdout)[:-1]
-    assert [(p["name"], p["engine"]["quantization"], p["force_family"]) for p in plans] == [
-        ("awqgemm:sm80", "awqgemm", "sm80"),
+    assert [(p["name"], p["engine"]["quantization"], p["force"]) for p in plans] == [
+        ("awqgemm:sm80", "awqgemm", {"family": "sm80"}),
+        ("awqgemm:wip", "awqgemm", {"coalesced_dequant": True, "moe_routing_kernels": True, "grouped_xshared": True}),
         ("awqgemm", "awqgemm", None),
     ]
+    import awqgemm.testing
+
+    with awqgemm.testing.force(**plans[1]["force"]):  # the worker's call: every key is a real switch
+        pass
