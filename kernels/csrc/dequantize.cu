@@ -151,39 +151,33 @@ int grid_for(int64_t work, int threads) {
   return static_cast<int>(blocks < 65535 * 8 ? blocks : 65535 * 8);
 }
 
+// Today's word-per-thread kernel, or v12's tile-per-warp kernel (coalesced).
 template <typename T, class Lanes>
-void launch_dequantize_tiles(const uint32_t* qw, const uint2* sz, int N, int K, int group_size, int n_begin,
-                             int n_count, T* wt, cudaStream_t stream) {
+void launch_dequantize_lanes(const uint32_t* qw, const uint2* sz, int N, int K, int group_size, int n_begin,
+                             int n_count, T* wt, bool coalesced, cudaStream_t stream) {
   const int64_t tiles = static_cast<int64_t>(ceil_div(n_count, kTileN)) * (padded_k(K) / kTileK);
-  dequantize_t_tiles_kernel<T, Lanes><<<grid_for(tiles, kDqWarps), 32 * kDqWarps, 0, stream>>>(
-      qw, sz, N, K, group_size, n_begin, n_count, wt);
+  if (coalesced) {
+    dequantize_t_tiles_kernel<T, Lanes><<<grid_for(tiles, kDqWarps), 32 * kDqWarps, 0, stream>>>(
+        qw, sz, N, K, group_size, n_begin, n_count, wt);
+  } else {
+    const int threads = 256;
+    dequantize_t_kernel<T, Lanes><<<grid_for(tiles * kWordsPerTile, threads), threads, 0, stream>>>(
+        qw, sz, N, K, group_size, n_begin, n_count, wt);
+  }
 }
 
 template <typename T>
 cudaError_t dequantize_typed(const void* qweight, const void* scale_zero, int layout, int N, int K, int group_size,
                              int n_begin, int n_count, void* wt, bool coalesced, cudaStream_t stream) {
   if (n_begin < 0 || n_begin % kTileN != 0 || n_count < 1 || n_begin + n_count > N) return cudaErrorInvalidValue;
-  const int64_t words = static_cast<int64_t>(ceil_div(n_count, kTileN)) * (padded_k(K) / kTileK) * kWordsPerTile;
-  const int threads = 256;
   const auto* qw = static_cast<const uint32_t*>(qweight);
   const auto* sz = static_cast<const uint2*>(scale_zero);
-  if (coalesced) {
-    if (layout == kLayoutTc16x64) {
-      launch_dequantize_tiles<T, M16n8Lanes>(qw, sz, N, K, group_size, n_begin, n_count, static_cast<T*>(wt), stream);
-    } else if (layout == kLayoutVolta884) {
-      launch_dequantize_tiles<T, Volta884Lanes>(qw, sz, N, K, group_size, n_begin, n_count, static_cast<T*>(wt),
-                                                stream);
-    } else {
-      return cudaErrorInvalidValue;
-    }
-    return cudaGetLastError();
-  }
   if (layout == kLayoutTc16x64) {
-    dequantize_t_kernel<T, M16n8Lanes><<<grid_for(words, threads), threads, 0, stream>>>(
-        qw, sz, N, K, group_size, n_begin, n_count, static_cast<T*>(wt));
+    launch_dequantize_lanes<T, M16n8Lanes>(qw, sz, N, K, group_size, n_begin, n_count, static_cast<T*>(wt), coalesced,
+                                           stream);
   } else if (layout == kLayoutVolta884) {
-    dequantize_t_kernel<T, Volta884Lanes><<<grid_for(words, threads), threads, 0, stream>>>(
-        qw, sz, N, K, group_size, n_begin, n_count, static_cast<T*>(wt));
+    launch_dequantize_lanes<T, Volta884Lanes>(qw, sz, N, K, group_size, n_begin, n_count, static_cast<T*>(wt),
+                                              coalesced, stream);
   } else {
     return cudaErrorInvalidValue;
   }

@@ -184,12 +184,7 @@ __global__ void __launch_bounds__(kWgThreads, wg_min_blocks(BM)) gemm_wg_kernel(
   // tile i - 2 -- whose registers tile i reuses, and whose shared-memory slot
   // the next fetch refills -- has finished.
   uint32_t a[2][4][4];
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int s = 0; s < 4; ++s)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) a[t][s][r] = 0u;  // keep_live reads the unused set before its first tile
+  zero_a_sets(a);
   auto compute = [&](int slot, uint32_t (&at)[4][4], uint32_t (&prev)[4][4]) {
     const unsigned char* gst = sbase + slot * L::kStage;
     const uint4 w = *reinterpret_cast<const uint4*>(gst + L::kX + tid * 16);

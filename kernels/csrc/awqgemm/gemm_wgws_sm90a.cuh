@@ -279,12 +279,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   const uint32_t w_off = kWOff + warp * 512 + lane * 16;
   const uint32_t sz_off = kSzOff + (sz_rows == 2 ? (q >> 1) * 512 : 0) + warp * 64 + g * 8;
   uint32_t a[2][4][4];
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int s = 0; s < 4; ++s)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) a[t][s][r] = 0u;  // keep_live reads the unused set before its first tile
+  zero_a_sets(a);
   int slot = 0;
   uint32_t phase = 0;
   // B descriptors: the start-address field is (address >> 4) in bits 0-13 and

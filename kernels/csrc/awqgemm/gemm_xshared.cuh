@@ -57,7 +57,6 @@ __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(con
     // per stage, they would cost the 64-token variant registers it lacks).
     int m_end = p.M;
     __shared__ int x_rows_s[kGrouped ? 8 * MT : 1];
-    __shared__ int m_end_s;
     const void* qweight = p.qweight;
     const void* scale_zero = p.scale_zero;
     if constexpr (kGrouped) {
@@ -72,7 +71,6 @@ __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(con
       qweight = reinterpret_cast<const uint32_t*>(qweight) + e * p.qweight_batch_stride;
       scale_zero = reinterpret_cast<const T*>(scale_zero) + e * p.scale_zero_batch_stride;
       for (int r = threadIdx.x; r < 8 * MT; r += kThreads) x_rows_s[r] = x_row_of(p, min(m0 + r, m_end - 1));
-      if (threadIdx.x == 0) m_end_s = m_end;  // re-read at the end: no register held across the main loop
       __syncthreads();
     }
     const int per_split = ceil_div(ktiles, splits);
@@ -187,7 +185,7 @@ __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(con
           Fam::coord(lane, i, mo, no);
           const int m = m0 + mt * 8 + mo;
           const int n = (nt0 + nt) * kTileN + no;
-          if (m < (kGrouped ? m_end_s : p.M) && n < p.N) store_result<T>(p, splits, m, n, acc[mt][nt][i]);
+          if (m < (kGrouped ? m_end : p.M) && n < p.N) store_result<T>(p, splits, m, n, acc[mt][nt][i]);
         }
   }
 }

@@ -60,6 +60,17 @@ __device__ __forceinline__ void keep_live(float (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
+// The two A register sets of the double-buffered k loop start at zero:
+// keep_live reads the unused set before its first tile.
+__device__ __forceinline__ void zero_a_sets(uint32_t (&a)[2][4][4]) {
+#pragma unroll
+  for (int t = 0; t < 2; ++t)
+#pragma unroll
+    for (int s = 0; s < 4; ++s)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a[t][s][r] = 0u;
+}
+
 // D[64 x N] (fp32, += ) = A[64 x 16] (registers) * B[16 x N] (descriptor).
 // D fragment: warp w, lane 4 g + q holds, for each 8-column chunk c,
 // d[4 c + 2 h + t] = D[16 w + g + 8 h][8 c + 2 q + t].

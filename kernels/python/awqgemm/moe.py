@@ -434,7 +434,6 @@ def _experts_and_combine(work, w13, w2, topk_weights, topk_ids, apply_router_wei
     result written into a ``work.dtype`` ``out=`` tensor is rounded once, as ``.to()`` would."""
     tokens, hidden = work.shape
     top_k = topk_ids.shape[1]
-    inter = w13.N // 2
     num = w13.num_experts
     kernels = work.is_cuda and _ops.state.moe_routing_kernels
     if kernels and route_kernel_fits(tokens * top_k, num):
@@ -458,12 +457,8 @@ def _experts_and_combine(work, w13, w2, topk_weights, topk_ids, apply_router_wei
     h = torch.ops.awqgemm.moe_gemm(
         work, w13.qweight, w13.scales, offsets, token_of_row, w13.K, w13.N, w13.group_size, w13.layout
     )
-    if kernels:  # routing too large for the one-block kernel: the activation kernel still applies
-        act = torch.ops.awqgemm.moe_silu_mul(h)
-    else:
-        gate = F.silu(h[:, :inter].float())  # 2 ops: the fp32 copy of gate, silu
-        act = torch.empty((rows, inter), dtype=work.dtype, device=work.device)
-        torch.mul(gate, h[:, inter:], out=act)  # fp32 product, rounded once to work.dtype
+    # Routing too large for the one-block kernel: the activation kernel still applies.
+    act = torch.ops.awqgemm.moe_silu_mul(h) if kernels else silu_mul_torch(h)
     y = torch.ops.awqgemm.moe_gemm(act, w2.qweight, w2.scales, offsets, None, w2.K, w2.N, w2.group_size, w2.layout)
     # Combine: rows back to (token, slot) order (rows of no local expert are zero), weigh in fp32,
     # sum over k in fp32 in slot order: no atomics, deterministic.
@@ -604,7 +599,8 @@ def _check_silu_mul_args(h):
 
 
 def silu_mul_torch(h: torch.Tensor) -> torch.Tensor:
-    """The torch path's activation (what ``awqgemm::moe_silu_mul`` must equal bit for bit)."""
+    """The torch path's activation (what ``awqgemm::moe_silu_mul`` must equal bit for bit): silu of
+    an fp32 copy of gate (2 ops), times up in fp32, rounded once into ``h.dtype`` through ``out=``."""
     inter = h.shape[1] // 2
     act = torch.empty((h.shape[0], inter), dtype=h.dtype, device=h.device)
     return torch.mul(F.silu(h[:, :inter].float()), h[:, inter:], out=act)
