@@ -16,6 +16,8 @@ from awqgemm.testing import random_awq
 from conftest import has_gpu
 
 pytestmark = pytest.mark.gpu
+WGWS = pytest.mark.wip("wgws")  # v11.1, the warp-specialized persistent wgmma kernel
+COALESCED = pytest.mark.wip("coalesced_dequant")  # v12's tile-per-warp dequantization
 
 M_SWEEP = [*range(1, 18), 31, 64, 127, 256, 1000, 4096]
 MODEL_SHAPES = {  # (K, N) of the linear layers
@@ -77,22 +79,31 @@ def check(x, qweight, qzeros, scales, group, bias=None, label=""):
     return err
 
 
-@pytest.mark.parametrize("family,dtype", CASES)
-@pytest.mark.parametrize("group", [32, 64, 128])
-def test_m_sweep(family, dtype, group):
+def _m_sweep(family, dtype, group, paths):
     skip_unless_family(family)
     k, n = 1152, 1376  # N a TP-style shard; K = 18 tiles of 64
     qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
     worst = 0.0
-    # sm80: the weight-tile kernel forced at every M too (the dispatcher picks it only for some M);
-    # sm90: the warp-specialized persistent wgmma kernel (v11, test-only path) likewise.
-    extra = {"sm80": ("wtile",), "sm90": ("wgws",)}.get(family, ())
-    for path in ("fused", "auto", *extra):
+    for path in paths:
         with awqgemm.testing.force(family=family, path=path):
             for m in M_SWEEP:
                 x = torch.randn(m, k, dtype=dtype, device="cuda")
                 worst = max(worst, check(x, qweight, qzeros, scales, group, label=f"{family} {path} M={m}"))
-    print(f"{family} {dtype} g{group}: worst rel err {worst:.2e}")
+    print(f"{family} {'/'.join(paths)} {dtype} g{group}: worst rel err {worst:.2e}")
+
+
+@pytest.mark.parametrize("family,dtype", CASES)
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_m_sweep(family, dtype, group):
+    # sm80: the weight-tile kernel forced at every M too (the dispatcher picks it only for some M).
+    _m_sweep(family, dtype, group, ("fused", "auto", *(("wtile",) if family == "sm80" else ())))
+
+
+@WGWS
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_m_sweep_wgws(dtype, group):
+    _m_sweep("sm90", dtype, group, ("wgws",))
 
 
 @pytest.mark.parametrize("family,dtype", CASES)
@@ -109,7 +120,7 @@ def test_model_shapes(family, dtype, model):
 
 
 @pytest.mark.parametrize("family,dtype", CASES)
-@pytest.mark.parametrize("path", ["fused", "wtile", "wgws"])
+@pytest.mark.parametrize("path", ["fused", "wtile", pytest.param("wgws", marks=WGWS)])
 def test_bias_and_k_tail(family, dtype, path):
     skip_unless_family(family)
     if path == "wtile" and family != "sm80":
@@ -129,18 +140,18 @@ def test_bias_and_k_tail(family, dtype, path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_wgmma_both_x_stagings(dtype):
+@pytest.mark.parametrize("path", ["fused", pytest.param("wgws", marks=WGWS)])
+def test_wgmma_both_x_stagings(dtype, path):
     """The sm90 kernel stages x through the workspace up to 32 MiB of it and
-    gathers it itself above (M x K large): cover both, and the K tail."""
+    gathers it itself above (M x K large): cover both, and the K tail.
+    v11 ("wgws") stages x tile-major in row chunks of <= 32 MiB instead: M = 4100 is two chunks."""
     skip_unless_family("sm90")
     k = 4128  # K % 64 == 32: the last k-tile is half padding
     qweight, qzeros, scales = random_awq(k, 264, 32, dtype, "cuda")
-    # v11 ("wgws") stages x tile-major in row chunks of <= 32 MiB instead: M = 4100 is two chunks.
-    for path in ("fused", "wgws"):
-        with awqgemm.testing.force(family="sm90", path=path):
-            for m in (200, 4100):  # 4100 x 4160 (padded K) x 2 bytes > 32 MiB: the gathering kernel / chunks
-                x = torch.randn(m, k, dtype=dtype, device="cuda")
-                check(x, qweight, qzeros, scales, 32, label=f"sm90 {path} staging M={m}")
+    with awqgemm.testing.force(family="sm90", path=path):
+        for m in (200, 4100):  # 4100 x 4160 (padded K) x 2 bytes > 32 MiB: the gathering kernel / chunks
+            x = torch.randn(m, k, dtype=dtype, device="cuda")
+            check(x, qweight, qzeros, scales, 32, label=f"sm90 {path} staging M={m}")
 
 
 def test_pack_on_gpu_matches_cpu():
@@ -173,6 +184,7 @@ def test_wtile_model_shapes(dtype):
                 check(x, qweight, qzeros, scales, group, label=f"wtile {k}x{n} M={m}")
 
 
+@WGWS
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_wgws_model_shapes(dtype):
     """The warp-specialized persistent wgmma kernel (v11) forced on real and TP-shard layers (N, K
@@ -192,11 +204,12 @@ def test_wgws_model_shapes(dtype):
         assert {t for t, _ in seen} == {64, 128, 256} and (64, True) in seen, seen
 
 
-_FORCED_PATHS = [f"{f}-{p}" for f, p in (("sm80", "wtile"), ("sm90", "wgws"))]
+_FORCED_PATHS = [("sm80-wtile", ()), ("sm90-wgws", WGWS)]
 
 
 @pytest.mark.parametrize(
-    "family,dtype", [*CASES, *((f, d) for f in _FORCED_PATHS for d in (torch.float16, torch.bfloat16))]
+    "family,dtype",
+    [*CASES, *(pytest.param(f, d, marks=m) for f, m in _FORCED_PATHS for d in (torch.float16, torch.bfloat16))],
 )
 def test_cuda_graph_replay_equals_eager(family, dtype):
     family, _, path = family.partition("-")
@@ -255,7 +268,7 @@ print("chain ok")
 """
 
 
-@pytest.mark.parametrize("family", ["auto", "sm90", "sm90-wgws"])
+@pytest.mark.parametrize("family", ["auto", "sm90", pytest.param("sm90-wgws", marks=WGWS)])
 @pytest.mark.parametrize("pdl_mode", ["0", "1"])
 def test_chained_gemms_in_graph_respect_pdl_wait(pdl_mode, family):
     import os
@@ -370,6 +383,7 @@ def _dequantize_chunk(packed, dtype, n_begin, n_count, coalesced):
 
 
 # The two packed layouts (Volta 884: fp16 only, like its family; m16n8: both dtypes).
+@COALESCED
 @pytest.mark.parametrize(
     ("family", "dtype"), [("sm70", torch.float16), ("sm80", torch.float16), ("sm80", torch.bfloat16)]
 )
@@ -389,6 +403,7 @@ def test_coalesced_dequant_is_bitwise_the_same(family, dtype):
             assert torch.equal(old, new), (family, k, n, group, n_begin, n_count)
 
 
+@COALESCED
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_dense_path_with_coalesced_dequant(dtype):
     """The dense path end to end with v12's dequantization: three chunks, the last one ending in a half tile."""
@@ -407,13 +422,10 @@ def test_build_info_archs_cover_this_gpu():
     assert cc in info["sass_archs"] or any(p <= cc for p in info["ptx_archs"]), info
 
 
-def test_racecheck_subset():
-    """Every fused kernel (each family, tile height and K split the subset reaches) for compute-sanitizer
-    racecheck (ci/device_kernels.sh). References run on the CPU: cuBLAS's own kernels report WAR hazards
-    of their own under racecheck and would drown ours, so no GPU matmul runs here (nor the dense path)."""
+def _racecheck(paths_of_family):
     for family in families():
         for dtype in dtypes_for(family):
-            for path in ["fused", *{"sm80": ["wtile"], "sm90": ["wgws"]}.get(family, [])]:
+            for path in paths_of_family.get(family, ()):
                 # v11 ("wgws") picks 256-token tiles only on wide grids: the third shape reaches them at M = 1500.
                 shapes = ((1120, 104, 32), (512, 272, 128), *(((256, 8192, 64),) if path == "wgws" else ()))
                 for k, n, group in shapes:
@@ -428,6 +440,19 @@ def test_racecheck_subset():
                             assert err < (5e-3 if dtype == torch.float16 else 2e-2), (family, path, m, err)
 
 
+def test_racecheck_subset():
+    """Every fused kernel (each family, tile height and K split the subset reaches) for compute-sanitizer
+    racecheck (ci/device_kernels.sh). References run on the CPU: cuBLAS's own kernels report WAR hazards
+    of their own under racecheck and would drown ours, so no GPU matmul runs here (nor the dense path)."""
+    _racecheck({"sm70": ("fused",), "sm75": ("fused",), "sm80": ("fused", "wtile"), "sm90": ("fused",)})
+
+
+@WGWS
+def test_racecheck_subset_wgws():
+    skip_unless_family("sm90")
+    _racecheck({"sm90": ("wgws",)})
+
+
 def test_sanitizer_subset():
     """Small cases for compute-sanitizer memcheck (run by ci/device_kernels.sh)."""
     for family in families():
@@ -440,8 +465,6 @@ def test_sanitizer_subset():
                         check(x, qweight, qzeros, scales, group, label=f"sanitizer {family} M={m}")
                     with awqgemm.testing.force(family=family, path="dense"):
                         check(torch.randn(70, k, dtype=dtype, device="cuda"), qweight, qzeros, scales, group)
-                    with awqgemm.testing.force(family=family, path="dense", coalesced_dequant=True):
-                        check(torch.randn(70, k, dtype=dtype, device="cuda"), qweight, qzeros, scales, group)
                     # The fused kernels at every tile height the dispatcher can pick (sm90: BM 64, 128, 256).
                     with awqgemm.testing.force(family=family, path="fused"):
                         for m in (17, 130, 600):
@@ -452,17 +475,36 @@ def test_sanitizer_subset():
                             for m in (9, 33, 70, 130):
                                 x = torch.randn(m, k, dtype=dtype, device="cuda")
                                 check(x, qweight, qzeros, scales, group, label=f"sanitizer wtile M={m}")
-                    if family == "sm90":  # v11: BM 64 (K split), 128, and a second persistent round
-                        with awqgemm.testing.force(family=family, path="wgws"):
-                            for m in (1, 17, 130, 600):
-                                x = torch.randn(m, k, dtype=dtype, device="cuda")
-                                check(x, qweight, qzeros, scales, group, label=f"sanitizer wgws M={m}")
-            if family == "sm90":  # v11's 256-token tiles (wide grid) and the two-chunk staging of x
-                with awqgemm.testing.force(family=family, path="wgws"):
-                    for k, n, m in ((256, 8192, 1500), (4128, 264, 4100)):
-                        qweight, qzeros, scales = random_awq(k, n, 32, torch.float16, "cuda")
-                        x = torch.randn(m, k, dtype=torch.float16, device="cuda")
-                        check(x, qweight, qzeros, scales, 32, label=f"sanitizer wgws {k}x{n} M={m}")
+
+
+@COALESCED
+def test_sanitizer_subset_coalesced_dequant():
+    """v12's dequantization in the dense path, on both packed layouts, for compute-sanitizer memcheck."""
+    for family in families():
+        for dtype in dtypes_for(family):
+            for k, n, group in ((1120, 104, 32), (512, 272, 128)):
+                qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+                with awqgemm.testing.force(family=family, path="dense", coalesced_dequant=True):
+                    check(torch.randn(70, k, dtype=dtype, device="cuda"), qweight, qzeros, scales, group)
+
+
+@WGWS
+def test_sanitizer_subset_wgws():
+    """v11 for compute-sanitizer memcheck: BM 64 (K split), 128, a second persistent round, the
+    256-token tiles (wide grid) and the two-chunk staging of x."""
+    skip_unless_family("sm90")
+    for dtype in dtypes_for("sm90"):
+        for k, n, group in ((1120, 104, 32), (512, 272, 128)):
+            qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+            with awqgemm.testing.force(family="sm90", path="wgws"):
+                for m in (1, 17, 130, 600):
+                    x = torch.randn(m, k, dtype=dtype, device="cuda")
+                    check(x, qweight, qzeros, scales, group, label=f"sanitizer wgws M={m}")
+    with awqgemm.testing.force(family="sm90", path="wgws"):
+        for k, n, m in ((256, 8192, 1500), (4128, 264, 4100)):
+            qweight, qzeros, scales = random_awq(k, n, 32, torch.float16, "cuda")
+            x = torch.randn(m, k, dtype=torch.float16, device="cuda")
+            check(x, qweight, qzeros, scales, 32, label=f"sanitizer wgws {k}x{n} M={m}")
 
 
 def test_plan_info_names_the_dispatchers_choice():

@@ -16,6 +16,8 @@ from awqgemm.testing import random_awq
 from conftest import has_gpu
 
 pytestmark = pytest.mark.gpu
+ROUTING = pytest.mark.wip("moe_routing_kernels")  # fused_moe's routing, silu-mul and combine kernels
+GROUPED_XS = pytest.mark.wip("grouped_xshared")  # the grouped x-shared kernel
 
 CASES = [("sm70", torch.float16), ("sm75", torch.float16), ("sm80", torch.float16), ("sm80", torch.bfloat16)]
 CASES += [("auto", torch.float16), ("auto", torch.bfloat16)]
@@ -102,6 +104,7 @@ def test_fused_moe_every_family(family, dtype, group, tokens):
     print(f"moe {family} {dtype} g={group} T={tokens}: worst rel err {err:.2e}")
 
 
+@GROUPED_XS
 @pytest.mark.parametrize("tokens", [37, 300, 1000])
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize(("family", "dtype"), [c for c in CASES if c[0] in ("sm80", "auto")])
@@ -203,7 +206,7 @@ def test_moe_gemm_rows_of_no_expert_are_zero():
     assert (y[5:] == 0).all()
 
 
-@pytest.mark.parametrize("routing_kernels", [False, True])
+@pytest.mark.parametrize("routing_kernels", [False, pytest.param(True, marks=ROUTING)])
 def test_cuda_graph_replay_matches_eager_with_new_routing(routing_kernels):
     """A captured fused_moe replays new routings bitwise as eager does; with the routing kernels
     (testing.force(moe_routing_kernels=True)) also bitwise what the torch path gives."""
@@ -236,7 +239,7 @@ def test_cuda_graph_replay_matches_eager_with_new_routing(routing_kernels):
         assert_bitwise(out, awqgemm.fused_moe(x, w13, w2, tw, ti), "graph (kernels) vs torch path")
 
 
-@pytest.mark.parametrize("routing_kernels", [False, True])
+@pytest.mark.parametrize("routing_kernels", [False, pytest.param(True, marks=ROUTING)])
 def test_torch_compile_fullgraph_matches_eager(routing_kernels):
     skip_unless("auto")
     ck13 = experts(4, 256, 256, 64, torch.bfloat16, 8)
@@ -280,8 +283,13 @@ def test_sanitizer_subset():
             y = awqgemm.moe_gemm(x, packed, offsets, rows)
             torch.cuda.synchronize()
             assert (y[4:] == 0).all()
-    # The grouped x-shared kernel (work in progress): gather, a zero-token expert, split-K over a long K,
-    # and rows of no expert (past offsets[E]) with clamped garbage row indices.
+
+
+@GROUPED_XS
+def test_sanitizer_subset_grouped_xshared():
+    """The grouped x-shared kernel for compute-sanitizer memcheck: gather, a zero-token expert, split-K
+    over a long K, and rows of no expert (past offsets[E]) with clamped garbage row indices."""
+    skip_unless("sm80")
     for dtype in (torch.float16, torch.bfloat16):
         run_case("auto", dtype, 64, 40, num=3, hidden=1024, inter=128, top_k=2, seed=5, zero=(1,), xs=True)
         run_case("auto", dtype, 128, 20, num=2, hidden=8192, inter=128, top_k=2, seed=6, zero=(), xs=True)
@@ -294,8 +302,13 @@ def test_sanitizer_subset():
             y = awqgemm.moe_gemm(x, packed, offsets, rows)
             torch.cuda.synchronize()
             assert (y[40:] == 0).all() and torch.isfinite(y).all()
-    # fused_moe's routing / silu-mul / combine kernels (vectorized and scalar widths), and the
-    # routing kernel over several tiles with garbage ids and an expert map.
+
+
+@ROUTING
+def test_sanitizer_subset_moe_routing_kernels():
+    """fused_moe's routing / silu-mul / combine kernels (vectorized and scalar widths), and the routing
+    kernel over several tiles with garbage ids and an expert map, for compute-sanitizer memcheck."""
+    skip_unless("auto")
     run_case("auto", torch.float16, 64, 7, num=5, hidden=1024, inter=128, top_k=2, seed=3, zero=(2,), kernels=True)
     run_case("auto", torch.bfloat16, 32, 40, num=3, hidden=96 * 2, inter=64, top_k=3, seed=4, zero=(), kernels=True)
     h = misaligned(torch.randn(9, 2 * 20, device="cuda").half())
@@ -350,6 +363,7 @@ def assert_bitwise(got, want, what):
 ROUTE_TOKENS = [1, 2, 3, 4, 37, 1000, 4096]
 
 
+@ROUTING
 @pytest.mark.parametrize("num", [8, 128])
 @pytest.mark.parametrize("top_k", [1, 2, 8])
 @pytest.mark.parametrize("tokens", ROUTE_TOKENS)
@@ -384,6 +398,7 @@ def test_route_kernel_bitwise_equals_torch(num, top_k, tokens):
         assert torch.equal(order[pos.long()], torch.arange(tokens * top_k, device="cuda"))
 
 
+@ROUTING
 def test_route_kernel_largest_expert_count_and_bad_inputs():
     skip_unless("auto")
     gen = torch.Generator().manual_seed(1)
@@ -426,6 +441,7 @@ def misaligned(t):
     return out
 
 
+@ROUTING
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("rows", "inter"), [(1, 8), (7, 12), (300, 768), (64, 5), (33, 1)])
 def test_silu_mul_kernel_bitwise(dtype, rows, inter):
@@ -443,6 +459,7 @@ def test_silu_mul_kernel_bitwise(dtype, rows, inter):
         torch.ops.awqgemm.moe_silu_mul(h[:, :-1] if h.shape[1] > 2 else h[:, :1])
 
 
+@ROUTING
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("top_k", [1, 2, 3, 5, 8, 15])
 @pytest.mark.parametrize("tokens", [1, 4, 257])
@@ -473,6 +490,7 @@ def test_combine_kernel_bitwise(dtype, top_k, tokens):
 FUSED_CASES = ["plain", "fp16-weights", "int64-ids", "garbage-ids", "expert-map", "on-input", "k8-e128", "large"]
 
 
+@ROUTING
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", FUSED_CASES)
 def test_fused_moe_kernels_bitwise_equal_torch_path(dtype, case):
