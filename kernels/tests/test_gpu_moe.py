@@ -111,7 +111,8 @@ def test_fused_moe_every_family(family, dtype, group, tokens):
 def test_grouped_xshared(family, dtype, group, tokens):
     """Work in progress (testing.force(grouped_xshared=True)): experts of more than 16 rows on the sm80
     x-shared kernel, against fp64, with zero-token experts; the plan really is the x-shared kernel at
-    both tile heights, with a long-K case for its split-K partials."""
+    both tile heights, with a long-K case for its split-K partials. (At T = 37 the first case has ~10 rows
+    per expert and stays on the K-split kernel; the long-K case has ~18 and takes the 32-row tile.)"""
     skip_unless(family)
     err = run_case(family, dtype, group, tokens, xs=True)
     run_case(family, dtype, group, tokens, num=4, hidden=4096, inter=256, seed=tokens, zero=(), xs=True)

@@ -204,6 +204,16 @@ def test_bad_inputs_raise_clear_errors(small):
             ValueError,
             "expert_map values",
         ),
+        (
+            lambda: awqgemm.fused_moe(x, w13, w2, tw, ti, expert_map=torch.zeros(0, dtype=torch.int32)),
+            ValueError,
+            "expert_map is empty",
+        ),
+        (
+            lambda: torch.ops.awqgemm.moe_route(ti, tw, torch.zeros(0, dtype=torch.int64), 4, False),
+            ValueError,
+            "expert_map is empty",
+        ),
         (lambda: awqgemm.gemm(x, w13), ValueError, "stacked experts"),
         (lambda: awqgemm.unpack_awq(w13), ValueError, "stacked experts"),
         (

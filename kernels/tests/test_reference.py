@@ -218,6 +218,20 @@ def test_gemm_errors():
         awqgemm.gemm(x, p, torch.zeros(16))
     with pytest.raises(ValueError, match="is on meta"):
         awqgemm.gemm(x.to("meta"), p)
+    # A PackedWeight whose tensors do not match its K / N / group (hand-built, or sliced) is refused
+    # before any kernel would read past its end.
+    from dataclasses import replace
+
+    with pytest.raises(
+        ValueError,
+        match=r"packed\.qweight must be int32 of shape \[1, 384\] for K=192, N=16, got torch\.int32 \[1, 256\]",
+    ):
+        awqgemm.gemm(torch.randn(2, 192, dtype=torch.float16), replace(p, K=192))
+    with pytest.raises(ValueError, match=r"packed\.scales must have shape \[4, 32\]"):
+        awqgemm.gemm(x, replace(p, group_size=32))
+    with pytest.raises(ValueError, match=r"packed\.qweight must be contiguous"):
+        wide = torch.zeros(1, 512, dtype=torch.int32)
+        awqgemm.gemm(x, replace(p, qweight=wide[:, ::2]))
 
 
 def test_force_rejects_unknown_names():

@@ -82,28 +82,35 @@ __device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier
 // Spins inside the asm (labels are local to the braces): the loop is not a
 // branch the compiler sees, so it cannot move accumulator copies around it
 // (a visible branch near wgmmas once made ptxas serialize them, C7513).
-// A wait that has not completed after kWsHangNs traps: a wrong phase or byte
-// count would otherwise hang the GPU run (and the device session with it);
-// a trap fails that test process with a launch failure instead. The limit is
-// far above any legitimate wait (one unit's main loop, even under
-// compute-sanitizer), and the clock is read only once the first try failed.
+// A wait that has neither completed after kWsHangNs nor within kWsHangTries
+// failed tries traps: a wrong phase or byte count would otherwise hang the GPU
+// run (and the device session with it); a trap fails that test process with a
+// launch failure instead. Both limits must pass: under compute-sanitizer every
+// instruction is slowed (v11's racecheck runs trapped on the time limit alone),
+// and the tries, themselves slowed, then take far longer than 30 s to add up.
+// Legitimate waits are one unit's main loop; the clock is read only once the
+// first try failed.
 constexpr unsigned long long kWsHangNs = 30ull * 1000 * 1000 * 1000;
+constexpr unsigned kWsHangTries = 1u << 24;
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   asm volatile(
-      "{\n.reg .pred p;\n.reg .u64 t0, t1;\n"
+      "{\n.reg .pred p;\n.reg .u64 t0, t1;\n.reg .u32 n;\n"
       "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
       "@p bra AWQ_WS_DONE;\n"
       "mov.u64 t0, %%globaltimer;\n"
+      "mov.u32 n, 0;\n"
       "AWQ_WS_WAIT:\n"
       "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
       "@p bra AWQ_WS_DONE;\n"
+      "add.u32 n, n, 1;\n"
       "mov.u64 t1, %%globaltimer;\n"
       "sub.u64 t1, t1, t0;\n"
       "setp.gt.u64 p, t1, %2;\n"
+      "setp.gt.and.u32 p, n, %3, p;\n"
       "@p trap;\n"
       "bra AWQ_WS_WAIT;\n"
       "AWQ_WS_DONE:\n}\n" ::"r"(bar),
-      "r"(parity), "l"(kWsHangNs)
+      "r"(parity), "l"(kWsHangNs), "r"(kWsHangTries)
       : "memory");
 }
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {

@@ -22,7 +22,7 @@ import torch
 
 from . import _knobs, _layout, _ops, moe, testing
 from ._ext import _C, have_cuda_kernels
-from ._validate import ACTIVATION_DTYPES, check_awq_inputs, check_kernels_for, check_tensor
+from ._validate import ACTIVATION_DTYPES, check_awq_inputs, check_kernels_for, check_packed_tensors, check_tensor
 from .moe import dequantize_experts, fused_moe, moe_gemm, pack_awq_experts, unpack_awq_experts
 from .packed import PackedWeight
 from .reference import dequantize_awq, dequantize_packed, reference_gemm
@@ -129,6 +129,7 @@ def gemm(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None
         )
     if packed.layout not in _layout.LAYOUTS:
         raise ValueError(f"awqgemm: unknown packed layout {packed.layout}")
+    check_packed_tensors("packed", packed.qweight, packed.scales, packed.K, packed.N, packed.group_size)
     if bias is not None:
         check_tensor("bias", bias)
         if bias.shape != (packed.N,):

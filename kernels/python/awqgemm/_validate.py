@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _ext
+from . import _ext, _layout
 
 SUPPORTED_GROUP_SIZES = (32, 64, 128)
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
@@ -84,3 +84,41 @@ def check_awq_inputs(
             f"awqgemm: qzeros must have shape [K / group_size, N / 8] = [{groups}, {n_dim // 8}], got {_shape(qzeros)}"
         )
     return k_dim, n_dim
+
+
+def check_packed_tensors(
+    name: str,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    k_dim: int,
+    n_dim: int,
+    group_size: int,
+    experts: int | None = None,
+) -> None:
+    """The tensors of a packed weight match its K, N and group size (``_layout``'s padded shapes, one
+    leading expert dimension for stacked experts) and can be read by the kernels: contiguous, and on a
+    GPU 16-byte aligned (the kernels read both with 16-byte and bulk copies). A hand-built or sliced
+    PackedWeight would otherwise be read out of bounds."""
+    check_group_size(group_size)
+    k_pad, n_pad = _layout.round_up(k_dim, _layout.TILE_K), _layout.round_up(n_dim, _layout.TILE_N)
+    lead = () if experts is None else (experts,)
+    want_q = (*lead, n_pad // _layout.TILE_N, k_pad // _layout.TILE_K * 128)
+    want_s = (*lead, -(-k_pad // group_size), n_pad * 2)
+    if qweight.dtype != torch.int32 or tuple(qweight.shape) != want_q:
+        raise ValueError(
+            f"awqgemm: {name}.qweight must be int32 of shape {list(want_q)} for K={k_dim}, N={n_dim}, "
+            f"got {qweight.dtype} {_shape(qweight)}; build packed weights with awqgemm.pack_awq(_experts)"
+        )
+    if tuple(scales.shape) != want_s:
+        raise ValueError(
+            f"awqgemm: {name}.scales must have shape {list(want_s)} for K={k_dim}, N={n_dim}, "
+            f"group_size={group_size}, got {_shape(scales)}; build packed weights with awqgemm.pack_awq(_experts)"
+        )
+    for part, t in (("qweight", qweight), ("scales", scales)):
+        if not t.is_contiguous():
+            raise ValueError(f"awqgemm: {name}.{part} must be contiguous (call .contiguous() on it)")
+        if t.device.type == "cuda" and t.data_ptr() % 16 != 0:
+            raise ValueError(
+                f"awqgemm: {name}.{part} must start on a 16-byte boundary on the GPU (it is a view at an odd "
+                "offset); pass a copy (.clone())"
+            )

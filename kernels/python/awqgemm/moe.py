@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from . import _layout, _ops
 from ._ext import _C
-from ._validate import ACTIVATION_DTYPES, check_awq_inputs, check_kernels_for, check_tensor
+from ._validate import ACTIVATION_DTYPES, check_awq_inputs, check_kernels_for, check_packed_tensors, check_tensor
 from .packed import PackedWeight
 from .reference import dequantize_packed
 
@@ -110,6 +110,9 @@ def check_experts(name: str, packed: object) -> PackedWeight:
         )
     if packed.layout not in _layout.LAYOUTS:
         raise ValueError(f"awqgemm: unknown packed layout {packed.layout}")
+    check_packed_tensors(
+        name, packed.qweight, packed.scales, packed.K, packed.N, packed.group_size, experts=packed.num_experts
+    )
     return packed
 
 
@@ -400,6 +403,8 @@ def fused_moe(
             )
         if expert_map.device != x.device:
             raise ValueError(f"awqgemm: expert_map is on {expert_map.device} but x is on {x.device}")
+        if expert_map.shape[0] == 0:
+            raise ValueError("awqgemm: expert_map is empty: it needs one entry (local index or -1) per global expert")
         num_global = expert_map.shape[0]
     # Value checks read the tensors back: eager CPU only (a compiled graph cannot branch on them).
     if x.device.type == "cpu" and topk_ids.numel() and not torch.compiler.is_compiling():
@@ -533,6 +538,9 @@ def _check_route_args(topk_ids, topk_weights, expert_map, num_experts):
         raise TypeError(
             f"awqgemm: moe_route: expert_map must be 1-D int32/int64, got {expert_map.dtype} {list(expert_map.shape)}"
         )
+    if expert_map is not None and expert_map.shape[0] == 0:
+        # (On the GPU an empty map's data pointer is null, which the kernel would read as "no map".)
+        raise ValueError("awqgemm: moe_route: expert_map is empty: it needs one entry per global expert")
     if isinstance(num_experts, bool) or num_experts < 1:
         raise ValueError(f"awqgemm: moe_route: num_experts must be >= 1, got {num_experts}")
     _check_same_device("moe_route", topk_ids, topk_weights, *(() if expert_map is None else (expert_map,)))
@@ -545,7 +553,8 @@ def _moe_route_cpu(topk_ids, topk_weights, expert_map, num_experts, weights_on_i
 
 def _moe_route_cuda(topk_ids, topk_weights, expert_map, num_experts, weights_on_input):
     _check_route_args(topk_ids, topk_weights, expert_map, num_experts)
-    if _C is None or num_experts > ROUTE_KERNEL_MAX_EXPERTS:
+    # The kernel indexes pairs in 32 bits (the binding refuses more than 2^30): the torch path takes more.
+    if _C is None or num_experts > ROUTE_KERNEL_MAX_EXPERTS or topk_ids.numel() > (1 << 30):
         return route_torch(topk_ids, topk_weights, expert_map, num_experts, weights_on_input)
     tokens, top_k = topk_ids.shape
     rows = tokens * top_k
