@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Builds awqgemm on the GPU machine, runs the GPU tests (every kernel family,
+# Builds awqgemm on the GPU machine (ci/device_build.sh: once per source state), runs the GPU tests (every kernel family,
 # older ones forced onto this GPU), a compute-sanitizer memcheck subset, and
 # optionally the benchmark. Results and logs go to $OUT (or ./devrun).
 #
 #   bash ci/device_kernels.sh [tests|sanitizer|racecheck|ncu|micro|moe|bench|all]...   (default: tests sanitizer)
 set -uo pipefail
+cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/devrun}
 mkdir -p "$OUT"
 steps=("$@")
@@ -12,15 +13,11 @@ steps=("$@")
 has() { local s; for s in "${steps[@]}"; do [ "$s" = "$1" ] || [ "$s" = all ] && return 0; done; return 1; }
 
 cap=$(python3 -c "import torch; c=torch.cuda.get_device_capability(); print(f'{c[0]}{c[1]}')")
-archs=${AWQGEMM_ARCHS:-${cap}-real}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt" "$OUT/summary.txt"
-echo "== build awqgemm for ${archs} =="
-start=$(date +%s)
-CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=${archs}" CMAKE_BUILD_PARALLEL_LEVEL=16 \
-  python3 -m pip install --no-build-isolation --no-deps -q ./kernels >"$OUT/build.log" 2>&1 \
-  || { tail -50 "$OUT/build.log"; exit 1; }
-echo "build: $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
-python3 -c "import awqgemm, json; print(json.dumps(awqgemm.build_info()))" | tee -a "$OUT/summary.txt"
+echo "== build awqgemm =="
+# shellcheck source=ci/device_build.sh
+source ci/device_build.sh
+build_awqgemm || exit 1
 
 # Work in progress behind test-only switches, by test file (the names are kernels/tests/conftest.py's
 # WIP_FEATURES; test_wip_selection.py checks the two agree). Each suite runs without them first, then

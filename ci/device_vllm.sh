@@ -11,8 +11,8 @@
 #
 # Steps (any order on one command line; everything after `e2e` goes to benchmarks/e2e.py):
 #   stash     copy this run's carried part(s) to $STASH (default ~/stash)
-#   build     build awqgemm for this GPU (CMAKE_CUDA_ARCHITECTURES=90a-real on sm90, else <cap>-real)
-#             and install it and the plugin (--no-deps); skipped when the sources are unchanged
+#   build     build awqgemm for this GPU and install it and the plugin (--no-deps): ci/device_build.sh,
+#             skipped when the sources are unchanged
 #   install   assemble the parts into $VSITE (default ~/vsite; skipped when already there), check
 #             that vllm imports, then `build`; writes $VSITE/env (source it to use vllm)
 #   tests     GPU integration tests (plugin/tests/test_gpu_vllm.py, markers gpu and vllm)
@@ -25,7 +25,6 @@ ROOT=$PWD
 OUT=${OUT:-$ROOT/devrun}
 STASH=${STASH:-$HOME/stash}
 VSITE=${VSITE:-$HOME/vsite}
-BUILD_DIR=${AWQGEMM_BUILD_DIR:-$HOME/awqgemm-build}
 mkdir -p "$OUT" "$STASH"
 export PYTHONUNBUFFERED=1
 
@@ -61,37 +60,10 @@ step_stash() {
   log "stash: $have of ${want:-?} parts present"
 }
 
-src_hash() {  # what a build depends on
-  find kernels/CMakeLists.txt kernels/pyproject.toml kernels/csrc kernels/python plugin/src plugin/pyproject.toml \
-    -type f ! -name '*.pyc' -print0 2>/dev/null | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
-}
+# shellcheck source=ci/device_build.sh
+source ci/device_build.sh
 
-step_build() {
-  local cap archs h stamp="$HOME/.awqgemm-build.stamp"
-  cap=$(env -u PYTHONPATH python3 -c "import torch; c=torch.cuda.get_device_capability(); print(f'{c[0]}{c[1]}')")
-  if [ "$cap" = 90 ]; then archs=${AWQGEMM_ARCHS:-90a-real}; else archs=${AWQGEMM_ARCHS:-${cap}-real}; fi
-  h="$(src_hash)-$archs"
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$h" ] \
-      && env -u PYTHONPATH python3 -c "import awqgemm" 2>/dev/null \
-      && env -u PYTHONPATH python3 -m pip show -q awqgemm-vllm >/dev/null 2>&1; then
-    log "build: awqgemm + plugin already installed for these sources ($h), skipped"
-    return 0
-  fi
-  log "build: awqgemm for $archs (build dir $BUILD_DIR)"
-  local s; s=$(date +%s)
-  # The machine's own python/torch; PYTHONPATH unset so vsite's packages do not shadow the build tools.
-  if ! CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=${archs}" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-      env -u PYTHONPATH python3 -m pip install --no-build-isolation --no-deps -q -C build-dir="$BUILD_DIR" ./kernels \
-      >"$OUT/build-awqgemm.log" 2>&1; then
-    tail -40 "$OUT/build-awqgemm.log"; log "build: awqgemm FAILED"; return 1
-  fi
-  if ! env -u PYTHONPATH python3 -m pip install --no-build-isolation --no-deps -q ./plugin >"$OUT/build-plugin.log" 2>&1; then
-    tail -20 "$OUT/build-plugin.log"; log "build: plugin FAILED"; return 1
-  fi
-  echo "$h" >"$stamp"
-  log "build: done in $(( $(date +%s) - s )) s"
-  env -u PYTHONPATH python3 -c "import awqgemm, json; print(json.dumps(awqgemm.build_info()))" | tee -a "$OUT/summary.txt"
-}
+step_build() { build_awqgemm; }
 
 write_env() {
   cat >"$VSITE/env" <<EOF
