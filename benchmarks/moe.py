@@ -139,6 +139,20 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return (torch.linalg.vector_norm(got - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30)).item()
 
 
+def gemms_only(awqgemm, x, w13, w2, tw, ti):
+    """fused_moe's two grouped GEMMs alone, on routing and an activation computed beforehand: the
+    time fused_moe spends outside them (routing, activation, combine, launches) is the difference."""
+    from awqgemm.moe import route_torch, silu_mul_torch
+
+    _, offsets, token_of_row, _, _ = route_torch(ti, tw, None, w13.num_experts, False)
+    act = silu_mul_torch(awqgemm.moe_gemm(x, w13, offsets, token_of_row))
+
+    def run():
+        return awqgemm.moe_gemm(x, w13, offsets, token_of_row), awqgemm.moe_gemm(act, w2, offsets)
+
+    return run
+
+
 def dense_baseline(x, w13d, w2d, tw, ti):
     """fp16 dense per expert with torch ops; the routing is read back before timing (a host sync
     a real layer would pay), so this times the matmuls, activation and combine only."""
@@ -347,7 +361,7 @@ def standin_marlin_api() -> dict:
 
 def fake_us(kind: str, floor_us: float, tokens: int) -> float:
     """Dry run only: invented times (never reported as measurements)."""
-    return floor_us * {"awqgemm": 3.0, "marlin": 2.5, "dense": 20.0}[kind] + 0.05 * tokens
+    return floor_us * {"awqgemm": 3.0, "gemms": 2.0, "marlin": 2.5, "dense": 20.0}[kind] + 0.05 * tokens
 
 
 def main(argv=None):
@@ -420,6 +434,8 @@ def main(argv=None):
             fn = bind(awqgemm.fused_moe, x, w13, w2, tw, ti)
             dense = dense_baseline(x, w13d, w2d, tw, ti)
             row["awqgemm_graph_us"] = timer(fn, graph=True, hint_us=fake_us("awqgemm", hint, t))
+            gemms = gemms_only(awqgemm, x, w13, w2, tw, ti)
+            row["awqgemm_gemms_graph_us"] = timer(gemms, graph=True, hint_us=fake_us("gemms", hint, t))
             row["awqgemm_eager_us"] = timer(fn, graph=False, hint_us=fake_us("awqgemm", hint, t))
             row["dense_fp16_eager_us"] = timer(dense, graph=False, hint_us=fake_us("dense", hint, t))
             got, ref = fn(), dense()
@@ -429,6 +445,7 @@ def main(argv=None):
                     if device == "cuda":
                         row["wip_plan_gate_up"] = grouped_plan_info(t * top_k, num, 2 * inter, hidden, dtype)
                     row["awqgemm_wip_graph_us"] = timer(fn, graph=True, hint_us=fake_us("awqgemm", hint, t))
+                    row["awqgemm_wip_gemms_graph_us"] = timer(gemms, graph=True, hint_us=fake_us("gemms", hint, t))
                     row["awqgemm_wip_eager_us"] = timer(fn, graph=False, hint_us=fake_us("awqgemm", hint, t))
                     row["awqgemm_wip_rel_err_vs_dense"] = rel_err(fn(), ref)
             if marlin is not None:
@@ -457,6 +474,7 @@ def main(argv=None):
             plan = row.get("plan_gate_up")
             print(
                 f"{name:14s} T={t:5d} active={active:3d}  awqgemm graph {row['awqgemm_graph_us']:9.1f} us  "
+                f"(GEMMs {row['awqgemm_gemms_graph_us']:9.1f} us)  "
                 f"eager {row['awqgemm_eager_us']:9.1f} us  dense-fp16 {row['dense_fp16_eager_us']:9.1f} us  "
                 f"floor {row.get('awq_weight_floor_us', math.nan):7.1f} us  "
                 + (f"gate_up {plan.get('tile_tokens')}x{plan.get('splits')}  " if plan else "")
@@ -501,6 +519,7 @@ def plot(path, rows, shapes, gpu):
             continue
         for key, label in (
             ("awqgemm_graph_us", "awqgemm (graph)"),
+            ("awqgemm_gemms_graph_us", "awqgemm: its two grouped GEMMs alone (graph)"),
             ("marlin_graph_us", "vLLM Marlin MoE (graph)"),
             ("dense_fp16_eager_us", "dense fp16 per expert (eager)"),
             ("awq_weight_floor_us", "int4 weight-read floor"),

@@ -64,6 +64,8 @@ def test_moe_benchmark_dry_run(tmp_path):
             "dense_fp16_eager_us",
             "marlin_graph_us",
             "awqgemm_wip_graph_us",
+            "awqgemm_gemms_graph_us",
+            "awqgemm_wip_gemms_graph_us",
         ):
             assert row[key] > 0, (key, row)
         assert "marlin_note" not in row, row
