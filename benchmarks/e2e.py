@@ -247,7 +247,12 @@ CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
 #: contender -> awqgemm.testing.force arguments for its whole worker (benchmark-only)
 FORCED: dict[str, dict[str, Any]] = {
     "awqgemm:sm80": {"family": "sm80"},
-    "awqgemm:wip": {"coalesced_dequant": True, "moe_routing_kernels": True, "grouped_xshared": True},
+    "awqgemm:wip": {
+        "coalesced_dequant": True,
+        "moe_routing_kernels": True,
+        "grouped_xshared": True,
+        "grouped_wgmma": True,
+    },
 }
 
 #: name -> (number of prompts, prompt tokens, output tokens, metric)

@@ -67,8 +67,14 @@ def parse_args(argv=None):
     p.add_argument(
         "--wip",
         action="store_true",
-        help="also time awqgemm with the work-in-progress switches on (testing.force(moe_routing_kernels=True, "
-        "grouped_xshared=True)): columns awqgemm_wip_*",
+        help="also time awqgemm with the work-in-progress switches on, one column set per variant: "
+        + "; ".join(f"awqgemm_{v}_*: force({', '.join(f'{k}=True' for k in sw)})" for v, sw in WIP_VARIANTS.items()),
+    )
+    p.add_argument(
+        "--skip-wip",
+        default="",
+        help="comma list of switches (e.g. grouped_wgmma) whose --wip variants to leave out (ci/device_kernels.sh: "
+        "a work-in-progress feature whose GPU tests failed in the same run)",
     )
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, fake timings: tests the pipeline")
     args = p.parse_args(argv)
@@ -83,6 +89,17 @@ def parse_args(argv=None):
         p.error(f"--tokens must be positive, got {args.tokens!r}")
     if args.replays < 1:
         p.error(f"--replays must be >= 1, got {args.replays}")
+    switches = {sw for sws in WIP_VARIANTS.values() for sw in sws}
+    skip = [sw for sw in args.skip_wip.split(",") if sw]
+    if set(skip) - switches:
+        p.error(f"--skip-wip: unknown switch(es) {sorted(set(skip) - switches)}; known: {sorted(switches)}")
+    args.wip_variants = [v for v, sws in WIP_VARIANTS.items() if args.wip and not set(sws) & set(skip)]
+    if skip and args.wip:
+        print(
+            f"--wip variants left out for {','.join(skip)}: "
+            f"{sorted(set(WIP_VARIANTS) - set(args.wip_variants)) or 'none'}",
+            flush=True,
+        )
     return args
 
 
@@ -137,6 +154,13 @@ def bind(fn, *args):
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     got, ref = got.float(), ref.float()
     return (torch.linalg.vector_norm(got - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30)).item()
+
+
+# --wip: the work-in-progress switches (awqgemm.testing.force) each variant turns on.
+WIP_VARIANTS = {
+    "wip": ("moe_routing_kernels", "grouped_xshared"),
+    "wip_wg": ("moe_routing_kernels", "grouped_wgmma"),  # the grouped wgmma kernel takes effect on a 9.0 GPU only
+}
 
 
 def gemms_only(awqgemm, x, w13, w2, tw, ti):
@@ -440,14 +464,14 @@ def main(argv=None):
             row["dense_fp16_eager_us"] = timer(dense, graph=False, hint_us=fake_us("dense", hint, t))
             got, ref = fn(), dense()
             row["rel_err_vs_dense"] = rel_err(got, ref)
-            if args.wip:
-                with awqgemm.testing.force(moe_routing_kernels=True, grouped_xshared=True):
+            for v in args.wip_variants:
+                with awqgemm.testing.force(**dict.fromkeys(WIP_VARIANTS[v], True)):
                     if device == "cuda":
-                        row["wip_plan_gate_up"] = grouped_plan_info(t * top_k, num, 2 * inter, hidden, dtype)
-                    row["awqgemm_wip_graph_us"] = timer(fn, graph=True, hint_us=fake_us("awqgemm", hint, t))
-                    row["awqgemm_wip_gemms_graph_us"] = timer(gemms, graph=True, hint_us=fake_us("gemms", hint, t))
-                    row["awqgemm_wip_eager_us"] = timer(fn, graph=False, hint_us=fake_us("awqgemm", hint, t))
-                    row["awqgemm_wip_rel_err_vs_dense"] = rel_err(fn(), ref)
+                        row[f"{v}_plan_gate_up"] = grouped_plan_info(t * top_k, num, 2 * inter, hidden, dtype)
+                    row[f"awqgemm_{v}_graph_us"] = timer(fn, graph=True, hint_us=fake_us("awqgemm", hint, t))
+                    row[f"awqgemm_{v}_gemms_graph_us"] = timer(gemms, graph=True, hint_us=fake_us("gemms", hint, t))
+                    row[f"awqgemm_{v}_eager_us"] = timer(fn, graph=False, hint_us=fake_us("awqgemm", hint, t))
+                    row[f"awqgemm_{v}_rel_err_vs_dense"] = rel_err(fn(), ref)
             if marlin is not None:
                 mfn = bind(marlin, x, tw, ti)
                 try:
@@ -468,9 +492,9 @@ def main(argv=None):
                 if "marlin_graph_us" in row
                 else f"marlin: {row['marlin_note']}"
             )
-            if args.wip:
-                wip_us, wip_err = row["awqgemm_wip_graph_us"], row["awqgemm_wip_rel_err_vs_dense"]
-                mtxt += f"  wip graph {wip_us:9.1f} us (err {wip_err:.1e})"
+            for v in args.wip_variants:
+                wip_us, wip_err = row[f"awqgemm_{v}_graph_us"], row[f"awqgemm_{v}_rel_err_vs_dense"]
+                mtxt += f"  {v} graph {wip_us:9.1f} us (err {wip_err:.1e})"
             plan = row.get("plan_gate_up")
             print(
                 f"{name:14s} T={t:5d} active={active:3d}  awqgemm graph {row['awqgemm_graph_us']:9.1f} us  "

@@ -24,9 +24,9 @@ build_awqgemm || exit 1
 # once per feature, each in a pytest process of its own: a kernel that traps (a hung mbarrier, a bad TMA
 # box) kills its process's CUDA context and would fail every later test there. Simplest first.
 WIP_GPU="coalesced_dequant wgws"
-WIP_MOE="moe_routing_kernels grouped_xshared"
+WIP_MOE="moe_routing_kernels grouped_xshared grouped_wgmma"
 # The benchmarks leave out what a feature whose tests failed would run (a trap would end the whole
-# sweep): gemm.py's contender of each feature, and moe.py's --wip (both MoE features at once).
+# sweep): gemm.py's contender of each feature, moe.py's --wip variants that use it.
 declare -A WIP_CONTENDER=([coalesced_dequant]=dpath12 [wgws]=ws)
 WIP_FAILED=""
 
@@ -111,12 +111,11 @@ if has moe; then
   # MOE_BENCH_ARGS: e.g. "--tokens 1,64,1024 --deadline 120"
   mkdir -p "$OUT/results"
   # vLLM's fused_marlin_moe is the peer when ci/device_vllm.sh installed vLLM on this machine (its env file).
-  moe_args=${MOE_BENCH_ARGS:-}
-  for f in $WIP_MOE; do
-    case " $WIP_FAILED " in *" $f "*) moe_args=${moe_args//--wip/}; echo "moe bench: no --wip ($f failed)";; esac
-  done
+  skip=""
+  for f in $WIP_FAILED; do case " $WIP_MOE " in *" $f "*) skip="$skip${skip:+,}$f";; esac; done
   (if [ -f "$HOME/vsite/env" ]; then source "$HOME/vsite/env"; fi
-   python3 benchmarks/moe.py --out "$OUT/results" $moe_args) >"$OUT/moe-bench.log" 2>&1
+   python3 benchmarks/moe.py --out "$OUT/results" ${MOE_BENCH_ARGS:-} ${skip:+--skip-wip "$skip"}) \
+    >"$OUT/moe-bench.log" 2>&1
   r=$?; echo "moe bench rc=$r" | tee -a "$OUT/summary.txt"
   tail -30 "$OUT/moe-bench.log"
 fi

@@ -208,10 +208,10 @@ NB_MODULE(_C, m) {
 
   m.def(
       "plan_grouped",
-      [](int family, int dtype, int R, int E, int N, int K, int device, bool xshared) {
+      [](int family, int dtype, int R, int E, int N, int K, int device, bool xshared, bool wgmma) {
         if (R < 1 || E < 1 || N < 1 || K < 1) throw nb::value_error("awqgemm: R, E, N and K must be positive");
         const Family f = resolve(family, dtype, device);
-        const Plan plan = make_grouped_plan(f, device_info(device), R, E, N, K, xshared);
+        const Plan plan = make_grouped_plan(f, device_info(device), R, E, N, K, xshared, wgmma);
         if (grouped_grid_rows(R, 8 * plan.tile.mt, E) > 65535) {
           throw nb::value_error(("awqgemm: grouped GEMM of " + std::to_string(R) + " rows over " + std::to_string(E) +
                                  " experts needs more than 65535 grid rows; split the batch")
@@ -221,9 +221,10 @@ NB_MODULE(_C, m) {
                                plan.workspace_bytes);
       },
       nb::arg("family"), nb::arg("dtype"), nb::arg("R"), nb::arg("E"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
-      nb::arg("xshared") = false,
+      nb::arg("xshared") = false, nb::arg("wgmma") = false,
       "(plan code, family, packed layout it reads, workspace_bytes) for a grouped (MoE) problem of R rows over E "
-      "experts; xshared: the x-shared kernel for large experts (work in progress, test switch).");
+      "experts; xshared / wgmma: the x-shared (sm80) / wgmma (sm90) kernel for large experts (work in progress, "
+      "test switches).");
 
   m.def(
       "gemm_grouped",
@@ -233,9 +234,11 @@ NB_MODULE(_C, m) {
          int64_t workspace_bytes, int device, uintptr_t stream) {
         Plan plan;
         const bool decoded = decode_plan(plan_code, &plan);
-        const bool grouped_kind = plan.tile.kind == KernelKind::kKSplit ||
-                                  (plan.tile.kind == KernelKind::kXShared && plan.family == Family::kSm80);
-        if (!decoded || plan.dense || !grouped_kind || plan.family == Family::kSm90) {
+        const bool grouped_kind =
+            (plan.tile.kind == KernelKind::kKSplit && plan.family != Family::kSm90) ||
+            (plan.tile.kind == KernelKind::kXShared && plan.family == Family::kSm80) ||
+            (plan.tile.kind == KernelKind::kWgmma && plan.family == Family::kSm90 && plan.tile.mt <= 16);
+        if (!decoded || plan.dense || !grouped_kind) {
           throw nb::value_error("awqgemm: not a grouped plan code from plan_grouped()");
         }
         if (R < 1 || E < 1 || x_rows < 1 || row_offsets == 0) {

@@ -485,17 +485,15 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 }
 
 // Grouped problems run the K-split kernel on every family (sm90 hands them to
-// sm80's: same packed layout). A block's token tile never straddles two
+// sm80's: same packed layout; the wgmma kernel only behind its test switch). A block's token tile never straddles two
 // experts, so the tile height follows the rows per active expert (R / min(E, R)),
 // not R: decode's handful of rows per expert gets 8-row tiles. No dense path:
 // it would dequantize all E experts (E x N x K) or need each expert's row count
 // on the host (a sync). Split-K partials are [splits][R][N] fp32, capped like
 // the wgmma plan's.
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool xshared) {
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool xshared, bool wgmma) {
   Plan plan;
   TileConfig& t = plan.tile;
-  if (family == Family::kSm90) family = Family::kSm80;
-  plan.family = family;
   const int ntiles = padded_n(N) / kTileN;
   const int ktiles = padded_k(K) / kTileK;
   const int sms = dev.sm_count > 0 ? dev.sm_count : 80;
@@ -503,6 +501,27 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   const int active = std::max(1, std::min(E, R));
   // Tiles that do work: at least one per active expert, at least R / tile.
   const auto row_blocks = [&](int mt) { return std::max(active, ceil_div(R, 8 * mt)); };
+  const int rows_per_expert = ceil_div(R, active);
+  if (wgmma && family == Family::kSm90 && rows_per_expert > 32) {
+    // Work in progress (testing.force(grouped_wgmma=True), not yet run on a GPU): the wgmma kernel,
+    // x gathered, 64 tokens per tile up to 96 rows per expert (a 128-token tile would run half
+    // empty), 128 above; K split until the grid covers the SMs, as the dense wgmma plan does.
+    plan.family = Family::kSm90;
+    t.kind = KernelKind::kWgmma;
+    t.mt = rows_per_expert <= 96 ? 8 : 16;
+    t.nt = kWgNT;
+    t.kwarps = kWgNT;
+    const int blocks = ceil_div(ntiles, kWgNT) * row_blocks(t.mt);
+    t.splits = 1;
+    while (t.splits < 16 && blocks * t.splits < sms && ktiles / (t.splits + 1) >= 4 &&
+           static_cast<int64_t>(t.splits + 1) * R * N * 4 <= kMaxWorkspaceBytes) {
+      ++t.splits;
+    }
+    finish_plan(plan, dev, /*kernel_has_wait=*/true, R, N, K);
+    return plan;
+  }
+  if (family == Family::kSm90) family = Family::kSm80;
+  plan.family = family;
   if (xshared && family == Family::kSm80 && ceil_div(R, active) > 16) {
     // Work in progress (testing.force(grouped_xshared=True), not yet run on a
     // GPU): prefill-sized experts on the x-shared kernel, planned as dense M.

@@ -80,9 +80,15 @@ __global__ void stage_x_kernel(const GemmProblem p, T* xs) {
   pdl_launch_dependents();  // the GEMM may start its prologue; its pdl_wait covers all of this grid
 }
 
-template <typename T, int BM, int STAGES, bool kStagedX>
+// kGrouped (work in progress, testing.force(grouped_wgmma=True)): a grouped (MoE) problem, x gathered
+// (kStagedX false only). Each block row resolves its expert and row range from the offsets
+// (resolve_group_tile, as the K-split kernel does), blocks past the last expert zero their rows, and
+// the x row of each tile row comes from a table at the end of the dynamic shared memory
+// (WgSmem::bytes + BM ints). Its own instantiation: the dense kernels' code stays as it was.
+template <typename T, int BM, int STAGES, bool kStagedX, bool kGrouped = false>
 __global__ void __launch_bounds__(kWgThreads, wg_min_blocks(BM)) gemm_wg_kernel(const GemmProblem p, const int splits,
                                                               const int pdl_flags) {
+  static_assert(!(kGrouped && kStagedX), "grouped problems gather x; they are never staged");
 #if defined(AWQGEMM_NO_WGMMA)
   __trap();
 #else
@@ -106,13 +112,32 @@ __global__ void __launch_bounds__(kWgThreads, wg_min_blocks(BM)) gemm_wg_kernel(
   const int ntiles = padded_n(p.N) / kTileN;
   const int nt = blockIdx.x * kWgWarps + warp;
   const int ntc = min(nt, ntiles - 1);  // tiles past the end re-read the last one; never stored
-  const int m0 = blockIdx.y * BM;
+  int m0 = blockIdx.y * BM;
+  // The rows this block may store: [m0, min(m0 + BM, m_end)).
+  int m_end = p.M;
+  const void* qweight = p.qweight;
+  const void* scale_zero = p.scale_zero;
+  int* const x_rows_s = reinterpret_cast<int*>(sbase + STAGES * L::kStage);  // kGrouped only
+  if constexpr (kGrouped) {
+    // PDL: the offsets and row indices come from the kernels just before.
+    if (pdl_flags & kPdlLaunched) pdl_wait();
+    int e;
+    resolve_group_tile(p, BM, blockIdx.y, e, m0, m_end);
+    if (e < 0) {  // block-uniform: every warp resolved the same tile
+      zero_rows<T>(p, m0, m_end, BM, blockIdx.x * kWgWarps * kTileN, kWgWarps * kTileN);
+      return;  // the whole block, before any barrier
+    }
+    qweight = reinterpret_cast<const uint32_t*>(qweight) + e * p.qweight_batch_stride;
+    scale_zero = reinterpret_cast<const T*>(scale_zero) + e * p.scale_zero_batch_stride;
+    for (int r = tid; r < BM; r += kWgThreads) x_rows_s[r] = x_row_of(p, min(m0 + r, m_end - 1));
+    __syncthreads();
+  }
   const int per_split = ceil_div(ktiles, splits);
   const int kt_begin = blockIdx.z * per_split;
   const int n_k = max(0, min(ktiles, kt_begin + per_split) - kt_begin);  // block-uniform
 
-  const uint4* wsrc = reinterpret_cast<const uint4*>(p.qweight) + static_cast<size_t>(ntc) * ktiles * 32 + lane;
-  const uint2* szsrc = reinterpret_cast<const uint2*>(p.scale_zero) + g;
+  const uint4* wsrc = reinterpret_cast<const uint4*>(qweight) + static_cast<size_t>(ntc) * ktiles * 32 + lane;
+  const uint2* szsrc = reinterpret_cast<const uint2*>(scale_zero) + g;
   const T* x = reinterpret_cast<const T*>(p.x);
 
   // Staging of x. 4-byte unit u of a row's 64-k tile holds actual k 2u, 2u + 1
@@ -127,7 +152,7 @@ __global__ void __launch_bounds__(kWgThreads, wg_min_blocks(BM)) gemm_wg_kernel(
   // Row j of this thread's is m0 + warp + 8 j; rows past M are zero-filled
   // from x's base address (no bytes are read). The trip count is a constant
   // so the loop unrolls to one add, one select and the copy per row.
-  const int rows_left = p.M - m0 - warp;
+  const int rows_left = m_end - m0 - warp;
   const T* const x_row0 = x + static_cast<size_t>(m0 + warp) * p.x_row_stride + 2 * u;
   const size_t x_row8 = static_cast<size_t>(8) * p.x_row_stride;
 
@@ -160,6 +185,15 @@ __global__ void __launch_bounds__(kWgThreads, wg_min_blocks(BM)) gemm_wg_kernel(
 #pragma unroll
         for (int j = 0; j < BM / 32; ++j, src += xs_row32) {
           if (32 * j < xs_rows_left) cp_async_16(gst + xs_dst0 + j * 32 * 128, src);
+        }
+      } else if constexpr (kGrouped) {
+        const bool k_in = kt * kTileK + 2 * u < p.K;
+        const T* const xk = x + kt * kTileK + 2 * u;
+#pragma unroll
+        for (int j = 0; j < BM / kWgWarps; ++j) {
+          const bool in = k_in && 8 * j < rows_left;
+          const T* src = xk + static_cast<size_t>(x_rows_s[warp + 8 * j]) * p.x_row_stride;
+          cp_async_4_zfill(st + x_dst0 + j * 8 * 128, in ? src : x, in ? 4 : 0);
         }
       } else {
         const bool k_in = kt * kTileK + 2 * u < p.K;  // K tail: padded weights are zero, and so must x be (0 * NaN)
@@ -216,7 +250,9 @@ __global__ void __launch_bounds__(kWgThreads, wg_min_blocks(BM)) gemm_wg_kernel(
     compute_slot = compute_slot + 1 == STAGES ? 0 : compute_slot + 1;
   };
 
-  if (pdl_flags & kPdlLaunched) pdl_wait();  // x may still be being written by the previous kernel
+  if constexpr (!kGrouped) {
+    if (pdl_flags & kPdlLaunched) pdl_wait();  // x may still be being written by the previous kernel
+  }
 
 #pragma unroll
   for (int s = 0; s < kDist; ++s) fetch(s);
@@ -243,7 +279,7 @@ __global__ void __launch_bounds__(kWgThreads, wg_min_blocks(BM)) gemm_wg_kernel(
       for (int t = 0; t < 2; ++t) {
         const int m = m0 + 8 * c + 2 * q + t;
         const int n = nt * kTileN + g + 8 * h;
-        if (m < p.M && n < p.N) store_result<T>(p, splits, m, n, acc[4 * c + 2 * h + t]);
+        if (m < m_end && n < p.N) store_result<T>(p, splits, m, n, acc[4 * c + 2 * h + t]);
       }
 #endif
 }
@@ -253,6 +289,17 @@ cudaError_t launch_wg(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   constexpr int kStages = wg_stages(BM);
   constexpr int kSmem = WgSmem<BM>::bytes(kStages);
   const int ntiles = padded_n(p.N) / kTileN;
+  if (p.row_offsets != nullptr) {  // grouped (MoE): x gathered, one block row per expert tile (+ no-expert rows)
+    // make_grouped_plan picks 64 or 128 tokens: no 256-token instantiation.
+    if constexpr (BM <= 128) {
+      if (cfg.kind != KernelKind::kWgmma) return cudaErrorInvalidConfiguration;
+      const dim3 grid(ceil_div(ntiles, kWgNT), grouped_grid_rows(p.M, BM, p.num_batches), cfg.splits);
+      return launch_with_smem<kSmem + BM * 4, gemm_wg_kernel<T, BM, kStages, false, true>>(grid, kWgThreads, p, cfg,
+                                                                                            stream);
+    } else {
+      return cudaErrorInvalidConfiguration;
+    }
+  }
   const dim3 grid(ceil_div(ntiles, kWgNT), ceil_div(p.M, BM), cfg.splits);
   if (cfg.kind == KernelKind::kWgmma) {
     return launch_with_smem<kSmem, gemm_wg_kernel<T, BM, kStages, false>>(grid, kWgThreads, p, cfg, stream);

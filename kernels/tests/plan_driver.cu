@@ -54,9 +54,10 @@ int main() {
       for (int E : {8, 64, 128}) {
         for (const auto& s : shapes) {
           for (int R : {1, 2, 8, 16, 64, 128, 512, 1024, 8192, 32768}) {
-            for (const bool xs : {false, true}) {
-              const Plan p = make_grouped_plan(static_cast<Family>(f), d, R, E, s[1], s[0], xs);
-              std::printf("%s %d %d %d %d %d %d %lld %lld %d\n", xs ? "X" : "G", d.capability, f, E, s[0], s[1], R,
+            // G: default; X: the x-shared switch; W: the wgmma switch (both work in progress).
+            for (const char mode : {'G', 'X', 'W'}) {
+              const Plan p = make_grouped_plan(static_cast<Family>(f), d, R, E, s[1], s[0], mode == 'X', mode == 'W');
+              std::printf("%c %d %d %d %d %d %d %lld %lld %d\n", mode, d.capability, f, E, s[0], s[1], R,
                           static_cast<long long>(encode_plan(p)), static_cast<long long>(p.workspace_bytes),
                           roundtrip(p));
             }

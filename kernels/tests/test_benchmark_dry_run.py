@@ -66,6 +66,8 @@ def test_moe_benchmark_dry_run(tmp_path):
             "awqgemm_wip_graph_us",
             "awqgemm_gemms_graph_us",
             "awqgemm_wip_gemms_graph_us",
+            "awqgemm_wip_wg_graph_us",
+            "awqgemm_wip_wg_gemms_graph_us",
         ):
             assert row[key] > 0, (key, row)
         assert "marlin_note" not in row, row
@@ -75,14 +77,27 @@ def test_moe_benchmark_dry_run(tmp_path):
             "marlin_rel_err_vs_dense",
             "marlin_rel_err_vs_awqgemm",
             "awqgemm_wip_rel_err_vs_dense",
+            "awqgemm_wip_wg_rel_err_vs_dense",
         ):
             assert row[key] < 5e-3, (key, row)
+
+
+def test_moe_benchmark_skip_wip(tmp_path):
+    """--skip-wip (the device script's way to leave out a feature whose GPU tests failed): the variants
+    using that switch are gone, the others stay."""
+    if not MOE_PY.exists():
+        pytest.skip(f"benchmarks/moe.py is not next to these tests ({MOE_PY}): it runs from the source tree")
+    cmd = [sys.executable, str(MOE_PY), "--dry-run", "--wip", "--skip-wip", "grouped_wgmma", "--tokens", "3"]
+    r = subprocess.run([*cmd, "--shapes", "mixtral-8x7b", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (row,) = json.loads(next(tmp_path.glob("*-dry.json")).read_text())["rows"]
+    assert row["awqgemm_wip_graph_us"] > 0 and not any(k.startswith("awqgemm_wip_wg_") for k in row), row
 
 
 def test_moe_benchmark_rejects_bad_arguments():
     if not MOE_PY.exists():
         pytest.skip(f"benchmarks/moe.py is not next to these tests ({MOE_PY}): it runs from the source tree")
-    for bad in (["--shapes", "llama"], ["--tokens", "0"], ["--tokens", "a,b"]):
+    for bad in (["--shapes", "llama"], ["--tokens", "0"], ["--tokens", "a,b"], ["--wip", "--skip-wip", "wgmma"]):
         r = subprocess.run(
             [sys.executable, str(MOE_PY), "--dry-run", *bad], capture_output=True, text=True, timeout=120
         )
@@ -200,7 +215,11 @@ def test_e2e_forced_sm80_contender_plan():
     plans = _json_objects(r.stdout)[:-1]
     assert [(p["name"], p["engine"]["quantization"], p["force"]) for p in plans] == [
         ("awqgemm:sm80", "awqgemm", {"family": "sm80"}),
-        ("awqgemm:wip", "awqgemm", {"coalesced_dequant": True, "moe_routing_kernels": True, "grouped_xshared": True}),
+        (
+            "awqgemm:wip",
+            "awqgemm",
+            {"coalesced_dequant": True, "moe_routing_kernels": True, "grouped_xshared": True, "grouped_wgmma": True},
+        ),
         ("awqgemm", "awqgemm", None),
     ]
     import awqgemm.testing

@@ -18,6 +18,7 @@ from conftest import has_gpu
 pytestmark = pytest.mark.gpu
 ROUTING = pytest.mark.wip("moe_routing_kernels")  # fused_moe's routing, silu-mul and combine kernels
 GROUPED_XS = pytest.mark.wip("grouped_xshared")  # the grouped x-shared kernel
+GROUPED_WG = pytest.mark.wip("grouped_wgmma")  # the grouped wgmma kernel (sm90 family)
 
 CASES = [("sm70", torch.float16), ("sm75", torch.float16), ("sm80", torch.float16), ("sm80", torch.bfloat16)]
 CASES += [("auto", torch.float16), ("auto", torch.bfloat16)]
@@ -78,11 +79,23 @@ def tolerance(dtype):
 
 
 def run_case(
-    family, dtype, group, tokens, num=8, hidden=256, inter=128, top_k=2, seed=0, zero=(1, 6), kernels=False, xs=False
+    family,
+    dtype,
+    group,
+    tokens,
+    num=8,
+    hidden=256,
+    inter=128,
+    top_k=2,
+    seed=0,
+    zero=(1, 6),
+    kernels=False,
+    xs=False,
+    wg=False,
 ):
     ck13 = experts(num, hidden, 2 * inter, group, dtype, seed)
     ck2 = experts(num, inter, hidden, group, dtype, seed + 50)
-    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels, grouped_xshared=xs):
+    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels, grouped_xshared=xs, grouped_wgmma=wg):
         w13 = awqgemm.pack_awq_experts(*ck13, group)
         w2 = awqgemm.pack_awq_experts(*ck2, group)
         x = torch.randn(tokens, hidden, dtype=dtype, device="cuda")
@@ -120,6 +133,84 @@ def test_grouped_xshared(family, dtype, group, tokens):
     with awqgemm.testing.force(family=family, grouped_xshared=True):
         assert grouped_plan_info(600, 6, 256, 256, dtype)["kernel"] == "x_shared"
         assert grouped_plan_info(8, 8, 256, 256, dtype)["kernel"] == "k_split"  # 1 row per expert
+
+
+def skip_unless_sm90():
+    skip_unless("auto")
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the grouped wgmma kernel is the sm90 family's: a 9.0 GPU")
+    if "sm90a_m64nNk16" not in awqgemm.build_info()["kernel_families"]:
+        pytest.fail("this 9.0 GPU's awqgemm build lacks the sm90 family: build with CUDA_ARCHITECTURES 90a-real")
+
+
+@GROUPED_WG
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_grouped_wgmma(dtype, group):
+    """Work in progress (testing.force(grouped_wgmma=True)): experts of more than 32 rows on the sm90
+    wgmma kernel, x gathered, against fp64: 64-token tiles (~67 rows per expert), 128-token tiles
+    (~330), split-K over a long K (hidden 4096 on a small grid), zero-token experts and a sub-32-row
+    case that stays on the K-split kernel; the plans really are those."""
+    skip_unless_sm90()
+    worst = 0.0
+    for tokens in (200, 1000, 9):
+        worst = max(worst, run_case("auto", dtype, group, tokens, wg=True))
+    worst = max(worst, run_case("auto", dtype, group, 100, num=4, hidden=4096, inter=256, seed=7, zero=(), wg=True))
+    print(f"moe wgmma {dtype} g={group}: worst rel err {worst:.2e}")
+    with awqgemm.testing.force(grouped_wgmma=True):
+        p64 = grouped_plan_info(400, 6, 256, 256, dtype)
+        p128 = grouped_plan_info(2000, 6, 256, 256, dtype)
+        long_k = grouped_plan_info(200, 4, 512, 4096, dtype)
+        small = grouped_plan_info(18, 6, 256, 256, dtype)
+    assert (p64["family"], p64["kernel"], p64["tile_tokens"]) == ("sm90", "wgmma", 64), p64
+    assert (p128["kernel"], p128["tile_tokens"]) == ("wgmma", 128), p128
+    assert long_k["kernel"] == "wgmma" and long_k["splits"] > 1, long_k
+    assert small["kernel"] == "k_split", small
+
+
+@GROUPED_WG
+def test_grouped_wgmma_graph_replay_and_rows_of_no_expert():
+    """The grouped wgmma kernel captured in a CUDA graph replays new routings bitwise as eager does; rows
+    past offsets[E] are zero and garbage row indices are clamped."""
+    skip_unless_sm90()
+    num, hidden, inter, tokens, top_k = 6, 512, 256, 150, 2
+    ck13 = experts(num, hidden, 2 * inter, 64, torch.float16, 1)
+    ck2 = experts(num, inter, hidden, 64, torch.float16, 2)
+    w13, w2 = awqgemm.pack_awq_experts(*ck13, 64), awqgemm.pack_awq_experts(*ck2, 64)
+    x = torch.randn(tokens, hidden, dtype=torch.float16, device="cuda")
+    tw, ti = routing(tokens, num, top_k, 0, zero=(3,))
+    with awqgemm.testing.force(grouped_wgmma=True):
+        assert grouped_plan_info(tokens * top_k, num, 2 * inter, hidden)["kernel"] == "wgmma"
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            awqgemm.fused_moe(x, w13, w2, tw, ti)  # warm-up outside capture
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = awqgemm.fused_moe(x, w13, w2, tw, ti)
+        for seed in range(1, 4):
+            tw2, ti2 = routing(tokens, num, top_k, seed, zero=(seed,))
+            x.copy_(torch.randn_like(x))
+            tw.copy_(tw2)
+            ti.copy_(ti2)
+            graph.replay()
+            eager = awqgemm.fused_moe(x, w13, w2, tw, ti)
+            torch.cuda.synchronize()
+            assert_bitwise(out, eager, f"graph replay vs eager (routing seed {seed})")
+        ref = reference(x, dense(ck13, 64), dense(ck2, 64), tw, ti)
+        assert rel_err(out, ref) < tolerance(torch.float16)
+        offsets = torch.tensor([0, 70, 70, 140, 200, 200, 260], dtype=torch.int32, device="cuda")
+        rows = torch.randint(-5, tokens + 5, (300,), dtype=torch.int32, device="cuda")  # clamped in the kernel
+        y = awqgemm.moe_gemm(x, w13, offsets, rows)
+        torch.cuda.synchronize()
+        assert (y[260:] == 0).all() and torch.isfinite(y).all()
+        wd = dense(ck13, 64).double()
+        safe = rows.clamp(0, tokens - 1).long()
+        for e, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
+            if hi > lo:
+                ref_e = x[safe[lo:hi]].double() @ wd[e]
+                assert rel_err(y[lo:hi], ref_e) < 5e-3, (e, lo, hi)
 
 
 @pytest.mark.parametrize("family", ["sm70", "sm75", "sm80", "auto"])
@@ -303,6 +394,26 @@ def test_sanitizer_subset_grouped_xshared():
             y = awqgemm.moe_gemm(x, packed, offsets, rows)
             torch.cuda.synchronize()
             assert (y[40:] == 0).all() and torch.isfinite(y).all()
+
+
+@GROUPED_WG
+def test_sanitizer_subset_grouped_wgmma():
+    """The grouped wgmma kernel for compute-sanitizer memcheck: 64- and 128-token tiles, split-K over a
+    long K, a zero-token expert, rows of no expert with clamped garbage row indices."""
+    skip_unless_sm90()
+    for dtype in (torch.float16, torch.bfloat16):
+        run_case("auto", dtype, 64, 120, num=3, hidden=1024, inter=128, top_k=2, seed=5, zero=(1,), wg=True)
+        run_case("auto", dtype, 128, 300, num=2, hidden=512, inter=128, top_k=2, seed=6, zero=(), wg=True)
+        run_case("auto", dtype, 32, 60, num=2, hidden=8192, inter=64, top_k=2, seed=8, zero=(), wg=True)
+        with awqgemm.testing.force(grouped_wgmma=True):
+            packed = awqgemm.pack_awq_experts(*experts(3, 512, 200, 64, dtype, 7), 64)
+            assert grouped_plan_info(150, 3, 200, 512, dtype)["kernel"] == "wgmma"
+            x = torch.randn(90, 512, dtype=dtype, device="cuda")
+            offsets = torch.tensor([0, 60, 60, 130], dtype=torch.int32, device="cuda")
+            rows = torch.randint(-5, 100, (150,), dtype=torch.int32, device="cuda")  # clamped in the kernel
+            y = awqgemm.moe_gemm(x, packed, offsets, rows)
+            torch.cuda.synchronize()
+            assert (y[130:] == 0).all() and torch.isfinite(y).all()
 
 
 @ROUTING

@@ -27,6 +27,7 @@ class _Override:
     coalesced_dequant: bool = False  # the dense path's dequantization through shared memory (v12)
     moe_routing_kernels: bool = False  # fused_moe's routing / silu-mul / combine as CUDA kernels
     grouped_xshared: bool = False  # grouped (MoE) GEMMs of > 16 rows per expert on the sm80 x-shared kernel
+    grouped_wgmma: bool = False  # grouped (MoE) GEMMs of > 32 rows per expert on the sm90 wgmma kernel
 
 
 state = _Override()

@@ -159,7 +159,7 @@ def _moe_gemm_cuda(x, qweight, scales, expert_offsets, row_index, K, N, group_si
     stream = torch.cuda.current_stream(x.device).cuda_stream
     dtype_code = _ops._DTYPE_CODE[x.dtype]
     code, family, family_layout, ws_bytes = _C.plan_grouped(
-        _ops.state.family, dtype_code, rows, num, N, K, device, _ops.state.grouped_xshared
+        _ops.state.family, dtype_code, rows, num, N, K, device, _ops.state.grouped_xshared, _ops.state.grouped_wgmma
     )
     if family_layout != layout:
         raise ValueError(
@@ -752,6 +752,14 @@ def grouped_plan_info(
         return {"family": None, "kernel": "reference", "workspace_bytes": 0}
     index = _ops.device_index(device)
     code, family, _, ws = _C.plan_grouped(
-        _ops.state.family, _ops._DTYPE_CODE[dtype], rows, num_experts, N, K, index, _ops.state.grouped_xshared
+        _ops.state.family,
+        _ops._DTYPE_CODE[dtype],
+        rows,
+        num_experts,
+        N,
+        K,
+        index,
+        _ops.state.grouped_xshared,
+        _ops.state.grouped_wgmma,
     )
     return {"family": f"sm{family}", "workspace_bytes": ws, **_C.describe_plan(code)}

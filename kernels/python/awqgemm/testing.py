@@ -46,6 +46,7 @@ def force(
     coalesced_dequant: bool = False,
     moe_routing_kernels: bool = False,
     grouped_xshared: bool = False,
+    grouped_wgmma: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel, ``dense`` dequantize + matmul, ``reference``,
     ``wtile``: the sm80 family's weight-tile kernel at every M; ``wgws``: the sm90 family's warp-specialized
@@ -54,11 +55,13 @@ def force(
     Work in progress behind this switch (not yet run on a GPU): ``coalesced_dequant`` dequantizes the
     dense path's chunks through shared memory; ``moe_routing_kernels`` runs fused_moe's routing,
     silu-mul and combine as CUDA kernels instead of torch ops; ``grouped_xshared`` runs grouped (MoE)
-    GEMMs of more than 16 rows per expert on the sm80 family's x-shared kernel."""
+    GEMMs of more than 16 rows per expert on the sm80 family's x-shared kernel; ``grouped_wgmma`` runs
+    those of more than 32 rows per expert on the sm90 family's wgmma kernel (a 9.0 GPU)."""
     switches = {
         "coalesced_dequant": coalesced_dequant,
         "moe_routing_kernels": moe_routing_kernels,
         "grouped_xshared": grouped_xshared,
+        "grouped_wgmma": grouped_wgmma,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
