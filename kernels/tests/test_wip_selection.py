@@ -17,6 +17,9 @@ from conftest import WIP_FEATURES
 TESTS = pathlib.Path(__file__).resolve().parent
 SCRIPT = TESTS.parents[1] / "ci" / "device_kernels.sh"
 FILES = {"WIP_GPU": "test_gpu.py", "WIP_MOE": "test_gpu_moe.py"}
+if not SCRIPT.exists():
+    # The conda package's stored tests copy kernels/tests only; the source tree's run covers this.
+    pytest.skip(f"ci/device_kernels.sh is not next to these tests ({SCRIPT})", allow_module_level=True)
 
 
 def script_lists() -> dict[str, list[str]]:
