@@ -377,6 +377,21 @@ def test_sanitizer_subset():
             assert (y[4:] == 0).all()
 
 
+def check_rows_of_no_expert(dtype, switch, kernel, rows_per_expert):
+    """moe_gemm under `switch` on 3 experts (the middle one empty) whose plan is `kernel`, with garbage
+    row indices (clamped in the kernel) and rows past offsets[E], which must come out zero."""
+    r = rows_per_expert
+    with awqgemm.testing.force(**{switch: True}):
+        packed = awqgemm.pack_awq_experts(*experts(3, 512, 200, 64, dtype, 7), 64)
+        assert grouped_plan_info(5 * r // 2, 3, 200, 512, dtype)["kernel"] == kernel
+        x = torch.randn(3 * r // 2, 512, dtype=dtype, device="cuda")
+        offsets = torch.tensor([0, r, r, 2 * r + r // 6], dtype=torch.int32, device="cuda")
+        rows = torch.randint(-5, 2 * r, (5 * r // 2,), dtype=torch.int32, device="cuda")
+        y = awqgemm.moe_gemm(x, packed, offsets, rows)
+        torch.cuda.synchronize()
+        assert (y[2 * r + r // 6 :] == 0).all() and torch.isfinite(y).all()
+
+
 @GROUPED_XS
 def test_sanitizer_subset_grouped_xshared():
     """The grouped x-shared kernel for compute-sanitizer memcheck: gather, a zero-token expert, split-K
@@ -385,15 +400,7 @@ def test_sanitizer_subset_grouped_xshared():
     for dtype in (torch.float16, torch.bfloat16):
         run_case("auto", dtype, 64, 40, num=3, hidden=1024, inter=128, top_k=2, seed=5, zero=(1,), xs=True)
         run_case("auto", dtype, 128, 20, num=2, hidden=8192, inter=128, top_k=2, seed=6, zero=(), xs=True)
-        with awqgemm.testing.force(grouped_xshared=True):
-            packed = awqgemm.pack_awq_experts(*experts(3, 512, 200, 64, dtype, 7), 64)
-            assert grouped_plan_info(50, 3, 200, 512, dtype)["kernel"] == "x_shared"
-            x = torch.randn(30, 512, dtype=dtype, device="cuda")
-            offsets = torch.tensor([0, 20, 20, 40], dtype=torch.int32, device="cuda")
-            rows = torch.randint(-5, 40, (50,), dtype=torch.int32, device="cuda")  # clamped in the kernel
-            y = awqgemm.moe_gemm(x, packed, offsets, rows)
-            torch.cuda.synchronize()
-            assert (y[40:] == 0).all() and torch.isfinite(y).all()
+        check_rows_of_no_expert(dtype, "grouped_xshared", "x_shared", 20)
 
 
 @GROUPED_WG
@@ -405,15 +412,7 @@ def test_sanitizer_subset_grouped_wgmma():
         run_case("auto", dtype, 64, 120, num=3, hidden=1024, inter=128, top_k=2, seed=5, zero=(1,), wg=True)
         run_case("auto", dtype, 128, 300, num=2, hidden=512, inter=128, top_k=2, seed=6, zero=(), wg=True)
         run_case("auto", dtype, 32, 60, num=2, hidden=8192, inter=64, top_k=2, seed=8, zero=(), wg=True)
-        with awqgemm.testing.force(grouped_wgmma=True):
-            packed = awqgemm.pack_awq_experts(*experts(3, 512, 200, 64, dtype, 7), 64)
-            assert grouped_plan_info(150, 3, 200, 512, dtype)["kernel"] == "wgmma"
-            x = torch.randn(90, 512, dtype=dtype, device="cuda")
-            offsets = torch.tensor([0, 60, 60, 130], dtype=torch.int32, device="cuda")
-            rows = torch.randint(-5, 100, (150,), dtype=torch.int32, device="cuda")  # clamped in the kernel
-            y = awqgemm.moe_gemm(x, packed, offsets, rows)
-            torch.cuda.synchronize()
-            assert (y[130:] == 0).all() and torch.isfinite(y).all()
+        check_rows_of_no_expert(dtype, "grouped_wgmma", "wgmma", 60)
 
 
 @ROUTING
