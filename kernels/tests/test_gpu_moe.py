@@ -168,36 +168,50 @@ def test_grouped_wgmma(dtype, group):
     assert small["kernel"] == "k_split", small
 
 
+def fp16_layer(num, hidden, inter, tokens, top_k):
+    """An fp16 g64 MoE layer (checkpoints, packed weights), activations and a routing that leaves expert 3
+    without tokens."""
+    ck13 = experts(num, hidden, 2 * inter, 64, torch.float16, 1)
+    ck2 = experts(num, inter, hidden, 64, torch.float16, 2)
+    w13, w2 = awqgemm.pack_awq_experts(*ck13, 64), awqgemm.pack_awq_experts(*ck2, 64)
+    x = torch.randn(tokens, hidden, dtype=torch.float16, device="cuda")
+    return (ck13, ck2, w13, w2, x, *routing(tokens, num, top_k, 0, zero=(3,)))
+
+
+def replay_new_routings(x, w13, w2, tw, ti, num, top_k, zeros):
+    """Captures fused_moe in a CUDA graph (under whatever switches are on), replays it with new routings
+    (zeros(seed): the experts left without tokens) and asserts each replay is bitwise the eager result;
+    returns the graph's output tensor (the last routing's result)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        awqgemm.fused_moe(x, w13, w2, tw, ti)  # warm-up outside capture
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = awqgemm.fused_moe(x, w13, w2, tw, ti)
+    for seed in range(1, 4):
+        tw2, ti2 = routing(x.shape[0], num, top_k, seed, zero=zeros(seed))
+        x.copy_(torch.randn_like(x))
+        tw.copy_(tw2)
+        ti.copy_(ti2)
+        graph.replay()
+        eager = awqgemm.fused_moe(x, w13, w2, tw, ti)
+        torch.cuda.synchronize()
+        assert_bitwise(out, eager, f"graph replay vs eager (routing seed {seed})")
+    return out
+
+
 @GROUPED_WG
 def test_grouped_wgmma_graph_replay_and_rows_of_no_expert():
     """The grouped wgmma kernel captured in a CUDA graph replays new routings bitwise as eager does; rows
     past offsets[E] are zero and garbage row indices are clamped."""
     skip_unless_sm90()
     num, hidden, inter, tokens, top_k = 6, 512, 256, 150, 2
-    ck13 = experts(num, hidden, 2 * inter, 64, torch.float16, 1)
-    ck2 = experts(num, inter, hidden, 64, torch.float16, 2)
-    w13, w2 = awqgemm.pack_awq_experts(*ck13, 64), awqgemm.pack_awq_experts(*ck2, 64)
-    x = torch.randn(tokens, hidden, dtype=torch.float16, device="cuda")
-    tw, ti = routing(tokens, num, top_k, 0, zero=(3,))
+    ck13, ck2, w13, w2, x, tw, ti = fp16_layer(num, hidden, inter, tokens, top_k)
     with awqgemm.testing.force(grouped_wgmma=True):
         assert grouped_plan_info(tokens * top_k, num, 2 * inter, hidden)["kernel"] == "wgmma"
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            awqgemm.fused_moe(x, w13, w2, tw, ti)  # warm-up outside capture
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = awqgemm.fused_moe(x, w13, w2, tw, ti)
-        for seed in range(1, 4):
-            tw2, ti2 = routing(tokens, num, top_k, seed, zero=(seed,))
-            x.copy_(torch.randn_like(x))
-            tw.copy_(tw2)
-            ti.copy_(ti2)
-            graph.replay()
-            eager = awqgemm.fused_moe(x, w13, w2, tw, ti)
-            torch.cuda.synchronize()
-            assert_bitwise(out, eager, f"graph replay vs eager (routing seed {seed})")
+        out = replay_new_routings(x, w13, w2, tw, ti, num, top_k, lambda seed: (seed,))
         ref = reference(x, dense(ck13, 64), dense(ck2, 64), tw, ti)
         assert rel_err(out, ref) < tolerance(torch.float16)
         offsets = torch.tensor([0, 70, 70, 140, 200, 200, 260], dtype=torch.int32, device="cuda")
@@ -304,29 +318,9 @@ def test_cuda_graph_replay_matches_eager_with_new_routing(routing_kernels):
     (testing.force(moe_routing_kernels=True)) also bitwise what the torch path gives."""
     skip_unless("auto")
     num, hidden, inter, tokens, top_k = 16, 512, 256, 24, 4
-    ck13 = experts(num, hidden, 2 * inter, 64, torch.float16, 1)
-    ck2 = experts(num, inter, hidden, 64, torch.float16, 2)
-    w13, w2 = awqgemm.pack_awq_experts(*ck13, 64), awqgemm.pack_awq_experts(*ck2, 64)
-    x = torch.randn(tokens, hidden, dtype=torch.float16, device="cuda")
-    tw, ti = routing(tokens, num, top_k, 0, zero=(3,))
+    _, _, w13, w2, x, tw, ti = fp16_layer(num, hidden, inter, tokens, top_k)
     with awqgemm.testing.force(moe_routing_kernels=routing_kernels):
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            awqgemm.fused_moe(x, w13, w2, tw, ti)  # warm-up outside capture
-        torch.cuda.current_stream().wait_stream(s)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = awqgemm.fused_moe(x, w13, w2, tw, ti)
-        for seed in range(1, 4):
-            tw2, ti2 = routing(tokens, num, top_k, seed, zero=(seed, 2 * seed))
-            x.copy_(torch.randn_like(x))
-            tw.copy_(tw2)
-            ti.copy_(ti2)
-            graph.replay()
-            eager = awqgemm.fused_moe(x, w13, w2, tw, ti)
-            torch.cuda.synchronize()
-            assert_bitwise(out, eager, f"graph replay vs eager (routing seed {seed})")
+        out = replay_new_routings(x, w13, w2, tw, ti, num, top_k, lambda seed: (seed, 2 * seed))
     if routing_kernels:
         assert_bitwise(out, awqgemm.fused_moe(x, w13, w2, tw, ti), "graph (kernels) vs torch path")
 
