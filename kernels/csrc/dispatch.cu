@@ -236,6 +236,11 @@ constexpr int64_t kMaxWorkspaceBytes = int64_t{64} << 20;
 // without the wait). The split-K reduction is arch-generic.
 void finish_plan(Plan& plan, const DeviceInfo& dev, bool kernel_has_wait, int M, int N, int K) {
   TileConfig& t = plan.tile;
+  // Every kernel gives each split ceil(ktiles / splits) k-tiles: fewer splits with the same slice
+  // length drop trailing splits that would get none (64 k-tiles in 9 splits: 8 of 8, and an empty 9th
+  // whose blocks would only write zero partials for the reduction to read).
+  const int ktiles = padded_k(K) / kTileK;
+  t.splits = ceil_div(ktiles, ceil_div(ktiles, t.splits));
   const bool pdl = dev.capability >= 90 && pdl_enabled();
   t.pdl_flags = pdl && kernel_has_wait ? kPdlLaunched : 0;
   plan.reduce_pdl = pdl && dev.ptx_arch >= 90;

@@ -61,6 +61,13 @@ def test_workspace_within_64_mib(plans):
     assert worst["ws"] <= MAX_WORKSPACE, f"a plan asks for {worst['ws']} bytes: {worst}"
 
 
+def test_no_split_without_k_tiles(plans):
+    """Kernels give each K split ceil(k-tiles / splits) tiles: no plan has a trailing split with none."""
+    for p in plans:
+        ktiles = -(-p["K"] // 64)
+        assert (p["splits"] - 1) * -(-ktiles // p["splits"]) < ktiles, p
+
+
 def test_families_run_only_where_they_can(plans):
     for p in plans:
         assert p["family"] <= p["cap"], p

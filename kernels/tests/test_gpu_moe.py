@@ -149,13 +149,17 @@ def skip_unless_sm90():
 def test_grouped_wgmma(dtype, group):
     """Work in progress (testing.force(grouped_wgmma=True)): experts of more than 32 rows on the sm90
     wgmma kernel, x gathered, against fp64: 64-token tiles (~67 rows per expert), 128-token tiles
-    (~330), split-K over a long K (hidden 4096 on a small grid), zero-token experts and a sub-32-row
-    case that stays on the K-split kernel; the plans really are those."""
+    (~330), split-K over a long K (hidden 4096 on a small grid), 40 experts, K and N tails (g32), zero-token
+    experts and a sub-32-row case that stays on the K-split kernel; the plans really are those."""
     skip_unless_sm90()
     worst = 0.0
     for tokens in (200, 1000, 9):
         worst = max(worst, run_case("auto", dtype, group, tokens, wg=True))
     worst = max(worst, run_case("auto", dtype, group, 100, num=4, hidden=4096, inter=256, seed=7, zero=(), wg=True))
+    # 40 experts: the offsets scan over two chunks of 32 (resolve_group_tile), ~50 rows each.
+    worst = max(worst, run_case("auto", dtype, group, 1000, num=40, seed=9, zero=(5, 33), wg=True))
+    if group == 32:  # hidden 288: K % 64 == 32 (gate_up's half last k-tile), N % 128 == 32 (down's column tail)
+        worst = max(worst, run_case("auto", dtype, group, 300, hidden=288, seed=11, wg=True))
     print(f"moe wgmma {dtype} g={group}: worst rel err {worst:.2e}")
     with awqgemm.testing.force(grouped_wgmma=True):
         p64 = grouped_plan_info(400, 6, 256, 256, dtype)
@@ -373,10 +377,12 @@ def test_sanitizer_subset():
 
 def check_rows_of_no_expert(dtype, switch, kernel, rows_per_expert):
     """moe_gemm under `switch` on 3 experts (the middle one empty) whose plan is `kernel`, with garbage
-    row indices (clamped in the kernel) and rows past offsets[E], which must come out zero."""
+    row indices (clamped in the kernel) and rows past offsets[E], which must come out zero; every
+    expert's rows against fp64 (N = 200: a column tail)."""
     r = rows_per_expert
+    ck = experts(3, 512, 200, 64, dtype, 7)
     with awqgemm.testing.force(**{switch: True}):
-        packed = awqgemm.pack_awq_experts(*experts(3, 512, 200, 64, dtype, 7), 64)
+        packed = awqgemm.pack_awq_experts(*ck, 64)
         assert grouped_plan_info(5 * r // 2, 3, 200, 512, dtype)["kernel"] == kernel
         x = torch.randn(3 * r // 2, 512, dtype=dtype, device="cuda")
         offsets = torch.tensor([0, r, r, 2 * r + r // 6], dtype=torch.int32, device="cuda")
@@ -384,6 +390,10 @@ def check_rows_of_no_expert(dtype, switch, kernel, rows_per_expert):
         y = awqgemm.moe_gemm(x, packed, offsets, rows)
         torch.cuda.synchronize()
         assert (y[2 * r + r // 6 :] == 0).all() and torch.isfinite(y).all()
+    w, safe = dense(ck, 64).double(), rows.clamp(0, x.shape[0] - 1).long()
+    for e, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
+        if hi > lo:
+            assert rel_err(y[lo:hi], x[safe[lo:hi]].double() @ w[e]) < tolerance(dtype), (switch, e)
 
 
 @GROUPED_XS
