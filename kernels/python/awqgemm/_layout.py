@@ -42,6 +42,13 @@ def round_up(v: int, m: int) -> int:
     return (v + m - 1) // m * m
 
 
+def packed_shapes(k_dim: int, n_dim: int, group_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The shapes :func:`pack_qweight` and :func:`pack_scale_zero` give a [K, N] layer: qweight
+    ``[N_pad / 16, K_pad / 64 * 128]`` and scale_zero ``[G_pad, N_pad * 2]``."""
+    k_pad, n_pad = round_up(k_dim, TILE_K), round_up(n_dim, TILE_N)
+    return (n_pad // TILE_N, k_pad // TILE_K * 128), (-(-k_pad // group_size), n_pad * 2)
+
+
 def unpack_awq_int4(packed: torch.Tensor) -> torch.Tensor:
     """int32 [R, C/8] in AWQ nibble order -> uint8 [R, C] in column order."""
     shifts = torch.tensor(_AWQ_SHIFTS, dtype=torch.int32, device=packed.device)
@@ -128,8 +135,8 @@ def pack_scale_zero(scales: torch.Tensor, zeros: torch.Tensor, k_dim: int, group
     """scales [G, N] (dtype T), zeros uint8 [G, N] -> T [G_pad, N_pad / 16 * 32]."""
     groups, n_dim = scales.shape
     dtype = scales.dtype
-    k_pad, n_pad = round_up(k_dim, TILE_K), round_up(n_dim, TILE_N)
-    groups_pad = -(-k_pad // group_size)
+    n_pad = round_up(n_dim, TILE_N)
+    groups_pad = packed_shapes(k_dim, n_dim, group_size)[1][0]
     # Padding: scale 0 (so padded weights are exactly 0), zero = magic.
     s = torch.zeros(groups_pad, n_pad, dtype=dtype, device=scales.device)
     z = torch.zeros(groups_pad, n_pad, dtype=dtype, device=scales.device)

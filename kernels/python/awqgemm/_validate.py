@@ -100,16 +100,15 @@ def check_packed_tensors(
     GPU 16-byte aligned (the kernels read both with 16-byte and bulk copies). A hand-built or sliced
     PackedWeight would otherwise be read out of bounds."""
     check_group_size(group_size)
-    k_pad, n_pad = _layout.round_up(k_dim, _layout.TILE_K), _layout.round_up(n_dim, _layout.TILE_N)
-    lead = () if experts is None else (experts,)
-    want_q = (*lead, n_pad // _layout.TILE_N, k_pad // _layout.TILE_K * 128)
-    want_s = (*lead, -(-k_pad // group_size), n_pad * 2)
-    if qweight.dtype != torch.int32 or tuple(qweight.shape) != want_q:
+    want_q, want_s = _layout.packed_shapes(k_dim, n_dim, group_size)
+    if experts is not None:
+        want_q, want_s = (experts, *want_q), (experts, *want_s)
+    if qweight.dtype != torch.int32 or qweight.shape != want_q:
         raise ValueError(
             f"awqgemm: {name}.qweight must be int32 of shape {list(want_q)} for K={k_dim}, N={n_dim}, "
             f"got {qweight.dtype} {_shape(qweight)}; build packed weights with awqgemm.pack_awq(_experts)"
         )
-    if tuple(scales.shape) != want_s:
+    if scales.shape != want_s:
         raise ValueError(
             f"awqgemm: {name}.scales must have shape {list(want_s)} for K={k_dim}, N={n_dim}, "
             f"group_size={group_size}, got {_shape(scales)}; build packed weights with awqgemm.pack_awq(_experts)"
@@ -117,7 +116,7 @@ def check_packed_tensors(
     for part, t in (("qweight", qweight), ("scales", scales)):
         if not t.is_contiguous():
             raise ValueError(f"awqgemm: {name}.{part} must be contiguous (call .contiguous() on it)")
-        if t.device.type == "cuda" and t.data_ptr() % 16 != 0:
+        if t.is_cuda and t.data_ptr() % 16 != 0:
             raise ValueError(
                 f"awqgemm: {name}.{part} must start on a 16-byte boundary on the GPU (it is a view at an odd "
                 "offset); pass a copy (.clone())"
