@@ -8,6 +8,7 @@ import torch
 
 from . import _layout
 from ._ext import _C
+from ._validate import check_aligned_packed
 from .packed import PackedWeight
 from .reference import reference_gemm
 
@@ -55,6 +56,8 @@ def _gemm_cuda(x, qweight, scales, bias, K, N, group_size, layout):
             "awqgemm: this build has no CUDA kernels (built with AWQGEMM_CUDA=0 or without nvcc); "
             "install a CUDA build, or run on CPU tensors"
         )
+    check_aligned_packed("packed", "qweight", qweight)
+    check_aligned_packed("packed", "scales", scales)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
     if not x2.is_contiguous() or x2.data_ptr() % 16 != 0:

@@ -116,8 +116,16 @@ def check_packed_tensors(
     for part, t in (("qweight", qweight), ("scales", scales)):
         if not t.is_contiguous():
             raise ValueError(f"awqgemm: {name}.{part} must be contiguous (call .contiguous() on it)")
-        if t.is_cuda and t.data_ptr() % 16 != 0:
-            raise ValueError(
-                f"awqgemm: {name}.{part} must start on a 16-byte boundary on the GPU (it is a view at an odd "
-                "offset); pass a copy (.clone())"
-            )
+        # Dynamo cannot trace data_ptr(): compiled graphs get this check from the op itself.
+        if t.is_cuda and not torch.compiler.is_compiling():
+            check_aligned_packed(name, part, t)
+
+
+def check_aligned_packed(name: str, part: str, t: torch.Tensor) -> None:
+    """The kernels read packed weights with 16-byte and bulk copies. Called by the ops' CUDA
+    implementations too, which run (untraced) inside compiled graphs."""
+    if t.data_ptr() % 16 != 0:
+        raise ValueError(
+            f"awqgemm: {name}.{part} must start on a 16-byte boundary on the GPU (it is a view at an odd "
+            "offset); pass a copy (.clone())"
+        )

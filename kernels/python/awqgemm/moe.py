@@ -21,7 +21,14 @@ import torch.nn.functional as F
 
 from . import _layout, _ops
 from ._ext import _C
-from ._validate import ACTIVATION_DTYPES, check_awq_inputs, check_kernels_for, check_packed_tensors, check_tensor
+from ._validate import (
+    ACTIVATION_DTYPES,
+    check_aligned_packed,
+    check_awq_inputs,
+    check_kernels_for,
+    check_packed_tensors,
+    check_tensor,
+)
 from .packed import PackedWeight
 from .reference import dequantize_packed
 
@@ -153,6 +160,8 @@ def _moe_gemm_cuda(x, qweight, scales, expert_offsets, row_index, K, N, group_si
         return x.new_empty((0, N))
     if _ops.state.path == "reference":
         return _moe_gemm_cpu_like(x, qweight, scales, expert_offsets, row_index, K, N, group_size, layout)
+    check_aligned_packed("experts", "qweight", qweight)
+    check_aligned_packed("experts", "scales", scales)
     if not x.is_contiguous() or x.data_ptr() % 16 != 0:
         x = x.contiguous() if not x.is_contiguous() else x.clone()
     device = _ops.device_index(x.device)
