@@ -248,8 +248,6 @@ CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
 FORCED: dict[str, dict[str, Any]] = {
     "awqgemm:sm80": {"family": "sm80"},
     "awqgemm:wip": {
-        "coalesced_dequant": True,
-        "moe_routing_kernels": True,
         "grouped_xshared": True,
         "grouped_wgmma": True,
     },

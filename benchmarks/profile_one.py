@@ -20,14 +20,13 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=128)
     ap.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16")
     ap.add_argument("--path", choices=[p for p in awqgemm.testing.PATHS if p != "reference"], default="fused")
-    ap.add_argument("--coalesced-dequant", action="store_true", help="v12's dequantization (dense path)")
     ap.add_argument("--family", choices=sorted(awqgemm.testing.FAMILIES), default="auto")
     ap.add_argument("--iters", type=int, default=3)
     a = ap.parse_args()
     dtype = torch.float16 if a.dtype == "fp16" else torch.bfloat16
     awq = awqgemm.testing.random_awq(a.k, a.n, a.group, dtype, "cuda", seed=0)
     x = torch.randn(a.m, a.k, dtype=dtype, device="cuda")
-    with awqgemm.testing.force(family=a.family, path=a.path, coalesced_dequant=a.coalesced_dequant):
+    with awqgemm.testing.force(family=a.family, path=a.path):
         packed = awqgemm.pack_awq(*awq, a.group)  # inside the block: the sm70 family packs its own layout
         p = awqgemm.plan_info(a.m, a.n, a.k, dtype, "cuda")
         kind = "dequantize + dense matmul" if p["dense"] else f"{p['kernel']}, {p['tile_tokens']} tokens/tile"

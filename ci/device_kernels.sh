@@ -23,11 +23,11 @@ build_awqgemm || exit 1
 # WIP_FEATURES; test_wip_selection.py checks the two agree). Each suite runs without them first, then
 # once per feature, each in a pytest process of its own: a kernel that traps (a hung mbarrier, a bad TMA
 # box) kills its process's CUDA context and would fail every later test there. Simplest first.
-WIP_GPU="coalesced_dequant wgws"
-WIP_MOE="moe_routing_kernels grouped_xshared grouped_wgmma"
+WIP_GPU=""
+WIP_MOE="grouped_xshared grouped_wgmma"
 # The benchmarks leave out what a feature whose tests failed would run (a trap would end the whole
 # sweep): gemm.py's contender of each feature, moe.py's --wip variants that use it.
-declare -A WIP_CONTENDER=([coalesced_dequant]=dpath12 [wgws]=ws)
+declare -A WIP_CONTENDER=()
 WIP_FAILED=""
 
 # in_parts LABEL "FEATURES" CMD...: runs CMD (a pytest command line, in kernels/) with --wip none, then
@@ -79,7 +79,7 @@ fi
 if has ncu; then
   echo "== ncu: fused kernels at a few shapes =="
   # NCU_CASES: "K N M" triples (default: decode and mid-M points of Llama-3-8B);
-  # NCU_PROFILE_ARGS: extra profile_one.py arguments, e.g. "--family sm90 --path wgws".
+  # NCU_PROFILE_ARGS: extra profile_one.py arguments, e.g. "--family sm80 --path wtile".
   cases=${NCU_CASES:-"4096 28672 1;4096 4096 1;4096 28672 16;4096 28672 64"}
   IFS=';' read -ra case_list <<<"$cases"
   for shape in "${case_list[@]}"; do

@@ -12,15 +12,13 @@ import torch
 from .shapes import DTYPES, Shape
 from .timing import short_error
 
-CONTENDERS = ("auto", "fused", "wt", "wg", "ws", "dpath", "dpath12", "cublas", "tm", "machete", "marlin")
+CONTENDERS = ("auto", "fused", "wt", "wg", "dpath", "cublas", "tm", "machete", "marlin")
 CONTENDER_DOC = {
     "auto": "awqgemm.gemm, default dispatch (what users get)",
     "fused": "awqgemm forced onto its sm80 fused kernels (testing.force(family='sm80', path='fused'))",
     "wt": "awqgemm forced onto the sm80 weight-tile kernel at every M (testing.force(family='sm80', path='wtile'))",
-    "wg": "awqgemm forced onto the sm90a wgmma kernel (testing.force(family='sm90', path='fused'))",
-    "ws": "awqgemm forced onto the sm90a warp-specialized wgmma kernel v11 (force(family='sm90', path='wgws'))",
+    "wg": "awqgemm forced onto the sm90a wgmma kernels, v11.1 (v9 for K > 65536) (force(family='sm90', path='fused'))",
     "dpath": "awqgemm forced onto dequantize + cuBLAS (testing.force(path='dense'))",
-    "dpath12": "dpath with v12's tile-per-warp dequantization (testing.force(path='dense', coalesced_dequant=True))",
     "cublas": "dense torch matmul x @ w, w [K, N] in the same dtype (cuBLAS)",
     "tm": "turbomind==0.0.2 Linear(K, N, quant_method='awq'), fp16 + g128 only",
     "machete": "vLLM's Machete (CUTLASS wgmma, sm90), as awq_marlin runs it on Hopper (benchmarks/vllm_peers.py)",
@@ -96,9 +94,9 @@ def build_contenders(
     unavailable: dict[str, str] = {}
     keep: list[Any] = []
 
-    awq_names = [c for c in ("auto", "fused", "wt", "wg", "ws", "dpath", "dpath12") if c in wanted]
+    awq_names = [c for c in ("auto", "fused", "wt", "wg", "dpath") if c in wanted]
     cuda = device.type == "cuda"
-    for c in ("wg", "ws"):
+    for c in ("wg",):
         if c in awq_names and "sm90a_m64nNk16" not in awqgemm.build_info()["kernel_families"]:
             awq_names.remove(c)
             unavailable[c] = "n/a: this awqgemm build has no sm90a family (CUDA_ARCHITECTURES without 90a-real)"
@@ -116,9 +114,7 @@ def build_contenders(
             "fused": {"family": "sm80", "path": "fused"} if sm80 else {"path": "fused"},
             "wt": {"family": "sm80", "path": "wtile"} if sm80 else {"path": "wtile"},
             "wg": {"family": "sm90", "path": "fused"},
-            "ws": {"family": "sm90", "path": "wgws"},
             "dpath": {"path": "dense"},
-            "dpath12": {"path": "dense", "coalesced_dequant": True},
         }
         for c in awq_names:
             contenders[c] = Contender(

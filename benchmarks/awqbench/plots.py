@@ -15,11 +15,9 @@ PLOT_STYLE = {
     "fused": {"color": "C2", "lw": 1.0, "label": "awqgemm fused (sm80)"},
     "wt": {"color": "C9", "lw": 1.0, "label": "awqgemm weight-tile (sm80)"},
     "wg": {"color": "C6", "lw": 1.5, "label": "awqgemm wgmma (sm90a)"},
-    "ws": {"color": "C5", "lw": 1.5, "label": "awqgemm wgmma v11 (warp-specialized)"},
     "machete": {"color": "C7", "lw": 1.5, "label": "vLLM Machete"},
     "marlin": {"color": "C8", "lw": 1.0, "label": "vLLM Marlin"},
     "dpath": {"color": "C4", "lw": 1.0, "label": "awqgemm dequant+cuBLAS"},
-    "dpath12": {"color": "C6", "lw": 1.0, "label": "awqgemm dequant (v12, coalesced)+cuBLAS"},
     "cublas": {"color": "C1", "lw": 1.5, "label": "dense cuBLAS"},
     "tm": {"color": "C3", "lw": 1.5, "label": "TurboMind 0.0.2"},
 }

@@ -178,7 +178,7 @@ NB_MODULE(_C, m) {
       [](int64_t plan_code) {
         Plan plan;
         if (!decode_plan(plan_code, &plan)) throw nb::value_error("awqgemm: not a plan code from plan()");
-        static const char* const kKernels[] = {"k_split", "x_shared", "wgmma", "wgmma_staged_x", "w_tile", "wgmma_ws"};
+        static const char* const kKernels[] = {"k_split", "x_shared", "wgmma", "w_tile", "wgmma_ws"};
         nb::dict d;
         d["kernel"] = plan.dense ? "dequantize+dense" : kKernels[static_cast<int>(plan.tile.kind)];
         d["tile_tokens"] = 8 * plan.tile.mt;
@@ -267,7 +267,7 @@ NB_MODULE(_C, m) {
   m.def(
       "dequantize_t",
       [](int layout, int dtype, int N, int K, int group_size, int n_begin, int n_count, uintptr_t qweight,
-         uintptr_t scale_zero, uintptr_t wt, int device, uintptr_t stream, bool coalesced) {
+         uintptr_t scale_zero, uintptr_t wt, int device, uintptr_t stream) {
         if (n_begin < 0 || n_begin % kTileN != 0 || n_count < 1 || n_begin + n_count > N) {
           throw nb::value_error(("awqgemm: dequantize columns [" + std::to_string(n_begin) + ", " +
                                  std::to_string(n_begin + n_count) + ") must lie in [0, N=" + std::to_string(N) +
@@ -278,13 +278,13 @@ NB_MODULE(_C, m) {
         DeviceGuard::check(launch_dequantize_t(reinterpret_cast<const void*>(qweight),
                                                reinterpret_cast<const void*>(scale_zero), layout, to_dtype(dtype), N,
                                                K, checked_group_size(group_size, K), n_begin, n_count,
-                                               reinterpret_cast<void*>(wt), coalesced,
+                                               reinterpret_cast<void*>(wt),
                                                reinterpret_cast<cudaStream_t>(stream)),
                            "dequantize launch");
       },
       nb::arg("layout"), nb::arg("dtype"), nb::arg("N"), nb::arg("K"), nb::arg("group_size"), nb::arg("n_begin"),
       nb::arg("n_count"), nb::arg("qweight"), nb::arg("scale_zero"), nb::arg("wt"), nb::arg("device"),
-      nb::arg("stream"), nb::arg("coalesced") = false);
+      nb::arg("stream"));
 
   // fused_moe's routing / activation / combine kernels (awqgemm/moe_routing.h).
   m.attr("max_route_experts") = kMaxRouteExperts;

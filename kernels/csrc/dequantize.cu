@@ -26,54 +26,16 @@ __global__ void splitk_reduce_kernel(const GemmProblem p, const int splits) {
   }
 }
 
-// One thread per packed word: 8 weights = 4 register pairs, each pair two
-// consecutive k of one row n, stored as one 32-bit write into wt[n - n_begin][k].
-// The packed layout stores column tiles one after another (all of a tile's K,
-// then the next), so a chunk of columns is a contiguous run of words.
-template <typename T, class Lanes>
-__global__ void dequantize_t_kernel(const uint32_t* qweight, const uint2* scale_zero, int N, int K, int group_size,
-                                    int n_begin, int n_count, T* wt) {
-  const int ktiles = padded_k(K) / kTileK;
-  const int ntiles = padded_n(N) / kTileN;
-  const int nt_begin = n_begin / kTileN;
-  const int n_end = min(N, n_begin + n_count);
-  const int64_t words = static_cast<int64_t>(ceil_div(n_end - n_begin, kTileN)) * ktiles * kWordsPerTile;
-  const int64_t word0 = static_cast<int64_t>(nt_begin) * ktiles * kWordsPerTile;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < words;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int step = static_cast<int>(idx & 3);
-    const int lane = static_cast<int>((idx >> 2) & 31);
-    const int64_t tile = idx >> 7;
-    const int kt = static_cast<int>(tile % ktiles);
-    const int nt = nt_begin + static_cast<int>(tile / ktiles);
-    const int kbase = kt * kTileK + Lanes::x_koff(lane) + 4 * step;
-    if (kbase >= K) continue;  // K is a multiple of 32, so a lane's 16 k are all in or all out
-    const int grp = kbase / group_size;
-    const uint2 sz = scale_zero[(static_cast<int64_t>(grp) * ntiles + nt) * 8 + Lanes::w_row(lane)];
-    uint32_t scale2[2], zero2[2], a[4];
-    split_scale_zero(sz.x, scale2[0], zero2[0]);
-    split_scale_zero(sz.y, scale2[1], zero2[1]);
-    Lanes::template dequant<T>(qweight[word0 + idx], zero2, scale2, a);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int n = nt * kTileN + Lanes::w_row(lane) + 8 * Lanes::reg_row_half(i);
-      if (n < n_end) {
-        const int k = kbase + Lanes::reg_k(i);
-        *reinterpret_cast<uint32_t*>(wt + static_cast<int64_t>(n - n_begin) * K + k) = a[i];
-      }
-    }
-  }
-}
-
-// v12 (work in progress, behind testing.force(coalesced_dequant=True); not yet
-// run on a GPU). The kernel above writes each word's four register pairs to
-// four rows (n, n + 8 of two lanes' row pairs), 4 bytes at a time: a warp's
-// store touches ~32 separate sectors, so every 128-byte line of wt is written
-// in 32 partial pieces. Here one warp owns one 16 x 64 tile: it dequantizes the
-// tile's 128 words into shared memory, then writes each of the tile's 16 rows
-// as one 128-byte run (lane j: k 2j, 2j + 1), a full line per store. Warps of a
-// block take consecutive k-tiles of one column tile, so they fill adjacent
-// 128-byte pieces of the same rows of wt.
+// One warp per 16 x 64 tile (v12). Dequantize + cuBLAS with it took 0.87x the time with v3's
+// word-per-thread kernel (geomean; faster at 135 of 144 points, 0.75-1.14x; H200 TP1 sweep,
+// benchmarks/results/h200-2026-11-28-v11.1-v12). A word's four register
+// pairs belong to four rows, so writing them straight to wt stores 4 bytes to ~32 separate sectors per
+// warp instruction: every 128-byte line of wt was written in 32 partial pieces. Here the warp
+// dequantizes the tile's 128 words into shared memory, then writes each of the tile's 16 rows as one
+// 128-byte run (lane j: k 2j, 2j + 1), a full line per store. Warps of a block take consecutive k-tiles
+// of one column tile, so they fill adjacent 128-byte pieces of the same rows of wt. The packed layout
+// stores column tiles one after another (all of a tile's K, then the next), so a chunk of columns is a
+// contiguous run of tiles.
 constexpr int kDqWarps = 8;
 // Row stride of the shared tile in 32-bit words: 33 (odd) makes the scattered
 // writes conflict-free. A store instruction's 32 lanes hit rows w_row(lane)
@@ -84,7 +46,7 @@ constexpr int kDqWarps = 8;
 constexpr int kDqRowWords = kTileK / 2 + 1;
 
 template <typename T, class Lanes>
-__global__ void __launch_bounds__(32 * kDqWarps) dequantize_t_tiles_kernel(const uint32_t* qweight,
+__global__ void __launch_bounds__(32 * kDqWarps) dequantize_t_kernel(const uint32_t* qweight,
                                                                           const uint2* scale_zero, int N, int K,
                                                                           int group_size, int n_begin, int n_count,
                                                                           T* wt) {
@@ -151,33 +113,25 @@ int grid_for(int64_t work, int threads) {
   return static_cast<int>(blocks < 65535 * 8 ? blocks : 65535 * 8);
 }
 
-// Today's word-per-thread kernel, or v12's tile-per-warp kernel (coalesced).
 template <typename T, class Lanes>
 void launch_dequantize_lanes(const uint32_t* qw, const uint2* sz, int N, int K, int group_size, int n_begin,
-                             int n_count, T* wt, bool coalesced, cudaStream_t stream) {
+                             int n_count, T* wt, cudaStream_t stream) {
   const int64_t tiles = static_cast<int64_t>(ceil_div(n_count, kTileN)) * (padded_k(K) / kTileK);
-  if (coalesced) {
-    dequantize_t_tiles_kernel<T, Lanes><<<grid_for(tiles, kDqWarps), 32 * kDqWarps, 0, stream>>>(
-        qw, sz, N, K, group_size, n_begin, n_count, wt);
-  } else {
-    const int threads = 256;
-    dequantize_t_kernel<T, Lanes><<<grid_for(tiles * kWordsPerTile, threads), threads, 0, stream>>>(
-        qw, sz, N, K, group_size, n_begin, n_count, wt);
-  }
+  dequantize_t_kernel<T, Lanes><<<grid_for(tiles, kDqWarps), 32 * kDqWarps, 0, stream>>>(qw, sz, N, K, group_size,
+                                                                                          n_begin, n_count, wt);
 }
 
 template <typename T>
 cudaError_t dequantize_typed(const void* qweight, const void* scale_zero, int layout, int N, int K, int group_size,
-                             int n_begin, int n_count, void* wt, bool coalesced, cudaStream_t stream) {
+                             int n_begin, int n_count, void* wt, cudaStream_t stream) {
   if (n_begin < 0 || n_begin % kTileN != 0 || n_count < 1 || n_begin + n_count > N) return cudaErrorInvalidValue;
   const auto* qw = static_cast<const uint32_t*>(qweight);
   const auto* sz = static_cast<const uint2*>(scale_zero);
   if (layout == kLayoutTc16x64) {
-    launch_dequantize_lanes<T, M16n8Lanes>(qw, sz, N, K, group_size, n_begin, n_count, static_cast<T*>(wt), coalesced,
-                                           stream);
+    launch_dequantize_lanes<T, M16n8Lanes>(qw, sz, N, K, group_size, n_begin, n_count, static_cast<T*>(wt), stream);
   } else if (layout == kLayoutVolta884) {
     launch_dequantize_lanes<T, Volta884Lanes>(qw, sz, N, K, group_size, n_begin, n_count, static_cast<T*>(wt),
-                                              coalesced, stream);
+                                              stream);
   } else {
     return cudaErrorInvalidValue;
   }
@@ -206,12 +160,11 @@ int compiled_ptx_arch() {
 }
 
 cudaError_t launch_dequantize_t(const void* qweight, const void* scale_zero, int layout, DType dtype, int N, int K,
-                                int group_size, int n_begin, int n_count, void* wt, bool coalesced,
-                                cudaStream_t stream) {
+                                int group_size, int n_begin, int n_count, void* wt, cudaStream_t stream) {
   return dtype == DType::kBFloat16 ? dequantize_typed<__nv_bfloat16>(qweight, scale_zero, layout, N, K, group_size,
-                                                                     n_begin, n_count, wt, coalesced, stream)
+                                                                     n_begin, n_count, wt, stream)
                                    : dequantize_typed<__half>(qweight, scale_zero, layout, N, K, group_size, n_begin,
-                                                              n_count, wt, coalesced, stream);
+                                                              n_count, wt, stream);
 }
 
 }  // namespace awqgemm

@@ -85,8 +85,7 @@ Family choose_family(Family requested, int capability, DType dtype, std::string*
 int layout_for(Family family) { return family == Family::kSm70 ? kLayoutVolta884 : kLayoutTc16x64; }
 
 int64_t partials_offset_bytes(const Plan& plan, int M, int K) {
-  if (plan.tile.kind == KernelKind::kWgmmaWs) return wg_staged_x_bytes(ws_chunk_rows(M, K), K);
-  return plan.tile.kind == KernelKind::kWgmmaStagedX ? wg_staged_x_bytes(M, K) : 0;
+  return plan.tile.kind == KernelKind::kWgmmaWs ? wg_staged_x_bytes(ws_chunk_rows(M, K), K) : 0;
 }
 
 int64_t fused_workspace_bytes(const Plan& plan, int M, int N, int K) {
@@ -114,7 +113,7 @@ bool decode_plan(int64_t code, Plan* plan) {
   int f[8];
   for (int i = 0; i < 8; ++i) f[i] = static_cast<int>((code >> (8 * i)) & 0xFF);
   const bool family_ok = f[0] == 70 || f[0] == 75 || f[0] == 80 || (f[0] == 90 && have_sm90a());
-  if (!family_ok || f[1] > 5 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 3) {
+  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 3) {
     return false;
   }
   plan->family = static_cast<Family>(f[0]);
@@ -194,7 +193,16 @@ int dense_min_m(Family family) {
   }
 }
 
-// sm90 family, auto path: the wgmma kernel for M >= kWgAutoMinM while its grid
+// sm90 family, auto path. Since v11.1 the kernel it picks is the warp-specialized
+// one (plan_wgws): on the H200 sweep of the 18 TP1 shapes at M = 16..4096
+// (benchmarks/results/h200-2026-11-28-v11.1-v12.txt) it took 0.55-0.93x the v9
+// kernel's time at every point this rule sends to wgmma, and the rule with v11.1
+// and v12's dequantization took 0.77x today's time at M = 64, 0.74x at 128, 0.76x
+// at 256, 0.80x at 512, 0.90x at 1024 (geomean). Refitting the thresholds to
+// v11.1 (e.g. v11.1 at every M <= 512) measured no better on that data (0.80x
+// at 512 with a 1.03x worst case), so the rule below, fitted to v9, stays.
+//
+// The rule as fitted to v9: the wgmma kernel for M >= kWgAutoMinM while its grid
 // (before any K split) fills the GPU well enough for the token count, the sm80
 // rules elsewhere. Fitted to the H200 sweep of all 32 layer shapes (benchmarks/
 // results/h200-2026-11-28-wg-v4.txt; time of the wgmma kernel / the better of
@@ -293,9 +301,9 @@ void plan_wtile(Plan& plan, int sms, int M, int N, int K) {
   }
 }
 
-// The warp-specialized persistent wgmma kernel (v11, test-only path "wgws"
-// until a GPU run measures it): tokens per unit (BM) and K split from a cost
-// model in SM cycles, to be fitted to the first H200 sweep. Blocks (one per
+// The warp-specialized persistent wgmma kernel (v11.1): tokens per unit (BM) and
+// K split from a cost model in SM cycles (not refitted yet: its first sweep only
+// compared whole plans, see wgmma_auto). Blocks (one per
 // SM) walk nblocks x mblocks x splits work units in ceil(units / SMs) rounds;
 // a unit costs, per 64-k tile, max(4 BM, 256) cycles (8 m64nBMk16 wgmmas at
 // 2048 MAC/cycle, or ~4 KiB of weights per SM at ~15 bytes/cycle/SM of HBM)
@@ -306,8 +314,9 @@ void plan_wtile(Plan& plan, int sms, int M, int N, int K) {
 // (equal cost: 256, which dequantizes each weight once per 256 tokens).
 // Limits: >= 4 k-tiles per split, staged x + partials within
 // kMaxWorkspaceBytes, no split when the rows go in chunks (the partials are
-// indexed over the whole M). Returns false where the staged x of even 256 rows
-// would not fit (K > 65536): the caller takes the v9 kernel, which gathers x.
+// indexed over the whole M). Returns false, changing nothing, where the staged x
+// of even 256 rows would not fit (K > 65536): the caller takes the v9 kernel,
+// which gathers x.
 bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
   TileConfig& t = plan.tile;
   const int chunk = ws_chunk_rows(M, K);
@@ -414,33 +423,24 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   const int sms = dev.sm_count > 0 ? dev.sm_count : 80;
   const int64_t want = static_cast<int64_t>(inflight_bytes_per_sm()) * sms;
 
-  if (family == Family::kSm90 && path == PathRequest::kWgmmaWs) {
-    plan.family = Family::kSm90;
-    if (plan_wgws(plan, sms, M, N, K)) {
-      finish_plan(plan, dev, /*kernel_has_wait=*/true, M, N, K);
-      return plan;
-    }
-    plan = Plan{};
-    path = PathRequest::kFused;  // K too long to stage even 256 rows: the v9 kernel gathers x itself
-  }
-  if (path == PathRequest::kWgmmaWs) path = PathRequest::kFused;  // the other families have no such kernel
   if (family == Family::kSm90) {
     if (path == PathRequest::kFused || (path == PathRequest::kAuto && wgmma_auto(M, N, K, sms))) {
       plan.family = Family::kSm90;
-      t.kind = wg_staged_x_bytes(M, K) <= kWgMaxStagedXBytes ? KernelKind::kWgmmaStagedX : KernelKind::kWgmma;
-      // BM = 64, 128 or 256 tokens (256: one block per SM, twice the tokens
-      // per dequantized weight; wgmma_auto takes it up to M = 1024 on wide grids).
-      t.mt = M <= 64 ? 8 : M <= 512 ? 16 : 32;
-      t.nt = kWgNT;
-      t.kwarps = kWgNT;  // warps per block (each owns a column tile; none split K)
-      const int blocks = ceil_div(ntiles, t.nt) * ceil_div(M, 8 * t.mt);
-      // Fill the SMs: split K until the grid covers them, keeping >= 4 k-tiles
-      // per split and the workspace (staged x + fp32 partials) within kMaxWorkspaceBytes.
-      t.splits = 1;
-      const int64_t staged = partials_offset_bytes(plan, M, K);
-      while (t.splits < 16 && blocks * t.splits < sms && ktiles / (t.splits + 1) >= 4 &&
-             staged + static_cast<int64_t>(t.splits + 1) * M * N * 4 <= kMaxWorkspaceBytes) {
-        ++t.splits;
+      if (!plan_wgws(plan, sms, M, N, K)) {
+        // K too long to stage even 256 rows (K > 65536): the v9 kernel, which gathers x itself. BM =
+        // 64, 128 or 256 tokens (256: one block per SM, twice the tokens per dequantized weight).
+        t.kind = KernelKind::kWgmma;
+        t.mt = M <= 64 ? 8 : M <= 512 ? 16 : 32;
+        t.nt = kWgNT;
+        t.kwarps = kWgNT;  // warps per block (each owns a column tile; none split K)
+        const int blocks = ceil_div(ntiles, t.nt) * ceil_div(M, 8 * t.mt);
+        // Fill the SMs: split K until the grid covers them, keeping >= 4 k-tiles
+        // per split and the fp32 partials within kMaxWorkspaceBytes.
+        t.splits = 1;
+        while (t.splits < 16 && blocks * t.splits < sms && ktiles / (t.splits + 1) >= 4 &&
+               static_cast<int64_t>(t.splits + 1) * M * N * 4 <= kMaxWorkspaceBytes) {
+          ++t.splits;
+        }
       }
       finish_plan(plan, dev, /*kernel_has_wait=*/true, M, N, K);
       return plan;

@@ -1,19 +1,27 @@
 // Hopper (sm_90a): warpgroup MMA m64nNk16, fp16 and bf16, for the token counts
 // where mma.sync runs out of tensor throughput (perf-notes: M = 64-256 needs
-// 43-128 % of the measured mma.sync peak to meet its targets).
+// 43-128 % of the measured mma.sync peak to meet its targets). Two kernels:
 //
-// Block: 2 warpgroups x 64 output columns n = 128 n, BM tokens (the wgmma's N).
+// v11.1 (gemm_wgws_sm90a.cuh, the dispatcher's choice): warp-specialized and
+//   persistent; a producer warpgroup feeds an mbarrier ring by TMA (weights)
+//   and bulk copies (x, staged beforehand in the A fragments' k order), two
+//   consumer warpgroups dequantize and run the wgmmas.
+// v9 (gemm_wg_kernel below): every thread both copies (one cp.async ring) and
+//   computes. Dense problems take it only where x is too long to stage
+//   (K > 65536); the grouped (MoE) work in progress uses it, gathering x rows.
+//
+// v9's block: 2 warpgroups x 64 output columns n = 128 n, BM tokens (the wgmma's N).
 //   A = weights, dequantized by each lane from packed layout 1 straight into
 //       the register-A fragment (warp w of a warpgroup supplies 16 rows: one
 //       16-column tile of the packed weight, exactly as the mma.sync kernels).
 //   B = activations, BM tokens x 64 k per stage in shared memory, K-major with
 //       the 128-byte swizzle.
 //   D = fp32 [n][m] in registers (BM / 2 per thread).
-// One cp.async ring carries the stage: each thread's 16-byte weight slot and
-// (scale, zero) pair, and the activation tile. Layout 1 permutes k inside a
-// lane's fragment (packed_layout.h); mma.sync kernels cancel that by loading x
-// the same way, here the permutation is applied while staging x: every 4-byte
-// pair of x lands at the (step, logical k) the A fragment expects.
+// The ring's stage holds each thread's 16-byte weight slot and (scale, zero)
+// pair, and the activation tile. Layout 1 permutes k inside a lane's fragment
+// (packed_layout.h); mma.sync kernels cancel that by loading x the same way,
+// here the permutation is applied while staging x: every 4-byte pair of x
+// lands at the (step, logical k) the A fragment expects.
 //
 // Only this translation unit is compiled for sm_90a (arch-specific features);
 // builds without it lack the family (CMake defines AWQGEMM_HAS_SM90A for the
@@ -53,42 +61,14 @@ __device__ __forceinline__ void cp_async_4_zfill(uint32_t smem, const void* gmem
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem), "l"(gmem), "r"(src_bytes));
 }
 
-// x in the A fragments' k order: in each 64-k tile, 16-byte chunk c = 2 s + h
-// holds, for q' = 0..3, the pair at actual k 16 q' + 4 s + 2 h (+0, +1) --
-// exactly the logical k 8 h + 2 q' (+0, +1) of step s. [M][K padded to 64],
-// zeros past K. One thread per output chunk: four 4-byte reads, one 16-byte write.
-template <typename T>
-__global__ void stage_x_kernel(const GemmProblem p, T* xs) {
-  pdl_wait();  // x may still be being written by the previous kernel
-  const int kp = padded_k(p.K);
-  const int64_t chunks = static_cast<int64_t>(p.M) * (kp / 8);
-  const T* x = reinterpret_cast<const T*>(p.x);
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < chunks;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t m = idx / (kp / 8);
-    const int kc = static_cast<int>(idx % (kp / 8));  // chunk within the row: 8 kt + c
-    const int k0 = 8 * (kc & ~7) + 4 * ((kc & 7) >> 1) + 2 * (kc & 1);
-    const T* src = x + m * p.x_row_stride;
-    uint32_t v[4];
-#pragma unroll
-    for (int qq = 0; qq < 4; ++qq) {
-      const int k = k0 + 16 * qq;
-      v[qq] = k < p.K ? *reinterpret_cast<const uint32_t*>(src + k) : 0u;
-    }
-    *reinterpret_cast<uint4*>(xs + m * kp + 8 * kc) = make_uint4(v[0], v[1], v[2], v[3]);
-  }
-  pdl_launch_dependents();  // the GEMM may start its prologue; its pdl_wait covers all of this grid
-}
-
-// kGrouped (work in progress, testing.force(grouped_wgmma=True)): a grouped (MoE) problem, x gathered
-// (kStagedX false only). Each block row resolves its expert and row range from the offsets
+// The v9 kernel. Dense problems take it only where v11.1 cannot stage x (K > 65536, plan_wgws).
+// kGrouped (work in progress, testing.force(grouped_wgmma=True)): a grouped (MoE) problem. Each block row resolves its expert and row range from the offsets
 // (resolve_group_tile, as the K-split kernel does), blocks past the last expert zero their rows, and
 // the x row of each tile row comes from a table at the end of the dynamic shared memory
 // (WgSmem::bytes + BM ints). Its own instantiation: the dense kernels' code stays as it was.
-template <typename T, int BM, int STAGES, bool kStagedX, bool kGrouped = false>
+template <typename T, int BM, int STAGES, bool kGrouped = false>
 __global__ void __launch_bounds__(kWgThreads, wg_min_blocks(BM)) gemm_wg_kernel(const GemmProblem p, const int splits,
                                                               const int pdl_flags) {
-  static_assert(!(kGrouped && kStagedX), "grouped problems gather x; they are never staged");
 #if defined(AWQGEMM_NO_WGMMA)
   __trap();
 #else
@@ -156,16 +136,6 @@ __global__ void __launch_bounds__(kWgThreads, wg_min_blocks(BM)) gemm_wg_kernel(
   const T* const x_row0 = x + static_cast<size_t>(m0 + warp) * p.x_row_stride + 2 * u;
   const size_t x_row8 = static_cast<size_t>(8) * p.x_row_stride;
 
-  // Staged x: chunk e = tid + 256 j of the tile is row e / 8 (8 threads per
-  // contiguous 128-byte row), chunk e % 8, swizzled with row & 7 -- the same
-  // for every j, since rows step by 32. Rows past M are not copied: column m
-  // of D depends on column m of B alone, and is not stored.
-  const int sc = tid & 7;
-  const int sr = tid >> 3;
-  const T* const xs_row0 = x + static_cast<size_t>(m0 + sr) * p.x_row_stride + 8 * sc;
-  const size_t xs_row32 = static_cast<size_t>(32) * p.x_row_stride;
-  const uint32_t xs_dst0 = static_cast<uint32_t>(sr * 128 + ((sc ^ (sr & 7)) << 4));
-  const int xs_rows_left = p.M - m0 - sr;
   // Group sizes are powers of two (32, 64, 128): a shift, not a division, per tile.
   const int gshift = 31 - __clz(p.group_size);
   const uint2* const szlane = szsrc + ntc * 8;
@@ -180,13 +150,7 @@ __global__ void __launch_bounds__(kWgThreads, wg_min_blocks(BM)) gemm_wg_kernel(
       cp_async_16(gst + L::kX + tid * 16, wsrc + static_cast<size_t>(kt) * 32);
       const int grp = (kt * kTileK + 16 * q) >> gshift;
       cp_async_8(gst + L::kX + L::kW + tid * 8, szlane + grp * sz_group_stride);
-      if constexpr (kStagedX) {
-        const T* src = xs_row0 + kt * kTileK;
-#pragma unroll
-        for (int j = 0; j < BM / 32; ++j, src += xs_row32) {
-          if (32 * j < xs_rows_left) cp_async_16(gst + xs_dst0 + j * 32 * 128, src);
-        }
-      } else if constexpr (kGrouped) {
+      if constexpr (kGrouped) {
         const bool k_in = kt * kTileK + 2 * u < p.K;
         const T* const xk = x + kt * kTileK + 2 * u;
 #pragma unroll
@@ -294,29 +258,14 @@ cudaError_t launch_wg(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     if constexpr (BM <= 128) {
       if (cfg.kind != KernelKind::kWgmma) return cudaErrorInvalidConfiguration;
       const dim3 grid(ceil_div(ntiles, kWgNT), grouped_grid_rows(p.M, BM, p.num_batches), cfg.splits);
-      return launch_with_smem<kSmem + BM * 4, gemm_wg_kernel<T, BM, kStages, false, true>>(grid, kWgThreads, p, cfg,
+      return launch_with_smem<kSmem + BM * 4, gemm_wg_kernel<T, BM, kStages, true>>(grid, kWgThreads, p, cfg,
                                                                                             stream);
     } else {
       return cudaErrorInvalidConfiguration;
     }
   }
   const dim3 grid(ceil_div(ntiles, kWgNT), ceil_div(p.M, BM), cfg.splits);
-  if (cfg.kind == KernelKind::kWgmma) {
-    return launch_with_smem<kSmem, gemm_wg_kernel<T, BM, kStages, false>>(grid, kWgThreads, p, cfg, stream);
-  }
-  // Staged x at the front of the workspace; the split-K partials follow it.
-  T* xs = reinterpret_cast<T*>(p.workspace);
-  const int threads = 256;
-  const int64_t chunks = static_cast<int64_t>(p.M) * (padded_k(p.K) / 8);
-  const int blocks = static_cast<int>(std::min<int64_t>((chunks + threads - 1) / threads, 65535));
-  cudaError_t err = launch_maybe_pdl(stage_x_kernel<T>, dim3(blocks), dim3(threads), 0,
-                                     (cfg.pdl_flags & kPdlLaunched) != 0, stream, p, xs);
-  if (err != cudaSuccess) return err;
-  GemmProblem g = p;
-  g.x = xs;
-  g.x_row_stride = padded_k(p.K);
-  g.workspace = p.workspace + wg_staged_x_bytes(p.M, p.K) / 4;
-  return launch_with_smem<kSmem, gemm_wg_kernel<T, BM, kStages, true>>(grid, kWgThreads, g, cfg, stream);
+  return launch_with_smem<kSmem, gemm_wg_kernel<T, BM, kStages>>(grid, kWgThreads, p, cfg, stream);
 }
 
 // The weight tensor map of v11.1 (gemm_wgws_sm90a.cuh): the packed weight
@@ -434,8 +383,7 @@ cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream
       default: return cudaErrorInvalidConfiguration;
     }
   }
-  const bool wgmma = cfg.kind == KernelKind::kWgmma || cfg.kind == KernelKind::kWgmmaStagedX;
-  if (!wgmma || cfg.nt != kWgNT || cfg.kwarps != kWgWarps) return cudaErrorInvalidConfiguration;
+  if (cfg.kind != KernelKind::kWgmma || cfg.nt != kWgNT || cfg.kwarps != kWgWarps) return cudaErrorInvalidConfiguration;
   switch (cfg.mt * 8) {
     case 64: return launch_wg<T, 64>(p, cfg, stream);
     case 128: return launch_wg<T, 128>(p, cfg, stream);

@@ -41,7 +41,7 @@ int main() {
   for (const DeviceInfo& d : devs) {
     for (int f : fams) {
       if (f > d.capability || (f == 90 && d.capability != 90)) continue;
-      for (int path = 0; path <= 4; ++path) {
+      for (int path = 0; path <= 3; ++path) {
         for (const auto& s : shapes) {
           for (int m : ms) {
             const Plan p = make_plan(static_cast<Family>(f), static_cast<PathRequest>(path), d, m, s[1], s[0], 2);

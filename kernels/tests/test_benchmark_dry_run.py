@@ -20,10 +20,10 @@ def test_gemm_benchmark_dry_run(tmp_path):
         pytest.skip(f"benchmarks/gemm.py is not next to these tests ({GEMM_PY}): it runs from the source tree")
     cmd = [sys.executable, str(GEMM_PY), "--dry-run", "--quick", "--shapes", "llama3-8b/o/tp1", "--m", "1,64"]
     # --skip-contenders: how the device script leaves out a work-in-progress contender whose tests failed.
-    cmd += ["--skip-contenders", "dpath12"]
+    cmd += ["--skip-contenders", "wt"]
     r = subprocess.run([*cmd, "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "skipping contenders dpath12" in r.stdout
+    assert "skipping contenders wt" in r.stdout
     assert "BLOCK FAILED" not in r.stdout, r.stdout[-3000:]
     results = list(tmp_path.glob("*.json"))
     assert len(results) == 1, sorted(p.name for p in tmp_path.iterdir())
@@ -31,7 +31,7 @@ def test_gemm_benchmark_dry_run(tmp_path):
     rows = [row for row in data["rows"] if not row.get("skipped")]
     assert {row["M"] for row in rows} == {1, 64}
     assert all(row["us"].get("auto") for row in rows), rows
-    assert all("dpath" in row["us"] and "dpath12" not in row["us"] for row in rows), rows
+    assert all("dpath" in row["us"] and "wt" not in row["us"] for row in rows), rows
     checks = data.get("checks", [])
     assert checks and all(c["ok"] for c in checks if c["contender"] in ("auto", "fused", "dpath")), checks
 
@@ -218,7 +218,7 @@ def test_e2e_forced_sm80_contender_plan():
         (
             "awqgemm:wip",
             "awqgemm",
-            {"coalesced_dequant": True, "moe_routing_kernels": True, "grouped_xshared": True, "grouped_wgmma": True},
+            {"grouped_xshared": True, "grouped_wgmma": True},
         ),
         ("awqgemm", "awqgemm", None),
     ]

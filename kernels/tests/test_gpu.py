@@ -12,12 +12,11 @@ import torch
 
 import awqgemm
 from awqgemm import _layout
+from awqgemm.reference import dequantize_packed
 from awqgemm.testing import random_awq
 from conftest import has_gpu
 
 pytestmark = pytest.mark.gpu
-WGWS = pytest.mark.wip("wgws")  # v11.1, the warp-specialized persistent wgmma kernel
-COALESCED = pytest.mark.wip("coalesced_dequant")  # v12's tile-per-warp dequantization
 
 M_SWEEP = [*range(1, 18), 31, 64, 127, 256, 1000, 4096]
 MODEL_SHAPES = {  # (K, N) of the linear layers
@@ -99,13 +98,6 @@ def test_m_sweep(family, dtype, group):
     _m_sweep(family, dtype, group, ("fused", "auto", *(("wtile",) if family == "sm80" else ())))
 
 
-@WGWS
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("group", [32, 64, 128])
-def test_m_sweep_wgws(dtype, group):
-    _m_sweep("sm90", dtype, group, ("wgws",))
-
-
 @pytest.mark.parametrize("family,dtype", CASES)
 @pytest.mark.parametrize("model", sorted(MODEL_SHAPES))
 def test_model_shapes(family, dtype, model):
@@ -120,13 +112,11 @@ def test_model_shapes(family, dtype, model):
 
 
 @pytest.mark.parametrize("family,dtype", CASES)
-@pytest.mark.parametrize("path", ["fused", "wtile", pytest.param("wgws", marks=WGWS)])
+@pytest.mark.parametrize("path", ["fused", "wtile"])
 def test_bias_and_k_tail(family, dtype, path):
     skip_unless_family(family)
     if path == "wtile" and family != "sm80":
         pytest.skip("the weight-tile kernel is the sm80 family's")
-    if path == "wgws" and family != "sm90":
-        pytest.skip("the warp-specialized wgmma kernel is the sm90 family's")
     k, n = 1120, 104  # K % 64 == 32: the last k-tile is half padding
     qweight, qzeros, scales = random_awq(k, n, 32, dtype, "cuda")
     bias = torch.randn(n, dtype=dtype, device="cuda")
@@ -140,18 +130,18 @@ def test_bias_and_k_tail(family, dtype, path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("path", ["fused", pytest.param("wgws", marks=WGWS)])
-def test_wgmma_both_x_stagings(dtype, path):
-    """The sm90 kernel stages x through the workspace up to 32 MiB of it and
-    gathers it itself above (M x K large): cover both, and the K tail.
-    v11 ("wgws") stages x tile-major in row chunks of <= 32 MiB instead: M = 4100 is two chunks."""
+def test_wgmma_x_staging_chunks_and_the_v9_fallback(dtype):
+    """v11.1 stages x tile-major through the workspace in row chunks of <= 32 MiB: M = 4100 at K = 4128
+    is two chunks. Where not even 256 rows fit (K > 65536) the v9 kernel runs, gathering x itself.
+    Both with a K tail (K % 64 == 32: the last k-tile is half padding)."""
     skip_unless_family("sm90")
-    k = 4128  # K % 64 == 32: the last k-tile is half padding
-    qweight, qzeros, scales = random_awq(k, 264, 32, dtype, "cuda")
-    with awqgemm.testing.force(family="sm90", path=path):
-        for m in (200, 4100):  # 4100 x 4160 (padded K) x 2 bytes > 32 MiB: the gathering kernel / chunks
-            x = torch.randn(m, k, dtype=dtype, device="cuda")
-            check(x, qweight, qzeros, scales, 32, label=f"sm90 {path} staging M={m}")
+    for k, cases in ((4128, ((200, "wgmma_ws"), (4100, "wgmma_ws"))), (65568, ((70, "wgmma"), (300, "wgmma")))):
+        qweight, qzeros, scales = random_awq(k, 264, 32, dtype, "cuda")
+        with awqgemm.testing.force(family="sm90", path="fused"):
+            for m, kernel in cases:
+                assert awqgemm.plan_info(m, 264, k, dtype)["kernel"] == kernel, (k, m)
+                x = torch.randn(m, k, dtype=dtype, device="cuda")
+                check(x, qweight, qzeros, scales, 32, label=f"sm90 {kernel} K={k} M={m}")
 
 
 def test_pack_on_gpu_matches_cpu():
@@ -184,13 +174,12 @@ def test_wtile_model_shapes(dtype):
                 check(x, qweight, qzeros, scales, group, label=f"wtile {k}x{n} M={m}")
 
 
-@WGWS
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_wgws_model_shapes(dtype):
-    """The warp-specialized persistent wgmma kernel (v11) forced on real and TP-shard layers (N, K
+def test_wgmma_ws_model_shapes(dtype):
+    """The warp-specialized persistent wgmma kernel (v11.1) forced on real and TP-shard layers (N, K
     tails), every tile height (64, 128, 256 tokens) and K splits on the small grids."""
     skip_unless_family("sm90")
-    with awqgemm.testing.force(family="sm90", path="wgws"):
+    with awqgemm.testing.force(family="sm90", path="fused"):
         seen = set()
         for k, n in MODEL_SHAPES["tp-shards"] + [(4096, 6144), (14336, 4096), (4096, 28672)]:
             group = 128 if k % 128 == 0 else 32
@@ -200,16 +189,16 @@ def test_wgws_model_shapes(dtype):
                 assert info["kernel"] == "wgmma_ws", info
                 seen.add((info["tile_tokens"], info["splits"] > 1))
                 x = torch.randn(m, k, dtype=dtype, device="cuda")
-                check(x, qweight, qzeros, scales, group, label=f"wgws {k}x{n} M={m} {info}")
+                check(x, qweight, qzeros, scales, group, label=f"wgmma_ws {k}x{n} M={m} {info}")
         assert {t for t, _ in seen} == {64, 128, 256} and (64, True) in seen, seen
 
 
-_FORCED_PATHS = [("sm80-wtile", ()), ("sm90-wgws", WGWS)]
+# The kernels a family's auto path reaches only at some M, forced at every M of the test.
+_FORCED_PATHS = ("sm80-wtile", "sm90-fused")
 
 
 @pytest.mark.parametrize(
-    "family,dtype",
-    [*CASES, *(pytest.param(f, d, marks=m) for f, m in _FORCED_PATHS for d in (torch.float16, torch.bfloat16))],
+    "family,dtype", [*CASES, *((f, d) for f in _FORCED_PATHS for d in (torch.float16, torch.bfloat16))]
 )
 def test_cuda_graph_replay_equals_eager(family, dtype):
     family, _, path = family.partition("-")
@@ -268,7 +257,7 @@ print("chain ok")
 """
 
 
-@pytest.mark.parametrize("family", ["auto", "sm90", pytest.param("sm90-wgws", marks=WGWS)])
+@pytest.mark.parametrize("family", ["auto", "sm90"])
 @pytest.mark.parametrize("pdl_mode", ["0", "1"])
 def test_chained_gemms_in_graph_respect_pdl_wait(pdl_mode, family):
     import os
@@ -359,7 +348,7 @@ def test_dense_path_bounded_workspace(dtype):
     assert extra <= (64 << 20) + (8 << 20), f"dense path used {extra} extra bytes (dense weight: {dense_weight})"
 
 
-def _dequantize_chunk(packed, dtype, n_begin, n_count, coalesced):
+def _dequantize_chunk(packed, dtype, n_begin, n_count):
     from awqgemm._ext import _C
     from awqgemm._ops import _DTYPE_CODE
 
@@ -379,42 +368,47 @@ def _dequantize_chunk(packed, dtype, n_begin, n_count, coalesced):
         wt.data_ptr(),
         torch.cuda.current_device(),
         torch.cuda.current_stream().cuda_stream,
-        coalesced,
     )
-    assert torch.isnan(buf[n_count:]).all(), ("write past the chunk", n_begin, n_count, coalesced)
+    assert torch.isnan(buf[n_count:]).all(), ("write past the chunk", n_begin, n_count)
     return wt
 
 
+def _dequant_cases():
+    """(K, N, group) with a half last k-tile (K = 1120) and a half last column tile (N = 104)."""
+    return ((1120, 104, 32), (512, 272, 64), (4096, 1376, 128), (96, 48, 32))
+
+
 # The two packed layouts (Volta 884: fp16 only, like its family; m16n8: both dtypes).
-@COALESCED
 @pytest.mark.parametrize(
     ("family", "dtype"), [("sm70", torch.float16), ("sm80", torch.float16), ("sm80", torch.bfloat16)]
 )
-def test_coalesced_dequant_is_bitwise_the_same(family, dtype):
-    """v12's tile-per-warp dequantization (testing.force(coalesced_dequant=True)) writes exactly what the
-    word-per-thread kernel writes, every element of every chunk (NaN-filled first: a missed element fails),
-    with a half last k-tile (K = 1120), a half last column tile (N = 104) and chunks starting mid-layer."""
+def test_dequantize_chunks_match_the_reference(family, dtype):
+    """The dense path's dequantization writes every element of every chunk (NaN-filled first: a missed
+    element fails), nothing past it, and the reference's values to one rounding ((q - z) is exact, the
+    product with the scale rounds once), for chunks starting mid-layer."""
     skip_unless_family(family)
-    for k, n, group in ((1120, 104, 32), (512, 272, 64), (4096, 1376, 128), (96, 48, 32)):
+    tol = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}[dtype]
+    for k, n, group in _dequant_cases():
         qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
         with awqgemm.testing.force(family=family):
             packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
+        ref = dequantize_packed(packed).t()
         for n_begin, n_count in ((0, n), (16, n - 16), (n - n % 16 if n % 16 else n - 16, n % 16 or 16), (0, 32)):
-            old = _dequantize_chunk(packed, dtype, n_begin, n_count, False)
-            new = _dequantize_chunk(packed, dtype, n_begin, n_count, True)
-            assert not torch.isnan(old).any(), (k, n, group, n_begin, n_count)
-            assert torch.equal(old, new), (family, k, n, group, n_begin, n_count)
+            got = _dequantize_chunk(packed, dtype, n_begin, n_count)
+            assert not torch.isnan(got).any(), (k, n, group, n_begin, n_count)
+            case = (k, n, group, n_begin, n_count)
+            want = ref[n_begin : n_begin + n_count].float()
+            assert torch.allclose(got.float(), want, rtol=tol, atol=0), (case, (got.float() - want).abs().max().item())
 
 
-@COALESCED
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_dense_path_with_coalesced_dequant(dtype):
-    """The dense path end to end with v12's dequantization: three chunks, the last one ending in a half tile."""
+def test_dense_path_in_three_chunks(dtype):
+    """The dense path end to end: three chunks, the last one ending in a half tile."""
     k, n, m = 8192, 10616, 300
     qweight, qzeros, scales = random_awq(k, n, 128, dtype, "cuda")
     x = torch.randn(m, k, dtype=dtype, device="cuda")
-    with awqgemm.testing.force(path="dense", coalesced_dequant=True):
-        check(x, qweight, qzeros, scales, 128, bias=torch.randn(n, dtype=dtype, device="cuda"), label="v12 dense")
+    with awqgemm.testing.force(path="dense"):
+        check(x, qweight, qzeros, scales, 128, bias=torch.randn(n, dtype=dtype, device="cuda"), label="dense chunks")
 
 
 def test_build_info_archs_cover_this_gpu():
@@ -429,8 +423,8 @@ def _racecheck(paths_of_family):
     for family in families():
         for dtype in dtypes_for(family):
             for path in paths_of_family.get(family, ()):
-                # v11 ("wgws") picks 256-token tiles only on wide grids: the third shape reaches them at M = 1500.
-                shapes = ((1120, 104, 32), (512, 272, 128), *(((256, 8192, 64),) if path == "wgws" else ()))
+                # v11.1 (sm90) picks 256-token tiles only on wide grids: the third shape reaches them at M = 1500.
+                shapes = ((1120, 104, 32), (512, 272, 128), *(((256, 8192, 64),) if family == "sm90" else ()))
                 for k, n, group in shapes:
                     qweight, qzeros, scales = random_awq(k, n, group, dtype, "cpu")
                     w = awqgemm.dequantize_awq(qweight, qzeros, scales, group).double()
@@ -450,24 +444,17 @@ def test_racecheck_subset():
     _racecheck({"sm70": ("fused",), "sm75": ("fused",), "sm80": ("fused", "wtile"), "sm90": ("fused",)})
 
 
-@COALESCED
-def test_racecheck_subset_coalesced_dequant():
-    """v12's shared-memory staging alone (no cuBLAS, see above) for compute-sanitizer racecheck, on both
-    packed layouts, from a mid-layer column."""
+def test_racecheck_subset_dequantize():
+    """The dequantization's shared-memory staging alone (no cuBLAS, see above) for compute-sanitizer
+    racecheck, on both packed layouts, from a mid-layer column."""
     for family, dtype in (("sm70", torch.float16), ("sm80", torch.float16), ("sm80", torch.bfloat16)):
         skip_unless_family(family)
         for k, n, group in ((1120, 104, 32), (512, 272, 64)):
             qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
             with awqgemm.testing.force(family=family):
                 packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
-            new = _dequantize_chunk(packed, dtype, 16, n - 16, True)
-            assert torch.equal(new, _dequantize_chunk(packed, dtype, 16, n - 16, False)), (family, k, n)
-
-
-@WGWS
-def test_racecheck_subset_wgws():
-    skip_unless_family("sm90")
-    _racecheck({"sm90": ("wgws",)})
+            got = _dequantize_chunk(packed, dtype, 16, n - 16)
+            assert not torch.isnan(got).any(), (family, k, n)
 
 
 def test_sanitizer_subset():
@@ -494,34 +481,22 @@ def test_sanitizer_subset():
                                 check(x, qweight, qzeros, scales, group, label=f"sanitizer wtile M={m}")
 
 
-@COALESCED
-def test_sanitizer_subset_coalesced_dequant():
-    """v12's dequantization in the dense path, on both packed layouts, for compute-sanitizer memcheck."""
-    for family in families():
-        for dtype in dtypes_for(family):
-            for k, n, group in ((1120, 104, 32), (512, 272, 128)):
-                qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
-                with awqgemm.testing.force(family=family, path="dense", coalesced_dequant=True):
-                    check(torch.randn(70, k, dtype=dtype, device="cuda"), qweight, qzeros, scales, group)
-
-
-@WGWS
-def test_sanitizer_subset_wgws():
-    """v11 for compute-sanitizer memcheck: BM 64 (K split), 128, a second persistent round, the
+def test_sanitizer_subset_wgmma_ws():
+    """v11.1 for compute-sanitizer memcheck: BM 64 (K split), 128, a second persistent round, the
     256-token tiles (wide grid) and the two-chunk staging of x."""
     skip_unless_family("sm90")
     for dtype in dtypes_for("sm90"):
         for k, n, group in ((1120, 104, 32), (512, 272, 128)):
             qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
-            with awqgemm.testing.force(family="sm90", path="wgws"):
+            with awqgemm.testing.force(family="sm90", path="fused"):
                 for m in (1, 17, 130, 600):
                     x = torch.randn(m, k, dtype=dtype, device="cuda")
-                    check(x, qweight, qzeros, scales, group, label=f"sanitizer wgws M={m}")
-    with awqgemm.testing.force(family="sm90", path="wgws"):
+                    check(x, qweight, qzeros, scales, group, label=f"sanitizer wgmma_ws M={m}")
+    with awqgemm.testing.force(family="sm90", path="fused"):
         for k, n, m in ((256, 8192, 1500), (4128, 264, 4100)):
             qweight, qzeros, scales = random_awq(k, n, 32, torch.float16, "cuda")
             x = torch.randn(m, k, dtype=torch.float16, device="cuda")
-            check(x, qweight, qzeros, scales, 32, label=f"sanitizer wgws {k}x{n} M={m}")
+            check(x, qweight, qzeros, scales, 32, label=f"sanitizer wgmma_ws {k}x{n} M={m}")
 
 
 def test_plan_info_names_the_dispatchers_choice():
@@ -530,7 +505,7 @@ def test_plan_info_names_the_dispatchers_choice():
     assert awqgemm.plan_info(4096, 4096, 4096)["dense"]
     wide = awqgemm.plan_info(128, 28672, 4096)
     if "sm90" in families():
-        assert (wide["family"], wide["kernel"]) == ("sm90", "wgmma_staged_x"), wide
+        assert (wide["family"], wide["kernel"]) == ("sm90", "wgmma_ws"), wide
     else:
         assert wide["kernel"] == "w_tile", wide
     with awqgemm.testing.force(family="sm80"):  # wtile_auto in dispatch.cu
@@ -538,8 +513,8 @@ def test_plan_info_names_the_dispatchers_choice():
         assert awqgemm.plan_info(48, 4096, 4096)["kernel"] == "x_shared"
         assert awqgemm.plan_info(32, 4096, 4096)["kernel"] == "x_shared"
         assert awqgemm.plan_info(32, 8192, 8192)["kernel"] == "w_tile"
-    if "sm90" in families():  # v11 behind the switch: tile heights by M and grid (plan_wgws)
-        with awqgemm.testing.force(family="sm90", path="wgws"):
+    if "sm90" in families():  # v11.1 forced at every M: tile heights by M and grid (plan_wgws)
+        with awqgemm.testing.force(family="sm90", path="fused"):
             for m, n, tokens in ((1, 4096, 64), (64, 4096, 64), (65, 4096, 128), (300, 4096, 128), (1024, 28672, 256)):
                 info = awqgemm.plan_info(m, n, 4096)
                 assert (info["kernel"], info["tile_tokens"]) == ("wgmma_ws", tokens), (m, n, info)

@@ -16,7 +16,6 @@ from awqgemm.testing import random_awq
 from conftest import has_gpu
 
 pytestmark = pytest.mark.gpu
-ROUTING = pytest.mark.wip("moe_routing_kernels")  # fused_moe's routing, silu-mul and combine kernels
 GROUPED_XS = pytest.mark.wip("grouped_xshared")  # the grouped x-shared kernel
 GROUPED_WG = pytest.mark.wip("grouped_wgmma")  # the grouped wgmma kernel (sm90 family)
 
@@ -89,7 +88,7 @@ def run_case(
     top_k=2,
     seed=0,
     zero=(1, 6),
-    kernels=False,
+    kernels=True,
     xs=False,
     wg=False,
 ):
@@ -316,7 +315,7 @@ def test_moe_gemm_rows_of_no_expert_are_zero():
     assert (y[5:] == 0).all()
 
 
-@pytest.mark.parametrize("routing_kernels", [False, pytest.param(True, marks=ROUTING)])
+@pytest.mark.parametrize("routing_kernels", [False, True])
 def test_cuda_graph_replay_matches_eager_with_new_routing(routing_kernels):
     """A captured fused_moe replays new routings bitwise as eager does; with the routing kernels
     (testing.force(moe_routing_kernels=True)) also bitwise what the torch path gives."""
@@ -329,7 +328,7 @@ def test_cuda_graph_replay_matches_eager_with_new_routing(routing_kernels):
         assert_bitwise(out, awqgemm.fused_moe(x, w13, w2, tw, ti), "graph (kernels) vs torch path")
 
 
-@pytest.mark.parametrize("routing_kernels", [False, pytest.param(True, marks=ROUTING)])
+@pytest.mark.parametrize("routing_kernels", [False, True])
 def test_torch_compile_fullgraph_matches_eager(routing_kernels):
     skip_unless("auto")
     ck13 = experts(4, 256, 256, 64, torch.bfloat16, 8)
@@ -419,7 +418,6 @@ def test_sanitizer_subset_grouped_wgmma():
         check_rows_of_no_expert(dtype, "grouped_wgmma", "wgmma", 60)
 
 
-@ROUTING
 def test_sanitizer_subset_moe_routing_kernels():
     """fused_moe's routing / silu-mul / combine kernels (vectorized and scalar widths), and the routing
     kernel over several tiles with garbage ids and an expert map, for compute-sanitizer memcheck."""
@@ -478,7 +476,6 @@ def assert_bitwise(got, want, what):
 ROUTE_TOKENS = [1, 2, 3, 4, 37, 1000, 4096]
 
 
-@ROUTING
 @pytest.mark.parametrize("num", [8, 128])
 @pytest.mark.parametrize("top_k", [1, 2, 8])
 @pytest.mark.parametrize("tokens", ROUTE_TOKENS)
@@ -513,7 +510,6 @@ def test_route_kernel_bitwise_equals_torch(num, top_k, tokens):
         assert torch.equal(order[pos.long()], torch.arange(tokens * top_k, device="cuda"))
 
 
-@ROUTING
 def test_route_kernel_largest_expert_count_and_bad_inputs():
     skip_unless("auto")
     gen = torch.Generator().manual_seed(1)
@@ -556,7 +552,6 @@ def misaligned(t):
     return out
 
 
-@ROUTING
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("rows", "inter"), [(1, 8), (7, 12), (300, 768), (64, 5), (33, 1)])
 def test_silu_mul_kernel_bitwise(dtype, rows, inter):
@@ -574,7 +569,6 @@ def test_silu_mul_kernel_bitwise(dtype, rows, inter):
         torch.ops.awqgemm.moe_silu_mul(h[:, :-1] if h.shape[1] > 2 else h[:, :1])
 
 
-@ROUTING
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("top_k", [1, 2, 3, 5, 8, 15])
 @pytest.mark.parametrize("tokens", [1, 4, 257])
@@ -605,7 +599,6 @@ def test_combine_kernel_bitwise(dtype, top_k, tokens):
 FUSED_CASES = ["plain", "fp16-weights", "int64-ids", "garbage-ids", "expert-map", "on-input", "k8-e128", "large"]
 
 
-@ROUTING
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", FUSED_CASES)
 def test_fused_moe_kernels_bitwise_equal_torch_path(dtype, case):

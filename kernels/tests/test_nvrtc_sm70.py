@@ -81,7 +81,7 @@ UNITS = [
         [f"awqgemm::splitk_reduce_kernel<{t}>" for t in TYPES]
         + [
             f"awqgemm::{kernel}<{t}, awqgemm::{lanes}>"
-            for kernel in ("dequantize_t_kernel", "dequantize_t_tiles_kernel")
+            for kernel in ("dequantize_t_kernel",)
             for t in TYPES
             for lanes in ("M16n8Lanes", "Volta884Lanes")
         ],

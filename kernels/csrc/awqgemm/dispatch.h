@@ -14,10 +14,9 @@
 namespace awqgemm {
 
 // What a caller may ask of the path: the dispatcher's choice, or (tests) the
-// family's fused kernel at every M, or dequantize + dense GEMM, or (tests,
-// benchmarks) the sm80 weight-tile kernel at every M, or (tests, benchmarks)
-// the sm90 family's warp-specialized persistent wgmma kernel (v11) at every M.
-enum class PathRequest : int { kAuto = 0, kFused = 1, kDense = 2, kWTile = 3, kWgmmaWs = 4 };
+// family's fused kernel at every M (sm90: the wgmma kernels), or dequantize +
+// dense GEMM, or (tests, benchmarks) the sm80 weight-tile kernel at every M.
+enum class PathRequest : int { kAuto = 0, kFused = 1, kDense = 2, kWTile = 3 };
 
 struct Plan {
   Family family = Family::kAuto;  // the family whose kernel runs (sm90 may hand small M to sm80's)
@@ -27,7 +26,7 @@ struct Plan {
   int64_t workspace_bytes = 0;    // split-K partials, or the dense weight
 };
 
-// Workspace of a fused plan: the staged x (kWgmmaStagedX) and then the
+// Workspace of a fused plan: the staged x (kWgmmaWs) and then the
 // split-K partials, which start partials_offset_bytes in.
 int64_t partials_offset_bytes(const Plan& plan, int M, int K);
 int64_t fused_workspace_bytes(const Plan& plan, int M, int N, int K);

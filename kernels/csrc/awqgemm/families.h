@@ -27,9 +27,7 @@ cudaError_t launch_splitk_reduce(const GemmProblem& p, int splits, bool pdl, cud
 // Columns [n_begin, n_begin + n_count) of the packed weight -> dense transposed
 // weight wt[n_count][K] in the activation dtype, for the large-M path (a dense
 // GEMM per chunk of columns). n_begin is a multiple of the 16-column tile.
-// coalesced: v12's tile-per-warp kernel (work in progress, test switch only).
 cudaError_t launch_dequantize_t(const void* qweight, const void* scale_zero, int layout, DType dtype, int N, int K,
-                                int group_size, int n_begin, int n_count, void* wt, bool coalesced,
-                                cudaStream_t stream);
+                                int group_size, int n_begin, int n_count, void* wt, cudaStream_t stream);
 
 }  // namespace awqgemm

@@ -143,7 +143,8 @@ __device__ __forceinline__ void tma_g2s_2d(uint32_t dst, const TensorMap128* map
 
 // x rows [m0, m0 + rows) -> xs[k-tile][rows][64], each 128-byte row in the A
 // fragments' k order (16-byte chunk c = 2 s + h holds, for q' = 0..3, the pair
-// at actual k 16 q' + 4 s + 2 h + {0, 1}: see stage_x_kernel) and with the
+// at actual k 16 q' + 4 s + 2 h + {0, 1}, which the A fragment of step s reads as
+// logical k 8 h + 2 q' + {0, 1}: packed layout 1's k permutation) and with the
 // 128-byte swizzle applied (chunk c of row r stored at chunk c ^ (r & 7)).
 // Work-unit tiles start at multiples of BM (>= 8) rows, so r & 7 is also the
 // row's index within its 1024-byte swizzle atom in shared memory. Zeros past K.

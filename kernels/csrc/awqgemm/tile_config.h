@@ -8,10 +8,9 @@ namespace awqgemm {
 enum class KernelKind : int {
   kKSplit = 0,   // gemm_tc_kernel: warps split K (decode, and every family)
   kXShared = 1,  // gemm_xs_kernel: warps split N and share activations (sm80, M > 16)
-  kWgmma = 2,    // gemm_wg_kernel: warpgroup MMA, weights as register A (sm90a), gathers x itself
-  kWgmmaStagedX = 3,  // the same after a kernel that writes x in the A fragments' k order (workspace)
-  kWTile = 4,    // gemm_wt_kernel: weight, scale and x tiles staged per block in shared memory (sm80, M > 16)
-  kWgmmaWs = 5,  // gemm_ws_kernel: warp-specialized persistent wgmma (sm90a, v11; test-only path "wgws" so far)
+  kWgmma = 2,    // gemm_wg_kernel (v9): warpgroup MMA, weights as register A (sm90a), gathers x itself
+  kWTile = 3,    // gemm_wt_kernel: weight, scale and x tiles staged per block in shared memory (sm80, M > 16)
+  kWgmmaWs = 4,  // gemm_ws_kernel (v11.1): warp-specialized persistent wgmma, x staged by TMA-ready tiles (sm90a)
 };
 
 // Pipeline depth of the K-split kernel. Register-staged pipelines (sm70/75)

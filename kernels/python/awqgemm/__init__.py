@@ -146,10 +146,9 @@ def gemm(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None
 
 def plan_info(M: int, N: int, K: int, dtype: torch.dtype = torch.float16, device: torch.device | str = "cuda") -> dict:
     """The dispatcher's choice for an ``[M, K] @ [K, N]`` GEMM on ``device``: kernel family, kernel
-    (``k_split``, ``x_shared``, ``w_tile``, ``wgmma``, ``wgmma_staged_x``, ``wgmma_ws`` (only when forced),
-    ``dequantize+dense``, or ``reference``
-    off the GPU), tokens per tile, K splits and workspace bytes. For benchmarks and for understanding
-    a layer's speed; ``gemm`` makes the same plan itself."""
+    (``k_split``, ``x_shared``, ``w_tile``, ``wgmma_ws``, ``wgmma`` (sm90 with K > 65536),
+    ``dequantize+dense``, or ``reference`` off the GPU), tokens per tile, K splits and workspace bytes.
+    For benchmarks and for understanding a layer's speed; ``gemm`` makes the same plan itself."""
     for name, v in (("M", M), ("N", N), ("K", K)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"awqgemm: {name} must be a positive int, got {v!r}")

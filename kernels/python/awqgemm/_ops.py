@@ -15,7 +15,7 @@ from .reference import reference_gemm
 _DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1}
 # PathRequest in csrc/awqgemm/dispatch.h. The dispatcher (make_plan) decides
 # the path, dense-or-fused included; "reference" never reaches it.
-_PATH_CODE = {"auto": 0, "fused": 1, "dense": 2, "wtile": 3, "wgws": 4}
+_PATH_CODE = {"auto": 0, "fused": 1, "dense": 2, "wtile": 3}
 
 
 class _Override:
@@ -24,9 +24,10 @@ class _Override:
 
     family: int = 0  # 0 = auto, else the family code (70, 75, 80, 90)
     path: str = "auto"  # auto | fused | dense | reference
-    # Work in progress, not yet run on a GPU (tests and benchmarks select them; production never):
-    coalesced_dequant: bool = False  # the dense path's dequantization through shared memory (v12)
-    moe_routing_kernels: bool = False  # fused_moe's routing / silu-mul / combine as CUDA kernels
+    # fused_moe's routing / silu-mul / combine as CUDA kernels; tests turn it off to run the torch ops
+    # the kernels are checked against (bit for bit).
+    moe_routing_kernels: bool = True
+    # Work in progress (tests and benchmarks select them; production never):
     grouped_xshared: bool = False  # grouped (MoE) GEMMs of > 16 rows per expert on the sm80 x-shared kernel
     grouped_wgmma: bool = False  # grouped (MoE) GEMMs of > 32 rows per expert on the sm90 wgmma kernel
 
@@ -130,7 +131,6 @@ def _dense_in_chunks(x2, qweight, scales, bias, K, N, group_size, layout, dtype_
             wt.data_ptr(),
             device,
             stream,
-            state.coalesced_dequant,
         )
         w = wt[:n].t()
         if bias is None:

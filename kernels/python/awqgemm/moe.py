@@ -481,10 +481,11 @@ def _experts_and_combine(work, w13, w2, topk_weights, topk_ids, apply_router_wei
 
 
 # --------------------------------------------------------------------------------------------
-# fused_moe's routing, activation and combine as three CUDA kernels (work in progress, behind
-# testing.force(moe_routing_kernels=True); moe_routing.cu), each giving bit for bit what the
-# torch path above gives. Custom ops with fake impls, so torch.compile(fullgraph=True) sees
-# opaque calls; their CPU impls are the torch path's own expressions (tests of the glue).
+# fused_moe's routing, activation and combine as three CUDA kernels (moe_routing.cu; the torch
+# path above runs on the CPU, for routings too large for the one-block kernel, and in tests under
+# testing.force(moe_routing_kernels=False)), each giving bit for bit what the torch path gives.
+# Custom ops with fake impls, so torch.compile(fullgraph=True) sees opaque calls; their CPU
+# impls are the torch path's own expressions (tests of the glue).
 
 _IDS_CODE = {torch.int32: 0, torch.int64: 1}
 _WEIGHTS_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}

@@ -23,7 +23,7 @@ from . import _layout
 from ._ops import state
 
 FAMILIES = {"auto": 0, "sm70": 70, "sm75": 75, "sm80": 80, "sm90": 90}
-PATHS = ("auto", "fused", "dense", "reference", "wtile", "wgws")
+PATHS = ("auto", "fused", "dense", "reference", "wtile")
 
 
 def _parse_family(name: str) -> int:
@@ -43,22 +43,21 @@ def force(
     family: str = "auto",
     path: str = "auto",
     *,
-    coalesced_dequant: bool = False,
-    moe_routing_kernels: bool = False,
+    moe_routing_kernels: bool = True,
     grouped_xshared: bool = False,
     grouped_wgmma: bool = False,
 ) -> Iterator[None]:
-    """Force a kernel family and/or path (``fused`` kernel, ``dense`` dequantize + matmul, ``reference``,
-    ``wtile``: the sm80 family's weight-tile kernel at every M; ``wgws``: the sm90 family's warp-specialized
-    persistent wgmma kernel (v11) at every M; other families run their fused kernels).
+    """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
+    dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
+    families run their fused kernels).
 
-    Work in progress behind this switch (not yet run on a GPU): ``coalesced_dequant`` dequantizes the
-    dense path's chunks through shared memory; ``moe_routing_kernels`` runs fused_moe's routing,
-    silu-mul and combine as CUDA kernels instead of torch ops; ``grouped_xshared`` runs grouped (MoE)
+    ``moe_routing_kernels=False`` runs fused_moe's routing, silu-mul and combine as torch ops instead of
+    its CUDA kernels (the reference the kernels are tested against).
+
+    Work in progress behind this switch: ``grouped_xshared`` runs grouped (MoE)
     GEMMs of more than 16 rows per expert on the sm80 family's x-shared kernel; ``grouped_wgmma`` runs
     those of more than 32 rows per expert on the sm90 family's wgmma kernel (a 9.0 GPU)."""
     switches = {
-        "coalesced_dequant": coalesced_dequant,
         "moe_routing_kernels": moe_routing_kernels,
         "grouped_xshared": grouped_xshared,
         "grouped_wgmma": grouped_wgmma,
