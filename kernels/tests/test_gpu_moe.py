@@ -325,7 +325,9 @@ def test_cuda_graph_replay_matches_eager_with_new_routing(routing_kernels):
     with awqgemm.testing.force(moe_routing_kernels=routing_kernels):
         out = replay_new_routings(x, w13, w2, tw, ti, num, top_k, lambda seed: (seed, 2 * seed))
     if routing_kernels:
-        assert_bitwise(out, awqgemm.fused_moe(x, w13, w2, tw, ti), "graph (kernels) vs torch path")
+        with awqgemm.testing.force(moe_routing_kernels=False):
+            torch_path = awqgemm.fused_moe(x, w13, w2, tw, ti)
+        assert_bitwise(out, torch_path, "graph (kernels) vs torch path")
 
 
 @pytest.mark.parametrize("routing_kernels", [False, True])
@@ -602,8 +604,9 @@ FUSED_CASES = ["plain", "fp16-weights", "int64-ids", "garbage-ids", "expert-map"
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", FUSED_CASES)
 def test_fused_moe_kernels_bitwise_equal_torch_path(dtype, case):
-    """fused_moe with the switch on == off, bit for bit ("large": T * k past the routing kernel's
-    bound, so torch routing + the activation and torch combine)."""
+    """fused_moe with the routing kernels (the default) == the torch path, bit for bit ("large": T * k
+    past the routing kernel's bound, so moe_route sorts with torch ops, then the activation and combine
+    kernels)."""
     skip_unless("auto")
     gen = torch.Generator().manual_seed(FUSED_CASES.index(case))
     num, hidden, inter, tokens, top_k = 8, 256, 128, 37, 2
@@ -631,11 +634,11 @@ def test_fused_moe_kernels_bitwise_equal_torch_path(dtype, case):
         top_k, on_input = 1, True
         ti, tw = ti[:, :1].contiguous(), (torch.rand(tokens, 1, generator=gen) + 0.5).cuda()
     kw = {"apply_router_weight_on_input": on_input, "expert_map": emap}
-    off = awqgemm.fused_moe(x, w13, w2, tw, ti, **kw)
-    with awqgemm.testing.force(moe_routing_kernels=True):
-        on = awqgemm.fused_moe(x, w13, w2, tw, ti, **kw)
-        on_body = moe._experts_and_combine(x, w13, w2, tw, ti, on_input, emap)
+    with awqgemm.testing.force(moe_routing_kernels=False):  # the torch path
+        off = awqgemm.fused_moe(x, w13, w2, tw, ti, **kw)
+        off_body = moe._experts_and_combine(x, w13, w2, tw, ti, on_input, emap)
+    on = awqgemm.fused_moe(x, w13, w2, tw, ti, **kw)  # the default: the kernels
+    on_body = moe._experts_and_combine(x, w13, w2, tw, ti, on_input, emap)
     assert torch.isfinite(off).all()
     assert_bitwise(on, off, f"fused_moe {case}")
-    off_body = moe._experts_and_combine(x, w13, w2, tw, ti, on_input, emap)
     assert_bitwise(on_body.to(dtype), off_body.to(dtype), f"body {case}")

@@ -450,7 +450,7 @@ def _experts_and_combine(work, w13, w2, topk_weights, topk_ids, apply_router_wei
     top_k = topk_ids.shape[1]
     num = w13.num_experts
     kernels = work.is_cuda and _ops.state.moe_routing_kernels
-    if kernels and route_kernel_fits(tokens * top_k, num):
+    if kernels:
         return _experts_and_combine_kernels(
             work, w13, w2, topk_weights, topk_ids, apply_router_weight_on_input, expert_map
         )
@@ -471,8 +471,7 @@ def _experts_and_combine(work, w13, w2, topk_weights, topk_ids, apply_router_wei
     h = torch.ops.awqgemm.moe_gemm(
         work, w13.qweight, w13.scales, offsets, token_of_row, w13.K, w13.N, w13.group_size, w13.layout
     )
-    # Routing too large for the one-block kernel: the activation kernel still applies.
-    act = torch.ops.awqgemm.moe_silu_mul(h) if kernels else silu_mul_torch(h)
+    act = silu_mul_torch(h)
     y = torch.ops.awqgemm.moe_gemm(act, w2.qweight, w2.scales, offsets, None, w2.K, w2.N, w2.group_size, w2.layout)
     # Combine: rows back to (token, slot) order (rows of no local expert are zero), weigh in fp32,
     # sum over k in fp32 in slot order: no atomics, deterministic.
@@ -491,15 +490,16 @@ _IDS_CODE = {torch.int32: 0, torch.int64: 1}
 _WEIGHTS_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 # The routing kernel is one block of 1024 threads that walks the pairs twice in tiles of 1024:
 # no launch or sync beyond its own, but its time grows with T * k on one SM. Above this many
-# pairs torch's multi-block sort is expected to win (not measured yet), so fused_moe routes with
-# torch ops there (decided from shapes only; the activation kernel still runs).
+# pairs torch's multi-block sort is expected to win (not measured yet), so moe_route runs the
+# torch ops there (decided from shapes only); the activation and combine kernels run at any size
+# (the torch combine's gather, fp32 product and sum were ~500 us of a Qwen3 T = 4096 layer).
 ROUTE_KERNEL_MAX_PAIRS = 16384
 # Its shared memory holds a byte per (expert, warp): kMaxRouteExperts in moe_routing.h.
 ROUTE_KERNEL_MAX_EXPERTS = 1024
 
 
 def route_kernel_fits(pairs: int, num_experts: int) -> bool:
-    """Whether fused_moe (routing-kernel switch on) routes ``pairs`` = T * k pairs with the kernel."""
+    """Whether ``moe_route`` on a GPU sorts ``pairs`` = T * k pairs with its kernel (else torch ops)."""
     return pairs <= ROUTE_KERNEL_MAX_PAIRS and num_experts <= ROUTE_KERNEL_MAX_EXPERTS
 
 
@@ -563,8 +563,7 @@ def _moe_route_cpu(topk_ids, topk_weights, expert_map, num_experts, weights_on_i
 
 def _moe_route_cuda(topk_ids, topk_weights, expert_map, num_experts, weights_on_input):
     _check_route_args(topk_ids, topk_weights, expert_map, num_experts)
-    # The kernel indexes pairs in 32 bits (the binding refuses more than 2^30): the torch path takes more.
-    if _C is None or num_experts > ROUTE_KERNEL_MAX_EXPERTS or topk_ids.numel() > (1 << 30):
+    if _C is None or not route_kernel_fits(topk_ids.numel(), num_experts):
         return route_torch(topk_ids, topk_weights, expert_map, num_experts, weights_on_input)
     tokens, top_k = topk_ids.shape
     rows = tokens * top_k
