@@ -248,7 +248,6 @@ CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
 FORCED: dict[str, dict[str, Any]] = {
     "awqgemm:sm80": {"family": "sm80"},
     "awqgemm:wip": {
-        "grouped_xshared": True,
         "grouped_wgmma": True,
     },
 }

@@ -489,14 +489,15 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   return plan;
 }
 
-// Grouped problems run the K-split kernel on every family (sm90 hands them to
-// sm80's: same packed layout; the wgmma kernel only behind its test switch). A block's token tile never straddles two
+// Grouped problems run the K-split kernel on every family, and the x-shared one
+// for large experts on sm80 (sm90 hands them to sm80's: same packed layout; the
+// wgmma kernel only behind its test switch). A block's token tile never straddles two
 // experts, so the tile height follows the rows per active expert (R / min(E, R)),
 // not R: decode's handful of rows per expert gets 8-row tiles. No dense path:
 // it would dequantize all E experts (E x N x K) or need each expert's row count
 // on the host (a sync). Split-K partials are [splits][R][N] fp32, capped like
 // the wgmma plan's.
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool xshared, bool wgmma) {
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -527,12 +528,14 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   }
   if (family == Family::kSm90) family = Family::kSm80;
   plan.family = family;
-  if (xshared && family == Family::kSm80 && ceil_div(R, active) > 16) {
-    // Work in progress (testing.force(grouped_xshared=True), not yet run on a
-    // GPU): prefill-sized experts on the x-shared kernel, planned as dense M.
-    plan_xshared(t, ceil_div(R, active), row_blocks, ntiles, ktiles, want);
+  if (family == Family::kSm80 && rows_per_expert > 32) {
+    // Prefill-sized experts on the x-shared kernel, planned as dense M. H200
+    // (moe-h200-20261128-1127, the two grouped GEMMs alone): 0.68-0.78x the
+    // K-split kernel's time at 64-256 rows per expert on Qwen3-30B-A3B, 0.92-0.93x
+    // at 256-1024 on Mixtral; 1.11x at 32 (Mixtral T = 128), hence > 32.
+    plan_xshared(t, rows_per_expert, row_blocks, ntiles, ktiles, want);
   } else {
-    plan_ksplit(t, family, ceil_div(R, active), ntiles, ktiles, row_blocks, want);
+    plan_ksplit(t, family, rows_per_expert, ntiles, ktiles, row_blocks, want);
   }
   while (t.splits > 1 && static_cast<int64_t>(t.splits) * R * N * 4 > kMaxWorkspaceBytes) --t.splits;
   finish_plan(plan, dev, /*kernel_has_wait=*/dev.ptx_arch >= 90, R, N, K);

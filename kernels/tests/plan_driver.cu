@@ -16,8 +16,7 @@ cudaError_t launch_sm70_m8n8k4(const GemmProblem&, const TileConfig&, cudaStream
 cudaError_t launch_sm90a_m64nNk16(const GemmProblem&, const TileConfig&, cudaStream_t) { return cudaSuccess; }
 int compiled_ptx_arch() { return 90; }
 cudaError_t launch_splitk_reduce(const GemmProblem&, int, bool, cudaStream_t) { return cudaSuccess; }
-cudaError_t launch_dequantize_t(const void*, const void*, int, DType, int, int, int, int, int, void*, bool,
-                                cudaStream_t) {
+cudaError_t launch_dequantize_t(const void*, const void*, int, DType, int, int, int, int, int, void*, cudaStream_t) {
   return cudaSuccess;
 }
 }  // namespace awqgemm
@@ -55,8 +54,8 @@ int main() {
         for (const auto& s : shapes) {
           for (int R : {1, 2, 8, 16, 64, 128, 512, 1024, 8192, 32768}) {
             // G: default; X: the x-shared switch; W: the wgmma switch (both work in progress).
-            for (const char mode : {'G', 'X', 'W'}) {
-              const Plan p = make_grouped_plan(static_cast<Family>(f), d, R, E, s[1], s[0], mode == 'X', mode == 'W');
+            for (const char mode : {'G', 'W'}) {
+              const Plan p = make_grouped_plan(static_cast<Family>(f), d, R, E, s[1], s[0], mode == 'W');
               std::printf("%c %d %d %d %d %d %d %lld %lld %d\n", mode, d.capability, f, E, s[0], s[1], R,
                           static_cast<long long>(encode_plan(p)), static_cast<long long>(p.workspace_bytes),
                           roundtrip(p));

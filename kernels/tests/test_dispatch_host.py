@@ -73,20 +73,19 @@ def test_families_run_only_where_they_can(plans):
         assert p["family"] <= p["cap"], p
         if p["family"] == 90:
             assert p["cap"] == 90 and p["fam"] == 90, p  # sm_90a code only on 9.0
-        if p["problem"] in ("G", "X", "W"):
+        if p["problem"] in ("G", "W"):
             per_expert = -(-p["M"] // min(p["a"], p["M"]))
             assert p["flags"] & 1 == 0, p  # grouped problems never take the dense path (E x N x K)
             # Grid rows (grouped_grid_rows in problem.h) within CUDA's 65535 for every R of the grid.
             assert -(-p["M"] // (8 * p["mt"])) + min(p["a"], p["M"]) <= 65535, p
-        if p["problem"] in ("G", "X"):
-            assert p["family"] != 90, p  # sm90 hands these to sm80's kernels (same packed layout)
         if p["problem"] == "G":
-            assert p["kind"] == 0, p  # the K-split kernel
-        if p["problem"] == "X":  # the x-shared switch (work in progress): sm80, experts of > 16 rows
-            assert p["kind"] == (1 if p["family"] == 80 and per_expert > 16 else 0), p
+            assert p["family"] != 90, p  # sm90 hands these to sm80's kernels (same packed layout)
+            # The x-shared kernel for experts of > 32 rows on the sm80 family, else the K-split kernel.
+            assert p["kind"] == (1 if p["family"] == 80 and per_expert > 32 else 0), p
         if p["problem"] == "W":  # the wgmma switch (work in progress): sm90, experts of > 32 rows
             wg = p["fam"] == 90 and per_expert > 32
-            assert (p["family"] == 90) == wg and p["kind"] == (2 if wg else 0), p
+            assert (p["family"] == 90) == wg, p
+            assert p["kind"] == (2 if wg else 1 if p["family"] == 80 and per_expert > 32 else 0), p
             if wg:  # 64-token tiles up to 96 rows per expert, 128 above; the launcher has no other
                 assert p["mt"] == (8 if per_expert <= 96 else 16) and p["nt"] == 8 and 1 <= p["splits"] <= 16, p
                 assert p["pdl"] & 1, p  # the grouped wgmma kernel waits (griddepcontrol) before reading offsets

@@ -16,7 +16,6 @@ from awqgemm.testing import random_awq
 from conftest import has_gpu
 
 pytestmark = pytest.mark.gpu
-GROUPED_XS = pytest.mark.wip("grouped_xshared")  # the grouped x-shared kernel
 GROUPED_WG = pytest.mark.wip("grouped_wgmma")  # the grouped wgmma kernel (sm90 family)
 
 CASES = [("sm70", torch.float16), ("sm75", torch.float16), ("sm80", torch.float16), ("sm80", torch.bfloat16)]
@@ -89,12 +88,11 @@ def run_case(
     seed=0,
     zero=(1, 6),
     kernels=True,
-    xs=False,
     wg=False,
 ):
     ck13 = experts(num, hidden, 2 * inter, group, dtype, seed)
     ck2 = experts(num, inter, hidden, group, dtype, seed + 50)
-    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels, grouped_xshared=xs, grouped_wgmma=wg):
+    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels, grouped_wgmma=wg):
         w13 = awqgemm.pack_awq_experts(*ck13, group)
         w2 = awqgemm.pack_awq_experts(*ck2, group)
         x = torch.randn(tokens, hidden, dtype=dtype, device="cuda")
@@ -116,22 +114,22 @@ def test_fused_moe_every_family(family, dtype, group, tokens):
     print(f"moe {family} {dtype} g={group} T={tokens}: worst rel err {err:.2e}")
 
 
-@GROUPED_XS
 @pytest.mark.parametrize("tokens", [37, 300, 1000])
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize(("family", "dtype"), [c for c in CASES if c[0] in ("sm80", "auto")])
 def test_grouped_xshared(family, dtype, group, tokens):
-    """Work in progress (testing.force(grouped_xshared=True)): experts of more than 16 rows on the sm80
-    x-shared kernel, against fp64, with zero-token experts; the plan really is the x-shared kernel at
-    both tile heights, with a long-K case for its split-K partials. (At T = 37 the first case has ~10 rows
-    per expert and stays on the K-split kernel; the long-K case has ~18 and takes the 32-row tile.)"""
+    """Experts of more than 32 rows on the sm80 x-shared kernel, against fp64, with zero-token experts,
+    and a long-K case for its split-K partials; the plan really is the x-shared kernel. (At T = 37 both
+    cases have 9-19 rows per expert and stay on the K-split kernel.)"""
     skip_unless(family)
-    err = run_case(family, dtype, group, tokens, xs=True)
-    run_case(family, dtype, group, tokens, num=4, hidden=4096, inter=256, seed=tokens, zero=(), xs=True)
+    err = run_case(family, dtype, group, tokens)
+    run_case(family, dtype, group, tokens, num=4, hidden=4096, inter=256, seed=tokens, zero=())
     print(f"moe x-shared {family} {dtype} g={group} T={tokens}: worst rel err {err:.2e}")
-    with awqgemm.testing.force(family=family, grouped_xshared=True):
+    with awqgemm.testing.force(family=family):
         assert grouped_plan_info(600, 6, 256, 256, dtype)["kernel"] == "x_shared"
         assert grouped_plan_info(8, 8, 256, 256, dtype)["kernel"] == "k_split"  # 1 row per expert
+        assert grouped_plan_info(192, 6, 256, 256, dtype)["kernel"] == "k_split"  # 32 rows per expert
+        assert grouped_plan_info(198, 6, 256, 256, dtype)["kernel"] == "x_shared"  # 33
 
 
 def skip_unless_sm90():
@@ -377,12 +375,12 @@ def test_sanitizer_subset():
 
 
 def check_rows_of_no_expert(dtype, switch, kernel, rows_per_expert):
-    """moe_gemm under `switch` on 3 experts (the middle one empty) whose plan is `kernel`, with garbage
+    """moe_gemm (under `switch` unless None) on 3 experts (the middle one empty) whose plan is `kernel`, with garbage
     row indices (clamped in the kernel) and rows past offsets[E], which must come out zero; every
     expert's rows against fp64 (N = 200: a column tail)."""
     r = rows_per_expert
     ck = experts(3, 512, 200, 64, dtype, 7)
-    with awqgemm.testing.force(**{switch: True}):
+    with awqgemm.testing.force(**({switch: True} if switch else {})):
         packed = awqgemm.pack_awq_experts(*ck, 64)
         assert grouped_plan_info(5 * r // 2, 3, 200, 512, dtype)["kernel"] == kernel
         x = torch.randn(3 * r // 2, 512, dtype=dtype, device="cuda")
@@ -397,15 +395,14 @@ def check_rows_of_no_expert(dtype, switch, kernel, rows_per_expert):
             assert rel_err(y[lo:hi], x[safe[lo:hi]].double() @ w[e]) < tolerance(dtype), (switch, e)
 
 
-@GROUPED_XS
 def test_sanitizer_subset_grouped_xshared():
     """The grouped x-shared kernel for compute-sanitizer memcheck: gather, a zero-token expert, split-K
     over a long K, and rows of no expert (past offsets[E]) with clamped garbage row indices."""
     skip_unless("sm80")
     for dtype in (torch.float16, torch.bfloat16):
-        run_case("auto", dtype, 64, 40, num=3, hidden=1024, inter=128, top_k=2, seed=5, zero=(1,), xs=True)
-        run_case("auto", dtype, 128, 20, num=2, hidden=8192, inter=128, top_k=2, seed=6, zero=(), xs=True)
-        check_rows_of_no_expert(dtype, "grouped_xshared", "x_shared", 20)
+        run_case("auto", dtype, 64, 60, num=3, hidden=1024, inter=128, top_k=2, seed=5, zero=(1,))
+        run_case("auto", dtype, 128, 40, num=2, hidden=8192, inter=128, top_k=2, seed=6, zero=())
+        check_rows_of_no_expert(dtype, None, "x_shared", 40)
 
 
 @GROUPED_WG

@@ -68,12 +68,11 @@ int dense_chunk_columns(int N, int K, int dtype_bytes);
 Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes);
 
 // The grouped sibling (MoE experts: GemmProblem::row_offsets): R rows over
-// E experts, N x K each. The K-split kernel (see dispatch.cu); work in progress
-// behind test switches: with `xshared` the sm80 x-shared kernel for experts of
-// more than 16 rows, with `wgmma` (sm90 family) the wgmma kernel for experts of
-// more than 32.
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool xshared = false,
-                       bool wgmma = false);
+// E experts, N x K each. The K-split kernel, the sm80 x-shared kernel for
+// experts of more than 32 rows (see dispatch.cu); work in progress behind a
+// test switch: with `wgmma` (sm90 family) the wgmma kernel for experts of more
+// than 32 rows.
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma = false);
 
 // Launches the fused kernel (and the split-K reduction when the plan splits).
 cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream);

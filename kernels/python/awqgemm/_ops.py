@@ -28,7 +28,6 @@ class _Override:
     # the kernels are checked against (bit for bit).
     moe_routing_kernels: bool = True
     # Work in progress (tests and benchmarks select them; production never):
-    grouped_xshared: bool = False  # grouped (MoE) GEMMs of > 16 rows per expert on the sm80 x-shared kernel
     grouped_wgmma: bool = False  # grouped (MoE) GEMMs of > 32 rows per expert on the sm90 wgmma kernel
 
 

@@ -44,7 +44,6 @@ def force(
     path: str = "auto",
     *,
     moe_routing_kernels: bool = True,
-    grouped_xshared: bool = False,
     grouped_wgmma: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
@@ -54,12 +53,10 @@ def force(
     ``moe_routing_kernels=False`` runs fused_moe's routing, silu-mul and combine as torch ops instead of
     its CUDA kernels (the reference the kernels are tested against).
 
-    Work in progress behind this switch: ``grouped_xshared`` runs grouped (MoE)
-    GEMMs of more than 16 rows per expert on the sm80 family's x-shared kernel; ``grouped_wgmma`` runs
-    those of more than 32 rows per expert on the sm90 family's wgmma kernel (a 9.0 GPU)."""
+    Work in progress behind this switch: ``grouped_wgmma`` runs grouped (MoE) GEMMs of more than 32 rows
+    per expert on the sm90 family's wgmma kernel (a 9.0 GPU) instead of the sm80 family's x-shared one."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
-        "grouped_xshared": grouped_xshared,
         "grouped_wgmma": grouped_wgmma,
     }
     for name, v in switches.items():
