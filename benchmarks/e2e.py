@@ -18,8 +18,8 @@ Contenders (``--quant``, comma separated):
   awqgemm:sm80        the plugin with awqgemm's sm80 (mma.sync) family forced for the whole engine
                       (awqgemm.testing.force in the worker): what an A100 / L40S runs, timed here;
                       compare with awq_marlin:marlin (issue 11)
-  awqgemm:wip         the plugin with the work-in-progress switches on for the whole engine (v12's
-                      dequantization, the MoE routing kernels, grouped x-shared GEMMs): their e2e effect
+  awqgemm:wip         the plugin with the work-in-progress switches on for the whole engine (today the
+                      grouped wgmma kernel for MoE prefill on sm90): their e2e effect
   fp16                dense fp16, no quantization
 The kernel each AWQ engine used is read from the loaded model and recorded.
 

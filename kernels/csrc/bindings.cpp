@@ -47,10 +47,8 @@ class DeviceGuard {
 };
 
 PathRequest to_path(int p) {
-  if (p < 0 || p > 4) {
-    throw nb::value_error(
-        "awqgemm: path code must be 0 (auto), 1 (fused), 2 (dense), 3 (weight-tile kernel) or 4 (warp-specialized "
-        "wgmma kernel)");
+  if (p < 0 || p > 3) {
+    throw nb::value_error("awqgemm: path code must be 0 (auto), 1 (fused), 2 (dense) or 3 (weight-tile kernel)");
   }
   return static_cast<PathRequest>(p);
 }

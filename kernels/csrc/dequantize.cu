@@ -125,6 +125,8 @@ template <typename T>
 cudaError_t dequantize_typed(const void* qweight, const void* scale_zero, int layout, int N, int K, int group_size,
                              int n_begin, int n_count, void* wt, cudaStream_t stream) {
   if (n_begin < 0 || n_begin % kTileN != 0 || n_count < 1 || n_begin + n_count > N) return cudaErrorInvalidValue;
+  // A lane reads its tile's four words as one 16-byte load.
+  if ((reinterpret_cast<uintptr_t>(qweight) & 15) != 0) return cudaErrorMisalignedAddress;
   const auto* qw = static_cast<const uint32_t*>(qweight);
   const auto* sz = static_cast<const uint2*>(scale_zero);
   if (layout == kLayoutTc16x64) {

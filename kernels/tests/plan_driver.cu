@@ -53,7 +53,7 @@ int main() {
       for (int E : {8, 64, 128}) {
         for (const auto& s : shapes) {
           for (int R : {1, 2, 8, 16, 64, 128, 512, 1024, 8192, 32768}) {
-            // G: default; X: the x-shared switch; W: the wgmma switch (both work in progress).
+            // G: default; W: the wgmma switch (work in progress).
             for (const char mode : {'G', 'W'}) {
               const Plan p = make_grouped_plan(static_cast<Family>(f), d, R, E, s[1], s[0], mode == 'W');
               std::printf("%c %d %d %d %d %d %d %lld %lld %d\n", mode, d.capability, f, E, s[0], s[1], R,

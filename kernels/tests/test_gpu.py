@@ -133,15 +133,19 @@ def test_bias_and_k_tail(family, dtype, path):
 def test_wgmma_x_staging_chunks_and_the_v9_fallback(dtype):
     """v11.1 stages x tile-major through the workspace in row chunks of <= 32 MiB: M = 4100 at K = 4128
     is two chunks. Where not even 256 rows fit (K > 65536) the v9 kernel runs, gathering x itself.
-    Both with a K tail (K % 64 == 32: the last k-tile is half padding)."""
+    Both with a K tail (K % 64 == 32: the last k-tile is half padding), v9 at each of its tile heights
+    (64, 128, 256 tokens) and with a bias."""
     skip_unless_family("sm90")
-    for k, cases in ((4128, ((200, "wgmma_ws"), (4100, "wgmma_ws"))), (65568, ((70, "wgmma"), (300, "wgmma")))):
+    v9 = ((40, "wgmma", 64), (300, "wgmma", 128), (600, "wgmma", 256))
+    for k, cases in ((4128, ((200, "wgmma_ws", None), (4100, "wgmma_ws", None))), (65568, v9)):
         qweight, qzeros, scales = random_awq(k, 264, 32, dtype, "cuda")
+        bias = torch.randn(264, dtype=dtype, device="cuda")
         with awqgemm.testing.force(family="sm90", path="fused"):
-            for m, kernel in cases:
-                assert awqgemm.plan_info(m, 264, k, dtype)["kernel"] == kernel, (k, m)
+            for m, kernel, tokens in cases:
+                info = awqgemm.plan_info(m, 264, k, dtype)
+                assert info["kernel"] == kernel and tokens in (None, info["tile_tokens"]), (k, m, info)
                 x = torch.randn(m, k, dtype=dtype, device="cuda")
-                check(x, qweight, qzeros, scales, 32, label=f"sm90 {kernel} K={k} M={m}")
+                check(x, qweight, qzeros, scales, 32, bias, label=f"sm90 {kernel} K={k} M={m}")
 
 
 def test_pack_on_gpu_matches_cpu():
@@ -483,7 +487,8 @@ def test_sanitizer_subset():
 
 def test_sanitizer_subset_wgmma_ws():
     """v11.1 for compute-sanitizer memcheck: BM 64 (K split), 128, a second persistent round, the
-    256-token tiles (wide grid) and the two-chunk staging of x."""
+    256-token tiles (wide grid) and the two-chunk staging of x; and v9, which dense problems reach only
+    at K > 65536, at its three tile heights."""
     skip_unless_family("sm90")
     for dtype in dtypes_for("sm90"):
         for k, n, group in ((1120, 104, 32), (512, 272, 128)):
@@ -497,6 +502,11 @@ def test_sanitizer_subset_wgmma_ws():
             qweight, qzeros, scales = random_awq(k, n, 32, torch.float16, "cuda")
             x = torch.randn(m, k, dtype=torch.float16, device="cuda")
             check(x, qweight, qzeros, scales, 32, label=f"sanitizer wgmma_ws {k}x{n} M={m}")
+        qweight, qzeros, scales = random_awq(65568, 104, 32, torch.float16, "cuda")
+        for m in (9, 130, 600):
+            assert awqgemm.plan_info(m, 104, 65568)["kernel"] == "wgmma", m
+            x = torch.randn(m, 65568, dtype=torch.float16, device="cuda")
+            check(x, qweight, qzeros, scales, 32, label=f"sanitizer v9 M={m}")
 
 
 def test_plan_info_names_the_dispatchers_choice():

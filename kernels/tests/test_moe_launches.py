@@ -1,6 +1,7 @@
-"""fused_moe's small ops: how many kernels one call issues on a GPU (counted on the CPU from the
-aten ops its device path dispatches), and that the leaner version computes exactly what the
-previous one did (a frozen copy of it below), bit for bit, on every routing, garbage included.
+"""fused_moe's small ops: how many kernels one call of its torch path issues on a GPU (counted on the
+CPU from the aten ops it dispatches; on a GPU the routing kernels are the default and this path is
+their reference, under testing.force(moe_routing_kernels=False)), and that the leaner version computes
+exactly what the previous one did (a frozen copy of it below), bit for bit, on every routing.
 
     PYTHONPATH=kernels/python python kernels/tests/test_moe_launches.py   # prints both op lists
 """
@@ -187,7 +188,7 @@ def device_path_ops(body, *, tokens=4, top_k=2, num=8, weights_dtype=torch.float
     return kernels, log.ops
 
 
-# One CUDA call of the device path, top_k > 1, fp32 router weights, int32 ids, no expert map.
+# One CUDA call of the torch path, top_k > 1, fp32 router weights, int32 ids, no expert map.
 # ``sort`` is several kernels itself (fill indices, copy keys, sort; a radix sort's passes above
 # 4096 rows); moe_gemm is the grouped kernel (+ a reduction when it splits K).
 NEW_KERNELS = [

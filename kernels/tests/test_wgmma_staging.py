@@ -83,7 +83,8 @@ def test_staging_writes_are_bank_conflict_free():
 
 
 def staged_x_row(x_row: torch.Tensor) -> torch.Tensor:
-    """stage_x_kernel for one row of 64 k: chunk c = 2 s + h, word q' = pair at 16 q' + 4 s + 2 h."""
+    """One row of 64 k in the A fragments' k order (v11.1's staging writes it tile-major, v9 gathers it):
+    chunk c = 2 s + h, word q' = pair at 16 q' + 4 s + 2 h."""
     out = torch.empty(64, dtype=x_row.dtype)
     for kc in range(8):
         k0 = 4 * (kc >> 1) + 2 * (kc & 1)

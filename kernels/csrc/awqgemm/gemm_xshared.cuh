@@ -4,8 +4,7 @@
 // gemm_tc_kernel move twice the bytes of the weights. Weights and (scale, zero)
 // pairs still travel through per-thread cp.async rings (packed layout 1).
 //
-// Grouped (MoE) problems (work in progress, behind testing.force(grouped_xshared=True); not yet run
-// on a GPU): like gemm_tc_kernel, a block row resolves its expert and row range from the expert
+// Grouped (MoE) problems of more than 32 rows per expert (make_grouped_plan): like gemm_tc_kernel, a block row resolves its expert and row range from the expert
 // offsets (resolve_group_tile: every warp scans them itself, so the block agrees without a barrier),
 // offsets the weight and (scale, zero) pointers by the expert, gathers x rows through the row index
 // and stores only its expert's rows; block rows past the last expert zero the rows of no expert.

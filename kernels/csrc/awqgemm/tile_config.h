@@ -48,11 +48,10 @@ constexpr int kWgNT = 8;
 AWQGEMM_HD constexpr int wg_stages(int bm) { return bm >= 128 ? 5 : 6; }
 AWQGEMM_HD constexpr int wg_min_blocks(int bm) { return bm >= 256 ? 1 : 2; }
 
-// The wgmma kernel reads x in the k order of packed layout 1's A fragments.
-// Up to this many bytes, a small kernel first writes that order into the
-// workspace ([M][K padded to 64], 16-byte chunks the GEMM copies whole);
-// above it (long prompts x wide K) the GEMM gathers 4-byte pairs itself,
-// which costs it ~4x the copy instructions but no memory.
+// The wgmma kernels read x in the k order of packed layout 1's A fragments.
+// v11.1 stages x in that order (tile-major) through the workspace, at most
+// this many bytes at a time: longer x goes in row chunks (ws_chunk_rows); where
+// not even 256 rows fit (K > 65536) the v9 kernel gathers 4-byte pairs itself.
 constexpr int64_t kWgMaxStagedXBytes = int64_t{32} << 20;
 AWQGEMM_HD constexpr int64_t wg_staged_x_bytes(int m, int k) {
   return (static_cast<int64_t>(m) * ((k + kTileK - 1) / kTileK * kTileK) * 2 + 255) / 256 * 256;

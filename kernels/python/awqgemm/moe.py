@@ -481,8 +481,9 @@ def _experts_and_combine(work, w13, w2, topk_weights, topk_ids, apply_router_wei
 
 # --------------------------------------------------------------------------------------------
 # fused_moe's routing, activation and combine as three CUDA kernels (moe_routing.cu; the torch
-# path above runs on the CPU, for routings too large for the one-block kernel, and in tests under
-# testing.force(moe_routing_kernels=False)), each giving bit for bit what the torch path gives.
+# path above runs on the CPU and in tests under testing.force(moe_routing_kernels=False); above
+# the routing kernel's limits only its sort falls back to torch ops, inside moe_route), each
+# giving bit for bit what the torch path gives.
 # Custom ops with fake impls, so torch.compile(fullgraph=True) sees opaque calls; their CPU
 # impls are the torch path's own expressions (tests of the glue).
 
