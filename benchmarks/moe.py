@@ -162,6 +162,15 @@ WIP_VARIANTS = {
 }
 
 
+def route_only(ti, tw, num, dry):
+    """fused_moe's routing alone: the one-block kernel at any size (above moe.ROUTE_KERNEL_MAX_PAIRS
+    too) and the torch ops. The dry run (CPU) times the torch ops twice."""
+    from awqgemm.moe import route_torch, route_with_kernel
+
+    kernel = route_torch if dry else route_with_kernel
+    return bind(kernel, ti, tw, None, num, False), bind(route_torch, ti, tw, None, num, False)
+
+
 def gemms_only(awqgemm, x, w13, w2, tw, ti):
     """fused_moe's two grouped GEMMs alone, on routing and an activation computed beforehand: the
     time fused_moe spends outside them (routing, activation, combine, launches) is the difference."""
@@ -463,6 +472,11 @@ def main(argv=None):
             row["dense_fp16_eager_us"] = timer(dense, graph=False, hint_us=fake_us("dense", hint, t))
             got, ref = fn(), dense()
             row["rel_err_vs_dense"] = rel_err(got, ref)
+            # The sort alone, kernel vs torch ops, at this T * k (moe.ROUTE_KERNEL_MAX_PAIRS picks between them).
+            if device == "cuda" or dry:
+                kernel_route, torch_route = route_only(ti, tw, num, dry)
+                row["route_kernel_graph_us"] = timer(kernel_route, graph=True, hint_us=1 + 0.01 * t * top_k)
+                row["route_torch_graph_us"] = timer(torch_route, graph=True, hint_us=20 + 0.005 * t * top_k)
             for v in args.wip_variants:
                 with awqgemm.testing.force(**dict.fromkeys(WIP_VARIANTS[v], True)):
                     if device == "cuda":
@@ -495,6 +509,8 @@ def main(argv=None):
                 wip_us, wip_err = row[f"awqgemm_{v}_graph_us"], row[f"awqgemm_{v}_rel_err_vs_dense"]
                 mtxt += f"  {v} graph {wip_us:9.1f} us (err {wip_err:.1e})"
             plan = row.get("plan_gate_up")
+            if "route_kernel_graph_us" in row:
+                mtxt += f"  route kernel/torch {row['route_kernel_graph_us']:.1f}/{row['route_torch_graph_us']:.1f} us"
             print(
                 f"{name:14s} T={t:5d} active={active:3d}  awqgemm graph {row['awqgemm_graph_us']:9.1f} us  "
                 f"(GEMMs {row['awqgemm_gemms_graph_us']:9.1f} us)  "

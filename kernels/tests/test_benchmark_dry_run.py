@@ -64,6 +64,8 @@ def test_moe_benchmark_dry_run(tmp_path):
             "dense_fp16_eager_us",
             "marlin_graph_us",
             "awqgemm_gemms_graph_us",
+            "route_kernel_graph_us",
+            "route_torch_graph_us",
             "awqgemm_wip_wg_graph_us",
             "awqgemm_wip_wg_gemms_graph_us",
         ):

@@ -566,6 +566,12 @@ def _moe_route_cuda(topk_ids, topk_weights, expert_map, num_experts, weights_on_
     _check_route_args(topk_ids, topk_weights, expert_map, num_experts)
     if _C is None or not route_kernel_fits(topk_ids.numel(), num_experts):
         return route_torch(topk_ids, topk_weights, expert_map, num_experts, weights_on_input)
+    return route_with_kernel(topk_ids, topk_weights, expert_map, num_experts, weights_on_input)
+
+
+def route_with_kernel(topk_ids, topk_weights, expert_map, num_experts, weights_on_input):
+    """``moe_route``'s outputs from the one-block kernel at any size it can index (checked arguments on
+    a GPU; ``benchmarks/moe.py`` times it against ``route_torch`` to place ROUTE_KERNEL_MAX_PAIRS)."""
     tokens, top_k = topk_ids.shape
     rows = tokens * top_k
     ids, tw = topk_ids.contiguous(), topk_weights.contiguous()
