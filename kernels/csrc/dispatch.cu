@@ -237,6 +237,23 @@ bool wgmma_auto(int M, int N, int K, int sms) {
 // Largest split-K workspace the wgmma plan may ask for (issue: <= 64 MiB extra per call).
 constexpr int64_t kMaxWorkspaceBytes = int64_t{64} << 20;
 
+// The v9 wgmma kernel's tile (dense problems with K > 65536, and the grouped
+// work in progress): 8 mt tokens x 8 column tiles per block, one warp per
+// column tile (none split K); K split until `blocks` x splits covers the SMs,
+// keeping >= 4 k-tiles per split and the fp32 partials of rows x N within
+// kMaxWorkspaceBytes.
+void plan_wg_v9(TileConfig& t, int mt, int blocks, int sms, int ktiles, int rows, int N) {
+  t.kind = KernelKind::kWgmma;
+  t.mt = mt;
+  t.nt = kWgNT;
+  t.kwarps = kWgNT;
+  t.splits = 1;
+  while (t.splits < 16 && blocks * t.splits < sms && ktiles / (t.splits + 1) >= 4 &&
+         static_cast<int64_t>(t.splits + 1) * rows * N * 4 <= kMaxWorkspaceBytes) {
+    ++t.splits;
+  }
+}
+
 // PDL flags and workspace, once kernel, tile and splits are chosen. A kernel
 // may be launched as a programmatic dependent only if the code that runs was
 // compiled with griddepcontrol: the wgmma kernel always is (sm_90a), the
@@ -429,18 +446,8 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
       if (!plan_wgws(plan, sms, M, N, K)) {
         // K too long to stage even 256 rows (K > 65536): the v9 kernel, which gathers x itself. BM =
         // 64, 128 or 256 tokens (256: one block per SM, twice the tokens per dequantized weight).
-        t.kind = KernelKind::kWgmma;
-        t.mt = M <= 64 ? 8 : M <= 512 ? 16 : 32;
-        t.nt = kWgNT;
-        t.kwarps = kWgNT;  // warps per block (each owns a column tile; none split K)
-        const int blocks = ceil_div(ntiles, t.nt) * ceil_div(M, 8 * t.mt);
-        // Fill the SMs: split K until the grid covers them, keeping >= 4 k-tiles
-        // per split and the fp32 partials within kMaxWorkspaceBytes.
-        t.splits = 1;
-        while (t.splits < 16 && blocks * t.splits < sms && ktiles / (t.splits + 1) >= 4 &&
-               static_cast<int64_t>(t.splits + 1) * M * N * 4 <= kMaxWorkspaceBytes) {
-          ++t.splits;
-        }
+        const int mt = M <= 64 ? 8 : M <= 512 ? 16 : 32;
+        plan_wg_v9(t, mt, ceil_div(ntiles, kWgNT) * ceil_div(M, 8 * mt), sms, ktiles, M, N);
       }
       finish_plan(plan, dev, /*kernel_has_wait=*/true, M, N, K);
       return plan;
@@ -509,20 +516,12 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   const auto row_blocks = [&](int mt) { return std::max(active, ceil_div(R, 8 * mt)); };
   const int rows_per_expert = ceil_div(R, active);
   if (wgmma && family == Family::kSm90 && rows_per_expert > 32) {
-    // Work in progress (testing.force(grouped_wgmma=True), not yet run on a GPU): the wgmma kernel,
-    // x gathered, 64 tokens per tile up to 96 rows per expert (a 128-token tile would run half
-    // empty), 128 above; K split until the grid covers the SMs, as the dense wgmma plan does.
+    // Work in progress (testing.force(grouped_wgmma=True); GPU tests pass, timed on the H200: mixed,
+    // perf-notes): the v9 kernel, x gathered, 64 tokens per tile up to 96 rows per expert (a 128-token
+    // tile would run half empty), 128 above.
     plan.family = Family::kSm90;
-    t.kind = KernelKind::kWgmma;
-    t.mt = rows_per_expert <= 96 ? 8 : 16;
-    t.nt = kWgNT;
-    t.kwarps = kWgNT;
-    const int blocks = ceil_div(ntiles, kWgNT) * row_blocks(t.mt);
-    t.splits = 1;
-    while (t.splits < 16 && blocks * t.splits < sms && ktiles / (t.splits + 1) >= 4 &&
-           static_cast<int64_t>(t.splits + 1) * R * N * 4 <= kMaxWorkspaceBytes) {
-      ++t.splits;
-    }
+    const int mt = rows_per_expert <= 96 ? 8 : 16;
+    plan_wg_v9(t, mt, ceil_div(ntiles, kWgNT) * row_blocks(mt), sms, ktiles, R, N);
     finish_plan(plan, dev, /*kernel_has_wait=*/true, R, N, K);
     return plan;
   }

@@ -96,9 +96,9 @@ def check_packed_tensors(
     experts: int | None = None,
 ) -> None:
     """The tensors of a packed weight match its K, N and group size (``_layout``'s padded shapes, one
-    leading expert dimension for stacked experts) and can be read by the kernels: contiguous, and on a
-    GPU 16-byte aligned (the kernels read both with 16-byte and bulk copies). A hand-built or sliced
-    PackedWeight would otherwise be read out of bounds."""
+    leading expert dimension for stacked experts) and are contiguous (16-byte alignment on the GPU:
+    check_aligned_packed, in the ops). A hand-built or sliced PackedWeight would otherwise be read out
+    of bounds."""
     check_group_size(group_size)
     want_q, want_s = _layout.packed_shapes(k_dim, n_dim, group_size)
     if experts is not None:
@@ -116,14 +116,12 @@ def check_packed_tensors(
     for part, t in (("qweight", qweight), ("scales", scales)):
         if not t.is_contiguous():
             raise ValueError(f"awqgemm: {name}.{part} must be contiguous (call .contiguous() on it)")
-        # Dynamo cannot trace data_ptr(): compiled graphs get this check from the op itself.
-        if t.is_cuda and not torch.compiler.is_compiling():
-            check_aligned_packed(name, part, t)
 
 
 def check_aligned_packed(name: str, part: str, t: torch.Tensor) -> None:
-    """The kernels read packed weights with 16-byte and bulk copies. Called by the ops' CUDA
-    implementations too, which run (untraced) inside compiled graphs."""
+    """The kernels read packed weights with 16-byte and bulk copies. Checked by the ops' CUDA
+    implementations, not by check_packed_tensors: dynamo cannot trace data_ptr(), and the ops run
+    untraced, eager or inside compiled graphs."""
     if t.data_ptr() % 16 != 0:
         raise ValueError(
             f"awqgemm: {name}.{part} must start on a 16-byte boundary on the GPU (it is a view at an odd "
