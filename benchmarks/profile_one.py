@@ -1,6 +1,7 @@
 """Runs one awqgemm GEMM a few times, for profilers (ncu / nsys).
 
 ncu --section SpeedOfLight python3 benchmarks/profile_one.py --k 4096 --n 28672 --m 1
+ncu -k regex:gemm_tc python3 benchmarks/profile_one.py --moe 128,8,2048,768 --m 128   # fused_moe, T = 128
 """
 
 from __future__ import annotations
@@ -22,8 +23,16 @@ def main() -> None:
     ap.add_argument("--path", choices=[p for p in awqgemm.testing.PATHS if p != "reference"], default="fused")
     ap.add_argument("--family", choices=sorted(awqgemm.testing.FAMILIES), default="auto")
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument(
+        "--moe",
+        metavar="E,TOPK,HIDDEN,INTER",
+        help="run fused_moe instead: E experts, top-k, hidden and intermediate sizes; --m is the tokens",
+    )
     a = ap.parse_args()
     dtype = torch.float16 if a.dtype == "fp16" else torch.bfloat16
+    if a.moe:
+        run_moe(a, dtype)
+        return
     awq = awqgemm.testing.random_awq(a.k, a.n, a.group, dtype, "cuda", seed=0)
     x = torch.randn(a.m, a.k, dtype=dtype, device="cuda")
     with awqgemm.testing.force(family=a.family, path=a.path):
@@ -33,6 +42,28 @@ def main() -> None:
         print(f"plan: family {p['family']}, {kind}, {p['splits']} K splits, workspace {p['workspace_bytes']} B")
         for _ in range(a.iters):
             awqgemm.gemm(x, packed)
+    torch.cuda.synchronize()
+
+
+def run_moe(a: argparse.Namespace, dtype: torch.dtype) -> None:
+    try:
+        num, top_k, hidden, inter = (int(v) for v in a.moe.split(","))
+    except ValueError:
+        raise SystemExit(f"--moe wants E,TOPK,HIDDEN,INTER (four integers), got {a.moe!r}") from None
+
+    def stacked(k: int, n: int) -> tuple[torch.Tensor, ...]:
+        parts = [awqgemm.testing.random_awq(k, n, a.group, dtype, "cuda", seed=e) for e in range(num)]
+        return tuple(torch.stack([p[i] for p in parts]) for i in range(3))
+
+    w13 = awqgemm.pack_awq_experts(*stacked(hidden, 2 * inter), a.group)
+    w2 = awqgemm.pack_awq_experts(*stacked(inter, hidden), a.group)
+    gen = torch.Generator().manual_seed(a.m)  # the routing benchmarks/moe.py draws at this T
+    ti = torch.rand(a.m, num, generator=gen).topk(top_k, dim=1).indices.to(torch.int32).cuda()
+    tw = torch.softmax(torch.randn(a.m, top_k, generator=gen), dim=1).cuda()
+    x = torch.randn(a.m, hidden, generator=gen).to(dtype).cuda()
+    print(f"fused_moe: {num} experts, top {top_k}, hidden {hidden}, intermediate {inter}, T = {a.m}")
+    for _ in range(a.iters):
+        awqgemm.fused_moe(x, w13, w2, tw, ti)
     torch.cuda.synchronize()
 
 

@@ -3,7 +3,7 @@
 # older ones forced onto this GPU), a compute-sanitizer memcheck subset, and
 # optionally the benchmark. Results and logs go to $OUT (or ./devrun).
 #
-#   bash ci/device_kernels.sh [tests|sanitizer|racecheck|ncu|micro|moe|bench|all]...   (default: tests sanitizer)
+#   bash ci/device_kernels.sh [tests|sanitizer|racecheck|ncu|ncu_source|micro|moe|bench|all]...   (default: tests sanitizer)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/devrun}
@@ -90,6 +90,23 @@ if has ncu; then
         python3 benchmarks/profile_one.py --k $1 --n $2 --m $3 ${NCU_PROFILE_ARGS:-} >"$OUT/ncu-$1x$2-m$3.log" 2>&1
     echo "--- K=$1 N=$2 M=$3"
     grep -E "plan:|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Stall|Warp Cycles Per Issued|Grid Size|Block Size|Waves Per SM|L1/TEX Hit|L2 Hit|Issued Warp|Compute \(SM\)|Executed Ipc|Pipe" "$OUT/ncu-$1x$2-m$3.log" | head -45
+  done
+fi
+if has ncu_source; then
+  echo "== ncu --set full + per-instruction warp-stall samples (SASS source page) =="
+  # NCU_SRC_CASES: "NAME:KERNEL-REGEX:SKIP:COUNT:profile_one.py arguments" entries.
+  cases=${NCU_SRC_CASES:-"ws-m64:gemm_ws_kernel:2:1:--k 4096 --n 14336 --m 64 --family sm90 --path fused;\
+ws-m256:gemm_ws_kernel:2:1:--k 4096 --n 28672 --m 256 --family sm90 --path fused;\
+moe-qwen3-t128:gemm_tc_kernel:2:2:--moe 128,8,2048,768 --m 128"}
+  IFS=';' read -ra case_list <<<"$cases"
+  for c in "${case_list[@]}"; do
+    IFS=':' read -r name regex skip count args <<<"$c"
+    ncu --set full --import-source no --kernel-name regex:"$regex" --launch-skip "$skip" --launch-count "$count" \
+        -f -o "/tmp/ncu-src-$name" python3 benchmarks/profile_one.py $args >"$OUT/ncu-src-$name-run.log" 2>&1
+    ncu -i "/tmp/ncu-src-$name.ncu-rep" --page details --print-details all >"$OUT/ncu-src-$name-details.log" 2>&1
+    ncu -i "/tmp/ncu-src-$name.ncu-rep" --page source --csv --print-source sass >"$OUT/ncu-src-$name-sass.log" 2>&1
+    echo "--- $name ($args): $(grep -c . "$OUT/ncu-src-$name-sass.log") SASS lines"
+    grep -E "^plan|^fused_moe|Duration|Warp Cycles Per Issued|Stall|stall" "$OUT/ncu-src-$name-details.log" | head -30
   done
 fi
 if has micro; then

@@ -491,9 +491,12 @@ _IDS_CODE = {torch.int32: 0, torch.int64: 1}
 _WEIGHTS_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 # The routing kernel is one block of 1024 threads that walks the pairs twice in tiles of 1024:
 # no launch or sync beyond its own, but its time grows with T * k on one SM. Above this many
-# pairs torch's multi-block sort is expected to win (not measured yet), so moe_route runs the
-# torch ops there (decided from shapes only); the activation and combine kernels run at any size
-# (the torch combine's gather, fp32 product and sum were ~500 us of a Qwen3 T = 4096 layer).
+# pairs moe_route runs the torch ops (decided from shapes only). H200, moe-h200 13:36 run
+# (perf-notes): with 128 experts the kernel took 45 us at 8,192 pairs against torch's 69 and
+# 165 against 65 at 32,768 (crossing near 13,000); with 8 experts 46 against 78 at 16,384. At
+# this bound the slower choice costs ~20 us of a ~1 ms layer. The activation and combine
+# kernels run at any size (the torch combine's gather, fp32 product and sum were ~500 us of a
+# Qwen3 T = 4096 layer).
 ROUTE_KERNEL_MAX_PAIRS = 16384
 # Its shared memory holds a byte per (expert, warp): kMaxRouteExperts in moe_routing.h.
 ROUTE_KERNEL_MAX_EXPERTS = 1024
