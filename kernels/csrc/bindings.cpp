@@ -117,8 +117,9 @@ std::vector<int> parse_archs(const char* list, bool want_ptx) {
 // that the caller's workspace holds what the plan asks for.
 GemmProblem fused_problem(const Plan& plan, int dtype, int M, int N, int K, int group_size, uintptr_t x,
                           int64_t x_stride, uintptr_t qweight, uintptr_t scale_zero, uintptr_t out,
-                          int64_t out_stride, uintptr_t workspace, int64_t workspace_bytes) {
-  const int64_t need = fused_workspace_bytes(plan, M, N, K);
+                          int64_t out_stride, uintptr_t workspace, int64_t workspace_bytes, int device) {
+  const int sms = device_info(device).sm_count;
+  const int64_t need = fused_workspace_bytes(plan, M, N, K, sms > 0 ? sms : 80);
   if (need > workspace_bytes) {
     throw nb::value_error(("awqgemm: workspace of " + std::to_string(workspace_bytes) +
                            " bytes is smaller than the plan's " + std::to_string(need))
@@ -160,14 +161,15 @@ NB_MODULE(_C, m) {
 
   m.def(
       "plan",
-      [](int family, int path, int dtype, int M, int N, int K, int device) {
+      [](int family, int path, int dtype, int M, int N, int K, int device, bool stream_k) {
         if (M < 1 || N < 1 || K < 1) throw nb::value_error("awqgemm: M, N and K must be positive");
         const Family f = resolve(family, dtype, device);
-        const Plan plan = make_plan(f, to_path(path), device_info(device), M, N, K, 2);
+        const Plan plan = make_plan(f, to_path(path), device_info(device), M, N, K, 2, stream_k);
         return std::make_tuple(encode_plan(plan), static_cast<int>(plan.family), layout_for(plan.family), plan.dense,
                                plan.workspace_bytes);
       },
       nb::arg("family"), nb::arg("path"), nb::arg("dtype"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
+      nb::arg("stream_k") = false,
       "(plan code, family, packed layout it reads, dense?, workspace_bytes) for a problem. Deterministic, so a "
       "captured graph replays it; the plan code goes to gemm() unchanged (made once per call).");
 
@@ -181,6 +183,7 @@ NB_MODULE(_C, m) {
         d["kernel"] = plan.dense ? "dequantize+dense" : kKernels[static_cast<int>(plan.tile.kind)];
         d["tile_tokens"] = 8 * plan.tile.mt;
         d["splits"] = plan.tile.splits;
+        d["stream_k"] = plan.tile.stream_k;
         return d;
       },
       nb::arg("plan_code"), "kernel name, tokens per tile and K splits of a plan code");
@@ -195,7 +198,7 @@ NB_MODULE(_C, m) {
           throw nb::value_error("awqgemm: not a fused-kernel plan code from plan()");
         }
         GemmProblem p = fused_problem(plan, dtype, M, N, K, group_size, x, x_stride, qweight, scale_zero, out,
-                                      out_stride, workspace, workspace_bytes);
+                                      out_stride, workspace, workspace_bytes, device);
         p.bias = reinterpret_cast<const void*>(bias);
         DeviceGuard guard(device);
         DeviceGuard::check(run_gemm(plan, p, reinterpret_cast<cudaStream_t>(stream)), "gemm launch");
@@ -245,7 +248,7 @@ NB_MODULE(_C, m) {
           throw nb::value_error("awqgemm: grouped GEMM grid too tall; split the batch");
         }
         GemmProblem p = fused_problem(plan, dtype, R, N, K, group_size, x, x_stride, qweight, scale_zero, out,
-                                      out_stride, workspace, workspace_bytes);
+                                      out_stride, workspace, workspace_bytes, device);
         p.x_rows = x_rows;
         p.row_index = reinterpret_cast<const int32_t*>(row_index);
         p.num_batches = E;

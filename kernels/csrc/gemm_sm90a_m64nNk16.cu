@@ -318,7 +318,9 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   constexpr int kSmem = kStages * ws_stage_bytes(BM) + 1024;  // + 1024: the base is aligned up to a swizzle atom
   static_assert(kSmem <= 227 * 1024, "one block per SM must fit");
   const int chunk = ws_chunk_rows(p.M, p.K);
-  if (chunk <= 0 || (chunk < p.M && cfg.splits != 1)) return cudaErrorInvalidConfiguration;
+  if (chunk <= 0 || (chunk < p.M && cfg.splits != 1) || (cfg.stream_k && cfg.splits != 1)) {
+    return cudaErrorInvalidConfiguration;
+  }
   // cp.async.bulk needs 16-byte aligned sources: torch's allocations are, but a
   // packed weight viewed at an odd offset of a larger buffer would fault.
   if (((reinterpret_cast<uintptr_t>(p.qweight) | reinterpret_cast<uintptr_t>(p.scale_zero) |
@@ -351,22 +353,31 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   T* xs = reinterpret_cast<T*>(p.workspace);
   const int nblocks = ceil_div(padded_n(p.N) / kTileN, kWgNT);
   const int ktiles = padded_k(p.K) / kTileK;
+  float* const after_x = p.workspace + wg_staged_x_bytes(chunk, p.K) / 4;
+  // The stream-K flags and slots (at most one CTA per SM): refused, not overrun, if the caller's
+  // workspace is short of them.
+  if (cfg.stream_k && wg_staged_x_bytes(chunk, p.K) + ws_stream_k_bytes(sms, BM) > p.workspace_bytes) {
+    return cudaErrorInvalidValue;
+  }
   for (int m0 = 0; m0 < p.M; m0 += chunk) {
     const int rows = std::min(chunk, p.M - m0);
     const int threads = 256;
     const int64_t chunks = static_cast<int64_t>(rows) * ktiles * 8;
     const int blocks = static_cast<int>(std::min<int64_t>((chunks + threads - 1) / threads, 65535));
-    err = launch_maybe_pdl(stage_x_tiles_kernel<T>, dim3(blocks), dim3(threads), 0, pdl, stream, p, m0, rows, xs);
+    const int64_t units = static_cast<int64_t>(nblocks) * ceil_div(rows, BM) * cfg.splits;
+    const int grid = ws_grid(static_cast<int>(units), ceil_div(ktiles, cfg.splits), sms, cfg.stream_k);
+    int* const flags = cfg.stream_k ? reinterpret_cast<int*>(after_x) : nullptr;
+    err = launch_maybe_pdl(stage_x_tiles_kernel<T>, dim3(blocks), dim3(threads), 0, pdl, stream, p, m0, rows, xs,
+                           flags, cfg.stream_k ? grid : 0);
     if (err != cudaSuccess) return err;
     GemmProblem g = p;
     g.M = rows;
     g.x = xs;
     g.x_row_stride = kTileK;  // not read: the kernel indexes the staged tiles itself
     g.out = reinterpret_cast<T*>(p.out) + static_cast<int64_t>(m0) * p.out_row_stride;
-    g.workspace = p.workspace + wg_staged_x_bytes(chunk, p.K) / 4;
-    const int64_t units = static_cast<int64_t>(nblocks) * ceil_div(rows, BM) * cfg.splits;
-    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(units, sms)));
-    err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages>>(grid, kWsThreads, g, cfg, stream, wmap);
+    g.workspace = after_x;
+    err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages>>(dim3(grid), kWsThreads, g, cfg, stream,
+                                                                   cfg.stream_k ? 1 : 0, wmap);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;

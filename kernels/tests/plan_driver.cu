@@ -2,9 +2,17 @@
 // (csrc/dispatch.cu) with stub launchers and prints every plan of a grid of
 // devices, families, paths and problem sizes, one line each:
 //   P cap family path K N M code workspace roundtrip
+//   S (the same, stream-K allowed: sm90 family only)
 //   G cap family E K N R code workspace roundtrip
 // `roundtrip` is 1 when decode_plan(encode_plan(plan)) re-encodes to the same code.
+// With the argument `schedules` it instead walks v11.1's stream-K schedules
+// (WsSchedule / WsCursor, as producer and consumers do) over a grid of units,
+// k-tiles per unit and SM counts, checks each, and prints "checked N"; the
+// first broken one is printed to stderr with exit status 1.
 #include <cstdio>
+#include <cstring>
+#include <set>
+#include <vector>
 
 #include "awqgemm/dispatch.h"
 #include "awqgemm/families.h"
@@ -28,7 +36,78 @@ static int roundtrip(const Plan& p) {
   return decode_plan(encode_plan(p), &q) && encode_plan(q) == encode_plan(p) ? 1 : 0;
 }
 
-int main() {
+// Every k-tile of every unit covered exactly once, pieces non-empty, a CTA's
+// parked piece first in its tail range and its owner piece last, and each
+// split unit's owner (the CTA with its first k-tile) expecting exactly the
+// CTAs that hold the rest.
+static bool check_schedule(int units, int tiles, int sms, bool stream_k) {
+  const int grid = ws_grid(units, tiles, sms, stream_k);
+  const WsSchedule s(units, tiles, grid, stream_k);
+  auto fail = [&](const char* what, int cta, int unit) {
+    std::fprintf(stderr, "schedule units=%d tiles=%d sms=%d stream_k=%d grid=%d: %s (cta %d, unit %d)\n", units,
+                 tiles, sms, stream_k ? 1 : 0, grid, what, cta, unit);
+    return false;
+  };
+  if (grid < 1 || grid > sms || s.tail_ctas > grid) return fail("grid or tail CTAs out of range", -1, -1);
+  std::vector<int> covered(static_cast<size_t>(units) * tiles, 0);
+  std::vector<int> owner(units, -1);
+  std::vector<std::set<int>> parts(units);
+  for (int cta = 0; cta < grid; ++cta) {
+    WsCursor cur(s, cta);
+    WsPiece pc;
+    int index = 0, tail_index = 0, count = 0;
+    std::vector<WsPiece> mine;
+    while (cur.next(pc)) mine.push_back(pc);
+    count = static_cast<int>(mine.size());
+    for (const WsPiece& q : mine) {
+      if (q.unit < 0 || q.unit >= units || q.n_k < 1 || q.kt0 < 0 || q.kt0 + q.n_k > tiles) {
+        return fail("piece out of range", cta, q.unit);
+      }
+      for (int k = q.kt0; k < q.kt0 + q.n_k; ++k) ++covered[static_cast<size_t>(q.unit) * tiles + k];
+      const bool tail = q.unit >= s.full;
+      if (q.role == kWsPart && (!tail || tail_index != 0 || q.kt0 == 0)) return fail("misplaced parked piece", cta, q.unit);
+      if (q.role == kWsOwner && (!tail || index != count - 1 || q.kt0 != 0 || q.n_k == tiles)) {
+        return fail("misplaced owner piece", cta, q.unit);
+      }
+      if (q.role == kWsWhole && (q.kt0 != 0 || q.n_k != tiles)) return fail("partial piece marked whole", cta, q.unit);
+      if (q.role == kWsOwner) owner[q.unit] = cta;
+      if (q.role == kWsPart) parts[q.unit].insert(cta);
+      ++index;
+      if (tail) ++tail_index;
+    }
+  }
+  for (size_t i = 0; i < covered.size(); ++i) {
+    if (covered[i] != 1) return fail("k-tile not covered exactly once", -1, static_cast<int>(i / tiles));
+  }
+  for (int u = 0; u < units; ++u) {
+    if (parts[u].empty() != (owner[u] < 0)) return fail("split unit without owner, or owner without parts", -1, u);
+    if (owner[u] < 0) continue;
+    const int last = s.tail_cta_of(static_cast<int64_t>(u - s.full + 1) * tiles - 1);
+    std::set<int> expect;
+    for (int c = owner[u] + 1; c <= last; ++c) expect.insert(c);
+    if (expect != parts[u]) return fail("owner expects other CTAs than hold the unit", owner[u], u);
+  }
+  return true;
+}
+
+static int check_schedules() {
+  long long n = 0;
+  for (int sms : {132, 108, 80, 7, 1}) {
+    for (int tiles : {1, 2, 3, 4, 7, 8, 9, 16, 33, 56, 64, 224, 296}) {
+      for (int units = 1; units <= 700; units += units < 300 ? 1 : 37) {
+        for (bool sk : {false, true}) {
+          if (!check_schedule(units, tiles, sms, sk)) return 1;
+          ++n;
+        }
+      }
+    }
+  }
+  std::printf("checked %lld\n", n);
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "schedules") == 0) return check_schedules();
   const DeviceInfo devs[] = {{90, 132, 90}, {80, 108, 80}, {86, 84, 86}, {75, 40, 75}, {70, 80, 70}};
   // (K, N): the perf-anchor layers at TP1/TP2, MoE experts, odd TP shards.
   const int shapes[][2] = {{4096, 6144},  {4096, 4096},  {4096, 28672}, {14336, 4096}, {3584, 37888}, {18944, 3584},
@@ -47,6 +126,12 @@ int main() {
             std::printf("P %d %d %d %d %d %d %lld %lld %d\n", d.capability, f, path, s[0], s[1], m,
                         static_cast<long long>(encode_plan(p)), static_cast<long long>(p.workspace_bytes),
                         roundtrip(p));
+            if (f == 90) {  // S: the stream-K work in progress allowed (testing.force(stream_k=True))
+              const Plan q = make_plan(static_cast<Family>(f), static_cast<PathRequest>(path), d, m, s[1], s[0], 2, true);
+              std::printf("S %d %d %d %d %d %d %lld %lld %d\n", d.capability, f, path, s[0], s[1], m,
+                          static_cast<long long>(encode_plan(q)), static_cast<long long>(q.workspace_bytes),
+                          roundtrip(q));
+            }
           }
         }
       }

@@ -217,7 +217,7 @@ def test_e2e_forced_sm80_contender_plan():
         (
             "awqgemm:wip",
             "awqgemm",
-            {"grouped_wgmma": True},
+            {"grouped_wgmma": True, "stream_k": True},
         ),
         ("awqgemm", "awqgemm", None),
     ]

@@ -24,7 +24,7 @@ def _plan_fields(code: int) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def plans(tmp_path_factory) -> list[dict]:
+def driver(tmp_path_factory) -> Path:
     nvcc = shutil.which("nvcc") or (
         os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc") if os.environ.get("CUDA_HOME") else None
     )
@@ -37,7 +37,12 @@ def plans(tmp_path_factory) -> list[dict]:
            str(HERE / "plan_driver.cu"), str(CSRC / "dispatch.cu"), "-o", str(exe)]  # fmt: skip
     built = subprocess.run(cmd, capture_output=True, text=True)
     assert built.returncode == 0, f"compiling the dispatcher failed:\n{built.stderr[-3000:]}"
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    return exe
+
+
+@pytest.fixture(scope="module")
+def plans(driver: Path) -> list[dict]:
+    run = subprocess.run([str(driver)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     rows = []
     for line in run.stdout.splitlines():
@@ -107,3 +112,30 @@ def test_dispatch_rules_of_the_design_doc(plans):
         # Long prompts: dequantize + dense GEMM on every family.
         if p["M"] >= 4096:
             assert dense, p
+
+
+def test_stream_k_schedules_cover_every_tile_once(driver):
+    """v11.1's stream-K tail (WsSchedule / WsCursor in tile_config.h), walked on the host over units 1-700,
+    1-296 k-tiles per unit and 1-132 SMs: every k-tile once, parked pieces first and owner pieces last in
+    a CTA's range, and each owner waiting on exactly the CTAs that hold the rest of its unit."""
+    run = subprocess.run([str(driver), "schedules"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    checked = int(run.stdout.split()[-1])
+    assert checked > 30000, run.stdout
+
+
+def test_stream_k_only_where_allowed_on_v11_1_with_one_split(plans):
+    """Stream-K plans (work in progress) only when allowed (S rows), only for v11.1 with one K split; with
+    it allowed, the same problems keep their kernel family and whether they run dense."""
+    sk = [p for p in plans if p["flags"] & 4]
+    assert sk, "no plan takes the stream-K tail"
+    for p in sk:
+        assert p["problem"] == "S" and p["family"] == 90 and p["kind"] == 4 and p["splits"] == 1, p
+    base = {(p["cap"], p["a"], p["K"], p["N"], p["M"]): p for p in plans if p["problem"] == "P" and p["fam"] == 90}
+    for p in (p for p in plans if p["problem"] == "S"):
+        b = base[(p["cap"], p["a"], p["K"], p["N"], p["M"])]
+        assert (p["family"], p["flags"] & 1, p["kind"] == 4) == (b["family"], b["flags"] & 1, b["kind"] == 4), (p, b)
+    # Llama-3-8B gate_up at M = 256: 224 units on 132 SMs, 1.7 rounds of work (perf-notes, ncu).
+    shape = (4096, 28672, 256)
+    gate_up = [p for p in plans if p["problem"] == "S" and p["a"] == 1 and (p["K"], p["N"], p["M"]) == shape]
+    assert len(gate_up) == 1 and gate_up[0]["flags"] & 4, gate_up

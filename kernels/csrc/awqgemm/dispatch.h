@@ -29,7 +29,8 @@ struct Plan {
 // Workspace of a fused plan: the staged x (kWgmmaWs) and then the
 // split-K partials, which start partials_offset_bytes in.
 int64_t partials_offset_bytes(const Plan& plan, int M, int K);
-int64_t fused_workspace_bytes(const Plan& plan, int M, int N, int K);
+// `sms`: the device's SM count (a stream-K plan keeps a slot per CTA, at most one per SM).
+int64_t fused_workspace_bytes(const Plan& plan, int M, int N, int K, int sms);
 
 // A plan travels from plan() to gemm() through Python as one integer, so the
 // plan is made once per call; decode_plan rejects what encode_plan cannot make.
@@ -64,8 +65,11 @@ constexpr int64_t kMaxDenseChunkBytes = int64_t{64} << 20;
 int dense_chunk_columns(int N, int K, int dtype_bytes);
 
 // The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes
-// from choose_family; `dtype_bytes` sizes the dense weight.
-Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes);
+// from choose_family; `dtype_bytes` sizes the dense weight. Work in progress
+// (testing.force(stream_k=True)): `stream_k` lets v11.1 plans take the
+// stream-K tail (TileConfig::stream_k) where the cost model prefers it.
+Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes,
+               bool stream_k = false);
 
 // The grouped sibling (MoE experts: GemmProblem::row_offsets): R rows over
 // E experts, N x K each. The K-split kernel, the sm80 x-shared kernel for

@@ -131,6 +131,27 @@ __device__ __forceinline__ void bulk_g2s(uint32_t dst, const void* src, uint32_t
                : "memory");
 }
 
+// The stream-K flags (see WsSchedule): raised with release semantics after the
+// slot's stores, awaited with acquire (and the hang trap of mbar_wait).
+__device__ __forceinline__ void flag_raise(int* flag) {
+  asm volatile("st.release.gpu.global.u32 [%0], 1;\n" ::"l"(flag) : "memory");
+}
+__device__ __forceinline__ void flag_wait(const int* flag) {
+  unsigned v = 0, n = 0;
+  unsigned long long t0 = 0;
+  for (;;) {
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
+    if (v != 0) return;
+    if (n == 0) asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t0));
+    unsigned long long t1;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t1));
+    if (++n > kWsHangTries && t1 - t0 > kWsHangNs) __trap();
+    __nanosleep(64);
+  }
+}
+// The 8 consumer warps only (named barrier 1; the producer warpgroup has left).
+__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
+
 // A 2-D tensor copy global -> this CTA's shared memory: box at element
 // coordinates (c0 innermost, c1), completing its bytes on the mbarrier.
 __device__ __forceinline__ void tma_g2s_2d(uint32_t dst, const TensorMap128* map, int c0, int c1, uint32_t bar) {
@@ -150,9 +171,15 @@ __device__ __forceinline__ void tma_g2s_2d(uint32_t dst, const TensorMap128* map
 // row's index within its 1024-byte swizzle atom in shared memory. Zeros past K.
 // One thread per 16-byte output chunk, consecutive threads writing
 // consecutive chunks.
+// It also clears the stream-K flags (nflags of them; the GEMM after it raises
+// them): the workspace comes from torch's allocator uncleared.
 template <typename T>
-__global__ void stage_x_tiles_kernel(const GemmProblem p, const int m0, const int rows, T* xs) {
-  pdl_wait();  // x may still be being written, and xs still read, by the previous kernel
+__global__ void stage_x_tiles_kernel(const GemmProblem p, const int m0, const int rows, T* xs, int* flags,
+                                     const int nflags) {
+  pdl_wait();  // x may still be being written, and xs and the flags still read, by the previous kernel
+  if (blockIdx.x == 0) {
+    for (int i = threadIdx.x; i < nflags; i += blockDim.x) flags[i] = 0;
+  }
   const int ktiles = padded_k(p.K) / kTileK;
   const int64_t chunks = static_cast<int64_t>(ktiles) * rows * 8;
   const T* x = reinterpret_cast<const T*>(p.x);
@@ -188,9 +215,11 @@ __device__ __forceinline__ WsUnit ws_unit(int u, int mblocks, int nblocks) {
 
 // p.x is the staged x (stage_x_tiles_kernel) of p.M rows; out, bias and the
 // split-K workspace ([splits][M][N] fp32) as in the other kernels.
+// With stream_k (splits == 1) the workspace holds the tail's flags and slots
+// (ws_stream_k_bytes(gridDim.x, BM)).
 template <typename T, int BM, int STAGES>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
-                                                               const int pdl_flags,
+                                                               const int pdl_flags, const int stream_k,
                                                                const __grid_constant__ TensorMap128 wmap) {
 #if defined(AWQGEMM_NO_WGMMA)
   __trap();
@@ -228,6 +257,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   const int mblocks = ceil_div(p.M, BM);
   const int per_split = ceil_div(ktiles, splits);
   const int units = nblocks * mblocks * splits;
+  const WsSchedule sched(units, per_split, gridDim.x, stream_k != 0);
   // Group sizes are 32, 64, 128: a shift. With 32 a k-tile spans two groups
   // (lanes q = 0, 1 and q = 2, 3), so its stage carries two (scale, zero) rows.
   const int gshift = 31 - __clz(p.group_size);
@@ -243,11 +273,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     const unsigned char* const xsrc = reinterpret_cast<const unsigned char*>(p.x);
     int slot = 0;
     uint32_t phase = 0;
+    WsCursor cur(sched, blockIdx.x);
+    WsPiece pc;
 #pragma unroll 1
-    for (int u = blockIdx.x; u < units; u += gridDim.x) {
-      const WsUnit w = ws_unit(u, mblocks, nblocks);
-      const int kt0 = w.split * per_split;
-      const int n_k = max(0, min(ktiles, kt0 + per_split) - kt0);
+    while (cur.next(pc)) {
+      const WsUnit w = ws_unit(pc.unit, mblocks, nblocks);
+      const int kt0 = w.split * per_split + pc.kt0;
+      const int n_k = max(0, min(ktiles, kt0 + pc.n_k) - kt0);
       // Scale rows past N (a TP shard's last n-block) and x rows past M are
       // not copied: they feed only outputs that are never stored. The weight
       // box is always whole (8 x 512 bytes; rows past the last tile are zeros).
@@ -299,11 +331,16 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   const uint32_t desc_lo = static_cast<uint32_t>(desc_base);
   const uint32_t desc_hi = static_cast<uint32_t>(desc_base >> 32);
 
+  // Stream-K tail: flags, then per CTA a slot of BM / 2 partials per consumer thread, [i][thread].
+  int* const flags = reinterpret_cast<int*>(p.workspace);
+  float* const slots = p.workspace + ws_flag_bytes(gridDim.x) / 4;
+  WsCursor cur(sched, blockIdx.x);
+  WsPiece pc;
 #pragma unroll 1
-  for (int u = blockIdx.x; u < units; u += gridDim.x) {
-    const WsUnit w = ws_unit(u, mblocks, nblocks);
-    const int kt0 = w.split * per_split;
-    const int n_k = max(0, min(ktiles, kt0 + per_split) - kt0);
+  while (cur.next(pc)) {
+    const WsUnit w = ws_unit(pc.unit, mblocks, nblocks);
+    const int kt0 = w.split * per_split + pc.kt0;
+    const int n_k = max(0, min(ktiles, kt0 + pc.n_k) - kt0);
     float acc[BM / 2];
 #pragma unroll
     for (int i = 0; i < BM / 2; ++i) acc[i] = 0.f;
@@ -355,6 +392,31 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     wgmma_wait<0>();
     keep_live(acc);
     mbar_arrive_if(prev_empty, have_prev);
+
+    if (pc.role == kWsPart) {
+      // This CTA's first tail piece, the middle or end of a unit another CTA owns.
+      float* const slot = slots + static_cast<int64_t>(blockIdx.x) * (BM / 2) * 256 + tid;
+#pragma unroll
+      for (int i = 0; i < BM / 2; ++i) __stcg(slot + i * 256, acc[i]);
+      __threadfence();
+      consumers_sync();
+      if (tid == 0) flag_raise(flags + blockIdx.x);
+      continue;
+    }
+    if (pc.role == kWsOwner) {
+      // The unit's other pieces: the first piece of each tail CTA after this one up to the one
+      // holding the unit's last k-tile.
+      const int64_t unit_end = static_cast<int64_t>(pc.unit - sched.full + 1) * sched.unit_tiles;
+      const int last = sched.tail_cta_of(unit_end - 1);
+#pragma unroll 1
+      for (int c = blockIdx.x + 1; c <= last; ++c) {
+        if (tid == 0) flag_wait(flags + c);
+        consumers_sync();
+        const float* const slot = slots + static_cast<int64_t>(c) * (BM / 2) * 256 + tid;
+#pragma unroll
+        for (int i = 0; i < BM / 2; ++i) acc[i] += __ldcg(slot + i * 256);
+      }
+    }
 
     // D fragment: acc[4 c + 2 h + t] = (n row g + 8 h of this warp's tile, token 8 c + 2 q + t).
     const int n0 = (kWgNT * w.nb + warp) * kTileN + g;

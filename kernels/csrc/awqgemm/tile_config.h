@@ -82,6 +82,84 @@ AWQGEMM_HD constexpr int ws_chunk_rows(int m, int k) {
   return fit >= m ? m : static_cast<int>(fit);
 }
 
+// Stream-K tail of v11.1 (TileConfig::stream_k, chosen by plan_wgws). The
+// persistent grid walks whole work units round-robin while every CTA still
+// gets one; the remaining units % CTAs would run as a partial round with the
+// other SMs idle (ncu, H200: 224 units of a gate_up at M = 256 ran as 2 rounds
+// on 132 SMs for 1.7 rounds of work). Their k-tiles are instead dealt out in
+// order, evenly, to tail_ctas CTAs (>= kWsMinTailTiles each). A CTA's tail
+// range is contiguous, so only its first piece can start inside a unit (it
+// parks its fp32 partials in the CTA's slot of the workspace and raises the
+// CTA's flag) and only its last can start a unit without finishing it: the
+// owner, which adds the slots of the CTAs after it holding the rest of that
+// unit, then stores. Owners wait only on higher CTAs, for pieces those
+// processed first: no cycle, and by then usually long done.
+constexpr int kWsMinTailTiles = 8;
+enum WsRole : int { kWsWhole = 0, kWsOwner = 1, kWsPart = 2 };
+struct WsPiece {
+  int unit, kt0, n_k, role;  // k-tiles [kt0, kt0 + n_k) of the unit's
+};
+struct WsSchedule {
+  int units = 0, unit_tiles = 0, ctas = 0, full = 0, tail_ctas = 0;
+  int64_t tail_tiles = 0;
+  AWQGEMM_HD WsSchedule(int units_, int unit_tiles_, int ctas_, bool stream_k)
+      : units(units_), unit_tiles(unit_tiles_), ctas(ctas_) {
+    full = stream_k ? units / ctas * ctas : units;
+    tail_tiles = static_cast<int64_t>(units - full) * unit_tiles;
+    const int64_t by_size = tail_tiles / kWsMinTailTiles;
+    tail_ctas = tail_tiles == 0 ? 0 : static_cast<int>(by_size < 1 ? 1 : by_size < ctas ? by_size : ctas);
+  }
+  // First tail k-tile of tail CTA c (c = tail_ctas: the end).
+  AWQGEMM_HD int64_t tail_begin(int c) const { return static_cast<int64_t>(c) * tail_tiles / tail_ctas; }
+  // The tail CTA whose range holds tail k-tile i.
+  AWQGEMM_HD int tail_cta_of(int64_t i) const {
+    int c = static_cast<int>(i * tail_ctas / tail_tiles);
+    while (c + 1 < tail_ctas && tail_begin(c + 1) <= i) ++c;
+    while (c > 0 && tail_begin(c) > i) --c;
+    return c;
+  }
+};
+// The pieces of CTA `cta`, in the order its producer and consumers both walk them.
+struct WsCursor {
+  const WsSchedule& s;
+  int u;
+  int64_t it, end;
+  AWQGEMM_HD WsCursor(const WsSchedule& sched, int cta) : s(sched), u(cta), it(0), end(0) {
+    if (cta < s.tail_ctas) {
+      it = s.tail_begin(cta);
+      end = s.tail_begin(cta + 1);
+    }
+  }
+  AWQGEMM_HD bool next(WsPiece& pc) {
+    if (u < s.full) {
+      pc = {u, 0, s.unit_tiles, kWsWhole};
+      u += s.ctas;
+      return true;
+    }
+    if (it >= end) return false;
+    const int64_t tu = it / s.unit_tiles;
+    const int k0 = static_cast<int>(it - tu * s.unit_tiles);
+    const int64_t left = end - it;
+    const int k1 = left < s.unit_tiles - k0 ? k0 + static_cast<int>(left) : s.unit_tiles;
+    pc = {s.full + static_cast<int>(tu), k0, k1 - k0, k0 != 0 ? kWsPart : k1 == s.unit_tiles ? kWsWhole : kWsOwner};
+    it += k1 - k0;
+    return true;
+  }
+};
+// CTAs of the grid: one per unit up to the SMs; a stream-K plan with fewer
+// units than SMs spreads their k-tiles over up to all of them.
+AWQGEMM_HD int ws_grid(int units, int unit_tiles, int sms, bool stream_k) {
+  if (!stream_k || units >= sms) return units < sms ? units : sms;
+  const int64_t by_size = static_cast<int64_t>(units) * unit_tiles / kWsMinTailTiles;
+  return by_size < units ? units : by_size < sms ? static_cast<int>(by_size) : sms;
+}
+// Workspace of the stream-K tail, after the staged x: a flag per CTA (256-byte
+// aligned), then a slot of BM x 128 fp32 partials per CTA.
+AWQGEMM_HD int64_t ws_flag_bytes(int ctas) { return (static_cast<int64_t>(ctas) * 4 + 255) / 256 * 256; }
+AWQGEMM_HD int64_t ws_stream_k_bytes(int ctas, int bm) {
+  return ws_flag_bytes(ctas) + static_cast<int64_t>(ctas) * bm * 128 * 4;
+}
+
 // Kernel argument bits saying how the fused kernels take part in programmatic
 // dependent launch (see pdl_wait in gemm_tile.cuh).
 constexpr int kPdlLaunched = 1;      // launched with the PDL attribute: wait before reading x
@@ -96,6 +174,7 @@ struct TileConfig {
   int kwarps = 1;  // warps per block, splitting the block's K slice (4, 8 or 16)
   int splits = 1;  // blocks splitting K
   int pdl_flags = 0;  // kPdl* bits: launched as a programmatic dependent (sm90+), early trigger
+  bool stream_k = false;  // kWgmmaWs with one K split: the stream-K tail above
 };
 
 }  // namespace awqgemm
