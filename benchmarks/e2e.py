@@ -19,7 +19,8 @@ Contenders (``--quant``, comma separated):
                       (awqgemm.testing.force in the worker): what an A100 / L40S runs, timed here;
                       compare with awq_marlin:marlin (issue 11)
   awqgemm:wip         the plugin with the work-in-progress switches on for the whole engine (today the
-                      grouped wgmma kernel for MoE prefill and v11.1's stream-K tail, both sm90): their
+                      grouped wgmma kernel for MoE prefill, v11.1's stream-K tail and the grouped tall
+                      tiles): their
                       e2e effect
   fp16                dense fp16, no quantization
 The kernel each AWQ engine used is read from the loaded model and recorded.
@@ -251,6 +252,7 @@ FORCED: dict[str, dict[str, Any]] = {
     "awqgemm:wip": {
         "grouped_wgmma": True,
         "stream_k": True,
+        "grouped_tall_tiles": True,
     },
 }
 

@@ -1,6 +1,7 @@
 #include "awqgemm/dispatch.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <mutex>
 #include <vector>
@@ -537,7 +538,8 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 // it would dequantize all E experts (E x N x K) or need each expert's row count
 // on the host (a sync). Split-K partials are [splits][R][N] fp32, capped like
 // the wgmma plan's.
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma) {
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma,
+                       bool tall_tiles) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -567,7 +569,14 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
     // at 256-1024 on Mixtral; 1.11x at 32 (Mixtral T = 128), hence > 32.
     plan_xshared(t, rows_per_expert, row_blocks, ntiles, ktiles, want);
   } else {
-    plan_ksplit(t, family, rows_per_expert, ntiles, ktiles, row_blocks, want);
+    // Work in progress (testing.force(grouped_tall_tiles=True)): routed rows per expert scatter
+    // around the mean (~Poisson: at T = 128 on Qwen3-30B-A3B, 8 rows per expert on average and
+    // over 8 for ~40 % of the experts), and every expert over the tile height runs a second tile
+    // that dequantizes its whole weight again. Decode is bound by the weight stream, not the MMAs,
+    // so the tile is sized for mean + 2 standard deviations instead.
+    const double mean = static_cast<double>(R) / active;
+    const int tile_rows = tall_tiles ? static_cast<int>(std::ceil(mean + 2.0 * std::sqrt(mean))) : rows_per_expert;
+    plan_ksplit(t, family, tile_rows, ntiles, ktiles, row_blocks, want);
   }
   while (t.splits > 1 && static_cast<int64_t>(t.splits) * R * N * 4 > kMaxWorkspaceBytes) --t.splits;
   finish_plan(plan, dev, /*kernel_has_wait=*/dev.ptx_arch >= 90, R, N, K);

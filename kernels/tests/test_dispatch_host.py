@@ -78,12 +78,12 @@ def test_families_run_only_where_they_can(plans):
         assert p["family"] <= p["cap"], p
         if p["family"] == 90:
             assert p["cap"] == 90 and p["fam"] == 90, p  # sm_90a code only on 9.0
-        if p["problem"] in ("G", "W"):
+        if p["problem"] in ("G", "W", "T"):
             per_expert = -(-p["M"] // min(p["a"], p["M"]))
             assert p["flags"] & 1 == 0, p  # grouped problems never take the dense path (E x N x K)
             # Grid rows (grouped_grid_rows in problem.h) within CUDA's 65535 for every R of the grid.
             assert -(-p["M"] // (8 * p["mt"])) + min(p["a"], p["M"]) <= 65535, p
-        if p["problem"] == "G":
+        if p["problem"] in ("G", "T"):
             assert p["family"] != 90, p  # sm90 hands these to sm80's kernels (same packed layout)
             # The x-shared kernel for experts of > 32 rows on the sm80 family, else the K-split kernel.
             assert p["kind"] == (1 if p["family"] == 80 and per_expert > 32 else 0), p
@@ -139,3 +139,23 @@ def test_stream_k_only_where_allowed_on_v11_1_with_one_split(plans):
     shape = (4096, 28672, 256)
     gate_up = [p for p in plans if p["problem"] == "S" and p["a"] == 1 and (p["K"], p["N"], p["M"]) == shape]
     assert len(gate_up) == 1 and gate_up[0]["flags"] & 4, gate_up
+
+
+def test_grouped_tall_tiles_only_grow_the_k_split_tile(plans):
+    """The tall-tiles switch (work in progress) changes only the K-split kernel's token tile, never down,
+    and at Qwen3-30B-A3B's T = 128 (1,024 rows over 128 experts, mean 8) takes 16-row tiles for 8."""
+    key = ("cap", "fam", "a", "K", "N", "M")
+    default = {tuple(p[k] for k in key): p for p in plans if p["problem"] == "G"}
+    grew = 0
+    for t in (p for p in plans if p["problem"] == "T"):
+        g = default[tuple(t[k] for k in key)]
+        assert (t["family"], t["kind"]) == (g["family"], g["kind"]), (t, g)
+        if t["kind"] == 0:
+            assert t["mt"] >= g["mt"], (t, g)
+            grew += t["mt"] > g["mt"]
+        else:
+            assert t["code"] == g["code"], (t, g)
+    assert grew > 0
+    qwen3 = [p for p in plans if p["problem"] in ("G", "T") and p["cap"] == 90 and p["fam"] == 90
+             and (p["a"], p["K"], p["N"], p["M"]) == (128, 2048, 1536, 1024)]  # fmt: skip
+    assert sorted((p["problem"], p["mt"]) for p in qwen3) == [("G", 1), ("T", 2)], qwen3

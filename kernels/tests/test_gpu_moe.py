@@ -17,6 +17,7 @@ from conftest import has_gpu
 
 pytestmark = pytest.mark.gpu
 GROUPED_WG = pytest.mark.wip("grouped_wgmma")  # the grouped wgmma kernel (sm90 family)
+TALL = pytest.mark.wip("grouped_tall_tiles")  # the K-split kernel's tile sized for mean + 2 sd rows per expert
 
 CASES = [("sm70", torch.float16), ("sm75", torch.float16), ("sm80", torch.float16), ("sm80", torch.bfloat16)]
 CASES += [("auto", torch.float16), ("auto", torch.bfloat16)]
@@ -89,10 +90,11 @@ def run_case(
     zero=(1, 6),
     kernels=True,
     wg=False,
+    tall=False,
 ):
     ck13 = experts(num, hidden, 2 * inter, group, dtype, seed)
     ck2 = experts(num, inter, hidden, group, dtype, seed + 50)
-    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels, grouped_wgmma=wg):
+    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels, grouped_wgmma=wg, grouped_tall_tiles=tall):
         w13 = awqgemm.pack_awq_experts(*ck13, group)
         w2 = awqgemm.pack_awq_experts(*ck2, group)
         x = torch.randn(tokens, hidden, dtype=dtype, device="cuda")
@@ -138,6 +140,35 @@ def skip_unless_sm90():
         pytest.skip("the grouped wgmma kernel is the sm90 family's: a 9.0 GPU")
     if "sm90a_m64nNk16" not in awqgemm.build_info()["kernel_families"]:
         pytest.fail("this 9.0 GPU's awqgemm build lacks the sm90 family: build with CUDA_ARCHITECTURES 90a-real")
+
+
+@TALL
+@pytest.mark.parametrize("group", [32, 128])
+@pytest.mark.parametrize(("family", "dtype"), CASES)
+def test_grouped_tall_tiles(family, dtype, group):
+    """Work in progress (testing.force(grouped_tall_tiles=True)): the K-split kernel with its token tile
+    sized for mean + 2 sd rows per expert, against fp64, where that changes the tile: 8 rows per expert
+    on average over 32 experts (16-row tiles instead of 8), 16 over 16 (32 instead of 16; Volta stays at
+    16), ~9 over 8 with zero-token experts; the plans really change."""
+    skip_unless(family)
+    worst = 0.0
+    for num, top_k, tokens, zero in ((32, 4, 64, ()), (16, 4, 64, ()), (8, 2, 37, (1, 6))):
+        worst = max(worst, run_case(family, dtype, group, tokens, num=num, top_k=top_k, zero=zero, tall=True))
+    print(f"moe tall tiles {family} {dtype} g={group}: worst rel err {worst:.2e}")
+    with awqgemm.testing.force(family=family):
+        plain = grouped_plan_info(256, 32, 256, 256, dtype)
+        with awqgemm.testing.force(family=family, grouped_tall_tiles=True):
+            tall = grouped_plan_info(256, 32, 256, 256, dtype)
+    assert (plain["kernel"], plain["tile_tokens"]) == ("k_split", 8), plain
+    assert (tall["kernel"], tall["tile_tokens"]) == ("k_split", 16), tall
+
+
+@TALL
+def test_sanitizer_subset_tall_tiles():
+    """The taller grouped K-split tiles for compute-sanitizer memcheck (ci/device_kernels.sh)."""
+    skip_unless("auto")
+    run_case("auto", torch.float16, 32, 64, num=32, top_k=4, zero=(), tall=True)
+    run_case("auto", torch.bfloat16, 64, 37, num=8, top_k=2, tall=True)
 
 
 @GROUPED_WG

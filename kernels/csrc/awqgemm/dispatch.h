@@ -75,8 +75,10 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 // E experts, N x K each. The K-split kernel, the sm80 x-shared kernel for
 // experts of more than 32 rows (see dispatch.cu); work in progress behind a
 // test switch: with `wgmma` (sm90 family) the wgmma kernel for experts of more
-// than 32 rows.
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma = false);
+// than 32 rows; with `tall_tiles` the K-split kernel's token tile sized for
+// the busier experts rather than the mean (see dispatch.cu).
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma = false,
+                       bool tall_tiles = false);
 
 // Launches the fused kernel (and the split-K reduction when the plan splits).
 cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream);

@@ -30,6 +30,7 @@ class _Override:
     # Work in progress (tests and benchmarks select them; production never):
     grouped_wgmma: bool = False  # grouped (MoE) GEMMs of > 32 rows per expert on the sm90 wgmma kernel
     stream_k: bool = False  # v11.1 plans may take the stream-K tail (dispatch.cu plan_wgws)
+    grouped_tall_tiles: bool = False  # grouped K-split tiles sized for mean + 2 sd rows per expert
 
 
 state = _Override()
