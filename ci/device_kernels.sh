@@ -105,8 +105,9 @@ moe-qwen3-t128:gemm_tc_kernel:2:2:--moe 128,8,2048,768 --m 128"}
         -f -o "/tmp/ncu-src-$name" python3 benchmarks/profile_one.py $args >"$OUT/ncu-src-$name-run.log" 2>&1
     ncu -i "/tmp/ncu-src-$name.ncu-rep" --page details --print-details all >"$OUT/ncu-src-$name-details.log" 2>&1
     ncu -i "/tmp/ncu-src-$name.ncu-rep" --page source --csv --print-source sass >"$OUT/ncu-src-$name-sass.log" 2>&1
-    echo "--- $name ($args): $(grep -c . "$OUT/ncu-src-$name-sass.log") SASS lines"
+    echo "--- $name ($args)"
     grep -E "^plan|^fused_moe|Duration|Warp Cycles Per Issued|Stall|stall" "$OUT/ncu-src-$name-details.log" | head -30
+    python3 ci/ncu_top_sass.py "$OUT/ncu-src-$name-sass.log" --top 30 2>&1 | tee "$OUT/ncu-src-$name-top.log"
   done
 fi
 if has micro; then
