@@ -103,11 +103,20 @@ def parse_args(argv=None):
     return args
 
 
-def stacked_awq(num, k, n, dtype, device):
+def stacked_awq(num, k, n, dtype, device, group=GROUP):
     from awqgemm.testing import random_awq
 
-    parts = [random_awq(k, n, GROUP, dtype, device, seed=e) for e in range(num)]
+    parts = [random_awq(k, n, group, dtype, device, seed=e) for e in range(num)]
     return tuple(torch.stack([p[i] for p in parts]) for i in range(3))
+
+
+def draw_inputs(tokens, num, top_k, hidden, dtype, device):
+    """One row's routing (top-k ids, softmax weights) and activations, seeded by the token count."""
+    gen = torch.Generator().manual_seed(tokens)
+    ti = torch.rand(tokens, num, generator=gen).topk(top_k, dim=1).indices.to(torch.int32).to(device)
+    tw = torch.softmax(torch.randn(tokens, top_k, generator=gen), dim=1).to(device)
+    x = torch.randn(tokens, hidden, generator=gen).to(dtype).to(device)
+    return ti, tw, x
 
 
 class Timer:
@@ -451,10 +460,7 @@ def main(argv=None):
             if time.time() - start > args.deadline:
                 print(f"deadline reached: {name} from T={t} on not run", file=sys.stderr)
                 break
-            gen = torch.Generator().manual_seed(t)
-            ti = torch.rand(t, num, generator=gen).topk(top_k, dim=1).indices.to(torch.int32).to(device)
-            tw = torch.softmax(torch.randn(t, top_k, generator=gen), dim=1).to(device)
-            x = torch.randn(t, hidden, generator=gen).to(dtype).to(device)
+            ti, tw, x = draw_inputs(t, num, top_k, hidden, dtype, device)
             active = int(torch.unique(ti).numel())
             floor = active * expert_bytes / bw * 1e6 if bw else None
             row = {"shape": name, "tokens": t, "experts": num, "top_k": top_k, "active_experts": active}

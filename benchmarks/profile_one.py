@@ -51,16 +51,11 @@ def run_moe(a: argparse.Namespace, dtype: torch.dtype) -> None:
     except ValueError:
         raise SystemExit(f"--moe wants E,TOPK,HIDDEN,INTER (four integers), got {a.moe!r}") from None
 
-    def stacked(k: int, n: int) -> tuple[torch.Tensor, ...]:
-        parts = [awqgemm.testing.random_awq(k, n, a.group, dtype, "cuda", seed=e) for e in range(num)]
-        return tuple(torch.stack([p[i] for p in parts]) for i in range(3))
+    from moe import draw_inputs, stacked_awq  # benchmarks/moe.py, beside this script: the same experts and routing
 
-    w13 = awqgemm.pack_awq_experts(*stacked(hidden, 2 * inter), a.group)
-    w2 = awqgemm.pack_awq_experts(*stacked(inter, hidden), a.group)
-    gen = torch.Generator().manual_seed(a.m)  # the routing benchmarks/moe.py draws at this T
-    ti = torch.rand(a.m, num, generator=gen).topk(top_k, dim=1).indices.to(torch.int32).cuda()
-    tw = torch.softmax(torch.randn(a.m, top_k, generator=gen), dim=1).cuda()
-    x = torch.randn(a.m, hidden, generator=gen).to(dtype).cuda()
+    w13 = awqgemm.pack_awq_experts(*stacked_awq(num, hidden, 2 * inter, dtype, "cuda", a.group), a.group)
+    w2 = awqgemm.pack_awq_experts(*stacked_awq(num, inter, hidden, dtype, "cuda", a.group), a.group)
+    ti, tw, x = draw_inputs(a.m, num, top_k, hidden, dtype, "cuda")
     print(f"fused_moe: {num} experts, top {top_k}, hidden {hidden}, intermediate {inter}, T = {a.m}")
     for _ in range(a.iters):
         awqgemm.fused_moe(x, w13, w2, tw, ti)

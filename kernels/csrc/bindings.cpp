@@ -118,7 +118,8 @@ std::vector<int> parse_archs(const char* list, bool want_ptx) {
 GemmProblem fused_problem(const Plan& plan, int dtype, int M, int N, int K, int group_size, uintptr_t x,
                           int64_t x_stride, uintptr_t qweight, uintptr_t scale_zero, uintptr_t out,
                           int64_t out_stride, uintptr_t workspace, int64_t workspace_bytes, int device) {
-  const int sms = device_info(device).sm_count;
+  // Only a stream-K plan's workspace depends on the SM count: no device lookup on the others' calls.
+  const int sms = plan.tile.stream_k ? device_info(device).sm_count : 0;
   const int64_t need = fused_workspace_bytes(plan, M, N, K, sms > 0 ? sms : 80);
   if (need > workspace_bytes) {
     throw nb::value_error(("awqgemm: workspace of " + std::to_string(workspace_bytes) +

@@ -275,7 +275,6 @@ void finish_plan(Plan& plan, const DeviceInfo& dev, bool kernel_has_wait, int M,
   t.pdl_flags = pdl && kernel_has_wait ? kPdlLaunched : 0;
   plan.reduce_pdl = pdl && dev.ptx_arch >= 90;
   if (t.pdl_flags != 0 && plan.reduce_pdl && t.splits > 1) t.pdl_flags |= kPdlEarlyTrigger;
-  if (t.splits > 1) t.stream_k = false;
   plan.workspace_bytes = fused_workspace_bytes(plan, M, N, K, dev.sm_count > 0 ? dev.sm_count : 80);
 }
 
@@ -358,10 +357,11 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K, bool allow_stream_k) {
   auto tile_cycles = [&](int bm) {
     return allow_stream_k ? static_cast<int64_t>(450 + 34 * bm / 10) : static_cast<int64_t>(std::max(4 * bm, 256));
   };
+  auto unit_cycles = [&](int bm, int64_t tiles) { return tiles * tile_cycles(bm) + 8 * bm + 500; };
   auto cost = [&](int bm, int splits) {
     const int64_t units = static_cast<int64_t>(nblocks) * ceil_div(rows, bm) * splits;
     const int64_t rounds = (units + sms - 1) / sms;
-    const int64_t unit = static_cast<int64_t>(ceil_div(ktiles, splits)) * tile_cycles(bm) + 8 * bm + 500;
+    const int64_t unit = unit_cycles(bm, ceil_div(ktiles, splits));
     const int64_t partials = splits > 1 ? 3000 + static_cast<int64_t>(splits) * M * N * 8 / 2000 : 0;
     return rounds * unit + partials;
   };
@@ -373,9 +373,8 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K, bool allow_stream_k) {
     const WsSchedule sch(units, ktiles, ws_grid(units, ktiles, sms, true), true);
     if (sch.tail_ctas == 0) return int64_t{-1};
     const int64_t per_cta = (sch.tail_tiles + sch.tail_ctas - 1) / sch.tail_ctas;
-    const int64_t whole = static_cast<int64_t>(units / sch.ctas) * (ktiles * tile_cycles(bm) + 8 * bm + 500);
     const int64_t parts = (ktiles + per_cta - 1) / per_cta;
-    return whole + per_cta * tile_cycles(bm) + 8 * bm + 500 + 16 * bm * (1 + parts) + 1000;
+    return (units / sch.ctas) * unit_cycles(bm, ktiles) + unit_cycles(bm, per_cta) + 16 * bm * (1 + parts) + 1000;
   };
   int64_t best = -1;
   for (const int bm : {256, 128, 64}) {
