@@ -162,15 +162,14 @@ NB_MODULE(_C, m) {
 
   m.def(
       "plan",
-      [](int family, int path, int dtype, int M, int N, int K, int device, bool stream_k) {
+      [](int family, int path, int dtype, int M, int N, int K, int device) {
         if (M < 1 || N < 1 || K < 1) throw nb::value_error("awqgemm: M, N and K must be positive");
         const Family f = resolve(family, dtype, device);
-        const Plan plan = make_plan(f, to_path(path), device_info(device), M, N, K, 2, stream_k);
+        const Plan plan = make_plan(f, to_path(path), device_info(device), M, N, K, 2);
         return std::make_tuple(encode_plan(plan), static_cast<int>(plan.family), layout_for(plan.family), plan.dense,
                                plan.workspace_bytes);
       },
       nb::arg("family"), nb::arg("path"), nb::arg("dtype"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
-      nb::arg("stream_k") = false,
       "(plan code, family, packed layout it reads, dense?, workspace_bytes) for a problem. Deterministic, so a "
       "captured graph replays it; the plan code goes to gemm() unchanged (made once per call).");
 
@@ -210,10 +209,10 @@ NB_MODULE(_C, m) {
 
   m.def(
       "plan_grouped",
-      [](int family, int dtype, int R, int E, int N, int K, int device, bool wgmma, bool tall_tiles) {
+      [](int family, int dtype, int R, int E, int N, int K, int device, bool wgmma) {
         if (R < 1 || E < 1 || N < 1 || K < 1) throw nb::value_error("awqgemm: R, E, N and K must be positive");
         const Family f = resolve(family, dtype, device);
-        const Plan plan = make_grouped_plan(f, device_info(device), R, E, N, K, wgmma, tall_tiles);
+        const Plan plan = make_grouped_plan(f, device_info(device), R, E, N, K, wgmma);
         if (grouped_grid_rows(R, 8 * plan.tile.mt, E) > 65535) {
           throw nb::value_error(("awqgemm: grouped GEMM of " + std::to_string(R) + " rows over " + std::to_string(E) +
                                  " experts needs more than 65535 grid rows; split the batch")
@@ -223,10 +222,9 @@ NB_MODULE(_C, m) {
                                plan.workspace_bytes);
       },
       nb::arg("family"), nb::arg("dtype"), nb::arg("R"), nb::arg("E"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
-      nb::arg("wgmma") = false, nb::arg("tall_tiles") = false,
+      nb::arg("wgmma") = false,
       "(plan code, family, packed layout it reads, workspace_bytes) for a grouped (MoE) problem of R rows over E "
-      "experts; wgmma: the wgmma kernel (sm90) for large experts; tall_tiles: the K-split kernel's token tile "
-      "sized for mean + 2 sd rows per expert (both work in progress, test switches).");
+      "experts; wgmma: the wgmma kernel (sm90) for large experts (work in progress, a test switch).");
 
   m.def(
       "gemm_grouped",

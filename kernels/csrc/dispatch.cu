@@ -229,14 +229,21 @@ int dense_min_m(Family family) {
 // H200 runs (benchmarks/results/h200-2026-11-28-{v9.5-dense-chunks,peers})
 // measured the wgmma kernel at 0.70-0.83x the dense path's time there at
 // M = 256 and 512 (Llama-3-8B and Qwen2.5-7B down; Qwen2.5-32B down 0.87x in
-// one run, 1.08x in the other); at 1024 it loses (1.1-1.7x).
+// one run, 1.08x in the other); at 1024 it lost (1.1-1.7x) then.
+// With the stream-K tail (plan_wgws) the kernel fills partial rounds, and at
+// M = 1024 it beat dequantize + cuBLAS (same run, h200-2026-11-28-stream-k) on
+// every deep layer (0.78-0.96x the time: Llama-3-8B at g32/64/128, Qwen2.5-7B/32B,
+// Llama-2-70B down) and on grids of >= 1.5 blocks per SM (Qwen2.5-32B qkv 0.90x, Llama-2-70B
+// o 0.91x); below that it lost (Qwen2.5-7B qkv 1.27x, Llama-3-8B qkv 1.07x,
+// Qwen2.5-32B o 1.09x). At 2048 it won on the deep layers and the widest gate_up
+// but lost on most others: dequantize + cuBLAS from 2048 on.
 constexpr int kWgAutoMinM = 64;
 bool wgmma_auto(int M, int N, int K, int sms) {
   if (M < kWgAutoMinM || M > 1024) return false;
-  if (M <= 128 || (M <= 512 && K >= 3 * N)) return true;
+  if (M <= 128 || K >= 3 * N) return true;
   const int blocks = ceil_div(N, kWgNT * kTileN) * ceil_div(M, M <= 512 ? 128 : 256);
   if (M <= 256) return 2 * blocks >= sms;
-  return M <= 512 ? 2 * blocks >= 3 * sms : blocks >= 2 * sms;
+  return 2 * blocks >= 3 * sms;
 }
 
 // Largest split-K workspace the wgmma plan may ask for (issue: <= 64 MiB extra per call).
@@ -323,23 +330,31 @@ void plan_wtile(Plan& plan, int sms, int M, int N, int K) {
   }
 }
 
-// The warp-specialized persistent wgmma kernel (v11.1): tokens per unit (BM) and
-// K split from a cost model in SM cycles (not refitted yet: its first sweep only
-// compared whole plans, see wgmma_auto). Blocks (one per
-// SM) walk nblocks x mblocks x splits work units in ceil(units / SMs) rounds;
-// a unit costs, per 64-k tile, max(4 BM, 256) cycles (8 m64nBMk16 wgmmas at
-// 2048 MAC/cycle, or ~4 KiB of weights per SM at ~15 bytes/cycle/SM of HBM)
+// The warp-specialized persistent wgmma kernel (v11.1): tokens per unit (BM), K
+// split or stream-K tail, from a cost model in SM cycles. Blocks (one per SM)
+// walk nblocks x mblocks x splits work units in ceil(units / SMs) rounds; a
+// unit costs, per 64-k tile, the k-tile time ncu measured (H200 at 1.29 GHz,
+// 13:25 run: 646 cycles at BM 64, ~930 at 128, 1,323 at 256, i.e. ~450 +
+// 3.4 BM: the consumers' per-tile latency chain, not the MMA rate, sets it)
 // plus an epilogue of ~8 BM + 500. A K split adds the reduction launch
 // (~3000) and its fp32 partials, written and read (8 M N splits bytes at
 // ~2000 bytes/cycle for the whole GPU) -- partial traffic is what made the v9
-// kernel lose on small grids. BM: 64 up to 64 tokens, else 128 or 256
-// (equal cost: 256, which dequantizes each weight once per 256 tokens).
-// Limits: >= 4 k-tiles per split, staged x + partials within
-// kMaxWorkspaceBytes, no split when the rows go in chunks (the partials are
-// indexed over the whole M). Returns false, changing nothing, where the staged x
-// of even 256 rows would not fit (K > 65536): the caller takes the v9 kernel,
-// which gathers x.
-bool plan_wgws(Plan& plan, int sms, int M, int N, int K, bool allow_stream_k) {
+// kernel lose on small grids. The stream-K tail (one split) runs the whole
+// rounds, then deals the rest's k-tiles out over the grid (WsSchedule).
+// BM: 64 up to 64 tokens, else 128 or 256 (equal cost: 256, which
+// dequantizes each weight once per 256 tokens).
+// Limits: >= 4 k-tiles per split, staged x + partials (or the stream-K slots)
+// within kMaxWorkspaceBytes, no split when the rows go in chunks (the partials
+// are indexed over the whole M). Returns false, changing nothing, where the
+// staged x of even 256 rows would not fit (K > 65536): the caller takes the v9
+// kernel, which gathers x.
+// H200 A/B of this planner against the same cost model without the stream-K
+// tail and with the MMA budget max(4 BM, 256) as the k-tile time
+// (benchmarks/results/h200-2026-11-28-stream-k.txt, 18 TP1 shapes, wgmma
+// kernel forced): geomean 0.95x the time at M = 64, 0.97x at 128, 0.84x at 256,
+// 0.90x at 512, 0.88x at 1024; down to 0.63x where a partial round idled most
+// SMs (Llama-2-70B qkv at 256), before the rule against > 3 pieces below.
+bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
   TileConfig& t = plan.tile;
   const int chunk = ws_chunk_rows(M, K);
   if (chunk < std::min(M, 256)) return false;
@@ -350,14 +365,7 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K, bool allow_stream_k) {
   const int ktiles = padded_k(K) / kTileK;
   const int rows = std::min(M, chunk);
   const int64_t staged = wg_staged_x_bytes(rows, K);
-  // Cycles of a k-tile per SM, per unit, and of the split-K partials. The MMA budget (4 bm) is what
-  // the rule as measured in the v11.1 sweep uses; the stream-K work in progress plans with the k-tile
-  // times ncu measured (H200 at 1.29 GHz, 13:25 run): 646 cycles at BM 64, ~930 at 128, 1,323 at 256,
-  // i.e. ~450 + 3.4 bm -- the MMA budget undercounts small tiles 2.5x and so undervalues balance there.
-  auto tile_cycles = [&](int bm) {
-    return allow_stream_k ? static_cast<int64_t>(450 + 34 * bm / 10) : static_cast<int64_t>(std::max(4 * bm, 256));
-  };
-  auto unit_cycles = [&](int bm, int64_t tiles) { return tiles * tile_cycles(bm) + 8 * bm + 500; };
+  auto unit_cycles = [&](int bm, int64_t tiles) { return tiles * (450 + 34 * bm / 10) + 8 * bm + 500; };
   auto cost = [&](int bm, int splits) {
     const int64_t units = static_cast<int64_t>(nblocks) * ceil_div(rows, bm) * splits;
     const int64_t rounds = (units + sms - 1) / sms;
@@ -374,6 +382,11 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K, bool allow_stream_k) {
     if (sch.tail_ctas == 0) return int64_t{-1};
     const int64_t per_cta = (sch.tail_tiles + sch.tail_ctas - 1) / sch.tail_ctas;
     const int64_t parts = (ktiles + per_cta - 1) / per_cta;
+    // Without a whole round, units dealt out in more than 3 pieces mostly lost to the K split: of the
+    // A/B's 14 such points, 10 took 1.06-1.24x its time (the 3584-5120-wide o/qkv layers and
+    // Llama-3-8B down at M = 64-128), 3 tied, 1 won (0.82x). The owner's serial wait for its pieces
+    // costs more than this model's slot traffic says.
+    if (sch.full == 0 && parts > 3) return int64_t{-1};
     return (units / sch.ctas) * unit_cycles(bm, ktiles) + unit_cycles(bm, per_cta) + 16 * bm * (1 + parts) + 1000;
   };
   int64_t best = -1;
@@ -390,7 +403,7 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K, bool allow_stream_k) {
         t.splits = s;
         t.stream_k = false;
       }
-      const int64_t sk = s == 1 && allow_stream_k ? cost_stream_k(bm) : -1;
+      const int64_t sk = s == 1 ? cost_stream_k(bm) : -1;
       if (sk >= 0 && sk < best && staged + ws_stream_k_bytes(sms, bm) <= kMaxWorkspaceBytes) {
         best = sk;
         t.mt = bm / 8;
@@ -462,8 +475,7 @@ void plan_xshared(TileConfig& t, int rows, RowBlocks row_blocks, int ntiles, int
   t.splits = std::min(t.splits, xs_max_splits());
 }
 
-Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes,
-               bool stream_k) {
+Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -476,7 +488,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   if (family == Family::kSm90) {
     if (path == PathRequest::kFused || (path == PathRequest::kAuto && wgmma_auto(M, N, K, sms))) {
       plan.family = Family::kSm90;
-      if (!plan_wgws(plan, sms, M, N, K, stream_k)) {
+      if (!plan_wgws(plan, sms, M, N, K)) {
         // K too long to stage even 256 rows (K > 65536): the v9 kernel, which gathers x itself. BM =
         // 64, 128 or 256 tokens (256: one block per SM, twice the tokens per dequantized weight).
         const int mt = M <= 64 ? 8 : M <= 512 ? 16 : 32;
@@ -537,8 +549,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 // it would dequantize all E experts (E x N x K) or need each expert's row count
 // on the host (a sync). Split-K partials are [splits][R][N] fp32, capped like
 // the wgmma plan's.
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma,
-                       bool tall_tiles) {
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -568,13 +579,14 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
     // at 256-1024 on Mixtral; 1.11x at 32 (Mixtral T = 128), hence > 32.
     plan_xshared(t, rows_per_expert, row_blocks, ntiles, ktiles, want);
   } else {
-    // Work in progress (testing.force(grouped_tall_tiles=True)): routed rows per expert scatter
-    // around the mean (~Poisson: at T = 128 on Qwen3-30B-A3B, 8 rows per expert on average and
-    // over 8 for ~40 % of the experts), and every expert over the tile height runs a second tile
-    // that dequantizes its whole weight again. Decode is bound by the weight stream, not the MMAs,
-    // so the tile is sized for mean + 2 standard deviations instead.
+    // Routed rows per expert scatter around the mean (~Poisson: at T = 128 on Qwen3-30B-A3B, 8 rows
+    // per expert on average and over 8 for ~40 % of the experts), and every expert over the tile
+    // height runs a second tile that dequantizes its whole weight again. Decode is bound by the
+    // weight stream, not the MMAs, so the tile is sized for mean + 2 standard deviations. H200
+    // (moe-h200-20261128-1508, CUDA graphs, whole layer): Qwen3-30B-A3B T = 128 229 -> 213 us,
+    // T = 256 303 -> 294; Mixtral T = 64 470 -> 429; other points within 1 %.
     const double mean = static_cast<double>(R) / active;
-    const int tile_rows = tall_tiles ? static_cast<int>(std::ceil(mean + 2.0 * std::sqrt(mean))) : rows_per_expert;
+    const int tile_rows = static_cast<int>(std::ceil(mean + 2.0 * std::sqrt(mean)));
     plan_ksplit(t, family, tile_rows, ntiles, ktiles, row_blocks, want);
   }
   while (t.splits > 1 && static_cast<int64_t>(t.splits) * R * N * 4 > kMaxWorkspaceBytes) --t.splits;

@@ -68,8 +68,6 @@ def test_moe_benchmark_dry_run(tmp_path):
             "route_torch_graph_us",
             "awqgemm_wip_wg_graph_us",
             "awqgemm_wip_wg_gemms_graph_us",
-            "awqgemm_wip_tall_graph_us",
-            "awqgemm_wip_tall_gemms_graph_us",
         ):
             assert row[key] > 0, (key, row)
         assert "marlin_note" not in row, row
@@ -79,7 +77,6 @@ def test_moe_benchmark_dry_run(tmp_path):
             "marlin_rel_err_vs_dense",
             "marlin_rel_err_vs_awqgemm",
             "awqgemm_wip_wg_rel_err_vs_dense",
-            "awqgemm_wip_tall_rel_err_vs_dense",
         ):
             assert row[key] < 5e-3, (key, row)
 
@@ -94,7 +91,6 @@ def test_moe_benchmark_skip_wip(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (row,) = json.loads(next(tmp_path.glob("*-dry.json")).read_text())["rows"]
     assert row["awqgemm_graph_us"] > 0 and not any(k.startswith("awqgemm_wip_wg_") for k in row), row
-    assert row["awqgemm_wip_tall_graph_us"] > 0, row  # the variant of the other switch stays
 
 
 def test_moe_benchmark_rejects_bad_arguments():
@@ -218,11 +214,7 @@ def test_e2e_forced_sm80_contender_plan():
     plans = _json_objects(r.stdout)[:-1]
     assert [(p["name"], p["engine"]["quantization"], p["force"]) for p in plans] == [
         ("awqgemm:sm80", "awqgemm", {"family": "sm80"}),
-        (
-            "awqgemm:wip",
-            "awqgemm",
-            {"grouped_wgmma": True, "stream_k": True, "grouped_tall_tiles": True},
-        ),
+        ("awqgemm:wip", "awqgemm", {"grouped_wgmma": True}),
         ("awqgemm", "awqgemm", None),
     ]
     import awqgemm.testing

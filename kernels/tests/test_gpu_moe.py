@@ -17,7 +17,6 @@ from conftest import has_gpu
 
 pytestmark = pytest.mark.gpu
 GROUPED_WG = pytest.mark.wip("grouped_wgmma")  # the grouped wgmma kernel (sm90 family)
-TALL = pytest.mark.wip("grouped_tall_tiles")  # the K-split kernel's tile sized for mean + 2 sd rows per expert
 
 CASES = [("sm70", torch.float16), ("sm75", torch.float16), ("sm80", torch.float16), ("sm80", torch.bfloat16)]
 CASES += [("auto", torch.float16), ("auto", torch.bfloat16)]
@@ -90,11 +89,10 @@ def run_case(
     zero=(1, 6),
     kernels=True,
     wg=False,
-    tall=False,
 ):
     ck13 = experts(num, hidden, 2 * inter, group, dtype, seed)
     ck2 = experts(num, inter, hidden, group, dtype, seed + 50)
-    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels, grouped_wgmma=wg, grouped_tall_tiles=tall):
+    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels, grouped_wgmma=wg):
         w13 = awqgemm.pack_awq_experts(*ck13, group)
         w2 = awqgemm.pack_awq_experts(*ck2, group)
         x = torch.randn(tokens, hidden, dtype=dtype, device="cuda")
@@ -142,33 +140,27 @@ def skip_unless_sm90():
         pytest.fail("this 9.0 GPU's awqgemm build lacks the sm90 family: build with CUDA_ARCHITECTURES 90a-real")
 
 
-@TALL
 @pytest.mark.parametrize("group", [32, 128])
 @pytest.mark.parametrize(("family", "dtype"), CASES)
 def test_grouped_tall_tiles(family, dtype, group):
-    """Work in progress (testing.force(grouped_tall_tiles=True)): the K-split kernel with its token tile
-    sized for mean + 2 sd rows per expert, against fp64, where that changes the tile: 8 rows per expert
-    on average over 32 experts (16-row tiles instead of 8), 16 over 16 (32 instead of 16; Volta stays at
-    16), ~9 over 8 with zero-token experts; the plans really change."""
+    """The K-split kernel's token tile is sized for mean + 2 sd rows per expert: against fp64 where that
+    makes the tile taller than the mean, 8 rows per expert on average over 32 experts (16-row tiles), 16
+    over 16 (32-row tiles; Volta stays at 16), ~9 over 8 with zero-token experts."""
     skip_unless(family)
     worst = 0.0
     for num, top_k, tokens, zero in ((32, 4, 64, ()), (16, 4, 64, ()), (8, 2, 37, (1, 6))):
-        worst = max(worst, run_case(family, dtype, group, tokens, num=num, top_k=top_k, zero=zero, tall=True))
+        worst = max(worst, run_case(family, dtype, group, tokens, num=num, top_k=top_k, zero=zero))
     print(f"moe tall tiles {family} {dtype} g={group}: worst rel err {worst:.2e}")
     with awqgemm.testing.force(family=family):
-        plain = grouped_plan_info(256, 32, 256, 256, dtype)
-        with awqgemm.testing.force(family=family, grouped_tall_tiles=True):
-            tall = grouped_plan_info(256, 32, 256, 256, dtype)
-    assert (plain["kernel"], plain["tile_tokens"]) == ("k_split", 8), plain
+        tall = grouped_plan_info(256, 32, 256, 256, dtype)
     assert (tall["kernel"], tall["tile_tokens"]) == ("k_split", 16), tall
 
 
-@TALL
 def test_sanitizer_subset_tall_tiles():
     """The taller grouped K-split tiles for compute-sanitizer memcheck (ci/device_kernels.sh)."""
     skip_unless("auto")
-    run_case("auto", torch.float16, 32, 64, num=32, top_k=4, zero=(), tall=True)
-    run_case("auto", torch.bfloat16, 64, 37, num=8, top_k=2, tall=True)
+    run_case("auto", torch.float16, 32, 64, num=32, top_k=4, zero=())
+    run_case("auto", torch.bfloat16, 64, 37, num=8, top_k=2)
 
 
 @GROUPED_WG

@@ -45,8 +45,6 @@ def force(
     *,
     moe_routing_kernels: bool = True,
     grouped_wgmma: bool = False,
-    stream_k: bool = False,
-    grouped_tall_tiles: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -56,16 +54,10 @@ def force(
     its CUDA kernels (the reference the kernels are tested against).
 
     Work in progress behind this switch: ``grouped_wgmma`` runs grouped (MoE) GEMMs of more than 32 rows
-    per expert on the sm90 family's wgmma kernel (a 9.0 GPU) instead of the sm80 family's x-shared one;
-    ``stream_k`` lets the sm90 warp-specialized kernel (v11.1) deal the last, partial round of work units out
-    over every SM (stream-K) where the dispatcher's cost model prefers that; ``grouped_tall_tiles`` sizes
-    the grouped K-split kernel's token tile for the busier experts (mean + 2 standard deviations of the rows
-    per expert) instead of the mean, so fewer experts run a second tile."""
+    per expert on the sm90 family's wgmma kernel (a 9.0 GPU) instead of the sm80 family's x-shared one."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
         "grouped_wgmma": grouped_wgmma,
-        "stream_k": stream_k,
-        "grouped_tall_tiles": grouped_tall_tiles,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
