@@ -81,7 +81,7 @@ static bool check_schedule(int units, int tiles, int sms, bool stream_k) {
   for (int u = 0; u < units; ++u) {
     if (parts[u].empty() != (owner[u] < 0)) return fail("split unit without owner, or owner without parts", -1, u);
     if (owner[u] < 0) continue;
-    const int last = s.tail_cta_of(static_cast<int64_t>(u - s.full + 1) * tiles - 1);
+    const int last = s.tail_cta_of((u - s.full + 1) * tiles - 1);
     std::set<int> expect;
     for (int c = owner[u] + 1; c <= last; ++c) expect.insert(c);
     if (expect != parts[u]) return fail("owner expects other CTAs than hold the unit", owner[u], u);

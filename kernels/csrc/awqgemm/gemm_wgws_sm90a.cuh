@@ -52,6 +52,8 @@
 // still count toward the transaction bytes.
 #pragma once
 
+#include <type_traits>
+
 #include "gemm_tile.cuh"
 #include "wgmma_sm90a.cuh"
 
@@ -334,10 +336,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   // Stream-K tail: flags, then per CTA a slot of BM / 2 partials per consumer thread, [i][thread].
   int* const flags = reinterpret_cast<int*>(p.workspace);
   float* const slots = p.workspace + ws_flag_bytes(gridDim.x) / 4;
-  WsCursor cur(sched, blockIdx.x);
-  WsPiece pc;
-#pragma unroll 1
-  while (cur.next(pc)) {
+  // One piece: its k-loop, then (stream-K tail) parking or collecting partials, then the epilogue.
+  // The role is a compile-time tag: see the loops below.
+  auto run_piece = [&](const WsPiece& pc, auto role_tag) {
+    constexpr int kRole = decltype(role_tag)::value;
     const WsUnit w = ws_unit(pc.unit, mblocks, nblocks);
     const int kt0 = w.split * per_split + pc.kt0;
     const int n_k = max(0, min(ktiles, kt0 + pc.n_k) - kt0);
@@ -393,7 +395,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     keep_live(acc);
     mbar_arrive_if(prev_empty, have_prev);
 
-    if (pc.role == kWsPart) {
+    if constexpr (kRole == kWsPart) {
       // This CTA's first tail piece, the middle or end of a unit another CTA owns.
       float* const slot = slots + static_cast<int64_t>(blockIdx.x) * (BM / 2) * 256 + tid;
 #pragma unroll
@@ -401,12 +403,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       __threadfence();
       consumers_sync();
       if (tid == 0) flag_raise(flags + blockIdx.x);
-      continue;
+      return;
     }
-    if (pc.role == kWsOwner) {
+    if constexpr (kRole == kWsOwner) {
       // The unit's other pieces: the first piece of each tail CTA after this one up to the one
       // holding the unit's last k-tile.
-      const int64_t unit_end = static_cast<int64_t>(pc.unit - sched.full + 1) * sched.unit_tiles;
+      const int unit_end = (pc.unit - sched.full + 1) * sched.unit_tiles;
       const int last = sched.tail_cta_of(unit_end - 1);
 #pragma unroll 1
       for (int c = blockIdx.x + 1; c <= last; ++c) {
@@ -446,7 +448,28 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
             }
           }
         }
+  };
+  // Whole units round-robin, then this CTA's tail: a parked piece first, whole units, an owner piece
+  // last (WsCursor's order). No loop holds the park/collect code: with it inside the loop around the
+  // k-loop, ptxas kept the ring's stage and phase in per-thread registers with an R2UR before each
+  // wgmma descriptor (the SASS of 22355ab), and v11.1 ran 1.05-1.6x slower at every M, stream-K or
+  // not (H200, same plans: the 11:05 and 15:05 runs of 2026-11-28).
+  using Whole = std::integral_constant<int, kWsWhole>;
+#pragma unroll 1
+  for (int u = blockIdx.x; u < sched.full; u += gridDim.x) run_piece(WsPiece{u, 0, sched.unit_tiles, kWsWhole}, Whole{});
+  WsCursor cur(sched, blockIdx.x, /*tail_only=*/true);
+  WsPiece pc;
+  bool more = cur.next(pc);
+  if (more && pc.role == kWsPart) {
+    run_piece(pc, std::integral_constant<int, kWsPart>{});
+    more = cur.next(pc);
   }
+#pragma unroll 1
+  while (more && pc.role == kWsWhole) {
+    run_piece(pc, Whole{});
+    more = cur.next(pc);
+  }
+  if (more) run_piece(pc, std::integral_constant<int, kWsOwner>{});  // the range's last piece
 #endif
 }
 

@@ -99,32 +99,36 @@ enum WsRole : int { kWsWhole = 0, kWsOwner = 1, kWsPart = 2 };
 struct WsPiece {
   int unit, kt0, n_k, role;  // k-tiles [kt0, kt0 + n_k) of the unit's
 };
+// 32-bit throughout: the tail holds fewer units than CTAs (<= 1024) of at most
+// 1024 k-tiles (K <= 65536 on this kernel), so c x tail_tiles < 2^30 (64-bit
+// divisions compiled to calls in the kernel).
 struct WsSchedule {
-  int units = 0, unit_tiles = 0, ctas = 0, full = 0, tail_ctas = 0;
-  int64_t tail_tiles = 0;
+  int units = 0, unit_tiles = 0, ctas = 0, full = 0, tail_ctas = 0, tail_tiles = 0;
   AWQGEMM_HD WsSchedule(int units_, int unit_tiles_, int ctas_, bool stream_k)
       : units(units_), unit_tiles(unit_tiles_), ctas(ctas_) {
     full = stream_k ? units / ctas * ctas : units;
-    tail_tiles = static_cast<int64_t>(units - full) * unit_tiles;
-    const int64_t by_size = tail_tiles / kWsMinTailTiles;
-    tail_ctas = tail_tiles == 0 ? 0 : static_cast<int>(by_size < 1 ? 1 : by_size < ctas ? by_size : ctas);
+    tail_tiles = (units - full) * unit_tiles;
+    const int by_size = tail_tiles / kWsMinTailTiles;
+    tail_ctas = tail_tiles == 0 ? 0 : by_size < 1 ? 1 : by_size < ctas ? by_size : ctas;
   }
   // First tail k-tile of tail CTA c (c = tail_ctas: the end).
-  AWQGEMM_HD int64_t tail_begin(int c) const { return static_cast<int64_t>(c) * tail_tiles / tail_ctas; }
+  AWQGEMM_HD int tail_begin(int c) const { return c * tail_tiles / tail_ctas; }
   // The tail CTA whose range holds tail k-tile i.
-  AWQGEMM_HD int tail_cta_of(int64_t i) const {
-    int c = static_cast<int>(i * tail_ctas / tail_tiles);
+  AWQGEMM_HD int tail_cta_of(int i) const {
+    int c = i * tail_ctas / tail_tiles;
     while (c + 1 < tail_ctas && tail_begin(c + 1) <= i) ++c;
     while (c > 0 && tail_begin(c) > i) --c;
     return c;
   }
 };
 // The pieces of CTA `cta`, in the order its producer and consumers both walk them.
+// tail_only: from the tail on (the consumers walk the whole units, cta, cta +
+// ctas, ... below full, in a loop of their own: gemm_ws_kernel says why).
 struct WsCursor {
   const WsSchedule& s;
-  int u;
-  int64_t it, end;
-  AWQGEMM_HD WsCursor(const WsSchedule& sched, int cta) : s(sched), u(cta), it(0), end(0) {
+  int u, it, end;
+  AWQGEMM_HD WsCursor(const WsSchedule& sched, int cta, bool tail_only = false)
+      : s(sched), u(tail_only ? sched.full : cta), it(0), end(0) {
     if (cta < s.tail_ctas) {
       it = s.tail_begin(cta);
       end = s.tail_begin(cta + 1);
@@ -137,11 +141,11 @@ struct WsCursor {
       return true;
     }
     if (it >= end) return false;
-    const int64_t tu = it / s.unit_tiles;
-    const int k0 = static_cast<int>(it - tu * s.unit_tiles);
-    const int64_t left = end - it;
-    const int k1 = left < s.unit_tiles - k0 ? k0 + static_cast<int>(left) : s.unit_tiles;
-    pc = {s.full + static_cast<int>(tu), k0, k1 - k0, k0 != 0 ? kWsPart : k1 == s.unit_tiles ? kWsWhole : kWsOwner};
+    const int tu = it / s.unit_tiles;
+    const int k0 = it - tu * s.unit_tiles;
+    const int left = end - it;
+    const int k1 = left < s.unit_tiles - k0 ? k0 + left : s.unit_tiles;
+    pc = {s.full + tu, k0, k1 - k0, k0 != 0 ? kWsPart : k1 == s.unit_tiles ? kWsWhole : kWsOwner};
     it += k1 - k0;
     return true;
   }
