@@ -19,6 +19,10 @@ def main() -> None:
     with open(a.csv_path, newline="") as f:
         lines = [ln for ln in f if ln.startswith('"')]  # ncu prefixes the table with its own log lines
     rows = list(csv.reader(lines))
+    # ncu 2025+ puts a "Kernel Name" row above the table's header.
+    while rows and rows[0] and rows[0][0] == "Kernel Name":
+        print(f"kernel: {rows[0][1] if len(rows[0]) > 1 else '?'}")
+        rows = rows[1:]
     if len(rows) < 2:
         sys.exit(f"{a.csv_path}: no CSV table found")
     head, body = rows[0], rows[1:]
