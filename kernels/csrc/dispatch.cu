@@ -91,7 +91,9 @@ int64_t partials_offset_bytes(const Plan& plan, int M, int K) {
 
 int64_t fused_workspace_bytes(const Plan& plan, int M, int N, int K, int sms) {
   const int64_t partials = plan.tile.splits > 1 ? static_cast<int64_t>(plan.tile.splits) * M * N * 4 : 0;
-  const int64_t stream_k = plan.tile.stream_k ? ws_stream_k_bytes(sms, 8 * plan.tile.mt) : 0;
+  // The slots hold BM x (columns per block) fp32: the wide v11.1 variant's blocks are twice as wide.
+  const int64_t stream_k =
+      plan.tile.stream_k ? ws_stream_k_bytes(sms, 8 * plan.tile.mt * (plan.tile.nt == 2 * kWgNT ? 2 : 1)) : 0;
   return partials_offset_bytes(plan, M, K) + partials + stream_k;
 }
 
@@ -354,18 +356,24 @@ void plan_wtile(Plan& plan, int sms, int M, int N, int K) {
 // kernel forced): geomean 0.95x the time at M = 64, 0.97x at 128, 0.84x at 256,
 // 0.90x at 512, 0.88x at 1024; down to 0.63x where a partial round idled most
 // SMs (Llama-2-70B qkv at 256), before the rule against > 3 pieces below.
-bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
+// wide (work in progress, testing.force(ws_wide=True)): up to 64 tokens, the
+// variant with 256-column blocks (nt = 16); its k-tile is costed at 1.4x the
+// narrow one's for twice the work (a guess until the GPU measures it).
+bool plan_wgws(Plan& plan, int sms, int M, int N, int K, bool wide) {
   TileConfig& t = plan.tile;
   const int chunk = ws_chunk_rows(M, K);
   if (chunk < std::min(M, 256)) return false;
   t.kind = KernelKind::kWgmmaWs;
-  t.nt = kWgNT;
+  const int ntw = wide && M <= 64 ? 2 : 1;
+  t.nt = kWgNT * ntw;
   t.kwarps = kWsThreads / 32;  // warps per block: 8 consumers + the producer warpgroup
-  const int nblocks = ceil_div(padded_n(N) / kTileN, kWgNT);
+  const int nblocks = ceil_div(padded_n(N) / kTileN, kWgNT * ntw);
   const int ktiles = padded_k(K) / kTileK;
   const int rows = std::min(M, chunk);
   const int64_t staged = wg_staged_x_bytes(rows, K);
-  auto unit_cycles = [&](int bm, int64_t tiles) { return tiles * (450 + 34 * bm / 10) + 8 * bm + 500; };
+  auto unit_cycles = [&](int bm, int64_t tiles) {
+    return tiles * (450 + 34 * bm / 10) * (ntw == 2 ? 14 : 10) / 10 + 8 * bm * ntw + 500;
+  };
   auto cost = [&](int bm, int splits) {
     const int64_t units = static_cast<int64_t>(nblocks) * ceil_div(rows, bm) * splits;
     const int64_t rounds = (units + sms - 1) / sms;
@@ -404,7 +412,7 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
         t.stream_k = false;
       }
       const int64_t sk = s == 1 ? cost_stream_k(bm) : -1;
-      if (sk >= 0 && sk < best && staged + ws_stream_k_bytes(sms, bm) <= kMaxWorkspaceBytes) {
+      if (sk >= 0 && sk < best && staged + ws_stream_k_bytes(sms, bm * ntw) <= kMaxWorkspaceBytes) {
         best = sk;
         t.mt = bm / 8;
         t.splits = 1;
@@ -475,7 +483,8 @@ void plan_xshared(TileConfig& t, int rows, RowBlocks row_blocks, int ntiles, int
   t.splits = std::min(t.splits, xs_max_splits());
 }
 
-Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes) {
+Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes,
+               bool ws_wide) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -488,7 +497,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   if (family == Family::kSm90) {
     if (path == PathRequest::kFused || (path == PathRequest::kAuto && wgmma_auto(M, N, K, sms))) {
       plan.family = Family::kSm90;
-      if (!plan_wgws(plan, sms, M, N, K)) {
+      if (!plan_wgws(plan, sms, M, N, K, ws_wide)) {
         // K too long to stage even 256 rows (K > 65536): the v9 kernel, which gathers x itself. BM =
         // 64, 128 or 256 tokens (256: one block per SM, twice the tokens per dequantized weight).
         const int mt = M <= 64 ? 8 : M <= 512 ? 16 : 32;

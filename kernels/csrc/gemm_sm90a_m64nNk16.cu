@@ -292,13 +292,14 @@ EncodeTiledFn tensor_map_encoder() {
   return fn;
 }
 
-cudaError_t weight_tensor_map(const GemmProblem& p, TensorMap128* map) {
+// box_rows: column tiles per box (kWgNT, or 2 kWgNT for the wide v11.1 variant).
+cudaError_t weight_tensor_map(const GemmProblem& p, TensorMap128* map, unsigned box_rows = kWgNT) {
   const EncodeTiledFn encode = tensor_map_encoder();
   if (encode == nullptr) return cudaErrorNotSupported;
   const unsigned long long ktiles = padded_k(p.K) / kTileK;
   const unsigned long long dims[2] = {ktiles * kWordsPerTile, static_cast<unsigned long long>(padded_n(p.N) / kTileN)};
   const unsigned long long row_bytes[1] = {ktiles * kWordsPerTile * 4};
-  const unsigned box[2] = {kWordsPerTile, kWgNT};
+  const unsigned box[2] = {kWordsPerTile, box_rows};
   const unsigned unit_strides[2] = {1, 1};
   const int rc = encode(map, /*UINT32*/ 2, 2, const_cast<void*>(p.qweight), dims, row_bytes, box, unit_strides,
                         /*interleave none*/ 0, /*swizzle none*/ 0, /*L2 256B*/ 3, /*OOB fill none*/ 0);
@@ -312,10 +313,10 @@ cudaError_t weight_tensor_map(const GemmProblem& p, TensorMap128* map) {
 // K then, so the partials' [splits][M][N] indexing stays whole-problem. Under
 // PDL each stage kernel waits for the GEMM before it (which still reads the
 // staged x it overwrites) and each GEMM for its stage kernel.
-template <typename T, int BM>
+template <typename T, int BM, int NTW = 1>
 cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   constexpr int kStages = ws_stages(BM);
-  constexpr int kSmem = kStages * ws_stage_bytes(BM) + 1024;  // + 1024: the base is aligned up to a swizzle atom
+  constexpr int kSmem = kStages * ws_stage_bytes(BM, NTW) + 1024;  // + 1024: the base is aligned up to a swizzle atom
   static_assert(kSmem <= 227 * 1024, "one block per SM must fit");
   const int chunk = ws_chunk_rows(p.M, p.K);
   if (chunk <= 0 || (chunk < p.M && cfg.splits != 1) || (cfg.stream_k && cfg.splits != 1)) {
@@ -335,7 +336,7 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
                 "the producer's and consumers' registers must fit one block's pool");
   static const cudaError_t pool = [] {
     cudaFuncAttributes attr{};
-    const cudaError_t e = cudaFuncGetAttributes(&attr, gemm_ws_kernel<T, BM, kStages>);
+    const cudaError_t e = cudaFuncGetAttributes(&attr, gemm_ws_kernel<T, BM, kStages, NTW>);
     if (e != cudaSuccess) return e;
     return attr.numRegs * kWsThreads >= 128 * kWsProducerRegs + 256 * kWsConsumerRegs
                ? cudaSuccess
@@ -348,15 +349,15 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   if (err != cudaSuccess) return err;
   const bool pdl = (cfg.pdl_flags & kPdlLaunched) != 0;
   TensorMap128 wmap{};
-  err = weight_tensor_map(p, &wmap);
+  err = weight_tensor_map(p, &wmap, kWgNT * NTW);
   if (err != cudaSuccess) return err;
   T* xs = reinterpret_cast<T*>(p.workspace);
-  const int nblocks = ceil_div(padded_n(p.N) / kTileN, kWgNT);
+  const int nblocks = ceil_div(padded_n(p.N) / kTileN, kWgNT * NTW);
   const int ktiles = padded_k(p.K) / kTileK;
   float* const after_x = p.workspace + wg_staged_x_bytes(chunk, p.K) / 4;
   // The stream-K flags and slots (at most one CTA per SM): refused, not overrun, if the caller's
   // workspace is short of them.
-  if (cfg.stream_k && wg_staged_x_bytes(chunk, p.K) + ws_stream_k_bytes(sms, BM) > p.workspace_bytes) {
+  if (cfg.stream_k && wg_staged_x_bytes(chunk, p.K) + ws_stream_k_bytes(sms, BM * NTW) > p.workspace_bytes) {
     return cudaErrorInvalidValue;
   }
   for (int m0 = 0; m0 < p.M; m0 += chunk) {
@@ -376,8 +377,8 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     g.x_row_stride = kTileK;  // not read: the kernel indexes the staged tiles itself
     g.out = reinterpret_cast<T*>(p.out) + static_cast<int64_t>(m0) * p.out_row_stride;
     g.workspace = after_x;
-    err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages>>(dim3(grid), kWsThreads, g, cfg, stream,
-                                                                   cfg.stream_k ? 1 : 0, wmap);
+    err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, NTW>>(dim3(grid), kWsThreads, g, cfg, stream,
+                                                                        cfg.stream_k ? 1 : 0, wmap);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
@@ -386,7 +387,12 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
 template <typename T>
 cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   if (cfg.kind == KernelKind::kWgmmaWs) {
-    if (cfg.nt != kWgNT || cfg.kwarps != kWsThreads / 32) return cudaErrorInvalidConfiguration;
+    if ((cfg.nt != kWgNT && cfg.nt != 2 * kWgNT) || cfg.kwarps != kWsThreads / 32) {
+      return cudaErrorInvalidConfiguration;
+    }
+    if (cfg.nt == 2 * kWgNT) {  // the wide variant (work in progress): BM = 64 only
+      return cfg.mt == 8 ? launch_ws<T, 64, 2>(p, cfg, stream) : cudaErrorInvalidConfiguration;
+    }
     switch (cfg.mt * 8) {
       case 64: return launch_ws<T, 64>(p, cfg, stream);
       case 128: return launch_ws<T, 128>(p, cfg, stream);

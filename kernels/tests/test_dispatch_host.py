@@ -132,7 +132,7 @@ def test_stream_k_only_on_v11_1_with_one_split(plans):
     sk = [p for p in plans if p["flags"] & 4]
     assert sk, "no plan takes the stream-K tail"
     for p in sk:
-        assert p["problem"] == "P" and p["family"] == 90 and p["kind"] == 4 and p["splits"] == 1, p
+        assert p["problem"] in ("P", "X") and p["family"] == 90 and p["kind"] == 4 and p["splits"] == 1, p
     fused_h200 = {
         (p["K"], p["N"], p["M"]): p for p in plans if p["problem"] == "P" and p["cap"] == p["fam"] == 90 and p["a"] == 1
     }
@@ -150,3 +150,19 @@ def test_grouped_k_split_tile_covers_the_busier_experts(plans):
     qwen3 = [p for p in plans if p["problem"] == "G" and p["cap"] == 90 and p["fam"] == 90
              and (p["a"], p["K"], p["N"], p["M"]) == (128, 2048, 1536, 1024)]  # fmt: skip
     assert [(p["kind"], p["mt"]) for p in qwen3] == [(0, 2)], qwen3
+
+
+def test_wide_ws_variant_only_up_to_64_tokens(plans):
+    """The wide v11.1 variant (work in progress, X rows): 256-column blocks (nt 16) only for v11.1 plans
+    of <= 64 tokens with BM = 64; everything else is planned as without the switch, and each wide plan's
+    stream-K slots are sized for its width (workspace at least the narrow plan's)."""
+    base = {(p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in plans if p["problem"] == "P"}
+    wide = 0
+    for x in (p for p in plans if p["problem"] == "X"):
+        b = base[(x["cap"], x["fam"], x["a"], x["K"], x["N"], x["M"])]
+        if x["kind"] == 4 and x["M"] <= 64:
+            assert x["nt"] == 16 and x["mt"] == 8, x
+            wide += 1
+        else:
+            assert x["code"] == b["code"] and x["ws"] == b["ws"], (x, b)
+    assert wide > 0, "no plan took the wide variant"

@@ -286,6 +286,79 @@ def test_racecheck_subset_stream_k():
         assert err < 5e-3, (k, n, m, err)
 
 
+WIDE = pytest.mark.wip("ws_wide")  # v11.1 with 256-column blocks up to 64 tokens (testing.force(ws_wide=True))
+# (K, N, M, group): the stream-K tail over 112 wide units (Llama-3-8B gate_up at M = 64), a block whose
+# second half is partly past N (4128 x 232: 15 column tiles) with K splits, a last block whose second
+# half is wholly past N (1376: 86 tiles) at M = 1, deep K split 8 ways, rows past M (M = 17).
+WIDE_CASES = (
+    (4096, 28672, 64, 128),
+    (4128, 232, 33, 32),
+    (2752, 1376, 1, 64),
+    (14336, 4096, 64, 64),
+    (2048, 8192, 17, 128),
+)
+
+
+def _wide_cases(dtype, cases=WIDE_CASES, bias=False):
+    skip_unless_family("sm90")
+    worst = 0.0
+    with awqgemm.testing.force(family="sm90", path="fused", ws_wide=True):
+        for k, n, m, group in cases:
+            info = awqgemm.plan_info(m, n, k, dtype, torch.device("cuda"))
+            assert info["kernel"] == "wgmma_ws" and info["wide"], (k, n, m, info)
+            qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+            b = torch.randn(n, dtype=dtype, device="cuda") if bias else None
+            x = torch.randn(m, k, dtype=dtype, device="cuda")
+            worst = max(worst, check(x, qweight, qzeros, scales, group, b, label=f"wide {k}x{n} M={m} {info}"))
+    return worst
+
+
+@WIDE
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_ws_wide(dtype):
+    """The wide variant against float64 on every case, with a bias, twice in a row (its stream-K flags
+    cleared by each call's staging kernel), and in a CUDA graph as well as eagerly."""
+    for _ in range(2):
+        worst = _wide_cases(dtype, bias=True)
+    print(f"wide {dtype}: worst rel err {worst:.2e}")
+    k, n, m = WIDE_CASES[0][:3]
+    qweight, qzeros, scales = random_awq(k, n, 128, dtype, "cuda")
+    packed = awqgemm.pack_awq(qweight, qzeros, scales, 128)
+    x = torch.randn(m, k, dtype=dtype, device="cuda")
+    with awqgemm.testing.force(family="sm90", path="fused", ws_wide=True):
+        eager = awqgemm.gemm(x, packed)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            replayed = awqgemm.gemm(x, packed)
+        graph.replay()
+        torch.cuda.synchronize()
+    assert torch.equal(replayed, eager)
+
+
+@WIDE
+def test_sanitizer_subset_wide():
+    """The wide variant for compute-sanitizer memcheck: the stream-K case, the partial second half, M = 1."""
+    _wide_cases(torch.float16, WIDE_CASES[:3])
+    _wide_cases(torch.bfloat16, WIDE_CASES[4:])
+
+
+@WIDE
+def test_racecheck_subset_wide():
+    """The wide variant's ring and epilogue for compute-sanitizer racecheck, references on the CPU (see
+    test_racecheck_subset)."""
+    skip_unless_family("sm90")
+    for k, n, m, group in WIDE_CASES[1:3]:
+        qweight, qzeros, scales = random_awq(k, n, group, torch.float16, "cpu")
+        w = awqgemm.dequantize_awq(qweight, qzeros, scales, group).double()
+        with awqgemm.testing.force(family="sm90", path="fused", ws_wide=True):
+            assert awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))["wide"], (k, n, m)
+            packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), group)
+            x = torch.randn(m, k, dtype=torch.float16)
+            out = awqgemm.gemm(x.cuda(), packed).cpu()
+        err = rel_err(out, x.double() @ w)
+        assert err < 5e-3, (k, n, m, err)
+
+
 # The kernels a family's auto path reaches only at some M, forced at every M of the test.
 _FORCED_PATHS = ("sm80-wtile", "sm90-fused")
 

@@ -52,7 +52,7 @@ def staged_x(x: torch.Tensor, ktiles: int) -> torch.Tensor:
     return out
 
 
-def producer_stage(qbytes, szbytes, xs, m_rows, ntiles, ktiles, gshift, bm, mb, nb, kt):
+def producer_stage(qbytes, szbytes, xs, m_rows, ntiles, ktiles, gshift, bm, mb, nb, kt, ntw=1):
     """One stage as the producer thread fills it (v11.1): the weight box of the tensor map over the
     packed weight seen as [ntiles rows][ktiles * 128 uint32] at (column kt * 128, row 8 nb), 8 rows x
     512 bytes, i.e. row j from byte ((8 nb + j) * ktiles + kt) * 512, rows past the last tile (j >=
@@ -60,40 +60,42 @@ def producer_stage(qbytes, szbytes, xs, m_rows, ntiles, ktiles, gshift, bm, mb, 
     are 32): nvalid * 64 bytes of row ((kt * 64 + 32 r) >> gshift) from byte (grp * ntiles + 8 nb) * 64;
     rows * 128 bytes of x from element (kt * M + mb * BM) * 64. What is not copied keeps stale contents
     (NaN / 0xEE here). Returns the stage and the bytes the copies complete, which the kernel's
-    expect_tx must announce."""
-    nvalid = min(8, ntiles - 8 * nb)
+    expect_tx must announce. ntw = 2 (the wide variant): 16-row box and 1024-byte (scale, zero) rows."""
+    nbt = 8 * ntw  # column tiles per block (kNB)
+    nvalid = min(nbt, ntiles - nbt * nb)
     rows = min(bm, m_rows - mb * bm)
-    w = torch.zeros((8 * 512,), dtype=torch.uint8)  # the box: out-of-bounds rows read as zeros
-    for j in range(8):
-        if 8 * nb + j < ntiles:
-            src = ((8 * nb + j) * ktiles + kt) * 512
+    w = torch.zeros((nbt * 512,), dtype=torch.uint8)  # the box: out-of-bounds rows read as zeros
+    for j in range(nbt):
+        if nbt * nb + j < ntiles:
+            src = ((nbt * nb + j) * ktiles + kt) * 512
             w[512 * j : 512 * j + 512] = qbytes[src : src + 512]
-    sz = torch.full((2 * 512,), 0xEE, dtype=torch.uint8)
+    sz = torch.full((2 * nbt * 64,), 0xEE, dtype=torch.uint8)
     for r in (0, 1) if gshift == 5 else (0,):
         grp = (kt * TILE_K + 32 * r) >> gshift
-        src = (grp * ntiles + 8 * nb) * 64
-        sz[512 * r : 512 * r + nvalid * 64] = szbytes[src : src + nvalid * 64]
+        src = (grp * ntiles + nbt * nb) * 64
+        sz[nbt * 64 * r : nbt * 64 * r + nvalid * 64] = szbytes[src : src + nvalid * 64]
     xt = torch.full((bm * 64,), float("nan"), dtype=torch.float64)
     src = (kt * m_rows + mb * bm) * 64
     xt[: rows * 64] = xs[src : src + rows * 64]
-    copied = rows * 128 + 8 * 512 + (2 if gshift == 5 else 1) * nvalid * 64
+    copied = rows * 128 + nbt * 512 + (2 if gshift == 5 else 1) * nvalid * 64
     return w, sz, xt, copied
 
 
-def consumer_a(w, sz, gshift, dtype):
+def consumer_a(w, sz, gshift, dtype, ntw=1):
     """The A operand of the stage, [128 rows][4 steps][16 logical k], as the consumers build it:
     warp j reads its word at j * 512 + lane * 16 of the weight region and its
     (scale, zero) pair at ((q >> 1) * 512 if groups are 32) + j * 64 + g * 8 of the scale
     region; dequant_word<T, true>: register i of word s takes nibbles i (low half) and i + 4
-    (high half), row half i & 1, logical k 2 q + 8 (i >> 1) + {0, 1}."""
+    (high half), row half i & 1, logical k 2 q + 8 (i >> 1) + {0, 1}. ntw = 2: warp w also owns
+    tile w + 8, its word and pair 8 x 512 and 8 x 64 bytes further, the scale rows ntw x 512 long."""
     magic = _layout.MAGIC[dtype]
     words = w.view(torch.int32)  # little-endian, as the GPU reads them
     pairs = sz.view(dtype).to(torch.float64)
-    a = torch.zeros(128, 4, 16, dtype=torch.float64)
-    for j in range(8):
+    a = torch.zeros(128 * ntw, 4, 16, dtype=torch.float64)
+    for j in range(8 * ntw):  # tile j: warp j % 8, its tile set j // 8
         for lane in range(32):
             g, q = lane >> 2, lane & 3
-            sz_off = ((q >> 1) * 512 if gshift == 5 else 0) + j * 64 + g * 8
+            sz_off = ((q >> 1) * 512 * ntw if gshift == 5 else 0) + j * 64 + g * 8
             e = sz_off // 2
             scale = (pairs[e].item(), pairs[e + 2].item())
             zero = (pairs[e + 1].item() - magic, pairs[e + 3].item() - magic)
@@ -117,7 +119,7 @@ def consumer_b(xt, bm):
     return b
 
 
-def run_model(x, q, z, scales, group, bm, splits):
+def run_model(x, q, z, scales, group, bm, splits, ntw=1):
     dtype = scales.dtype
     m_rows, k_dim = x.shape
     n_dim = q.shape[1]
@@ -127,7 +129,8 @@ def run_model(x, q, z, scales, group, bm, splits):
     szbytes = scale_zero.contiguous().view(torch.uint8).flatten()
     ktiles = (k_dim + TILE_K - 1) // TILE_K
     ntiles = (n_dim + 15) // 16
-    nblocks = (ntiles + 7) // 8
+    nbt = 8 * ntw
+    nblocks = (ntiles + nbt - 1) // nbt
     mblocks = (m_rows + bm - 1) // bm
     gshift = group.bit_length() - 1
     xs = staged_x(x.to(torch.float64), ktiles)
@@ -137,17 +140,17 @@ def run_model(x, q, z, scales, group, bm, splits):
         rest = u // mblocks
         mb, nb, split = u - rest * mblocks, rest % nblocks, rest // nblocks
         kt0 = split * per_split
-        acc = torch.zeros(128, bm, dtype=torch.float64)
+        acc = torch.zeros(16 * nbt, bm, dtype=torch.float64)
         for kt in range(kt0, min(ktiles, kt0 + per_split)):
-            w, sz, xt, copied = producer_stage(qbytes, szbytes, xs, m_rows, ntiles, ktiles, gshift, bm, mb, nb, kt)
-            # gemm_ws_kernel's expect_tx: rows * 128 + 8 * 512 (the whole weight box) + sz_rows * nvalid * 64.
-            nvalid, rows = min(8, ntiles - 8 * nb), min(bm, m_rows - mb * bm)
-            assert copied == rows * 128 + 8 * 512 + (2 if gshift == 5 else 1) * nvalid * 64
-            a = consumer_a(w, sz, gshift, dtype)
+            w, sz, xt, copied = producer_stage(qbytes, szbytes, xs, m_rows, ntiles, ktiles, gshift, bm, mb, nb, kt, ntw)
+            # gemm_ws_kernel's expect_tx: rows * 128 + kNB * 512 (the whole weight box) + sz_rows * nvalid * 64.
+            nvalid, rows = min(nbt, ntiles - nbt * nb), min(bm, m_rows - mb * bm)
+            assert copied == rows * 128 + nbt * 512 + (2 if gshift == 5 else 1) * nvalid * 64
+            a = consumer_a(w, sz, gshift, dtype, ntw)
             b = consumer_b(xt, bm)
             acc += torch.einsum("nsj,sjm->nm", a, b)
-        for n_local in range(128):
-            n = nb * 128 + n_local
+        for n_local in range(16 * nbt):
+            n = nb * 16 * nbt + n_local
             for m_local in range(bm):
                 m = mb * bm + m_local
                 if m < m_rows and n < n_dim:
@@ -155,11 +158,13 @@ def run_model(x, q, z, scales, group, bm, splits):
     return partials.sum(0)
 
 
-@pytest.mark.parametrize("group,splits", [(32, 2), (64, 1), (128, 3)])
-def test_model_matches_x_at_w(group, splits):
+@pytest.mark.parametrize("group,splits,ntw", [(32, 2, 1), (64, 1, 1), (128, 3, 1), (32, 1, 2), (128, 2, 2)])
+def test_model_matches_x_at_w(group, splits, ntw):
+    """ntw = 2: the wide variant (work in progress, ws_wide), 256-column blocks."""
     torch.manual_seed(group)
     k_dim = 3 * 64 - 32 if group == 32 else 3 * 128  # a K tail where the group allows one
-    n_dim = 8 * 16 + 40  # two 128-column blocks, the second partial (and a partial 16-column tile)
+    # two blocks, the second partial (and a partial 16-column tile); wide: its second half partial too
+    n_dim = 8 * 16 + 40 if ntw == 1 else 16 * 16 + 11 * 16 + 8
     m_rows, bm = 20, 16  # the model takes any BM divisible by 8: two m-blocks, the last partial
     dtype = torch.float16
     groups = k_dim // group
@@ -167,7 +172,7 @@ def test_model_matches_x_at_w(group, splits):
     z = torch.randint(0, 16, (groups, n_dim), dtype=torch.uint8)
     scales = ((torch.rand(groups, n_dim) + 0.5) / 16).to(dtype)
     x = torch.randn(m_rows, k_dim).to(dtype)
-    out = run_model(x, q, z, scales, group, bm, splits)
+    out = run_model(x, q, z, scales, group, bm, splits, ntw)
     wq = (q.double() - z.double().repeat_interleave(group, 0)).to(dtype) * scales.repeat_interleave(group, 0)
     ref = x.double() @ wq.double()
     assert torch.isfinite(out).all(), "an output reads a hole (unstaged x, uncopied weight or scale)"

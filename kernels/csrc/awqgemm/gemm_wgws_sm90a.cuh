@@ -219,16 +219,25 @@ __device__ __forceinline__ WsUnit ws_unit(int u, int mblocks, int nblocks) {
 // split-K workspace ([splits][M][N] fp32) as in the other kernels.
 // With stream_k (splits == 1) the workspace holds the tail's flags and slots
 // (ws_stream_k_bytes(gridDim.x, BM)).
-template <typename T, int BM, int STAGES>
+// NTW: weight tiles per consumer warp. 1: a block covers 8 column tiles (128
+// columns); 2 (work in progress, BM = 64 only: testing.force(ws_wide=True)):
+// 16 tiles, 256 columns, warp w owning tiles w and w + 8 -- twice the MMA work
+// per stage wait and half the x bytes per weight byte, for decode batches whose
+// k-tiles ncu found waiting on the stage (v11.1 at M = 64: 646 cycles per
+// k-tile against 212 of tensor time).
+template <typename T, int BM, int STAGES, int NTW = 1>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
                                                                const int pdl_flags, const int stream_k,
                                                                const __grid_constant__ TensorMap128 wmap) {
 #if defined(AWQGEMM_NO_WGMMA)
   __trap();
 #else
-  constexpr int kStage = ws_stage_bytes(BM);
-  constexpr int kWOff = BM * 128;         // 8 weight tiles of 512 bytes after the x tile
-  constexpr int kSzOff = kWOff + 8 * 512;  // (scale, zero) rows: [0] for k 0..31 of the tile, [1] for 32..63
+  static_assert(NTW == 1 || (NTW == 2 && BM == 64), "the wide variant exists for BM = 64 only");
+  constexpr int kNB = kWgNT * NTW;           // column tiles per block
+  constexpr int kStage = ws_stage_bytes(BM, NTW);
+  constexpr int kWOff = BM * 128;            // kNB weight tiles of 512 bytes after the x tile
+  constexpr int kSzOff = kWOff + kNB * 512;  // (scale, zero) rows: [0] for k 0..31 of the tile, [1] for 32..63
+  constexpr int kSzRow = kNB * 64;           // bytes of one (scale, zero) row of the block
   static_assert(kStage % 1024 == 0, "every stage's x tile starts on a swizzle atom");
   __shared__ uint64_t bars[2 * STAGES];  // full[0..STAGES), empty[0..STAGES)
   extern __shared__ uint4 smem_raw[];
@@ -255,7 +264,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
 
   const int ktiles = padded_k(p.K) / kTileK;
   const int ntiles = padded_n(p.N) / kTileN;
-  const int nblocks = ceil_div(ntiles, kWgNT);
+  const int nblocks = ceil_div(ntiles, kNB);
   const int mblocks = ceil_div(p.M, BM);
   const int per_split = ceil_div(ktiles, splits);
   const int units = nblocks * mblocks * splits;
@@ -284,10 +293,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       const int n_k = max(0, min(ktiles, kt0 + pc.n_k) - kt0);
       // Scale rows past N (a TP shard's last n-block) and x rows past M are
       // not copied: they feed only outputs that are never stored. The weight
-      // box is always whole (8 x 512 bytes; rows past the last tile are zeros).
-      const int nvalid = min(kWgNT, ntiles - kWgNT * w.nb);
+      // box is always whole (kNB x 512 bytes; rows past the last tile are zeros).
+      const int nvalid = min(kNB, ntiles - kNB * w.nb);
       const int rows = min(BM, p.M - w.mb * BM);
-      const uint32_t bytes = static_cast<uint32_t>(rows * 128 + kWgNT * 512 + sz_rows * nvalid * 64);
+      const uint32_t bytes = static_cast<uint32_t>(rows * 128 + kNB * 512 + sz_rows * nvalid * 64);
       const unsigned char* const xunit = xsrc + (static_cast<int64_t>(kt0) * p.M + w.mb * BM) * 128;
       const int64_t x_step = static_cast<int64_t>(p.M) * 128;  // bytes per k-tile
 #pragma unroll 1
@@ -296,13 +305,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
         const uint32_t full = full0 + 8 * slot;
         const uint32_t st = base + slot * kStage;
         mbar_arrive_expect_tx(full, bytes);
-        // Box (128 words = one tile's 512 bytes of k-tile kt0 + i, 8 column tiles from 8 nb).
-        tma_g2s_2d(st + kWOff, &wmap, (kt0 + i) * kWordsPerTile, kWgNT * w.nb, full);
+        // Box (128 words = one tile's 512 bytes of k-tile kt0 + i, kNB column tiles from kNB nb).
+        tma_g2s_2d(st + kWOff, &wmap, (kt0 + i) * kWordsPerTile, kNB * w.nb, full);
         bulk_g2s(st, xunit + i * x_step, rows * 128, full);
 #pragma unroll 1
         for (int r = 0; r < sz_rows; ++r) {
           const int grp = ((kt0 + i) * kTileK + 32 * r) >> gshift;
-          bulk_g2s(st + kSzOff + 512 * r, szsrc + (static_cast<int64_t>(grp) * ntiles + kWgNT * w.nb) * 64,
+          bulk_g2s(st + kSzOff + kSzRow * r, szsrc + (static_cast<int64_t>(grp) * ntiles + kNB * w.nb) * 64,
                    nvalid * 64, full);
         }
         const uint32_t wrap = slot + 1 == STAGES;
@@ -314,14 +323,22 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   }
 
   setmaxnreg_inc<kWsConsumerRegs>();
-  // ---- consumers: warp w (0..7) owns weight tile w of each unit, i.e. rows
-  // 16 (w & 3) .. + 15 of its warpgroup's 64-row A.
+  // ---- consumers: warp w (0..7) owns weight tile w (and w + 8 when NTW = 2) of
+  // each unit, i.e. rows 16 (w & 3) .. + 15 of its warpgroup's 64-row A (of each A).
   const int g = lane >> 2;
   const int q = lane & 3;
-  const uint32_t w_off = kWOff + warp * 512 + lane * 16;
-  const uint32_t sz_off = kSzOff + (sz_rows == 2 ? (q >> 1) * 512 : 0) + warp * 64 + g * 8;
-  uint32_t a[2][4][4];
-  zero_a_sets(a);
+  const uint32_t w_off = kWOff + warp * 512 + lane * 16;  // tile j: + 8 j * 512
+  const uint32_t sz_off = kSzOff + (sz_rows == 2 ? (q >> 1) * kSzRow : 0) + warp * 64 + g * 8;  // + 8 j * 64
+  uint32_t a[2][NTW][4][4];
+#pragma unroll
+  for (int j = 0; j < NTW; ++j) {
+#pragma unroll
+    for (int t = 0; t < 2; ++t)
+#pragma unroll
+      for (int s4 = 0; s4 < 4; ++s4)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a[t][j][s4][e] = 0u;  // keep_live reads the unused set before its first tile
+  }
   int slot = 0;
   uint32_t phase = 0;
   // B descriptors: the start-address field is (address >> 4) in bits 0-13 and
@@ -333,7 +350,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   const uint32_t desc_lo = static_cast<uint32_t>(desc_base);
   const uint32_t desc_hi = static_cast<uint32_t>(desc_base >> 32);
 
-  // Stream-K tail: flags, then per CTA a slot of BM / 2 partials per consumer thread, [i][thread].
+  // Stream-K tail: flags, then per CTA a slot of NTW x BM / 2 partials per consumer thread, [j][i][thread].
   int* const flags = reinterpret_cast<int*>(p.workspace);
   float* const slots = p.workspace + ws_flag_bytes(gridDim.x) / 4;
   // One piece: its k-loop, then (stream-K tail) parking or collecting partials, then the epilogue.
@@ -343,32 +360,39 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     const WsUnit w = ws_unit(pc.unit, mblocks, nblocks);
     const int kt0 = w.split * per_split + pc.kt0;
     const int n_k = max(0, min(ktiles, kt0 + pc.n_k) - kt0);
-    float acc[BM / 2];
+    float acc[NTW][BM / 2];
 #pragma unroll
-    for (int i = 0; i < BM / 2; ++i) acc[i] = 0.f;
+    for (int j = 0; j < NTW; ++j)
+#pragma unroll
+      for (int i = 0; i < BM / 2; ++i) acc[j][i] = 0.f;
     uint32_t prev_empty = empty0;
     uint32_t have_prev = 0;
     // Tile i is dequantized into one register set while tile i - 1's wgmmas
     // run from the other; wait_group 1 after tile i's commit retires tile
     // i - 1, whose slot is then handed back and whose registers tile i + 1 reuses.
-    auto step = [&](uint32_t (&at)[4][4], uint32_t (&prev)[4][4]) {
+    auto step = [&](uint32_t (&at)[NTW][4][4], uint32_t (&prev)[NTW][4][4]) {
       mbar_wait(full0 + 8 * slot, phase);
       const unsigned char* const gst = sbase + slot * kStage;
-      const uint4 wv = *reinterpret_cast<const uint4*>(gst + w_off);
-      const uint2 sz = *reinterpret_cast<const uint2*>(gst + sz_off);
-      uint32_t scale2[2], zero2[2];
-      split_scale_zero(sz.x, scale2[0], zero2[0]);
-      split_scale_zero(sz.y, scale2[1], zero2[1]);
-      dequant_word<T, true>(wv.x, zero2, scale2, at[0]);
-      dequant_word<T, true>(wv.y, zero2, scale2, at[1]);
-      dequant_word<T, true>(wv.z, zero2, scale2, at[2]);
-      dequant_word<T, true>(wv.w, zero2, scale2, at[3]);
+#pragma unroll
+      for (int j = 0; j < NTW; ++j) {
+        const uint4 wv = *reinterpret_cast<const uint4*>(gst + w_off + 8 * 512 * j);
+        const uint2 sz = *reinterpret_cast<const uint2*>(gst + sz_off + 8 * 64 * j);
+        uint32_t scale2[2], zero2[2];
+        split_scale_zero(sz.x, scale2[0], zero2[0]);
+        split_scale_zero(sz.y, scale2[1], zero2[1]);
+        dequant_word<T, true>(wv.x, zero2, scale2, at[j][0]);
+        dequant_word<T, true>(wv.y, zero2, scale2, at[j][1]);
+        dequant_word<T, true>(wv.z, zero2, scale2, at[j][2]);
+        dequant_word<T, true>(wv.w, zero2, scale2, at[j][3]);
+      }
       const uint32_t lo = desc_lo + static_cast<uint32_t>(slot * (kStage >> 4));
       wgmma_fence();
 #pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        WgmmaRA<BM, T>::run(acc, at[s], (static_cast<uint64_t>(desc_hi) << 32) | (lo + 2 * s));
-      }
+      for (int j = 0; j < NTW; ++j)
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+          WgmmaRA<BM, T>::run(acc[j], at[j][s], (static_cast<uint64_t>(desc_hi) << 32) | (lo + 2 * s));
+        }
       wgmma_commit();
       wgmma_wait<1>();
       // Every consumer thread releases the slot it read. One arrival per
@@ -378,7 +402,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       // producer's next bulk copy and reported every other lane's (H200 run).
       mbar_arrive_if(prev_empty, have_prev);
 #pragma unroll
-      for (int s = 0; s < 4; ++s) keep_live(prev[s]);
+      for (int j = 0; j < NTW; ++j)
+#pragma unroll
+        for (int s = 0; s < 4; ++s) keep_live(prev[j][s]);
       prev_empty = empty0 + 8 * slot;
       have_prev = 1;
       const uint32_t wrap = slot + 1 == STAGES;
@@ -392,18 +418,20 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     }
     if (i < n_k) step(a[0], a[1]);
     wgmma_wait<0>();
-    keep_live(acc);
+#pragma unroll
+    for (int j = 0; j < NTW; ++j) keep_live(acc[j]);
     mbar_arrive_if(prev_empty, have_prev);
 
     if constexpr (kRole == kWsPart) {
       // This CTA's first tail piece, the middle or end of a unit another CTA owns.
-      float* const slot = slots + static_cast<int64_t>(blockIdx.x) * (BM / 2) * 256 + tid;
+      float* const slot = slots + static_cast<int64_t>(blockIdx.x) * NTW * (BM / 2) * 256 + tid;
 #pragma unroll
-      for (int i = 0; i < BM / 2; ++i) __stcg(slot + i * 256, acc[i]);
+      for (int j = 0; j < NTW; ++j)
+#pragma unroll
+        for (int i = 0; i < BM / 2; ++i) __stcg(slot + (j * (BM / 2) + i) * 256, acc[j][i]);
       __threadfence();
       consumers_sync();
       if (tid == 0) flag_raise(flags + blockIdx.x);
-      return;
     }
     if constexpr (kRole == kWsOwner) {
       // The unit's other pieces: the first piece of each tail CTA after this one up to the one
@@ -414,40 +442,48 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       for (int c = blockIdx.x + 1; c <= last; ++c) {
         if (tid == 0) flag_wait(flags + c);
         consumers_sync();
-        const float* const slot = slots + static_cast<int64_t>(c) * (BM / 2) * 256 + tid;
+        const float* const slot = slots + static_cast<int64_t>(c) * NTW * (BM / 2) * 256 + tid;
 #pragma unroll
-        for (int i = 0; i < BM / 2; ++i) acc[i] += __ldcg(slot + i * 256);
+        for (int j = 0; j < NTW; ++j)
+#pragma unroll
+          for (int i = 0; i < BM / 2; ++i) acc[j][i] += __ldcg(slot + (j * (BM / 2) + i) * 256);
       }
     }
 
-    // D fragment: acc[4 c + 2 h + t] = (n row g + 8 h of this warp's tile, token 8 c + 2 q + t).
-    const int n0 = (kWgNT * w.nb + warp) * kTileN + g;
-    // The thread's two bias values, loaded once: out may alias bias as far as
-    // the compiler knows, so it would reload them after every store.
-    float bias[2] = {0.f, 0.f};
-    if (splits == 1 && p.bias != nullptr) {
+    if constexpr (kRole != kWsPart) {  // a parked piece has no epilogue: its owner stores
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        if (n0 + 8 * h < p.N) bias[h] = to_float(reinterpret_cast<const T*>(p.bias)[n0 + 8 * h]);
-      }
-    }
+      for (int j = 0; j < NTW; ++j) {
+        // D fragment: acc[j][4 c + 2 h + t] = (n row g + 8 h of this warp's tile j, token 8 c + 2 q + t).
+        const int n0 = (kNB * w.nb + warp + 8 * j) * kTileN + g;
+        // The thread's two bias values, loaded once: out may alias bias as far as
+        // the compiler knows, so it would reload them after every store.
+        float bias[2] = {0.f, 0.f};
+        if (splits == 1 && p.bias != nullptr) {
 #pragma unroll
-    for (int c = 0; c < BM / 8; ++c)
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int t = 0; t < 2; ++t) {
-          const int m = w.mb * BM + 8 * c + 2 * q + t;
-          const int n = n0 + 8 * h;
-          if (m < p.M && n < p.N) {
-            const float v = acc[4 * c + 2 * h + t];
-            if (splits == 1) {
-              reinterpret_cast<T*>(p.out)[static_cast<size_t>(m) * p.out_row_stride + n] = from_float<T>(v + bias[h]);
-            } else {
-              p.workspace[(static_cast<size_t>(w.split) * p.M + m) * p.N + n] = v;
-            }
+          for (int h = 0; h < 2; ++h) {
+            if (n0 + 8 * h < p.N) bias[h] = to_float(reinterpret_cast<const T*>(p.bias)[n0 + 8 * h]);
           }
         }
+#pragma unroll
+        for (int c = 0; c < BM / 8; ++c)
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int t = 0; t < 2; ++t) {
+              const int m = w.mb * BM + 8 * c + 2 * q + t;
+              const int n = n0 + 8 * h;
+              if (m < p.M && n < p.N) {
+                const float v = acc[j][4 * c + 2 * h + t];
+                if (splits == 1) {
+                  reinterpret_cast<T*>(p.out)[static_cast<size_t>(m) * p.out_row_stride + n] =
+                      from_float<T>(v + bias[h]);
+                } else {
+                  p.workspace[(static_cast<size_t>(w.split) * p.M + m) * p.N + n] = v;
+                }
+              }
+            }
+      }
+    }
   };
   // Whole units round-robin, then this CTA's tail: a parked piece first, whole units, an owner piece
   // last (WsCursor's order). No loop holds the park/collect code: with it inside the loop around the

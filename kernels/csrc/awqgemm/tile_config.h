@@ -71,7 +71,8 @@ constexpr int kWsConsumerWarps = 8;
 constexpr int kWsThreads = 32 * (kWsConsumerWarps + 4);
 constexpr int kWsProducerRegs = 40;
 constexpr int kWsConsumerRegs = 232;
-AWQGEMM_HD constexpr int ws_stage_bytes(int bm) { return bm * 128 + 8 * 512 + 2 * 512; }
+// ntw: weight tiles per consumer warp (1, or 2 for the wide BM = 64 variant, work in progress).
+AWQGEMM_HD constexpr int ws_stage_bytes(int bm, int ntw = 1) { return bm * 128 + ntw * (8 * 512 + 2 * 512); }
 AWQGEMM_HD constexpr int ws_stages(int bm) { return bm >= 256 ? 5 : bm >= 128 ? 8 : 12; }
 // x is staged tile-major ([k-tile][M][64], rows pre-swizzled) in the workspace,
 // at most kWgMaxStagedXBytes of it: larger problems run as chunks of this many
