@@ -210,18 +210,39 @@ STREAM_K_CASES = (
 )
 
 
-def _stream_k_cases(dtype, cases=STREAM_K_CASES, bias=False):
+def _ws_cases(dtype, cases, plan_flag, bias=False, **switches):
+    """(K, N, M, group) cases on the sm90 v11.1 kernel, forced, whose plans must have `plan_flag`
+    (stream_k, wide), against float64; returns the worst relative error."""
     skip_unless_family("sm90")
     worst = 0.0
-    with awqgemm.testing.force(family="sm90", path="fused"):
+    with awqgemm.testing.force(family="sm90", path="fused", **switches):
         for k, n, m, group in cases:
             info = awqgemm.plan_info(m, n, k, dtype, torch.device("cuda"))
-            assert info["kernel"] == "wgmma_ws" and info["stream_k"], (k, n, m, info)
+            assert info["kernel"] == "wgmma_ws" and info[plan_flag], (k, n, m, info)
             qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
             b = torch.randn(n, dtype=dtype, device="cuda") if bias else None
             x = torch.randn(m, k, dtype=dtype, device="cuda")
-            worst = max(worst, check(x, qweight, qzeros, scales, group, b, label=f"stream-K {k}x{n} M={m} {info}"))
+            worst = max(worst, check(x, qweight, qzeros, scales, group, b, label=f"{plan_flag} {k}x{n} M={m} {info}"))
     return worst
+
+
+def _ws_racecheck_cases(cases, plan_flag, **switches):
+    """The racecheck variant of _ws_cases: fp16, references on the CPU (see test_racecheck_subset)."""
+    skip_unless_family("sm90")
+    for k, n, m, group in cases:
+        qweight, qzeros, scales = random_awq(k, n, group, torch.float16, "cpu")
+        w = awqgemm.dequantize_awq(qweight, qzeros, scales, group).double()
+        with awqgemm.testing.force(family="sm90", path="fused", **switches):
+            assert awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))[plan_flag], (k, n, m)
+            packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), group)
+            x = torch.randn(m, k, dtype=torch.float16)
+            out = awqgemm.gemm(x.cuda(), packed).cpu()
+        err = rel_err(out, x.double() @ w)
+        assert err < 5e-3, (k, n, m, err)
+
+
+def _stream_k_cases(dtype, cases=STREAM_K_CASES, bias=False):
+    return _ws_cases(dtype, cases, "stream_k", bias)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -273,17 +294,7 @@ def test_sanitizer_subset_stream_k():
 def test_racecheck_subset_stream_k():
     """The stream-K tail's ring and epilogue for compute-sanitizer racecheck, references on the CPU (see
     test_racecheck_subset)."""
-    skip_unless_family("sm90")
-    for k, n, m, group in STREAM_K_CASES[:1] + STREAM_K_CASES[3:4]:
-        qweight, qzeros, scales = random_awq(k, n, group, torch.float16, "cpu")
-        w = awqgemm.dequantize_awq(qweight, qzeros, scales, group).double()
-        with awqgemm.testing.force(family="sm90", path="fused"):
-            assert awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))["stream_k"], (k, n, m)
-            packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), group)
-            x = torch.randn(m, k, dtype=torch.float16)
-            out = awqgemm.gemm(x.cuda(), packed).cpu()
-        err = rel_err(out, x.double() @ w)
-        assert err < 5e-3, (k, n, m, err)
+    _ws_racecheck_cases(STREAM_K_CASES[:1] + STREAM_K_CASES[3:4], "stream_k")
 
 
 WIDE = pytest.mark.wip("ws_wide")  # v11.1 with 256-column blocks up to 64 tokens (testing.force(ws_wide=True))
@@ -300,17 +311,7 @@ WIDE_CASES = (
 
 
 def _wide_cases(dtype, cases=WIDE_CASES, bias=False):
-    skip_unless_family("sm90")
-    worst = 0.0
-    with awqgemm.testing.force(family="sm90", path="fused", ws_wide=True):
-        for k, n, m, group in cases:
-            info = awqgemm.plan_info(m, n, k, dtype, torch.device("cuda"))
-            assert info["kernel"] == "wgmma_ws" and info["wide"], (k, n, m, info)
-            qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
-            b = torch.randn(n, dtype=dtype, device="cuda") if bias else None
-            x = torch.randn(m, k, dtype=dtype, device="cuda")
-            worst = max(worst, check(x, qweight, qzeros, scales, group, b, label=f"wide {k}x{n} M={m} {info}"))
-    return worst
+    return _ws_cases(dtype, cases, "wide", bias, ws_wide=True)
 
 
 @WIDE
@@ -346,17 +347,7 @@ def test_sanitizer_subset_wide():
 def test_racecheck_subset_wide():
     """The wide variant's ring and epilogue for compute-sanitizer racecheck, references on the CPU (see
     test_racecheck_subset)."""
-    skip_unless_family("sm90")
-    for k, n, m, group in WIDE_CASES[1:3]:
-        qweight, qzeros, scales = random_awq(k, n, group, torch.float16, "cpu")
-        w = awqgemm.dequantize_awq(qweight, qzeros, scales, group).double()
-        with awqgemm.testing.force(family="sm90", path="fused", ws_wide=True):
-            assert awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))["wide"], (k, n, m)
-            packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), group)
-            x = torch.randn(m, k, dtype=torch.float16)
-            out = awqgemm.gemm(x.cuda(), packed).cpu()
-        err = rel_err(out, x.double() @ w)
-        assert err < 5e-3, (k, n, m, err)
+    _ws_racecheck_cases(WIDE_CASES[1:3], "wide", ws_wide=True)
 
 
 # The kernels a family's auto path reaches only at some M, forced at every M of the test.
