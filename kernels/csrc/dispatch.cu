@@ -91,9 +91,7 @@ int64_t partials_offset_bytes(const Plan& plan, int M, int K) {
 
 int64_t fused_workspace_bytes(const Plan& plan, int M, int N, int K, int sms) {
   const int64_t partials = plan.tile.splits > 1 ? static_cast<int64_t>(plan.tile.splits) * M * N * 4 : 0;
-  // The slots hold BM x (columns per block) fp32: the wide v11.1 variant's blocks are twice as wide.
-  const int64_t stream_k =
-      plan.tile.stream_k ? ws_stream_k_bytes(sms, 8 * plan.tile.mt * (plan.tile.nt == 2 * kWgNT ? 2 : 1)) : 0;
+  const int64_t stream_k = plan.tile.stream_k ? ws_stream_k_bytes(sms, 8 * plan.tile.mt, plan.tile.nt) : 0;
   return partials_offset_bytes(plan, M, K) + partials + stream_k;
 }
 
@@ -412,7 +410,7 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K, bool wide) {
         t.stream_k = false;
       }
       const int64_t sk = s == 1 ? cost_stream_k(bm) : -1;
-      if (sk >= 0 && sk < best && staged + ws_stream_k_bytes(sms, bm * ntw) <= kMaxWorkspaceBytes) {
+      if (sk >= 0 && sk < best && staged + ws_stream_k_bytes(sms, bm, t.nt) <= kMaxWorkspaceBytes) {
         best = sk;
         t.mt = bm / 8;
         t.splits = 1;

@@ -357,7 +357,7 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   float* const after_x = p.workspace + wg_staged_x_bytes(chunk, p.K) / 4;
   // The stream-K flags and slots (at most one CTA per SM): refused, not overrun, if the caller's
   // workspace is short of them.
-  if (cfg.stream_k && wg_staged_x_bytes(chunk, p.K) + ws_stream_k_bytes(sms, BM * NTW) > p.workspace_bytes) {
+  if (cfg.stream_k && wg_staged_x_bytes(chunk, p.K) + ws_stream_k_bytes(sms, BM, kWgNT * NTW) > p.workspace_bytes) {
     return cudaErrorInvalidValue;
   }
   for (int m0 = 0; m0 < p.M; m0 += chunk) {

@@ -218,7 +218,7 @@ __device__ __forceinline__ WsUnit ws_unit(int u, int mblocks, int nblocks) {
 // p.x is the staged x (stage_x_tiles_kernel) of p.M rows; out, bias and the
 // split-K workspace ([splits][M][N] fp32) as in the other kernels.
 // With stream_k (splits == 1) the workspace holds the tail's flags and slots
-// (ws_stream_k_bytes(gridDim.x, BM)).
+// (ws_stream_k_bytes(gridDim.x, BM, kNB)).
 // NTW: weight tiles per consumer warp. 1: a block covers 8 column tiles (128
 // columns); 2 (work in progress, BM = 64 only: testing.force(ws_wide=True)):
 // 16 tiles, 256 columns, warp w owning tiles w and w + 8 -- twice the MMA work

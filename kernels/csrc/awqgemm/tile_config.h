@@ -159,10 +159,10 @@ AWQGEMM_HD int ws_grid(int units, int unit_tiles, int sms, bool stream_k) {
   return by_size < units ? units : by_size < sms ? static_cast<int>(by_size) : sms;
 }
 // Workspace of the stream-K tail, after the staged x: a flag per CTA (256-byte
-// aligned), then a slot of BM x 128 fp32 partials per CTA.
+// aligned), then a slot of BM x (the block's nt column tiles x 16) fp32 partials per CTA.
 AWQGEMM_HD int64_t ws_flag_bytes(int ctas) { return (static_cast<int64_t>(ctas) * 4 + 255) / 256 * 256; }
-AWQGEMM_HD int64_t ws_stream_k_bytes(int ctas, int bm) {
-  return ws_flag_bytes(ctas) + static_cast<int64_t>(ctas) * bm * 128 * 4;
+AWQGEMM_HD int64_t ws_stream_k_bytes(int ctas, int bm, int nt) {
+  return ws_flag_bytes(ctas) + static_cast<int64_t>(ctas) * bm * nt * 16 * 4;
 }
 
 // Kernel argument bits saying how the fused kernels take part in programmatic
