@@ -19,9 +19,8 @@ Contenders (``--quant``, comma separated):
                       (awqgemm.testing.force in the worker): what an A100 / L40S runs, timed here;
                       compare with awq_marlin:marlin (issue 11)
   awqgemm:wip         the plugin with the work-in-progress switches on for the whole engine (today the
-                      grouped wgmma kernel for MoE prefill, v11.1's stream-K tail and the grouped tall
-                      tiles): their
-                      e2e effect
+                      grouped wgmma kernel for MoE prefill and v11.1's 256-column blocks up to 64
+                      tokens): their e2e effect
   fp16                dense fp16, no quantization
 The kernel each AWQ engine used is read from the loaded model and recorded.
 
