@@ -162,15 +162,14 @@ NB_MODULE(_C, m) {
 
   m.def(
       "plan",
-      [](int family, int path, int dtype, int M, int N, int K, int device, bool ws_wide) {
+      [](int family, int path, int dtype, int M, int N, int K, int device) {
         if (M < 1 || N < 1 || K < 1) throw nb::value_error("awqgemm: M, N and K must be positive");
         const Family f = resolve(family, dtype, device);
-        const Plan plan = make_plan(f, to_path(path), device_info(device), M, N, K, 2, ws_wide);
+        const Plan plan = make_plan(f, to_path(path), device_info(device), M, N, K, 2);
         return std::make_tuple(encode_plan(plan), static_cast<int>(plan.family), layout_for(plan.family), plan.dense,
                                plan.workspace_bytes);
       },
       nb::arg("family"), nb::arg("path"), nb::arg("dtype"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
-      nb::arg("ws_wide") = false,
       "(plan code, family, packed layout it reads, dense?, workspace_bytes) for a problem. Deterministic, so a "
       "captured graph replays it; the plan code goes to gemm() unchanged (made once per call).");
 

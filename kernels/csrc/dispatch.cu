@@ -342,7 +342,15 @@ void plan_wtile(Plan& plan, int sms, int M, int N, int K) {
 // kernel lose on small grids. The stream-K tail (one split) runs the whole
 // rounds, then deals the rest's k-tiles out over the grid (WsSchedule).
 // BM: 64 up to 64 tokens, else 128 or 256 (equal cost: 256, which
-// dequantizes each weight once per 256 tokens).
+// dequantizes each weight once per 256 tokens). Up to 64 tokens a block covers
+// 256 columns (nt = 16, each consumer warp owning two weight tiles): a 64 x 128
+// block reads as many x bytes as weight bytes per stage, and ncu found its
+// k-tile waiting on the stage. Its k-tile is costed at 1.4x the 128-column
+// one's for twice the work (not fitted: the plans it gives won everywhere).
+// H200, 18 TP1 shapes, wgmma kernel forced, same run
+// (benchmarks/results/h200-2026-11-28-uniform.txt): 0.78x the 128-column
+// variant's time at M = 16, 0.86x at 64 (geomean; 0.59-0.97x, faster at all 36
+// points); Llama-3-8B batch-64 decode in vLLM 5.72 -> 5.32 ms per step.
 // Limits: >= 4 k-tiles per split, staged x + partials (or the stream-K slots)
 // within kMaxWorkspaceBytes, no split when the rows go in chunks (the partials
 // are indexed over the whole M). Returns false, changing nothing, where the
@@ -354,15 +362,12 @@ void plan_wtile(Plan& plan, int sms, int M, int N, int K) {
 // kernel forced): geomean 0.95x the time at M = 64, 0.97x at 128, 0.84x at 256,
 // 0.90x at 512, 0.88x at 1024; down to 0.63x where a partial round idled most
 // SMs (Llama-2-70B qkv at 256), before the rule against > 3 pieces below.
-// wide (work in progress, testing.force(ws_wide=True)): up to 64 tokens, the
-// variant with 256-column blocks (nt = 16); its k-tile is costed at 1.4x the
-// narrow one's for twice the work (a guess until the GPU measures it).
-bool plan_wgws(Plan& plan, int sms, int M, int N, int K, bool wide) {
+bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
   TileConfig& t = plan.tile;
   const int chunk = ws_chunk_rows(M, K);
   if (chunk < std::min(M, 256)) return false;
   t.kind = KernelKind::kWgmmaWs;
-  const int ntw = wide && M <= 64 ? 2 : 1;
+  const int ntw = ws_ntw(M <= 64 ? 64 : 128);  // BM is 64 exactly up to 64 tokens
   t.nt = kWgNT * ntw;
   t.kwarps = kWsThreads / 32;  // warps per block: 8 consumers + the producer warpgroup
   const int nblocks = ceil_div(padded_n(N) / kTileN, kWgNT * ntw);
@@ -481,8 +486,7 @@ void plan_xshared(TileConfig& t, int rows, RowBlocks row_blocks, int ntiles, int
   t.splits = std::min(t.splits, xs_max_splits());
 }
 
-Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes,
-               bool ws_wide) {
+Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -495,7 +499,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   if (family == Family::kSm90) {
     if (path == PathRequest::kFused || (path == PathRequest::kAuto && wgmma_auto(M, N, K, sms))) {
       plan.family = Family::kSm90;
-      if (!plan_wgws(plan, sms, M, N, K, ws_wide)) {
+      if (!plan_wgws(plan, sms, M, N, K)) {
         // K too long to stage even 256 rows (K > 65536): the v9 kernel, which gathers x itself. BM =
         // 64, 128 or 256 tokens (256: one block per SM, twice the tokens per dequantized weight).
         const int mt = M <= 64 ? 8 : M <= 512 ? 16 : 32;

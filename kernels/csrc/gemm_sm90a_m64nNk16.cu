@@ -292,8 +292,8 @@ EncodeTiledFn tensor_map_encoder() {
   return fn;
 }
 
-// box_rows: column tiles per box (kWgNT, or 2 kWgNT for the wide v11.1 variant).
-cudaError_t weight_tensor_map(const GemmProblem& p, TensorMap128* map, unsigned box_rows = kWgNT) {
+// box_rows: column tiles per box (a block's: kWgNT x ws_ntw(BM)).
+cudaError_t weight_tensor_map(const GemmProblem& p, TensorMap128* map, unsigned box_rows) {
   const EncodeTiledFn encode = tensor_map_encoder();
   if (encode == nullptr) return cudaErrorNotSupported;
   const unsigned long long ktiles = padded_k(p.K) / kTileK;
@@ -313,10 +313,11 @@ cudaError_t weight_tensor_map(const GemmProblem& p, TensorMap128* map, unsigned 
 // K then, so the partials' [splits][M][N] indexing stays whole-problem. Under
 // PDL each stage kernel waits for the GEMM before it (which still reads the
 // staged x it overwrites) and each GEMM for its stage kernel.
-template <typename T, int BM, int NTW = 1>
+template <typename T, int BM>
 cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   constexpr int kStages = ws_stages(BM);
-  constexpr int kSmem = kStages * ws_stage_bytes(BM, NTW) + 1024;  // + 1024: the base is aligned up to a swizzle atom
+  constexpr int NTW = ws_ntw(BM);
+  constexpr int kSmem = kStages * ws_stage_bytes(BM) + 1024;  // + 1024: the base is aligned up to a swizzle atom
   static_assert(kSmem <= 227 * 1024, "one block per SM must fit");
   const int chunk = ws_chunk_rows(p.M, p.K);
   if (chunk <= 0 || (chunk < p.M && cfg.splits != 1) || (cfg.stream_k && cfg.splits != 1)) {
@@ -336,7 +337,7 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
                 "the producer's and consumers' registers must fit one block's pool");
   static const cudaError_t pool = [] {
     cudaFuncAttributes attr{};
-    const cudaError_t e = cudaFuncGetAttributes(&attr, gemm_ws_kernel<T, BM, kStages, NTW>);
+    const cudaError_t e = cudaFuncGetAttributes(&attr, gemm_ws_kernel<T, BM, kStages>);
     if (e != cudaSuccess) return e;
     return attr.numRegs * kWsThreads >= 128 * kWsProducerRegs + 256 * kWsConsumerRegs
                ? cudaSuccess
@@ -377,7 +378,7 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     g.x_row_stride = kTileK;  // not read: the kernel indexes the staged tiles itself
     g.out = reinterpret_cast<T*>(p.out) + static_cast<int64_t>(m0) * p.out_row_stride;
     g.workspace = after_x;
-    err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, NTW>>(dim3(grid), kWsThreads, g, cfg, stream,
+    err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages>>(dim3(grid), kWsThreads, g, cfg, stream,
                                                                         cfg.stream_k ? 1 : 0, wmap);
     if (err != cudaSuccess) return err;
   }
@@ -387,12 +388,7 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
 template <typename T>
 cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   if (cfg.kind == KernelKind::kWgmmaWs) {
-    if ((cfg.nt != kWgNT && cfg.nt != 2 * kWgNT) || cfg.kwarps != kWsThreads / 32) {
-      return cudaErrorInvalidConfiguration;
-    }
-    if (cfg.nt == 2 * kWgNT) {  // the wide variant (work in progress): BM = 64 only
-      return cfg.mt == 8 ? launch_ws<T, 64, 2>(p, cfg, stream) : cudaErrorInvalidConfiguration;
-    }
+    if (cfg.nt != kWgNT * ws_ntw(8 * cfg.mt) || cfg.kwarps != kWsThreads / 32) return cudaErrorInvalidConfiguration;
     switch (cfg.mt * 8) {
       case 64: return launch_ws<T, 64>(p, cfg, stream);
       case 128: return launch_ws<T, 128>(p, cfg, stream);

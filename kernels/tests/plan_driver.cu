@@ -2,7 +2,6 @@
 // (csrc/dispatch.cu) with stub launchers and prints every plan of a grid of
 // devices, families, paths and problem sizes, one line each:
 //   P cap family path K N M code workspace roundtrip
-//   X (the same with the wide v11.1 variant allowed: sm90 family only)
 //   G cap family E K N R code workspace roundtrip (W: the same with the grouped wgmma switch on)
 // `roundtrip` is 1 when decode_plan(encode_plan(plan)) re-encodes to the same code.
 // With the argument `schedules` it instead walks v11.1's stream-K schedules
@@ -126,12 +125,6 @@ int main(int argc, char** argv) {
             std::printf("P %d %d %d %d %d %d %lld %lld %d\n", d.capability, f, path, s[0], s[1], m,
                         static_cast<long long>(encode_plan(p)), static_cast<long long>(p.workspace_bytes),
                         roundtrip(p));
-            if (f == 90) {  // X: the wide v11.1 variant allowed (work in progress, testing.force(ws_wide=True))
-              const Plan q = make_plan(static_cast<Family>(f), static_cast<PathRequest>(path), d, m, s[1], s[0], 2, true);
-              std::printf("X %d %d %d %d %d %d %lld %lld %d\n", d.capability, f, path, s[0], s[1], m,
-                          static_cast<long long>(encode_plan(q)), static_cast<long long>(q.workspace_bytes),
-                          roundtrip(q));
-            }
           }
         }
       }

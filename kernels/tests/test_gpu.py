@@ -199,23 +199,23 @@ def test_wgmma_ws_model_shapes(dtype):
 
 # (K, N, M, group): problems whose plan takes the stream-K tail (dispatch.cu plan_wgws): fewer units
 # than SMs with K tails and 8-tile pieces (1120 x 4096), whole rounds then a tail (2048 x 4096 at
-# M = 1500), a tail on 64 of 132 CTAs (M = 4100), 64-token tiles with rows past M (M = 17), and the
+# M = 1500), a tail on 64 of 132 CTAs (M = 4100), 64-token (256-column) tiles with rows past M (M = 17), and the
 # two-chunk staging of x with a partial n-block (4128 x 232 at M = 4100).
 STREAM_K_CASES = (
     (1120, 4096, 130, 32),
     (2048, 4096, 1500, 128),
     (2048, 4096, 4100, 64),
-    (2048, 8192, 17, 128),
+    (2048, 14336, 17, 128),
     (4128, 232, 4100, 32),
 )
 
 
-def _ws_cases(dtype, cases, plan_flag, bias=False, **switches):
+def _ws_cases(dtype, cases, plan_flag, bias=False):
     """(K, N, M, group) cases on the sm90 v11.1 kernel, forced, whose plans must have `plan_flag`
     (stream_k, wide), against float64; returns the worst relative error."""
     skip_unless_family("sm90")
     worst = 0.0
-    with awqgemm.testing.force(family="sm90", path="fused", **switches):
+    with awqgemm.testing.force(family="sm90", path="fused"):
         for k, n, m, group in cases:
             info = awqgemm.plan_info(m, n, k, dtype, torch.device("cuda"))
             assert info["kernel"] == "wgmma_ws" and info[plan_flag], (k, n, m, info)
@@ -226,13 +226,13 @@ def _ws_cases(dtype, cases, plan_flag, bias=False, **switches):
     return worst
 
 
-def _ws_racecheck_cases(cases, plan_flag, **switches):
+def _ws_racecheck_cases(cases, plan_flag):
     """The racecheck variant of _ws_cases: fp16, references on the CPU (see test_racecheck_subset)."""
     skip_unless_family("sm90")
     for k, n, m, group in cases:
         qweight, qzeros, scales = random_awq(k, n, group, torch.float16, "cpu")
         w = awqgemm.dequantize_awq(qweight, qzeros, scales, group).double()
-        with awqgemm.testing.force(family="sm90", path="fused", **switches):
+        with awqgemm.testing.force(family="sm90", path="fused"):
             assert awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))[plan_flag], (k, n, m)
             packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), group)
             x = torch.randn(m, k, dtype=torch.float16)
@@ -297,7 +297,7 @@ def test_racecheck_subset_stream_k():
     _ws_racecheck_cases(STREAM_K_CASES[:1] + STREAM_K_CASES[3:4], "stream_k")
 
 
-WIDE = pytest.mark.wip("ws_wide")  # v11.1 with 256-column blocks up to 64 tokens (testing.force(ws_wide=True))
+# v11.1's 256-column blocks (up to 64 tokens; describe_plan's "wide").
 # (K, N, M, group): the stream-K tail over 112 wide units (Llama-3-8B gate_up at M = 64), a block whose
 # second half is partly past N (4128 x 232: 15 column tiles) with K splits, a last block whose second
 # half is wholly past N (1376: 86 tiles) at M = 1, deep K split 8 ways, rows past M (M = 17).
@@ -311,13 +311,12 @@ WIDE_CASES = (
 
 
 def _wide_cases(dtype, cases=WIDE_CASES, bias=False):
-    return _ws_cases(dtype, cases, "wide", bias, ws_wide=True)
+    return _ws_cases(dtype, cases, "wide", bias)
 
 
-@WIDE
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_ws_wide(dtype):
-    """The wide variant against float64 on every case, with a bias, twice in a row (its stream-K flags
+    """The 256-column blocks against float64 on every case, with a bias, twice in a row (its stream-K flags
     cleared by each call's staging kernel), and in a CUDA graph as well as eagerly."""
     for _ in range(2):
         worst = _wide_cases(dtype, bias=True)
@@ -326,7 +325,7 @@ def test_ws_wide(dtype):
     qweight, qzeros, scales = random_awq(k, n, 128, dtype, "cuda")
     packed = awqgemm.pack_awq(qweight, qzeros, scales, 128)
     x = torch.randn(m, k, dtype=dtype, device="cuda")
-    with awqgemm.testing.force(family="sm90", path="fused", ws_wide=True):
+    with awqgemm.testing.force(family="sm90", path="fused"):
         eager = awqgemm.gemm(x, packed)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -336,18 +335,16 @@ def test_ws_wide(dtype):
     assert torch.equal(replayed, eager)
 
 
-@WIDE
 def test_sanitizer_subset_wide():
-    """The wide variant for compute-sanitizer memcheck: the stream-K case, the partial second half, M = 1."""
+    """The 256-column blocks for compute-sanitizer memcheck: the stream-K case, the partial second half, M = 1."""
     _wide_cases(torch.float16, WIDE_CASES[:3])
     _wide_cases(torch.bfloat16, WIDE_CASES[4:])
 
 
-@WIDE
 def test_racecheck_subset_wide():
-    """The wide variant's ring and epilogue for compute-sanitizer racecheck, references on the CPU (see
+    """The 256-column blocks' ring and epilogue for compute-sanitizer racecheck, references on the CPU (see
     test_racecheck_subset)."""
-    _ws_racecheck_cases(WIDE_CASES[1:3], "wide", ws_wide=True)
+    _ws_racecheck_cases(WIDE_CASES[1:3], "wide")
 
 
 # The kernels a family's auto path reaches only at some M, forced at every M of the test.

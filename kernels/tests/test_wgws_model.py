@@ -160,7 +160,7 @@ def run_model(x, q, z, scales, group, bm, splits, ntw=1):
 
 @pytest.mark.parametrize("group,splits,ntw", [(32, 2, 1), (64, 1, 1), (128, 3, 1), (32, 1, 2), (128, 2, 2)])
 def test_model_matches_x_at_w(group, splits, ntw):
-    """ntw = 2: the wide variant (work in progress, ws_wide), 256-column blocks."""
+    """ntw = 2: the 256-column blocks of BM = 64 (tile_config.h ws_ntw)."""
     torch.manual_seed(group)
     k_dim = 3 * 64 - 32 if group == 32 else 3 * 128  # a K tail where the group allows one
     # two blocks, the second partial (and a partial 16-column tile); wide: its second half partial too

@@ -219,22 +219,21 @@ __device__ __forceinline__ WsUnit ws_unit(int u, int mblocks, int nblocks) {
 // split-K workspace ([splits][M][N] fp32) as in the other kernels.
 // With stream_k (splits == 1) the workspace holds the tail's flags and slots
 // (ws_stream_k_bytes(gridDim.x, BM, kNB)).
-// NTW: weight tiles per consumer warp. 1: a block covers 8 column tiles (128
-// columns); 2 (work in progress, BM = 64 only: testing.force(ws_wide=True)):
-// 16 tiles, 256 columns, warp w owning tiles w and w + 8 -- twice the MMA work
-// per stage wait and half the x bytes per weight byte, for decode batches whose
-// k-tiles ncu found waiting on the stage (v11.1 at M = 64: 646 cycles per
-// k-tile against 212 of tensor time).
-template <typename T, int BM, int STAGES, int NTW = 1>
+// NTW = ws_ntw(BM): weight tiles per consumer warp. 1: a block covers 8 column
+// tiles (128 columns); 2 (BM = 64): 16 tiles, 256 columns, warp w owning tiles w
+// and w + 8 -- twice the MMA work per stage wait and half the x bytes per weight
+// byte, for decode batches whose k-tiles ncu found waiting on the stage (the
+// 128-column block at M = 64: 646 cycles per k-tile against 212 of tensor time).
+template <typename T, int BM, int STAGES>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
                                                                const int pdl_flags, const int stream_k,
                                                                const __grid_constant__ TensorMap128 wmap) {
 #if defined(AWQGEMM_NO_WGMMA)
   __trap();
 #else
-  static_assert(NTW == 1 || (NTW == 2 && BM == 64), "the wide variant exists for BM = 64 only");
+  constexpr int NTW = ws_ntw(BM);
   constexpr int kNB = kWgNT * NTW;           // column tiles per block
-  constexpr int kStage = ws_stage_bytes(BM, NTW);
+  constexpr int kStage = ws_stage_bytes(BM);
   constexpr int kWOff = BM * 128;            // kNB weight tiles of 512 bytes after the x tile
   constexpr int kSzOff = kWOff + kNB * 512;  // (scale, zero) rows: [0] for k 0..31 of the tile, [1] for 32..63
   constexpr int kSzRow = kNB * 64;           // bytes of one (scale, zero) row of the block

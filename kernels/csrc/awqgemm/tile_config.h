@@ -71,8 +71,11 @@ constexpr int kWsConsumerWarps = 8;
 constexpr int kWsThreads = 32 * (kWsConsumerWarps + 4);
 constexpr int kWsProducerRegs = 40;
 constexpr int kWsConsumerRegs = 232;
-// ntw: weight tiles per consumer warp (1, or 2 for the wide BM = 64 variant, work in progress).
-AWQGEMM_HD constexpr int ws_stage_bytes(int bm, int ntw = 1) { return bm * 128 + ntw * (8 * 512 + 2 * 512); }
+// Weight tiles per consumer warp: 2 at BM = 64 (a 256-column block: at 128 columns a
+// 64-token stage carries as many x bytes as weight bytes, and ncu found the k-tile
+// waiting on it; dispatch.cu's plan_wgws has the measurements), else 1 (128 columns).
+AWQGEMM_HD constexpr int ws_ntw(int bm) { return bm == 64 ? 2 : 1; }
+AWQGEMM_HD constexpr int ws_stage_bytes(int bm) { return bm * 128 + ws_ntw(bm) * (8 * 512 + 2 * 512); }
 AWQGEMM_HD constexpr int ws_stages(int bm) { return bm >= 256 ? 5 : bm >= 128 ? 8 : 12; }
 // x is staged tile-major ([k-tile][M][64], rows pre-swizzled) in the workspace,
 // at most kWgMaxStagedXBytes of it: larger problems run as chunks of this many

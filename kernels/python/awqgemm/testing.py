@@ -45,7 +45,6 @@ def force(
     *,
     moe_routing_kernels: bool = True,
     grouped_wgmma: bool = False,
-    ws_wide: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -55,13 +54,10 @@ def force(
     its CUDA kernels (the reference the kernels are tested against).
 
     Work in progress behind this switch: ``grouped_wgmma`` runs grouped (MoE) GEMMs of more than 32 rows
-    per expert on the sm90 family's wgmma kernel (a 9.0 GPU) instead of the sm80 family's x-shared one;
-    ``ws_wide`` runs the sm90 warp-specialized kernel's plans of up to 64 tokens with 256-column blocks
-    (each consumer warp owning two weight tiles) instead of 128."""
+    per expert on the sm90 family's wgmma kernel (a 9.0 GPU) instead of the sm80 family's x-shared one."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
         "grouped_wgmma": grouped_wgmma,
-        "ws_wide": ws_wide,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
