@@ -335,13 +335,17 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   // (-maxrregcount, another ptxas) would hang every launch, so it is refused instead.
   static_assert(128 * kWsProducerRegs + 256 * kWsConsumerRegs <= kWsThreads * ((65536 / kWsThreads) & ~7),
                 "the producer's and consumers' registers must fit one block's pool");
-  static const cudaError_t pool = [] {
+  auto pool_of = [](auto kernel) {
     cudaFuncAttributes attr{};
-    const cudaError_t e = cudaFuncGetAttributes(&attr, gemm_ws_kernel<T, BM, kStages>);
+    const cudaError_t e = cudaFuncGetAttributes(&attr, kernel);
     if (e != cudaSuccess) return e;
     return attr.numRegs * kWsThreads >= 128 * kWsProducerRegs + 256 * kWsConsumerRegs
                ? cudaSuccess
                : cudaErrorInvalidConfiguration;
+  };
+  static const cudaError_t pool = [&] {
+    const cudaError_t e = pool_of(gemm_ws_kernel<T, BM, kStages, false>);
+    return e != cudaSuccess ? e : pool_of(gemm_ws_kernel<T, BM, kStages, true>);
   }();
   if (pool != cudaSuccess) return pool;
   int device = 0, sms = 0;
@@ -378,8 +382,10 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     g.x_row_stride = kTileK;  // not read: the kernel indexes the staged tiles itself
     g.out = reinterpret_cast<T*>(p.out) + static_cast<int64_t>(m0) * p.out_row_stride;
     g.workspace = after_x;
-    err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages>>(dim3(grid), kWsThreads, g, cfg, stream,
-                                                                        cfg.stream_k ? 1 : 0, wmap);
+    err = cfg.stream_k
+              ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true>>(dim3(grid), kWsThreads, g, cfg, stream, wmap)
+              : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false>>(dim3(grid), kWsThreads, g, cfg, stream,
+                                                                                 wmap);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;

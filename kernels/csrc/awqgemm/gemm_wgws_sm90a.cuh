@@ -217,16 +217,20 @@ __device__ __forceinline__ WsUnit ws_unit(int u, int mblocks, int nblocks) {
 
 // p.x is the staged x (stage_x_tiles_kernel) of p.M rows; out, bias and the
 // split-K workspace ([splits][M][N] fp32) as in the other kernels.
-// With stream_k (splits == 1) the workspace holds the tail's flags and slots
-// (ws_stream_k_bytes(gridDim.x, BM, kNB)).
+// kStreamK (splits == 1): the workspace holds the tail's flags and slots
+// (ws_stream_k_bytes(gridDim.x, BM, kNB)). Its own instantiation: with the
+// tail's loops compiled in, ptxas moved the producer's ring position and copy
+// operands of the whole-unit loop to per-thread registers (an R2UR before each
+// copy), and v11.1 ran 5-8 % slower at identical K-split plans than before the
+// stream-K tail (H200 A/B against 9286671 in one session: ci/device_ab.sh).
 // NTW = ws_ntw(BM): weight tiles per consumer warp. 1: a block covers 8 column
 // tiles (128 columns); 2 (BM = 64): 16 tiles, 256 columns, warp w owning tiles w
 // and w + 8 -- twice the MMA work per stage wait and half the x bytes per weight
 // byte, for decode batches whose k-tiles ncu found waiting on the stage (the
 // 128-column block at M = 64: 646 cycles per k-tile against 212 of tensor time).
-template <typename T, int BM, int STAGES>
+template <typename T, int BM, int STAGES, bool kStreamK>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
-                                                               const int pdl_flags, const int stream_k,
+                                                               const int pdl_flags,
                                                                const __grid_constant__ TensorMap128 wmap) {
 #if defined(AWQGEMM_NO_WGMMA)
   __trap();
@@ -267,7 +271,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   const int mblocks = ceil_div(p.M, BM);
   const int per_split = ceil_div(ktiles, splits);
   const int units = nblocks * mblocks * splits;
-  const WsSchedule sched(units, per_split, gridDim.x, stream_k != 0);
+  const WsSchedule sched(units, per_split, gridDim.x, kStreamK);
   // Group sizes are 32, 64, 128: a shift. With 32 a k-tile spans two groups
   // (lanes q = 0, 1 and q = 2, 3), so its stage carries two (scale, zero) rows.
   const int gshift = 31 - __clz(p.group_size);
@@ -283,10 +287,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     const unsigned char* const xsrc = reinterpret_cast<const unsigned char*>(p.x);
     int slot = 0;
     uint32_t phase = 0;
-    WsCursor cur(sched, blockIdx.x);
-    WsPiece pc;
-#pragma unroll 1
-    while (cur.next(pc)) {
+    auto produce = [&](const WsPiece& pc) {
       const WsUnit w = ws_unit(pc.unit, mblocks, nblocks);
       const int kt0 = w.split * per_split + pc.kt0;
       const int n_k = max(0, min(ktiles, kt0 + pc.n_k) - kt0);
@@ -317,6 +318,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
         slot = wrap ? 0 : slot + 1;
         phase ^= wrap;
       }
+    };
+    // Whole units, then (stream-K) the tail's pieces: the consumers' order.
+#pragma unroll 1
+    for (int u = blockIdx.x; u < sched.full; u += gridDim.x) produce(WsPiece{u, 0, sched.unit_tiles, kWsWhole});
+    if constexpr (kStreamK) {
+      WsCursor cur(sched, blockIdx.x, /*tail_only=*/true);
+      WsPiece pc;
+#pragma unroll 1
+      while (cur.next(pc)) produce(pc);
     }
     return;  // in-flight copies complete into the CTA, which the consumers keep alive
   }
@@ -492,19 +502,21 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   using Whole = std::integral_constant<int, kWsWhole>;
 #pragma unroll 1
   for (int u = blockIdx.x; u < sched.full; u += gridDim.x) run_piece(WsPiece{u, 0, sched.unit_tiles, kWsWhole}, Whole{});
-  WsCursor cur(sched, blockIdx.x, /*tail_only=*/true);
-  WsPiece pc;
-  bool more = cur.next(pc);
-  if (more && pc.role == kWsPart) {
-    run_piece(pc, std::integral_constant<int, kWsPart>{});
-    more = cur.next(pc);
-  }
+  if constexpr (kStreamK) {
+    WsCursor cur(sched, blockIdx.x, /*tail_only=*/true);
+    WsPiece pc;
+    bool more = cur.next(pc);
+    if (more && pc.role == kWsPart) {
+      run_piece(pc, std::integral_constant<int, kWsPart>{});
+      more = cur.next(pc);
+    }
 #pragma unroll 1
-  while (more && pc.role == kWsWhole) {
-    run_piece(pc, Whole{});
-    more = cur.next(pc);
+    while (more && pc.role == kWsWhole) {
+      run_piece(pc, Whole{});
+      more = cur.next(pc);
+    }
+    if (more) run_piece(pc, std::integral_constant<int, kWsOwner>{});  // the range's last piece
   }
-  if (more) run_piece(pc, std::integral_constant<int, kWsOwner>{});  // the range's last piece
 #endif
 }
 
