@@ -17,7 +17,7 @@ case "$cmd" in
 prepare)
   rev=$(git rev-parse --short "${2:?usage: ci/device_ab.sh prepare REV}") || exit 1
   rm -rf ".ab/$rev" && mkdir -p ".ab/$rev"
-  git archive "$rev" kernels/CMakeLists.txt kernels/pyproject.toml kernels/cuda_archs.txt kernels/csrc \
+  git archive "$rev" kernels/CMakeLists.txt kernels/pyproject.toml kernels/README.md kernels/cuda_archs.txt kernels/csrc \
     kernels/python benchmarks/gemm.py benchmarks/awqbench | tar -x -C ".ab/$rev" || exit 1
   du -sh ".ab/$rev"
   ;;
