@@ -86,8 +86,9 @@ def main() -> int:
         if "gemm_ws_kernel" not in name:
             continue
         stream_k = "Lb1E" in name
-        consumer = [lp for lp in loops(body) if sum("HGMMA" in i for i in lp) >= 8 and len(lp) < 600]
-        producer = [lp for lp in loops(body) if any("UBLKCP" in i for i in lp) and len(lp) < 150]
+        found = loops(body)
+        consumer = [lp for lp in found if sum("HGMMA" in i for i in lp) >= 8 and len(lp) < 600]
+        producer = [lp for lp in found if any("UBLKCP" in i for i in lp) and len(lp) < 150]
         r2ur_c = [sum("R2UR" in i for i in lp) for lp in consumer]
         r2ur_p = [sum("R2UR" in i for i in lp) for lp in producer]
         ok = consumer and producer and not any(r2ur_c) and (stream_k or not any(r2ur_p))

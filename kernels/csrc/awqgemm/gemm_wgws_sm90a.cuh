@@ -339,15 +339,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   const uint32_t w_off = kWOff + warp * 512 + lane * 16;  // tile j: + 8 j * 512
   const uint32_t sz_off = kSzOff + (sz_rows == 2 ? (q >> 1) * kSzRow : 0) + warp * 64 + g * 8;  // + 8 j * 64
   uint32_t a[2][NTW][4][4];
-#pragma unroll
-  for (int j = 0; j < NTW; ++j) {
-#pragma unroll
-    for (int t = 0; t < 2; ++t)
-#pragma unroll
-      for (int s4 = 0; s4 < 4; ++s4)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) a[t][j][s4][e] = 0u;  // keep_live reads the unused set before its first tile
-  }
+  zero_a_sets(a);
   int slot = 0;
   uint32_t phase = 0;
   // B descriptors: the start-address field is (address >> 4) in bits 0-13 and

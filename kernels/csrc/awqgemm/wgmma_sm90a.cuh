@@ -61,14 +61,13 @@ __device__ __forceinline__ void keep_live(float (&r)[N]) {
 }
 
 // The two A register sets of the double-buffered k loop start at zero:
-// keep_live reads the unused set before its first tile.
-__device__ __forceinline__ void zero_a_sets(uint32_t (&a)[2][4][4]) {
+// keep_live reads the unused set before its first tile. Any nesting
+// ([2][4][4], or [2][NTW][4][4] in v11.1).
+__device__ __forceinline__ void zero_a_sets(uint32_t& a) { a = 0u; }
+template <typename A, int N>
+__device__ __forceinline__ void zero_a_sets(A (&a)[N]) {
 #pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int s = 0; s < 4; ++s)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) a[t][s][r] = 0u;
+  for (int i = 0; i < N; ++i) zero_a_sets(a[i]);
 }
 
 // D[64 x N] (fp32, += ) = A[64 x 16] (registers) * B[16 x N] (descriptor).
