@@ -5,11 +5,12 @@
 #
 #   here:        bash ci/device_ab.sh prepare REV        # .ab/REV: that revision's kernels and gemm.py (ignored)
 #   GPU machine: AB_ARGS="--contenders wg --shapes tp1 --m 64,128" bash ci/device_ab.sh run   (carry .ab)
+#                (MOE_AB_ARGS="--tokens 16,64,128" also times each tree's benchmarks/moe.py, Marlin left out)
 #
 # `run` builds this tree (ci/device_build.sh, skipped when already installed) and each prepared revision
 # (into a site of its own), runs each tree's own benchmarks/gemm.py with AB_ARGS, and prints, per
 # contender, the time ratio this tree / the revision at every (shape, group, M) and the geomean per M.
-# Results: $OUT/ab-head.json and $OUT/ab-REV.json.
+# Results: $OUT/ab-head.json and $OUT/ab-REV.json (moe: $OUT/ab-moe-head.json, $OUT/ab-moe-REV.json).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 cmd=${1:-}
@@ -18,7 +19,7 @@ prepare)
   rev=$(git rev-parse --short "${2:?usage: ci/device_ab.sh prepare REV}") || exit 1
   rm -rf ".ab/$rev" && mkdir -p ".ab/$rev"
   git archive "$rev" kernels/CMakeLists.txt kernels/pyproject.toml kernels/README.md kernels/cuda_archs.txt kernels/csrc \
-    kernels/python benchmarks/gemm.py benchmarks/awqbench | tar -x -C ".ab/$rev" || exit 1
+    kernels/python benchmarks/gemm.py benchmarks/moe.py benchmarks/awqbench | tar -x -C ".ab/$rev" || exit 1
   du -sh ".ab/$rev"
   ;;
 run)
@@ -32,6 +33,12 @@ run)
   python3 benchmarks/gemm.py --results-dir /tmp/ab-head --tag ab ${AB_ARGS:-} >"$OUT/ab-head.log" 2>&1 \
     || { tail -20 "$OUT/ab-head.log"; exit 1; }
   cp /tmp/ab-head/*-ab.json "$OUT/ab-head.json"
+  if [ -n "${MOE_AB_ARGS:-}" ]; then
+    # shellcheck disable=SC2086
+    python3 benchmarks/moe.py --no-marlin --out /tmp/ab-moe-head $MOE_AB_ARGS >"$OUT/ab-moe-head.log" 2>&1 \
+      || { tail -20 "$OUT/ab-moe-head.log"; exit 1; }
+    cp /tmp/ab-moe-head/moe-*.json "$OUT/ab-moe-head.json"
+  fi
   for dir in .ab/*/; do
     rev=$(basename "$dir")
     site=/tmp/ab-site-$rev
@@ -44,6 +51,27 @@ run)
     PYTHONPATH="$site" python3 "$dir/benchmarks/gemm.py" --results-dir "/tmp/ab-$rev" --tag ab ${AB_ARGS:-} \
       >"$OUT/ab-$rev.log" 2>&1 || { tail -20 "$OUT/ab-$rev.log"; exit 1; }
     cp "/tmp/ab-$rev"/*-ab.json "$OUT/ab-$rev.json"
+    if [ -n "${MOE_AB_ARGS:-}" ]; then
+      [ -f "$dir/benchmarks/moe.py" ] || { echo "$rev: no benchmarks/moe.py (prepare it again)"; exit 1; }
+      # shellcheck disable=SC2086
+      PYTHONPATH="$site" python3 "$dir/benchmarks/moe.py" --no-marlin --out "/tmp/ab-moe-$rev" $MOE_AB_ARGS \
+        >"$OUT/ab-moe-$rev.log" 2>&1 || { tail -20 "$OUT/ab-moe-$rev.log"; exit 1; }
+      cp "/tmp/ab-moe-$rev"/moe-*.json "$OUT/ab-moe-$rev.json"
+      python3 - "$OUT/ab-moe-head.json" "$OUT/ab-moe-$rev.json" "$rev" <<'EOF'
+import json, sys
+
+head, old = (json.load(open(p))["rows"] for p in sys.argv[1:3])
+index = {(r["shape"], r["tokens"]): r for r in old}
+print(f"MoE layer time, this tree / {sys.argv[3]} (same session, CUDA graphs):")
+for r in head:
+    o = index.get((r["shape"], r["tokens"]))
+    if o is None:
+        continue
+    for key in ("awqgemm_graph_us", "awqgemm_gemms_graph_us"):
+        if r.get(key) and o.get(key):
+            print(f"  {r['shape']:<16} T={r['tokens']:<5} {key:<24} {r[key]:8.1f} / {o[key]:8.1f} us = {r[key] / o[key]:.3f}")
+EOF
+    fi
     python3 - "$OUT/ab-head.json" "$OUT/ab-$rev.json" "$rev" <<'EOF'
 import json, math, sys
 from collections import defaultdict

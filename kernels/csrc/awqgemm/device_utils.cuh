@@ -28,6 +28,10 @@ struct Half2Of<__half> {
   // (magic | q) reinterpreted as fp16 is exactly 1024 + q for q in 0..15.
   static constexpr uint32_t kMagic = 0x64006400u;
   static constexpr float kMagicValue = 1024.f;
+  // (magic | 16 q) is 1024 + 16 q; times 1/16 (0x2C00) it is 64 + q, exactly.
+  static constexpr uint32_t kSixteenth = 0x2C002C00u;
+  // magic - magic / 16 = 960: (magic + z) - 960 = 64 + z, exactly.
+  static constexpr uint32_t kHiBias = 0x63806380u;
 };
 #if !defined(AWQGEMM_NO_BF16)
 template <>
@@ -36,6 +40,10 @@ struct Half2Of<__nv_bfloat16> {
   // bf16 has 7 mantissa bits: 0x4300 is 128.0 and (0x4300 | q) is 128 + q.
   static constexpr uint32_t kMagic = 0x43004300u;
   static constexpr float kMagicValue = 128.f;
+  // (magic | 16 q) is 128 + 16 q (a multiple of 16 below 512: exact); times 1/16 (0x3D80) it is 8 + q.
+  static constexpr uint32_t kSixteenth = 0x3D803D80u;
+  // magic - magic / 16 = 120: (magic + z) - 120 = 8 + z, exactly.
+  static constexpr uint32_t kHiBias = 0x42F042F0u;
 };
 #endif
 
@@ -48,11 +56,20 @@ __device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t mask, uint3
 
 __device__ __forceinline__ __half2 h2_sub(__half2 a, __half2 b) { return __hsub2(a, b); }
 __device__ __forceinline__ __half2 h2_mul(__half2 a, __half2 b) { return __hmul2(a, b); }
+__device__ __forceinline__ __half2 h2_fma(__half2 a, __half2 b, __half2 c) { return __hfma2(a, b, c); }
 #if !defined(AWQGEMM_NO_BF16)
 // bf16 pair arithmetic exists as instructions from sm_80 on; the families that
 // run bf16 are sm_80+, so older targets never instantiate these.
 __device__ __forceinline__ __nv_bfloat162 h2_sub(__nv_bfloat162 a, __nv_bfloat162 b) { return __hsub2(a, b); }
 __device__ __forceinline__ __nv_bfloat162 h2_mul(__nv_bfloat162 a, __nv_bfloat162 b) { return __hmul2(a, b); }
+__device__ __forceinline__ __nv_bfloat162 h2_fma(__nv_bfloat162 a, __nv_bfloat162 b, __nv_bfloat162 c) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  // CUDA 12's headers have no bf16 fma below sm_80; this body is compiled there, never run.
+  return __hadd2(__hmul2(a, b), c);
+#else
+  return __hfma2(a, b, c);
+#endif
+}
 #endif
 
 template <typename H2>
@@ -64,16 +81,36 @@ __device__ __forceinline__ H2 from_u32(uint32_t v) { return *reinterpret_cast<H2
 // Register i takes its (scale, zero) from row pair entry row_of(i): families
 // whose fragment alternates rows r / r + 8 per register use i & 1, those that
 // keep a row's registers together use i >> 1.
+//
+// Register i holds nibbles i and i + 4 (one per 16-bit half). Even i mask the
+// low nibble of each byte into the magic's mantissa: magic + q. Odd i mask the
+// high nibble in place, magic + 16 q, and one fma by 1/16 takes it to
+// magic / 16 + q: no shift for those, so a word costs one shift, four lop3,
+// four subtract-or-fma and four multiplies (three shifts before). The decode
+// kernels are issue-bound, so instructions per weight are time
+// (docs/perf-notes.md). Every intermediate is an integer the type holds
+// exactly; the multiply rounds once, as before.
 template <typename T, bool kRowAlternates>
 __device__ __forceinline__ void dequant_word(uint32_t word, const uint32_t zero2[2], const uint32_t scale2[2],
                                              uint32_t a[4]) {
   using H2 = typename Half2Of<T>::type;
+  const uint32_t hi_word = word >> 8;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int r = kRowAlternates ? (i & 1) : (i >> 1);
-    const uint32_t biased = lop3_and_or(word >> (4 * i), 0x000F000Fu, Half2Of<T>::kMagic);
-    // (magic + q) - (magic + z) is exact; the multiply rounds once.
-    const H2 qz = h2_sub(from_u32<H2>(biased), from_u32<H2>(zero2[r]));
+    const uint32_t src = i < 2 ? word : hi_word;
+    H2 qz;
+    if (i % 2 == 0) {
+      // (magic + q) - (magic + z) is exact.
+      const uint32_t biased = lop3_and_or(src, 0x000F000Fu, Half2Of<T>::kMagic);
+      qz = h2_sub(from_u32<H2>(biased), from_u32<H2>(zero2[r]));
+    } else {
+      // (magic + 16 q) / 16 - (magic / 16 + z) is exact; the zero's form is shared by all
+      // words of a tile (the compiler computes it once per zero2).
+      const uint32_t biased16 = lop3_and_or(src, 0x00F000F0u, Half2Of<T>::kMagic);
+      const H2 neg_zero_hi = h2_sub(from_u32<H2>(Half2Of<T>::kHiBias), from_u32<H2>(zero2[r]));
+      qz = h2_fma(from_u32<H2>(biased16), from_u32<H2>(Half2Of<T>::kSixteenth), neg_zero_hi);
+    }
     a[i] = as_u32(h2_mul(qz, from_u32<H2>(scale2[r])));
   }
 }

@@ -171,40 +171,55 @@ __device__ __forceinline__ void weight_strips(const GemmProblem& p, int nt0, int
 // which the block zeroes. All of them fit in ceil(M / bm) + min(num_batches, M)
 // grid rows (grouped_grid_rows in problem.h). Every warp scans the offsets
 // itself, 32 experts per step (a shuffle scan of the tile counts), so no
-// barrier and no prep kernel.
+// barrier and no prep kernel. The offsets of kBatch steps (128 experts) are
+// loaded before any is scanned: one L2 round trip instead of one per step,
+// which every block of a decode-sized grouped GEMM waits for before its first
+// weight load.
 // Offsets are clamped into [0, M] and made non-decreasing on the fly.
 __device__ __forceinline__ void resolve_group_tile(const GemmProblem& p, int bm, int tile, int& e, int& m0,
                                                    int& m_end) {
+  constexpr int kBatch = 4;
   const int lane = threadIdx.x & 31;
   const int num = p.num_batches;
   int base = 0;  // tiles of the experts before this chunk
   int prev = 0;  // end row of the chunk before
-  for (int c = 0; c < num; c += 32) {
-    const int i = c + lane;
-    int lo = 0, hi = 0;
-    if (i < num) {
-      lo = min(max(__ldg(p.row_offsets + i), 0), p.M);
-      hi = min(max(__ldg(p.row_offsets + i + 1), lo), p.M);
-    }
-    const int cnt = ceil_div(hi - lo, bm);
-    int incl = cnt;
+  for (int c0 = 0; c0 < num; c0 += 32 * kBatch) {
+    int lo_raw[kBatch], hi_raw[kBatch];
 #pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-      const int v = __shfl_up_sync(0xffffffffu, incl, d);
-      if (lane >= d) incl += v;
+    for (int j = 0; j < kBatch; ++j) {
+      const int i = c0 + 32 * j + lane;
+      lo_raw[j] = i < num ? __ldg(p.row_offsets + i) : 0;
+      hi_raw[j] = i < num ? __ldg(p.row_offsets + i + 1) : 0;
     }
-    const int total = __shfl_sync(0xffffffffu, incl, 31);
-    if (tile < base + total) {
-      const int src = __ffs(__ballot_sync(0xffffffffu, base + incl > tile)) - 1;
-      const int before = __shfl_sync(0xffffffffu, incl - cnt, src);
-      e = c + src;
-      m0 = __shfl_sync(0xffffffffu, lo, src) + (tile - base - before) * bm;
-      m_end = __shfl_sync(0xffffffffu, hi, src);
-      return;
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int c = c0 + 32 * j;
+      if (c >= num) break;
+      int lo = 0, hi = 0;
+      if (c + lane < num) {
+        lo = min(max(lo_raw[j], 0), p.M);
+        hi = min(max(hi_raw[j], lo), p.M);
+      }
+      const int cnt = ceil_div(hi - lo, bm);
+      int incl = cnt;
+#pragma unroll
+      for (int d = 1; d < 32; d <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, incl, d);
+        if (lane >= d) incl += v;
+      }
+      const int total = __shfl_sync(0xffffffffu, incl, 31);
+      if (tile < base + total) {
+        const int src = __ffs(__ballot_sync(0xffffffffu, base + incl > tile)) - 1;
+        const int before = __shfl_sync(0xffffffffu, incl - cnt, src);
+        e = c + src;
+        m0 = __shfl_sync(0xffffffffu, lo, src) + (tile - base - before) * bm;
+        m_end = __shfl_sync(0xffffffffu, hi, src);
+        return;
+      }
+      base += total;
+      prev = __shfl_sync(0xffffffffu, hi, 31);
+      if (c + 32 >= num) prev = __shfl_sync(0xffffffffu, hi, (num - 1) & 31);
     }
-    base += total;
-    prev = __shfl_sync(0xffffffffu, hi, 31);
-    if (c + 32 >= num) prev = __shfl_sync(0xffffffffu, hi, (num - 1) & 31);
   }
   e = -1;
   m0 = max(prev, min(max(__ldg(p.row_offsets + num), 0), p.M)) + (tile - base) * bm;
@@ -341,44 +356,69 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
     uint2* ssz = reinterpret_cast<uint2*>(sx + STAGES * MT * 2 * kThreads);
     StageRegs<MT, NT> st[kAsyncWeights ? 1 : STAGES];
 
+    // Copy sources, advanced by one step of KWARPS k-tiles per fetch: fetch(i) runs for i = 0, 1,
+    // 2, ... in order, so each pointer adds a constant instead of being rebuilt from k. Rebuilding
+    // them (64-bit address arithmetic and a division by the group size per tile) took ~70 of the
+    // ~230 instructions per k-tile of the 8 x 32 decode block on sm_90a, and the decode kernels
+    // are issue-bound (docs/perf-notes.md). Groups are powers of two no larger than one step
+    // (32..128 vs KWARPS x 64 k), so a lane's group index also advances by a constant.
+    static_assert(KWARPS * kTileK % 128 == 0, "a fetch step must cover whole groups");
+    constexpr int kStepK = KWARPS * kTileK;
+    const int gshift = 31 - __clz(p.group_size);
+    int kx_next = first * kTileK + koff;
+    const uint4* w_next[NT];
+    const uint2* sz_next[NT];
+    const size_t sz_step = static_cast<size_t>(kStepK >> gshift) * ntiles * 8;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      w_next[nt] = wptr[nt] + static_cast<size_t>(first) * 32;
+      sz_next[nt] = szptr + (static_cast<size_t>(kx_next >> gshift) * ntiles + ntc[nt]) * 8;
+    }
+    const T* x_next[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) x_next[mt] = xptr[mt] + first * kTileK;
+
     auto fetch = [&](StageRegs<MT, NT>& s, const int slot, const int i) {
       if (i < n_my) {
-        const int kt = first + i * KWARPS;
-        const int kx = kt * kTileK + koff;
-        const int grp = kx / p.group_size;
+        // K tail: the padded weights are zero, and so must x be (0 * NaN).
+        const bool x_real = kx_next < p.K;
         if constexpr (kAsyncWeights) {
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) {
-            cp_async_16(&sw[(slot * NT + nt) * kThreads + threadIdx.x], wptr[nt] + static_cast<size_t>(kt) * 32);
-            cp_async_8(&ssz[(slot * NT + nt) * kThreads + threadIdx.x],
-                       szptr + (static_cast<size_t>(grp) * ntiles + ntc[nt]) * 8);
+            cp_async_16(&sw[(slot * NT + nt) * kThreads + threadIdx.x], w_next[nt]);
+            cp_async_8(&ssz[(slot * NT + nt) * kThreads + threadIdx.x], sz_next[nt]);
           }
-          // K tail: the padded weights are zero, and so must x be (0 * NaN).
-          const int xbytes = kx < p.K ? 16 : 0;
+          const int xbytes = x_real ? 16 : 0;
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
-            const T* src = xptr[mt] + (kx < p.K ? kt * kTileK : 0);
+            const T* src = x_real ? x_next[mt] : xptr[mt];  // no bytes are read past K
             cp_async_16_ca_zfill(&sx[((slot * MT + mt) * 2 + 0) * kThreads + threadIdx.x], src, xbytes);
             cp_async_16_ca_zfill(&sx[((slot * MT + mt) * 2 + 1) * kThreads + threadIdx.x], src + 8, xbytes);
           }
         } else {
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt) s.w[nt] = ldg_stream_u4(wptr[nt] + static_cast<size_t>(kt) * 32);
+          for (int nt = 0; nt < NT; ++nt) s.w[nt] = ldg_stream_u4(w_next[nt]);
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {
-            if (kx < p.K) {
-              s.x[mt][0] = ldg_u4(xptr[mt] + kt * kTileK);
-              s.x[mt][1] = ldg_u4(xptr[mt] + kt * kTileK + 8);
-            } else {  // K tail: the padded weights are zero, and so must x be (0 * NaN).
+            if (x_real) {
+              s.x[mt][0] = ldg_u4(x_next[mt]);
+              s.x[mt][1] = ldg_u4(x_next[mt] + 8);
+            } else {
               s.x[mt][0] = make_uint4(0, 0, 0, 0);
               s.x[mt][1] = make_uint4(0, 0, 0, 0);
             }
           }
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            s.sz[nt] = ldg_u2(szptr + (static_cast<size_t>(grp) * ntiles + ntc[nt]) * 8);
-          }
+          for (int nt = 0; nt < NT; ++nt) s.sz[nt] = ldg_u2(sz_next[nt]);
         }
+        kx_next += kStepK;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          w_next[nt] += KWARPS * 32;
+          sz_next[nt] += sz_step;
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) x_next[mt] += kStepK;
       }
       if constexpr (kAsyncWeights) cp_async_commit();  // empty groups keep the count uniform
     };
