@@ -77,22 +77,19 @@ __device__ __forceinline__ uint32_t as_u32(H2 v) { return *reinterpret_cast<uint
 template <typename H2>
 __device__ __forceinline__ H2 from_u32(uint32_t v) { return *reinterpret_cast<H2*>(&v); }
 
-// Dequantizes one packed word (8 nibbles) into 4 A-operand registers.
-// Register i takes its (scale, zero) from row pair entry row_of(i): families
-// whose fragment alternates rows r / r + 8 per register use i & 1, those that
-// keep a row's registers together use i >> 1.
+// One packed word (8 nibbles) as 4 A-operand registers of q - z pairs, exact
+// (integers in -15..15). Register i takes its zero from row pair entry
+// row_of(i): families whose fragment alternates rows r / r + 8 per register
+// use i & 1, those that keep a row's registers together use i >> 1.
 //
 // Register i holds nibbles i and i + 4 (one per 16-bit half). Even i mask the
 // low nibble of each byte into the magic's mantissa: magic + q. Odd i mask the
 // high nibble in place, magic + 16 q, and one fma by 1/16 takes it to
-// magic / 16 + q: no shift for those, so a word costs one shift, four lop3,
-// four subtract-or-fma and four multiplies (three shifts before). The decode
-// kernels are issue-bound, so instructions per weight are time
-// (docs/perf-notes.md). Every intermediate is an integer the type holds
-// exactly; the multiply rounds once, as before.
+// magic / 16 + q: no shift for those, so a word costs one shift, four lop3 and
+// four subtract-or-fma (three shifts before). The decode kernels are
+// issue-bound, so instructions per weight are time (docs/perf-notes.md).
 template <typename T, bool kRowAlternates>
-__device__ __forceinline__ void dequant_word(uint32_t word, const uint32_t zero2[2], const uint32_t scale2[2],
-                                             uint32_t a[4]) {
+__device__ __forceinline__ void dequant_word_offsets(uint32_t word, const uint32_t zero2[2], uint32_t a[4]) {
   using H2 = typename Half2Of<T>::type;
   const uint32_t hi_word = word >> 8;
 #pragma unroll
@@ -111,15 +108,39 @@ __device__ __forceinline__ void dequant_word(uint32_t word, const uint32_t zero2
       const H2 neg_zero_hi = h2_sub(from_u32<H2>(Half2Of<T>::kHiBias), from_u32<H2>(zero2[r]));
       qz = h2_fma(from_u32<H2>(biased16), from_u32<H2>(Half2Of<T>::kSixteenth), neg_zero_hi);
     }
-    a[i] = as_u32(h2_mul(qz, from_u32<H2>(scale2[r])));
+    a[i] = as_u32(qz);
   }
 }
 
-// Splits a (scale, zero+magic) pair word into broadcast pairs.
+// Dequantizes one packed word into 4 A-operand registers: (q - z) * s, the
+// multiply rounding once. Row pair entries as in dequant_word_offsets.
+template <typename T, bool kRowAlternates>
+__device__ __forceinline__ void dequant_word(uint32_t word, const uint32_t zero2[2], const uint32_t scale2[2],
+                                             uint32_t a[4]) {
+  using H2 = typename Half2Of<T>::type;
+  dequant_word_offsets<T, kRowAlternates>(word, zero2, a);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = kRowAlternates ? (i & 1) : (i >> 1);
+    a[i] = as_u32(h2_mul(from_u32<H2>(a[i]), from_u32<H2>(scale2[r])));
+  }
+}
+
+// The scale of a (scale, zero+magic) pair word as fp32.
+template <typename T>
+__device__ __forceinline__ float scale_of_pair(uint32_t sz) {
+  if constexpr (SameType<T, __half>::value) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(sz & 0xFFFFu)));
+  } else {
+    return __uint_as_float(sz << 16);  // bf16 is the top half of an fp32
+  }
+}
+
+// Splits a (scale, zero+magic) pair word into broadcast pairs: one byte
+// permute each (ptxas made two instructions of each mask-and-shift form).
 __device__ __forceinline__ void split_scale_zero(uint32_t sz, uint32_t& scale2, uint32_t& zero2) {
-  const uint32_t lo = sz & 0xFFFFu, hi = sz >> 16;
-  scale2 = lo | (lo << 16);
-  zero2 = hi | (hi << 16);
+  scale2 = __byte_perm(sz, 0, 0x1010);
+  zero2 = __byte_perm(sz, 0, 0x3232);
 }
 
 // Read-only 16-byte load. Weights are streamed once, so keep them out of L1.

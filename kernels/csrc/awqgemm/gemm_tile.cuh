@@ -88,6 +88,12 @@ struct M16n8Lanes {
   __device__ __forceinline__ static void dequant(uint32_t w, const uint32_t z[2], const uint32_t s[2], uint32_t a[4]) {
     dequant_word<T, true>(w, z, s, a);
   }
+  template <typename T>
+  __device__ __forceinline__ static void dequant_offsets(uint32_t w, const uint32_t z[2], uint32_t a[4]) {
+    dequant_word_offsets<T, true>(w, z, a);
+  }
+  // Row half (row g or g + 8, i.e. row pair entry) of accumulator i: see coord.
+  __device__ __forceinline__ static int acc_row_half(int i) { return i >> 1; }
   // Register i of a dequantized word: row half and first k (it holds k, k + 1).
   __device__ __forceinline__ static int reg_row_half(int i) { return i & 1; }
   __device__ __forceinline__ static int reg_k(int i) { return 2 * (i >> 1); }
@@ -281,10 +287,20 @@ struct SmemLayout {
 //   x_koff(lane)         first of its 16 contiguous k inside a 64-k tile
 //   supported<T>()       false where the arch lacks the instruction
 //   dequant<T>(w, z, s, a)  one packed word -> 4 A-operand registers
+//   dequant_offsets<T>(w, z, a), acc_row_half(i)   (kGroupScaled only) the same
+//                        registers unscaled (q - z), and the row pair entry of accumulator i
 //   mma<T>(c, a, b0, b1) a 16 n x 8 m x 16 k step
 //   finish(c, own, lane) cross-lane reduction; leaves kOwn outputs per lane
 //   coord(lane, t, m, n) where owned output t of a lane lands
-template <typename T, int MT, int NT, int KWARPS, int STAGES, class Fam, bool kAsyncWeights>
+//
+// kGroupScaled (groups of >= 64 k, so one k-tile lies in one group): the MMAs of a
+// k-tile take the exact q - z and accumulate into a zeroed tile; its scale is
+// applied once per k-tile in fp32 (one fma per accumulator), not per weight in
+// 16 bits (one multiply per register pair). In the decode kernels, which are
+// issue-bound, that is 32 of ~170 instructions per k-tile of the 8 x 32 block for
+// 8 fmas; the sums are also closer to exact (no 16-bit rounding of the weights).
+// Smaller groups would split one MMA's k over two scales.
+template <typename T, int MT, int NT, int KWARPS, int STAGES, class Fam, bool kAsyncWeights, bool kGroupScaled = false>
 __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem p, const int splits, const int pdl_flags) {
   if constexpr (!Fam::template supported<T>()) {
     __trap();  // never launched: the dispatcher checks the family first
@@ -441,25 +457,61 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
         s = staged;
       }
       const uint4* w = s.w;
-      uint32_t scale2[NT][2], zero2[NT][2];
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        split_scale_zero(s.sz[nt].x, scale2[nt][0], zero2[nt][0]);
-        split_scale_zero(s.sz[nt].y, scale2[nt][1], zero2[nt][1]);
-      }
-#pragma unroll
-      for (int step = 0; step < 4; ++step) {
+      if constexpr (kGroupScaled) {
+        uint32_t zero2[NT][2];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          const uint32_t word = step == 0 ? w[nt].x : step == 1 ? w[nt].y : step == 2 ? w[nt].z : w[nt].w;
-          uint32_t a[4];
-          Fam::template dequant<T>(word, zero2[nt], scale2[nt], a);
+          zero2[nt][0] = __byte_perm(s.sz[nt].x, 0, 0x3232);
+          zero2[nt][1] = __byte_perm(s.sz[nt].y, 0, 0x3232);
+        }
+        float tile[MT][NT][kAcc];
 #pragma unroll
-          for (int mt = 0; mt < MT; ++mt) {
-            const uint4& xv = s.x[mt][step >> 1];
-            const uint32_t b0 = (step & 1) ? xv.z : xv.x;
-            const uint32_t b1 = (step & 1) ? xv.w : xv.y;
-            Fam::template mma<T>(acc[mt][nt], a, b0, b1);
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int i = 0; i < kAcc; ++i) tile[mt][nt][i] = 0.f;
+#pragma unroll
+        for (int step = 0; step < 4; ++step) {
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            const uint32_t word = step == 0 ? w[nt].x : step == 1 ? w[nt].y : step == 2 ? w[nt].z : w[nt].w;
+            uint32_t a[4];
+            Fam::template dequant_offsets<T>(word, zero2[nt], a);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+              const uint4& xv = s.x[mt][step >> 1];
+              Fam::template mma<T>(tile[mt][nt], a, (step & 1) ? xv.z : xv.x, (step & 1) ? xv.w : xv.y);
+            }
+          }
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const float scale[2] = {scale_of_pair<T>(s.sz[nt].x), scale_of_pair<T>(s.sz[nt].y)};
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int i = 0; i < kAcc; ++i) acc[mt][nt][i] = fmaf(scale[Fam::acc_row_half(i)], tile[mt][nt][i], acc[mt][nt][i]);
+        }
+      } else {
+        uint32_t scale2[NT][2], zero2[NT][2];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          split_scale_zero(s.sz[nt].x, scale2[nt][0], zero2[nt][0]);
+          split_scale_zero(s.sz[nt].y, scale2[nt][1], zero2[nt][1]);
+        }
+#pragma unroll
+        for (int step = 0; step < 4; ++step) {
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            const uint32_t word = step == 0 ? w[nt].x : step == 1 ? w[nt].y : step == 2 ? w[nt].z : w[nt].w;
+            uint32_t a[4];
+            Fam::template dequant<T>(word, zero2[nt], scale2[nt], a);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+              const uint4& xv = s.x[mt][step >> 1];
+              Fam::template mma<T>(acc[mt][nt], a, (step & 1) ? xv.z : xv.x, (step & 1) ? xv.w : xv.y);
+            }
           }
         }
       }

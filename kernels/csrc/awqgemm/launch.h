@@ -66,6 +66,17 @@ cudaError_t launch_gemm_tc(const GemmProblem& p, const TileConfig& cfg, cudaStre
                   cfg.splits);
   constexpr int kStages = pipeline_stages(MT, kAsyncWeights);
   constexpr int kSmem = SmemLayout<MT, NT, KWARPS, kStages, kAsyncWeights>::kBytes;
+  // Scales applied per k-tile where a k-tile lies in one group (gemm_tc_kernel's kGroupScaled):
+  // the cp.async families (sm80+) only, whose lanes map accumulators to weight rows like their
+  // A operands (M16n8Lanes::acc_row_half), and blocks of up to 16 tokens. Its 4 MT fmas per
+  // column tile and k-tile replace 16 multiplies: at MT = 4 (32 x 64 blocks) the k-loop grew
+  // (396 -> 428 instructions on sm_90a; MT = 1: 171 -> 151, MT = 2: 190 -> 174).
+  if constexpr (kAsyncWeights && MT <= 2) {
+    if (p.group_size >= kTileK) {
+      return launch_with_smem<kSmem, gemm_tc_kernel<T, MT, NT, KWARPS, kStages, Fam, kAsyncWeights, true>>(
+          grid, KWARPS * 32, p, cfg, stream);
+    }
+  }
   return launch_with_smem<kSmem, gemm_tc_kernel<T, MT, NT, KWARPS, kStages, Fam, kAsyncWeights>>(grid, KWARPS * 32, p, cfg,
                                                                                                 stream);
 }
