@@ -28,7 +28,9 @@ struct Half2Of<__half> {
   // (magic | q) reinterpreted as fp16 is exactly 1024 + q for q in 0..15.
   static constexpr uint32_t kMagic = 0x64006400u;
   static constexpr float kMagicValue = 1024.f;
-  // (magic | 16 q) is 1024 + 16 q; times 1/16 (0x2C00) it is 64 + q, exactly.
+  // 10 mantissa bits: a nibble masked in place at bits 4..7 reads (magic | 16 q) = 1024 + 16 q;
+  // times 1/16 (0x2C00) it is 64 + q, exactly.
+  static constexpr bool kHighNibbleInPlace = true;
   static constexpr uint32_t kSixteenth = 0x2C002C00u;
   // magic - magic / 16 = 960: (magic + z) - 960 = 64 + z, exactly.
   static constexpr uint32_t kHiBias = 0x63806380u;
@@ -40,10 +42,10 @@ struct Half2Of<__nv_bfloat16> {
   // bf16 has 7 mantissa bits: 0x4300 is 128.0 and (0x4300 | q) is 128 + q.
   static constexpr uint32_t kMagic = 0x43004300u;
   static constexpr float kMagicValue = 128.f;
-  // (magic | 16 q) is 128 + 16 q (a multiple of 16 below 512: exact); times 1/16 (0x3D80) it is 8 + q.
-  static constexpr uint32_t kSixteenth = 0x3D803D80u;
-  // magic - magic / 16 = 120: (magic + z) - 120 = 8 + z, exactly.
-  static constexpr uint32_t kHiBias = 0x42F042F0u;
+  // Bit 7 is the exponent's lowest bit: a nibble at bits 4..7 must be shifted down first.
+  static constexpr bool kHighNibbleInPlace = false;
+  static constexpr uint32_t kSixteenth = 0;
+  static constexpr uint32_t kHiBias = 0;
 };
 #endif
 
@@ -83,11 +85,12 @@ __device__ __forceinline__ H2 from_u32(uint32_t v) { return *reinterpret_cast<H2
 // use i & 1, those that keep a row's registers together use i >> 1.
 //
 // Register i holds nibbles i and i + 4 (one per 16-bit half). Even i mask the
-// low nibble of each byte into the magic's mantissa: magic + q. Odd i mask the
-// high nibble in place, magic + 16 q, and one fma by 1/16 takes it to
+// low nibble of each byte into the magic's mantissa: magic + q. In fp16, odd i
+// mask the high nibble in place, magic + 16 q, and one fma by 1/16 takes it to
 // magic / 16 + q: no shift for those, so a word costs one shift, four lop3 and
 // four subtract-or-fma (three shifts before). The decode kernels are
 // issue-bound, so instructions per weight are time (docs/perf-notes.md).
+// bf16's 7 mantissa bits cannot hold 16 q: its odd nibbles are shifted down.
 template <typename T, bool kRowAlternates>
 __device__ __forceinline__ void dequant_word_offsets(uint32_t word, const uint32_t zero2[2], uint32_t a[4]) {
   using H2 = typename Half2Of<T>::type;
@@ -97,9 +100,9 @@ __device__ __forceinline__ void dequant_word_offsets(uint32_t word, const uint32
     const int r = kRowAlternates ? (i & 1) : (i >> 1);
     const uint32_t src = i < 2 ? word : hi_word;
     H2 qz;
-    if (i % 2 == 0) {
+    if (i % 2 == 0 || !Half2Of<T>::kHighNibbleInPlace) {
       // (magic + q) - (magic + z) is exact.
-      const uint32_t biased = lop3_and_or(src, 0x000F000Fu, Half2Of<T>::kMagic);
+      const uint32_t biased = lop3_and_or(i % 2 == 0 ? src : src >> 4, 0x000F000Fu, Half2Of<T>::kMagic);
       qz = h2_sub(from_u32<H2>(biased), from_u32<H2>(zero2[r]));
     } else {
       // (magic + 16 q) / 16 - (magic / 16 + z) is exact; the zero's form is shared by all
