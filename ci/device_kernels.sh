@@ -23,11 +23,13 @@ build_awqgemm || exit 1
 # WIP_FEATURES; test_wip_selection.py checks the two agree). Each suite runs without them first, then
 # once per feature, each in a pytest process of its own: a kernel that traps (a hung mbarrier, a bad TMA
 # box) kills its process's CUDA context and would fail every later test there. Simplest first.
-WIP_GPU=""
+WIP_GPU="ksplit_wide"
 WIP_MOE="grouped_wgmma"
+# Features tested in test_gpu.py (their MoE cases included) that moe.py's --wip variants also switch on.
+WIP_MOE_FROM_GPU="ksplit_wide"
 # The benchmarks leave out what a feature whose tests failed would run (a trap would end the whole
 # sweep): gemm.py's contender of each feature, moe.py's --wip variants that use it.
-declare -A WIP_CONTENDER=()
+declare -A WIP_CONTENDER=([ksplit_wide]="ksw")
 WIP_FAILED=""
 
 # in_parts LABEL "FEATURES" CMD...: runs CMD (a pytest command line, in kernels/) with --wip none, then
@@ -136,7 +138,7 @@ if has moe; then
   mkdir -p "$OUT/results"
   # vLLM's fused_marlin_moe is the peer when ci/device_vllm.sh installed vLLM on this machine (its env file).
   skip=""
-  for f in $WIP_FAILED; do case " $WIP_MOE " in *" $f "*) skip="$skip${skip:+,}$f";; esac; done
+  for f in $WIP_FAILED; do case " $WIP_MOE $WIP_MOE_FROM_GPU " in *" $f "*) skip="$skip${skip:+,}$f";; esac; done
   (if [ -f "$HOME/vsite/env" ]; then source "$HOME/vsite/env"; fi
    python3 benchmarks/moe.py --out "$OUT/results" ${MOE_BENCH_ARGS:-} ${skip:+--skip-wip "$skip"}) \
     >"$OUT/moe-bench.log" 2>&1

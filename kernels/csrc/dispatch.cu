@@ -434,8 +434,15 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
 // tile; beyond 16 rows a block takes 32 rows and 64 columns so each weight byte
 // feeds 4x more MMAs (the older families' path for M > 16). tiles_for(mt): the
 // token tiles of work the grid holds at that tile height.
+//
+// `wide` (work in progress, testing.force(ksplit_wide=True)): the sm80 family's
+// 8- and 16-token tiles take 64 columns instead of 32. Each k-tile's x rows are
+// read once per block, so at 16 tokens a 32-column block reads twice as many x
+// bytes (through L1/L2) as weight bytes; 64 columns halve that, at the price of
+// a deeper ring per thread (fewer blocks per SM) and no 8/16-warp blocks.
 template <class TilesFor>
-void plan_ksplit(TileConfig& t, Family family, int rows, int ntiles, int ktiles, TilesFor tiles_for, int64_t want) {
+void plan_ksplit(TileConfig& t, Family family, int rows, int ntiles, int ktiles, TilesFor tiles_for, int64_t want,
+                 bool wide = false) {
   t.kind = KernelKind::kKSplit;
   if (rows <= 8) {
     t.mt = 1;
@@ -450,6 +457,8 @@ void plan_ksplit(TileConfig& t, Family family, int rows, int ntiles, int ktiles,
     t.mt = 4;
     t.nt = 4;
   }
+  const bool wide_decode = wide && family == Family::kSm80 && t.mt <= 2;
+  if (wide_decode) t.nt = 4;
   const int blocks = ceil_div(ntiles, t.nt) * tiles_for(t.mt);
   // The estimate uses the cp.async ring depth for every family (the
   // register-staged ones run deeper, so this errs towards splitting).
@@ -459,7 +468,7 @@ void plan_ksplit(TileConfig& t, Family family, int rows, int ntiles, int ktiles,
   // memory: no extra launch); only if that is still short, split K across
   // blocks (a second launch for the reduction).
   t.kwarps = 4;
-  const int max_kwarps = family == Family::kSm80 ? 16 : 8;  // see launch.h launch_family
+  const int max_kwarps = wide_decode ? 4 : family == Family::kSm80 ? 16 : 8;  // see launch.h launch_family
   if (t.mt <= 2) {
     while (t.kwarps < max_kwarps && inflight(t.kwarps) < want && ktiles >= 2 * 2 * t.kwarps) t.kwarps *= 2;
   }
@@ -486,7 +495,8 @@ void plan_xshared(TileConfig& t, int rows, RowBlocks row_blocks, int ntiles, int
   t.splits = std::min(t.splits, xs_max_splits());
 }
 
-Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes) {
+Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes,
+               bool ksplit_wide) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -532,7 +542,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
     plan_xshared(t, M, [&](int mt) { return ceil_div(M, 8 * mt); }, ntiles, ktiles, want);
   } else {
     // Warps split K (plan_ksplit); grid.y covers M in token tiles.
-    plan_ksplit(t, family, M, ntiles, ktiles, [&](int mt) { return ceil_div(M, 8 * mt); }, want);
+    plan_ksplit(t, family, M, ntiles, ktiles, [&](int mt) { return ceil_div(M, 8 * mt); }, want, ksplit_wide);
     const int blocks = ceil_div(ntiles, t.nt) * ceil_div(M, 8 * t.mt);
     // Just over one block per SM, a few SMs stream twice what the rest do.
     // Splitting K in two evens that out, but pays a reduction launch and
@@ -560,7 +570,8 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 // it would dequantize all E experts (E x N x K) or need each expert's row count
 // on the host (a sync). Split-K partials are [splits][R][N] fp32, capped like
 // the wgmma plan's.
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma) {
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma,
+                       bool ksplit_wide) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -598,7 +609,7 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
     // T = 256 303 -> 294; Mixtral T = 64 470 -> 429; other points within 1 %.
     const double mean = static_cast<double>(R) / active;
     const int tile_rows = static_cast<int>(std::ceil(mean + 2.0 * std::sqrt(mean)));
-    plan_ksplit(t, family, tile_rows, ntiles, ktiles, row_blocks, want);
+    plan_ksplit(t, family, tile_rows, ntiles, ktiles, row_blocks, want, ksplit_wide);
   }
   while (t.splits > 1 && static_cast<int64_t>(t.splits) * R * N * 4 > kMaxWorkspaceBytes) --t.splits;
   finish_plan(plan, dev, /*kernel_has_wait=*/dev.ptx_arch >= 90, R, N, K);

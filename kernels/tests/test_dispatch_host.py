@@ -132,7 +132,7 @@ def test_stream_k_only_on_v11_1_with_one_split(plans):
     sk = [p for p in plans if p["flags"] & 4]
     assert sk, "no plan takes the stream-K tail"
     for p in sk:
-        assert p["problem"] == "P" and p["family"] == 90 and p["kind"] == 4 and p["splits"] == 1, p
+        assert p["problem"] in ("P", "K") and p["family"] == 90 and p["kind"] == 4 and p["splits"] == 1, p
     fused_h200 = {
         (p["K"], p["N"], p["M"]): p for p in plans if p["problem"] == "P" and p["cap"] == p["fam"] == 90 and p["a"] == 1
     }
@@ -161,3 +161,23 @@ def test_v11_1_blocks_are_256_columns_up_to_64_tokens(plans):
     for p in v11:
         assert (p["mt"] == 8) == (p["M"] <= 64), p
         assert p["nt"] == (16 if p["mt"] == 8 else 8), p
+
+
+def test_ksplit_wide_switch_widens_only_sm80_decode_tiles(plans):
+    """The ksplit_wide switch (work in progress) changes exactly the sm80 family's K-split plans of 8- and
+    16-token tiles: 64 columns (nt 4) in 4-warp blocks, the instantiations launch.h has; every other plan,
+    dense (K vs P lines) and grouped (V vs G lines), stays what the default dispatcher makes."""
+    default = {(p["problem"] in ("K", "P"), p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p
+               for p in plans if p["problem"] in ("P", "G")}  # fmt: skip
+    widened = 0
+    for p in plans:
+        if p["problem"] not in ("K", "V"):
+            continue
+        d = default[(p["problem"] == "K", p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"])]
+        if d["family"] == 80 and d["kind"] == 0 and not d["flags"] & 1 and d["mt"] <= 2:
+            assert (p["family"], p["kind"], p["mt"], p["nt"], p["kwarps"]) == (80, 0, d["mt"], 4, 4), (p, d)
+            assert 1 <= p["splits"] <= 16 and p["ws"] <= MAX_WORKSPACE, (p, d)
+            widened += 1
+        else:
+            assert p["code"] == d["code"] and p["ws"] == d["ws"], (p, d)
+    assert widened > 1000, widened
