@@ -78,6 +78,19 @@ def check(x, qweight, qzeros, scales, group, bias=None, label=""):
     return err
 
 
+def assert_graph_replay_equals_eager(x, packed, replays=1):
+    """awqgemm.gemm captured in a CUDA graph (after a warm-up call) replays what an eager call computes, bit
+    for bit, under whatever testing.force the caller holds."""
+    eager = awqgemm.gemm(x, packed)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        replayed = awqgemm.gemm(x, packed)
+    for _ in range(replays):
+        graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(replayed, eager)
+
+
 def _m_sweep(family, dtype, group, paths):
     skip_unless_family(family)
     k, n = 1152, 1376  # N a TP-style shard; K = 18 tiles of 64
@@ -273,15 +286,7 @@ def test_stream_k_model_shapes(dtype):
         qweight, qzeros, scales = random_awq(k, n, 128, dtype, "cuda")
         packed = awqgemm.pack_awq(qweight, qzeros, scales, 128)
         x = torch.randn(m, k, dtype=dtype, device="cuda")
-        eager = awqgemm.gemm(x, packed)
-        graph = torch.cuda.CUDAGraph()
-        awqgemm.gemm(x, packed)  # warm-up outside capture
-        with torch.cuda.graph(graph):
-            replayed = awqgemm.gemm(x, packed)
-        graph.replay()
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(replayed, eager)
+        assert_graph_replay_equals_eager(x, packed, replays=2)
     assert taken >= 10, f"only {taken} of the sweep's plans took the stream-K tail"
 
 
@@ -326,13 +331,7 @@ def test_ws_wide(dtype):
     packed = awqgemm.pack_awq(qweight, qzeros, scales, 128)
     x = torch.randn(m, k, dtype=dtype, device="cuda")
     with awqgemm.testing.force(family="sm90", path="fused"):
-        eager = awqgemm.gemm(x, packed)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            replayed = awqgemm.gemm(x, packed)
-        graph.replay()
-        torch.cuda.synchronize()
-    assert torch.equal(replayed, eager)
+        assert_graph_replay_equals_eager(x, packed)
 
 
 def test_sanitizer_subset_wide():
@@ -717,13 +716,7 @@ def test_ksplit_wide(dtype):
     packed = awqgemm.pack_awq(qweight, qzeros, scales, 64)
     x = torch.randn(m, k, dtype=dtype, device="cuda")
     with awqgemm.testing.force(ksplit_wide=True):
-        eager = awqgemm.gemm(x, packed)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            replayed = awqgemm.gemm(x, packed)
-        graph.replay()
-        torch.cuda.synchronize()
-    assert torch.equal(replayed, eager)
+        assert_graph_replay_equals_eager(x, packed)
     from test_gpu_moe import run_case  # the MoE suite's float64 reference and routing
 
     for group in (32, 64, 128):

@@ -457,34 +457,43 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
         s = staged;
       }
       const uint4* w = s.w;
-      if constexpr (kGroupScaled) {
-        uint32_t zero2[NT][2];
+      // kGroupScaled: the MMAs accumulate this k-tile's q - z products into `tile`, scaled into acc after.
+      float tile[MT][NT][kGroupScaled ? kAcc : 1];
+      uint32_t scale2[NT][2], zero2[NT][2];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
+      for (int nt = 0; nt < NT; ++nt) {
+        if constexpr (kGroupScaled) {
           zero2[nt][0] = __byte_perm(s.sz[nt].x, 0, 0x3232);
           zero2[nt][1] = __byte_perm(s.sz[nt].y, 0, 0x3232);
-        }
-        float tile[MT][NT][kAcc];
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt)
+          for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
             for (int i = 0; i < kAcc; ++i) tile[mt][nt][i] = 0.f;
+        } else {
+          split_scale_zero(s.sz[nt].x, scale2[nt][0], zero2[nt][0]);
+          split_scale_zero(s.sz[nt].y, scale2[nt][1], zero2[nt][1]);
+        }
+      }
 #pragma unroll
-        for (int step = 0; step < 4; ++step) {
+      for (int step = 0; step < 4; ++step) {
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            const uint32_t word = step == 0 ? w[nt].x : step == 1 ? w[nt].y : step == 2 ? w[nt].z : w[nt].w;
-            uint32_t a[4];
+        for (int nt = 0; nt < NT; ++nt) {
+          const uint32_t word = step == 0 ? w[nt].x : step == 1 ? w[nt].y : step == 2 ? w[nt].z : w[nt].w;
+          uint32_t a[4];
+          if constexpr (kGroupScaled) {
             Fam::template dequant_offsets<T>(word, zero2[nt], a);
+          } else {
+            Fam::template dequant<T>(word, zero2[nt], scale2[nt], a);
+          }
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-              const uint4& xv = s.x[mt][step >> 1];
-              Fam::template mma<T>(tile[mt][nt], a, (step & 1) ? xv.z : xv.x, (step & 1) ? xv.w : xv.y);
-            }
+          for (int mt = 0; mt < MT; ++mt) {
+            const uint4& xv = s.x[mt][step >> 1];
+            float* c = kGroupScaled ? tile[mt][nt] : acc[mt][nt];
+            Fam::template mma<T>(c, a, (step & 1) ? xv.z : xv.x, (step & 1) ? xv.w : xv.y);
           }
         }
+      }
+      if constexpr (kGroupScaled) {
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
           const float scale[2] = {scale_of_pair<T>(s.sz[nt].x), scale_of_pair<T>(s.sz[nt].y)};
@@ -492,27 +501,6 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
           for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
             for (int i = 0; i < kAcc; ++i) acc[mt][nt][i] = fmaf(scale[Fam::acc_row_half(i)], tile[mt][nt][i], acc[mt][nt][i]);
-        }
-      } else {
-        uint32_t scale2[NT][2], zero2[NT][2];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          split_scale_zero(s.sz[nt].x, scale2[nt][0], zero2[nt][0]);
-          split_scale_zero(s.sz[nt].y, scale2[nt][1], zero2[nt][1]);
-        }
-#pragma unroll
-        for (int step = 0; step < 4; ++step) {
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            const uint32_t word = step == 0 ? w[nt].x : step == 1 ? w[nt].y : step == 2 ? w[nt].z : w[nt].w;
-            uint32_t a[4];
-            Fam::template dequant<T>(word, zero2[nt], scale2[nt], a);
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-              const uint4& xv = s.x[mt][step >> 1];
-              Fam::template mma<T>(acc[mt][nt], a, (step & 1) ? xv.z : xv.x, (step & 1) ? xv.w : xv.y);
-            }
-          }
         }
       }
     };
