@@ -156,7 +156,9 @@ if has bench; then
   fi
   skip=""
   for f in $WIP_FAILED; do [ -n "${WIP_CONTENDER[$f]:-}" ] && skip="$skip${skip:+,}${WIP_CONTENDER[$f]}"; done
-  python3 benchmarks/gemm.py --out "$OUT" ${BENCH_ARGS:-} ${skip:+--skip-contenders "$skip"} >"$OUT/bench.log" 2>&1
+  # vLLM's Machete and Marlin are contenders when ci/device_vllm.sh installed vLLM on this machine (its env file).
+  (if [ -f "$HOME/vsite/env" ]; then source "$HOME/vsite/env"; fi
+   python3 benchmarks/gemm.py --out "$OUT" ${BENCH_ARGS:-} ${skip:+--skip-contenders "$skip"}) >"$OUT/bench.log" 2>&1
   r=$?; echo "bench rc=$r" | tee -a "$OUT/summary.txt"
   grep -v "^\[" "$OUT/bench.log" | tail -70
 fi
