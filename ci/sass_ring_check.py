@@ -1,15 +1,19 @@
-"""SASS check of v11.1's ring loops (gemm_wgws_sm90a.cuh): no R2UR in the consumers' k-loops of any
-instantiation, nor in the producer's copy loop of the K-split (non-stream-K) ones.
+"""SASS checks of the kernels' hot loops, without a GPU (nvdisasm):
 
-Twice the ring's slot and phase left the uniform registers (a tail loop compiled beside the whole-unit
-loop), an R2UR appeared before every wgmma descriptor or bulk copy, and v11.1 ran 5-60 % slower at
-identical plans until a GPU A/B found it (docs/perf-notes.md). This check finds it without a GPU:
+1. v11.1's ring loops (gemm_wgws_sm90a.cuh): no R2UR in the consumers' k-loops of any instantiation, nor
+   in the producer's copy loop of the K-split (non-stream-K) ones. Twice the ring's slot and phase left
+   the uniform registers (a tail loop compiled beside the whole-unit loop), an R2UR appeared before every
+   wgmma descriptor or bulk copy, and v11.1 ran 5-60 % slower at identical plans until a GPU A/B found it.
+2. The K-split decode kernels (gemm_tile.cuh, tiles of 8 and 16 tokens): instructions per KB of weights
+   in the k-loop within a budget. They are issue-bound: 234 instructions per KB of the 8 x 32 block was
+   about all a scheduler issues per KB at HBM speed, and cutting it to 151 made M = 1 0.87x the time
+   (docs/perf-notes.md, the H200 run of 2026-11-28 19:10).
 
-    python3 ci/sass_ring_check.py [CSRC]     # compiles CSRC/gemm_sm90a_m64nNk16.cu for sm_90a (~1 min;
+    python3 ci/sass_ring_check.py [CSRC]     # compiles CSRC's sm90a and sm80 units for sm_90a (~1 min;
                                              # CSRC: kernels/csrc, or another revision's)
 
 nvdisasm from $NVDISASM, PATH, or beside nvcc (the CUDA toolkit; pip: nvidia-cuda-nvdisasm). Exit 0 when
-clean, 1 on an R2UR in a checked loop, 2 when the tools are missing.
+clean, 1 on an R2UR in a checked loop or a k-loop over its budget, 2 when the tools are missing.
 """
 
 from __future__ import annotations
@@ -37,7 +41,13 @@ def tool(name: str) -> str | None:
         return found
     nvcc = shutil.which("nvcc")
     beside = Path(nvcc).parent / name if nvcc else None
-    return str(beside) if beside and beside.exists() else None
+    if beside and beside.exists():
+        return str(beside)
+    # The pip wheel (nvidia-cuda-nvdisasm, in ci/requirements-dev.txt): nvidia/cu*/bin/ in site-packages.
+    for entry in sys.path:
+        for cand in sorted(Path(entry).glob(f"nvidia/cu*/bin/{name}")) if entry else []:
+            return str(cand)
+    return None
 
 
 def loops(body: list[str]) -> list[list[str]]:
@@ -59,18 +69,12 @@ def loops(body: list[str]) -> list[list[str]]:
     return out
 
 
-def main() -> int:
-    csrc = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else CSRC
-    nvcc, nvdisasm = tool("nvcc"), tool("nvdisasm")
-    if not nvcc or not nvdisasm:
-        print(f"sass check not run: nvcc={nvcc} nvdisasm={nvdisasm} (set NVDISASM or install the CUDA toolkit's)")
-        return 2
+def functions(nvcc: str, nvdisasm: str, csrc: Path, unit: str) -> dict[str, list[str]]:
+    """SASS lines of each function of one translation unit compiled for sm_90a."""
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
-        source = str(csrc / "gemm_sm90a_m64nNk16.cu")
         flags = ["-std=c++17", "-O3", "-cubin", "-arch=sm_90a", "-DAWQGEMM_HAS_SM90A=1", "--expt-relaxed-constexpr"]
-        cmd = [nvcc, *flags, f"-I{csrc}", source, "-o", str(cubin)]
-        subprocess.run(cmd, check=True)
+        subprocess.run([nvcc, *flags, f"-I{csrc}", str(csrc / unit), "-o", str(cubin)], check=True)
         sass = subprocess.run([nvdisasm, "-c", str(cubin)], check=True, capture_output=True, text=True).stdout
     funcs: dict[str, list[str]] = {}
     name = None
@@ -80,6 +84,10 @@ def main() -> int:
             funcs[name] = []
         elif name is not None:
             funcs[name].append(line)
+    return funcs
+
+
+def check_ring(funcs: dict[str, list[str]]) -> int:
     bad = 0
     checked = 0
     for name, body in funcs.items():
@@ -101,6 +109,55 @@ def main() -> int:
         print("no gemm_ws_kernel instantiation found in the SASS")
         return 1
     return 1 if bad else 0
+
+
+# gemm_tc_kernel<T, MT, NT, KWARPS, STAGES, Fam, kAsyncWeights = true, kGroupScaled>
+# (older revisions had no kGroupScaled: read as unscaled)
+TC = re.compile(
+    r"gemm_tc_kernelI(6__half|13__nv_bfloat16)Li(\d)ELi(\d)ELi(\d+)ELi(\d)ENS_12Sm80M16n8k16ELb1E(?:Lb(\d))?"
+)
+
+
+def kloop_budget(bf16: bool, mt: int, group_scaled: bool) -> int:
+    """Instructions per KB of weights the k-loop may take: about 6 % above what each variant took on
+    2026-11-28 (fp16, 8-token tiles: 161 with groups >= 64, 181 with groups of 32), more for 16-token
+    tiles (their MMAs and x loads double), unscaled groups and bf16 (its odd nibbles need shifts)."""
+    return 170 + 13 * (mt - 1) + (0 if group_scaled else 20) + (14 if bf16 else 0)
+
+
+def check_ksplit(funcs: dict[str, list[str]]) -> int:
+    bad = 0
+    checked = 0
+    for name, body in funcs.items():
+        m = TC.search(name)
+        if m is None or int(m.group(2)) > 2:
+            continue
+        bf16, mt, nt, kwarps, stages, scaled = m.group(1) != "6__half", *(int(g or 0) for g in m.groups()[1:])
+        found = loops(body)
+        main = max(found, key=lambda lp: sum("HMMA" in i for i in lp), default=[])
+        # The k-loop holds STAGES k-tiles; a warp's k-tile is NT x 512 bytes of weights.
+        per_kb = len(main) / (stages * nt / 2) if main else float("inf")
+        budget = kloop_budget(bf16, mt, bool(scaled))
+        ok = per_kb <= budget
+        bad += not ok
+        checked += 1
+        tile = f"{'bf16' if bf16 else 'fp16'} {8 * mt}x{16 * nt} {kwarps} warps{' scaled' if scaled else ''}"
+        print(f"{'ok ' if ok else 'BAD'} K-split {tile:<28} k-loop {per_kb:6.1f} instructions per KB (budget {budget})")
+    if checked == 0:
+        print("no K-split decode instantiation found in the SASS")
+        return 1
+    return 1 if bad else 0
+
+
+def main() -> int:
+    csrc = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else CSRC
+    nvcc, nvdisasm = tool("nvcc"), tool("nvdisasm")
+    if not nvcc or not nvdisasm:
+        print(f"sass check not run: nvcc={nvcc} nvdisasm={nvdisasm} (set NVDISASM or install the CUDA toolkit's)")
+        return 2
+    ring = check_ring(functions(nvcc, nvdisasm, csrc, "gemm_sm90a_m64nNk16.cu"))
+    ksplit = check_ksplit(functions(nvcc, nvdisasm, csrc, "gemm_sm80_m16n8k16.cu"))
+    return ring | ksplit
 
 
 if __name__ == "__main__":
