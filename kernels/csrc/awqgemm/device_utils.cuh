@@ -44,8 +44,6 @@ struct Half2Of<__nv_bfloat16> {
   static constexpr float kMagicValue = 128.f;
   // Bit 7 is the exponent's lowest bit: a nibble at bits 4..7 must be shifted down first.
   static constexpr bool kHighNibbleInPlace = false;
-  static constexpr uint32_t kSixteenth = 0;
-  static constexpr uint32_t kHiBias = 0;
 };
 #endif
 
@@ -99,19 +97,19 @@ __device__ __forceinline__ void dequant_word_offsets(uint32_t word, const uint32
   for (int i = 0; i < 4; ++i) {
     const int r = kRowAlternates ? (i & 1) : (i >> 1);
     const uint32_t src = i < 2 ? word : hi_word;
-    H2 qz;
-    if (i % 2 == 0 || !Half2Of<T>::kHighNibbleInPlace) {
-      // (magic + q) - (magic + z) is exact.
-      const uint32_t biased = lop3_and_or(i % 2 == 0 ? src : src >> 4, 0x000F000Fu, Half2Of<T>::kMagic);
-      qz = h2_sub(from_u32<H2>(biased), from_u32<H2>(zero2[r]));
-    } else {
-      // (magic + 16 q) / 16 - (magic / 16 + z) is exact; the zero's form is shared by all
-      // words of a tile (the compiler computes it once per zero2).
-      const uint32_t biased16 = lop3_and_or(src, 0x00F000F0u, Half2Of<T>::kMagic);
-      const H2 neg_zero_hi = h2_sub(from_u32<H2>(Half2Of<T>::kHiBias), from_u32<H2>(zero2[r]));
-      qz = h2_fma(from_u32<H2>(biased16), from_u32<H2>(Half2Of<T>::kSixteenth), neg_zero_hi);
+    if constexpr (Half2Of<T>::kHighNibbleInPlace) {
+      if (i % 2 == 1) {
+        // (magic + 16 q) / 16 - (magic / 16 + z) is exact; the zero's form is shared by all
+        // words of a tile (the compiler computes it once per zero2).
+        const uint32_t biased16 = lop3_and_or(src, 0x00F000F0u, Half2Of<T>::kMagic);
+        const H2 neg_zero_hi = h2_sub(from_u32<H2>(Half2Of<T>::kHiBias), from_u32<H2>(zero2[r]));
+        a[i] = as_u32(h2_fma(from_u32<H2>(biased16), from_u32<H2>(Half2Of<T>::kSixteenth), neg_zero_hi));
+        continue;
+      }
     }
-    a[i] = as_u32(qz);
+    // (magic + q) - (magic + z) is exact.
+    const uint32_t biased = lop3_and_or(i % 2 == 0 ? src : src >> 4, 0x000F000Fu, Half2Of<T>::kMagic);
+    a[i] = as_u32(h2_sub(from_u32<H2>(biased), from_u32<H2>(zero2[r])));
   }
 }
 

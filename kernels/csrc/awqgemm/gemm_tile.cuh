@@ -462,16 +462,13 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
       uint32_t scale2[NT][2], zero2[NT][2];
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
+        split_scale_zero(s.sz[nt].x, scale2[nt][0], zero2[nt][0]);  // kGroupScaled: scale2 unused
+        split_scale_zero(s.sz[nt].y, scale2[nt][1], zero2[nt][1]);
         if constexpr (kGroupScaled) {
-          zero2[nt][0] = __byte_perm(s.sz[nt].x, 0, 0x3232);
-          zero2[nt][1] = __byte_perm(s.sz[nt].y, 0, 0x3232);
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
             for (int i = 0; i < kAcc; ++i) tile[mt][nt][i] = 0.f;
-        } else {
-          split_scale_zero(s.sz[nt].x, scale2[nt][0], zero2[nt][0]);
-          split_scale_zero(s.sz[nt].y, scale2[nt][1], zero2[nt][1]);
         }
       }
 #pragma unroll
