@@ -2,6 +2,11 @@
 
 ncu --section SpeedOfLight python3 benchmarks/profile_one.py --k 4096 --n 28672 --m 1
 ncu -k regex:gemm_tc python3 benchmarks/profile_one.py --moe 128,8,2048,768 --m 128   # fused_moe, T = 128
+python3 benchmarks/profile_one.py --k 4096 --n 6144 --m 64 --timeline   # kernels of one call inside a CUDA graph
+
+--timeline captures --iters calls in a CUDA graph, replays it under torch.profiler and prints each
+kernel's mean duration per call next to the replay's span per call: what a call costs on the GPU
+beside its main kernel (split-K reduction, x staging, routing), and the gaps between launches.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ def main() -> None:
     ap.add_argument("--path", choices=[p for p in awqgemm.testing.PATHS if p != "reference"], default="fused")
     ap.add_argument("--family", choices=sorted(awqgemm.testing.FAMILIES), default="auto")
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--wip", action="append", default=[], help="a work-in-progress switch of testing.force, on")
+    ap.add_argument("--timeline", action="store_true", help="per-kernel times of one call, from a CUDA graph replay")
     ap.add_argument(
         "--moe",
         metavar="E,TOPK,HIDDEN,INTER",
@@ -35,14 +42,50 @@ def main() -> None:
         return
     awq = awqgemm.testing.random_awq(a.k, a.n, a.group, dtype, "cuda", seed=0)
     x = torch.randn(a.m, a.k, dtype=dtype, device="cuda")
-    with awqgemm.testing.force(family=a.family, path=a.path):
+    with awqgemm.testing.force(family=a.family, path=a.path, **{w: True for w in a.wip}):
         packed = awqgemm.pack_awq(*awq, a.group)  # inside the block: the sm70 family packs its own layout
         p = awqgemm.plan_info(a.m, a.n, a.k, dtype, "cuda")
         kind = "dequantize + dense matmul" if p["dense"] else f"{p['kernel']}, {p['tile_tokens']} tokens/tile"
         print(f"plan: family {p['family']}, {kind}, {p['splits']} K splits, workspace {p['workspace_bytes']} B")
+        run = lambda: awqgemm.gemm(x, packed)
+        if a.timeline:
+            timeline(run, a.iters, f"K={a.k} N={a.n} M={a.m} {a.dtype}")
+            return
         for _ in range(a.iters):
-            awqgemm.gemm(x, packed)
+            run()
     torch.cuda.synchronize()
+
+
+def timeline(run, iters: int, label: str) -> None:
+    """Prints each kernel's mean device time per call and the graph replay's span per call."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    iters = max(iters, 5)
+    run()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(iters):
+            run()
+    graph.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        graph.replay()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    if not kernels:
+        print(f"timeline {label}: the profiler recorded no kernels")
+        return
+    span = max(e.time_range.end for e in kernels) - min(e.time_range.start for e in kernels)
+    per_name: dict[str, list[float]] = {}
+    for e in kernels:
+        per_name.setdefault(e.name, []).append(e.time_range.end - e.time_range.start)
+    busy = sum(sum(v) for v in per_name.values())
+    print(f"timeline {label}: {span / iters:.2f} us per call (graph replay span), kernels {busy / iters:.2f} us")
+    for name, times in sorted(per_name.items(), key=lambda kv: -sum(kv[1])):
+        short = name.split("(")[0].split("<")[0][-40:]
+        print(f"  {sum(times) / iters:8.2f} us/call  x{len(times) / iters:g}  {short}")
 
 
 def run_moe(a: argparse.Namespace, dtype: torch.dtype) -> None:
@@ -57,8 +100,13 @@ def run_moe(a: argparse.Namespace, dtype: torch.dtype) -> None:
     w2 = awqgemm.pack_awq_experts(*stacked_awq(num, inter, hidden, dtype, "cuda", a.group), a.group)
     ti, tw, x = draw_inputs(a.m, num, top_k, hidden, dtype, "cuda")
     print(f"fused_moe: {num} experts, top {top_k}, hidden {hidden}, intermediate {inter}, T = {a.m}")
-    for _ in range(a.iters):
-        awqgemm.fused_moe(x, w13, w2, tw, ti)
+    run = lambda: awqgemm.fused_moe(x, w13, w2, tw, ti)
+    with awqgemm.testing.force(**{w: True for w in a.wip}):
+        if a.timeline:
+            timeline(run, a.iters, f"fused_moe E={num} top{top_k} H={hidden} I={inter} T={a.m} {a.dtype}")
+            return
+        for _ in range(a.iters):
+            run()
     torch.cuda.synchronize()
 
 

@@ -3,7 +3,7 @@
 # older ones forced onto this GPU), a compute-sanitizer memcheck subset, and
 # optionally the benchmark. Results and logs go to $OUT (or ./devrun).
 #
-#   bash ci/device_kernels.sh [tests|sanitizer|racecheck|ncu|ncu_source|micro|moe|bench|all]...   (default: tests sanitizer)
+#   bash ci/device_kernels.sh [tests|sanitizer|racecheck|ncu|ncu_source|timeline|micro|moe|bench|all]...   (default: tests sanitizer)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/devrun}
@@ -118,6 +118,19 @@ moe-qwen3-t128:gemm_tc_kernel:2:2:--moe 128,8,2048,768 --m 128"}
     echo "--- $name ($args)"
     grep -E "^plan|^fused_moe|Duration|Warp Cycles Per Issued|Stall|stall" "$OUT/ncu-src-$name-details.log" | head -30
     python3 ci/ncu_top_sass.py "$OUT/ncu-src-$name-sass.log" --top 30 2>&1 | tee "$OUT/ncu-src-$name-top.log"
+  done
+fi
+if has timeline; then
+  echo "== timeline: each kernel of one call, from a CUDA graph replay under torch.profiler =="
+  # TIMELINE_CASES: profile_one.py argument lists (default: Llama-3-8B's four layers at batch 64, the
+  # Qwen3-30B-A3B MoE layer at 16 and 64 tokens).
+  cases=${TIMELINE_CASES:-"--k 4096 --n 6144 --m 64;--k 4096 --n 4096 --m 64;--k 4096 --n 28672 --m 64;\
+--k 14336 --n 4096 --m 64;--moe 128,8,2048,768 --m 16;--moe 128,8,2048,768 --m 64;\
+--moe 128,8,2048,768 --m 64 --wip ksplit_wide"}
+  IFS=';' read -ra case_list <<<"$cases"
+  for args in "${case_list[@]}"; do
+    # shellcheck disable=SC2086
+    python3 benchmarks/profile_one.py --iters 20 --timeline $args 2>&1 | grep -v Warning | tee -a "$OUT/timeline.log"
   done
 fi
 if has micro; then
