@@ -186,6 +186,7 @@ NB_MODULE(_C, m) {
         d["tile_tokens"] = 8 * plan.tile.mt;
         d["splits"] = plan.tile.splits;
         d["stream_k"] = plan.tile.stream_k;
+        d["fused_reduce"] = plan.tile.fused_reduce;
         d["wide"] = plan.tile.kind == KernelKind::kWgmmaWs && plan.tile.nt == 2 * kWgNT;
         // The K-split kernel's block width (32, or 64 with the ksplit_wide switch); 0 for the others.
         d["block_columns"] = plan.tile.kind == KernelKind::kKSplit && !plan.dense ? kTileN * plan.tile.nt : 0;

@@ -92,7 +92,10 @@ int64_t partials_offset_bytes(const Plan& plan, int M, int K) {
 int64_t fused_workspace_bytes(const Plan& plan, int M, int N, int K, int sms) {
   const int64_t partials = plan.tile.splits > 1 ? static_cast<int64_t>(plan.tile.splits) * M * N * 4 : 0;
   const int64_t stream_k = plan.tile.stream_k ? ws_stream_k_bytes(sms, 8 * plan.tile.mt, plan.tile.nt) : 0;
-  return partials_offset_bytes(plan, M, K) + partials + stream_k;
+  const int64_t counters = plan.tile.fused_reduce ? ws_reduce_counter_bytes(ceil_div(M, 8 * plan.tile.mt),
+                                                                            ceil_div(padded_n(N) / kTileN, plan.tile.nt))
+                                                  : 0;
+  return partials_offset_bytes(plan, M, K) + partials + stream_k + counters;
 }
 
 int dense_chunk_columns(int N, int K, int dtype_bytes) {
@@ -104,8 +107,15 @@ int dense_chunk_columns(int N, int K, int dtype_bytes) {
 
 int64_t encode_plan(const Plan& plan) {
   const TileConfig& t = plan.tile;
-  const int64_t fields[8] = {static_cast<int>(plan.family), static_cast<int>(t.kind), t.mt, t.nt, t.kwarps, t.splits,
-                             t.pdl_flags, (plan.dense ? 1 : 0) | (plan.reduce_pdl ? 2 : 0) | (t.stream_k ? 4 : 0)};
+  const int64_t fields[8] = {static_cast<int>(plan.family),
+                             static_cast<int>(t.kind),
+                             t.mt,
+                             t.nt,
+                             t.kwarps,
+                             t.splits,
+                             t.pdl_flags,
+                             (plan.dense ? 1 : 0) | (plan.reduce_pdl ? 2 : 0) | (t.stream_k ? 4 : 0) |
+                                 (t.fused_reduce ? 8 : 0)};
   int64_t code = 0;
   for (int i = 7; i >= 0; --i) code = (code << 8) | (fields[i] & 0xFF);
   return code;
@@ -115,11 +125,12 @@ bool decode_plan(int64_t code, Plan* plan) {
   int f[8];
   for (int i = 0; i < 8; ++i) f[i] = static_cast<int>((code >> (8 * i)) & 0xFF);
   const bool family_ok = f[0] == 70 || f[0] == 75 || f[0] == 80 || (f[0] == 90 && have_sm90a());
-  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 7) {
+  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 15) {
     return false;
   }
-  // Stream-K exists only for v11.1 with one K split.
+  // Stream-K exists only for v11.1 with one K split, the in-kernel reduction only for v11.1 with several.
   if ((f[7] & 4) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[5] != 1)) return false;
+  if ((f[7] & 8) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[5] == 1)) return false;
   plan->family = static_cast<Family>(f[0]);
   plan->tile.kind = static_cast<KernelKind>(f[1]);
   plan->tile.mt = f[2];
@@ -130,6 +141,7 @@ bool decode_plan(int64_t code, Plan* plan) {
   plan->dense = (f[7] & 1) != 0;
   plan->reduce_pdl = (f[7] & 2) != 0;
   plan->tile.stream_k = (f[7] & 4) != 0;
+  plan->tile.fused_reduce = (f[7] & 8) != 0;
   return true;
 }
 
@@ -281,7 +293,13 @@ void finish_plan(Plan& plan, const DeviceInfo& dev, bool kernel_has_wait, int M,
   const bool pdl = dev.capability >= 90 && pdl_enabled();
   t.pdl_flags = pdl && kernel_has_wait ? kPdlLaunched : 0;
   plan.reduce_pdl = pdl && dev.ptx_arch >= 90;
-  if (t.pdl_flags != 0 && plan.reduce_pdl && t.splits > 1) t.pdl_flags |= kPdlEarlyTrigger;
+  // v11.1 sums its K splits itself where every unit has a CTA of its own (fused_reduce, tile_config.h).
+  if (t.kind == KernelKind::kWgmmaWs && t.splits > 1 && !t.stream_k) {
+    const int sms = dev.sm_count > 0 ? dev.sm_count : 80;
+    const int64_t units = static_cast<int64_t>(ceil_div(padded_n(N) / kTileN, t.nt)) * ceil_div(M, 8 * t.mt) * t.splits;
+    t.fused_reduce = units <= sms;
+  }
+  if (t.pdl_flags != 0 && plan.reduce_pdl && t.splits > 1 && !t.fused_reduce) t.pdl_flags |= kPdlEarlyTrigger;
   plan.workspace_bytes = fused_workspace_bytes(plan, M, N, K, dev.sm_count > 0 ? dev.sm_count : 80);
 }
 
@@ -627,7 +645,7 @@ cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream
 #endif
     default: break;
   }
-  if (err != cudaSuccess || plan.tile.splits == 1) return err;
+  if (err != cudaSuccess || plan.tile.splits == 1 || plan.tile.fused_reduce) return err;
   GemmProblem partials = p;
   partials.workspace = p.workspace + partials_offset_bytes(plan, p.M, p.K) / 4;
   return launch_splitk_reduce(partials, plan.tile.splits, plan.reduce_pdl, stream);

@@ -143,6 +143,34 @@ def test_stream_k_only_on_v11_1_with_one_split(plans):
     assert not o["flags"] & 4 and o["splits"] > 1, o
 
 
+def test_in_kernel_split_reduction_only_with_a_cta_per_unit(plans):
+    """v11.1 sums its K splits inside the kernel (flag 8) exactly where it splits K, takes no stream-K
+    tail and has a CTA for every unit (its splits wait for each other); the workspace then holds one
+    counter per tile after the partials, and no early PDL trigger is set (no reduction kernel follows).
+    Llama-3-8B's qkv, o and down at batch 64 on the H200 take it."""
+    sms = {90: 132, 80: 108, 86: 84, 75: 40, 70: 80}  # plan_driver.cu's devices
+
+    def units(p):
+        cdiv = lambda a, b: -(-a // b)
+        return cdiv(p["M"], 8 * p["mt"]) * cdiv(cdiv(p["N"], 16), p["nt"]) * p["splits"]
+
+    fused = 0
+    for p in plans:
+        if not p["flags"] & 8:
+            continue
+        fused += 1
+        assert p["family"] == 90 and p["kind"] == 4 and p["splits"] > 1 and not p["flags"] & 4, p
+        assert units(p) <= sms[p["cap"]], p
+        assert not p["pdl"] & 2, p
+    assert fused > 100, fused
+    for p in plans:
+        if p["problem"] == "P" and p["kind"] == 4 and p["splits"] > 1 and not p["flags"] & 8:
+            assert units(p) > sms[p["cap"]], p
+    h200 = {(p["K"], p["N"], p["M"]): p for p in plans if p["problem"] == "P" and p["cap"] == 90 and p["a"] == 0}
+    for shape in ((4096, 6144, 64), (4096, 4096, 64), (14336, 4096, 64)):
+        assert h200[shape]["flags"] & 8, h200[shape]
+
+
 def test_grouped_k_split_tile_covers_the_busier_experts(plans):
     """The grouped K-split kernel's token tile is sized for mean + 2 sd rows per expert: at Qwen3-30B-A3B's
     T = 128 (1,024 rows over 128 experts, mean 8) a 16-row tile, so the ~40 % of experts over 8 rows
