@@ -12,14 +12,13 @@ import torch
 from .shapes import DTYPES, Shape
 from .timing import short_error
 
-CONTENDERS = ("auto", "fused", "wt", "wg", "dpath", "cublas", "tm", "machete", "marlin", "ksw")
+CONTENDERS = ("auto", "fused", "wt", "wg", "dpath", "cublas", "tm", "machete", "marlin")
 CONTENDER_DOC = {
     "auto": "awqgemm.gemm, default dispatch (what users get)",
     "fused": "awqgemm forced onto its sm80 fused kernels (testing.force(family='sm80', path='fused'))",
     "wt": "awqgemm forced onto the sm80 weight-tile kernel at every M (testing.force(family='sm80', path='wtile'))",
     "wg": "awqgemm forced onto the sm90a wgmma kernels, v11.1 (v9 for K > 65536) (force(family='sm90', path='fused'))",
     "dpath": "awqgemm forced onto dequantize + cuBLAS (testing.force(path='dense'))",
-    "ksw": "work in progress: 'auto' with 64-column K-split blocks up to 16 tokens (force(ksplit_wide=True))",
     "cublas": "dense torch matmul x @ w, w [K, N] in the same dtype (cuBLAS)",
     "tm": "turbomind==0.0.2 Linear(K, N, quant_method='awq'), fp16 + g128 only",
     "machete": "vLLM's Machete (CUTLASS wgmma, sm90), as awq_marlin runs it on Hopper (benchmarks/vllm_peers.py)",
@@ -95,7 +94,7 @@ def build_contenders(
     unavailable: dict[str, str] = {}
     keep: list[Any] = []
 
-    awq_names = [c for c in ("auto", "fused", "wt", "wg", "dpath", "ksw") if c in wanted]
+    awq_names = [c for c in ("auto", "fused", "wt", "wg", "dpath") if c in wanted]
     cuda = device.type == "cuda"
     for c in ("wg",):
         if c in awq_names and "sm90a_m64nNk16" not in awqgemm.build_info()["kernel_families"]:
@@ -116,7 +115,6 @@ def build_contenders(
             "wt": {"family": "sm80", "path": "wtile"} if sm80 else {"path": "wtile"},
             "wg": {"family": "sm90", "path": "fused"},
             "dpath": {"path": "dense"},
-            "ksw": {"ksplit_wide": True},
         }
         for c in awq_names:
             contenders[c] = Contender(

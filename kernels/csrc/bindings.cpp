@@ -162,18 +162,16 @@ NB_MODULE(_C, m) {
 
   m.def(
       "plan",
-      [](int family, int path, int dtype, int M, int N, int K, int device, bool ksplit_wide) {
+      [](int family, int path, int dtype, int M, int N, int K, int device) {
         if (M < 1 || N < 1 || K < 1) throw nb::value_error("awqgemm: M, N and K must be positive");
         const Family f = resolve(family, dtype, device);
-        const Plan plan = make_plan(f, to_path(path), device_info(device), M, N, K, 2, ksplit_wide);
+        const Plan plan = make_plan(f, to_path(path), device_info(device), M, N, K, 2);
         return std::make_tuple(encode_plan(plan), static_cast<int>(plan.family), layout_for(plan.family), plan.dense,
                                plan.workspace_bytes);
       },
       nb::arg("family"), nb::arg("path"), nb::arg("dtype"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
-      nb::arg("ksplit_wide") = false,
       "(plan code, family, packed layout it reads, dense?, workspace_bytes) for a problem. Deterministic, so a "
-      "captured graph replays it; the plan code goes to gemm() unchanged (made once per call). ksplit_wide: "
-      "64-column K-split blocks up to 16 tokens (work in progress, a test switch).");
+      "captured graph replays it; the plan code goes to gemm() unchanged (made once per call).");
 
   m.def(
       "describe_plan",
@@ -188,7 +186,7 @@ NB_MODULE(_C, m) {
         d["stream_k"] = plan.tile.stream_k;
         d["fused_reduce"] = plan.tile.fused_reduce;
         d["wide"] = plan.tile.kind == KernelKind::kWgmmaWs && plan.tile.nt == 2 * kWgNT;
-        // The K-split kernel's block width (32, or 64 with the ksplit_wide switch); 0 for the others.
+        // The K-split kernel's block width (32, or 64: plan_ksplit's wide decode blocks); 0 for the others.
         d["block_columns"] = plan.tile.kind == KernelKind::kKSplit && !plan.dense ? kTileN * plan.tile.nt : 0;
         return d;
       },
@@ -215,10 +213,10 @@ NB_MODULE(_C, m) {
 
   m.def(
       "plan_grouped",
-      [](int family, int dtype, int R, int E, int N, int K, int device, bool wgmma, bool ksplit_wide) {
+      [](int family, int dtype, int R, int E, int N, int K, int device, bool wgmma) {
         if (R < 1 || E < 1 || N < 1 || K < 1) throw nb::value_error("awqgemm: R, E, N and K must be positive");
         const Family f = resolve(family, dtype, device);
-        const Plan plan = make_grouped_plan(f, device_info(device), R, E, N, K, wgmma, ksplit_wide);
+        const Plan plan = make_grouped_plan(f, device_info(device), R, E, N, K, wgmma);
         if (grouped_grid_rows(R, 8 * plan.tile.mt, E) > 65535) {
           throw nb::value_error(("awqgemm: grouped GEMM of " + std::to_string(R) + " rows over " + std::to_string(E) +
                                  " experts needs more than 65535 grid rows; split the batch")
@@ -228,10 +226,9 @@ NB_MODULE(_C, m) {
                                plan.workspace_bytes);
       },
       nb::arg("family"), nb::arg("dtype"), nb::arg("R"), nb::arg("E"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
-      nb::arg("wgmma") = false, nb::arg("ksplit_wide") = false,
+      nb::arg("wgmma") = false,
       "(plan code, family, packed layout it reads, workspace_bytes) for a grouped (MoE) problem of R rows over E "
-      "experts; wgmma: the wgmma kernel (sm90) for large experts; ksplit_wide: 64-column K-split blocks (both "
-      "work in progress, test switches).");
+      "experts; wgmma: the wgmma kernel (sm90) for large experts (work in progress, a test switch).");
 
   m.def(
       "gemm_grouped",

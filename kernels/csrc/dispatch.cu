@@ -453,14 +453,25 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
 // feeds 4x more MMAs (the older families' path for M > 16). tiles_for(mt): the
 // token tiles of work the grid holds at that tile height.
 //
-// `wide` (work in progress, testing.force(ksplit_wide=True)): the sm80 family's
-// 8- and 16-token tiles take 64 columns instead of 32. Each k-tile's x rows are
-// read once per block, so at 16 tokens a 32-column block reads twice as many x
-// bytes (through L1/L2) as weight bytes; 64 columns halve that, at the price of
-// a deeper ring per thread (fewer blocks per SM) and no 8/16-warp blocks.
+// Wide decode blocks: the sm80 family's 8- and 16-token tiles take 64 columns
+// instead of 32 where the 64-column grid still has >= wide_min_blocks blocks.
+// Each k-tile's x rows are read once per block, so at 16 tokens a 32-column
+// block reads twice as many x bytes (through L1/L2) as weight bytes; 64 columns
+// halve that and run 128-155 instructions per KB of weights instead of
+// 151-174, at the price of a deeper ring per thread (fewer blocks per SM) and
+// no 8/16-warp blocks, which small grids need. Measured on the H200 (sm80 code
+// on 9.0, benchmarks/results/h200-2026-11-28-ksw.txt, 18 TP1 layers; 64-column /
+// 32-column time): dense layers whose 64-column grid had >= 128 blocks
+// (132 SMs) 0.79-1.01x at M = 1-16 (Llama-2-70B gate_up 0.87x at M = 1, 0.78x
+// at 16; Llama-3-8B gate_up 0.92x at 16), those with <= 112 blocks 1.02-1.35x;
+// hence wide_min_blocks = 7/8 of the SMs for dense problems. Grouped problems
+// (moe-h200-20261128-2132, whole layer): Qwen3-30B-A3B T = 16 / 64 / 128
+// 0.89 / 0.90 / 0.88x and Mixtral T = 16 0.89x (grids of 1,968+ blocks), but
+// Qwen3 T = 1 1.08x (8 experts: 192 and 256 blocks of 8-32 k-tiles each);
+// hence 4 blocks per SM there.
 template <class TilesFor>
 void plan_ksplit(TileConfig& t, Family family, int rows, int ntiles, int ktiles, TilesFor tiles_for, int64_t want,
-                 bool wide = false) {
+                 int64_t wide_min_blocks) {
   t.kind = KernelKind::kKSplit;
   if (rows <= 8) {
     t.mt = 1;
@@ -475,7 +486,8 @@ void plan_ksplit(TileConfig& t, Family family, int rows, int ntiles, int ktiles,
     t.mt = 4;
     t.nt = 4;
   }
-  const bool wide_decode = wide && family == Family::kSm80 && t.mt <= 2;
+  const bool wide_decode = family == Family::kSm80 && t.mt <= 2 &&
+                           static_cast<int64_t>(ceil_div(ntiles, 4)) * tiles_for(t.mt) >= wide_min_blocks;
   if (wide_decode) t.nt = 4;
   const int blocks = ceil_div(ntiles, t.nt) * tiles_for(t.mt);
   // The estimate uses the cp.async ring depth for every family (the
@@ -513,8 +525,7 @@ void plan_xshared(TileConfig& t, int rows, RowBlocks row_blocks, int ntiles, int
   t.splits = std::min(t.splits, xs_max_splits());
 }
 
-Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes,
-               bool ksplit_wide) {
+Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -560,7 +571,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
     plan_xshared(t, M, [&](int mt) { return ceil_div(M, 8 * mt); }, ntiles, ktiles, want);
   } else {
     // Warps split K (plan_ksplit); grid.y covers M in token tiles.
-    plan_ksplit(t, family, M, ntiles, ktiles, [&](int mt) { return ceil_div(M, 8 * mt); }, want, ksplit_wide);
+    plan_ksplit(t, family, M, ntiles, ktiles, [&](int mt) { return ceil_div(M, 8 * mt); }, want, (7 * sms + 7) / 8);
     const int blocks = ceil_div(ntiles, t.nt) * ceil_div(M, 8 * t.mt);
     // Just over one block per SM, a few SMs stream twice what the rest do.
     // Splitting K in two evens that out, but pays a reduction launch and
@@ -588,8 +599,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 // it would dequantize all E experts (E x N x K) or need each expert's row count
 // on the host (a sync). Split-K partials are [splits][R][N] fp32, capped like
 // the wgmma plan's.
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma,
-                       bool ksplit_wide) {
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -627,7 +637,7 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
     // T = 256 303 -> 294; Mixtral T = 64 470 -> 429; other points within 1 %.
     const double mean = static_cast<double>(R) / active;
     const int tile_rows = static_cast<int>(std::ceil(mean + 2.0 * std::sqrt(mean)));
-    plan_ksplit(t, family, tile_rows, ntiles, ktiles, row_blocks, want, ksplit_wide);
+    plan_ksplit(t, family, tile_rows, ntiles, ktiles, row_blocks, want, 4 * static_cast<int64_t>(sms));
   }
   while (t.splits > 1 && static_cast<int64_t>(t.splits) * R * N * 4 > kMaxWorkspaceBytes) --t.splits;
   finish_plan(plan, dev, /*kernel_has_wait=*/dev.ptx_arch >= 90, R, N, K);

@@ -1,9 +1,8 @@
 // Host-only driver for test_dispatch_host.py: links the real dispatcher
 // (csrc/dispatch.cu) with stub launchers and prints every plan of a grid of
 // devices, families, paths and problem sizes, one line each:
-//   P cap family path K N M code workspace roundtrip (K: the same with the ksplit_wide switch on)
-//   G cap family E K N R code workspace roundtrip (W: the same with the grouped wgmma switch on,
-//     V: with the ksplit_wide switch on)
+//   P cap family path K N M code workspace roundtrip
+//   G cap family E K N R code workspace roundtrip (W: the same with the grouped wgmma switch on)
 // `roundtrip` is 1 when decode_plan(encode_plan(plan)) re-encodes to the same code.
 // With the argument `schedules` it instead walks v11.1's stream-K schedules
 // (WsSchedule / WsCursor, as producer and consumers do) over a grid of units,
@@ -122,23 +121,18 @@ int main(int argc, char** argv) {
       for (int path = 0; path <= 3; ++path) {
         for (const auto& s : shapes) {
           for (int m : ms) {
-            // P: default; K: the ksplit_wide switch (work in progress).
-            for (const char mode : {'P', 'K'}) {
-              const Plan p =
-                  make_plan(static_cast<Family>(f), static_cast<PathRequest>(path), d, m, s[1], s[0], 2, mode == 'K');
-              std::printf("%c %d %d %d %d %d %d %lld %lld %d\n", mode, d.capability, f, path, s[0], s[1], m,
-                          static_cast<long long>(encode_plan(p)), static_cast<long long>(p.workspace_bytes),
-                          roundtrip(p));
-            }
+            const Plan p = make_plan(static_cast<Family>(f), static_cast<PathRequest>(path), d, m, s[1], s[0], 2);
+            std::printf("P %d %d %d %d %d %d %lld %lld %d\n", d.capability, f, path, s[0], s[1], m,
+                        static_cast<long long>(encode_plan(p)), static_cast<long long>(p.workspace_bytes), roundtrip(p));
           }
         }
       }
       for (int E : {8, 64, 128}) {
         for (const auto& s : shapes) {
           for (int R : {1, 2, 8, 16, 64, 128, 512, 1024, 8192, 32768}) {
-            // G: default; W: the wgmma switch, V: the ksplit_wide switch (work in progress).
-            for (const char mode : {'G', 'W', 'V'}) {
-              const Plan p = make_grouped_plan(static_cast<Family>(f), d, R, E, s[1], s[0], mode == 'W', mode == 'V');
+            // G: default; W: the wgmma switch (work in progress).
+            for (const char mode : {'G', 'W'}) {
+              const Plan p = make_grouped_plan(static_cast<Family>(f), d, R, E, s[1], s[0], mode == 'W');
               std::printf("%c %d %d %d %d %d %d %lld %lld %d\n", mode, d.capability, f, E, s[0], s[1], R,
                           static_cast<long long>(encode_plan(p)), static_cast<long long>(p.workspace_bytes),
                           roundtrip(p));

@@ -722,68 +722,69 @@ def test_plan_info_names_the_dispatchers_choice():
         assert awqgemm.plan_info(1, 4096, 4096)["kernel"] == "dequantize+dense"
 
 
-# 64-column K-split blocks up to 16 tokens (work in progress: testing.force(ksplit_wide=True)).
-# (K, N, group): a TP shard whose last block is partly past N (1376 = 86 column tiles, 21 blocks + 2
-# tiles), 104 columns (7 tiles: one block, partly past N), a K-tail shard (1120: 17.5 k-tiles), the
-# Llama-3-8B down that the planner splits in K, and its o.
-KSW_CASES = ((1152, 1376, 32), (1120, 104, 32), (14336, 4096, 128), (4096, 4096, 64))
+# 64-column K-split blocks up to 16 tokens (plan_ksplit's wide decode blocks: the sm80 family, and on a 9.0
+# GPU the decode plans the sm90 family hands to it, where the 64-column grid keeps >= 7/8 of the SMs'
+# count of blocks). Widths in column tiles of 16 per SM: (K, N tiles per SM, extra columns, group): a K
+# tail (1120: 17.5 k-tiles) with a last block partly past N (40 extra columns: 2.5 tiles), a deep K the
+# planner splits, and Llama-3-8B's gate_up.
+def _wide_cases():
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    return ((1120, 64 * sms + 40, 32), (14336, 64 * sms, 128), (4096, 28672, 64))
 
 
-def _ksplit_wide_cases(dtype, cases=KSW_CASES, ms=(1, 3, 8, 9, 16), bias=False):
+def _wide_decode_cases(dtype, cases=None, ms=(1, 3, 8, 9, 16), bias=False):
     worst = 0.0
-    with awqgemm.testing.force(ksplit_wide=True):
-        for k, n, group in cases:
-            qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
-            b = torch.randn(n, dtype=dtype, device="cuda") if bias else None
-            for m in ms:
-                info = awqgemm.plan_info(m, n, k, dtype, torch.device("cuda"))
-                assert info["kernel"] == "k_split" and info["block_columns"] == 64, (k, n, m, info)
-                x = torch.randn(m, k, dtype=dtype, device="cuda")
-                worst = max(worst, check(x, qweight, qzeros, scales, group, b, label=f"ksw {k}x{n} M={m} {info}"))
+    for k, n, group in cases or _wide_cases():
+        qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+        b = torch.randn(n, dtype=dtype, device="cuda") if bias else None
+        for m in ms:
+            info = awqgemm.plan_info(m, n, k, dtype, torch.device("cuda"))
+            assert info["kernel"] == "k_split" and info["block_columns"] == 64, (k, n, m, info)
+            x = torch.randn(m, k, dtype=dtype, device="cuda")
+            worst = max(worst, check(x, qweight, qzeros, scales, group, b, label=f"wide {k}x{n} M={m} {info}"))
     return worst
 
 
-@pytest.mark.wip("ksplit_wide")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_ksplit_wide(dtype):
+def test_wide_decode_blocks(dtype):
     """The 64-column K-split blocks against float64 on every case and M (with a bias), in a CUDA graph as
-    well as eagerly, and the MoE decode path (grouped K-split) on them, groups 32/64/128."""
+    well as eagerly; a small layer keeps 32-column blocks; and the MoE decode path (grouped K-split) on
+    64-column blocks (64 experts of 1024 x 1024: >= 4 blocks per SM), 8- and 16-row tiles, groups 32/64/128."""
     skip_unless_family("sm80")
-    worst = _ksplit_wide_cases(dtype, bias=True)
-    print(f"ksplit_wide {dtype}: worst rel err {worst:.2e}")
-    k, n, m = 4096, 4096, 16
+    worst = _wide_decode_cases(dtype, bias=True)
+    print(f"wide decode blocks {dtype}: worst rel err {worst:.2e}")
+    assert awqgemm.plan_info(16, 4096, 4096, dtype, torch.device("cuda"))["block_columns"] == 32
+    k, n, m = 4096, 28672, 16
     qweight, qzeros, scales = random_awq(k, n, 64, dtype, "cuda")
     packed = awqgemm.pack_awq(qweight, qzeros, scales, 64)
     x = torch.randn(m, k, dtype=dtype, device="cuda")
-    with awqgemm.testing.force(ksplit_wide=True):
-        assert_graph_replay_equals_eager(x, packed)
+    assert_graph_replay_equals_eager(x, packed)
+    from awqgemm.moe import grouped_plan_info
     from test_gpu_moe import run_case  # the MoE suite's float64 reference and routing
 
-    for group in (32, 64, 128):
-        for tokens in (1, 5, 37):  # 1-2 and ~9 rows per expert: 8- and 16-row tiles
-            run_case("auto", dtype, group, tokens, ksw=True)
-    run_case("auto", dtype, 32, 37, hidden=288, inter=96, ksw=True)  # 288 columns: a block partly past N
+    for tokens, rows_per_tile in ((37, 8), (128, 16)):  # 148 / 512 rows over 64 experts, top 4
+        info = grouped_plan_info(4 * tokens, 64, 1024, 1024, dtype)
+        assert info["block_columns"] == 64 and info["tile_tokens"] == rows_per_tile, info
+        for group in (32, 64, 128):
+            run_case("auto", dtype, group, tokens, num=64, hidden=1024, inter=512, top_k=4, zero=(3,))
 
 
-@pytest.mark.wip("ksplit_wide")
-def test_sanitizer_subset_ksplit_wide():
-    """The 64-column K-split blocks for compute-sanitizer memcheck: the partial blocks and the K tail."""
-    _ksplit_wide_cases(torch.float16, KSW_CASES[:2], ms=(1, 16))
-    _ksplit_wide_cases(torch.bfloat16, KSW_CASES[1:2], ms=(9,))
+def test_sanitizer_subset_wide_decode_blocks():
+    """The 64-column K-split blocks for compute-sanitizer memcheck: the partial block and the K tail."""
+    _wide_decode_cases(torch.float16, _wide_cases()[:1], ms=(1, 16))
+    _wide_decode_cases(torch.bfloat16, _wide_cases()[:1], ms=(9,))
 
 
-@pytest.mark.wip("ksplit_wide")
-def test_racecheck_subset_ksplit_wide():
+def test_racecheck_subset_wide_decode_blocks():
     """The 64-column K-split blocks' cross-warp reduction for compute-sanitizer racecheck, references on
     the CPU (see test_racecheck_subset): 8- and 16-token tiles, with and without a K split."""
     skip_unless_family("sm80")
-    for k, n, group in ((1120, 104, 32), (14336, 1376, 128)):
+    for k, n, group in _wide_cases()[:2]:
         qweight, qzeros, scales = random_awq(k, n, group, torch.float16, "cpu")
         w = awqgemm.dequantize_awq(qweight, qzeros, scales, group).double()
-        with awqgemm.testing.force(ksplit_wide=True):
-            packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), group)
-            for m in (1, 16):
-                assert awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))["block_columns"] == 64
-                x = torch.randn(m, k, dtype=torch.float16)
-                err = rel_err(awqgemm.gemm(x.cuda(), packed).cpu(), x.double() @ w)
-                assert err < 5e-3, (k, n, m, err)
+        packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), group)
+        for m in (1, 16):
+            assert awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))["block_columns"] == 64
+            x = torch.randn(m, k, dtype=torch.float16)
+            err = rel_err(awqgemm.gemm(x.cuda(), packed).cpu(), x.double() @ w)
+            assert err < 5e-3, (k, n, m, err)

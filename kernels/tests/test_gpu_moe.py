@@ -89,11 +89,10 @@ def run_case(
     zero=(1, 6),
     kernels=True,
     wg=False,
-    ksw=False,
 ):
     ck13 = experts(num, hidden, 2 * inter, group, dtype, seed)
     ck2 = experts(num, inter, hidden, group, dtype, seed + 50)
-    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels, grouped_wgmma=wg, ksplit_wide=ksw):
+    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels, grouped_wgmma=wg):
         w13 = awqgemm.pack_awq_experts(*ck13, group)
         w2 = awqgemm.pack_awq_experts(*ck2, group)
         x = torch.randn(tokens, hidden, dtype=dtype, device="cuda")

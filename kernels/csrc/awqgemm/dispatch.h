@@ -65,20 +65,15 @@ constexpr int64_t kMaxDenseChunkBytes = int64_t{64} << 20;
 int dense_chunk_columns(int N, int K, int dtype_bytes);
 
 // The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes
-// from choose_family; `dtype_bytes` sizes the dense weight. Work in progress
-// behind a test switch: `ksplit_wide` gives the sm80 family's K-split plans of
-// up to 16 tokens 64-column blocks (see plan_ksplit).
-Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes,
-               bool ksplit_wide = false);
+// from choose_family; `dtype_bytes` sizes the dense weight.
+Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes);
 
 // The grouped sibling (MoE experts: GemmProblem::row_offsets): R rows over
 // E experts, N x K each. The K-split kernel, the sm80 x-shared kernel for
 // experts of more than 32 rows (see dispatch.cu); work in progress behind a
 // test switch: with `wgmma` (sm90 family) the wgmma kernel for experts of more
 // than 32 rows.
-// `ksplit_wide` as for make_plan.
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma = false,
-                       bool ksplit_wide = false);
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma = false);
 
 // Launches the fused kernel (and the split-K reduction when the plan splits).
 cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream);

@@ -102,8 +102,8 @@ cudaError_t launch_family(const GemmProblem& p, const TileConfig& cfg, cudaStrea
     switch (cfg.mt * 1000 + cfg.nt * 100 + cfg.kwarps) {
       case 1216: return launch_gemm_tc<T, 1, 2, 16, Fam, kAsyncWeights>(p, cfg, stream);
       case 2216: return launch_gemm_tc<T, 2, 2, 16, Fam, kAsyncWeights>(p, cfg, stream);
-      // 64-column decode blocks (work in progress, testing.force(ksplit_wide=True)): half the x
-      // bytes per weight byte of the 32-column ones.
+      // 64-column decode blocks (plan_ksplit's wide_decode): half the x bytes per weight byte of
+      // the 32-column ones.
       case 1404: return launch_gemm_tc<T, 1, 4, 4, Fam, kAsyncWeights>(p, cfg, stream);
       case 2404: return launch_gemm_tc<T, 2, 4, 4, Fam, kAsyncWeights>(p, cfg, stream);
       default: break;

@@ -45,7 +45,6 @@ def force(
     *,
     moe_routing_kernels: bool = True,
     grouped_wgmma: bool = False,
-    ksplit_wide: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -55,13 +54,10 @@ def force(
     its CUDA kernels (the reference the kernels are tested against).
 
     Work in progress behind this switch: ``grouped_wgmma`` runs grouped (MoE) GEMMs of more than 32 rows
-    per expert on the sm90 family's wgmma kernel (a 9.0 GPU) instead of the sm80 family's x-shared one;
-    ``ksplit_wide`` gives the sm80 family's K-split plans of up to 16 tokens (dense and grouped; on a 9.0 GPU
-    the ones the sm90 family hands to it) 64-column blocks instead of 32."""
+    per expert on the sm90 family's wgmma kernel (a 9.0 GPU) instead of the sm80 family's x-shared one."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
         "grouped_wgmma": grouped_wgmma,
-        "ksplit_wide": ksplit_wide,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
