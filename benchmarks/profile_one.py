@@ -77,15 +77,23 @@ def timeline(run, iters: int, label: str) -> None:
     if not kernels:
         print(f"timeline {label}: the profiler recorded no kernels")
         return
-    span = max(e.time_range.end for e in kernels) - min(e.time_range.start for e in kernels)
-    per_name: dict[str, list[float]] = {}
-    for e in kernels:
-        per_name.setdefault(e.name, []).append(e.time_range.end - e.time_range.start)
-    busy = sum(sum(v) for v in per_name.values())
+    kernels.sort(key=lambda e: e.time_range.start)
+    span = kernels[-1].time_range.end - kernels[0].time_range.start
+    busy = sum(e.time_range.end - e.time_range.start for e in kernels)
     print(f"timeline {label}: {span / iters:.2f} us per call (graph replay span), kernels {busy / iters:.2f} us")
-    for name, times in sorted(per_name.items(), key=lambda kv: -sum(kv[1])):
-        short = name.split("(")[0].split("<")[0][-40:]
-        print(f"  {sum(times) / iters:8.2f} us/call  x{len(times) / iters:g}  {short}")
+    # Each call launches the same kernels in the same order: report them by position in the call (a
+    # name can occur twice, e.g. MoE's two grouped GEMMs), with the gap before each.
+    if len(kernels) % iters:
+        print(f"  {len(kernels)} kernels over {iters} calls: not the same launches per call")
+        return
+    per_call = len(kernels) // iters
+    for j in range(per_call):
+        runs = kernels[j::per_call]
+        dur = sum(e.time_range.end - e.time_range.start for e in runs) / iters
+        gaps = [e.time_range.start - kernels[i * per_call + j - 1].time_range.end for i, e in enumerate(runs)]
+        gap = sum(gaps[1:] if j == 0 else gaps) / max(1, len(gaps) - (j == 0))
+        short = runs[0].name.split("(")[0].split("<")[0][-40:]
+        print(f"  {dur:8.2f} us/call  (start {gap:+6.2f} us after the previous kernel's end)  {short}")
 
 
 def run_moe(a: argparse.Namespace, dtype: torch.dtype) -> None:
