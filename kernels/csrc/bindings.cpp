@@ -184,8 +184,8 @@ NB_MODULE(_C, m) {
         d["tile_tokens"] = 8 * plan.tile.mt;
         d["splits"] = plan.tile.splits;
         d["stream_k"] = plan.tile.stream_k;
-        d["fused_reduce"] = plan.tile.fused_reduce;
         d["wide"] = plan.tile.kind == KernelKind::kWgmmaWs && plan.tile.nt == 2 * kWgNT;
+        d["block_warps"] = plan.dense ? 0 : plan.tile.kwarps;
         // The K-split kernel's block width (32, or 64: plan_ksplit's wide decode blocks); 0 for the others.
         d["block_columns"] = plan.tile.kind == KernelKind::kKSplit && !plan.dense ? kTileN * plan.tile.nt : 0;
         return d;

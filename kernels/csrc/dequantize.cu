@@ -7,22 +7,44 @@
 
 namespace awqgemm {
 
-template <typename T>
+// Four outputs per thread where N is a multiple of 4 (AWQ's N is one of 8): 16-byte loads of every
+// split's partials, all issued before the sum. The batch-64 timeline of Llama-3-8B (H200,
+// profile_one.py --timeline) had the one-output-per-thread version at 3.0-4.0 us for 8-9 MB of
+// partials behind v11.1's K splits, ~20 % of those layers' time.
+template <typename T, bool kVec4>
 __global__ void splitk_reduce_kernel(const GemmProblem p, const int splits) {
   pdl_wait();  // the partials come from the GEMM kernel just before (PDL: see gemm_tile.cuh)
+  constexpr int kW = kVec4 ? 4 : 1;
   const int64_t total = static_cast<int64_t>(p.M) * p.N;
   // Grouped problems: rows past the last expert's have no partials; the GEMM
   // kernel zeroed them in out already.
   const int rows = p.row_offsets == nullptr ? p.M : min(max(p.row_offsets[p.num_batches], 0), p.M);
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t idx = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * kW; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x * kW) {
     const int m = static_cast<int>(idx / p.N);
-    const int n = static_cast<int>(idx % p.N);
+    const int n = static_cast<int>(idx % p.N);  // kVec4: n .. n + 3 lie in row m (N % 4 == 0)
     if (m >= rows) break;  // idx only grows
-    float v = 0.f;
-    for (int s = 0; s < splits; ++s) v += p.workspace[s * total + idx];
-    if (p.bias != nullptr) v += to_float(reinterpret_cast<const T*>(p.bias)[n]);
-    reinterpret_cast<T*>(p.out)[static_cast<int64_t>(m) * p.out_row_stride + n] = from_float<T>(v);
+    float v[kW] = {};
+    if constexpr (kVec4) {
+      const float4* src = reinterpret_cast<const float4*>(p.workspace + idx);
+      const int64_t step = total / 4;
+#pragma unroll 4
+      for (int s = 0; s < splits; ++s) {
+        const float4 q = __ldcs(src + s * step);  // read once: evict first
+        v[0] += q.x;
+        v[1] += q.y;
+        v[2] += q.z;
+        v[3] += q.w;
+      }
+    } else {
+      for (int s = 0; s < splits; ++s) v[0] += p.workspace[s * total + idx];
+    }
+    T* const dst = reinterpret_cast<T*>(p.out) + static_cast<int64_t>(m) * p.out_row_stride + n;
+#pragma unroll
+    for (int j = 0; j < kW; ++j) {
+      if (p.bias != nullptr) v[j] += to_float(reinterpret_cast<const T*>(p.bias)[n + j]);
+      dst[j] = from_float<T>(v[j]);
+    }
   }
 }
 
@@ -142,19 +164,25 @@ cudaError_t dequantize_typed(const void* qweight, const void* scale_zero, int la
 
 }  // namespace
 
-cudaError_t launch_splitk_reduce(const GemmProblem& p, int splits, bool pdl, cudaStream_t stream) {
+template <typename T>
+cudaError_t launch_splitk_reduce_typed(const GemmProblem& p, int splits, bool pdl, cudaStream_t stream) {
   const int threads = 256;
-  const dim3 blocks(grid_for(static_cast<int64_t>(p.M) * p.N, threads));
-  return p.dtype == DType::kBFloat16
-             ? launch_maybe_pdl(splitk_reduce_kernel<__nv_bfloat16>, blocks, dim3(threads), 0, pdl, stream, p, splits)
-             : launch_maybe_pdl(splitk_reduce_kernel<__half>, blocks, dim3(threads), 0, pdl, stream, p, splits);
+  const bool vec4 = p.N % 4 == 0 && (reinterpret_cast<uintptr_t>(p.workspace) & 15) == 0;
+  const dim3 blocks(grid_for(static_cast<int64_t>(p.M) * p.N / (vec4 ? 4 : 1), threads));
+  return vec4 ? launch_maybe_pdl(splitk_reduce_kernel<T, true>, blocks, dim3(threads), 0, pdl, stream, p, splits)
+              : launch_maybe_pdl(splitk_reduce_kernel<T, false>, blocks, dim3(threads), 0, pdl, stream, p, splits);
+}
+
+cudaError_t launch_splitk_reduce(const GemmProblem& p, int splits, bool pdl, cudaStream_t stream) {
+  return p.dtype == DType::kBFloat16 ? launch_splitk_reduce_typed<__nv_bfloat16>(p, splits, pdl, stream)
+                                     : launch_splitk_reduce_typed<__half>(p, splits, pdl, stream);
 }
 
 int compiled_ptx_arch() {
   // Every arch-generic translation unit is compiled for the same arch list, so
   // the reduction kernel speaks for all of them.
   cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, splitk_reduce_kernel<__half>) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&attr, splitk_reduce_kernel<__half, true>) != cudaSuccess) {
     cudaGetLastError();
     return 0;
   }

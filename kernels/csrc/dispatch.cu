@@ -92,10 +92,7 @@ int64_t partials_offset_bytes(const Plan& plan, int M, int K) {
 int64_t fused_workspace_bytes(const Plan& plan, int M, int N, int K, int sms) {
   const int64_t partials = plan.tile.splits > 1 ? static_cast<int64_t>(plan.tile.splits) * M * N * 4 : 0;
   const int64_t stream_k = plan.tile.stream_k ? ws_stream_k_bytes(sms, 8 * plan.tile.mt, plan.tile.nt) : 0;
-  const int64_t counters = plan.tile.fused_reduce ? ws_reduce_counter_bytes(ceil_div(M, 8 * plan.tile.mt),
-                                                                            ceil_div(padded_n(N) / kTileN, plan.tile.nt))
-                                                  : 0;
-  return partials_offset_bytes(plan, M, K) + partials + stream_k + counters;
+  return partials_offset_bytes(plan, M, K) + partials + stream_k;
 }
 
 int dense_chunk_columns(int N, int K, int dtype_bytes) {
@@ -107,15 +104,8 @@ int dense_chunk_columns(int N, int K, int dtype_bytes) {
 
 int64_t encode_plan(const Plan& plan) {
   const TileConfig& t = plan.tile;
-  const int64_t fields[8] = {static_cast<int>(plan.family),
-                             static_cast<int>(t.kind),
-                             t.mt,
-                             t.nt,
-                             t.kwarps,
-                             t.splits,
-                             t.pdl_flags,
-                             (plan.dense ? 1 : 0) | (plan.reduce_pdl ? 2 : 0) | (t.stream_k ? 4 : 0) |
-                                 (t.fused_reduce ? 8 : 0)};
+  const int64_t fields[8] = {static_cast<int>(plan.family), static_cast<int>(t.kind), t.mt, t.nt, t.kwarps, t.splits,
+                             t.pdl_flags, (plan.dense ? 1 : 0) | (plan.reduce_pdl ? 2 : 0) | (t.stream_k ? 4 : 0)};
   int64_t code = 0;
   for (int i = 7; i >= 0; --i) code = (code << 8) | (fields[i] & 0xFF);
   return code;
@@ -125,12 +115,11 @@ bool decode_plan(int64_t code, Plan* plan) {
   int f[8];
   for (int i = 0; i < 8; ++i) f[i] = static_cast<int>((code >> (8 * i)) & 0xFF);
   const bool family_ok = f[0] == 70 || f[0] == 75 || f[0] == 80 || (f[0] == 90 && have_sm90a());
-  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 15) {
+  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 7) {
     return false;
   }
-  // Stream-K exists only for v11.1 with one K split, the in-kernel reduction only for v11.1 with several.
+  // Stream-K exists only for v11.1 with one K split.
   if ((f[7] & 4) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[5] != 1)) return false;
-  if ((f[7] & 8) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[5] == 1)) return false;
   plan->family = static_cast<Family>(f[0]);
   plan->tile.kind = static_cast<KernelKind>(f[1]);
   plan->tile.mt = f[2];
@@ -141,7 +130,6 @@ bool decode_plan(int64_t code, Plan* plan) {
   plan->dense = (f[7] & 1) != 0;
   plan->reduce_pdl = (f[7] & 2) != 0;
   plan->tile.stream_k = (f[7] & 4) != 0;
-  plan->tile.fused_reduce = (f[7] & 8) != 0;
   return true;
 }
 
@@ -293,13 +281,7 @@ void finish_plan(Plan& plan, const DeviceInfo& dev, bool kernel_has_wait, int M,
   const bool pdl = dev.capability >= 90 && pdl_enabled();
   t.pdl_flags = pdl && kernel_has_wait ? kPdlLaunched : 0;
   plan.reduce_pdl = pdl && dev.ptx_arch >= 90;
-  // v11.1 sums its K splits itself where every unit has a CTA of its own (fused_reduce, tile_config.h).
-  if (t.kind == KernelKind::kWgmmaWs && t.splits > 1 && !t.stream_k) {
-    const int sms = dev.sm_count > 0 ? dev.sm_count : 80;
-    const int64_t units = static_cast<int64_t>(ceil_div(padded_n(N) / kTileN, t.nt)) * ceil_div(M, 8 * t.mt) * t.splits;
-    t.fused_reduce = units <= sms;
-  }
-  if (t.pdl_flags != 0 && plan.reduce_pdl && t.splits > 1 && !t.fused_reduce) t.pdl_flags |= kPdlEarlyTrigger;
+  if (t.pdl_flags != 0 && plan.reduce_pdl && t.splits > 1) t.pdl_flags |= kPdlEarlyTrigger;
   plan.workspace_bytes = fused_workspace_bytes(plan, M, N, K, dev.sm_count > 0 ? dev.sm_count : 80);
 }
 
@@ -471,7 +453,7 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
 // hence 4 blocks per SM there.
 template <class TilesFor>
 void plan_ksplit(TileConfig& t, Family family, int rows, int ntiles, int ktiles, TilesFor tiles_for, int64_t want,
-                 int64_t wide_min_blocks) {
+                 int64_t wide_min_blocks, bool grouped = false) {
   t.kind = KernelKind::kKSplit;
   if (rows <= 8) {
     t.mt = 1;
@@ -494,10 +476,24 @@ void plan_ksplit(TileConfig& t, Family family, int rows, int ntiles, int ktiles,
   // register-staged ones run deeper, so this errs towards splitting).
   const int stages = pipeline_stages(t.mt, /*async_ring=*/true);
   auto inflight = [&](int kwarps) { return static_cast<int64_t>(blocks) * kwarps * 32 * stages * t.nt * 16; };
+  // Grouped decode GEMMs of short K whose grid dwarfs the GPU take one-warp
+  // blocks: the warp streams the block's whole K slice, with no cross-warp
+  // reduction and one offset scan per block. Qwen3-30B-A3B at T = 64 (H200
+  // timeline, 4-warp 64-column blocks): the down projection (K = 768, 3
+  // k-tiles per warp, 4,096 blocks) took 51 us for 101 MB of weights (2.2x
+  // the floor), gate_up (K = 2048) 67 us for 201 MB (1.45x): each block was
+  // mostly offset scan, first-load latency and reduction. Taken where one warp
+  // per block keeps twice the bytes in flight the GPU needs and K <= 2048 (32
+  // k-tiles: Mixtral's 4096 and 14336 stay).
+  t.kwarps = 4;
+  if (grouped && family == Family::kSm80 && t.mt <= 2 && ktiles <= 32 && inflight(1) >= 2 * want) {
+    t.kwarps = 1;
+    t.splits = 1;
+    return;
+  }
   // First widen the in-block K split (8, then 16 warps, summed in shared
   // memory: no extra launch); only if that is still short, split K across
   // blocks (a second launch for the reduction).
-  t.kwarps = 4;
   const int max_kwarps = wide_decode ? 4 : family == Family::kSm80 ? 16 : 8;  // see launch.h launch_family
   if (t.mt <= 2) {
     while (t.kwarps < max_kwarps && inflight(t.kwarps) < want && ktiles >= 2 * 2 * t.kwarps) t.kwarps *= 2;
@@ -637,7 +633,8 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
     // T = 256 303 -> 294; Mixtral T = 64 470 -> 429; other points within 1 %.
     const double mean = static_cast<double>(R) / active;
     const int tile_rows = static_cast<int>(std::ceil(mean + 2.0 * std::sqrt(mean)));
-    plan_ksplit(t, family, tile_rows, ntiles, ktiles, row_blocks, want, 4 * static_cast<int64_t>(sms));
+    plan_ksplit(t, family, tile_rows, ntiles, ktiles, row_blocks, want, 4 * static_cast<int64_t>(sms),
+                /*grouped=*/true);
   }
   while (t.splits > 1 && static_cast<int64_t>(t.splits) * R * N * 4 > kMaxWorkspaceBytes) --t.splits;
   finish_plan(plan, dev, /*kernel_has_wait=*/dev.ptx_arch >= 90, R, N, K);
@@ -655,7 +652,7 @@ cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream
 #endif
     default: break;
   }
-  if (err != cudaSuccess || plan.tile.splits == 1 || plan.tile.fused_reduce) return err;
+  if (err != cudaSuccess || plan.tile.splits == 1) return err;
   GemmProblem partials = p;
   partials.workspace = p.workspace + partials_offset_bytes(plan, p.M, p.K) / 4;
   return launch_splitk_reduce(partials, plan.tile.splits, plan.reduce_pdl, stream);

@@ -344,12 +344,8 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
                : cudaErrorInvalidConfiguration;
   };
   static const cudaError_t pool = [&] {
-    for (const cudaError_t e : {pool_of(gemm_ws_kernel<T, BM, kStages, false>),
-                                pool_of(gemm_ws_kernel<T, BM, kStages, true>),
-                                pool_of(gemm_ws_kernel<T, BM, kStages, false, true>)}) {
-      if (e != cudaSuccess) return e;
-    }
-    return cudaSuccess;
+    const cudaError_t e = pool_of(gemm_ws_kernel<T, BM, kStages, false>);
+    return e != cudaSuccess ? e : pool_of(gemm_ws_kernel<T, BM, kStages, true>);
   }();
   if (pool != cudaSuccess) return pool;
   int device = 0, sms = 0;
@@ -369,20 +365,6 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   if (cfg.stream_k && wg_staged_x_bytes(chunk, p.K) + ws_stream_k_bytes(sms, BM, kWgNT * NTW) > p.workspace_bytes) {
     return cudaErrorInvalidValue;
   }
-  // The in-kernel split reduction: its splits wait for each other, so every unit needs a CTA of its
-  // own (refused, not hung, where this GPU has fewer SMs than the plan's device had); its counters
-  // follow the partials.
-  const int mblocks_all = ceil_div(p.M, BM);
-  int* counters = nullptr;
-  if (cfg.fused_reduce) {
-    const int64_t units = static_cast<int64_t>(nblocks) * mblocks_all * cfg.splits;
-    const int64_t partials = static_cast<int64_t>(cfg.splits) * p.M * p.N * 4;
-    if (cfg.splits < 2 || cfg.stream_k || chunk < p.M || units > sms) return cudaErrorInvalidConfiguration;
-    if (wg_staged_x_bytes(chunk, p.K) + partials + ws_reduce_counter_bytes(mblocks_all, nblocks) > p.workspace_bytes) {
-      return cudaErrorInvalidValue;
-    }
-    counters = reinterpret_cast<int*>(after_x + partials / 4);
-  }
   for (int m0 = 0; m0 < p.M; m0 += chunk) {
     const int rows = std::min(chunk, p.M - m0);
     const int threads = 256;
@@ -390,10 +372,9 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     const int blocks = static_cast<int>(std::min<int64_t>((chunks + threads - 1) / threads, 65535));
     const int64_t units = static_cast<int64_t>(nblocks) * ceil_div(rows, BM) * cfg.splits;
     const int grid = ws_grid(static_cast<int>(units), ceil_div(ktiles, cfg.splits), sms, cfg.stream_k);
-    int* const flags = cfg.stream_k ? reinterpret_cast<int*>(after_x) : counters;
-    const int nflags = cfg.stream_k ? grid : cfg.fused_reduce ? mblocks_all * nblocks : 0;
+    int* const flags = cfg.stream_k ? reinterpret_cast<int*>(after_x) : nullptr;
     err = launch_maybe_pdl(stage_x_tiles_kernel<T>, dim3(blocks), dim3(threads), 0, pdl, stream, p, m0, rows, xs,
-                           flags, nflags);
+                           flags, cfg.stream_k ? grid : 0);
     if (err != cudaSuccess) return err;
     GemmProblem g = p;
     g.M = rows;
@@ -401,14 +382,10 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     g.x_row_stride = kTileK;  // not read: the kernel indexes the staged tiles itself
     g.out = reinterpret_cast<T*>(p.out) + static_cast<int64_t>(m0) * p.out_row_stride;
     g.workspace = after_x;
-    if (cfg.stream_k) {
-      err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true>>(dim3(grid), kWsThreads, g, cfg, stream, wmap);
-    } else if (cfg.fused_reduce) {
-      err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, true>>(dim3(grid), kWsThreads, g, cfg, stream,
-                                                                                   wmap);
-    } else {
-      err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false>>(dim3(grid), kWsThreads, g, cfg, stream, wmap);
-    }
+    err = cfg.stream_k
+              ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true>>(dim3(grid), kWsThreads, g, cfg, stream, wmap)
+              : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false>>(dim3(grid), kWsThreads, g, cfg, stream,
+                                                                                 wmap);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;

@@ -302,46 +302,6 @@ def test_racecheck_subset_stream_k():
     _ws_racecheck_cases(STREAM_K_CASES[:1] + STREAM_K_CASES[3:4], "stream_k")
 
 
-# v11.1's in-kernel split reduction (describe_plan's "fused_reduce"). (K, N, M, group): Llama-3-8B qkv at
-# batch 64 (5 splits: 13-row slices), a 9-way split whose last slice lies past the tile (8-row slices of
-# a 64-token tile), 128-token tiles with rows past M, and a partial column block over two m-blocks with
-# a K tail.
-FUSED_REDUCE_CASES = (
-    (4096, 6144, 64, 128),
-    (18944, 3584, 64, 32),
-    (4096, 4096, 96, 64),
-    (1120, 104, 129, 32),
-)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_fused_reduce(dtype):
-    """The in-kernel split reduction against float64, with a bias, twice in a row (each call's staging
-    kernel zeroes the tile counters the last call left at `splits`), and Llama-3-8B qkv at batch 64 in a
-    CUDA graph as well as eagerly."""
-    for _ in range(2):
-        worst = _ws_cases(dtype, FUSED_REDUCE_CASES, "fused_reduce", bias=True)
-    print(f"fused_reduce {dtype}: worst rel err {worst:.2e}")
-    k, n, m = 4096, 6144, 64
-    with awqgemm.testing.force(family="sm90", path="fused"):
-        qweight, qzeros, scales = random_awq(k, n, 128, dtype, "cuda")
-        packed = awqgemm.pack_awq(qweight, qzeros, scales, 128)
-        x = torch.randn(m, k, dtype=dtype, device="cuda")
-        assert_graph_replay_equals_eager(x, packed, replays=3)
-
-
-def test_sanitizer_subset_fused_reduce():
-    """The in-kernel split reduction for compute-sanitizer memcheck: every case once, fp16; one bf16."""
-    _ws_cases(torch.float16, FUSED_REDUCE_CASES, "fused_reduce", bias=True)
-    _ws_cases(torch.bfloat16, FUSED_REDUCE_CASES[3:], "fused_reduce")
-
-
-def test_racecheck_subset_fused_reduce():
-    """The in-kernel split reduction's counters and slices for compute-sanitizer racecheck, references on
-    the CPU (see test_racecheck_subset)."""
-    _ws_racecheck_cases(FUSED_REDUCE_CASES[2:], "fused_reduce")
-
-
 # v11.1's 256-column blocks (up to 64 tokens; describe_plan's "wide").
 # (K, N, M, group): the stream-K tail over 112 wide units (Llama-3-8B gate_up at M = 64), a block whose
 # second half is partly past N (4128 x 232: 15 column tiles) with K splits, a last block whose second
@@ -727,14 +687,14 @@ def test_plan_info_names_the_dispatchers_choice():
 # count of blocks). Widths in column tiles of 16 per SM: (K, N tiles per SM, extra columns, group): a K
 # tail (1120: 17.5 k-tiles) with a last block partly past N (40 extra columns: 2.5 tiles), a deep K the
 # planner splits, and Llama-3-8B's gate_up.
-def _wide_cases():
+def _wide_decode_shapes():
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     return ((1120, 64 * sms + 40, 32), (14336, 64 * sms, 128), (4096, 28672, 64))
 
 
 def _wide_decode_cases(dtype, cases=None, ms=(1, 3, 8, 9, 16), bias=False):
     worst = 0.0
-    for k, n, group in cases or _wide_cases():
+    for k, n, group in cases or _wide_decode_shapes():
         qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
         b = torch.randn(n, dtype=dtype, device="cuda") if bias else None
         for m in ms:
@@ -771,15 +731,15 @@ def test_wide_decode_blocks(dtype):
 
 def test_sanitizer_subset_wide_decode_blocks():
     """The 64-column K-split blocks for compute-sanitizer memcheck: the partial block and the K tail."""
-    _wide_decode_cases(torch.float16, _wide_cases()[:1], ms=(1, 16))
-    _wide_decode_cases(torch.bfloat16, _wide_cases()[:1], ms=(9,))
+    _wide_decode_cases(torch.float16, _wide_decode_shapes()[:1], ms=(1, 16))
+    _wide_decode_cases(torch.bfloat16, _wide_decode_shapes()[:1], ms=(9,))
 
 
 def test_racecheck_subset_wide_decode_blocks():
     """The 64-column K-split blocks' cross-warp reduction for compute-sanitizer racecheck, references on
     the CPU (see test_racecheck_subset): 8- and 16-token tiles, with and without a K split."""
     skip_unless_family("sm80")
-    for k, n, group in _wide_cases()[:2]:
+    for k, n, group in _wide_decode_shapes()[:2]:
         qweight, qzeros, scales = random_awq(k, n, group, torch.float16, "cpu")
         w = awqgemm.dequantize_awq(qweight, qzeros, scales, group).double()
         packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), group)

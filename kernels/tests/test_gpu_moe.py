@@ -114,6 +114,23 @@ def test_fused_moe_every_family(family, dtype, group, tokens):
     print(f"moe {family} {dtype} g={group} T={tokens}: worst rel err {err:.2e}")
 
 
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_one_warp_grouped_blocks(dtype, group):
+    """Grouped decode GEMMs of short K on one-warp blocks (dispatch.cu plan_ksplit): 128 experts, top 8,
+    hidden 1024, intermediate 512, at T = 64 (8-row tiles) and 128 (16-row tiles), against fp64. With
+    groups of 128 a one-warp block's 64-k step stays in a group every other k-tile."""
+    skip_unless("auto")
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("one-warp blocks are the sm80 family's (this GPU runs an older one)")
+    for tokens, tile in ((64, 8), (128, 16)):
+        for n, k in ((1024, 1024), (1024, 512)):  # gate_up, down
+            info = grouped_plan_info(8 * tokens, 128, n, k, dtype)
+            assert (info["kernel"], info["block_warps"], info["tile_tokens"]) == ("k_split", 1, tile), (n, k, info)
+        err = run_case("auto", dtype, group, tokens, num=128, hidden=1024, inter=512, top_k=8, zero=(5,))
+        print(f"moe one-warp blocks {dtype} g={group} T={tokens}: worst rel err {err:.2e}")
+
+
 @pytest.mark.parametrize("tokens", [37, 300, 1000])
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize(("family", "dtype"), [c for c in CASES if c[0] in ("sm80", "auto")])
@@ -418,6 +435,16 @@ def check_rows_of_no_expert(dtype, switch, kernel, rows_per_expert):
     for e, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
         if hi > lo:
             assert rel_err(y[lo:hi], x[safe[lo:hi]].double() @ w[e]) < tolerance(dtype), (switch, e)
+
+
+def test_sanitizer_subset_one_warp_blocks():
+    """One-warp grouped blocks for compute-sanitizer memcheck: T = 64 with groups of 128 (the uneven
+    scale-row advance), fp16."""
+    skip_unless("auto")
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("one-warp blocks are the sm80 family's")
+    assert grouped_plan_info(512, 128, 1024, 512)["block_warps"] == 1
+    run_case("auto", torch.float16, 128, 64, num=128, hidden=1024, inter=512, top_k=8, zero=(5,))
 
 
 def test_sanitizer_subset_grouped_xshared():

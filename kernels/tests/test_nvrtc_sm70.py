@@ -78,7 +78,7 @@ UNITS = [
     ),
     Unit(
         "dequantize.cu",
-        [f"awqgemm::splitk_reduce_kernel<{t}>" for t in TYPES]
+        [f"awqgemm::splitk_reduce_kernel<{t}, {v}>" for t in TYPES for v in ("true", "false")]
         + [
             f"awqgemm::{kernel}<{t}, awqgemm::{lanes}>"
             for kernel in ("dequantize_t_kernel",)

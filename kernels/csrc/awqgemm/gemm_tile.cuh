@@ -377,8 +377,8 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
     // them (64-bit address arithmetic and a division by the group size per tile) took ~70 of the
     // ~230 instructions per k-tile of the 8 x 32 decode block on sm_90a, and the decode kernels
     // are issue-bound (docs/perf-notes.md). Groups are powers of two no larger than one step
-    // (32..128 vs KWARPS x 64 k), so a lane's group index also advances by a constant.
-    static_assert(KWARPS * kTileK % 128 == 0, "a fetch step must cover whole groups");
+    // (32..128 vs KWARPS x 64 k), so a lane's group index also advances by a constant -- except
+    // in one-warp blocks, whose 64-k step stays inside a group of 128 every other time.
     constexpr int kStepK = KWARPS * kTileK;
     const int gshift = 31 - __clz(p.group_size);
     int kx_next = first * kTileK + koff;
@@ -427,11 +427,15 @@ __global__ void __launch_bounds__(KWARPS * 32) gemm_tc_kernel(const GemmProblem 
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) s.sz[nt] = ldg_u2(sz_next[nt]);
         }
+        size_t sz_advance = sz_step;
+        if constexpr (kStepK < 128) {
+          sz_advance = static_cast<size_t>(((kx_next + kStepK) >> gshift) - (kx_next >> gshift)) * ntiles * 8;
+        }
         kx_next += kStepK;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
           w_next[nt] += KWARPS * 32;
-          sz_next[nt] += sz_step;
+          sz_next[nt] += sz_advance;
         }
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) x_next[mt] += kStepK;

@@ -138,14 +138,12 @@ __device__ __forceinline__ void bulk_g2s(uint32_t dst, const void* src, uint32_t
 __device__ __forceinline__ void flag_raise(int* flag) {
   asm volatile("st.release.gpu.global.u32 [%0], 1;\n" ::"l"(flag) : "memory");
 }
-// flag_wait(flag, target) waits for a count of at least `target` (the in-kernel split reduction's counters).
-__device__ __forceinline__ void flag_wait(const int* flag, int target = 1) {
-  int v = 0;
-  unsigned n = 0;
+__device__ __forceinline__ void flag_wait(const int* flag) {
+  unsigned v = 0, n = 0;
   unsigned long long t0 = 0;
   for (;;) {
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
-    if (v >= target) return;
+    if (v != 0) return;
     if (n == 0) asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t0));
     unsigned long long t1;
     asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t1));
@@ -217,56 +215,6 @@ __device__ __forceinline__ WsUnit ws_unit(int u, int mblocks, int nblocks) {
   return {u - rest * mblocks, rest % nblocks, rest / nblocks};
 }
 
-// The in-kernel split reduction (gemm_ws_kernel's kReduce), run by the 256 consumer threads once their
-// unit's partials are stored. Split s sums rows [s rows_per, (s + 1) rows_per) of the tile over all
-// splits, 4 columns per item (N is a multiple of 8, column blocks of 16); loads bypass L1, since the
-// other CTAs' stores are in L2. Not inlined: inlined, ptxas kept its operands live through the k-loop
-// and serialized the wgmmas there for want of registers (C7512 at BM = 64 and 256).
-template <typename T, int BM, int kNB>
-__device__ __noinline__ void ws_split_reduce(float* ws, void* out, const void* bias, int M, int N,
-                                             int64_t out_row_stride, int splits) {
-  const int tid = threadIdx.x;
-  const int mblocks = ceil_div(M, BM);
-  const int nblocks = ceil_div(padded_n(N) / kTileN, kNB);
-  const WsUnit w = ws_unit(blockIdx.x, mblocks, nblocks);
-  int* const counter = reinterpret_cast<int*>(ws + static_cast<size_t>(splits) * M * N) + w.nb * mblocks + w.mb;
-  __threadfence();  // every thread's partial stores, visible GPU-wide before the count says so
-  consumers_sync();
-  if (tid == 0) {
-    atomicAdd(counter, 1);
-    flag_wait(counter, splits);
-  }
-  consumers_sync();
-  const int rows_per = ceil_div(BM, splits);
-  const int r0 = w.mb * BM + w.split * rows_per;
-  const int r1 = min(min(r0 + rows_per, (w.mb + 1) * BM), M);
-  const int c0 = kNB * kTileN * w.nb;
-  const int quads = min(kNB * kTileN, N - c0) / 4;
-  const size_t split_stride = static_cast<size_t>(M) * N;
-#pragma unroll 1
-  for (int idx = tid; idx < (r1 - r0) * quads; idx += 32 * kWsConsumerWarps) {
-    const int m = r0 + idx / quads;
-    const int n = c0 + 4 * (idx % quads);
-    const float* const src = ws + static_cast<size_t>(m) * N + n;
-    float4 sum = __ldcg(reinterpret_cast<const float4*>(src));
-#pragma unroll 4
-    for (int sp = 1; sp < splits; ++sp) {
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(src + sp * split_stride));
-      sum.x += v.x;
-      sum.y += v.y;
-      sum.z += v.z;
-      sum.w += v.w;
-    }
-    float o[4] = {sum.x, sum.y, sum.z, sum.w};
-    T* const dst = reinterpret_cast<T*>(out) + static_cast<size_t>(m) * out_row_stride + n;
-#pragma unroll
-    for (int t = 0; t < 4; ++t) {
-      if (bias != nullptr) o[t] += to_float(reinterpret_cast<const T*>(bias)[n + t]);
-      dst[t] = from_float<T>(o[t]);
-    }
-  }
-}
-
 // p.x is the staged x (stage_x_tiles_kernel) of p.M rows; out, bias and the
 // split-K workspace ([splits][M][N] fp32) as in the other kernels.
 // kStreamK (splits == 1): the workspace holds the tail's flags and slots
@@ -280,11 +228,7 @@ __device__ __noinline__ void ws_split_reduce(float* ws, void* out, const void* b
 // and w + 8 -- twice the MMA work per stage wait and half the x bytes per weight
 // byte, for decode batches whose k-tiles ncu found waiting on the stage (the
 // 128-column block at M = 64: 646 cycles per k-tile against 212 of tensor time).
-// kReduce (splits > 1, one unit per CTA: TileConfig::fused_reduce): the splits of a tile sum their
-// partials here instead of in splitk_reduce_kernel; the workspace holds the partials, then one
-// counter per tile (ws_reduce_counter_bytes), zeroed by stage_x_tiles_kernel. Its own instantiation,
-// for the same reason as kStreamK.
-template <typename T, int BM, int STAGES, bool kStreamK, bool kReduce = false>
+template <typename T, int BM, int STAGES, bool kStreamK>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
                                                                const int pdl_flags,
                                                                const __grid_constant__ TensorMap128 wmap) {
@@ -564,10 +508,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       more = cur.next(pc);
     }
     if (more) run_piece(pc, std::integral_constant<int, kWsOwner>{});  // the range's last piece
-  }
-  if constexpr (kReduce) {
-    // This CTA's unit was blockIdx.x (the launcher guarantees units <= CTAs); its partials are stored.
-    ws_split_reduce<T, BM, kNB>(p.workspace, p.out, p.bias, p.M, p.N, p.out_row_stride, splits);
   }
 #endif
 }

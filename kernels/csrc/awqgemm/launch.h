@@ -106,6 +106,11 @@ cudaError_t launch_family(const GemmProblem& p, const TileConfig& cfg, cudaStrea
       // the 32-column ones.
       case 1404: return launch_gemm_tc<T, 1, 4, 4, Fam, kAsyncWeights>(p, cfg, stream);
       case 2404: return launch_gemm_tc<T, 2, 4, 4, Fam, kAsyncWeights>(p, cfg, stream);
+      // One-warp blocks for grouped decode GEMMs of short K (plan_ksplit).
+      case 1201: return launch_gemm_tc<T, 1, 2, 1, Fam, kAsyncWeights>(p, cfg, stream);
+      case 2201: return launch_gemm_tc<T, 2, 2, 1, Fam, kAsyncWeights>(p, cfg, stream);
+      case 1401: return launch_gemm_tc<T, 1, 4, 1, Fam, kAsyncWeights>(p, cfg, stream);
+      case 2401: return launch_gemm_tc<T, 2, 4, 1, Fam, kAsyncWeights>(p, cfg, stream);
       default: break;
     }
   }

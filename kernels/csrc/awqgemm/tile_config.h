@@ -164,16 +164,6 @@ AWQGEMM_HD int ws_grid(int units, int unit_tiles, int sms, bool stream_k) {
 // Workspace of the stream-K tail, after the staged x: a flag per CTA (256-byte
 // aligned), then a slot of BM x (the block's nt column tiles x 16) fp32 partials per CTA.
 AWQGEMM_HD int64_t ws_flag_bytes(int ctas) { return (static_cast<int64_t>(ctas) * 4 + 255) / 256 * 256; }
-
-// K splits summed inside v11.1 (TileConfig::fused_reduce). The timeline of a Llama-3-8B layer at
-// batch 64 (H200, profile_one.py --timeline) had the split-K reduction kernel at 3-4 us after
-// GEMMs of 8-17 us: more than summing ~8 MB of L2-resident partials takes, most of it the
-// launch and its dependency. With one unit per CTA (units <= the grid, every CTA resident at
-// once: one block per SM) the splits of a tile wait for each other instead: each stores its
-// partials, bumps the tile's counter, waits for it to reach `splits` and then sums a 1/splits
-// slice of the tile's rows from all of them. The counters (one per m-block x n-block) follow
-// the partials; stage_x_tiles_kernel zeroes them on every call.
-AWQGEMM_HD int64_t ws_reduce_counter_bytes(int mblocks, int nblocks) { return ws_flag_bytes(mblocks * nblocks); }
 AWQGEMM_HD int64_t ws_stream_k_bytes(int ctas, int bm, int nt) {
   return ws_flag_bytes(ctas) + static_cast<int64_t>(ctas) * bm * nt * 16 * 4;
 }
@@ -193,9 +183,6 @@ struct TileConfig {
   int splits = 1;  // blocks splitting K
   int pdl_flags = 0;  // kPdl* bits: launched as a programmatic dependent (sm90+), early trigger
   bool stream_k = false;  // kWgmmaWs with one K split: the stream-K tail above
-  // kWgmmaWs with K splits, one unit per CTA: the splits of a unit sum their partials inside the
-  // kernel (ws_reduce_counters), no reduction launch.
-  bool fused_reduce = false;
 };
 
 }  // namespace awqgemm
