@@ -3,7 +3,8 @@
 # driver, same benchmark arguments. For a slowdown that two sessions' tables cannot pin down (a
 # regression at identical plans, say).
 #
-#   here:        bash ci/device_ab.sh prepare REV        # .ab/REV: that revision's kernels and gemm.py (ignored)
+#   here:        bash ci/device_ab.sh prepare REV...     # .ab/REV: each revision's kernels and gemm.py (ignored;
+#                                                        # earlier ones removed)
 #   GPU machine: AB_ARGS="--contenders wg --shapes tp1 --m 64,128" bash ci/device_ab.sh run   (carry .ab)
 #                (MOE_AB_ARGS="--tokens 16,64,128" also times each tree's benchmarks/moe.py, Marlin left out)
 #
@@ -16,11 +17,17 @@ cd "$(dirname "$0")/.."
 cmd=${1:-}
 case "$cmd" in
 prepare)
-  rev=$(git rev-parse --short "${2:?usage: ci/device_ab.sh prepare REV}") || exit 1
-  rm -rf ".ab/$rev" && mkdir -p ".ab/$rev"
-  git archive "$rev" kernels/CMakeLists.txt kernels/pyproject.toml kernels/README.md kernels/cuda_archs.txt kernels/csrc \
-    kernels/python benchmarks/gemm.py benchmarks/moe.py benchmarks/awqbench | tar -x -C ".ab/$rev" || exit 1
-  du -sh ".ab/$rev"
+  [ $# -ge 2 ] || { echo "usage: ci/device_ab.sh prepare REV..."; exit 2; }
+  # Only the revisions named now: `run` A/Bs every one under .ab, and a stale one from an earlier
+  # session once cost ~100 s of device time.
+  rm -rf .ab
+  for r in "${@:2}"; do
+    rev=$(git rev-parse --short "$r") || exit 1
+    mkdir -p ".ab/$rev"
+    git archive "$rev" kernels/CMakeLists.txt kernels/pyproject.toml kernels/README.md kernels/cuda_archs.txt \
+      kernels/csrc kernels/python benchmarks/gemm.py benchmarks/moe.py benchmarks/awqbench | tar -x -C ".ab/$rev" || exit 1
+    du -sh ".ab/$rev"
+  done
   ;;
 run)
   OUT=${OUT:-$PWD/devrun}
