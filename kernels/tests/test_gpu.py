@@ -682,6 +682,51 @@ def test_plan_info_names_the_dispatchers_choice():
         assert awqgemm.plan_info(1, 4096, 4096)["kernel"] == "dequantize+dense"
 
 
+# v11.1 fetching its first weight stages before its PDL wait (work in progress:
+# testing.force(early_weights=True)). Every schedule shape the kernel has: K splits, the stream-K tail,
+# 256-column blocks, rows past M, a partial n-block, two-chunk staging.
+EARLY_WEIGHTS_CASES = STREAM_K_CASES + WIDE_CASES + ((4096, 6144, 64, 128), (18944, 3584, 128, 32))
+
+
+def _early_weights_cases(dtype, cases=EARLY_WEIGHTS_CASES, bias=False):
+    worst = 0.0
+    with awqgemm.testing.force(early_weights=True):
+        worst = _ws_cases(dtype, cases, "early_weights", bias)
+    return worst
+
+
+@pytest.mark.wip("early_weights")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_early_weights(dtype):
+    """v11.1 with its first weights fetched before the PDL wait against float64 on every schedule shape
+    (with a bias), twice in a row, and in a CUDA graph as well as eagerly (the staging kernel lets the GEMM
+    in at once there too)."""
+    for _ in range(2):
+        worst = _early_weights_cases(dtype, bias=True)
+    print(f"early_weights {dtype}: worst rel err {worst:.2e}")
+    k, n, m = 4096, 6144, 64
+    qweight, qzeros, scales = random_awq(k, n, 128, dtype, "cuda")
+    with awqgemm.testing.force(family="sm90", path="fused", early_weights=True):
+        packed = awqgemm.pack_awq(qweight, qzeros, scales, 128)
+        x = torch.randn(m, k, dtype=dtype, device="cuda")
+        assert_graph_replay_equals_eager(x, packed, replays=3)
+
+
+@pytest.mark.wip("early_weights")
+def test_sanitizer_subset_early_weights():
+    """v11.1 with early weights for compute-sanitizer memcheck: a K split, the stream-K tail, wide blocks."""
+    _early_weights_cases(torch.float16, (STREAM_K_CASES[0], WIDE_CASES[1], EARLY_WEIGHTS_CASES[-2]))
+    _early_weights_cases(torch.bfloat16, (STREAM_K_CASES[3],))
+
+
+@pytest.mark.wip("early_weights")
+def test_racecheck_subset_early_weights():
+    """v11.1's ring with its first stages filled before the PDL wait, for compute-sanitizer racecheck,
+    references on the CPU (see test_racecheck_subset)."""
+    with awqgemm.testing.force(early_weights=True):
+        _ws_racecheck_cases((STREAM_K_CASES[0], WIDE_CASES[1]), "early_weights")
+
+
 # 64-column K-split blocks up to 16 tokens (plan_ksplit's wide decode blocks: the sm80 family, and on a 9.0
 # GPU the decode plans the sm90 family hands to it, where the 64-column grid keeps >= 7/8 of the SMs'
 # count of blocks). Widths in column tiles of 16 per SM: (K, N tiles per SM, extra columns, group): a K
