@@ -78,7 +78,7 @@ def test_families_run_only_where_they_can(plans):
         assert p["family"] <= p["cap"], p
         if p["family"] == 90:
             assert p["cap"] == 90 and p["fam"] == 90, p  # sm_90a code only on 9.0
-        if p["problem"] in ("G", "W"):
+        if p["problem"] in ("G", "W", "T"):
             per_expert = -(-p["M"] // min(p["a"], p["M"]))
             assert p["flags"] & 1 == 0, p  # grouped problems never take the dense path (E x N x K)
             # Grid rows (grouped_grid_rows in problem.h) within CUDA's 65535 for every R of the grid.
@@ -170,11 +170,33 @@ def test_one_warp_blocks_for_short_grouped_decode(plans):
     one = [p for p in plans if p["kind"] == 0 and p["kwarps"] == 1 and not p["flags"] & 1]
     assert one, "no plan takes one-warp blocks"
     for p in one:
-        assert p["problem"] in ("G", "W") and p["family"] == 80 and p["mt"] <= 2 and p["nt"] in (2, 4), p
+        tall = p["problem"] == "T"  # the one_warp_tall switch: 32 x 64 tiles too
+        assert p["problem"] in ("G", "W", "T") and p["family"] == 80 and p["nt"] in (2, 4), p
+        assert p["mt"] <= (4 if tall else 2), p
         assert p["K"] <= 2048 and p["splits"] == 1, p
     g = {(p["a"], p["K"], p["N"], p["M"]): p["kwarps"] for p in plans if p["problem"] == "G" and p["cap"] == 90}
     assert g[(128, 2048, 1536, 512)] == 1 and g[(128, 768, 2048, 512)] == 1  # Qwen3 T = 64: 512 rows
     assert g[(128, 2048, 1536, 8)] > 1  # Qwen3 T = 1
+
+
+def test_one_warp_tall_switch_changes_only_32_row_tiles(plans):
+    """The one_warp_tall switch (work in progress) gives one-warp blocks to grouped K-split plans of 32 x 64
+    tiles (mt 4) under the same conditions as the shorter tiles, and changes no other plan (T lines against
+    G lines); Qwen3-30B-A3B's experts at T = 256 (2,048 rows) take it on the H200."""
+    default = {(p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in plans if p["problem"] == "G"}
+    changed = 0
+    for p in plans:
+        if p["problem"] != "T":
+            continue
+        d = default[(p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"])]
+        if p["code"] != d["code"]:
+            assert (d["family"], d["kind"], d["mt"], d["nt"], d["kwarps"]) == (80, 0, 4, 4, 4), (p, d)
+            assert (p["kind"], p["mt"], p["nt"], p["kwarps"], p["splits"]) == (0, 4, 4, 1, 1) and p["K"] <= 2048, p
+            changed += 1
+        assert p["ws"] <= d["ws"], (p, d)
+    assert changed > 10, changed
+    t = {(p["a"], p["K"], p["N"], p["M"]): p for p in plans if p["problem"] == "T" and p["cap"] == 90}
+    assert t[(128, 2048, 1536, 2048)]["kwarps"] == 1 and t[(128, 2048, 1536, 2048)]["mt"] == 4
 
 
 def test_grouped_k_split_tile_covers_the_busier_experts(plans):

@@ -30,6 +30,7 @@ class _Override:
     # Work in progress (tests and benchmarks select them; production never):
     grouped_wgmma: bool = False  # grouped (MoE) GEMMs of > 32 rows per expert on the sm90 wgmma kernel
     early_weights: bool = False  # v11.1 fetches its first weights before its PDL wait
+    one_warp_tall: bool = False  # grouped 32-row K-split tiles of short K on one-warp blocks
 
 
 state = _Override()
