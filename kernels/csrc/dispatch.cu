@@ -447,7 +447,7 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
 // no 8/16-warp blocks, which small grids need. Measured on the H200 (sm80 code
 // on 9.0, benchmarks/results/h200-2026-11-28-ksw.txt, 18 TP1 layers; 64-column /
 // 32-column time): dense layers whose 64-column grid had >= 128 blocks
-// (132 SMs) 0.79-1.01x at M = 1-16 (Llama-2-70B gate_up 0.87x at M = 1, 0.78x
+// (132 SMs) 0.76-1.01x at M = 1-16 (Llama-2-70B gate_up 0.87x at M = 1, 0.78x
 // at 16; Llama-3-8B gate_up 0.92x at 16), those with <= 112 blocks 1.02-1.35x;
 // hence wide_min_blocks = 7/8 of the SMs for dense problems. Grouped problems
 // (moe-h200-20261128-2132, whole layer): Qwen3-30B-A3B T = 16 / 64 / 128

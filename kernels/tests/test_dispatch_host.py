@@ -55,6 +55,14 @@ def plans(driver: Path) -> list[dict]:
     return rows
 
 
+def _against_default(plans: list[dict], switched: str, default: str) -> list[tuple[dict, dict]]:
+    """Each plan of the driver's `switched` lines (a test switch on) with the `default` line of the same
+    device, family, path or expert count, and problem."""
+    key = ("cap", "fam", "a", "K", "N", "M")
+    base = {tuple(p[k] for k in key): p for p in plans if p["problem"] == default}
+    return [(p, base[tuple(p[k] for k in key)]) for p in plans if p["problem"] == switched]
+
+
 def test_every_plan_code_round_trips(plans):
     bad = [p for p in plans if not p["roundtrip"]]
     assert not bad, f"{len(bad)} plans do not survive encode -> decode, e.g. {bad[:3]}"
@@ -146,12 +154,8 @@ def test_stream_k_only_on_v11_1_with_one_split(plans):
 def test_early_weights_switch_marks_only_v11_1_plans(plans):
     """The early_weights switch (work in progress) adds PDL flag 4 to exactly the v11.1 plans launched under
     PDL, and changes nothing else: E lines against P lines."""
-    default = {(p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in plans if p["problem"] == "P"}
     marked = 0
-    for p in plans:
-        if p["problem"] != "E":
-            continue
-        d = default[(p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"])]
+    for p, d in _against_default(plans, "E", "P"):
         if d["kind"] == 4 and d["pdl"] & 1:
             assert p["code"] == d["code"] | (4 << 48) and p["ws"] == d["ws"], (p, d)
             marked += 1
@@ -183,12 +187,8 @@ def test_one_warp_tall_switch_changes_only_32_row_tiles(plans):
     """The one_warp_tall switch (work in progress) gives one-warp blocks to grouped K-split plans of 32 x 64
     tiles (mt 4) under the same conditions as the shorter tiles, and changes no other plan (T lines against
     G lines); Qwen3-30B-A3B's experts at T = 256 (2,048 rows) take it on the H200."""
-    default = {(p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in plans if p["problem"] == "G"}
     changed = 0
-    for p in plans:
-        if p["problem"] != "T":
-            continue
-        d = default[(p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"])]
+    for p, d in _against_default(plans, "T", "G"):
         if p["code"] != d["code"]:
             assert (d["family"], d["kind"], d["mt"], d["nt"], d["kwarps"]) == (80, 0, 4, 4, 4), (p, d)
             assert (p["kind"], p["mt"], p["nt"], p["kwarps"], p["splits"]) == (0, 4, 4, 1, 1) and p["K"] <= 2048, p

@@ -223,12 +223,12 @@ STREAM_K_CASES = (
 )
 
 
-def _ws_cases(dtype, cases, plan_flag, bias=False):
-    """(K, N, M, group) cases on the sm90 v11.1 kernel, forced, whose plans must have `plan_flag`
-    (stream_k, wide), against float64; returns the worst relative error."""
+def _ws_cases(dtype, cases, plan_flag, bias=False, **switches):
+    """(K, N, M, group) cases on the sm90 v11.1 kernel, forced (with testing.force `switches`), whose plans
+    must have `plan_flag` (stream_k, wide, early_weights), against float64; returns the worst relative error."""
     skip_unless_family("sm90")
     worst = 0.0
-    with awqgemm.testing.force(family="sm90", path="fused"):
+    with awqgemm.testing.force(family="sm90", path="fused", **switches):
         for k, n, m, group in cases:
             info = awqgemm.plan_info(m, n, k, dtype, torch.device("cuda"))
             assert info["kernel"] == "wgmma_ws" and info[plan_flag], (k, n, m, info)
@@ -239,13 +239,13 @@ def _ws_cases(dtype, cases, plan_flag, bias=False):
     return worst
 
 
-def _ws_racecheck_cases(cases, plan_flag):
+def _ws_racecheck_cases(cases, plan_flag, **switches):
     """The racecheck variant of _ws_cases: fp16, references on the CPU (see test_racecheck_subset)."""
     skip_unless_family("sm90")
     for k, n, m, group in cases:
         qweight, qzeros, scales = random_awq(k, n, group, torch.float16, "cpu")
         w = awqgemm.dequantize_awq(qweight, qzeros, scales, group).double()
-        with awqgemm.testing.force(family="sm90", path="fused"):
+        with awqgemm.testing.force(family="sm90", path="fused", **switches):
             assert awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))[plan_flag], (k, n, m)
             packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), group)
             x = torch.randn(m, k, dtype=torch.float16)
@@ -689,10 +689,8 @@ EARLY_WEIGHTS_CASES = STREAM_K_CASES + WIDE_CASES + ((4096, 6144, 64, 128), (189
 
 
 def _early_weights_cases(dtype, cases=EARLY_WEIGHTS_CASES, bias=False):
-    worst = 0.0
-    with awqgemm.testing.force(early_weights=True):
-        worst = _ws_cases(dtype, cases, "early_weights", bias)
-    return worst
+    # The switch goes into _ws_cases' own force(): a force() resets every switch it is not given.
+    return _ws_cases(dtype, cases, "early_weights", bias, early_weights=True)
 
 
 @pytest.mark.wip("early_weights")
@@ -723,8 +721,7 @@ def test_sanitizer_subset_early_weights():
 def test_racecheck_subset_early_weights():
     """v11.1's ring with its first stages filled before the PDL wait, for compute-sanitizer racecheck,
     references on the CPU (see test_racecheck_subset)."""
-    with awqgemm.testing.force(early_weights=True):
-        _ws_racecheck_cases((STREAM_K_CASES[0], WIDE_CASES[1]), "early_weights")
+    _ws_racecheck_cases((STREAM_K_CASES[0], WIDE_CASES[1]), "early_weights", early_weights=True)
 
 
 # 64-column K-split blocks up to 16 tokens (plan_ksplit's wide decode blocks: the sm80 family, and on a 9.0

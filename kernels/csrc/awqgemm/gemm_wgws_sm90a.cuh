@@ -297,6 +297,17 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     // kPdlEarlyWeights: the first whole unit's first `pre` stages (fresh slots 0..pre-1) got their
     // expect_tx and weight / scale copies before the PDL wait; produce() adds their x copies.
     int pre = 0;
+    // A stage's weight box (128 words = one tile's 512 bytes of k-tile kt, kNB column tiles from kNB nb)
+    // and its (scale, zero) row(s).
+    auto copy_weights = [&](uint32_t st, uint32_t full, int kt, int nb, int nvalid) {
+      tma_g2s_2d(st + kWOff, &wmap, kt * kWordsPerTile, kNB * nb, full);
+#pragma unroll 1
+      for (int r = 0; r < sz_rows; ++r) {
+        const int grp = (kt * kTileK + 32 * r) >> gshift;
+        bulk_g2s(st + kSzOff + kSzRow * r, szsrc + (static_cast<int64_t>(grp) * ntiles + kNB * nb) * 64, nvalid * 64,
+                 full);
+      }
+    };
     auto produce = [&](const WsPiece& pc) {
       const WsUnit w = ws_unit(pc.unit, mblocks, nblocks);
       const int kt0 = w.split * per_split + pc.kt0;
@@ -317,15 +328,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
         const uint32_t full = full0 + 8 * slot;
         const uint32_t st = base + slot * kStage;
         mbar_arrive_expect_tx(full, bytes);
-        // Box (128 words = one tile's 512 bytes of k-tile kt0 + i, kNB column tiles from kNB nb).
-        tma_g2s_2d(st + kWOff, &wmap, (kt0 + i) * kWordsPerTile, kNB * w.nb, full);
+        copy_weights(st, full, kt0 + i, w.nb, nvalid);
         bulk_g2s(st, xunit + i * x_step, rows * 128, full);
-#pragma unroll 1
-        for (int r = 0; r < sz_rows; ++r) {
-          const int grp = ((kt0 + i) * kTileK + 32 * r) >> gshift;
-          bulk_g2s(st + kSzOff + kSzRow * r, szsrc + (static_cast<int64_t>(grp) * ntiles + kNB * w.nb) * 64,
-                   nvalid * 64, full);
-        }
         const uint32_t wrap = slot + 1 == STAGES;
         slot = wrap ? 0 : slot + 1;
         phase ^= wrap;
@@ -347,13 +351,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
           const uint32_t full = full0 + 8 * i;
           const uint32_t st = base + i * kStage;
           mbar_arrive_expect_tx(full, bytes);
-          tma_g2s_2d(st + kWOff, &wmap, (kt0 + i) * kWordsPerTile, kNB * w.nb, full);
-#pragma unroll 1
-          for (int r = 0; r < sz_rows; ++r) {
-            const int grp = ((kt0 + i) * kTileK + 32 * r) >> gshift;
-            bulk_g2s(st + kSzOff + kSzRow * r, szsrc + (static_cast<int64_t>(grp) * ntiles + kNB * w.nb) * 64,
-                     nvalid * 64, full);
-          }
+          copy_weights(st, full, kt0 + i, w.nb, nvalid);
         }
         slot = pre == STAGES ? 0 : pre;
         phase = pre == STAGES ? 1 : 0;
