@@ -173,8 +173,8 @@ WIP_VARIANTS = {
 
 
 def route_only(ti, tw, num, dry):
-    """fused_moe's routing alone: the one-block kernel at any size (above moe.ROUTE_KERNEL_MAX_PAIRS
-    too) and the torch ops. The dry run (CPU) times the torch ops twice."""
+    """fused_moe's routing alone: the routing kernels and the torch ops. The dry run (CPU) times the
+    torch ops twice."""
     from awqgemm.moe import route_torch, route_with_kernel
 
     kernel = route_torch if dry else route_with_kernel
@@ -479,7 +479,7 @@ def main(argv=None):
             row["dense_fp16_eager_us"] = timer(dense, graph=False, hint_us=fake_us("dense", hint, t))
             got, ref = fn(), dense()
             row["rel_err_vs_dense"] = rel_err(got, ref)
-            # The sort alone, kernel vs torch ops, at this T * k (moe.ROUTE_KERNEL_MAX_PAIRS picks between them).
+            # The sort alone, the routing kernels vs torch ops, at this T * k.
             if device == "cuda" or dry:
                 kernel_route, torch_route = route_only(ti, tw, num, dry)
                 row["route_kernel_graph_us"] = timer(kernel_route, graph=True, hint_us=1 + 0.01 * t * top_k)

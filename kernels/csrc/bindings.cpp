@@ -301,8 +301,8 @@ NB_MODULE(_C, m) {
       "moe_route",
       [](uintptr_t topk_ids, int ids_type, uintptr_t topk_weights, int weights_type, bool weights_on_input,
          uintptr_t expert_map, int map_type, int64_t map_len, int64_t pairs, int top_k, int num_experts,
-         uintptr_t order, uintptr_t offsets, uintptr_t token_of_row, uintptr_t pos, uintptr_t weights, int device,
-         uintptr_t stream) {
+         uintptr_t order, uintptr_t offsets, uintptr_t token_of_row, uintptr_t pos, uintptr_t weights,
+         uintptr_t block_counts, int device, uintptr_t stream) {
         if (ids_type != 0 && ids_type != 1) {
           throw nb::value_error("awqgemm: moe_route ids type must be 0 (int32) or 1 (int64)");
         }
@@ -328,6 +328,11 @@ NB_MODULE(_C, m) {
           throw nb::value_error("awqgemm: moe_route got a null pointer for an input or output");
         }
         if (expert_map != 0 && map_len < 0) throw nb::value_error("awqgemm: moe_route map_len must be >= 0");
+        if (block_counts == 0 && route_scratch_ints(pairs, num_experts) > 0) {
+          throw nb::value_error(("awqgemm: moe_route needs a scratch buffer of route_scratch_ints(" +
+                                 std::to_string(pairs) + ", " + std::to_string(num_experts) + ") ints")
+                                    .c_str());
+        }
         RouteArgs a;
         a.topk_ids = reinterpret_cast<const void*>(topk_ids);
         a.topk_weights = reinterpret_cast<const void*>(topk_weights);
@@ -345,15 +350,31 @@ NB_MODULE(_C, m) {
         a.token_of_row = reinterpret_cast<int32_t*>(token_of_row);
         a.pos = reinterpret_cast<int32_t*>(pos);
         a.weights = reinterpret_cast<float*>(weights);
+        a.block_counts = reinterpret_cast<int32_t*>(block_counts);
         DeviceGuard guard(device);
         DeviceGuard::check(launch_moe_route(a, reinterpret_cast<cudaStream_t>(stream)), "moe_route launch");
       },
       nb::arg("topk_ids"), nb::arg("ids_type"), nb::arg("topk_weights"), nb::arg("weights_type"),
       nb::arg("weights_on_input"), nb::arg("expert_map"), nb::arg("map_type"), nb::arg("map_len"), nb::arg("pairs"),
       nb::arg("top_k"), nb::arg("num_experts"), nb::arg("order"), nb::arg("offsets"), nb::arg("token_of_row"),
-      nb::arg("pos"), nb::arg("weights"), nb::arg("device"), nb::arg("stream"),
-      "Stable sort of the pairs by local expert (one block): order (int64), offsets, token_of_row, pos (int32) and "
-      "fp32 router weights, into the caller's buffers.");
+      nb::arg("pos"), nb::arg("weights"), nb::arg("block_counts"), nb::arg("device"), nb::arg("stream"),
+      "Stable sort of the pairs by local expert: order (int64), offsets, token_of_row, pos (int32) and fp32 router "
+      "weights, into the caller's buffers; block_counts: route_scratch_ints(pairs, num_experts) int32 of scratch "
+      "(0 where none is needed).");
+
+  m.def(
+      "route_scratch_ints",
+      [](int64_t pairs, int num_experts) {
+        if (pairs < 0 || pairs > kMaxRoutePairs || num_experts < 1 || num_experts > kMaxRouteExperts) {
+          throw nb::value_error(("awqgemm: route_scratch_ints needs 0 <= pairs <= 2^30 and 1.." +
+                                 std::to_string(kMaxRouteExperts) + " experts; got pairs = " + std::to_string(pairs) +
+                                 ", experts = " + std::to_string(num_experts))
+                                    .c_str());
+        }
+        return route_scratch_ints(pairs, num_experts);
+      },
+      nb::arg("pairs"), nb::arg("num_experts"),
+      "int32 scratch elements moe_route needs for this many pairs (0: one block sorts them).");
 
   m.def(
       "moe_silu_mul",

@@ -11,6 +11,9 @@ namespace awqgemm {
 
 constexpr int kRouteThreads = 1024;
 constexpr int kRouteWarps = kRouteThreads / 32;
+// Blocks that share one sort at most: each reads every block's counts, so that
+// traffic grows with blocks^2 * experts (128 blocks of 129 keys: 66 KB per block).
+constexpr int kMaxRouteBlocks = 128;
 
 // The device-side copy of RouteArgs: the header with RouteArgs pulls in host
 // headers NVRTC does not have.
@@ -31,6 +34,8 @@ struct RouteParams {
   int32_t* token_of_row;
   int32_t* pos;
   float* weights;
+  int chunk;                // pairs per block: block b sorts pairs [b * chunk, min(pairs, (b + 1) * chunk))
+  int32_t* block_counts;    // [gridDim.x][num_experts + 1], or null: one block counts its own pairs
 };
 
 // _sort_key in moe.py: ids outside the map, map entries outside [0, E) (-1
@@ -55,46 +60,93 @@ __device__ __forceinline__ float route_weight(const RouteParams& p, int i) {
   return to_float(static_cast<const __half*>(p.topk_weights)[i]);
 }
 
-// A stable counting sort of the pairs by key in one block, so it needs no
-// second launch, no global scratch and no host sync, and a captured graph
-// replays it with any routing. Pass 1 counts each key; an exclusive scan of the
-// counts gives the offsets (= searchsorted of 0..E over the sorted keys); pass 2
-// walks the pairs in tiles of 1024, in pair order, and places each pair after
-// every earlier pair of its key: earlier tiles (base[key], bumped after each
-// tile), earlier warps of this tile (table[key][warp], a byte: at most 32),
-// lower lanes of its warp (match_any). That is torch.sort(stable=True)'s order.
+// Counts the keys of pairs [c0, c1) into count[] (shared, zeroed) and writes each
+// pair's router weight. Every thread of the block calls it: the loop bound is the
+// same for the whole block, so every lane reaches match_any; lanes past the end
+// carry the key bins, which no pair has.
+__device__ __forceinline__ void route_count_pairs(const RouteParams& p, int c0, int c1, int* count) {
+  const int lane = threadIdx.x & 31;
+  const unsigned lower_lanes = (1u << lane) - 1u;
+  const int bins = p.num_experts + 1;
+  for (int t0 = c0; t0 < c1; t0 += kRouteThreads) {
+    const int i = t0 + static_cast<int>(threadIdx.x);
+    const bool valid = i < c1;
+    const int key = valid ? route_key(p, i) : bins;
+    const unsigned peers = __match_any_sync(0xffffffffu, key);
+    // One atomic per key and warp: a warp of equal keys would serialize 32.
+    if (valid && (peers & lower_lanes) == 0) atomicAdd(&count[key], __popc(peers));
+    // torch.where(local, topk_weights.float(), 0.0): the select keeps a NaN
+    // weight of a pair of no local expert out.
+    if (valid) p.weights[i] = key < p.num_experts ? (p.weights_on_input ? 1.f : route_weight(p, i)) : 0.f;
+  }
+}
+
+// First launch of a sort that several blocks share: the key counts of each
+// block's chunk go to block_counts[block][key] (and the router weights out).
+__global__ void __launch_bounds__(kRouteThreads) moe_route_count_kernel(const RouteParams p) {
+  extern __shared__ int route_smem[];
+  const int bins = p.num_experts + 1;
+  const int c0 = static_cast<int>(blockIdx.x) * p.chunk;
+  const int c1 = min(p.pairs, c0 + p.chunk);
+  for (int b = threadIdx.x; b < bins; b += kRouteThreads) route_smem[b] = 0;
+  __syncthreads();
+  route_count_pairs(p, c0, c1, route_smem);
+  __syncthreads();
+  for (int b = threadIdx.x; b < bins; b += kRouteThreads) {
+    p.block_counts[static_cast<int64_t>(blockIdx.x) * bins + b] = route_smem[b];
+  }
+}
+
+// A stable counting sort of the pairs by key with no global atomics and no host
+// sync, so a captured graph replays it with any routing. Up to one tile of pairs
+// (1024) one block does it all in one launch; above, each block takes a chunk of
+// whole tiles, after moe_route_count_kernel counted every chunk. The counts of
+// all chunks, scanned, give the offsets (= searchsorted of 0..E over the sorted
+// keys); a block's chunk then starts each key after the pairs of that key in
+// earlier chunks. Within the chunk, pass 2 walks its tiles in pair order and
+// places each pair after every earlier pair of its key: earlier tiles (base[key],
+// bumped after each tile), earlier warps of this tile (table[key][warp], a byte:
+// at most 32), lower lanes of its warp (match_any). That is
+// torch.sort(stable=True)'s order.
 __global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(const RouteParams p) {
   extern __shared__ int route_smem[];
   const int bins = p.num_experts + 1;
   int* base = route_smem;                 // [bins]: counts, then the next free row of each key
-  int* warp_total = base + bins;          // [kRouteWarps]: the scan's per-warp sums
+  int* before = base + bins;              // [bins]: pairs of each key in earlier blocks' chunks
+  int* warp_total = before + bins;        // [kRouteWarps]: the scan's per-warp sums
   unsigned char* table = reinterpret_cast<unsigned char*>(warp_total + kRouteWarps);  // [bins][kRouteWarps]
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
   const unsigned lower_lanes = (1u << lane) - 1u;
-  for (int b = tid; b < bins; b += kRouteThreads) base[b] = 0;
+  const int block = static_cast<int>(blockIdx.x);
+  const int c0 = block * p.chunk;
+  const int c1 = min(p.pairs, c0 + p.chunk);
   for (int b = tid; b < bins * (kRouteWarps / 4); b += kRouteThreads) reinterpret_cast<int*>(table)[b] = 0;
-  __syncthreads();
-
-  // Pass 1. The loop bound is the same for the whole block, so every lane
-  // reaches match_any; lanes past the end carry the key bins, which no pair has.
-  for (int t0 = 0; t0 < p.pairs; t0 += kRouteThreads) {
-    const int i = t0 + tid;
-    const bool valid = i < p.pairs;
-    const int key = valid ? route_key(p, i) : bins;
-    const unsigned peers = __match_any_sync(0xffffffffu, key);
-    // One atomic per key and warp: a warp of equal keys would serialize 32.
-    if (valid && (peers & lower_lanes) == 0) atomicAdd(&base[key], __popc(peers));
-    // torch.where(local, topk_weights.float(), 0.0): the select keeps a NaN
-    // weight of a pair of no local expert out.
-    if (valid) p.weights[i] = key < p.num_experts ? (p.weights_on_input ? 1.f : route_weight(p, i)) : 0.f;
+  if (p.block_counts == nullptr) {
+    for (int b = tid; b < bins; b += kRouteThreads) base[b] = before[b] = 0;
+    __syncthreads();
+    route_count_pairs(p, c0, c1, base);
+  } else {
+    // Every block's counts, summed over all blocks and over the earlier ones:
+    // consecutive threads read consecutive keys of one block's row.
+    for (int b = tid; b < bins; b += kRouteThreads) {
+      int earlier = 0, total = 0;
+#pragma unroll 4
+      for (int j = 0; j < static_cast<int>(gridDim.x); ++j) {
+        const int c = p.block_counts[static_cast<int64_t>(j) * bins + b];
+        total += c;
+        earlier += j < block ? c : 0;
+      }
+      base[b] = total;
+      before[b] = earlier;
+    }
   }
   __syncthreads();
 
   int carry = 0;
-  for (int c0 = 0; c0 < bins; c0 += kRouteThreads) {
-    const int b = c0 + tid;
+  for (int s0 = 0; s0 < bins; s0 += kRouteThreads) {
+    const int b = s0 + tid;
     const int v = b < bins ? base[b] : 0;
     int x = v;
 #pragma unroll
@@ -116,17 +168,17 @@ __global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(const RoutePar
     __syncthreads();
     const int excl = carry + x - v + (warp > 0 ? warp_total[warp - 1] : 0);
     if (b < bins) {
-      base[b] = excl;
-      p.offsets[b] = excl;
+      base[b] = excl + before[b];
+      if (block == 0) p.offsets[b] = excl;
     }
     carry += warp_total[kRouteWarps - 1];
     __syncthreads();  // warp_total is rewritten by the next chunk
   }
 
   // Pass 2.
-  for (int t0 = 0; t0 < p.pairs; t0 += kRouteThreads) {
+  for (int t0 = c0; t0 < c1; t0 += kRouteThreads) {
     const int i = t0 + tid;
-    const bool valid = i < p.pairs;
+    const bool valid = i < c1;
     const int key = valid ? route_key(p, i) : bins;
     const unsigned peers = __match_any_sync(0xffffffffu, key);
     const int rank = __popc(peers & lower_lanes);
@@ -291,7 +343,32 @@ cudaError_t combine_typed(const void* y, int rows, const int32_t* pos, const flo
 
 int64_t route_shared_bytes(int num_experts) {
   const int64_t bins = static_cast<int64_t>(num_experts) + 1;
-  return (bins + kRouteWarps) * static_cast<int64_t>(sizeof(int)) + bins * kRouteWarps;
+  return (2 * bins + kRouteWarps) * static_cast<int64_t>(sizeof(int)) + bins * kRouteWarps;
+}
+
+namespace {
+
+// Pairs per routing block: one tile (1024) per block up to kMaxRouteBlocks
+// tiles, then as many whole tiles per block as spread the pairs over that many.
+// One tile's pass took ~5 us on one H200 SM (moe-h200 runs: 45 us at 8 tiles),
+// so tiles in parallel blocks, not in a loop, keep large batches cheap.
+int64_t route_chunk(int64_t pairs) {
+  const int64_t tiles = (pairs + kRouteThreads - 1) / kRouteThreads;
+  const int64_t per_block = (tiles + kMaxRouteBlocks - 1) / kMaxRouteBlocks;
+  return (per_block > 1 ? per_block : 1) * kRouteThreads;
+}
+
+int route_blocks(int64_t pairs) {
+  if (pairs <= kRouteThreads) return 1;
+  const int64_t chunk = route_chunk(pairs);
+  return static_cast<int>((pairs + chunk - 1) / chunk);
+}
+
+}  // namespace
+
+int64_t route_scratch_ints(int64_t pairs, int num_experts) {
+  const int blocks = route_blocks(pairs);
+  return blocks > 1 ? static_cast<int64_t>(blocks) * (static_cast<int64_t>(num_experts) + 1) : 0;
 }
 
 cudaError_t launch_moe_route(const RouteArgs& a, cudaStream_t stream) {
@@ -319,8 +396,18 @@ cudaError_t launch_moe_route(const RouteArgs& a, cudaStream_t stream) {
   p.token_of_row = a.token_of_row;
   p.pos = a.pos;
   p.weights = a.weights;
+  const int blocks = route_blocks(a.pairs);
+  if (blocks > 1 && a.block_counts == nullptr) return cudaErrorInvalidValue;
+  p.chunk = blocks > 1 ? static_cast<int>(route_chunk(a.pairs)) : a.pairs;
+  p.block_counts = blocks > 1 ? a.block_counts : nullptr;
+  if (blocks > 1) {
+    const size_t count_smem = static_cast<size_t>(a.num_experts + 1) * sizeof(int);
+    moe_route_count_kernel<<<blocks, kRouteThreads, count_smem, stream>>>(p);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
   const size_t smem = static_cast<size_t>(route_shared_bytes(a.num_experts));
-  moe_route_kernel<<<1, kRouteThreads, smem, stream>>>(p);
+  moe_route_kernel<<<blocks, kRouteThreads, smem, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -553,8 +553,9 @@ def assert_bitwise(got, want, what):
     assert bad.numel() == 0, f"{what}: {bad.shape[0]} elements differ, first at {bad[0].tolist()}"
 
 
-# 2048 x top-8 = 16,384 pairs: the routing kernel's largest problem (moe.ROUTE_KERNEL_MAX_PAIRS).
-ROUTE_TOKENS = [1, 2, 3, 4, 37, 1000, 2048]
+# Up to 1024 pairs one block sorts them; above, one-tile blocks (2048 x top-8: 16 of them), and past
+# 128 tiles (17,000 x top-8 = 136,000 pairs) blocks of two tiles.
+ROUTE_TOKENS = [1, 2, 3, 4, 37, 1000, 2048, 17000]
 
 
 @pytest.mark.parametrize("num", [8, 128])
@@ -563,7 +564,7 @@ ROUTE_TOKENS = [1, 2, 3, 4, 37, 1000, 2048]
 def test_route_kernel_bitwise_equals_torch(num, top_k, tokens):
     """order, offsets, token_of_row, pos and weights of the routing kernel == the torch path's, over
     ids/map/weight dtypes, ids out of range, expert maps with -1 and garbage, a NaN weight on pairs
-    of no local expert, all pairs on one expert, and T * k past one 1024-pair tile."""
+    of no local expert, all pairs on one expert, and T * k past one 1024-pair tile and past 128 blocks."""
     skip_unless("auto")
     gen = torch.Generator().manual_seed(tokens * 1000 + top_k * 10 + num)
     for variant in range(6):
@@ -606,6 +607,10 @@ def test_route_kernel_largest_expert_count_and_bad_inputs():
         assert_bitwise(g, w, name)
     # more experts than the kernel's table: the op routes with torch (same results)
     got = torch.ops.awqgemm.moe_route(ti, tw, None, num + 1, False)
+    # several blocks share the 1200-pair sort: no scratch is a clear error, not a null write
+    assert awqgemm._C.route_scratch_ints(1200, 8) == 2 * 9
+    with pytest.raises(ValueError, match="scratch buffer"):
+        awqgemm._C.moe_route(ti.data_ptr(), 0, tw.data_ptr(), 2, False, 0, 0, 0, 1200, 4, 8, 1, 1, 1, 1, 1, 0, 0, 0)
     assert_bitwise(got[1], moe.route_torch(ti, tw, None, num + 1, False)[1], "offsets")
     with pytest.raises(TypeError, match="topk_ids must be 2-D int32/int64"):
         torch.ops.awqgemm.moe_route(ti.float(), tw, None, 8, False)
@@ -616,13 +621,15 @@ def test_route_kernel_largest_expert_count_and_bad_inputs():
     with pytest.raises(ValueError, match="one device"):
         torch.ops.awqgemm.moe_route(ti, tw, torch.zeros(4, dtype=torch.int32), 8, False)
     with pytest.raises(ValueError, match="local experts"):
-        awqgemm._C.moe_route(ti.data_ptr(), 0, tw.data_ptr(), 2, False, 0, 0, 0, 1200, 4, num + 1, 1, 1, 1, 1, 1, 0, 0)
+        awqgemm._C.moe_route(
+            ti.data_ptr(), 0, tw.data_ptr(), 2, False, 0, 0, 0, 1200, 4, num + 1, 1, 1, 1, 1, 1, 1, 0, 0
+        )
     with pytest.raises(ValueError, match="multiple of top_k"):
-        awqgemm._C.moe_route(ti.data_ptr(), 0, tw.data_ptr(), 2, False, 0, 0, 0, 1201, 4, 8, 1, 1, 1, 1, 1, 0, 0)
+        awqgemm._C.moe_route(ti.data_ptr(), 0, tw.data_ptr(), 2, False, 0, 0, 0, 1201, 4, 8, 1, 1, 1, 1, 1, 1, 0, 0)
     with pytest.raises(ValueError, match="null pointer"):
-        awqgemm._C.moe_route(0, 0, tw.data_ptr(), 2, False, 0, 0, 0, 1200, 4, 8, 1, 1, 1, 1, 1, 0, 0)
+        awqgemm._C.moe_route(0, 0, tw.data_ptr(), 2, False, 0, 0, 0, 1200, 4, 8, 1, 1, 1, 1, 1, 1, 0, 0)
     with pytest.raises(ValueError, match="ids type"):
-        awqgemm._C.moe_route(ti.data_ptr(), 3, tw.data_ptr(), 2, False, 0, 0, 0, 1200, 4, 8, 1, 1, 1, 1, 1, 0, 0)
+        awqgemm._C.moe_route(ti.data_ptr(), 3, tw.data_ptr(), 2, False, 0, 0, 0, 1200, 4, 8, 1, 1, 1, 1, 1, 1, 0, 0)
 
 
 def misaligned(t):
@@ -684,8 +691,7 @@ FUSED_CASES = ["plain", "fp16-weights", "int64-ids", "garbage-ids", "expert-map"
 @pytest.mark.parametrize("case", FUSED_CASES)
 def test_fused_moe_kernels_bitwise_equal_torch_path(dtype, case):
     """fused_moe with the routing kernels (the default) == the torch path, bit for bit ("large": T * k
-    past the routing kernel's bound, so moe_route sorts with torch ops, then the activation and combine
-    kernels)."""
+    of 32 routing blocks)."""
     skip_unless("auto")
     gen = torch.Generator().manual_seed(FUSED_CASES.index(case))
     num, hidden, inter, tokens, top_k = 8, 256, 128, 37, 2
@@ -694,7 +700,7 @@ def test_fused_moe_kernels_bitwise_equal_torch_path(dtype, case):
         num, top_k, tokens = 128, 8, 300
     elif case == "large":
         top_k, tokens = 8, 4096
-        assert not moe.route_kernel_fits(tokens * top_k, num)
+        assert awqgemm._C.route_scratch_ints(tokens * top_k, num) == 32 * (num + 1)
     ck13 = experts(num, hidden, 2 * inter, 64, dtype, 3)
     ck2 = experts(num, inter, hidden, 64, dtype, 4)
     w13, w2 = awqgemm.pack_awq_experts(*ck13, 64), awqgemm.pack_awq_experts(*ck2, 64)

@@ -11,44 +11,62 @@ import torch
 from awqgemm import moe
 from test_moe_launches import device_path_ops, experts, garbage_ids
 
-TILE, WARPS = 1024, 32
+TILE, WARPS, MAX_BLOCKS = 1024, 32, 128
+
+
+def route_chunk(pairs: int) -> int:
+    """moe_routing.cu's pairs per block: one tile per block up to MAX_BLOCKS tiles, then whole tiles."""
+    tiles = -(-pairs // TILE)
+    return max(1, -(-tiles // MAX_BLOCKS)) * TILE
 
 
 def counting_sort_model(key: list[int], bins: int) -> tuple[list[int], list[int], list[int]]:
-    """moe_route_kernel step by step: pass 1 counts, an exclusive scan gives the offsets, pass 2
-    places each pair of a 1024-pair tile after the earlier tiles' (base), the earlier warps'
-    (table[key][warp]) and the lower lanes' pairs of its key. Returns (order, offsets, pos)."""
+    """The routing kernels step by step: every block counts its chunk of pairs (one block: the
+    whole sort, up to one tile); the scan of all counts gives the offsets; each block's chunk starts
+    each key after that key's pairs in earlier chunks (before), then places each pair of a 1024-pair
+    tile after the earlier tiles' (base), the earlier warps' (table[key][warp]) and the lower lanes'
+    pairs of its key. Returns (order, offsets, pos)."""
     n = len(key)
-    counts = [0] * bins
-    for k in key:
-        counts[k] += 1
-    base, run = [], 0
-    for c in counts:
-        base.append(run)
-        run += c
-    offsets = list(base)
+    chunk = max(n, 1) if n <= TILE else route_chunk(n)
+    starts = list(range(0, n, chunk)) or [0]
+    counts = []
+    for c0 in starts:
+        row = [0] * bins
+        for k in key[c0 : c0 + chunk]:
+            row[k] += 1
+        counts.append(row)
+    offsets, run = [], 0
+    for k in range(bins):
+        offsets.append(run)
+        run += sum(row[k] for row in counts)
     order, pos = [0] * n, [0] * n
-    for t0 in range(0, n, TILE):
-        tile = key[t0 : t0 + TILE]
-        table = [[0] * WARPS for _ in range(bins)]
-        for w in range(WARPS):
-            for k in set(tile[32 * w : 32 * w + 32]):
-                table[k][w] = tile[32 * w : 32 * w + 32].count(k)  # popc of match_any's peers
-        for tid, k in enumerate(tile):
-            warp, lane = divmod(tid, 32)
-            rank = tile[32 * warp : 32 * warp + lane].count(k)  # popc(peers & lower lanes)
-            r = base[k] + sum(table[k][:warp]) + rank
-            pos[t0 + tid], order[r] = r, t0 + tid
-        for k in set(tile):
-            base[k] += sum(table[k])
+    for blk, c0 in enumerate(starts):
+        base = [offsets[k] + sum(row[k] for row in counts[:blk]) for k in range(bins)]
+        for t0 in range(c0, min(n, c0 + chunk), TILE):
+            tile = key[t0 : min(t0 + TILE, c0 + chunk)]
+            table = [[0] * WARPS for _ in range(bins)]
+            for w in range(WARPS):
+                for k in set(tile[32 * w : 32 * w + 32]):
+                    table[k][w] = tile[32 * w : 32 * w + 32].count(k)  # popc of match_any's peers
+            for tid, k in enumerate(tile):
+                warp, lane = divmod(tid, 32)
+                rank = tile[32 * warp : 32 * warp + lane].count(k)  # popc(peers & lower lanes)
+                r = base[k] + sum(table[k][:warp]) + rank
+                pos[t0 + tid], order[r] = r, t0 + tid
+            for k in set(tile):
+                base[k] += sum(table[k])
     return order, offsets, pos
 
 
-@pytest.mark.parametrize(("pairs", "num"), [(1, 8), (7, 8), (1024, 8), (1025, 3), (3000, 128), (2048, 1)])
+@pytest.mark.parametrize(
+    ("pairs", "num"),
+    [(1, 8), (7, 8), (1024, 8), (1025, 3), (3000, 128), (2048, 1), (131072 + 5000, 4), (0, 2)],
+)
 def test_counting_sort_model_is_torch_stable_sort(pairs, num):
+    """(131072 + 5000 pairs: past 128 one-tile blocks, so each block sorts two tiles.)"""
     gen = torch.Generator().manual_seed(pairs + num)
     key = torch.randint(0, num + 1, (pairs,), generator=gen)
-    if pairs > 1500:  # long runs of one key, across warps and tiles
+    if pairs > 1500:  # long runs of one key, across warps, tiles and blocks
         key[200:1700] = num // 2
     order, offsets, pos = counting_sort_model(key.tolist(), num + 1)
     sorted_key, want_order = torch.sort(key, stable=True)
@@ -56,6 +74,15 @@ def test_counting_sort_model_is_torch_stable_sort(pairs, num):
     assert order == want_order.tolist()
     assert offsets == want_offsets.tolist()
     assert [order[p] for p in pos] == list(range(pairs))
+
+
+@pytest.mark.parametrize(("pairs", "chunk", "blocks"), [(1025, 1024, 2), (131072, 1024, 128), (131073, 2048, 65)])
+def test_route_chunks(pairs, chunk, blocks):
+    assert route_chunk(pairs) == chunk
+    assert -(-pairs // chunk) == blocks
+    if moe._C is not None:  # the extension's own count of scratch ints: one row of bins per block
+        assert moe._C.route_scratch_ints(pairs, 7) == blocks * 8
+        assert moe._C.route_scratch_ints(1024, 7) == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
@@ -115,6 +142,6 @@ def test_kernel_path_launches():
 
 
 def test_route_kernel_bound():
-    assert moe.route_kernel_fits(16384, 1024)
-    assert not moe.route_kernel_fits(16385, 8)
+    assert moe.route_kernel_fits(1 << 30, 1024)
+    assert not moe.route_kernel_fits((1 << 30) + 1, 8)
     assert not moe.route_kernel_fits(8, 1025)

@@ -12,8 +12,8 @@
 
 namespace awqgemm {
 
-// The routing kernel is one block whose shared memory holds a byte per
-// (expert, warp) plus a counter per expert: this many local experts at most.
+// Each routing block's shared memory holds a byte per (expert, warp) plus two
+// counters per expert: this many local experts at most.
 constexpr int kMaxRouteExperts = 1024;
 // pairs = tokens * top_k; the kernel's int indices stay clear of overflow.
 constexpr int64_t kMaxRoutePairs = int64_t{1} << 30;
@@ -39,7 +39,12 @@ struct RouteArgs {
   int32_t* token_of_row = nullptr;  // [pairs]: order / top_k
   int32_t* pos = nullptr;           // [pairs]: sorted row of each pair (inverse of order)
   float* weights = nullptr;         // [pairs]: router weight of each pair, 0 for no local expert
+  int32_t* block_counts = nullptr;  // [route_scratch_ints]: per-block key counts; null when that is 0
 };
+
+// Ints of scratch (torch-allocated, any contents) launch_moe_route needs for this
+// many pairs: 0 where one block sorts them, else a count per (block, key).
+int64_t route_scratch_ints(int64_t pairs, int num_experts);
 
 // Shared memory the routing kernel asks for (dynamic, under the 48 KiB that
 // needs no opt-in for num_experts <= kMaxRouteExperts).

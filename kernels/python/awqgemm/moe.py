@@ -489,16 +489,14 @@ def _experts_and_combine(work, w13, w2, topk_weights, topk_ids, apply_router_wei
 
 _IDS_CODE = {torch.int32: 0, torch.int64: 1}
 _WEIGHTS_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
-# The routing kernel is one block of 1024 threads that walks the pairs twice in tiles of 1024:
-# no launch or sync beyond its own, but its time grows with T * k on one SM. Above this many
-# pairs moe_route runs the torch ops (decided from shapes only). H200, moe-h200 13:36 run
-# (perf-notes): with 128 experts the kernel took 45 us at 8,192 pairs against torch's 69 and
-# 165 against 65 at 32,768 (crossing near 13,000); with 8 experts 46 against 78 at 16,384. At
-# this bound the slower choice costs ~20 us of a ~1 ms layer. The activation and combine
-# kernels run at any size (the torch combine's gather, fp32 product and sum were ~500 us of a
-# Qwen3 T = 4096 layer).
-ROUTE_KERNEL_MAX_PAIRS = 16384
-# Its shared memory holds a byte per (expert, warp): kMaxRouteExperts in moe_routing.h.
+# The routing kernel sorts up to one 1024-pair tile in one block and launch; above, a counting
+# launch and the sort spread the tiles over up to 128 blocks (moe_routing.cu), so its time no
+# longer grows with T * k on one SM (the one-block kernel took 45 us at 8,192 pairs and 165 at
+# 32,768 on the H200, past torch's sort at ~13,000). The activation and combine kernels run at
+# any size (the torch combine's gather, fp32 product and sum were ~500 us of a Qwen3 T = 4096
+# layer). Past the kernel's limits below, moe_route sorts with torch ops (same results).
+ROUTE_KERNEL_MAX_PAIRS = 1 << 30
+# Each block's shared memory holds a byte per (expert, warp): kMaxRouteExperts in moe_routing.h.
 ROUTE_KERNEL_MAX_EXPERTS = 1024
 
 
@@ -573,8 +571,8 @@ def _moe_route_cuda(topk_ids, topk_weights, expert_map, num_experts, weights_on_
 
 
 def route_with_kernel(topk_ids, topk_weights, expert_map, num_experts, weights_on_input):
-    """``moe_route``'s outputs from the one-block kernel at any size it can index (checked arguments on
-    a GPU; ``benchmarks/moe.py`` times it against ``route_torch`` to place ROUTE_KERNEL_MAX_PAIRS)."""
+    """``moe_route``'s outputs from the routing kernels (checked arguments on a GPU; ``benchmarks/moe.py``
+    times it against ``route_torch``)."""
     tokens, top_k = topk_ids.shape
     rows = tokens * top_k
     ids, tw = topk_ids.contiguous(), topk_weights.contiguous()
@@ -585,6 +583,8 @@ def route_with_kernel(topk_ids, topk_weights, expert_map, num_experts, weights_o
     token_of_row = torch.empty(rows, dtype=torch.int32, device=dev)
     pos = torch.empty((tokens, top_k), dtype=torch.int32, device=dev)
     weights = torch.empty((tokens, top_k), dtype=torch.float32, device=dev)
+    # Per-block key counts when several blocks share the sort (a few KB, from torch's allocator).
+    scratch = torch.empty(_C.route_scratch_ints(rows, num_experts), dtype=torch.int32, device=dev)
     _C.moe_route(
         ids.data_ptr(),
         _IDS_CODE[ids.dtype],
@@ -602,6 +602,7 @@ def route_with_kernel(topk_ids, topk_weights, expert_map, num_experts, weights_o
         token_of_row.data_ptr(),
         pos.data_ptr(),
         weights.data_ptr(),
+        scratch.data_ptr() if scratch.numel() else 0,
         _ops.device_index(dev),
         torch.cuda.current_stream(dev).cuda_stream,
     )
