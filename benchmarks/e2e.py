@@ -248,7 +248,7 @@ CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
 #: contender -> awqgemm.testing.force arguments for its whole worker (benchmark-only)
 FORCED: dict[str, dict[str, Any]] = {
     "awqgemm:sm80": {"family": "sm80"},
-    "awqgemm:wip": {"grouped_wgmma": True, "early_weights": True, "one_warp_tall": True},
+    "awqgemm:wip": {"grouped_wgmma": True, "one_warp_tall": True},
 }
 
 #: name -> (number of prompts, prompt tokens, output tokens, metric)

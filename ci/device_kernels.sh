@@ -23,13 +23,13 @@ build_awqgemm || exit 1
 # WIP_FEATURES; test_wip_selection.py checks the two agree). Each suite runs without them first, then
 # once per feature, each in a pytest process of its own: a kernel that traps (a hung mbarrier, a bad TMA
 # box) kills its process's CUDA context and would fail every later test there. Simplest first.
-WIP_GPU="early_weights"
+WIP_GPU=""
 WIP_MOE="grouped_wgmma one_warp_tall"
 # Features tested in test_gpu.py (their MoE cases included) that moe.py's --wip variants also switch on.
 WIP_MOE_FROM_GPU=""
 # The benchmarks leave out what a feature whose tests failed would run (a trap would end the whole
 # sweep): gemm.py's contender of each feature, moe.py's --wip variants that use it.
-declare -A WIP_CONTENDER=([early_weights]="ew")
+declare -A WIP_CONTENDER=()
 WIP_FAILED=""
 
 # in_parts LABEL "FEATURES" CMD...: runs CMD (a pytest command line, in kernels/) with --wip none, then
@@ -123,11 +123,11 @@ fi
 if has timeline; then
   echo "== timeline: each kernel of one call, from a CUDA graph replay under torch.profiler =="
   # TIMELINE_CASES: profile_one.py argument lists (default: Llama-3-8B's four layers at batch 64, the
-  # Qwen3-30B-A3B MoE layer at 16, 64 and 256 tokens, and the work-in-progress switches on two of them;
+  # Qwen3-30B-A3B MoE layer at 16, 64 and 256 tokens, and the work-in-progress switch on the last of them;
   # a switch whose tests failed in this run is left out).
   cases=${TIMELINE_CASES:-"--k 4096 --n 6144 --m 64;--k 4096 --n 4096 --m 64;--k 4096 --n 28672 --m 64;\
 --k 14336 --n 4096 --m 64;--moe 128,8,2048,768 --m 16;--moe 128,8,2048,768 --m 64;--moe 128,8,2048,768 --m 256;\
---k 4096 --n 4096 --m 64 --wip early_weights;--moe 128,8,2048,768 --m 256 --wip one_warp_tall"}
+--moe 128,8,2048,768 --m 256 --wip one_warp_tall"}
   IFS=';' read -ra case_list <<<"$cases"
   for args in "${case_list[@]}"; do
     skip=0

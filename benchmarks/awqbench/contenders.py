@@ -12,7 +12,7 @@ import torch
 from .shapes import DTYPES, Shape
 from .timing import short_error
 
-CONTENDERS = ("auto", "fused", "wt", "wg", "dpath", "cublas", "tm", "machete", "marlin", "ew")
+CONTENDERS = ("auto", "fused", "wt", "wg", "dpath", "cublas", "tm", "machete", "marlin")
 CONTENDER_DOC = {
     "auto": "awqgemm.gemm, default dispatch (what users get)",
     "fused": "awqgemm forced onto its sm80 fused kernels (testing.force(family='sm80', path='fused'))",
@@ -23,7 +23,6 @@ CONTENDER_DOC = {
     "tm": "turbomind==0.0.2 Linear(K, N, quant_method='awq'), fp16 + g128 only",
     "machete": "vLLM's Machete (CUTLASS wgmma, sm90), as awq_marlin runs it on Hopper (benchmarks/vllm_peers.py)",
     "marlin": "vLLM's Marlin (marlin_gemm on gptq_marlin_repack'ed weights, vLLM 0.26's AWQ path; vllm_peers.py)",
-    "ew": "work in progress: 'auto', v11.1 fetching its first weights before its PDL wait (force(early_weights=True))",
 }
 
 
@@ -95,7 +94,7 @@ def build_contenders(
     unavailable: dict[str, str] = {}
     keep: list[Any] = []
 
-    awq_names = [c for c in ("auto", "fused", "wt", "wg", "dpath", "ew") if c in wanted]
+    awq_names = [c for c in ("auto", "fused", "wt", "wg", "dpath") if c in wanted]
     cuda = device.type == "cuda"
     for c in ("wg",):
         if c in awq_names and "sm90a_m64nNk16" not in awqgemm.build_info()["kernel_families"]:
@@ -116,7 +115,6 @@ def build_contenders(
             "wt": {"family": "sm80", "path": "wtile"} if sm80 else {"path": "wtile"},
             "wg": {"family": "sm90", "path": "fused"},
             "dpath": {"path": "dense"},
-            "ew": {"early_weights": True},
         }
         for c in awq_names:
             contenders[c] = Contender(

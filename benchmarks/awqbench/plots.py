@@ -14,7 +14,6 @@ PLOT_STYLE = {
     "auto": {"color": "C0", "lw": 2.0, "label": "awqgemm auto"},
     "fused": {"color": "C2", "lw": 1.0, "label": "awqgemm fused (sm80)"},
     "wt": {"color": "C9", "lw": 1.0, "label": "awqgemm weight-tile (sm80)"},
-    "ew": {"color": "C5", "lw": 1.5, "label": "awqgemm early weights (WIP)"},
     "wg": {"color": "C6", "lw": 1.5, "label": "awqgemm wgmma (sm90a)"},
     "machete": {"color": "C7", "lw": 1.5, "label": "vLLM Machete"},
     "marlin": {"color": "C8", "lw": 1.0, "label": "vLLM Marlin"},

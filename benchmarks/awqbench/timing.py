@@ -131,7 +131,6 @@ def fake_hint(c: str, M: int, K: int, N: int, G: int, ceil: dict[str, Any], dnam
         "fused": fused,
         "wt": awq * (1.05 + M / 512),
         "wg": awq * 1.2,
-        "ew": min(fused * 0.97, dpath),
         "dpath": dpath,
         "cublas": dense * 1.1,
         "tm": awq * 2.0,

@@ -162,18 +162,16 @@ NB_MODULE(_C, m) {
 
   m.def(
       "plan",
-      [](int family, int path, int dtype, int M, int N, int K, int device, bool early_weights) {
+      [](int family, int path, int dtype, int M, int N, int K, int device) {
         if (M < 1 || N < 1 || K < 1) throw nb::value_error("awqgemm: M, N and K must be positive");
         const Family f = resolve(family, dtype, device);
-        const Plan plan = make_plan(f, to_path(path), device_info(device), M, N, K, 2, early_weights);
+        const Plan plan = make_plan(f, to_path(path), device_info(device), M, N, K, 2);
         return std::make_tuple(encode_plan(plan), static_cast<int>(plan.family), layout_for(plan.family), plan.dense,
                                plan.workspace_bytes);
       },
       nb::arg("family"), nb::arg("path"), nb::arg("dtype"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
-      nb::arg("early_weights") = false,
       "(plan code, family, packed layout it reads, dense?, workspace_bytes) for a problem. Deterministic, so a "
-      "captured graph replays it; the plan code goes to gemm() unchanged (made once per call). early_weights: "
-      "v11.1 fetches its first weights before its PDL wait (work in progress, a test switch).");
+      "captured graph replays it; the plan code goes to gemm() unchanged (made once per call).");
 
   m.def(
       "describe_plan",
@@ -188,7 +186,6 @@ NB_MODULE(_C, m) {
         d["stream_k"] = plan.tile.stream_k;
         d["wide"] = plan.tile.kind == KernelKind::kWgmmaWs && plan.tile.nt == 2 * kWgNT;
         d["block_warps"] = plan.dense ? 0 : plan.tile.kwarps;
-        d["early_weights"] = (plan.tile.pdl_flags & kPdlEarlyWeights) != 0;
         // The K-split kernel's block width (32, or 64: plan_ksplit's wide decode blocks); 0 for the others.
         d["block_columns"] = plan.tile.kind == KernelKind::kKSplit && !plan.dense ? kTileN * plan.tile.nt : 0;
         return d;

@@ -115,14 +115,11 @@ bool decode_plan(int64_t code, Plan* plan) {
   int f[8];
   for (int i = 0; i < 8; ++i) f[i] = static_cast<int>((code >> (8 * i)) & 0xFF);
   const bool family_ok = f[0] == 70 || f[0] == 75 || f[0] == 80 || (f[0] == 90 && have_sm90a());
-  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 7 || f[7] > 7) {
+  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 7) {
     return false;
   }
-  // Stream-K exists only for v11.1 with one K split; early weights only for v11.1, launched under PDL.
+  // Stream-K exists only for v11.1 with one K split.
   if ((f[7] & 4) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[5] != 1)) return false;
-  if ((f[6] & kPdlEarlyWeights) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || (f[6] & kPdlLaunched) == 0)) {
-    return false;
-  }
   plan->family = static_cast<Family>(f[0]);
   plan->tile.kind = static_cast<KernelKind>(f[1]);
   plan->tile.mt = f[2];
@@ -528,8 +525,7 @@ void plan_xshared(TileConfig& t, int rows, RowBlocks row_blocks, int ntiles, int
   t.splits = std::min(t.splits, xs_max_splits());
 }
 
-Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes,
-               bool early_weights) {
+Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -549,9 +545,6 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
         plan_wg_v9(t, mt, ceil_div(ntiles, kWgNT) * ceil_div(M, 8 * mt), sms, ktiles, M, N);
       }
       finish_plan(plan, dev, /*kernel_has_wait=*/true, M, N, K);
-      if (early_weights && t.kind == KernelKind::kWgmmaWs && (t.pdl_flags & kPdlLaunched) != 0) {
-        t.pdl_flags |= kPdlEarlyWeights;
-      }
       return plan;
     }
     family = Family::kSm80;  // same packed layout: the sm80 kernels take the rest

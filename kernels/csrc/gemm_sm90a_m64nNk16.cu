@@ -374,7 +374,7 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     const int grid = ws_grid(static_cast<int>(units), ceil_div(ktiles, cfg.splits), sms, cfg.stream_k);
     int* const flags = cfg.stream_k ? reinterpret_cast<int*>(after_x) : nullptr;
     err = launch_maybe_pdl(stage_x_tiles_kernel<T>, dim3(blocks), dim3(threads), 0, pdl, stream, p, m0, rows, xs,
-                           flags, cfg.stream_k ? grid : 0, (cfg.pdl_flags & kPdlEarlyWeights) != 0 ? 1 : 0);
+                           flags, cfg.stream_k ? grid : 0);
     if (err != cudaSuccess) return err;
     GemmProblem g = p;
     g.M = rows;

@@ -1,7 +1,7 @@
 // Host-only driver for test_dispatch_host.py: links the real dispatcher
 // (csrc/dispatch.cu) with stub launchers and prints every plan of a grid of
 // devices, families, paths and problem sizes, one line each:
-//   P cap family path K N M code workspace roundtrip (E: the same with the early_weights switch on)
+//   P cap family path K N M code workspace roundtrip
 //   G cap family E K N R code workspace roundtrip (W: the same with the grouped wgmma switch on,
 //     T: with the one_warp_tall switch on)
 // `roundtrip` is 1 when decode_plan(encode_plan(plan)) re-encodes to the same code.
@@ -122,14 +122,9 @@ int main(int argc, char** argv) {
       for (int path = 0; path <= 3; ++path) {
         for (const auto& s : shapes) {
           for (int m : ms) {
-            // P: default; E: the early_weights switch (work in progress).
-            for (const char mode : {'P', 'E'}) {
-              const Plan p =
-                  make_plan(static_cast<Family>(f), static_cast<PathRequest>(path), d, m, s[1], s[0], 2, mode == 'E');
-              std::printf("%c %d %d %d %d %d %d %lld %lld %d\n", mode, d.capability, f, path, s[0], s[1], m,
-                          static_cast<long long>(encode_plan(p)), static_cast<long long>(p.workspace_bytes),
-                          roundtrip(p));
-            }
+            const Plan p = make_plan(static_cast<Family>(f), static_cast<PathRequest>(path), d, m, s[1], s[0], 2);
+            std::printf("P %d %d %d %d %d %d %lld %lld %d\n", d.capability, f, path, s[0], s[1], m,
+                        static_cast<long long>(encode_plan(p)), static_cast<long long>(p.workspace_bytes), roundtrip(p));
           }
         }
       }

@@ -223,12 +223,12 @@ STREAM_K_CASES = (
 )
 
 
-def _ws_cases(dtype, cases, plan_flag, bias=False, **switches):
-    """(K, N, M, group) cases on the sm90 v11.1 kernel, forced (with testing.force `switches`), whose plans
-    must have `plan_flag` (stream_k, wide, early_weights), against float64; returns the worst relative error."""
+def _ws_cases(dtype, cases, plan_flag, bias=False):
+    """(K, N, M, group) cases on the sm90 v11.1 kernel, forced, whose plans must have `plan_flag`
+    (stream_k, wide), against float64; returns the worst relative error."""
     skip_unless_family("sm90")
     worst = 0.0
-    with awqgemm.testing.force(family="sm90", path="fused", **switches):
+    with awqgemm.testing.force(family="sm90", path="fused"):
         for k, n, m, group in cases:
             info = awqgemm.plan_info(m, n, k, dtype, torch.device("cuda"))
             assert info["kernel"] == "wgmma_ws" and info[plan_flag], (k, n, m, info)
@@ -239,13 +239,13 @@ def _ws_cases(dtype, cases, plan_flag, bias=False, **switches):
     return worst
 
 
-def _ws_racecheck_cases(cases, plan_flag, **switches):
+def _ws_racecheck_cases(cases, plan_flag):
     """The racecheck variant of _ws_cases: fp16, references on the CPU (see test_racecheck_subset)."""
     skip_unless_family("sm90")
     for k, n, m, group in cases:
         qweight, qzeros, scales = random_awq(k, n, group, torch.float16, "cpu")
         w = awqgemm.dequantize_awq(qweight, qzeros, scales, group).double()
-        with awqgemm.testing.force(family="sm90", path="fused", **switches):
+        with awqgemm.testing.force(family="sm90", path="fused"):
             assert awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))[plan_flag], (k, n, m)
             packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), group)
             x = torch.randn(m, k, dtype=torch.float16)
@@ -680,48 +680,6 @@ def test_plan_info_names_the_dispatchers_choice():
             assert awqgemm.plan_info(64, 4096, 4096)["splits"] > 1
     with awqgemm.testing.force(path="dense"):
         assert awqgemm.plan_info(1, 4096, 4096)["kernel"] == "dequantize+dense"
-
-
-# v11.1 fetching its first weight stages before its PDL wait (work in progress:
-# testing.force(early_weights=True)). Every schedule shape the kernel has: K splits, the stream-K tail,
-# 256-column blocks, rows past M, a partial n-block, two-chunk staging.
-EARLY_WEIGHTS_CASES = STREAM_K_CASES + WIDE_CASES + ((4096, 6144, 64, 128), (18944, 3584, 128, 32))
-
-
-def _early_weights_cases(dtype, cases=EARLY_WEIGHTS_CASES, bias=False):
-    # The switch goes into _ws_cases' own force(): a force() resets every switch it is not given.
-    return _ws_cases(dtype, cases, "early_weights", bias, early_weights=True)
-
-
-@pytest.mark.wip("early_weights")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_early_weights(dtype):
-    """v11.1 with its first weights fetched before the PDL wait against float64 on every schedule shape
-    (with a bias), twice in a row, and in a CUDA graph as well as eagerly (the staging kernel lets the GEMM
-    in at once there too)."""
-    for _ in range(2):
-        worst = _early_weights_cases(dtype, bias=True)
-    print(f"early_weights {dtype}: worst rel err {worst:.2e}")
-    k, n, m = 4096, 6144, 64
-    qweight, qzeros, scales = random_awq(k, n, 128, dtype, "cuda")
-    with awqgemm.testing.force(family="sm90", path="fused", early_weights=True):
-        packed = awqgemm.pack_awq(qweight, qzeros, scales, 128)
-        x = torch.randn(m, k, dtype=dtype, device="cuda")
-        assert_graph_replay_equals_eager(x, packed, replays=3)
-
-
-@pytest.mark.wip("early_weights")
-def test_sanitizer_subset_early_weights():
-    """v11.1 with early weights for compute-sanitizer memcheck: a K split, the stream-K tail, wide blocks."""
-    _early_weights_cases(torch.float16, (STREAM_K_CASES[0], WIDE_CASES[1], EARLY_WEIGHTS_CASES[-2]))
-    _early_weights_cases(torch.bfloat16, (STREAM_K_CASES[3],))
-
-
-@pytest.mark.wip("early_weights")
-def test_racecheck_subset_early_weights():
-    """v11.1's ring with its first stages filled before the PDL wait, for compute-sanitizer racecheck,
-    references on the CPU (see test_racecheck_subset)."""
-    _ws_racecheck_cases((STREAM_K_CASES[0], WIDE_CASES[1]), "early_weights", early_weights=True)
 
 
 # 64-column K-split blocks up to 16 tokens (plan_ksplit's wide decode blocks: the sm80 family, and on a 9.0

@@ -65,10 +65,8 @@ constexpr int64_t kMaxDenseChunkBytes = int64_t{64} << 20;
 int dense_chunk_columns(int N, int K, int dtype_bytes);
 
 // The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes
-// from choose_family; `dtype_bytes` sizes the dense weight. Work in progress
-// behind a test switch: `early_weights` gives v11.1 plans kPdlEarlyWeights.
-Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes,
-               bool early_weights = false);
+// from choose_family; `dtype_bytes` sizes the dense weight.
+Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes);
 
 // The grouped sibling (MoE experts: GemmProblem::row_offsets): R rows over
 // E experts, N x K each. The K-split kernel, the sm80 x-shared kernel for

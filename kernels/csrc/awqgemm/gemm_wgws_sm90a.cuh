@@ -175,13 +175,10 @@ __device__ __forceinline__ void tma_g2s_2d(uint32_t dst, const TensorMap128* map
 // consecutive chunks.
 // It also clears the stream-K flags (nflags of them; the GEMM after it raises
 // them): the workspace comes from torch's allocator uncleared.
-// early_trigger (kPdlEarlyWeights): the GEMM is let in at once, so that it can fetch its first weights
-// while this kernel runs (it still waits for all of this grid before reading xs).
 template <typename T>
 __global__ void stage_x_tiles_kernel(const GemmProblem p, const int m0, const int rows, T* xs, int* flags,
-                                     const int nflags, const int early_trigger) {
+                                     const int nflags) {
   pdl_wait();  // x may still be being written, and xs and the flags still read, by the previous kernel
-  if (early_trigger) pdl_launch_dependents();
   if (blockIdx.x == 0) {
     for (int i = threadIdx.x; i < nflags; i += blockDim.x) flags[i] = 0;
   }
@@ -265,10 +262,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     mbar_init_fence();
   }
   __syncthreads();  // the only block barrier: the ring's barriers exist for everyone
-  // Everyone waits: the producer reads x, the consumers write out / workspace. kPdlEarlyWeights: the
-  // producer waits later, after its first weight copies (weights and scales are never written by a kernel).
-  const bool early_weights = (pdl_flags & kPdlEarlyWeights) != 0;
-  if ((pdl_flags & kPdlLaunched) && !(early_weights && warp >= kWsConsumerWarps)) pdl_wait();
+  // Everyone waits: the producer reads x, the consumers write out / workspace.
+  if (pdl_flags & kPdlLaunched) pdl_wait();
 
   const int ktiles = padded_k(p.K) / kTileK;
   const int ntiles = padded_n(p.N) / kTileN;
@@ -286,17 +281,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     setmaxnreg_dec<kWsProducerRegs>();
     // One thread issues every copy: the operands of a bulk copy live in
     // uniform registers, so per-lane copies would be issued one lane at a time.
-    if (warp != kWsConsumerWarps || lane != 0) {
-      return;  // (kPdlEarlyWeights: these threads read nothing, so they need no wait)
-    }
+    if (warp != kWsConsumerWarps || lane != 0) return;
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&wmap)) : "memory");
     const unsigned char* const szsrc = reinterpret_cast<const unsigned char*>(p.scale_zero);
     const unsigned char* const xsrc = reinterpret_cast<const unsigned char*>(p.x);
     int slot = 0;
     uint32_t phase = 0;
-    // kPdlEarlyWeights: the first whole unit's first `pre` stages (fresh slots 0..pre-1) got their
-    // expect_tx and weight / scale copies before the PDL wait; produce() adds their x copies.
-    int pre = 0;
     // A stage's weight box (128 words = one tile's 512 bytes of k-tile kt, kNB column tiles from kNB nb)
     // and its (scale, zero) row(s).
     auto copy_weights = [&](uint32_t st, uint32_t full, int kt, int nb, int nvalid) {
@@ -321,9 +311,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       const unsigned char* const xunit = xsrc + (static_cast<int64_t>(kt0) * p.M + w.mb * BM) * 128;
       const int64_t x_step = static_cast<int64_t>(p.M) * 128;  // bytes per k-tile
 #pragma unroll 1
-      for (int i = 0; i < pre; ++i) bulk_g2s(base + i * kStage, xunit + i * x_step, rows * 128, full0 + 8 * i);
-#pragma unroll 1
-      for (int i = pre; i < n_k; ++i) {
+      for (int i = 0; i < n_k; ++i) {
         mbar_wait(empty0 + 8 * slot, phase ^ 1);
         const uint32_t full = full0 + 8 * slot;
         const uint32_t st = base + slot * kStage;
@@ -334,30 +322,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
         slot = wrap ? 0 : slot + 1;
         phase ^= wrap;
       }
-      pre = 0;
     };
-    if (early_weights) {
-      if (blockIdx.x < sched.full) {
-        // The copies produce() would issue first for this CTA's first unit, less x.
-        const WsUnit w = ws_unit(blockIdx.x, mblocks, nblocks);
-        const int kt0 = w.split * per_split;
-        const int n_k = max(0, min(ktiles, kt0 + sched.unit_tiles) - kt0);
-        const int nvalid = min(kNB, ntiles - kNB * w.nb);
-        const int rows = min(BM, p.M - w.mb * BM);
-        const uint32_t bytes = static_cast<uint32_t>(rows * 128 + kNB * 512 + sz_rows * nvalid * 64);
-        pre = min(STAGES, n_k);
-#pragma unroll 1
-        for (int i = 0; i < pre; ++i) {
-          const uint32_t full = full0 + 8 * i;
-          const uint32_t st = base + i * kStage;
-          mbar_arrive_expect_tx(full, bytes);
-          copy_weights(st, full, kt0 + i, w.nb, nvalid);
-        }
-        slot = pre == STAGES ? 0 : pre;
-        phase = pre == STAGES ? 1 : 0;
-      }
-      if (pdl_flags & kPdlLaunched) pdl_wait();
-    }
     // Whole units, then (stream-K) the tail's pieces: the consumers' order.
 #pragma unroll 1
     for (int u = blockIdx.x; u < sched.full; u += gridDim.x) produce(WsPiece{u, 0, sched.unit_tiles, kWsWhole});

@@ -172,9 +172,6 @@ AWQGEMM_HD int64_t ws_stream_k_bytes(int ctas, int bm, int nt) {
 // dependent launch (see pdl_wait in gemm_tile.cuh).
 constexpr int kPdlLaunched = 1;      // launched with the PDL attribute: wait before reading x
 constexpr int kPdlEarlyTrigger = 2;  // let the next kernel in after the main loop (else at exit)
-// v11.1 only (work in progress, testing.force(early_weights=True)): its staging kernel lets it in at
-// once, and the producer issues the first stages' weight and scale copies before its PDL wait.
-constexpr int kPdlEarlyWeights = 4;
 
 struct TileConfig {
   KernelKind kind = KernelKind::kKSplit;

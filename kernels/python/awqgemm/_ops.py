@@ -29,7 +29,6 @@ class _Override:
     moe_routing_kernels: bool = True
     # Work in progress (tests and benchmarks select them; production never):
     grouped_wgmma: bool = False  # grouped (MoE) GEMMs of > 32 rows per expert on the sm90 wgmma kernel
-    early_weights: bool = False  # v11.1 fetches its first weights before its PDL wait
     one_warp_tall: bool = False  # grouped 32-row K-split tiles of short K on one-warp blocks
 
 
@@ -75,7 +74,7 @@ def _gemm_cuda(x, qweight, scales, bias, K, N, group_size, layout):
     # One call makes the plan (and raises for an unsupported GPU/dtype); its
     # code goes to _C.gemm unchanged, so the plan is made once per call.
     code, family, family_layout, dense, ws_bytes = _C.plan(
-        state.family, _PATH_CODE[state.path], dtype_code, M, N, K, device, state.early_weights
+        state.family, _PATH_CODE[state.path], dtype_code, M, N, K, device
     )
     if family_layout != layout:
         raise ValueError(
@@ -164,7 +163,5 @@ def plan_info(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) 
     if device.type != "cuda" or _C is None or state.path == "reference":
         return {"family": None, "kernel": "reference", "dense": False, "workspace_bytes": 0}
     index = device_index(device)
-    code, family, _, dense, ws = _C.plan(
-        state.family, _PATH_CODE[state.path], _DTYPE_CODE[dtype], M, N, K, index, state.early_weights
-    )
+    code, family, _, dense, ws = _C.plan(state.family, _PATH_CODE[state.path], _DTYPE_CODE[dtype], M, N, K, index)
     return {"family": f"sm{family}", "dense": bool(dense), "workspace_bytes": ws, **_C.describe_plan(code)}

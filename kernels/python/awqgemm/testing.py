@@ -45,7 +45,6 @@ def force(
     *,
     moe_routing_kernels: bool = True,
     grouped_wgmma: bool = False,
-    early_weights: bool = False,
     one_warp_tall: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
@@ -57,13 +56,11 @@ def force(
 
     Work in progress behind this switch: ``grouped_wgmma`` runs grouped (MoE) GEMMs of more than 32 rows
     per expert on the sm90 family's wgmma kernel (a 9.0 GPU) instead of the sm80 family's x-shared one;
-    ``early_weights`` lets the sm90 family's v11.1 kernel in as soon as its x staging kernel starts and
-    fetch its first weight stages before waiting for it; ``one_warp_tall`` gives grouped (MoE) GEMMs of short K
+    ``one_warp_tall`` gives grouped (MoE) GEMMs of short K
     and 9-32 rows per expert one-warp blocks, as the shorter tiles have."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
         "grouped_wgmma": grouped_wgmma,
-        "early_weights": early_weights,
         "one_warp_tall": one_warp_tall,
     }
     for name, v in switches.items():
