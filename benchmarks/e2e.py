@@ -19,8 +19,7 @@ Contenders (``--quant``, comma separated):
                       (awqgemm.testing.force in the worker): what an A100 / L40S runs, timed here;
                       compare with awq_marlin:marlin (issue 11)
   awqgemm:wip         the plugin with the work-in-progress switches on for the whole engine (today the
-                      grouped wgmma kernel for MoE prefill and 64-column K-split blocks up to 16
-                      tokens): their e2e effect
+                      grouped wgmma kernel for MoE prefill): their e2e effect
   fp16                dense fp16, no quantization
 The kernel each AWQ engine used is read from the loaded model and recorded.
 
@@ -248,7 +247,7 @@ CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
 #: contender -> awqgemm.testing.force arguments for its whole worker (benchmark-only)
 FORCED: dict[str, dict[str, Any]] = {
     "awqgemm:sm80": {"family": "sm80"},
-    "awqgemm:wip": {"grouped_wgmma": True, "one_warp_tall": True},
+    "awqgemm:wip": {"grouped_wgmma": True},
 }
 
 #: name -> (number of prompts, prompt tokens, output tokens, metric)

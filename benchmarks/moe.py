@@ -168,7 +168,6 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 # --wip: the work-in-progress switches (awqgemm.testing.force) each variant turns on.
 WIP_VARIANTS = {
     "wip_wg": ("grouped_wgmma",),  # the grouped wgmma kernel takes effect on a 9.0 GPU only
-    "wip_tall": ("one_warp_tall",),  # one-warp blocks for 32-row grouped tiles of short K
 }
 
 

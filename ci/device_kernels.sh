@@ -24,7 +24,7 @@ build_awqgemm || exit 1
 # once per feature, each in a pytest process of its own: a kernel that traps (a hung mbarrier, a bad TMA
 # box) kills its process's CUDA context and would fail every later test there. Simplest first.
 WIP_GPU=""
-WIP_MOE="grouped_wgmma one_warp_tall"
+WIP_MOE="grouped_wgmma"
 # Features tested in test_gpu.py (their MoE cases included) that moe.py's --wip variants also switch on.
 WIP_MOE_FROM_GPU=""
 # The benchmarks leave out what a feature whose tests failed would run (a trap would end the whole
@@ -123,11 +123,10 @@ fi
 if has timeline; then
   echo "== timeline: each kernel of one call, from a CUDA graph replay under torch.profiler =="
   # TIMELINE_CASES: profile_one.py argument lists (default: Llama-3-8B's four layers at batch 64, the
-  # Qwen3-30B-A3B MoE layer at 16, 64 and 256 tokens, and the work-in-progress switch on the last of them;
-  # a switch whose tests failed in this run is left out).
+  # Qwen3-30B-A3B MoE layer at 16, 64 and 256 tokens; a case with --wip F is left out when F's tests
+  # failed in this run).
   cases=${TIMELINE_CASES:-"--k 4096 --n 6144 --m 64;--k 4096 --n 4096 --m 64;--k 4096 --n 28672 --m 64;\
---k 14336 --n 4096 --m 64;--moe 128,8,2048,768 --m 16;--moe 128,8,2048,768 --m 64;--moe 128,8,2048,768 --m 256;\
---moe 128,8,2048,768 --m 256 --wip one_warp_tall"}
+--k 14336 --n 4096 --m 64;--moe 128,8,2048,768 --m 16;--moe 128,8,2048,768 --m 64;--moe 128,8,2048,768 --m 256"}
   IFS=';' read -ra case_list <<<"$cases"
   for args in "${case_list[@]}"; do
     skip=0

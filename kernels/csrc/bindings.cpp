@@ -213,10 +213,10 @@ NB_MODULE(_C, m) {
 
   m.def(
       "plan_grouped",
-      [](int family, int dtype, int R, int E, int N, int K, int device, bool wgmma, bool one_warp_tall) {
+      [](int family, int dtype, int R, int E, int N, int K, int device, bool wgmma) {
         if (R < 1 || E < 1 || N < 1 || K < 1) throw nb::value_error("awqgemm: R, E, N and K must be positive");
         const Family f = resolve(family, dtype, device);
-        const Plan plan = make_grouped_plan(f, device_info(device), R, E, N, K, wgmma, one_warp_tall);
+        const Plan plan = make_grouped_plan(f, device_info(device), R, E, N, K, wgmma);
         if (grouped_grid_rows(R, 8 * plan.tile.mt, E) > 65535) {
           throw nb::value_error(("awqgemm: grouped GEMM of " + std::to_string(R) + " rows over " + std::to_string(E) +
                                  " experts needs more than 65535 grid rows; split the batch")
@@ -226,10 +226,9 @@ NB_MODULE(_C, m) {
                                plan.workspace_bytes);
       },
       nb::arg("family"), nb::arg("dtype"), nb::arg("R"), nb::arg("E"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
-      nb::arg("wgmma") = false, nb::arg("one_warp_tall") = false,
+      nb::arg("wgmma") = false,
       "(plan code, family, packed layout it reads, workspace_bytes) for a grouped (MoE) problem of R rows over E "
-      "experts; wgmma: the wgmma kernel (sm90) for large experts; one_warp_tall: one-warp blocks for 32-row "
-      "tiles (both work in progress, test switches).");
+      "experts; wgmma: the wgmma kernel (sm90) for large experts (work in progress, a test switch).");
 
   m.def(
       "gemm_grouped",

@@ -453,7 +453,7 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
 // hence 4 blocks per SM there.
 template <class TilesFor>
 void plan_ksplit(TileConfig& t, Family family, int rows, int ntiles, int ktiles, TilesFor tiles_for, int64_t want,
-                 int64_t wide_min_blocks, bool grouped = false, bool one_warp_tall = false) {
+                 int64_t wide_min_blocks, bool grouped = false) {
   t.kind = KernelKind::kKSplit;
   if (rows <= 8) {
     t.mt = 1;
@@ -484,13 +484,14 @@ void plan_ksplit(TileConfig& t, Family family, int rows, int ntiles, int ktiles,
   // the floor), gate_up (K = 2048) 67 us for 201 MB (1.45x): each block was
   // mostly offset scan, first-load latency and reduction. Taken where one warp
   // per block keeps twice the bytes in flight the GPU needs and K <= 2048 (32
-  // k-tiles: Mixtral's 4096 and 14336 stay). Work in progress
-  // (testing.force(one_warp_tall=True)): the 32 x 64 tiles too, which experts
-  // of 9-32 rows get (Qwen3-30B-A3B at T = 150-300: 287 us at T = 256 against
-  // 137 at 128, 4x its floor).
+  // k-tiles: Mixtral's 4096 and 14336 stay), at every tile height (8, 16 and
+  // 32 rows; launch.h has their one-warp instantiations). The 32 x 64 tiles of
+  // experts with 9-32 rows had the same per-block overhead on 4 warps:
+  // Qwen3-30B-A3B at T = 256 (H200, whole layer, moe-h200-20261129-0005) ran
+  // 288.5 us with them, 211.1 on one warp (timeline: gate_up 143.3 -> 111.1
+  // us, down 114.2 -> 67.3); other T and Mixtral within 3 %.
   t.kwarps = 4;
-  if (grouped && family == Family::kSm80 && t.mt <= (one_warp_tall ? 4 : 2) && ktiles <= 32 &&
-      inflight(1) >= 2 * want) {
+  if (grouped && family == Family::kSm80 && ktiles <= 32 && inflight(1) >= 2 * want) {
     t.kwarps = 1;
     t.splits = 1;
     return;
@@ -599,8 +600,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 // it would dequantize all E experts (E x N x K) or need each expert's row count
 // on the host (a sync). Split-K partials are [splits][R][N] fp32, capped like
 // the wgmma plan's.
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma,
-                       bool one_warp_tall) {
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -639,7 +639,7 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
     const double mean = static_cast<double>(R) / active;
     const int tile_rows = static_cast<int>(std::ceil(mean + 2.0 * std::sqrt(mean)));
     plan_ksplit(t, family, tile_rows, ntiles, ktiles, row_blocks, want, 4 * static_cast<int64_t>(sms),
-                /*grouped=*/true, one_warp_tall);
+                /*grouped=*/true);
   }
   while (t.splits > 1 && static_cast<int64_t>(t.splits) * R * N * 4 > kMaxWorkspaceBytes) --t.splits;
   finish_plan(plan, dev, /*kernel_has_wait=*/dev.ptx_arch >= 90, R, N, K);

@@ -2,8 +2,7 @@
 // (csrc/dispatch.cu) with stub launchers and prints every plan of a grid of
 // devices, families, paths and problem sizes, one line each:
 //   P cap family path K N M code workspace roundtrip
-//   G cap family E K N R code workspace roundtrip (W: the same with the grouped wgmma switch on,
-//     T: with the one_warp_tall switch on)
+//   G cap family E K N R code workspace roundtrip (W: the same with the grouped wgmma switch on)
 // `roundtrip` is 1 when decode_plan(encode_plan(plan)) re-encodes to the same code.
 // With the argument `schedules` it instead walks v11.1's stream-K schedules
 // (WsSchedule / WsCursor, as producer and consumers do) over a grid of units,
@@ -131,9 +130,9 @@ int main(int argc, char** argv) {
       for (int E : {8, 64, 128}) {
         for (const auto& s : shapes) {
           for (int R : {1, 2, 8, 16, 64, 128, 512, 1024, 2048, 8192, 32768}) {
-            // G: default; W: the wgmma switch, T: the one_warp_tall switch (work in progress).
-            for (const char mode : {'G', 'W', 'T'}) {
-              const Plan p = make_grouped_plan(static_cast<Family>(f), d, R, E, s[1], s[0], mode == 'W', mode == 'T');
+            // G: default; W: the wgmma switch (work in progress).
+            for (const char mode : {'G', 'W'}) {
+              const Plan p = make_grouped_plan(static_cast<Family>(f), d, R, E, s[1], s[0], mode == 'W');
               std::printf("%c %d %d %d %d %d %d %lld %lld %d\n", mode, d.capability, f, E, s[0], s[1], R,
                           static_cast<long long>(encode_plan(p)), static_cast<long long>(p.workspace_bytes),
                           roundtrip(p));

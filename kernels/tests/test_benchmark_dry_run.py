@@ -68,7 +68,6 @@ def test_moe_benchmark_dry_run(tmp_path):
             "route_torch_graph_us",
             "awqgemm_wip_wg_graph_us",
             "awqgemm_wip_wg_gemms_graph_us",
-            "awqgemm_wip_tall_graph_us",
         ):
             assert row[key] > 0, (key, row)
         assert "marlin_note" not in row, row
@@ -78,7 +77,6 @@ def test_moe_benchmark_dry_run(tmp_path):
             "marlin_rel_err_vs_dense",
             "marlin_rel_err_vs_awqgemm",
             "awqgemm_wip_wg_rel_err_vs_dense",
-            "awqgemm_wip_tall_rel_err_vs_dense",
         ):
             assert row[key] < 5e-3, (key, row)
 
@@ -216,7 +214,7 @@ def test_e2e_forced_sm80_contender_plan():
     plans = _json_objects(r.stdout)[:-1]
     assert [(p["name"], p["engine"]["quantization"], p["force"]) for p in plans] == [
         ("awqgemm:sm80", "awqgemm", {"family": "sm80"}),
-        ("awqgemm:wip", "awqgemm", {"grouped_wgmma": True, "one_warp_tall": True}),
+        ("awqgemm:wip", "awqgemm", {"grouped_wgmma": True}),
         ("awqgemm", "awqgemm", None),
     ]
     import awqgemm.testing

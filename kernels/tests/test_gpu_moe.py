@@ -89,11 +89,10 @@ def run_case(
     zero=(1, 6),
     kernels=True,
     wg=False,
-    tall=False,
 ):
     ck13 = experts(num, hidden, 2 * inter, group, dtype, seed)
     ck2 = experts(num, inter, hidden, group, dtype, seed + 50)
-    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels, grouped_wgmma=wg, one_warp_tall=tall):
+    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels, grouped_wgmma=wg):
         w13 = awqgemm.pack_awq_experts(*ck13, group)
         w2 = awqgemm.pack_awq_experts(*ck2, group)
         x = torch.randn(tokens, hidden, dtype=dtype, device="cuda")
@@ -118,36 +117,19 @@ def test_fused_moe_every_family(family, dtype, group, tokens):
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_one_warp_grouped_blocks(dtype, group):
-    """Grouped decode GEMMs of short K on one-warp blocks (dispatch.cu plan_ksplit): 128 experts, top 8,
-    hidden 1024, intermediate 512, at T = 64 (8-row tiles) and 128 (16-row tiles), against fp64. With
-    groups of 128 a one-warp block's 64-k step stays in a group every other k-tile."""
+    """Grouped decode GEMMs of short K on one-warp blocks (dispatch.cu plan_ksplit), the default plans:
+    128 experts, top 8, hidden 1024, intermediate 512, at T = 64 (8-row tiles), 128 (16-row tiles), 160
+    and 256 (32 x 64 tiles, experts of 9-32 rows), against fp64. With groups of 128 a one-warp block's
+    64-k step stays in a group every other k-tile."""
     skip_unless("auto")
     if torch.cuda.get_device_capability() < (8, 0):
         pytest.skip("one-warp blocks are the sm80 family's (this GPU runs an older one)")
-    for tokens, tile in ((64, 8), (128, 16)):
+    for tokens, tile in ((64, 8), (128, 16), (160, 32), (256, 32)):
         for n, k in ((1024, 1024), (1024, 512)):  # gate_up, down
             info = grouped_plan_info(8 * tokens, 128, n, k, dtype)
             assert (info["kernel"], info["block_warps"], info["tile_tokens"]) == ("k_split", 1, tile), (n, k, info)
         err = run_case("auto", dtype, group, tokens, num=128, hidden=1024, inter=512, top_k=8, zero=(5,))
         print(f"moe one-warp blocks {dtype} g={group} T={tokens}: worst rel err {err:.2e}")
-
-
-@pytest.mark.wip("one_warp_tall")
-@pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_one_warp_tall_blocks(dtype, group):
-    """Work in progress (testing.force(one_warp_tall=True)): grouped 32 x 64 tiles (experts of 9-32 rows)
-    on one-warp blocks, 128 experts, top 8, hidden 1024, intermediate 512, at T = 160 and 256, against fp64."""
-    skip_unless("auto")
-    if torch.cuda.get_device_capability() < (8, 0):
-        pytest.skip("one-warp blocks are the sm80 family's (this GPU runs an older one)")
-    for tokens in (160, 256):
-        with awqgemm.testing.force(one_warp_tall=True):
-            for n, k in ((1024, 1024), (1024, 512)):  # gate_up, down
-                info = grouped_plan_info(8 * tokens, 128, n, k, dtype)
-                assert (info["kernel"], info["block_warps"], info["tile_tokens"]) == ("k_split", 1, 32), info
-        err = run_case("auto", dtype, group, tokens, num=128, hidden=1024, inter=512, top_k=8, zero=(5,), tall=True)
-        print(f"moe one-warp tall blocks {dtype} g={group} T={tokens}: worst rel err {err:.2e}")
 
 
 @pytest.mark.parametrize("tokens", [37, 300, 1000])
@@ -457,23 +439,15 @@ def check_rows_of_no_expert(dtype, switch, kernel, rows_per_expert):
 
 
 def test_sanitizer_subset_one_warp_blocks():
-    """One-warp grouped blocks for compute-sanitizer memcheck: T = 64 with groups of 128 (the uneven
-    scale-row advance), fp16."""
+    """One-warp grouped blocks for compute-sanitizer memcheck: T = 64 (8-row tiles) and 256 (32 x 64 tiles)
+    with groups of 128 (the uneven scale-row advance), fp16."""
     skip_unless("auto")
     if torch.cuda.get_device_capability() < (8, 0):
         pytest.skip("one-warp blocks are the sm80 family's")
-    assert grouped_plan_info(512, 128, 1024, 512)["block_warps"] == 1
-    run_case("auto", torch.float16, 128, 64, num=128, hidden=1024, inter=512, top_k=8, zero=(5,))
-
-
-@pytest.mark.wip("one_warp_tall")
-def test_sanitizer_subset_one_warp_tall():
-    """One-warp 32 x 64 grouped blocks (work in progress) for compute-sanitizer memcheck: T = 256, groups
-    of 128, fp16."""
-    skip_unless("auto")
-    if torch.cuda.get_device_capability() < (8, 0):
-        pytest.skip("one-warp blocks are the sm80 family's")
-    run_case("auto", torch.float16, 128, 256, num=128, hidden=1024, inter=512, top_k=8, zero=(5,), tall=True)
+    for tokens, tile in ((64, 8), (256, 32)):
+        info = grouped_plan_info(8 * tokens, 128, 1024, 512)
+        assert (info["block_warps"], info["tile_tokens"]) == (1, tile), info
+        run_case("auto", torch.float16, 128, tokens, num=128, hidden=1024, inter=512, top_k=8, zero=(5,))
 
 
 def test_sanitizer_subset_grouped_xshared():

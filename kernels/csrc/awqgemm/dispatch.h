@@ -72,10 +72,8 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 // E experts, N x K each. The K-split kernel, the sm80 x-shared kernel for
 // experts of more than 32 rows (see dispatch.cu); work in progress behind a
 // test switch: with `wgmma` (sm90 family) the wgmma kernel for experts of more
-// than 32 rows; with `one_warp_tall` (sm80 family) one-warp blocks for 32-row
-// tiles of short K too (see plan_ksplit).
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma = false,
-                       bool one_warp_tall = false);
+// than 32 rows.
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma = false);
 
 // Launches the fused kernel (and the split-K reduction when the plan splits).
 cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream);

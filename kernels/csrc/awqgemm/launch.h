@@ -111,7 +111,7 @@ cudaError_t launch_family(const GemmProblem& p, const TileConfig& cfg, cudaStrea
       case 2201: return launch_gemm_tc<T, 2, 2, 1, Fam, kAsyncWeights>(p, cfg, stream);
       case 1401: return launch_gemm_tc<T, 1, 4, 1, Fam, kAsyncWeights>(p, cfg, stream);
       case 2401: return launch_gemm_tc<T, 2, 4, 1, Fam, kAsyncWeights>(p, cfg, stream);
-      // 32 x 64 one-warp blocks (work in progress: testing.force(one_warp_tall=True)).
+      // 32 x 64 one-warp blocks: grouped tiles of experts with 9-32 rows (plan_ksplit).
       case 4401: return launch_gemm_tc<T, 4, 4, 1, Fam, kAsyncWeights>(p, cfg, stream);
       default: break;
     }

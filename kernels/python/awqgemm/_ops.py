@@ -29,7 +29,6 @@ class _Override:
     moe_routing_kernels: bool = True
     # Work in progress (tests and benchmarks select them; production never):
     grouped_wgmma: bool = False  # grouped (MoE) GEMMs of > 32 rows per expert on the sm90 wgmma kernel
-    one_warp_tall: bool = False  # grouped 32-row K-split tiles of short K on one-warp blocks
 
 
 state = _Override()

@@ -168,7 +168,7 @@ def _moe_gemm_cuda(x, qweight, scales, expert_offsets, row_index, K, N, group_si
     stream = torch.cuda.current_stream(x.device).cuda_stream
     dtype_code = _ops._DTYPE_CODE[x.dtype]
     code, family, family_layout, ws_bytes = _C.plan_grouped(
-        _ops.state.family, dtype_code, rows, num, N, K, device, _ops.state.grouped_wgmma, _ops.state.one_warp_tall
+        _ops.state.family, dtype_code, rows, num, N, K, device, _ops.state.grouped_wgmma
     )
     if family_layout != layout:
         raise ValueError(
@@ -780,6 +780,5 @@ def grouped_plan_info(
         K,
         index,
         _ops.state.grouped_wgmma,
-        _ops.state.one_warp_tall,
     )
     return {"family": f"sm{family}", "workspace_bytes": ws, **_C.describe_plan(code)}

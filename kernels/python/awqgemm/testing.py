@@ -45,7 +45,6 @@ def force(
     *,
     moe_routing_kernels: bool = True,
     grouped_wgmma: bool = False,
-    one_warp_tall: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -55,13 +54,10 @@ def force(
     its CUDA kernels (the reference the kernels are tested against).
 
     Work in progress behind this switch: ``grouped_wgmma`` runs grouped (MoE) GEMMs of more than 32 rows
-    per expert on the sm90 family's wgmma kernel (a 9.0 GPU) instead of the sm80 family's x-shared one;
-    ``one_warp_tall`` gives grouped (MoE) GEMMs of short K
-    and 9-32 rows per expert one-warp blocks, as the shorter tiles have."""
+    per expert on the sm90 family's wgmma kernel (a 9.0 GPU) instead of the sm80 family's x-shared one."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
         "grouped_wgmma": grouped_wgmma,
-        "one_warp_tall": one_warp_tall,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
