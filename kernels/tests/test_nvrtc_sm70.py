@@ -86,10 +86,10 @@ UNITS = [
             for lanes in ("M16n8Lanes", "Volta884Lanes")
         ],
     ),
-    # fused_moe's routing (match.any: sm_70+), silu-mul and combine kernels.
+    # fused_moe's routing (count and sort; match.any: sm_70+), silu-mul and combine kernels.
     Unit(
         "moe_routing.cu",
-        ["awqgemm::moe_route_kernel"]
+        ["awqgemm::moe_route_count_kernel", "awqgemm::moe_route_kernel"]
         + [f"awqgemm::moe_silu_mul_kernel<{t}, {v}>" for t in TYPES for v in (1, 8)]
         + [
             f"awqgemm::moe_combine_kernel<{t}, {str(f32).lower()}, {v}>"
