@@ -167,7 +167,7 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 # --wip: the work-in-progress switches (awqgemm.testing.force) each variant turns on.
 WIP_VARIANTS = {
-    "wip_wg": ("grouped_wgmma",),  # the grouped wgmma kernel takes effect on a 9.0 GPU only
+    "wip_wg": ("grouped_wgmma",),  # grouped v11.1 takes effect on a 9.0 GPU only
 }
 
 

@@ -117,10 +117,11 @@ std::vector<int> parse_archs(const char* list, bool want_ptx) {
 // that the caller's workspace holds what the plan asks for.
 GemmProblem fused_problem(const Plan& plan, int dtype, int M, int N, int K, int group_size, uintptr_t x,
                           int64_t x_stride, uintptr_t qweight, uintptr_t scale_zero, uintptr_t out,
-                          int64_t out_stride, uintptr_t workspace, int64_t workspace_bytes, int device) {
+                          int64_t out_stride, uintptr_t workspace, int64_t workspace_bytes, int device,
+                          int64_t grouped_need = -1) {
   // Only a stream-K plan's workspace depends on the SM count: no device lookup on the others' calls.
   const int sms = plan.tile.stream_k ? device_info(device).sm_count : 0;
-  const int64_t need = fused_workspace_bytes(plan, M, N, K, sms > 0 ? sms : 80);
+  const int64_t need = grouped_need >= 0 ? grouped_need : fused_workspace_bytes(plan, M, N, K, sms > 0 ? sms : 80);
   if (need > workspace_bytes) {
     throw nb::value_error(("awqgemm: workspace of " + std::to_string(workspace_bytes) +
                            " bytes is smaller than the plan's " + std::to_string(need))
@@ -241,7 +242,8 @@ NB_MODULE(_C, m) {
         const bool grouped_kind =
             (plan.tile.kind == KernelKind::kKSplit && plan.family != Family::kSm90) ||
             (plan.tile.kind == KernelKind::kXShared && plan.family == Family::kSm80) ||
-            (plan.tile.kind == KernelKind::kWgmma && plan.family == Family::kSm90 && plan.tile.mt <= 16);
+            (plan.tile.kind == KernelKind::kWgmmaWs && plan.family == Family::kSm90 && plan.tile.mt <= 16 &&
+             plan.tile.splits == 1 && !plan.tile.stream_k);
         if (!decoded || plan.dense || !grouped_kind) {
           throw nb::value_error("awqgemm: not a grouped plan code from plan_grouped()");
         }
@@ -252,7 +254,8 @@ NB_MODULE(_C, m) {
           throw nb::value_error("awqgemm: grouped GEMM grid too tall; split the batch");
         }
         GemmProblem p = fused_problem(plan, dtype, R, N, K, group_size, x, x_stride, qweight, scale_zero, out,
-                                      out_stride, workspace, workspace_bytes, device);
+                                      out_stride, workspace, workspace_bytes, device,
+                                      grouped_workspace_bytes(plan, R, E, N, K));
         p.x_rows = x_rows;
         p.row_index = reinterpret_cast<const int32_t*>(row_index);
         p.num_batches = E;

@@ -95,6 +95,13 @@ int64_t fused_workspace_bytes(const Plan& plan, int M, int N, int K, int sms) {
   return partials_offset_bytes(plan, M, K) + partials + stream_k;
 }
 
+int64_t grouped_workspace_bytes(const Plan& plan, int R, int E, int N, int K) {
+  if (plan.tile.kind != KernelKind::kWgmmaWs) return fused_workspace_bytes(plan, R, N, K, /*sms: no stream-K*/ 0);
+  const int bm = 8 * plan.tile.mt;
+  const int tiles = grouped_grid_rows(R, bm, E);
+  return ws_group_table_bytes(tiles) + wg_staged_x_bytes(std::min(tiles, ws_group_chunk_tiles(bm, K)) * bm, K);
+}
+
 int dense_chunk_columns(int N, int K, int dtype_bytes) {
   const int64_t fit = kMaxDenseChunkBytes / (static_cast<int64_t>(K) * dtype_bytes);
   // Whole 128-column blocks keep every chunk's GEMM on cuBLAS's full tiles.
@@ -593,8 +600,8 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 }
 
 // Grouped problems run the K-split kernel on every family, and the x-shared one
-// for large experts on sm80 (sm90 hands them to sm80's: same packed layout; the
-// wgmma kernel only behind its test switch). A block's token tile never straddles two
+// for large experts on sm80 (sm90 hands them to sm80's: same packed layout; v11.1
+// only behind its test switch). A block's token tile never straddles two
 // experts, so the tile height follows the rows per active expert (R / min(E, R)),
 // not R: decode's handful of rows per expert gets 8-row tiles. No dense path:
 // it would dequantize all E experts (E x N x K) or need each expert's row count
@@ -611,14 +618,23 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   // Tiles that do work: at least one per active expert, at least R / tile.
   const auto row_blocks = [&](int mt) { return std::max(active, ceil_div(R, 8 * mt)); };
   const int rows_per_expert = ceil_div(R, active);
-  if (wgmma && family == Family::kSm90 && rows_per_expert > 32) {
-    // Work in progress (testing.force(grouped_wgmma=True); GPU tests pass, timed on the H200: mixed,
-    // perf-notes): the v9 kernel, x gathered, 64 tokens per tile up to 96 rows per expert (a 128-token
-    // tile would run half empty), 128 above.
+  const int ws_bm = rows_per_expert <= 64 ? 64 : 128;
+  if (wgmma && family == Family::kSm90 && rows_per_expert > 32 && ws_group_chunk_tiles(ws_bm, K) >= 1) {
+    // Work in progress (testing.force(grouped_wgmma=True), not yet run on a GPU): v11.1 over token
+    // tiles of one expert each (launch_ws_grouped), 64 tokens up to 64 rows per expert, 128 above; one
+    // K split (a prefill-sized problem has units for every SM). Its base, the dense v11.1 kernel, runs
+    // at 1.08-1.1x cuBLAS from M = 256 on (h200-2026-11-29-peers2), where the sm80 x-shared kernel
+    // these experts get by default ran Qwen3-30B-A3B's two GEMMs at T = 4096 in 1,398 us for a 391 us
+    // MMA floor (moe-h200-20261129-0005). The v9 kernel it replaces measured 0.87x the x-shared
+    // kernel on Mixtral at T = 4096 but 1.02-1.11x at 256 rows per expert and below.
     plan.family = Family::kSm90;
-    const int mt = rows_per_expert <= 96 ? 8 : 16;
-    plan_wg_v9(t, mt, ceil_div(ntiles, kWgNT) * row_blocks(mt), sms, ktiles, R, N);
+    t.kind = KernelKind::kWgmmaWs;
+    t.mt = ws_bm / 8;
+    t.nt = kWgNT * ws_ntw(ws_bm);
+    t.kwarps = kWsThreads / 32;
+    t.splits = 1;
     finish_plan(plan, dev, /*kernel_has_wait=*/true, R, N, K);
+    plan.workspace_bytes = grouped_workspace_bytes(plan, R, E, N, K);
     return plan;
   }
   if (family == Family::kSm90) family = Family::kSm80;

@@ -8,7 +8,9 @@
 //   consumer warpgroups dequantize and run the wgmmas.
 // v9 (gemm_wg_kernel below): every thread both copies (one cp.async ring) and
 //   computes. Dense problems take it only where x is too long to stage
-//   (K > 65536); the grouped (MoE) work in progress uses it, gathering x rows.
+//   (K > 65536).
+// Grouped (MoE) problems run v11.1 over token tiles of one expert each (work in
+// progress, testing.force(grouped_wgmma=True): launch_ws_grouped).
 //
 // v9's block: 2 warpgroups x 64 output columns n = 128 n, BM tokens (the wgmma's N).
 //   A = weights, dequantized by each lane from packed layout 1 straight into
@@ -62,11 +64,7 @@ __device__ __forceinline__ void cp_async_4_zfill(uint32_t smem, const void* gmem
 }
 
 // The v9 kernel. Dense problems take it only where v11.1 cannot stage x (K > 65536, plan_wgws).
-// kGrouped (work in progress, testing.force(grouped_wgmma=True)): a grouped (MoE) problem. Each block row resolves its expert and row range from the offsets
-// (resolve_group_tile, as the K-split kernel does), blocks past the last expert zero their rows, and
-// the x row of each tile row comes from a table at the end of the dynamic shared memory
-// (WgSmem::bytes + BM ints). Its own instantiation: the dense kernels' code stays as it was.
-template <typename T, int BM, int STAGES, bool kGrouped = false>
+template <typename T, int BM, int STAGES>
 __global__ void __launch_bounds__(kWgThreads, wg_min_blocks(BM)) gemm_wg_kernel(const GemmProblem p, const int splits,
                                                               const int pdl_flags) {
 #if defined(AWQGEMM_NO_WGMMA)
@@ -92,26 +90,11 @@ __global__ void __launch_bounds__(kWgThreads, wg_min_blocks(BM)) gemm_wg_kernel(
   const int ntiles = padded_n(p.N) / kTileN;
   const int nt = blockIdx.x * kWgWarps + warp;
   const int ntc = min(nt, ntiles - 1);  // tiles past the end re-read the last one; never stored
-  int m0 = blockIdx.y * BM;
+  const int m0 = blockIdx.y * BM;
   // The rows this block may store: [m0, min(m0 + BM, m_end)).
-  int m_end = p.M;
+  const int m_end = p.M;
   const void* qweight = p.qweight;
   const void* scale_zero = p.scale_zero;
-  int* const x_rows_s = reinterpret_cast<int*>(sbase + STAGES * L::kStage);  // kGrouped only
-  if constexpr (kGrouped) {
-    // PDL: the offsets and row indices come from the kernels just before.
-    if (pdl_flags & kPdlLaunched) pdl_wait();
-    int e;
-    resolve_group_tile(p, BM, blockIdx.y, e, m0, m_end);
-    if (e < 0) {  // block-uniform: every warp resolved the same tile
-      zero_rows<T>(p, m0, m_end, BM, blockIdx.x * kWgWarps * kTileN, kWgWarps * kTileN);
-      return;  // the whole block, before any barrier
-    }
-    qweight = reinterpret_cast<const uint32_t*>(qweight) + e * p.qweight_batch_stride;
-    scale_zero = reinterpret_cast<const T*>(scale_zero) + e * p.scale_zero_batch_stride;
-    for (int r = tid; r < BM; r += kWgThreads) x_rows_s[r] = x_row_of(p, min(m0 + r, m_end - 1));
-    __syncthreads();
-  }
   const int per_split = ceil_div(ktiles, splits);
   const int kt_begin = blockIdx.z * per_split;
   const int n_k = max(0, min(ktiles, kt_begin + per_split) - kt_begin);  // block-uniform
@@ -150,23 +133,12 @@ __global__ void __launch_bounds__(kWgThreads, wg_min_blocks(BM)) gemm_wg_kernel(
       cp_async_16(gst + L::kX + tid * 16, wsrc + static_cast<size_t>(kt) * 32);
       const int grp = (kt * kTileK + 16 * q) >> gshift;
       cp_async_8(gst + L::kX + L::kW + tid * 8, szlane + grp * sz_group_stride);
-      if constexpr (kGrouped) {
-        const bool k_in = kt * kTileK + 2 * u < p.K;
-        const T* const xk = x + kt * kTileK + 2 * u;
+      const bool k_in = kt * kTileK + 2 * u < p.K;  // K tail: padded weights are zero, and so must x be (0 * NaN)
+      const T* src = x_row0 + kt * kTileK;
 #pragma unroll
-        for (int j = 0; j < BM / kWgWarps; ++j) {
-          const bool in = k_in && 8 * j < rows_left;
-          const T* src = xk + static_cast<size_t>(x_rows_s[warp + 8 * j]) * p.x_row_stride;
-          cp_async_4_zfill(st + x_dst0 + j * 8 * 128, in ? src : x, in ? 4 : 0);
-        }
-      } else {
-        const bool k_in = kt * kTileK + 2 * u < p.K;  // K tail: padded weights are zero, and so must x be (0 * NaN)
-        const T* src = x_row0 + kt * kTileK;
-#pragma unroll
-        for (int j = 0; j < BM / kWgWarps; ++j, src += x_row8) {
-          const bool in = k_in && 8 * j < rows_left;
-          cp_async_4_zfill(st + x_dst0 + j * 8 * 128, in ? src : x, in ? 4 : 0);
-        }
+      for (int j = 0; j < BM / kWgWarps; ++j, src += x_row8) {
+        const bool in = k_in && 8 * j < rows_left;
+        cp_async_4_zfill(st + x_dst0 + j * 8 * 128, in ? src : x, in ? 4 : 0);
       }
     }
     cp_async_commit();  // empty groups keep the count uniform
@@ -214,9 +186,7 @@ __global__ void __launch_bounds__(kWgThreads, wg_min_blocks(BM)) gemm_wg_kernel(
     compute_slot = compute_slot + 1 == STAGES ? 0 : compute_slot + 1;
   };
 
-  if constexpr (!kGrouped) {
-    if (pdl_flags & kPdlLaunched) pdl_wait();  // x may still be being written by the previous kernel
-  }
+  if (pdl_flags & kPdlLaunched) pdl_wait();  // x may still be being written by the previous kernel
 
 #pragma unroll
   for (int s = 0; s < kDist; ++s) fetch(s);
@@ -253,17 +223,7 @@ cudaError_t launch_wg(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   constexpr int kStages = wg_stages(BM);
   constexpr int kSmem = WgSmem<BM>::bytes(kStages);
   const int ntiles = padded_n(p.N) / kTileN;
-  if (p.row_offsets != nullptr) {  // grouped (MoE): x gathered, one block row per expert tile (+ no-expert rows)
-    // make_grouped_plan picks 64 or 128 tokens: no 256-token instantiation.
-    if constexpr (BM <= 128) {
-      if (cfg.kind != KernelKind::kWgmma) return cudaErrorInvalidConfiguration;
-      const dim3 grid(ceil_div(ntiles, kWgNT), grouped_grid_rows(p.M, BM, p.num_batches), cfg.splits);
-      return launch_with_smem<kSmem + BM * 4, gemm_wg_kernel<T, BM, kStages, true>>(grid, kWgThreads, p, cfg,
-                                                                                            stream);
-    } else {
-      return cudaErrorInvalidConfiguration;
-    }
-  }
+  if (p.row_offsets != nullptr) return cudaErrorInvalidConfiguration;  // grouped problems run v11.1
   const dim3 grid(ceil_div(ntiles, kWgNT), ceil_div(p.M, BM), cfg.splits);
   return launch_with_smem<kSmem, gemm_wg_kernel<T, BM, kStages>>(grid, kWgThreads, p, cfg, stream);
 }
@@ -292,18 +252,40 @@ EncodeTiledFn tensor_map_encoder() {
   return fn;
 }
 
-// box_rows: column tiles per box (a block's: kWgNT x ws_ntw(BM)).
+// box_rows: column tiles per box (a block's: kWgNT x ws_ntw(BM)). Grouped problems
+// get a third dimension, the expert (qweight_batch_stride words apart), so a box
+// past an expert's last column tile is zero-filled instead of reading the next
+// expert's.
 cudaError_t weight_tensor_map(const GemmProblem& p, TensorMap128* map, unsigned box_rows) {
   const EncodeTiledFn encode = tensor_map_encoder();
   if (encode == nullptr) return cudaErrorNotSupported;
   const unsigned long long ktiles = padded_k(p.K) / kTileK;
-  const unsigned long long dims[2] = {ktiles * kWordsPerTile, static_cast<unsigned long long>(padded_n(p.N) / kTileN)};
-  const unsigned long long row_bytes[1] = {ktiles * kWordsPerTile * 4};
-  const unsigned box[2] = {kWordsPerTile, box_rows};
-  const unsigned unit_strides[2] = {1, 1};
-  const int rc = encode(map, /*UINT32*/ 2, 2, const_cast<void*>(p.qweight), dims, row_bytes, box, unit_strides,
-                        /*interleave none*/ 0, /*swizzle none*/ 0, /*L2 256B*/ 3, /*OOB fill none*/ 0);
+  const bool grouped = p.row_offsets != nullptr;
+  const unsigned long long dims[3] = {ktiles * kWordsPerTile, static_cast<unsigned long long>(padded_n(p.N) / kTileN),
+                                      static_cast<unsigned long long>(p.num_batches)};
+  const unsigned long long strides[2] = {ktiles * kWordsPerTile * 4,
+                                         static_cast<unsigned long long>(p.qweight_batch_stride) * 4};
+  if (grouped && (p.qweight_batch_stride < 0 || strides[1] % 16 != 0)) return cudaErrorMisalignedAddress;
+  const unsigned box[3] = {kWordsPerTile, box_rows, 1};
+  const unsigned unit_strides[3] = {1, 1, 1};
+  const int rc = encode(map, /*UINT32*/ 2, grouped ? 3 : 2, const_cast<void*>(p.qweight), dims, strides, box,
+                        unit_strides, /*interleave none*/ 0, /*swizzle none*/ 0, /*L2 256B*/ 3, /*OOB fill none*/ 0);
   return rc == 0 ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+// setmaxnreg.inc waits (in hardware, past the hang trap) until the block's pool has the registers the
+// consumers ask for, and the pool is what the launch allocated: numRegs x threads. ptxas gives this
+// kernel 168 = 65536 / 384 rounded down to 8, exactly 128 x 40 + 256 x 232; a build that gave it fewer
+// (-maxrregcount, another ptxas) would hang every launch, so it is refused instead.
+static_assert(128 * kWsProducerRegs + 256 * kWsConsumerRegs <= kWsThreads * ((65536 / kWsThreads) & ~7),
+              "the producer's and consumers' registers must fit one block's pool");
+template <class Kernel>
+cudaError_t ws_register_pool(Kernel kernel) {
+  cudaFuncAttributes attr{};
+  const cudaError_t e = cudaFuncGetAttributes(&attr, kernel);
+  if (e != cudaSuccess) return e;
+  return attr.numRegs * kWsThreads >= 128 * kWsProducerRegs + 256 * kWsConsumerRegs ? cudaSuccess
+                                                                                     : cudaErrorInvalidConfiguration;
 }
 
 // v11 (gemm_wgws_sm90a.cuh): x staged tile-major and swizzled at the front of
@@ -329,23 +311,9 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
         reinterpret_cast<uintptr_t>(p.workspace)) & 15) != 0) {
     return cudaErrorMisalignedAddress;
   }
-  // setmaxnreg.inc waits (in hardware, past the hang trap) until the block's pool has the registers the
-  // consumers ask for, and the pool is what the launch allocated: numRegs x threads. ptxas gives this
-  // kernel 168 = 65536 / 384 rounded down to 8, exactly 128 x 40 + 256 x 232; a build that gave it fewer
-  // (-maxrregcount, another ptxas) would hang every launch, so it is refused instead.
-  static_assert(128 * kWsProducerRegs + 256 * kWsConsumerRegs <= kWsThreads * ((65536 / kWsThreads) & ~7),
-                "the producer's and consumers' registers must fit one block's pool");
-  auto pool_of = [](auto kernel) {
-    cudaFuncAttributes attr{};
-    const cudaError_t e = cudaFuncGetAttributes(&attr, kernel);
-    if (e != cudaSuccess) return e;
-    return attr.numRegs * kWsThreads >= 128 * kWsProducerRegs + 256 * kWsConsumerRegs
-               ? cudaSuccess
-               : cudaErrorInvalidConfiguration;
-  };
   static const cudaError_t pool = [&] {
-    const cudaError_t e = pool_of(gemm_ws_kernel<T, BM, kStages, false>);
-    return e != cudaSuccess ? e : pool_of(gemm_ws_kernel<T, BM, kStages, true>);
+    const cudaError_t e = ws_register_pool(gemm_ws_kernel<T, BM, kStages, false>);
+    return e != cudaSuccess ? e : ws_register_pool(gemm_ws_kernel<T, BM, kStages, true>);
   }();
   if (pool != cudaSuccess) return pool;
   int device = 0, sms = 0;
@@ -382,10 +350,74 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     g.x_row_stride = kTileK;  // not read: the kernel indexes the staged tiles itself
     g.out = reinterpret_cast<T*>(p.out) + static_cast<int64_t>(m0) * p.out_row_stride;
     g.workspace = after_x;
-    err = cfg.stream_k
-              ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true>>(dim3(grid), kWsThreads, g, cfg, stream, wmap)
-              : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false>>(dim3(grid), kWsThreads, g, cfg, stream,
-                                                                                 wmap);
+    const WsGroup none{nullptr, 0};
+    err = cfg.stream_k ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true>>(dim3(grid), kWsThreads, g, cfg,
+                                                                                        stream, wmap, none)
+                       : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false>>(dim3(grid), kWsThreads, g, cfg,
+                                                                                         stream, wmap, none);
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+// Grouped (MoE) problems on v11.1 (work in progress, testing.force(grouped_wgmma=True)): the tile
+// table (grouped_ws_tiles_kernel) at the front of the workspace, then per chunk of tiles the grouped
+// staging kernel and the persistent kernel over (tile, n-block) units. One K split, no bias (MoE
+// experts have none), no stream-K. Under PDL each kernel waits for the one before it, as in
+// launch_ws.
+template <typename T, int BM>
+cudaError_t launch_ws_grouped(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
+  constexpr int kStages = ws_stages(BM);
+  constexpr int NTW = ws_ntw(BM);
+  constexpr int kSmem = kStages * ws_stage_bytes(BM) + 1024;
+  if (cfg.splits != 1 || cfg.stream_k || p.bias != nullptr || p.num_batches < 1) {
+    return cudaErrorInvalidConfiguration;
+  }
+  const int chunk_tiles = ws_group_chunk_tiles(BM, p.K);
+  if (chunk_tiles < 1) return cudaErrorInvalidConfiguration;
+  // Bulk copies need 16-byte aligned sources; the staging kernel reads x in 4-byte pairs.
+  if (((reinterpret_cast<uintptr_t>(p.qweight) | reinterpret_cast<uintptr_t>(p.scale_zero) |
+        reinterpret_cast<uintptr_t>(p.workspace)) & 15) != 0 ||
+      (reinterpret_cast<uintptr_t>(p.x) & 3) != 0 || (p.x_row_stride & 1) != 0 ||
+      (p.scale_zero_batch_stride * static_cast<int64_t>(sizeof(T))) % 16 != 0) {
+    return cudaErrorMisalignedAddress;
+  }
+  static const cudaError_t pool = ws_register_pool(gemm_ws_kernel<T, BM, kStages, false, true>);
+  if (pool != cudaSuccess) return pool;
+  int device = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  const int tiles = grouped_grid_rows(p.M, BM, p.num_batches);
+  const int per_launch = std::min(tiles, chunk_tiles);
+  const int64_t table_bytes = ws_group_table_bytes(tiles);
+  if (table_bytes + wg_staged_x_bytes(per_launch * BM, p.K) > p.workspace_bytes) return cudaErrorInvalidValue;
+  TensorMap128 wmap{};
+  err = weight_tensor_map(p, &wmap, kWgNT * NTW);
+  if (err != cudaSuccess) return err;
+  auto* const table = reinterpret_cast<WsGroupTile*>(p.workspace);
+  T* const xs = reinterpret_cast<T*>(reinterpret_cast<unsigned char*>(p.workspace) + table_bytes);
+  const bool pdl = (cfg.pdl_flags & kPdlLaunched) != 0;
+  constexpr int kThreads = 256;
+  err = launch_maybe_pdl(grouped_ws_tiles_kernel, dim3(ceil_div(tiles, kThreads / 32)), dim3(kThreads), 0, pdl,
+                         stream, p, BM, table, tiles);
+  if (err != cudaSuccess) return err;
+  const int nblocks = ceil_div(padded_n(p.N) / kTileN, kWgNT * NTW);
+  const int ktiles = padded_k(p.K) / kTileK;
+  for (int t0 = 0; t0 < tiles; t0 += per_launch) {
+    const int count = std::min(per_launch, tiles - t0);
+    const int64_t chunks = static_cast<int64_t>(count) * BM * ktiles * 8;
+    const int blocks = static_cast<int>(std::min<int64_t>((chunks + kThreads - 1) / kThreads, 65535));
+    err = launch_maybe_pdl(stage_x_grouped_kernel<T, BM>, dim3(blocks), dim3(kThreads), 0, pdl, stream, p,
+                           static_cast<const WsGroupTile*>(table), t0, count, xs);
+    if (err != cudaSuccess) return err;
+    GemmProblem g = p;
+    g.M = count * BM;
+    g.x = xs;
+    g.x_row_stride = kTileK;  // not read: the kernel indexes the staged tiles itself
+    const int grid = ws_grid(nblocks * count, ktiles, sms, /*stream_k=*/false);
+    err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, true>>(dim3(grid), kWsThreads, g, cfg, stream,
+                                                                                 wmap, WsGroup{table, t0});
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
@@ -395,6 +427,13 @@ template <typename T>
 cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   if (cfg.kind == KernelKind::kWgmmaWs) {
     if (cfg.nt != kWgNT * ws_ntw(8 * cfg.mt) || cfg.kwarps != kWsThreads / 32) return cudaErrorInvalidConfiguration;
+    if (p.row_offsets != nullptr) {
+      switch (cfg.mt * 8) {  // make_grouped_plan's tiles
+        case 64: return launch_ws_grouped<T, 64>(p, cfg, stream);
+        case 128: return launch_ws_grouped<T, 128>(p, cfg, stream);
+        default: return cudaErrorInvalidConfiguration;
+      }
+    }
     switch (cfg.mt * 8) {
       case 64: return launch_ws<T, 64>(p, cfg, stream);
       case 128: return launch_ws<T, 128>(p, cfg, stream);

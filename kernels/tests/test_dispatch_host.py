@@ -91,12 +91,18 @@ def test_families_run_only_where_they_can(plans):
         if p["problem"] == "W":  # the wgmma switch (work in progress): sm90, experts of > 32 rows
             wg = p["fam"] == 90 and per_expert > 32
             assert (p["family"] == 90) == wg, p
-            assert p["kind"] == (2 if wg else 1 if p["family"] == 80 and per_expert > 32 else 0), p
-            if wg:  # 64-token tiles up to 96 rows per expert, 128 above; the launcher has no other
-                assert p["mt"] == (8 if per_expert <= 96 else 16) and p["nt"] == 8 and 1 <= p["splits"] <= 16, p
-                assert p["pdl"] & 1, p  # the grouped wgmma kernel waits (griddepcontrol) before reading offsets
-    wg = {(p["mt"], p["splits"] > 1) for p in plans if p["problem"] == "W" and p["kind"] == 2}
-    assert wg == {(8, False), (8, True), (16, False), (16, True)}, wg  # both tiles, with and without a K split
+            assert p["kind"] == (4 if wg else 1 if p["family"] == 80 and per_expert > 32 else 0), p
+            if wg:  # grouped v11.1: 64-token tiles (256 columns) up to 64 rows per expert, 128 above; one split
+                assert (p["mt"], p["nt"]) == ((8, 16) if per_expert <= 64 else (16, 8)) and p["splits"] == 1, p
+                assert p["pdl"] & 1, p  # its tile-table kernel waits (griddepcontrol) before reading offsets
+                # Workspace: the tile table (16 bytes per tile, grouped_grid_rows of them) and one chunk of
+                # staged x (whole tiles of BM rows, <= 32 MiB), each rounded to 256 bytes.
+                bm, kpad = 8 * p["mt"], -(-p["K"] // 64) * 64
+                tiles = -(-p["M"] // bm) + min(p["a"], p["M"])
+                staged = min(tiles, (32 << 20) // (bm * kpad * 2)) * bm * kpad * 2
+                assert p["ws"] == -(-tiles * 16 // 256) * 256 + -(-staged // 256) * 256, p
+    wg = {p["mt"] for p in plans if p["problem"] == "W" and p["kind"] == 4}
+    assert wg == {8, 16}, wg  # both tiles
 
 
 def test_dispatch_rules_of_the_design_doc(plans):

@@ -16,7 +16,7 @@ from awqgemm.testing import random_awq
 from conftest import has_gpu
 
 pytestmark = pytest.mark.gpu
-GROUPED_WG = pytest.mark.wip("grouped_wgmma")  # the grouped wgmma kernel (sm90 family)
+GROUPED_WG = pytest.mark.wip("grouped_wgmma")  # grouped v11.1 (the sm90 family's warp-specialized kernel)
 
 CASES = [("sm70", torch.float16), ("sm75", torch.float16), ("sm80", torch.float16), ("sm80", torch.bfloat16)]
 CASES += [("auto", torch.float16), ("auto", torch.bfloat16)]
@@ -185,10 +185,11 @@ def test_sanitizer_subset_tall_tiles():
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_grouped_wgmma(dtype, group):
-    """Work in progress (testing.force(grouped_wgmma=True)): experts of more than 32 rows on the sm90
-    wgmma kernel, x gathered, against fp64: 64-token tiles (~67 rows per expert), 128-token tiles
-    (~330), split-K over a long K (hidden 4096 on a small grid), 40 experts, K and N tails (g32), zero-token
-    experts and a sub-32-row case that stays on the K-split kernel; the plans really are those."""
+    """Work in progress (testing.force(grouped_wgmma=True)): experts of more than 32 rows on grouped v11.1
+    (tile table, x gathered into per-tile staging, 3-D weight map), against fp64: 128-token tiles (~67
+    and ~330 rows per expert), 64-token tiles (~50: hidden 4096, a long K), 40 experts, K and N tails
+    (g32), zero-token experts and a sub-32-row case that stays on the K-split kernel; the plans really
+    are those."""
     skip_unless_sm90()
     worst = 0.0
     for tokens in (200, 1000, 9):
@@ -200,13 +201,13 @@ def test_grouped_wgmma(dtype, group):
         worst = max(worst, run_case("auto", dtype, group, 300, hidden=288, seed=11, wg=True))
     print(f"moe wgmma {dtype} g={group}: worst rel err {worst:.2e}")
     with awqgemm.testing.force(grouped_wgmma=True):
-        p64 = grouped_plan_info(400, 6, 256, 256, dtype)
-        p128 = grouped_plan_info(2000, 6, 256, 256, dtype)
+        p64 = grouped_plan_info(360, 6, 256, 256, dtype)
+        p128 = grouped_plan_info(400, 6, 256, 256, dtype)
         long_k = grouped_plan_info(200, 4, 512, 4096, dtype)
         small = grouped_plan_info(18, 6, 256, 256, dtype)
-    assert (p64["family"], p64["kernel"], p64["tile_tokens"]) == ("sm90", "wgmma", 64), p64
-    assert (p128["kernel"], p128["tile_tokens"]) == ("wgmma", 128), p128
-    assert long_k["kernel"] == "wgmma" and long_k["splits"] > 1, long_k
+    assert (p64["family"], p64["kernel"], p64["tile_tokens"]) == ("sm90", "wgmma_ws", 64), p64
+    assert (p128["kernel"], p128["tile_tokens"]) == ("wgmma_ws", 128), p128
+    assert (long_k["kernel"], long_k["tile_tokens"], long_k["splits"]) == ("wgmma_ws", 64, 1), long_k
     assert small["kernel"] == "k_split", small
 
 
@@ -252,7 +253,7 @@ def test_grouped_wgmma_graph_replay_and_rows_of_no_expert():
     num, hidden, inter, tokens, top_k = 6, 512, 256, 150, 2
     ck13, ck2, w13, w2, x, tw, ti = fp16_layer(num, hidden, inter, tokens, top_k)
     with awqgemm.testing.force(grouped_wgmma=True):
-        assert grouped_plan_info(tokens * top_k, num, 2 * inter, hidden)["kernel"] == "wgmma"
+        assert grouped_plan_info(tokens * top_k, num, 2 * inter, hidden)["kernel"] == "wgmma_ws"
         out = replay_new_routings(x, w13, w2, tw, ti, num, top_k, lambda seed: (seed,))
         ref = reference(x, dense(ck13, 64), dense(ck2, 64), tw, ti)
         assert rel_err(out, ref) < tolerance(torch.float16)
@@ -462,14 +463,14 @@ def test_sanitizer_subset_grouped_xshared():
 
 @GROUPED_WG
 def test_sanitizer_subset_grouped_wgmma():
-    """The grouped wgmma kernel for compute-sanitizer memcheck: 64- and 128-token tiles, split-K over a
-    long K, a zero-token expert, rows of no expert with clamped garbage row indices."""
+    """Grouped v11.1 for compute-sanitizer memcheck: 64- and 128-token tiles, a long K, a zero-token
+    expert, rows of no expert with clamped garbage row indices."""
     skip_unless_sm90()
     for dtype in (torch.float16, torch.bfloat16):
         run_case("auto", dtype, 64, 120, num=3, hidden=1024, inter=128, top_k=2, seed=5, zero=(1,), wg=True)
         run_case("auto", dtype, 128, 300, num=2, hidden=512, inter=128, top_k=2, seed=6, zero=(), wg=True)
         run_case("auto", dtype, 32, 60, num=2, hidden=8192, inter=64, top_k=2, seed=8, zero=(), wg=True)
-        check_rows_of_no_expert(dtype, "grouped_wgmma", "wgmma", 60)
+        check_rows_of_no_expert(dtype, "grouped_wgmma", "wgmma_ws", 60)
 
 
 def test_sanitizer_subset_moe_routing_kernels():

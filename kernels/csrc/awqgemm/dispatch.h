@@ -31,6 +31,9 @@ struct Plan {
 int64_t partials_offset_bytes(const Plan& plan, int M, int K);
 // `sms`: the device's SM count (a stream-K plan keeps a slot per CTA, at most one per SM).
 int64_t fused_workspace_bytes(const Plan& plan, int M, int N, int K, int sms);
+// Workspace of a grouped plan (R rows over E experts): split-K partials, or (grouped v11.1) the tile
+// table and a chunk's staged x.
+int64_t grouped_workspace_bytes(const Plan& plan, int R, int E, int N, int K);
 
 // A plan travels from plan() to gemm() through Python as one integer, so the
 // plan is made once per call; decode_plan rejects what encode_plan cannot make.
@@ -71,8 +74,8 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 // The grouped sibling (MoE experts: GemmProblem::row_offsets): R rows over
 // E experts, N x K each. The K-split kernel, the sm80 x-shared kernel for
 // experts of more than 32 rows (see dispatch.cu); work in progress behind a
-// test switch: with `wgmma` (sm90 family) the wgmma kernel for experts of more
-// than 32 rows.
+// test switch: with `wgmma` (sm90 family) v11.1 (the warp-specialized wgmma
+// kernel) for experts of more than 32 rows.
 Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma = false);
 
 // Launches the fused kernel (and the split-K reduction when the plan splits).

@@ -163,6 +163,15 @@ __device__ __forceinline__ void tma_g2s_2d(uint32_t dst, const TensorMap128* map
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
       : "memory");
 }
+// The same from a 3-D map (grouped problems: the third coordinate is the expert).
+__device__ __forceinline__ void tma_g2s_3d(uint32_t dst, const TensorMap128* map, int c0, int c1, int c2,
+                                           uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+      "[%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+}
 
 // x rows [m0, m0 + rows) -> xs[k-tile][rows][64], each 128-byte row in the A
 // fragments' k order (16-byte chunk c = 2 s + h holds, for q' = 0..3, the pair
@@ -204,6 +213,61 @@ __global__ void stage_x_tiles_kernel(const GemmProblem p, const int m0, const in
   pdl_launch_dependents();  // the GEMM's pdl_wait still covers all of this grid
 }
 
+// Grouped problems (work in progress, testing.force(grouped_wgmma=True)): the token tiles, one warp
+// per tile through resolve_group_tile -- the same tiles, rows of no expert and clamping as the
+// K-split kernel's -- written once per call for every launch of the call to read.
+__global__ void grouped_ws_tiles_kernel(const GemmProblem p, const int bm, WsGroupTile* tiles, const int count) {
+  pdl_wait();  // the offsets come from the routing kernel just before
+  const int tile = static_cast<int>(blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5));
+  if (tile < count) {  // warp-uniform: resolve_group_tile shuffles across the warp
+    WsGroupTile t{};
+    resolve_group_tile(p, bm, tile, t.e, t.m0, t.m_end);
+    if ((threadIdx.x & 31) == 0) tiles[tile] = t;
+  }
+  pdl_launch_dependents();
+}
+
+// Grouped x staging: the rows of tiles [t0, t0 + count) -- x rows gathered through row_index --
+// to staged rows (tile - t0) * BM + r of xs[k-tile][count * BM][64], in stage_x_tiles_kernel's k
+// order and swizzle; r & 7 is the row's place in its swizzle atom because every tile starts at a
+// multiple of BM staged rows. Rows past a tile's end are not written (the GEMM copies only a
+// tile's rows).
+template <typename T, int BM>
+__global__ void stage_x_grouped_kernel(const GemmProblem p, const WsGroupTile* tiles, const int t0, const int count,
+                                       T* xs) {
+  pdl_wait();  // the tile table, and (chunks after the first) the previous GEMM still reading xs
+  const int ktiles = padded_k(p.K) / kTileK;
+  const int64_t rows_all = static_cast<int64_t>(count) * BM;
+  const int64_t chunks = static_cast<int64_t>(ktiles) * rows_all * 8;
+  const T* x = reinterpret_cast<const T*>(p.x);
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < chunks;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int c = static_cast<int>(idx & 7);
+    const int64_t row_of_all = idx >> 3;  // kt * rows_all + j * BM + r
+    const int rr = static_cast<int>(row_of_all % rows_all);
+    const int kt = static_cast<int>(row_of_all / rows_all);
+    const int r = rr % BM;
+    const WsGroupTile t = tiles[t0 + rr / BM];
+    if (t.e < 0 || t.m0 + r >= t.m_end) continue;
+    const int k0 = kTileK * kt + 4 * (c >> 1) + 2 * (c & 1);
+    const T* src = x + static_cast<int64_t>(x_row_of(p, t.m0 + r)) * p.x_row_stride;
+    uint32_t v[4];
+#pragma unroll
+    for (int qq = 0; qq < 4; ++qq) {
+      const int k = k0 + 16 * qq;
+      v[qq] = k < p.K ? *reinterpret_cast<const uint32_t*>(src + k) : 0u;
+    }
+    *reinterpret_cast<uint4*>(xs + row_of_all * 64 + 8 * (c ^ (r & 7))) = make_uint4(v[0], v[1], v[2], v[3]);
+  }
+  pdl_launch_dependents();
+}
+
+// This launch's token tiles of a grouped problem (kGrouped): unit m-block mb is tile t0 + mb.
+struct WsGroup {
+  const WsGroupTile* tiles;
+  int t0;
+};
+
 // Work unit u -> (m-block, n-block, K split), m fastest: the blocks running at
 // the same time share n-blocks, so a weight tile comes from DRAM once and the
 // other m-blocks find it in L2 (x is the smaller, re-read operand).
@@ -228,10 +292,16 @@ __device__ __forceinline__ WsUnit ws_unit(int u, int mblocks, int nblocks) {
 // and w + 8 -- twice the MMA work per stage wait and half the x bytes per weight
 // byte, for decode batches whose k-tiles ncu found waiting on the stage (the
 // 128-column block at M = 64: 646 cycles per k-tile against 212 of tensor time).
-template <typename T, int BM, int STAGES, bool kStreamK>
+// kGrouped (work in progress, testing.force(grouped_wgmma=True); one K split, no stream-K): p.x is
+// the staged x of this launch's grp tiles (stage_x_grouped_kernel), p.M their count x BM; a unit's
+// rows are its tile's ([m0, m_end) of out), its weights and scales its tile's expert's (wmap is 3-D:
+// [expert][column tile][ktiles x 128 words]); the units of tiles of no expert skip the k-loop and
+// store zeros. Its own instantiation, like kStreamK.
+template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
                                                                const int pdl_flags,
-                                                               const __grid_constant__ TensorMap128 wmap) {
+                                                               const __grid_constant__ TensorMap128 wmap,
+                                                               const WsGroup grp) {
 #if defined(AWQGEMM_NO_WGMMA)
   __trap();
 #else
@@ -289,24 +359,38 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     uint32_t phase = 0;
     // A stage's weight box (128 words = one tile's 512 bytes of k-tile kt, kNB column tiles from kNB nb)
     // and its (scale, zero) row(s).
-    auto copy_weights = [&](uint32_t st, uint32_t full, int kt, int nb, int nvalid) {
-      tma_g2s_2d(st + kWOff, &wmap, kt * kWordsPerTile, kNB * nb, full);
+    // kGrouped: expert e's box (third coordinate) and scale rows (sz: its scale_zero).
+    auto copy_weights = [&](uint32_t st, uint32_t full, int kt, int nb, int nvalid, int e,
+                            const unsigned char* sz) {
+      if constexpr (kGrouped) {
+        tma_g2s_3d(st + kWOff, &wmap, kt * kWordsPerTile, kNB * nb, e, full);
+      } else {
+        tma_g2s_2d(st + kWOff, &wmap, kt * kWordsPerTile, kNB * nb, full);
+      }
 #pragma unroll 1
       for (int r = 0; r < sz_rows; ++r) {
-        const int grp = (kt * kTileK + 32 * r) >> gshift;
-        bulk_g2s(st + kSzOff + kSzRow * r, szsrc + (static_cast<int64_t>(grp) * ntiles + kNB * nb) * 64, nvalid * 64,
-                 full);
+        const int g = (kt * kTileK + 32 * r) >> gshift;
+        bulk_g2s(st + kSzOff + kSzRow * r, sz + (static_cast<int64_t>(g) * ntiles + kNB * nb) * 64, nvalid * 64, full);
       }
     };
     auto produce = [&](const WsPiece& pc) {
       const WsUnit w = ws_unit(pc.unit, mblocks, nblocks);
       const int kt0 = w.split * per_split + pc.kt0;
-      const int n_k = max(0, min(ktiles, kt0 + pc.n_k) - kt0);
+      int n_k = max(0, min(ktiles, kt0 + pc.n_k) - kt0);
       // Scale rows past N (a TP shard's last n-block) and x rows past M are
       // not copied: they feed only outputs that are never stored. The weight
       // box is always whole (kNB x 512 bytes; rows past the last tile are zeros).
       const int nvalid = min(kNB, ntiles - kNB * w.nb);
-      const int rows = min(BM, p.M - w.mb * BM);
+      int rows = min(BM, p.M - w.mb * BM);
+      int e = 0;
+      const unsigned char* sz = szsrc;
+      if constexpr (kGrouped) {
+        const WsGroupTile t = grp.tiles[grp.t0 + w.mb];
+        e = t.e;
+        rows = min(BM, t.m_end - t.m0);
+        if (e < 0) n_k = 0;  // rows of no expert: the consumers store zeros
+        sz = szsrc + static_cast<int64_t>(max(e, 0)) * p.scale_zero_batch_stride * static_cast<int64_t>(sizeof(T));
+      }
       const uint32_t bytes = static_cast<uint32_t>(rows * 128 + kNB * 512 + sz_rows * nvalid * 64);
       const unsigned char* const xunit = xsrc + (static_cast<int64_t>(kt0) * p.M + w.mb * BM) * 128;
       const int64_t x_step = static_cast<int64_t>(p.M) * 128;  // bytes per k-tile
@@ -316,7 +400,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
         const uint32_t full = full0 + 8 * slot;
         const uint32_t st = base + slot * kStage;
         mbar_arrive_expect_tx(full, bytes);
-        copy_weights(st, full, kt0 + i, w.nb, nvalid);
+        copy_weights(st, full, kt0 + i, w.nb, nvalid, e, sz);
         bulk_g2s(st, xunit + i * x_step, rows * 128, full);
         const uint32_t wrap = slot + 1 == STAGES;
         slot = wrap ? 0 : slot + 1;
@@ -364,7 +448,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     constexpr int kRole = decltype(role_tag)::value;
     const WsUnit w = ws_unit(pc.unit, mblocks, nblocks);
     const int kt0 = w.split * per_split + pc.kt0;
-    const int n_k = max(0, min(ktiles, kt0 + pc.n_k) - kt0);
+    int n_k = max(0, min(ktiles, kt0 + pc.n_k) - kt0);
+    WsGroupTile tile{0, 0, 0, 0};  // kGrouped: this unit's rows of out
+    if constexpr (kGrouped) {
+      tile = grp.tiles[grp.t0 + w.mb];
+      if (tile.e < 0) n_k = 0;  // the producer skips it too; the epilogue stores the zeroed accumulators
+    }
     float acc[NTW][BM / 2];
 #pragma unroll
     for (int j = 0; j < NTW; ++j)
@@ -475,9 +564,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
           for (int h = 0; h < 2; ++h)
 #pragma unroll
             for (int t = 0; t < 2; ++t) {
-              const int m = w.mb * BM + 8 * c + 2 * q + t;
+              const int m = (kGrouped ? tile.m0 : w.mb * BM) + 8 * c + 2 * q + t;
               const int n = n0 + 8 * h;
-              if (m < p.M && n < p.N) {
+              if (m < (kGrouped ? tile.m_end : p.M) && n < p.N) {
                 const float v = acc[j][4 * c + 2 * h + t];
                 if (splits == 1) {
                   reinterpret_cast<T*>(p.out)[static_cast<size_t>(m) * p.out_row_stride + n] =

@@ -86,6 +86,22 @@ AWQGEMM_HD constexpr int ws_chunk_rows(int m, int k) {
   return fit >= m ? m : static_cast<int>(fit);
 }
 
+// Grouped (MoE) problems on v11.1 (work in progress: testing.force(grouped_wgmma=True)). A small
+// kernel lists the token tiles -- each inside one expert's rows, at most grouped_grid_rows(R, BM,
+// E) of them (problem.h) -- as WsGroupTile entries at the front of the workspace; x is staged per
+// tile at staged row tile * BM, so every tile starts on a swizzle atom row however the experts' rows
+// fall, and tiles go in chunks of at most kWgMaxStagedXBytes of staged x (ws_group_chunk_tiles).
+struct WsGroupTile {
+  int e, m0, m_end, unused;  // expert (-1: rows of no expert, stored as zeros), rows [m0, min(m0 + BM, m_end))
+};
+AWQGEMM_HD constexpr int ws_group_chunk_tiles(int bm, int k) {
+  const int64_t tile_bytes = static_cast<int64_t>(bm) * ((k + kTileK - 1) / kTileK * kTileK) * 2;
+  return static_cast<int>(kWgMaxStagedXBytes / tile_bytes);
+}
+AWQGEMM_HD constexpr int64_t ws_group_table_bytes(int tiles) {
+  return (static_cast<int64_t>(tiles) * static_cast<int64_t>(sizeof(WsGroupTile)) + 255) / 256 * 256;
+}
+
 // Stream-K tail of v11.1 (TileConfig::stream_k, chosen by plan_wgws). The
 // persistent grid walks whole work units round-robin while every CTA still
 // gets one; the remaining units % CTAs would run as a partial round with the

@@ -54,7 +54,8 @@ def force(
     its CUDA kernels (the reference the kernels are tested against).
 
     Work in progress behind this switch: ``grouped_wgmma`` runs grouped (MoE) GEMMs of more than 32 rows
-    per expert on the sm90 family's wgmma kernel (a 9.0 GPU) instead of the sm80 family's x-shared one."""
+    per expert on the sm90 family's warp-specialized wgmma kernel, v11.1 (a 9.0 GPU), instead of the sm80
+    family's x-shared one."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
         "grouped_wgmma": grouped_wgmma,
