@@ -52,7 +52,7 @@ def staged_x(x: torch.Tensor, ktiles: int) -> torch.Tensor:
     return out
 
 
-def producer_stage(qbytes, szbytes, xs, m_rows, ntiles, ktiles, gshift, bm, mb, nb, kt, ntw=1):
+def producer_stage(qbytes, szbytes, xs, m_rows, ntiles, ktiles, gshift, bm, mb, nb, kt, ntw=1, staged_rows=None):
     """One stage as the producer thread fills it (v11.1): the weight box of the tensor map over the
     packed weight seen as [ntiles rows][ktiles * 128 uint32] at (column kt * 128, row 8 nb), 8 rows x
     512 bytes, i.e. row j from byte ((8 nb + j) * ktiles + kt) * 512, rows past the last tile (j >=
@@ -60,7 +60,8 @@ def producer_stage(qbytes, szbytes, xs, m_rows, ntiles, ktiles, gshift, bm, mb, 
     are 32): nvalid * 64 bytes of row ((kt * 64 + 32 r) >> gshift) from byte (grp * ntiles + 8 nb) * 64;
     rows * 128 bytes of x from element (kt * M + mb * BM) * 64. What is not copied keeps stale contents
     (NaN / 0xEE here). Returns the stage and the bytes the copies complete, which the kernel's
-    expect_tx must announce. ntw = 2 (the wide variant): 16-row box and 1024-byte (scale, zero) rows."""
+    expect_tx must announce. ntw = 2 (the wide variant): 16-row box and 1024-byte (scale, zero) rows.
+    staged_rows (grouped problems): rows of a staged k-tile when it is not m_rows (the launch's tiles x BM)."""
     nbt = 8 * ntw  # column tiles per block (kNB)
     nvalid = min(nbt, ntiles - nbt * nb)
     rows = min(bm, m_rows - mb * bm)
@@ -75,7 +76,7 @@ def producer_stage(qbytes, szbytes, xs, m_rows, ntiles, ktiles, gshift, bm, mb, 
         src = (grp * ntiles + nbt * nb) * 64
         sz[nbt * 64 * r : nbt * 64 * r + nvalid * 64] = szbytes[src : src + nvalid * 64]
     xt = torch.full((bm * 64,), float("nan"), dtype=torch.float64)
-    src = (kt * m_rows + mb * bm) * 64
+    src = (kt * (staged_rows or m_rows) + mb * bm) * 64
     xt[: rows * 64] = xs[src : src + rows * 64]
     copied = rows * 128 + nbt * 512 + (2 if gshift == 5 else 1) * nvalid * 64
     return w, sz, xt, copied
@@ -196,3 +197,105 @@ def test_stage_rows_sit_in_their_swizzle_atom():
                     qq, t, half = (jl % 8) // 2, jl % 2, jl // 8
                     want = x[mb * bm + r, 16 * qq + 4 * s + 2 * half + t].item()
                     assert wgmma_reads(tile, s, r, jl) == want, (mb, r, s, jl)
+
+
+def group_tiles(offsets: list[int], m_rows: int, bm: int) -> list[tuple[int, int, int]]:
+    """resolve_group_tile (gemm_tile.cuh) for every tile grouped_ws_tiles_kernel lists: each expert's
+    clamped rows in ceil(rows / bm) tiles, then the rows of no expert (offsets[E] .. M) as e = -1, up to
+    grouped_grid_rows(M, bm, E) = ceil(M / bm) + min(E, M) entries (the rest empty: m0 >= m_end)."""
+    num = len(offsets) - 1
+    tiles, prev = [], 0
+    for e in range(num):
+        lo = min(max(offsets[e], 0), m_rows)
+        hi = min(max(offsets[e + 1], lo), m_rows)
+        tiles += [(e, lo + j * bm, hi) for j in range(-(-(hi - lo) // bm))]
+        prev = hi
+    start = max(prev, min(max(offsets[num], 0), m_rows))
+    count = -(-m_rows // bm) + min(num, m_rows)
+    tiles += [(-1, start + j * bm, m_rows) for j in range(count - len(tiles))]
+    assert len(tiles) == count, "more tiles than grouped_grid_rows"
+    return tiles
+
+
+def staged_x_grouped(x, row_index, tiles, t0, count, bm, ktiles):
+    """stage_x_grouped_kernel: rows r < m_end - m0 of tiles t0 .. t0 + count - 1 of an expert, x row
+    row_index[m0 + r], to staged row (t - t0) * bm + r of [ktiles][count * bm][64], swizzled by r & 7
+    (the row within its tile). Other rows stay holes (NaN)."""
+    k_dim = x.shape[1]
+    rows_all = count * bm
+    out = torch.full((ktiles * rows_all * 64,), float("nan"), dtype=torch.float64)
+    for j in range(count):
+        e, m0, m_end = tiles[t0 + j]
+        if e < 0:
+            continue
+        for r in range(min(bm, m_end - m0)):
+            src = x[row_index[m0 + r]]
+            for kt in range(ktiles):
+                for c in range(8):
+                    k0 = TILE_K * kt + 4 * (c >> 1) + 2 * (c & 1)
+                    dst = (kt * rows_all + j * bm + r) * 64 + 8 * (c ^ (r & 7))
+                    for qq in range(4):
+                        for t in range(2):
+                            k = k0 + 16 * qq + t
+                            out[dst + 2 * qq + t] = src[k].item() if k < k_dim else 0.0
+    return out
+
+
+@pytest.mark.parametrize("bm,ntw,chunk", [(16, 1, 3), (8, 2, 100)])
+def test_grouped_model_matches_each_expert(bm, ntw, chunk):
+    """Grouped v11.1 (work in progress: launch_ws_grouped): the tile table, per-tile staging in chunks of
+    `chunk` tiles, the producer's expert box (the 3-D map's third coordinate: expert e's packed bytes)
+    and scale rows, the consumers' rows [m0, m_end) and the zeros of tiles of no expert, against
+    x[row_index] @ W_e per expert. Experts: one of 21 rows (tiles 16 + 5 at BM 16), an empty one, one of
+    3 rows, then rows of no expert."""
+    torch.manual_seed(bm + ntw)
+    group, k_dim, dtype = 64, 2 * 64, torch.float16
+    n_dim = 8 * 16 * ntw + 24  # a second, partial block
+    offsets, m_rows = [0, 21, 21, 24], 30
+    x = torch.randn(11, k_dim).to(dtype)
+    row_index = torch.randint(0, 11, (m_rows,)).tolist()
+    experts = []
+    for _ in range(3):
+        q = torch.randint(0, 16, (k_dim, n_dim), dtype=torch.uint8)
+        z = torch.randint(0, 16, (k_dim // group, n_dim), dtype=torch.uint8)
+        scales = ((torch.rand(k_dim // group, n_dim) + 0.5) / 16).to(dtype)
+        experts.append((q, z, scales))
+    packed = [
+        (
+            _layout.pack_qweight(q, _layout.LAYOUT_TC16X64).contiguous().view(torch.uint8).flatten(),
+            _layout.pack_scale_zero(sc, z, k_dim, group).contiguous().view(torch.uint8).flatten(),
+        )
+        for q, z, sc in experts
+    ]
+    ktiles, ntiles, nbt, gshift = k_dim // TILE_K, (n_dim + 15) // 16, 8 * ntw, group.bit_length() - 1
+    nblocks = (ntiles + nbt - 1) // nbt
+    tiles = group_tiles(offsets, m_rows, bm)
+    out = torch.full((m_rows, n_dim), float("nan"), dtype=torch.float64)
+    for t0 in range(0, len(tiles), chunk):  # launch_ws_grouped's chunks
+        count = min(chunk, len(tiles) - t0)
+        xs = staged_x_grouped(x.to(torch.float64), row_index, tiles, t0, count, bm, ktiles)
+        for u in range(nblocks * count):  # ws_unit: m fastest
+            mb, nb = u % count, u // count
+            e, m0, m_end = tiles[t0 + mb]
+            acc = torch.zeros(16 * nbt, bm, dtype=torch.float64)
+            for kt in range(ktiles if e >= 0 else 0):  # units of no expert skip the k-loop on both sides
+                qb, szb = packed[e]
+                rows = min(bm, m_end - m0)  # the producer's rows: staged_rows is count * bm
+                w, sz, xt, copied = producer_stage(
+                    qb, szb, xs, mb * bm + rows, ntiles, ktiles, gshift, bm, mb, nb, kt, ntw, staged_rows=count * bm
+                )
+                assert copied == rows * 128 + nbt * 512 + min(nbt, ntiles - nbt * nb) * 64
+                acc += torch.einsum("nsj,sjm->nm", consumer_a(w, sz, gshift, dtype, ntw), consumer_b(xt, bm))
+            for n_local in range(16 * nbt):
+                n = nb * 16 * nbt + n_local
+                for m_local in range(bm):
+                    m = m0 + m_local
+                    if m < m_end and n < n_dim:
+                        out[m, n] = acc[n_local, m_local]
+    assert torch.isfinite(out).all(), "a row was never stored, or read a hole"
+    for e, (q, z, sc) in enumerate(experts):
+        lo, hi = offsets[e], offsets[e + 1]
+        wq = (q.double() - z.double().repeat_interleave(group, 0)).to(dtype) * sc.repeat_interleave(group, 0)
+        ref = x[row_index[lo:hi]].double() @ wq.double()
+        assert torch.allclose(out[lo:hi], ref, rtol=1e-9, atol=1e-9), (e, (out[lo:hi] - ref).abs().max())
+    assert (out[offsets[-1] :] == 0).all(), "rows of no expert must be zero"
