@@ -91,7 +91,7 @@ AWQGEMM_HD constexpr int ws_chunk_rows(int m, int k) {
 // E) of them (problem.h) -- as WsGroupTile entries at the front of the workspace; x is staged per
 // tile at staged row tile * BM, so every tile starts on a swizzle atom row however the experts' rows
 // fall, and tiles go in chunks of at most kWgMaxStagedXBytes of staged x (ws_group_chunk_tiles).
-struct WsGroupTile {
+struct alignas(16) WsGroupTile {
   int e, m0, m_end, unused;  // expert (-1: rows of no expert, stored as zeros), rows [m0, min(m0 + BM, m_end))
 };
 AWQGEMM_HD constexpr int ws_group_chunk_tiles(int bm, int k) {
