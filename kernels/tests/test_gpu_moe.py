@@ -475,7 +475,8 @@ def test_sanitizer_subset_grouped_wgmma():
 
 def test_sanitizer_subset_moe_routing_kernels():
     """fused_moe's routing / silu-mul / combine kernels (vectorized and scalar widths), and the routing
-    kernel over several tiles with garbage ids and an expert map, for compute-sanitizer memcheck."""
+    kernels over 2,100 pairs (the counting launch and three sorting blocks) with garbage ids and an expert
+    map, for compute-sanitizer memcheck."""
     skip_unless("auto")
     run_case("auto", torch.float16, 64, 7, num=5, hidden=1024, inter=128, top_k=2, seed=3, zero=(2,), kernels=True)
     run_case("auto", torch.bfloat16, 32, 40, num=3, hidden=96 * 2, inter=64, top_k=3, seed=4, zero=(), kernels=True)
