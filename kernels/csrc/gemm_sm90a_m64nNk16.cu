@@ -406,8 +406,7 @@ cudaError_t launch_ws_grouped(const GemmProblem& p, const TileConfig& cfg, cudaS
   const int ktiles = padded_k(p.K) / kTileK;
   for (int t0 = 0; t0 < tiles; t0 += per_launch) {
     const int count = std::min(per_launch, tiles - t0);
-    const int64_t chunks = static_cast<int64_t>(count) * BM * ktiles * 8;
-    const int blocks = static_cast<int>(std::min<int64_t>((chunks + kThreads - 1) / kThreads, 65535));
+    const int blocks = std::min(ceil_div(count * BM * 8, kThreads), 65535);  // a thread per row chunk, all k-tiles
     err = launch_maybe_pdl(stage_x_grouped_kernel<T, BM>, dim3(blocks), dim3(kThreads), 0, pdl, stream, p,
                            static_cast<const WsGroupTile*>(table), t0, count, xs);
     if (err != cudaSuccess) return err;

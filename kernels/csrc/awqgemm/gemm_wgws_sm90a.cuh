@@ -231,33 +231,35 @@ __global__ void grouped_ws_tiles_kernel(const GemmProblem p, const int bm, WsGro
 // to staged rows (tile - t0) * BM + r of xs[k-tile][count * BM][64], in stage_x_tiles_kernel's k
 // order and swizzle; r & 7 is the row's place in its swizzle atom because every tile starts at a
 // multiple of BM staged rows. Rows past a tile's end are not written (the GEMM copies only a
-// tile's rows).
+// tile's rows). One thread per (staged row, 16-byte chunk) walks the k-tiles, so the tile entry and
+// the gathered row are looked up once per row, not once per k-tile, and consecutive threads still
+// write consecutive chunks of one k-tile.
 template <typename T, int BM>
 __global__ void stage_x_grouped_kernel(const GemmProblem p, const WsGroupTile* tiles, const int t0, const int count,
                                        T* xs) {
   pdl_wait();  // the tile table, and (chunks after the first) the previous GEMM still reading xs
   const int ktiles = padded_k(p.K) / kTileK;
-  const int64_t rows_all = static_cast<int64_t>(count) * BM;
-  const int64_t chunks = static_cast<int64_t>(ktiles) * rows_all * 8;
+  const int rows_all = count * BM;  // <= kWgMaxStagedXBytes / 128: an int
   const T* x = reinterpret_cast<const T*>(p.x);
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < chunks;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int c = static_cast<int>(idx & 7);
-    const int64_t row_of_all = idx >> 3;  // kt * rows_all + j * BM + r
-    const int rr = static_cast<int>(row_of_all % rows_all);
-    const int kt = static_cast<int>(row_of_all / rows_all);
+  for (int idx = blockIdx.x * blockDim.x + threadIdx.x; idx < rows_all * 8; idx += gridDim.x * blockDim.x) {
+    const int c = idx & 7;
+    const int rr = idx >> 3;  // j * BM + r
     const int r = rr % BM;
     const WsGroupTile t = tiles[t0 + rr / BM];
     if (t.e < 0 || t.m0 + r >= t.m_end) continue;
-    const int k0 = kTileK * kt + 4 * (c >> 1) + 2 * (c & 1);
-    const T* src = x + static_cast<int64_t>(x_row_of(p, t.m0 + r)) * p.x_row_stride;
-    uint32_t v[4];
+    const int k_in_tile = 4 * (c >> 1) + 2 * (c & 1);
+    const T* src = x + static_cast<int64_t>(x_row_of(p, t.m0 + r)) * p.x_row_stride + k_in_tile;
+    T* dst = xs + static_cast<int64_t>(rr) * 64 + 8 * (c ^ (r & 7));
+#pragma unroll 2
+    for (int kt = 0; kt < ktiles; ++kt) {
+      const int k0 = kTileK * kt + k_in_tile;
+      uint32_t v[4];
 #pragma unroll
-    for (int qq = 0; qq < 4; ++qq) {
-      const int k = k0 + 16 * qq;
-      v[qq] = k < p.K ? *reinterpret_cast<const uint32_t*>(src + k) : 0u;
+      for (int qq = 0; qq < 4; ++qq) {
+        v[qq] = k0 + 16 * qq < p.K ? *reinterpret_cast<const uint32_t*>(src + kTileK * kt + 16 * qq) : 0u;
+      }
+      *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(kt) * rows_all * 64) = make_uint4(v[0], v[1], v[2], v[3]);
     }
-    *reinterpret_cast<uint4*>(xs + row_of_all * 64 + 8 * (c ^ (r & 7))) = make_uint4(v[0], v[1], v[2], v[3]);
   }
   pdl_launch_dependents();
 }
