@@ -250,15 +250,26 @@ __global__ void stage_x_grouped_kernel(const GemmProblem p, const WsGroupTile* t
     const int k_in_tile = 4 * (c >> 1) + 2 * (c & 1);
     const T* src = x + static_cast<int64_t>(x_row_of(p, t.m0 + r)) * p.x_row_stride + k_in_tile;
     T* dst = xs + static_cast<int64_t>(rr) * 64 + 8 * (c ^ (r & 7));
-#pragma unroll 2
-    for (int kt = 0; kt < ktiles; ++kt) {
-      const int k0 = kTileK * kt + k_in_tile;
-      uint32_t v[4];
+    // Four k-tiles' loads before their stores: the compiler may not move a load of x above a store
+    // to xs (it cannot tell they do not alias), so a plain loop would wait out one round trip per k-tile.
+    constexpr int kBatch = 4;
+    for (int kt0 = 0; kt0 < ktiles; kt0 += kBatch) {
+      uint32_t v[kBatch][4];
 #pragma unroll
-      for (int qq = 0; qq < 4; ++qq) {
-        v[qq] = k0 + 16 * qq < p.K ? *reinterpret_cast<const uint32_t*>(src + kTileK * kt + 16 * qq) : 0u;
+      for (int b = 0; b < kBatch; ++b) {
+#pragma unroll
+        for (int qq = 0; qq < 4; ++qq) {
+          const int k = kTileK * (kt0 + b) + 16 * qq;  // + k_in_tile: src starts there
+          v[b][qq] = k + k_in_tile < p.K ? *reinterpret_cast<const uint32_t*>(src + k) : 0u;
+        }
       }
-      *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(kt) * rows_all * 64) = make_uint4(v[0], v[1], v[2], v[3]);
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        if (kt0 + b < ktiles) {
+          *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(kt0 + b) * rows_all * 64) =
+              make_uint4(v[b][0], v[b][1], v[b][2], v[b][3]);
+        }
+      }
     }
   }
   pdl_launch_dependents();
