@@ -98,8 +98,7 @@ int64_t fused_workspace_bytes(const Plan& plan, int M, int N, int K, int sms) {
 int64_t grouped_workspace_bytes(const Plan& plan, int R, int E, int N, int K) {
   if (plan.tile.kind != KernelKind::kWgmmaWs) return fused_workspace_bytes(plan, R, N, K, /*sms: no stream-K*/ 0);
   const int bm = 8 * plan.tile.mt;
-  const int tiles = grouped_grid_rows(R, bm, E);
-  return ws_group_table_bytes(tiles) + wg_staged_x_bytes(std::min(tiles, ws_group_chunk_tiles(bm, K)) * bm, K);
+  return ws_group_workspace_bytes(grouped_grid_rows(R, bm, E), bm, K);
 }
 
 int dense_chunk_columns(int N, int K, int dtype_bytes) {

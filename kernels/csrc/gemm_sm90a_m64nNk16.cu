@@ -389,9 +389,9 @@ cudaError_t launch_ws_grouped(const GemmProblem& p, const TileConfig& cfg, cudaS
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
   const int tiles = grouped_grid_rows(p.M, BM, p.num_batches);
+  if (ws_group_workspace_bytes(tiles, BM, p.K) > p.workspace_bytes) return cudaErrorInvalidValue;
   const int per_launch = std::min(tiles, chunk_tiles);
   const int64_t table_bytes = ws_group_table_bytes(tiles);
-  if (table_bytes + wg_staged_x_bytes(per_launch * BM, p.K) > p.workspace_bytes) return cudaErrorInvalidValue;
   TensorMap128 wmap{};
   err = weight_tensor_map(p, &wmap, kWgNT * NTW);
   if (err != cudaSuccess) return err;

@@ -173,6 +173,10 @@ __device__ __forceinline__ void tma_g2s_3d(uint32_t dst, const TensorMap128* map
       : "memory");
 }
 
+// The first actual k (within its 64-k tile) of staged 16-byte chunk c: the pair 16 q' later is the
+// chunk's q'-th (both staging kernels).
+__device__ __forceinline__ int staged_chunk_k(int c) { return 4 * (c >> 1) + 2 * (c & 1); }
+
 // x rows [m0, m0 + rows) -> xs[k-tile][rows][64], each 128-byte row in the A
 // fragments' k order (16-byte chunk c = 2 s + h holds, for q' = 0..3, the pair
 // at actual k 16 q' + 4 s + 2 h + {0, 1}, which the A fragment of step s reads as
@@ -200,7 +204,7 @@ __global__ void stage_x_tiles_kernel(const GemmProblem p, const int m0, const in
     const int64_t row_of_all = idx >> 3;  // kt * rows + r
     const int r = static_cast<int>(row_of_all % rows);
     const int kt = static_cast<int>(row_of_all / rows);
-    const int k0 = kTileK * kt + 4 * (c >> 1) + 2 * (c & 1);
+    const int k0 = kTileK * kt + staged_chunk_k(c);
     const T* src = x + static_cast<int64_t>(m0 + r) * p.x_row_stride;
     uint32_t v[4];
 #pragma unroll
@@ -247,7 +251,7 @@ __global__ void stage_x_grouped_kernel(const GemmProblem p, const WsGroupTile* t
     const int r = rr % BM;
     const WsGroupTile t = tiles[t0 + rr / BM];
     if (t.e < 0 || t.m0 + r >= t.m_end) continue;
-    const int k_in_tile = 4 * (c >> 1) + 2 * (c & 1);
+    const int k_in_tile = staged_chunk_k(c);
     const T* src = x + static_cast<int64_t>(x_row_of(p, t.m0 + r)) * p.x_row_stride + k_in_tile;
     T* dst = xs + static_cast<int64_t>(rr) * 64 + 8 * (c ^ (r & 7));
     // Four k-tiles' loads before their stores: the compiler may not move a load of x above a store

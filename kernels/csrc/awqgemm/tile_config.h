@@ -101,6 +101,11 @@ AWQGEMM_HD constexpr int ws_group_chunk_tiles(int bm, int k) {
 AWQGEMM_HD constexpr int64_t ws_group_table_bytes(int tiles) {
   return (static_cast<int64_t>(tiles) * static_cast<int64_t>(sizeof(WsGroupTile)) + 255) / 256 * 256;
 }
+// Its workspace: the table of `tiles` entries, then one launch's staged x (at most a chunk of tiles).
+AWQGEMM_HD constexpr int64_t ws_group_workspace_bytes(int tiles, int bm, int k) {
+  const int per_launch = tiles < ws_group_chunk_tiles(bm, k) ? tiles : ws_group_chunk_tiles(bm, k);
+  return ws_group_table_bytes(tiles) + wg_staged_x_bytes(per_launch * bm, k);
+}
 
 // Stream-K tail of v11.1 (TileConfig::stream_k, chosen by plan_wgws). The
 // persistent grid walks whole work units round-robin while every CTA still
