@@ -166,9 +166,8 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 # --wip: the work-in-progress switches (awqgemm.testing.force) each variant turns on.
-WIP_VARIANTS = {
-    "wip_wg": ("grouped_wgmma",),  # grouped v11.1 takes effect on a 9.0 GPU only
-}
+# None today: grouped_wgmma (grouped v11.1) became the default on 2026-11-29.
+WIP_VARIANTS: dict[str, tuple[str, ...]] = {}
 
 
 def route_only(ti, tw, num, dry):

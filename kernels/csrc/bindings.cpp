@@ -214,10 +214,10 @@ NB_MODULE(_C, m) {
 
   m.def(
       "plan_grouped",
-      [](int family, int dtype, int R, int E, int N, int K, int device, bool wgmma) {
+      [](int family, int dtype, int R, int E, int N, int K, int device) {
         if (R < 1 || E < 1 || N < 1 || K < 1) throw nb::value_error("awqgemm: R, E, N and K must be positive");
         const Family f = resolve(family, dtype, device);
-        const Plan plan = make_grouped_plan(f, device_info(device), R, E, N, K, wgmma);
+        const Plan plan = make_grouped_plan(f, device_info(device), R, E, N, K);
         if (grouped_grid_rows(R, 8 * plan.tile.mt, E) > 65535) {
           throw nb::value_error(("awqgemm: grouped GEMM of " + std::to_string(R) + " rows over " + std::to_string(E) +
                                  " experts needs more than 65535 grid rows; split the batch")
@@ -227,9 +227,8 @@ NB_MODULE(_C, m) {
                                plan.workspace_bytes);
       },
       nb::arg("family"), nb::arg("dtype"), nb::arg("R"), nb::arg("E"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
-      nb::arg("wgmma") = false,
       "(plan code, family, packed layout it reads, workspace_bytes) for a grouped (MoE) problem of R rows over E "
-      "experts; wgmma: the wgmma kernel (sm90) for large experts (work in progress, a test switch).");
+      "experts.");
 
   m.def(
       "gemm_grouped",

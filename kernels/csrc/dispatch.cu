@@ -598,15 +598,15 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   return plan;
 }
 
-// Grouped problems run the K-split kernel on every family, and the x-shared one
-// for large experts on sm80 (sm90 hands them to sm80's: same packed layout; v11.1
-// only behind its test switch). A block's token tile never straddles two
+// Grouped problems run the K-split kernel on every family; large experts run
+// v11.1 on sm90 and the x-shared kernel on sm80 (sm90 hands the K-split ones to
+// sm80's kernel: same packed layout). A block's token tile never straddles two
 // experts, so the tile height follows the rows per active expert (R / min(E, R)),
 // not R: decode's handful of rows per expert gets 8-row tiles. No dense path:
 // it would dequantize all E experts (E x N x K) or need each expert's row count
 // on the host (a sync). Split-K partials are [splits][R][N] fp32, capped like
 // the wgmma plan's.
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma) {
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -618,14 +618,13 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   const auto row_blocks = [&](int mt) { return std::max(active, ceil_div(R, 8 * mt)); };
   const int rows_per_expert = ceil_div(R, active);
   const int ws_bm = rows_per_expert <= 64 ? 64 : 128;
-  if (wgmma && family == Family::kSm90 && rows_per_expert > 32 && ws_group_chunk_tiles(ws_bm, K) >= 1) {
-    // Work in progress (testing.force(grouped_wgmma=True), not yet run on a GPU): v11.1 over token
-    // tiles of one expert each (launch_ws_grouped), 64 tokens up to 64 rows per expert, 128 above; one
-    // K split (a prefill-sized problem has units for every SM). Its base, the dense v11.1 kernel, runs
-    // at 1.08-1.1x cuBLAS from M = 256 on (h200-2026-11-29-peers2), where the sm80 x-shared kernel
-    // these experts get by default ran Qwen3-30B-A3B's two GEMMs at T = 4096 in 1,398 us for a 391 us
-    // MMA floor (moe-h200-20261129-0005). The v9 kernel it replaces measured 0.87x the x-shared
-    // kernel on Mixtral at T = 4096 but 1.02-1.11x at 256 rows per expert and below.
+  if (family == Family::kSm90 && rows_per_expert > 32 && ws_group_chunk_tiles(ws_bm, K) >= 1) {
+    // v11.1 over token tiles of one expert each (launch_ws_grouped), 64 tokens up to 64 rows per
+    // expert, 128 above; one K split (a prefill-sized problem has units for every SM). H200, whole
+    // layer with Marlin MoE in the same process (moe-h200-20261129-0315), against the sm80 x-shared
+    // kernel these experts ran before: Qwen3-30B-A3B T = 1024 523 -> 416 us, T = 4096 1,500 -> 1,021
+    // (Marlin MoE 504 / 1,457); Mixtral T = 256 993 -> 642, T = 4096 11,760 -> 6,138 (Marlin MoE
+    // 867 / 10,670); at 32 rows per expert and below (Qwen3 T <= 512) the K-split plans stay.
     plan.family = Family::kSm90;
     t.kind = KernelKind::kWgmmaWs;
     t.mt = ws_bm / 8;

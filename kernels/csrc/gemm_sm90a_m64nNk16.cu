@@ -9,8 +9,8 @@
 // v9 (gemm_wg_kernel below): every thread both copies (one cp.async ring) and
 //   computes. Dense problems take it only where x is too long to stage
 //   (K > 65536).
-// Grouped (MoE) problems run v11.1 over token tiles of one expert each (work in
-// progress, testing.force(grouped_wgmma=True): launch_ws_grouped).
+// Grouped (MoE) problems of more than 32 rows per expert run v11.1 over token
+// tiles of one expert each (launch_ws_grouped).
 //
 // v9's block: 2 warpgroups x 64 output columns n = 128 n, BM tokens (the wgmma's N).
 //   A = weights, dequantized by each lane from packed layout 1 straight into
@@ -360,7 +360,7 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   return cudaSuccess;
 }
 
-// Grouped (MoE) problems on v11.1 (work in progress, testing.force(grouped_wgmma=True)): the tile
+// Grouped (MoE) problems on v11.1: the tile
 // table (grouped_ws_tiles_kernel) at the front of the workspace, then per chunk of tiles the grouped
 // staging kernel and the persistent kernel over (tile, n-block) units. One K split, no bias (MoE
 // experts have none), no stream-K. Under PDL each kernel waits for the one before it, as in

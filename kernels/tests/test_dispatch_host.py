@@ -79,16 +79,13 @@ def test_families_run_only_where_they_can(plans):
         assert p["family"] <= p["cap"], p
         if p["family"] == 90:
             assert p["cap"] == 90 and p["fam"] == 90, p  # sm_90a code only on 9.0
-        if p["problem"] in ("G", "W"):
+        if p["problem"] == "G":
             per_expert = -(-p["M"] // min(p["a"], p["M"]))
             assert p["flags"] & 1 == 0, p  # grouped problems never take the dense path (E x N x K)
             # Grid rows (grouped_grid_rows in problem.h) within CUDA's 65535 for every R of the grid.
             assert -(-p["M"] // (8 * p["mt"])) + min(p["a"], p["M"]) <= 65535, p
-        if p["problem"] == "G":
-            assert p["family"] != 90, p  # sm90 hands these to sm80's kernels (same packed layout)
-            # The x-shared kernel for experts of > 32 rows on the sm80 family, else the K-split kernel.
-            assert p["kind"] == (1 if p["family"] == 80 and per_expert > 32 else 0), p
-        if p["problem"] == "W":  # the wgmma switch (work in progress): sm90, experts of > 32 rows
+            # Experts of > 32 rows: v11.1 on the sm90 family, the x-shared kernel on sm80; the K-split
+            # kernel otherwise (sm90 hands those to sm80's kernel: same packed layout).
             wg = p["fam"] == 90 and per_expert > 32
             assert (p["family"] == 90) == wg, p
             assert p["kind"] == (4 if wg else 1 if p["family"] == 80 and per_expert > 32 else 0), p
@@ -101,7 +98,7 @@ def test_families_run_only_where_they_can(plans):
                 tiles = -(-p["M"] // bm) + min(p["a"], p["M"])
                 staged = min(tiles, (32 << 20) // (bm * kpad * 2)) * bm * kpad * 2
                 assert p["ws"] == -(-tiles * 16 // 256) * 256 + -(-staged // 256) * 256, p
-    wg = {p["mt"] for p in plans if p["problem"] == "W" and p["kind"] == 4}
+    wg = {p["mt"] for p in plans if p["problem"] == "G" and p["kind"] == 4}
     assert wg == {8, 16}, wg  # both tiles
 
 
@@ -159,7 +156,7 @@ def test_one_warp_blocks_for_short_grouped_decode(plans):
     one = [p for p in plans if p["kind"] == 0 and p["kwarps"] == 1 and not p["flags"] & 1]
     assert one, "no plan takes one-warp blocks"
     for p in one:
-        assert p["problem"] in ("G", "W") and p["family"] == 80 and p["nt"] in (2, 4), p
+        assert p["problem"] == "G" and p["family"] == 80 and p["nt"] in (2, 4), p
         assert p["mt"] in (1, 2) or (p["mt"], p["nt"]) == (4, 4), p  # launch.h's one-warp instantiations
         assert p["K"] <= 2048 and p["splits"] == 1, p
     g = {(p["a"], p["K"], p["N"], p["M"]): p["kwarps"] for p in plans if p["problem"] == "G" and p["cap"] == 90}

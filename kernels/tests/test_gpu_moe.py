@@ -16,7 +16,6 @@ from awqgemm.testing import random_awq
 from conftest import has_gpu
 
 pytestmark = pytest.mark.gpu
-GROUPED_WG = pytest.mark.wip("grouped_wgmma")  # grouped v11.1 (the sm90 family's warp-specialized kernel)
 
 CASES = [("sm70", torch.float16), ("sm75", torch.float16), ("sm80", torch.float16), ("sm80", torch.bfloat16)]
 CASES += [("auto", torch.float16), ("auto", torch.bfloat16)]
@@ -88,11 +87,10 @@ def run_case(
     seed=0,
     zero=(1, 6),
     kernels=True,
-    wg=False,
 ):
     ck13 = experts(num, hidden, 2 * inter, group, dtype, seed)
     ck2 = experts(num, inter, hidden, group, dtype, seed + 50)
-    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels, grouped_wgmma=wg):
+    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels):
         w13 = awqgemm.pack_awq_experts(*ck13, group)
         w2 = awqgemm.pack_awq_experts(*ck2, group)
         x = torch.randn(tokens, hidden, dtype=dtype, device="cuda")
@@ -134,11 +132,11 @@ def test_one_warp_grouped_blocks(dtype, group):
 
 @pytest.mark.parametrize("tokens", [37, 300, 1000])
 @pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize(("family", "dtype"), [c for c in CASES if c[0] in ("sm80", "auto")])
+@pytest.mark.parametrize(("family", "dtype"), [c for c in CASES if c[0] == "sm80"])
 def test_grouped_xshared(family, dtype, group, tokens):
-    """Experts of more than 32 rows on the sm80 x-shared kernel, against fp64, with zero-token experts,
-    and a long-K case for its split-K partials; the plan really is the x-shared kernel. (At T = 37 both
-    cases have 9-19 rows per expert and stay on the K-split kernel.)"""
+    """Experts of more than 32 rows on the sm80 x-shared kernel (forced: a 9.0 GPU runs them on v11.1),
+    against fp64, with zero-token experts, and a long-K case for its split-K partials; the plan really is
+    the x-shared kernel. (At T = 37 both cases have 9-19 rows per expert and stay on the K-split kernel.)"""
     skip_unless(family)
     err = run_case(family, dtype, group, tokens)
     run_case(family, dtype, group, tokens, num=4, hidden=4096, inter=256, seed=tokens, zero=())
@@ -181,30 +179,27 @@ def test_sanitizer_subset_tall_tiles():
     run_case("auto", torch.bfloat16, 64, 37, num=8, top_k=2)
 
 
-@GROUPED_WG
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_grouped_wgmma(dtype, group):
-    """Work in progress (testing.force(grouped_wgmma=True)): experts of more than 32 rows on grouped v11.1
-    (tile table, x gathered into per-tile staging, 3-D weight map), against fp64: 128-token tiles (~67
-    and ~330 rows per expert), 64-token tiles (~50: hidden 4096, a long K), 40 experts, K and N tails
-    (g32), zero-token experts and a sub-32-row case that stays on the K-split kernel; the plans really
-    are those."""
+    """Experts of more than 32 rows on grouped v11.1, the sm90 family's default for them (tile table, x
+    gathered into per-tile staging, 3-D weight map), against fp64: 128-token tiles (~67 and ~330 rows per
+    expert), 64-token tiles (~50: hidden 4096, a long K), 40 experts, K and N tails (g32), zero-token
+    experts and a sub-32-row case that stays on the K-split kernel; the plans really are those."""
     skip_unless_sm90()
     worst = 0.0
     for tokens in (200, 1000, 9):
-        worst = max(worst, run_case("auto", dtype, group, tokens, wg=True))
-    worst = max(worst, run_case("auto", dtype, group, 100, num=4, hidden=4096, inter=256, seed=7, zero=(), wg=True))
+        worst = max(worst, run_case("auto", dtype, group, tokens))
+    worst = max(worst, run_case("auto", dtype, group, 100, num=4, hidden=4096, inter=256, seed=7, zero=()))
     # 40 experts: the offsets scan over two chunks of 32 (resolve_group_tile), ~50 rows each.
-    worst = max(worst, run_case("auto", dtype, group, 1000, num=40, seed=9, zero=(5, 33), wg=True))
+    worst = max(worst, run_case("auto", dtype, group, 1000, num=40, seed=9, zero=(5, 33)))
     if group == 32:  # hidden 288: K % 64 == 32 (gate_up's half last k-tile), N % 128 == 32 (down's column tail)
-        worst = max(worst, run_case("auto", dtype, group, 300, hidden=288, seed=11, wg=True))
+        worst = max(worst, run_case("auto", dtype, group, 300, hidden=288, seed=11))
     print(f"moe wgmma {dtype} g={group}: worst rel err {worst:.2e}")
-    with awqgemm.testing.force(grouped_wgmma=True):
-        p64 = grouped_plan_info(360, 6, 256, 256, dtype)
-        p128 = grouped_plan_info(400, 6, 256, 256, dtype)
-        long_k = grouped_plan_info(200, 4, 512, 4096, dtype)
-        small = grouped_plan_info(18, 6, 256, 256, dtype)
+    p64 = grouped_plan_info(360, 6, 256, 256, dtype)
+    p128 = grouped_plan_info(400, 6, 256, 256, dtype)
+    long_k = grouped_plan_info(200, 4, 512, 4096, dtype)
+    small = grouped_plan_info(18, 6, 256, 256, dtype)
     assert (p64["family"], p64["kernel"], p64["tile_tokens"]) == ("sm90", "wgmma_ws", 64), p64
     assert (p128["kernel"], p128["tile_tokens"]) == ("wgmma_ws", 128), p128
     assert (long_k["kernel"], long_k["tile_tokens"], long_k["splits"]) == ("wgmma_ws", 64, 1), long_k
@@ -245,29 +240,27 @@ def replay_new_routings(x, w13, w2, tw, ti, num, top_k, zeros):
     return out
 
 
-@GROUPED_WG
 def test_grouped_wgmma_graph_replay_and_rows_of_no_expert():
     """The grouped wgmma kernel captured in a CUDA graph replays new routings bitwise as eager does; rows
     past offsets[E] are zero and garbage row indices are clamped."""
     skip_unless_sm90()
     num, hidden, inter, tokens, top_k = 6, 512, 256, 150, 2
     ck13, ck2, w13, w2, x, tw, ti = fp16_layer(num, hidden, inter, tokens, top_k)
-    with awqgemm.testing.force(grouped_wgmma=True):
-        assert grouped_plan_info(tokens * top_k, num, 2 * inter, hidden)["kernel"] == "wgmma_ws"
-        out = replay_new_routings(x, w13, w2, tw, ti, num, top_k, lambda seed: (seed,))
-        ref = reference(x, dense(ck13, 64), dense(ck2, 64), tw, ti)
-        assert rel_err(out, ref) < tolerance(torch.float16)
-        offsets = torch.tensor([0, 70, 70, 140, 200, 200, 260], dtype=torch.int32, device="cuda")
-        rows = torch.randint(-5, tokens + 5, (300,), dtype=torch.int32, device="cuda")  # clamped in the kernel
-        y = awqgemm.moe_gemm(x, w13, offsets, rows)
-        torch.cuda.synchronize()
-        assert (y[260:] == 0).all() and torch.isfinite(y).all()
-        wd = dense(ck13, 64).double()
-        safe = rows.clamp(0, tokens - 1).long()
-        for e, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
-            if hi > lo:
-                ref_e = x[safe[lo:hi]].double() @ wd[e]
-                assert rel_err(y[lo:hi], ref_e) < 5e-3, (e, lo, hi)
+    assert grouped_plan_info(tokens * top_k, num, 2 * inter, hidden)["kernel"] == "wgmma_ws"
+    out = replay_new_routings(x, w13, w2, tw, ti, num, top_k, lambda seed: (seed,))
+    ref = reference(x, dense(ck13, 64), dense(ck2, 64), tw, ti)
+    assert rel_err(out, ref) < tolerance(torch.float16)
+    offsets = torch.tensor([0, 70, 70, 140, 200, 200, 260], dtype=torch.int32, device="cuda")
+    rows = torch.randint(-5, tokens + 5, (300,), dtype=torch.int32, device="cuda")  # clamped in the kernel
+    y = awqgemm.moe_gemm(x, w13, offsets, rows)
+    torch.cuda.synchronize()
+    assert (y[260:] == 0).all() and torch.isfinite(y).all()
+    wd = dense(ck13, 64).double()
+    safe = rows.clamp(0, tokens - 1).long()
+    for e, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
+        if hi > lo:
+            ref_e = x[safe[lo:hi]].double() @ wd[e]
+            assert rel_err(y[lo:hi], ref_e) < 5e-3, (e, lo, hi)
 
 
 @pytest.mark.parametrize("family", ["sm70", "sm75", "sm80", "auto"])
@@ -418,13 +411,13 @@ def test_sanitizer_subset():
             assert (y[4:] == 0).all()
 
 
-def check_rows_of_no_expert(dtype, switch, kernel, rows_per_expert):
-    """moe_gemm (under `switch` unless None) on 3 experts (the middle one empty) whose plan is `kernel`, with garbage
+def check_rows_of_no_expert(dtype, family, kernel, rows_per_expert):
+    """moe_gemm (kernel family `family`) on 3 experts (the middle one empty) whose plan is `kernel`, with garbage
     row indices (clamped in the kernel) and rows past offsets[E], which must come out zero; every
     expert's rows against fp64 (N = 200: a column tail)."""
     r = rows_per_expert
     ck = experts(3, 512, 200, 64, dtype, 7)
-    with awqgemm.testing.force(**({switch: True} if switch else {})):
+    with awqgemm.testing.force(family=family):
         packed = awqgemm.pack_awq_experts(*ck, 64)
         assert grouped_plan_info(5 * r // 2, 3, 200, 512, dtype)["kernel"] == kernel
         x = torch.randn(3 * r // 2, 512, dtype=dtype, device="cuda")
@@ -436,7 +429,7 @@ def check_rows_of_no_expert(dtype, switch, kernel, rows_per_expert):
     w, safe = dense(ck, 64).double(), rows.clamp(0, x.shape[0] - 1).long()
     for e, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
         if hi > lo:
-            assert rel_err(y[lo:hi], x[safe[lo:hi]].double() @ w[e]) < tolerance(dtype), (switch, e)
+            assert rel_err(y[lo:hi], x[safe[lo:hi]].double() @ w[e]) < tolerance(dtype), (family, e)
 
 
 def test_sanitizer_subset_one_warp_blocks():
@@ -456,21 +449,20 @@ def test_sanitizer_subset_grouped_xshared():
     over a long K, and rows of no expert (past offsets[E]) with clamped garbage row indices."""
     skip_unless("sm80")
     for dtype in (torch.float16, torch.bfloat16):
-        run_case("auto", dtype, 64, 60, num=3, hidden=1024, inter=128, top_k=2, seed=5, zero=(1,))
-        run_case("auto", dtype, 128, 40, num=2, hidden=8192, inter=128, top_k=2, seed=6, zero=())
-        check_rows_of_no_expert(dtype, None, "x_shared", 40)
+        run_case("sm80", dtype, 64, 60, num=3, hidden=1024, inter=128, top_k=2, seed=5, zero=(1,))
+        run_case("sm80", dtype, 128, 40, num=2, hidden=8192, inter=128, top_k=2, seed=6, zero=())
+        check_rows_of_no_expert(dtype, "sm80", "x_shared", 40)
 
 
-@GROUPED_WG
 def test_sanitizer_subset_grouped_wgmma():
     """Grouped v11.1 for compute-sanitizer memcheck: 64- and 128-token tiles, a long K, a zero-token
     expert, rows of no expert with clamped garbage row indices."""
     skip_unless_sm90()
     for dtype in (torch.float16, torch.bfloat16):
-        run_case("auto", dtype, 64, 120, num=3, hidden=1024, inter=128, top_k=2, seed=5, zero=(1,), wg=True)
-        run_case("auto", dtype, 128, 300, num=2, hidden=512, inter=128, top_k=2, seed=6, zero=(), wg=True)
-        run_case("auto", dtype, 32, 60, num=2, hidden=8192, inter=64, top_k=2, seed=8, zero=(), wg=True)
-        check_rows_of_no_expert(dtype, "grouped_wgmma", "wgmma_ws", 60)
+        run_case("auto", dtype, 64, 120, num=3, hidden=1024, inter=128, top_k=2, seed=5, zero=(1,))
+        run_case("auto", dtype, 128, 300, num=2, hidden=512, inter=128, top_k=2, seed=6, zero=())
+        run_case("auto", dtype, 32, 60, num=2, hidden=8192, inter=64, top_k=2, seed=8, zero=())
+        check_rows_of_no_expert(dtype, "auto", "wgmma_ws", 60)
 
 
 def test_sanitizer_subset_moe_routing_kernels():

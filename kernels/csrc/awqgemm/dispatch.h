@@ -72,11 +72,10 @@ int dense_chunk_columns(int N, int K, int dtype_bytes);
 Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes);
 
 // The grouped sibling (MoE experts: GemmProblem::row_offsets): R rows over
-// E experts, N x K each. The K-split kernel, the sm80 x-shared kernel for
-// experts of more than 32 rows (see dispatch.cu); work in progress behind a
-// test switch: with `wgmma` (sm90 family) v11.1 (the warp-specialized wgmma
-// kernel) for experts of more than 32 rows.
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool wgmma = false);
+// E experts, N x K each. The K-split kernel; for experts of more than 32 rows
+// v11.1 (the warp-specialized wgmma kernel) on the sm90 family, the x-shared
+// kernel on sm80 (see dispatch.cu).
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K);
 
 // Launches the fused kernel (and the split-K reduction when the plan splits).
 cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream);

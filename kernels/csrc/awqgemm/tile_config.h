@@ -86,7 +86,7 @@ AWQGEMM_HD constexpr int ws_chunk_rows(int m, int k) {
   return fit >= m ? m : static_cast<int>(fit);
 }
 
-// Grouped (MoE) problems on v11.1 (work in progress: testing.force(grouped_wgmma=True)). A small
+// Grouped (MoE) problems on v11.1 (experts of more than 32 rows on the sm90 family). A small
 // kernel lists the token tiles -- each inside one expert's rows, at most grouped_grid_rows(R, BM,
 // E) of them (problem.h) -- as WsGroupTile entries at the front of the workspace; x is staged per
 // tile at staged row tile * BM, so every tile starts on a swizzle atom row however the experts' rows

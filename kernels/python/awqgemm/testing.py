@@ -44,7 +44,6 @@ def force(
     path: str = "auto",
     *,
     moe_routing_kernels: bool = True,
-    grouped_wgmma: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -53,12 +52,10 @@ def force(
     ``moe_routing_kernels=False`` runs fused_moe's routing, silu-mul and combine as torch ops instead of
     its CUDA kernels (the reference the kernels are tested against).
 
-    Work in progress behind this switch: ``grouped_wgmma`` runs grouped (MoE) GEMMs of more than 32 rows
-    per expert on the sm90 family's warp-specialized wgmma kernel, v11.1 (a 9.0 GPU), instead of the sm80
-    family's x-shared one."""
+    Work in progress lands behind a keyword switch of its own here (tests/conftest.py's WIP_FEATURES names
+    it); none today."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
-        "grouped_wgmma": grouped_wgmma,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
