@@ -153,7 +153,8 @@ def test_one_warp_blocks_for_short_grouped_decode(plans):
     split, and a grid that keeps twice the bytes in flight the GPU needs with one warp per block: on the
     H200 Qwen3-30B-A3B's experts at T = 64 (both projections), not at T = 1 (8 experts), and never
     Mixtral's K = 4096 / 14336. Dense plans never take them."""
-    one = [p for p in plans if p["kind"] == 0 and p["kwarps"] == 1 and not p["flags"] & 1]
+    # ("N" plans: the grouped_narrow_tails switch, the "G" plan plus one flag: its own test below.)
+    one = [p for p in plans if p["kind"] == 0 and p["kwarps"] == 1 and not p["flags"] & 1 and p["problem"] != "N"]
     assert one, "no plan takes one-warp blocks"
     for p in one:
         assert p["problem"] == "G" and p["family"] == 80 and p["nt"] in (2, 4), p
@@ -242,3 +243,22 @@ def test_wide_decode_blocks_where_the_grid_stays_large(plans):
         assert h200[("P", 0, 4096, 28672, m)] == 4 and h200[("P", 0, 28672, 8192, m)] == 4
         assert h200[("P", 0, 4096, 6144, m)] == 2
     assert h200[("G", 128, 2048, 1536, 128)] == 4 and h200[("G", 128, 2048, 1536, 8)] == 2
+
+
+def test_narrow_tails_only_on_grouped_v11_1_of_128_token_tiles(plans):
+    """The grouped_narrow_tails switch (work in progress, problem "N") changes one thing: the flag on
+    grouped v11.1 plans of 128-token tiles (gemm_ws_kernel has no narrow BM = 64 copy); every other field,
+    and every plan without the switch, stays as the default plan."""
+    default = {(p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in plans if p["problem"] == "G"}
+    flagged = 0
+    for p in plans:
+        if p["problem"] == "G":
+            assert not p["flags"] & 8, p
+        if p["problem"] != "N":
+            continue
+        g = default[(p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"])]
+        narrow = p["kind"] == 4 and p["mt"] == 16
+        assert bool(p["flags"] & 8) == narrow, p
+        assert p["code"] == g["code"] | (8 << 56 if narrow else 0) and p["ws"] == g["ws"], (p, g)
+        flagged += narrow
+    assert flagged > 10, flagged

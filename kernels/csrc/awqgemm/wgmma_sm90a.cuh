@@ -76,6 +76,15 @@ __device__ __forceinline__ void zero_a_sets(A (&a)[N]) {
 template <int N, typename T>
 struct WgmmaRA;
 
+// m64n32: grouped v11.1's narrow units (a 128-token tile of at most 32 rows; work in progress) run it
+// on a prefix of the same staged tile.
+#define AWQGEMM_WGMMA_SETP_32 "setp.ne.b32 p, %21, 0;\n"
+#define AWQGEMM_WGMMA_OPERANDS_32 \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n"
+#define AWQGEMM_WGMMA_D_32 \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+
 // m64n64: D in %0..%31, A in %32..%35, the descriptor %36, scale-d %37.
 #define AWQGEMM_WGMMA_SETP_64 "setp.ne.b32 p, %37, 0;\n"
 #define AWQGEMM_WGMMA_OPERANDS_64 \
@@ -149,6 +158,8 @@ struct WgmmaRA;
     }                                                                                                      \
   };
 
+AWQGEMM_WGMMA_RA(32, __half, "f16")
+AWQGEMM_WGMMA_RA(32, __nv_bfloat16, "bf16")
 AWQGEMM_WGMMA_RA(64, __half, "f16")
 AWQGEMM_WGMMA_RA(64, __nv_bfloat16, "bf16")
 AWQGEMM_WGMMA_RA(128, __half, "f16")

@@ -44,6 +44,7 @@ def force(
     path: str = "auto",
     *,
     moe_routing_kernels: bool = True,
+    grouped_narrow_tails: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -52,10 +53,12 @@ def force(
     ``moe_routing_kernels=False`` runs fused_moe's routing, silu-mul and combine as torch ops instead of
     its CUDA kernels (the reference the kernels are tested against).
 
-    Work in progress lands behind a keyword switch of its own here (tests/conftest.py's WIP_FEATURES names
-    it); none today."""
+    Work in progress behind a switch (tests/conftest.py's WIP_FEATURES names it): ``grouped_narrow_tails``
+    runs the units of grouped v11.1's 128-token tiles that hold at most 32 rows (an expert's leftover
+    rows) on the m64n32 wgmma instead of the m64n128 one (a 9.0 GPU)."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
+        "grouped_narrow_tails": grouped_narrow_tails,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
