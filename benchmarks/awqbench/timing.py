@@ -128,6 +128,7 @@ def fake_hint(c: str, M: int, K: int, N: int, G: int, ceil: dict[str, Any], dnam
     dpath = dense * 1.15 + 0.3 * K * N * 2.5 / bw * 1e6
     return {
         "auto": min(fused, dpath),
+        "a80": min(fused * 1.1, dpath),
         "fused": fused,
         "wt": awq * (1.05 + M / 512),
         "wg": awq * 1.2,

@@ -31,9 +31,9 @@ def test_gemm_benchmark_dry_run(tmp_path):
     rows = [row for row in data["rows"] if not row.get("skipped")]
     assert {row["M"] for row in rows} == {1, 64}
     assert all(row["us"].get("auto") for row in rows), rows
-    assert all("dpath" in row["us"] and "wt" not in row["us"] for row in rows), rows
+    assert all("dpath" in row["us"] and "a80" in row["us"] and "wt" not in row["us"] for row in rows), rows
     checks = data.get("checks", [])
-    assert checks and all(c["ok"] for c in checks if c["contender"] in ("auto", "fused", "dpath")), checks
+    assert checks and all(c["ok"] for c in checks if c["contender"] in ("auto", "a80", "fused", "dpath")), checks
 
 
 MOE_PY = GEMM_PY.parent / "moe.py"
