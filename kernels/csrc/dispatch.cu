@@ -625,7 +625,9 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   // Tiles that do work: at least one per active expert, at least R / tile.
   const auto row_blocks = [&](int mt) { return std::max(active, ceil_div(R, 8 * mt)); };
   const int rows_per_expert = ceil_div(R, active);
-  const int ws_bm = rows_per_expert <= 64 ? 64 : 128;
+  // 128-token tiles under grouped_narrow_tails (work in progress): their narrow units cover 33-64 rows
+  // per expert at 64-token tiles' MMA cost, and 65-96 rows in one tile instead of two.
+  const int ws_bm = rows_per_expert <= 64 && !narrow_tails ? 64 : 128;
   if (family == Family::kSm90 && rows_per_expert > 32 && ws_group_chunk_tiles(ws_bm, K) >= 1) {
     // v11.1 over token tiles of one expert each (launch_ws_grouped), 64 tokens up to 64 rows per
     // expert, 128 above; one K split (a prefill-sized problem has units for every SM). H200, whole
@@ -639,7 +641,7 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
     t.nt = kWgNT * ws_ntw(ws_bm);
     t.kwarps = kWsThreads / 32;
     t.splits = 1;
-    t.narrow_tails = narrow_tails && ws_bm == 128;  // gemm_ws_kernel's kNarrow: BM = 128 only
+    t.narrow_tails = narrow_tails;  // gemm_ws_kernel's kNarrow (BM = 128)
     finish_plan(plan, dev, /*kernel_has_wait=*/true, R, N, K);
     plan.workspace_bytes = grouped_workspace_bytes(plan, R, E, N, K);
     return plan;

@@ -246,9 +246,10 @@ def test_wide_decode_blocks_where_the_grid_stays_large(plans):
 
 
 def test_narrow_tails_only_on_grouped_v11_1_of_128_token_tiles(plans):
-    """The grouped_narrow_tails switch (work in progress, problem "N") changes one thing: the flag on
-    grouped v11.1 plans of 128-token tiles (gemm_ws_kernel has no narrow BM = 64 copy); every other field,
-    and every plan without the switch, stays as the default plan."""
+    """The grouped_narrow_tails switch (work in progress, problem "N") changes only grouped v11.1 plans:
+    128-token tiles (128 columns) with the narrow flag wherever the default plan is v11.1 (64-token tiles
+    up to 64 rows per expert included: gemm_ws_kernel has no narrow BM = 64 copy), the workspace for
+    those tiles; every other plan, and every plan without the switch, is the default one."""
     default = {(p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in plans if p["problem"] == "G"}
     flagged = 0
     for p in plans:
@@ -257,8 +258,13 @@ def test_narrow_tails_only_on_grouped_v11_1_of_128_token_tiles(plans):
         if p["problem"] != "N":
             continue
         g = default[(p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"])]
-        narrow = p["kind"] == 4 and p["mt"] == 16
-        assert bool(p["flags"] & 8) == narrow, p
-        assert p["code"] == g["code"] | (8 << 56 if narrow else 0) and p["ws"] == g["ws"], (p, g)
-        flagged += narrow
+        if g["kind"] != 4:
+            assert p["code"] == g["code"] and p["ws"] == g["ws"], (p, g)
+            continue
+        assert (p["kind"], p["mt"], p["nt"], p["splits"], p["flags"] & 8) == (4, 16, 8, 1, 8), p
+        bm, kpad = 128, -(-p["K"] // 64) * 64
+        tiles = -(-p["M"] // bm) + min(p["a"], p["M"])
+        staged = min(tiles, (32 << 20) // (bm * kpad * 2)) * bm * kpad * 2
+        assert p["ws"] == -(-tiles * 16 // 256) * 256 + -(-staged // 256) * 256, p
+        flagged += 1
     assert flagged > 10, flagged

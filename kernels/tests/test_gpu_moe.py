@@ -16,7 +16,7 @@ from awqgemm.testing import random_awq
 from conftest import has_gpu
 
 pytestmark = pytest.mark.gpu
-NARROW = pytest.mark.wip("grouped_narrow_tails")  # grouped v11.1's short 128-token tiles on m64n32
+NARROW = pytest.mark.wip("grouped_narrow_tails")  # grouped v11.1: 128-token tiles, short ones on m64n64/96
 
 CASES = [("sm70", torch.float16), ("sm75", torch.float16), ("sm80", torch.float16), ("sm80", torch.bfloat16)]
 CASES += [("auto", torch.float16), ("auto", torch.bfloat16)]
@@ -241,18 +241,22 @@ def check_narrow_tails(dtype, group, counts, k=512, n=200, seed=3):
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_grouped_narrow_tails(dtype, group):
-    """Work in progress (testing.force(grouped_narrow_tails=True)): grouped v11.1's 128-token tiles of at
-    most 32 rows on the m64n32 wgmma. Experts whose last tile holds 1, 31, 32 (narrow), 33 and 100 rows
-    (full), exactly 128 and 256 (no tail), none; fused_moe end to end (~150 rows per expert); the plan
-    of 64-token tiles never carries the flag (the kernel has no narrow BM = 64 copy)."""
+    """Work in progress (testing.force(grouped_narrow_tails=True)): grouped v11.1 on 128-token tiles only,
+    a tile of <= 64 rows on the m64n64 wgmma, of <= 96 on m64n96. Tiles of 1 and 64 rows (n64), 65 and 96
+    (n96), 97 and 128 (n128), experts of 160, 224 and 225 rows (a full tile, then each kind), none;
+    fused_moe end to end (~75 rows per expert: one n96 or n128 tile each); the plans: 128-token tiles
+    with the flag from 33 rows per expert under the switch, the K-split plan at <= 32, off by default."""
     skip_unless_sm90()
-    worst = check_narrow_tails(dtype, group, [160, 161, 31, 32, 33, 1, 0, 256, 129, 100, 128])
-    worst = max(worst, run_case("auto", dtype, group, 300, num=4, top_k=2, zero=(), seed=13, narrow=True))
+    worst = check_narrow_tails(dtype, group, [1, 64, 65, 96, 97, 128, 0, 160, 224, 225])
+    worst = max(worst, run_case("auto", dtype, group, 300, num=8, top_k=2, zero=(), seed=13, narrow=True))
     print(f"moe narrow tails {dtype} g={group}: worst rel err {worst:.2e}")
     with awqgemm.testing.force(grouped_narrow_tails=True):
-        bm64 = grouped_plan_info(360, 6, 256, 256, dtype)
-    assert (bm64["kernel"], bm64["tile_tokens"], bm64["narrow_tails"]) == ("wgmma_ws", 64, False), bm64
-    assert not grouped_plan_info(400, 6, 256, 256, dtype)["narrow_tails"]  # off by default
+        p60 = grouped_plan_info(360, 6, 256, 256, dtype)
+        small = grouped_plan_info(18, 6, 256, 256, dtype)
+    assert (p60["kernel"], p60["tile_tokens"], p60["narrow_tails"]) == ("wgmma_ws", 128, True), p60
+    assert small["kernel"] == "k_split" and not small["narrow_tails"], small
+    default = grouped_plan_info(360, 6, 256, 256, dtype)
+    assert (default["tile_tokens"], default["narrow_tails"]) == (64, False), default
 
 
 @NARROW
@@ -261,7 +265,7 @@ def test_sanitizer_subset_grouped_narrow_tails():
     no expert, clamped garbage row indices, a long K."""
     skip_unless_sm90()
     for dtype in (torch.float16, torch.bfloat16):
-        check_narrow_tails(dtype, 64, [130, 160, 0, 20, 128])
+        check_narrow_tails(dtype, 64, [130, 200, 0, 20, 128, 90])
         check_narrow_tails(dtype, 128, [150, 3, 70], k=4096, n=256, seed=4)
 
 

@@ -315,20 +315,20 @@ __device__ __forceinline__ WsUnit ws_unit(int u, int mblocks, int nblocks) {
 // [expert][column tile][ktiles x 128 words]); the units of tiles of no expert skip the k-loop and
 // store zeros. Its own instantiation, like kStreamK.
 // kNarrow (kGrouped, BM = 128 only; work in progress, testing.force(grouped_narrow_tails=True)): a unit
-// whose tile holds at most BM / 4 rows runs the m64n(BM / 4) wgmma on the first rows of its staged tile. An expert's last tile holds its leftover rows (Qwen3-30B-A3B at T = 4096: 256 +- 15 rows
-// per expert, half the experts run a third 128-row tile of 1-15 rows), and the wgmma's N is the token
-// count: the full instruction spends BM tokens' MMA time on them. The B descriptor and swizzle are per
-// 8-row core matrix, so a prefix of the tile is a valid operand, and the m64nN D fragment is a prefix of
-// the m64nBM one (d[4 c + 2 h + t], chunk c < N / 8): the accumulators past it stay zero and belong to
-// rows the epilogue does not store. The unit loop picks the copy (a tag, like the role): run_piece's
-// code for the BM-token units stays as it was.
+// runs the narrowest of the m64n64 / n96 / n128 wgmmas that covers its tile's rows, on the first rows of
+// its staged tile (with an m64n32 copy too, or at BM = 64 with any second copy, ptxas serialized the
+// wgmmas: C7512). The wgmma's N is the token count, and an expert's rows rarely fill its last
+// tile: Qwen3-30B-A3B at T = 4096 has 256 +- 15 rows per expert (half the experts run a third tile of
+// 1-15 rows), at T = 1024 64 +- 8 (one 128-row tile each, half of it or three quarters used). The B
+// descriptor and swizzle are per 8-row core matrix, so a prefix of the tile is a valid operand, and the
+// m64nN D fragment is a prefix of the m64nBM one (d[4 c + 2 h + t], chunk c < N / 8). Each N is its
+// own run_piece copy with its own accumulators, picked per unit in the unit loop (a tag, like the
+// role), so the code of the BM-token units stays as it was.
 template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false, bool kNarrow = false>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
                                                                const int pdl_flags,
                                                                const __grid_constant__ TensorMap128 wmap,
                                                                const WsGroup grp) {
-  // At BM = 64 (two weight tiles per warp) a second k-loop copy left ptxas short of registers for the
-  // wgmma pipeline (C7512, spills): serialized wgmmas everywhere in the kernel.
   static_assert(!kNarrow || (kGrouped && !kStreamK && BM == 128), "narrow units: the grouped kernel, BM = 128");
 #if defined(AWQGEMM_NO_WGMMA)
   __trap();
@@ -471,7 +471,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   int* const flags = reinterpret_cast<int*>(p.workspace);
   float* const slots = p.workspace + ws_flag_bytes(gridDim.x) / 4;
   // One piece: its k-loop, then (stream-K tail) parking or collecting partials, then the epilogue.
-  // The role and the wgmma's N (tokens: BM, or BM / 4 for kNarrow's narrow units, with accumulators of
+  // The role and the wgmma's N (tokens: BM, or less for kNarrow's narrow units, with accumulators of
   // their own) are compile-time tags: see the loops below.
   auto run_piece = [&](const WsPiece& pc, auto role_tag, auto nn_tag) {
     constexpr int kRole = decltype(role_tag)::value;
@@ -618,14 +618,20 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   using Full = std::integral_constant<int, BM>;
 #pragma unroll 1
   for (int u = blockIdx.x; u < sched.full; u += gridDim.x) {
-    if constexpr (kNarrow) {  // a warpgroup-uniform branch per unit: the tile decides the copy
+    const WsPiece pc{u, 0, sched.unit_tiles, kWsWhole};
+    if constexpr (kNarrow) {  // a warpgroup-uniform branch per unit: the tile's rows pick the copy
       const WsGroupTile t = grp.tiles[grp.t0 + ws_unit(u, mblocks, nblocks).mb];
-      if (min(BM, t.m_end - t.m0) <= BM / 4) {
-        run_piece(WsPiece{u, 0, sched.unit_tiles, kWsWhole}, Whole{}, std::integral_constant<int, BM / 4>{});
-        continue;
+      const int rows = min(BM, t.m_end - t.m0);
+      if (rows <= BM / 2) {
+        run_piece(pc, Whole{}, std::integral_constant<int, BM / 2>{});
+      } else if (rows <= 3 * BM / 4) {
+        run_piece(pc, Whole{}, std::integral_constant<int, 3 * BM / 4>{});
+      } else {
+        run_piece(pc, Whole{}, Full{});
       }
+    } else {
+      run_piece(pc, Whole{}, Full{});
     }
-    run_piece(WsPiece{u, 0, sched.unit_tiles, kWsWhole}, Whole{}, Full{});
   }
   if constexpr (kStreamK) {
     WsCursor cur(sched, blockIdx.x, /*tail_only=*/true);

@@ -28,7 +28,7 @@ class _Override:
     # the kernels are checked against (bit for bit).
     moe_routing_kernels: bool = True
     # Work in progress (tests and benchmarks select it; production never):
-    grouped_narrow_tails: bool = False  # grouped v11.1's tiles of <= 32 of 128 rows on the m64n32 wgmma
+    grouped_narrow_tails: bool = False  # grouped v11.1: 128-token tiles, short ones on m64n64 / m64n96 wgmmas
 
 
 state = _Override()

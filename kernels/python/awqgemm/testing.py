@@ -54,8 +54,8 @@ def force(
     its CUDA kernels (the reference the kernels are tested against).
 
     Work in progress behind a switch (tests/conftest.py's WIP_FEATURES names it): ``grouped_narrow_tails``
-    runs the units of grouped v11.1's 128-token tiles that hold at most 32 rows (an expert's leftover
-    rows) on the m64n32 wgmma instead of the m64n128 one (a 9.0 GPU)."""
+    plans grouped v11.1 (a 9.0 GPU, experts of more than 32 rows) with 128-token tiles only and runs a
+    tile of at most 64 (96) rows on the m64n64 (m64n96) wgmma instead of the m64n128 one."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
         "grouped_narrow_tails": grouped_narrow_tails,
