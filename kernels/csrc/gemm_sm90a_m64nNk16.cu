@@ -360,9 +360,9 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   return cudaSuccess;
 }
 
-// Grouped (MoE) problems on v11.1: the tile
-// table (grouped_ws_tiles_kernel) at the front of the workspace, then per chunk of tiles the grouped
-// staging kernel and the persistent kernel over (tile, n-block) units. One K split, no bias (MoE
+// Grouped (MoE) problems on v11.1: the tile table (grouped_ws_tiles_kernel) at the front of the
+// workspace, then per chunk of tiles the grouped staging kernel and the persistent kernel over (tile,
+// n-block) units. One K split, no bias (MoE
 // experts have none), no stream-K. Under PDL each kernel waits for the one before it, as in
 // launch_ws.
 template <typename T, int BM>

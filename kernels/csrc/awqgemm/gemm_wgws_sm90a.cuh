@@ -217,9 +217,9 @@ __global__ void stage_x_tiles_kernel(const GemmProblem p, const int m0, const in
   pdl_launch_dependents();  // the GEMM's pdl_wait still covers all of this grid
 }
 
-// Grouped problems: the token tiles, one warp
-// per tile through resolve_group_tile -- the same tiles, rows of no expert and clamping as the
-// K-split kernel's -- written once per call for every launch of the call to read.
+// Grouped problems: the token tiles, one warp per tile through resolve_group_tile -- the same tiles,
+// rows of no expert and clamping as the K-split kernel's -- written once per call for every launch of
+// the call to read.
 __global__ void grouped_ws_tiles_kernel(const GemmProblem p, const int bm, WsGroupTile* tiles, const int count) {
   pdl_wait();  // the offsets come from the routing kernel just before
   const int tile = static_cast<int>(blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5));
@@ -309,8 +309,8 @@ __device__ __forceinline__ WsUnit ws_unit(int u, int mblocks, int nblocks) {
 // and w + 8 -- twice the MMA work per stage wait and half the x bytes per weight
 // byte, for decode batches whose k-tiles ncu found waiting on the stage (the
 // 128-column block at M = 64: 646 cycles per k-tile against 212 of tensor time).
-// kGrouped (one K split, no stream-K): p.x is
-// the staged x of this launch's grp tiles (stage_x_grouped_kernel), p.M their count x BM; a unit's
+// kGrouped (one K split, no stream-K): p.x is the staged x of this launch's grp tiles
+// (stage_x_grouped_kernel), p.M their count x BM; a unit's
 // rows are its tile's ([m0, m_end) of out), its weights and scales its tile's expert's (wmap is 3-D:
 // [expert][column tile][ktiles x 128 words]); the units of tiles of no expert skip the k-loop and
 // store zeros. Its own instantiation, like kStreamK.
