@@ -362,9 +362,8 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
 
 // Grouped (MoE) problems on v11.1: the tile table (grouped_ws_tiles_kernel) at the front of the
 // workspace, then per chunk of tiles the grouped staging kernel and the persistent kernel over (tile,
-// n-block) units. One K split, no bias (MoE
-// experts have none), no stream-K. Under PDL each kernel waits for the one before it, as in
-// launch_ws.
+// n-block) units. One K split, no bias (MoE experts have none), no stream-K. Under PDL each kernel
+// waits for the one before it, as in launch_ws.
 template <typename T, int BM>
 cudaError_t launch_ws_grouped(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   constexpr int kStages = ws_stages(BM);
