@@ -166,9 +166,8 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 # --wip: the work-in-progress switches (awqgemm.testing.force) each variant turns on.
-WIP_VARIANTS: dict[str, tuple[str, ...]] = {
-    "wip_nt": ("grouped_narrow_tails",),  # grouped v11.1's short 128-token tiles on m64n64/96 (9.0 GPUs)
-}
+# None today: grouped_wgmma (grouped v11.1) became the default on 2026-11-29.
+WIP_VARIANTS: dict[str, tuple[str, ...]] = {}
 
 
 def route_only(ti, tw, num, dry):

@@ -24,7 +24,7 @@ build_awqgemm || exit 1
 # once per feature, each in a pytest process of its own: a kernel that traps (a hung mbarrier, a bad TMA
 # box) kills its process's CUDA context and would fail every later test there. Simplest first.
 WIP_GPU=""
-WIP_MOE="grouped_narrow_tails"
+WIP_MOE=""
 # Features tested in test_gpu.py (their MoE cases included) that moe.py's --wip variants also switch on.
 WIP_MOE_FROM_GPU=""
 # The benchmarks leave out what a feature whose tests failed would run (a trap would end the whole
@@ -123,12 +123,12 @@ fi
 if has timeline; then
   echo "== timeline: each kernel of one call, from a CUDA graph replay under torch.profiler =="
   # TIMELINE_CASES: profile_one.py argument lists (default: Llama-3-8B's four layers at batch 64, the
-  # Qwen3-30B-A3B MoE layer at 16, 64, 256, 1024 and 4096 tokens, and at 4096 with grouped_narrow_tails;
-  # a case with --wip F is left out when F's tests failed earlier in this run: the moe step runs after
-  # this one, so each case runs in a process of its own).
+  # Qwen3-30B-A3B MoE layer at 16, 64, 256, 1024 and 4096 tokens; a case with
+  # --wip F is left out when F's tests failed earlier in this run: the moe step runs after this one, so
+  # each case runs in a process of its own).
   cases=${TIMELINE_CASES:-"--k 4096 --n 6144 --m 64;--k 4096 --n 4096 --m 64;--k 4096 --n 28672 --m 64;\
 --k 14336 --n 4096 --m 64;--moe 128,8,2048,768 --m 16;--moe 128,8,2048,768 --m 64;--moe 128,8,2048,768 --m 256;\
---moe 128,8,2048,768 --m 1024;--moe 128,8,2048,768 --m 4096;--moe 128,8,2048,768 --m 4096 --wip grouped_narrow_tails"}
+--moe 128,8,2048,768 --m 1024;--moe 128,8,2048,768 --m 4096"}
   IFS=';' read -ra case_list <<<"$cases"
   for args in "${case_list[@]}"; do
     skip=0

@@ -185,7 +185,6 @@ NB_MODULE(_C, m) {
         d["tile_tokens"] = 8 * plan.tile.mt;
         d["splits"] = plan.tile.splits;
         d["stream_k"] = plan.tile.stream_k;
-        d["narrow_tails"] = plan.tile.narrow_tails;
         d["wide"] = plan.tile.kind == KernelKind::kWgmmaWs && plan.tile.nt == 2 * kWgNT;
         d["block_warps"] = plan.dense ? 0 : plan.tile.kwarps;
         // The K-split kernel's block width (32, or 64: plan_ksplit's wide decode blocks); 0 for the others.
@@ -215,10 +214,10 @@ NB_MODULE(_C, m) {
 
   m.def(
       "plan_grouped",
-      [](int family, int dtype, int R, int E, int N, int K, int device, bool narrow_tails) {
+      [](int family, int dtype, int R, int E, int N, int K, int device) {
         if (R < 1 || E < 1 || N < 1 || K < 1) throw nb::value_error("awqgemm: R, E, N and K must be positive");
         const Family f = resolve(family, dtype, device);
-        const Plan plan = make_grouped_plan(f, device_info(device), R, E, N, K, narrow_tails);
+        const Plan plan = make_grouped_plan(f, device_info(device), R, E, N, K);
         if (grouped_grid_rows(R, 8 * plan.tile.mt, E) > 65535) {
           throw nb::value_error(("awqgemm: grouped GEMM of " + std::to_string(R) + " rows over " + std::to_string(E) +
                                  " experts needs more than 65535 grid rows; split the batch")
@@ -228,9 +227,8 @@ NB_MODULE(_C, m) {
                                plan.workspace_bytes);
       },
       nb::arg("family"), nb::arg("dtype"), nb::arg("R"), nb::arg("E"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
-      nb::arg("narrow_tails") = false,
       "(plan code, family, packed layout it reads, workspace_bytes) for a grouped (MoE) problem of R rows over E "
-      "experts; narrow_tails: v11.1's short tiles on the narrower wgmma (work in progress, a test switch).");
+      "experts.");
 
   m.def(
       "gemm_grouped",

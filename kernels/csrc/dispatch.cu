@@ -111,9 +111,7 @@ int dense_chunk_columns(int N, int K, int dtype_bytes) {
 int64_t encode_plan(const Plan& plan) {
   const TileConfig& t = plan.tile;
   const int64_t fields[8] = {static_cast<int>(plan.family), static_cast<int>(t.kind), t.mt, t.nt, t.kwarps, t.splits,
-                             t.pdl_flags,
-                             (plan.dense ? 1 : 0) | (plan.reduce_pdl ? 2 : 0) | (t.stream_k ? 4 : 0) |
-                                 (t.narrow_tails ? 8 : 0)};
+                             t.pdl_flags, (plan.dense ? 1 : 0) | (plan.reduce_pdl ? 2 : 0) | (t.stream_k ? 4 : 0)};
   int64_t code = 0;
   for (int i = 7; i >= 0; --i) code = (code << 8) | (fields[i] & 0xFF);
   return code;
@@ -123,16 +121,11 @@ bool decode_plan(int64_t code, Plan* plan) {
   int f[8];
   for (int i = 0; i < 8; ++i) f[i] = static_cast<int>((code >> (8 * i)) & 0xFF);
   const bool family_ok = f[0] == 70 || f[0] == 75 || f[0] == 80 || (f[0] == 90 && have_sm90a());
-  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 15) {
+  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 7) {
     return false;
   }
   // Stream-K exists only for v11.1 with one K split.
   if ((f[7] & 4) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[5] != 1)) return false;
-  // Narrow units exist only in the grouped v11.1 kernel of 128-token tiles: one K split, no stream-K.
-  if ((f[7] & 8) != 0 &&
-      (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[2] != 16 || f[5] != 1 || (f[7] & 4) != 0)) {
-    return false;
-  }
   plan->family = static_cast<Family>(f[0]);
   plan->tile.kind = static_cast<KernelKind>(f[1]);
   plan->tile.mt = f[2];
@@ -143,7 +136,6 @@ bool decode_plan(int64_t code, Plan* plan) {
   plan->dense = (f[7] & 1) != 0;
   plan->reduce_pdl = (f[7] & 2) != 0;
   plan->tile.stream_k = (f[7] & 4) != 0;
-  plan->tile.narrow_tails = (f[7] & 8) != 0;
   return true;
 }
 
@@ -614,7 +606,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 // it would dequantize all E experts (E x N x K) or need each expert's row count
 // on the host (a sync). Split-K partials are [splits][R][N] fp32, capped like
 // the wgmma plan's.
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool narrow_tails) {
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -625,9 +617,7 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   // Tiles that do work: at least one per active expert, at least R / tile.
   const auto row_blocks = [&](int mt) { return std::max(active, ceil_div(R, 8 * mt)); };
   const int rows_per_expert = ceil_div(R, active);
-  // 128-token tiles under grouped_narrow_tails (work in progress): their narrow units cover 33-64 rows
-  // per expert at 64-token tiles' MMA cost, and 65-96 rows in one tile instead of two.
-  const int ws_bm = rows_per_expert <= 64 && !narrow_tails ? 64 : 128;
+  const int ws_bm = rows_per_expert <= 64 ? 64 : 128;
   if (family == Family::kSm90 && rows_per_expert > 32 && ws_group_chunk_tiles(ws_bm, K) >= 1) {
     // v11.1 over token tiles of one expert each (launch_ws_grouped), 64 tokens up to 64 rows per
     // expert, 128 above; one K split (a prefill-sized problem has units for every SM). H200, whole
@@ -641,7 +631,6 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
     t.nt = kWgNT * ws_ntw(ws_bm);
     t.kwarps = kWsThreads / 32;
     t.splits = 1;
-    t.narrow_tails = narrow_tails;  // gemm_ws_kernel's kNarrow (BM = 128)
     finish_plan(plan, dev, /*kernel_has_wait=*/true, R, N, K);
     plan.workspace_bytes = grouped_workspace_bytes(plan, R, E, N, K);
     return plan;

@@ -302,7 +302,7 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   constexpr int kSmem = kStages * ws_stage_bytes(BM) + 1024;  // + 1024: the base is aligned up to a swizzle atom
   static_assert(kSmem <= 227 * 1024, "one block per SM must fit");
   const int chunk = ws_chunk_rows(p.M, p.K);
-  if (chunk <= 0 || (chunk < p.M && cfg.splits != 1) || (cfg.stream_k && cfg.splits != 1) || cfg.narrow_tails) {
+  if (chunk <= 0 || (chunk < p.M && cfg.splits != 1) || (cfg.stream_k && cfg.splits != 1)) {
     return cudaErrorInvalidConfiguration;
   }
   // cp.async.bulk needs 16-byte aligned sources: torch's allocations are, but a
@@ -381,13 +381,7 @@ cudaError_t launch_ws_grouped(const GemmProblem& p, const TileConfig& cfg, cudaS
       (p.scale_zero_batch_stride * static_cast<int64_t>(sizeof(T))) % 16 != 0) {
     return cudaErrorMisalignedAddress;
   }
-  constexpr bool kHasNarrow = BM == 128;  // gemm_ws_kernel's kNarrow
-  if (cfg.narrow_tails && !kHasNarrow) return cudaErrorInvalidConfiguration;
-  static const cudaError_t pool = [] {
-    const cudaError_t e = ws_register_pool(gemm_ws_kernel<T, BM, kStages, false, true>);
-    return e != cudaSuccess || !kHasNarrow ? e
-                                           : ws_register_pool(gemm_ws_kernel<T, BM, kStages, false, true, kHasNarrow>);
-  }();
+  static const cudaError_t pool = ws_register_pool(gemm_ws_kernel<T, BM, kStages, false, true>);
   if (pool != cudaSuccess) return pool;
   int device = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&device);
@@ -420,12 +414,8 @@ cudaError_t launch_ws_grouped(const GemmProblem& p, const TileConfig& cfg, cudaS
     g.x = xs;
     g.x_row_stride = kTileK;  // not read: the kernel indexes the staged tiles itself
     const int grid = ws_grid(nblocks * count, ktiles, sms, /*stream_k=*/false);
-    const WsGroup grp{table, t0};
-    err = cfg.narrow_tails
-              ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, true, kHasNarrow>>(
-                    dim3(grid), kWsThreads, g, cfg, stream, wmap, grp)
-              : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, true>>(dim3(grid), kWsThreads, g, cfg,
-                                                                                     stream, wmap, grp);
+    err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, true>>(dim3(grid), kWsThreads, g, cfg, stream,
+                                                                                 wmap, WsGroup{table, t0});
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;

@@ -130,13 +130,10 @@ int main(int argc, char** argv) {
       for (int E : {8, 64, 128}) {
         for (const auto& s : shapes) {
           for (int R : {1, 2, 8, 16, 64, 128, 512, 1024, 2048, 8192, 32768}) {
-            // G: default; N: the grouped_narrow_tails switch (work in progress).
-            for (const char mode : {'G', 'N'}) {
-              const Plan p = make_grouped_plan(static_cast<Family>(f), d, R, E, s[1], s[0], mode == 'N');
-              std::printf("%c %d %d %d %d %d %d %lld %lld %d\n", mode, d.capability, f, E, s[0], s[1], R,
-                          static_cast<long long>(encode_plan(p)), static_cast<long long>(p.workspace_bytes),
-                          roundtrip(p));
-            }
+            const Plan p = make_grouped_plan(static_cast<Family>(f), d, R, E, s[1], s[0]);
+            std::printf("G %d %d %d %d %d %d %lld %lld %d\n", d.capability, f, E, s[0], s[1], R,
+                        static_cast<long long>(encode_plan(p)), static_cast<long long>(p.workspace_bytes),
+                        roundtrip(p));
           }
         }
       }

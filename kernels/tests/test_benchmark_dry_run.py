@@ -66,8 +66,6 @@ def test_moe_benchmark_dry_run(tmp_path):
             "awqgemm_gemms_graph_us",
             "route_kernel_graph_us",
             "route_torch_graph_us",
-            "awqgemm_wip_nt_graph_us",
-            "awqgemm_wip_nt_gemms_graph_us",
         ):
             assert row[key] > 0, (key, row)
         assert "marlin_note" not in row, row
@@ -76,7 +74,6 @@ def test_moe_benchmark_dry_run(tmp_path):
             "rel_err_vs_dense",
             "marlin_rel_err_vs_dense",
             "marlin_rel_err_vs_awqgemm",
-            "awqgemm_wip_nt_rel_err_vs_dense",
         ):
             assert row[key] < 5e-3, (key, row)
 
@@ -222,7 +219,7 @@ def test_e2e_forced_sm80_contender_plan():
     plans = _json_objects(r.stdout)[:-1]
     assert [(p["name"], p["engine"]["quantization"], p["force"]) for p in plans] == [
         ("awqgemm:sm80", "awqgemm", {"family": "sm80"}),
-        ("awqgemm:wip", "awqgemm", {"grouped_narrow_tails": True}),
+        ("awqgemm:wip", "awqgemm", {}),
         ("awqgemm", "awqgemm", None),
     ]
     import awqgemm.testing

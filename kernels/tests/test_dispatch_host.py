@@ -153,8 +153,7 @@ def test_one_warp_blocks_for_short_grouped_decode(plans):
     split, and a grid that keeps twice the bytes in flight the GPU needs with one warp per block: on the
     H200 Qwen3-30B-A3B's experts at T = 64 (both projections), not at T = 1 (8 experts), and never
     Mixtral's K = 4096 / 14336. Dense plans never take them."""
-    # ("N" plans: the grouped_narrow_tails switch, the "G" plan plus one flag: its own test below.)
-    one = [p for p in plans if p["kind"] == 0 and p["kwarps"] == 1 and not p["flags"] & 1 and p["problem"] != "N"]
+    one = [p for p in plans if p["kind"] == 0 and p["kwarps"] == 1 and not p["flags"] & 1]
     assert one, "no plan takes one-warp blocks"
     for p in one:
         assert p["problem"] == "G" and p["family"] == 80 and p["nt"] in (2, 4), p
@@ -243,28 +242,3 @@ def test_wide_decode_blocks_where_the_grid_stays_large(plans):
         assert h200[("P", 0, 4096, 28672, m)] == 4 and h200[("P", 0, 28672, 8192, m)] == 4
         assert h200[("P", 0, 4096, 6144, m)] == 2
     assert h200[("G", 128, 2048, 1536, 128)] == 4 and h200[("G", 128, 2048, 1536, 8)] == 2
-
-
-def test_narrow_tails_only_on_grouped_v11_1_of_128_token_tiles(plans):
-    """The grouped_narrow_tails switch (work in progress, problem "N") changes only grouped v11.1 plans:
-    128-token tiles (128 columns) with the narrow flag wherever the default plan is v11.1 (64-token tiles
-    up to 64 rows per expert included: gemm_ws_kernel has no narrow BM = 64 copy), the workspace for
-    those tiles; every other plan, and every plan without the switch, is the default one."""
-    default = {(p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in plans if p["problem"] == "G"}
-    flagged = 0
-    for p in plans:
-        if p["problem"] == "G":
-            assert not p["flags"] & 8, p
-        if p["problem"] != "N":
-            continue
-        g = default[(p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"])]
-        if g["kind"] != 4:
-            assert p["code"] == g["code"] and p["ws"] == g["ws"], (p, g)
-            continue
-        assert (p["kind"], p["mt"], p["nt"], p["splits"], p["flags"] & 8) == (4, 16, 8, 1, 8), p
-        bm, kpad = 128, -(-p["K"] // 64) * 64
-        tiles = -(-p["M"] // bm) + min(p["a"], p["M"])
-        staged = min(tiles, (32 << 20) // (bm * kpad * 2)) * bm * kpad * 2
-        assert p["ws"] == -(-tiles * 16 // 256) * 256 + -(-staged // 256) * 256, p
-        flagged += 1
-    assert flagged > 10, flagged

@@ -16,7 +16,6 @@ from awqgemm.testing import random_awq
 from conftest import has_gpu
 
 pytestmark = pytest.mark.gpu
-NARROW = pytest.mark.wip("grouped_narrow_tails")  # grouped v11.1: 128-token tiles, short ones on m64n64/96
 
 CASES = [("sm70", torch.float16), ("sm75", torch.float16), ("sm80", torch.float16), ("sm80", torch.bfloat16)]
 CASES += [("auto", torch.float16), ("auto", torch.bfloat16)]
@@ -88,11 +87,10 @@ def run_case(
     seed=0,
     zero=(1, 6),
     kernels=True,
-    narrow=False,
 ):
     ck13 = experts(num, hidden, 2 * inter, group, dtype, seed)
     ck2 = experts(num, inter, hidden, group, dtype, seed + 50)
-    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels, grouped_narrow_tails=narrow):
+    with awqgemm.testing.force(family=family, moe_routing_kernels=kernels):
         w13 = awqgemm.pack_awq_experts(*ck13, group)
         w2 = awqgemm.pack_awq_experts(*ck2, group)
         x = torch.randn(tokens, hidden, dtype=dtype, device="cuda")
@@ -206,67 +204,6 @@ def test_grouped_wgmma(dtype, group):
     assert (p128["kernel"], p128["tile_tokens"]) == ("wgmma_ws", 128), p128
     assert (long_k["kernel"], long_k["tile_tokens"], long_k["splits"]) == ("wgmma_ws", 64, 1), long_k
     assert small["kernel"] == "k_split", small
-
-
-def check_narrow_tails(dtype, group, counts, k=512, n=200, seed=3):
-    """moe_gemm under grouped_narrow_tails on experts of `counts` rows (128-token tiles), 20 rows of no
-    expert after them and garbage row indices (clamped), against fp64 per expert and against the default
-    kernel (the same k-steps per output: expected equal up to rounding); returns the worst error."""
-    ck = experts(len(counts), k, n, group, dtype, seed)
-    total = sum(counts)
-    offsets = torch.tensor([0, *torch.tensor(counts).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
-    tokens = max(8, total // 2)
-    x = torch.randn(tokens, k, dtype=dtype, device="cuda")
-    rows = torch.randint(-3, tokens + 3, (total + 20,), dtype=torch.int32, device="cuda")
-    packed = awqgemm.pack_awq_experts(*ck, group)
-    with awqgemm.testing.force(grouped_narrow_tails=True):
-        info = grouped_plan_info(total + 20, len(counts), n, k, dtype)
-        y = awqgemm.moe_gemm(x, packed, offsets, rows)
-    default = awqgemm.moe_gemm(x, packed, offsets, rows)
-    torch.cuda.synchronize()
-    assert (info["kernel"], info["tile_tokens"], info["narrow_tails"]) == ("wgmma_ws", 128, True), info
-    assert (y[total:] == 0).all() and torch.isfinite(y).all()
-    w, safe = dense(ck, group).double(), rows.clamp(0, tokens - 1).long()
-    worst = 0.0
-    for e, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
-        if hi > lo:
-            err = rel_err(y[lo:hi], x[safe[lo:hi]].double() @ w[e])
-            assert err < tolerance(dtype), (e, counts[e], err)
-            worst = max(worst, err)
-    assert rel_err(y[:total], default[:total].double()) < 2e-3, "narrow units differ from the default kernel"
-    return worst
-
-
-@NARROW
-@pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_grouped_narrow_tails(dtype, group):
-    """Work in progress (testing.force(grouped_narrow_tails=True)): grouped v11.1 on 128-token tiles only,
-    a tile of <= 64 rows on the m64n64 wgmma, of <= 96 on m64n96. Tiles of 1 and 64 rows (n64), 65 and 96
-    (n96), 97 and 128 (n128), experts of 160, 224 and 225 rows (a full tile, then each kind), none;
-    fused_moe end to end (~75 rows per expert: one n96 or n128 tile each); the plans: 128-token tiles
-    with the flag from 33 rows per expert under the switch, the K-split plan at <= 32, off by default."""
-    skip_unless_sm90()
-    worst = check_narrow_tails(dtype, group, [1, 64, 65, 96, 97, 128, 0, 160, 224, 225])
-    worst = max(worst, run_case("auto", dtype, group, 300, num=8, top_k=2, zero=(), seed=13, narrow=True))
-    print(f"moe narrow tails {dtype} g={group}: worst rel err {worst:.2e}")
-    with awqgemm.testing.force(grouped_narrow_tails=True):
-        p60 = grouped_plan_info(360, 6, 256, 256, dtype)
-        small = grouped_plan_info(18, 6, 256, 256, dtype)
-    assert (p60["kernel"], p60["tile_tokens"], p60["narrow_tails"]) == ("wgmma_ws", 128, True), p60
-    assert small["kernel"] == "k_split" and not small["narrow_tails"], small
-    default = grouped_plan_info(360, 6, 256, 256, dtype)
-    assert (default["tile_tokens"], default["narrow_tails"]) == (64, False), default
-
-
-@NARROW
-def test_sanitizer_subset_grouped_narrow_tails():
-    """grouped_narrow_tails for compute-sanitizer memcheck: narrow and full units of one launch, rows of
-    no expert, clamped garbage row indices, a long K."""
-    skip_unless_sm90()
-    for dtype in (torch.float16, torch.bfloat16):
-        check_narrow_tails(dtype, 64, [130, 200, 0, 20, 128, 90])
-        check_narrow_tails(dtype, 128, [150, 3, 70], k=4096, n=256, seed=4)
 
 
 def fp16_layer(num, hidden, inter, tokens, top_k):

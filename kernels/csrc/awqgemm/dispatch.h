@@ -74,9 +74,8 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 // The grouped sibling (MoE experts: GemmProblem::row_offsets): R rows over
 // E experts, N x K each. The K-split kernel; for experts of more than 32 rows
 // v11.1 (the warp-specialized wgmma kernel) on the sm90 family, the x-shared
-// kernel on sm80 (see dispatch.cu). Work in progress behind a test switch:
-// `narrow_tails`, v11.1's short tiles on the narrower wgmma (TileConfig).
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, bool narrow_tails = false);
+// kernel on sm80 (see dispatch.cu).
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K);
 
 // Launches the fused kernel (and the split-K reduction when the plan splits).
 cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream);

@@ -314,22 +314,11 @@ __device__ __forceinline__ WsUnit ws_unit(int u, int mblocks, int nblocks) {
 // rows are its tile's ([m0, m_end) of out), its weights and scales its tile's expert's (wmap is 3-D:
 // [expert][column tile][ktiles x 128 words]); the units of tiles of no expert skip the k-loop and
 // store zeros. Its own instantiation, like kStreamK.
-// kNarrow (kGrouped, BM = 128 only; work in progress, testing.force(grouped_narrow_tails=True)): a unit
-// runs the narrowest of the m64n64 / n96 / n128 wgmmas that covers its tile's rows, on the first rows of
-// its staged tile (with an m64n32 copy too, or at BM = 64 with any second copy, ptxas serialized the
-// wgmmas: C7512). The wgmma's N is the token count, and an expert's rows rarely fill its last
-// tile: Qwen3-30B-A3B at T = 4096 has 256 +- 15 rows per expert (half the experts run a third tile of
-// 1-15 rows), at T = 1024 64 +- 8 (one 128-row tile each, half of it or three quarters used). The B
-// descriptor and swizzle are per 8-row core matrix, so a prefix of the tile is a valid operand, and the
-// m64nN D fragment is a prefix of the m64nBM one (d[4 c + 2 h + t], chunk c < N / 8). Each N is its
-// own run_piece copy with its own accumulators, picked per unit in the unit loop (a tag, like the
-// role), so the code of the BM-token units stays as it was.
-template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false, bool kNarrow = false>
+template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
                                                                const int pdl_flags,
                                                                const __grid_constant__ TensorMap128 wmap,
                                                                const WsGroup grp) {
-  static_assert(!kNarrow || (kGrouped && !kStreamK && BM == 128), "narrow units: the grouped kernel, BM = 128");
 #if defined(AWQGEMM_NO_WGMMA)
   __trap();
 #else
@@ -471,11 +460,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   int* const flags = reinterpret_cast<int*>(p.workspace);
   float* const slots = p.workspace + ws_flag_bytes(gridDim.x) / 4;
   // One piece: its k-loop, then (stream-K tail) parking or collecting partials, then the epilogue.
-  // The role and the wgmma's N (tokens: BM, or less for kNarrow's narrow units, with accumulators of
-  // their own) are compile-time tags: see the loops below.
-  auto run_piece = [&](const WsPiece& pc, auto role_tag, auto nn_tag) {
+  // The role is a compile-time tag: see the loops below.
+  auto run_piece = [&](const WsPiece& pc, auto role_tag) {
     constexpr int kRole = decltype(role_tag)::value;
-    constexpr int NN = decltype(nn_tag)::value;
     const WsUnit w = ws_unit(pc.unit, mblocks, nblocks);
     const int kt0 = w.split * per_split + pc.kt0;
     int n_k = max(0, min(ktiles, kt0 + pc.n_k) - kt0);
@@ -484,11 +471,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       tile = grp.tiles[grp.t0 + w.mb];
       if (tile.e < 0) n_k = 0;  // the producer skips it too; the epilogue stores the zeroed accumulators
     }
-    float acc[NTW][NN / 2];
+    float acc[NTW][BM / 2];
 #pragma unroll
     for (int j = 0; j < NTW; ++j)
 #pragma unroll
-      for (int i = 0; i < NN / 2; ++i) acc[j][i] = 0.f;
+      for (int i = 0; i < BM / 2; ++i) acc[j][i] = 0.f;
     uint32_t prev_empty = empty0;
     uint32_t have_prev = 0;
     // Tile i is dequantized into one register set while tile i - 1's wgmmas
@@ -515,7 +502,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       for (int j = 0; j < NTW; ++j)
 #pragma unroll
         for (int s = 0; s < 4; ++s) {
-          WgmmaRA<NN, T>::run(acc[j], at[j][s], (static_cast<uint64_t>(desc_hi) << 32) | (lo + 2 * s));
+          WgmmaRA<BM, T>::run(acc[j], at[j][s], (static_cast<uint64_t>(desc_hi) << 32) | (lo + 2 * s));
         }
       wgmma_commit();
       wgmma_wait<1>();
@@ -552,7 +539,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
 #pragma unroll
       for (int j = 0; j < NTW; ++j)
 #pragma unroll
-        for (int i = 0; i < NN / 2; ++i) __stcg(slot + (j * (BM / 2) + i) * 256, acc[j][i]);
+        for (int i = 0; i < BM / 2; ++i) __stcg(slot + (j * (BM / 2) + i) * 256, acc[j][i]);
       __threadfence();
       consumers_sync();
       if (tid == 0) flag_raise(flags + blockIdx.x);
@@ -570,7 +557,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
 #pragma unroll
         for (int j = 0; j < NTW; ++j)
 #pragma unroll
-          for (int i = 0; i < NN / 2; ++i) acc[j][i] += __ldcg(slot + (j * (BM / 2) + i) * 256);
+          for (int i = 0; i < BM / 2; ++i) acc[j][i] += __ldcg(slot + (j * (BM / 2) + i) * 256);
       }
     }
 
@@ -589,7 +576,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
           }
         }
 #pragma unroll
-        for (int c = 0; c < NN / 8; ++c)
+        for (int c = 0; c < BM / 8; ++c)
 #pragma unroll
           for (int h = 0; h < 2; ++h)
 #pragma unroll
@@ -615,38 +602,22 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   // wgmma descriptor (the SASS of 22355ab), and v11.1 ran 1.05-1.6x slower at every M, stream-K or
   // not (H200, same plans: the 11:05 and 15:05 runs of 2026-11-28).
   using Whole = std::integral_constant<int, kWsWhole>;
-  using Full = std::integral_constant<int, BM>;
 #pragma unroll 1
-  for (int u = blockIdx.x; u < sched.full; u += gridDim.x) {
-    const WsPiece pc{u, 0, sched.unit_tiles, kWsWhole};
-    if constexpr (kNarrow) {  // a warpgroup-uniform branch per unit: the tile's rows pick the copy
-      const WsGroupTile t = grp.tiles[grp.t0 + ws_unit(u, mblocks, nblocks).mb];
-      const int rows = min(BM, t.m_end - t.m0);
-      if (rows <= BM / 2) {
-        run_piece(pc, Whole{}, std::integral_constant<int, BM / 2>{});
-      } else if (rows <= 3 * BM / 4) {
-        run_piece(pc, Whole{}, std::integral_constant<int, 3 * BM / 4>{});
-      } else {
-        run_piece(pc, Whole{}, Full{});
-      }
-    } else {
-      run_piece(pc, Whole{}, Full{});
-    }
-  }
+  for (int u = blockIdx.x; u < sched.full; u += gridDim.x) run_piece(WsPiece{u, 0, sched.unit_tiles, kWsWhole}, Whole{});
   if constexpr (kStreamK) {
     WsCursor cur(sched, blockIdx.x, /*tail_only=*/true);
     WsPiece pc;
     bool more = cur.next(pc);
     if (more && pc.role == kWsPart) {
-      run_piece(pc, std::integral_constant<int, kWsPart>{}, Full{});
+      run_piece(pc, std::integral_constant<int, kWsPart>{});
       more = cur.next(pc);
     }
 #pragma unroll 1
     while (more && pc.role == kWsWhole) {
-      run_piece(pc, Whole{}, Full{});
+      run_piece(pc, Whole{});
       more = cur.next(pc);
     }
-    if (more) run_piece(pc, std::integral_constant<int, kWsOwner>{}, Full{});  // the range's last piece
+    if (more) run_piece(pc, std::integral_constant<int, kWsOwner>{});  // the range's last piece
   }
 #endif
 }

@@ -204,9 +204,6 @@ struct TileConfig {
   int splits = 1;  // blocks splitting K
   int pdl_flags = 0;  // kPdl* bits: launched as a programmatic dependent (sm90+), early trigger
   bool stream_k = false;  // kWgmmaWs with one K split: the stream-K tail above
-  // Grouped kWgmmaWs of 128-token tiles: a unit of a tile of <= 64 (96) rows on the m64n64 (m64n96)
-  // wgmma (gemm_ws_kernel's kNarrow; work in progress, testing.force(grouped_narrow_tails=True)).
-  bool narrow_tails = false;
 };
 
 }  // namespace awqgemm

@@ -76,23 +76,6 @@ __device__ __forceinline__ void zero_a_sets(A (&a)[N]) {
 template <int N, typename T>
 struct WgmmaRA;
 
-// m64n96: grouped v11.1's narrow units (a 128-token tile of at most 96 rows; work in progress) run it
-// (and m64n64) on a prefix of the same staged tile.
-// m64n96: D in %0..%47, A in %48..%51, the descriptor %52, scale-d %53.
-#define AWQGEMM_WGMMA_SETP_96 "setp.ne.b32 p, %53, 0;\n"
-#define AWQGEMM_WGMMA_OPERANDS_96 \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
-  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47" \
-  "}, {%48, %49, %50, %51}, %52, p, 1, 1, 0;\n"
-#define AWQGEMM_WGMMA_D_96 \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
-
 // m64n64: D in %0..%31, A in %32..%35, the descriptor %36, scale-d %37.
 #define AWQGEMM_WGMMA_SETP_64 "setp.ne.b32 p, %37, 0;\n"
 #define AWQGEMM_WGMMA_OPERANDS_64 \
@@ -168,8 +151,6 @@ struct WgmmaRA;
 
 AWQGEMM_WGMMA_RA(64, __half, "f16")
 AWQGEMM_WGMMA_RA(64, __nv_bfloat16, "bf16")
-AWQGEMM_WGMMA_RA(96, __half, "f16")
-AWQGEMM_WGMMA_RA(96, __nv_bfloat16, "bf16")
 AWQGEMM_WGMMA_RA(128, __half, "f16")
 AWQGEMM_WGMMA_RA(128, __nv_bfloat16, "bf16")
 AWQGEMM_WGMMA_RA(256, __half, "f16")

@@ -27,8 +27,8 @@ class _Override:
     # fused_moe's routing / silu-mul / combine as CUDA kernels; tests turn it off to run the torch ops
     # the kernels are checked against (bit for bit).
     moe_routing_kernels: bool = True
-    # Work in progress (tests and benchmarks select it; production never):
-    grouped_narrow_tails: bool = False  # grouped v11.1: 128-token tiles, short ones on m64n64 / m64n96 wgmmas
+    # Work in progress behind a switch of its own goes here (tests and benchmarks select it; production
+    # never): none today.
 
 
 state = _Override()

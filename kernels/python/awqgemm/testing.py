@@ -44,7 +44,6 @@ def force(
     path: str = "auto",
     *,
     moe_routing_kernels: bool = True,
-    grouped_narrow_tails: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -53,12 +52,10 @@ def force(
     ``moe_routing_kernels=False`` runs fused_moe's routing, silu-mul and combine as torch ops instead of
     its CUDA kernels (the reference the kernels are tested against).
 
-    Work in progress behind a switch (tests/conftest.py's WIP_FEATURES names it): ``grouped_narrow_tails``
-    plans grouped v11.1 (a 9.0 GPU, experts of more than 32 rows) with 128-token tiles only and runs a
-    tile of at most 64 (96) rows on the m64n64 (m64n96) wgmma instead of the m64n128 one."""
+    Work in progress lands behind a keyword switch of its own here (tests/conftest.py's WIP_FEATURES names
+    it); none today."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
-        "grouped_narrow_tails": grouped_narrow_tails,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
