@@ -163,16 +163,18 @@ NB_MODULE(_C, m) {
 
   m.def(
       "plan",
-      [](int family, int path, int dtype, int M, int N, int K, int device) {
+      [](int family, int path, int dtype, int M, int N, int K, int device, int wip) {
         if (M < 1 || N < 1 || K < 1) throw nb::value_error("awqgemm: M, N and K must be positive");
         const Family f = resolve(family, dtype, device);
-        const Plan plan = make_plan(f, to_path(path), device_info(device), M, N, K, 2);
+        const Plan plan = make_plan(f, to_path(path), device_info(device), M, N, K, 2, wip);
         return std::make_tuple(encode_plan(plan), static_cast<int>(plan.family), layout_for(plan.family), plan.dense,
                                plan.workspace_bytes);
       },
       nb::arg("family"), nb::arg("path"), nb::arg("dtype"), nb::arg("M"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
+      nb::arg("wip") = 0,
       "(plan code, family, packed layout it reads, dense?, workspace_bytes) for a problem. Deterministic, so a "
-      "captured graph replays it; the plan code goes to gemm() unchanged (made once per call).");
+      "captured graph replays it; the plan code goes to gemm() unchanged (made once per call). wip: bits of the "
+      "work-in-progress features to plan with (test switches; 0 in production).");
 
   m.def(
       "describe_plan",
@@ -185,6 +187,7 @@ NB_MODULE(_C, m) {
         d["tile_tokens"] = 8 * plan.tile.mt;
         d["splits"] = plan.tile.splits;
         d["stream_k"] = plan.tile.stream_k;
+        d["xs_hoisted"] = plan.tile.xs_hoisted;
         d["wide"] = plan.tile.kind == KernelKind::kWgmmaWs && plan.tile.nt == 2 * kWgNT;
         d["block_warps"] = plan.dense ? 0 : plan.tile.kwarps;
         // The K-split kernel's block width (32, or 64: plan_ksplit's wide decode blocks); 0 for the others.
@@ -214,10 +217,10 @@ NB_MODULE(_C, m) {
 
   m.def(
       "plan_grouped",
-      [](int family, int dtype, int R, int E, int N, int K, int device) {
+      [](int family, int dtype, int R, int E, int N, int K, int device, int wip) {
         if (R < 1 || E < 1 || N < 1 || K < 1) throw nb::value_error("awqgemm: R, E, N and K must be positive");
         const Family f = resolve(family, dtype, device);
-        const Plan plan = make_grouped_plan(f, device_info(device), R, E, N, K);
+        const Plan plan = make_grouped_plan(f, device_info(device), R, E, N, K, wip);
         if (grouped_grid_rows(R, 8 * plan.tile.mt, E) > 65535) {
           throw nb::value_error(("awqgemm: grouped GEMM of " + std::to_string(R) + " rows over " + std::to_string(E) +
                                  " experts needs more than 65535 grid rows; split the batch")
@@ -227,8 +230,9 @@ NB_MODULE(_C, m) {
                                plan.workspace_bytes);
       },
       nb::arg("family"), nb::arg("dtype"), nb::arg("R"), nb::arg("E"), nb::arg("N"), nb::arg("K"), nb::arg("device"),
+      nb::arg("wip") = 0,
       "(plan code, family, packed layout it reads, workspace_bytes) for a grouped (MoE) problem of R rows over E "
-      "experts.");
+      "experts; wip as for plan().");
 
   m.def(
       "gemm_grouped",
@@ -294,6 +298,10 @@ NB_MODULE(_C, m) {
 
   // fused_moe's routing / activation / combine kernels (awqgemm/moe_routing.h).
   m.attr("max_route_experts") = kMaxRouteExperts;
+  // Work-in-progress switches (awqgemm.testing.force keywords) -> their bit in the planners' `wip`.
+  nb::dict wip_features;
+  wip_features["xs_hoisted_copies"] = static_cast<int>(kWipXsHoisted);
+  m.attr("wip_features") = wip_features;
 
   m.def(
       "moe_route",

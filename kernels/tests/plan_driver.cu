@@ -124,6 +124,10 @@ int main(int argc, char** argv) {
             const Plan p = make_plan(static_cast<Family>(f), static_cast<PathRequest>(path), d, m, s[1], s[0], 2);
             std::printf("P %d %d %d %d %d %d %lld %lld %d\n", d.capability, f, path, s[0], s[1], m,
                         static_cast<long long>(encode_plan(p)), static_cast<long long>(p.workspace_bytes), roundtrip(p));
+            // The same problem planned with every work-in-progress switch on ('W').
+            const Plan w = make_plan(static_cast<Family>(f), static_cast<PathRequest>(path), d, m, s[1], s[0], 2, ~0);
+            std::printf("W %d %d %d %d %d %d %lld %lld %d\n", d.capability, f, path, s[0], s[1], m,
+                        static_cast<long long>(encode_plan(w)), static_cast<long long>(w.workspace_bytes), roundtrip(w));
           }
         }
       }
@@ -134,6 +138,10 @@ int main(int argc, char** argv) {
             std::printf("G %d %d %d %d %d %d %lld %lld %d\n", d.capability, f, E, s[0], s[1], R,
                         static_cast<long long>(encode_plan(p)), static_cast<long long>(p.workspace_bytes),
                         roundtrip(p));
+            const Plan w = make_grouped_plan(static_cast<Family>(f), d, R, E, s[1], s[0], ~0);
+            std::printf("H %d %d %d %d %d %d %lld %lld %d\n", d.capability, f, E, s[0], s[1], R,
+                        static_cast<long long>(encode_plan(w)), static_cast<long long>(w.workspace_bytes),
+                        roundtrip(w));
           }
         }
       }

@@ -42,7 +42,7 @@ def driver(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def plans(driver: Path) -> list[dict]:
+def all_plans(driver: Path) -> list[dict]:
     run = subprocess.run([str(driver)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     rows = []
@@ -52,8 +52,31 @@ def plans(driver: Path) -> list[dict]:
             dict(problem=kind, cap=int(cap), fam=int(fam), a=int(a), K=int(k), N=int(n), M=int(m), code=int(code),
                  ws=int(ws), roundtrip=int(rt), **_plan_fields(int(code)))
         )  # fmt: skip
+    return rows
+
+
+@pytest.fixture(scope="module")
+def plans(all_plans: list[dict]) -> list[dict]:
+    """The production plans: dense ('P') and grouped ('G'), no work-in-progress switch."""
+    rows = [p for p in all_plans if p["problem"] in ("P", "G")]
     assert len(rows) > 10000, f"the driver printed only {len(rows)} plans"
     return rows
+
+
+def test_wip_switches_change_only_their_plans(all_plans):
+    """Planned with every work-in-progress switch on ('W' dense, 'H' grouped), a problem gets the production
+    plan, plus xs_hoisted_copies' flag (8) on exactly the x-shared plans; the codes round-trip."""
+    prod = {(p["problem"], p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in all_plans}
+    wip = [p for p in all_plans if p["problem"] in ("W", "H")]
+    assert len(wip) > 10000
+    hoisted = 0
+    for w in wip:
+        p = prod[("P" if w["problem"] == "W" else "G", w["cap"], w["fam"], w["a"], w["K"], w["N"], w["M"])]
+        xs = p["kind"] == 1  # KernelKind::kXShared
+        assert w["code"] == p["code"] | ((8 << 56) if xs else 0), (p, w)
+        assert w["ws"] == p["ws"] and w["roundtrip"] == 1, (p, w)
+        hoisted += xs
+    assert hoisted > 500, hoisted
 
 
 def test_every_plan_code_round_trips(plans):

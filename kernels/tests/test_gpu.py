@@ -748,3 +748,89 @@ def test_racecheck_subset_wide_decode_blocks():
             x = torch.randn(m, k, dtype=torch.float16)
             err = rel_err(awqgemm.gemm(x.cuda(), packed).cpu(), x.double() @ w)
             assert err < 5e-3, (k, n, m, err)
+
+
+# Work in progress: xs_hoisted_copies (testing.force), the sm80 x-shared kernel with its copy sources set up
+# once per thread. Only the copies' addressing changes, so the outputs must equal the kernel's without the
+# switch bit for bit, on top of the fp64 check; grouped (MoE) problems run the same kernel.
+XS_TOKENS = (17, 24, 32, 33, 48, 63, 64)  # both tile heights (32 and 64 tokens), partial last rows
+XS_SHAPES = ((1152, 1376), (4096, 6144), (1120, 104), (2752, 4096))  # K tail (1120), N shards, K splits
+
+
+def _xs_hoisted_dense(dtype, group, tokens, shapes):
+    skip_unless_family("sm80")
+    for k, n in shapes:
+        qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+        with awqgemm.testing.force(family="sm80"):
+            packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
+        for m in tokens:
+            x = torch.randn(m, k, dtype=dtype, device="cuda")
+            with awqgemm.testing.force(family="sm80"):
+                before = awqgemm.gemm(x, packed)
+            with awqgemm.testing.force(family="sm80", xs_hoisted_copies=True):
+                info = awqgemm.plan_info(m, n, k, dtype)
+                assert (info["kernel"], info["xs_hoisted"]) == ("x_shared", True), (m, n, k, info)
+                check(x, qweight, qzeros, scales, group, label=f"xs hoisted M={m} K={k} N={n}")
+                assert torch.equal(awqgemm.gemm(x, packed), before), (m, n, k)
+
+
+def _xs_hoisted_grouped(dtype, group, rows_per_expert):
+    """3 experts (the middle one empty) with garbage row indices and rows past offsets[E] (zero), on the
+    grouped x-shared kernel with and without the switch."""
+    r = rows_per_expert
+    parts = [random_awq(512, 200, group, dtype, "cuda", seed=70 + e) for e in range(3)]
+    ck = tuple(torch.stack([p[i] for p in parts]) for i in range(3))
+    x = torch.randn(3 * r // 2, 512, dtype=dtype, device="cuda")
+    offsets = torch.tensor([0, r, r, 2 * r + r // 6], dtype=torch.int32, device="cuda")
+    rows = torch.randint(-5, 2 * r, (5 * r // 2,), dtype=torch.int32, device="cuda")
+    with awqgemm.testing.force(family="sm80"):
+        packed = awqgemm.pack_awq_experts(*ck, group)
+        before = awqgemm.moe_gemm(x, packed, offsets, rows)
+    with awqgemm.testing.force(family="sm80", xs_hoisted_copies=True):
+        info = awqgemm.moe.grouped_plan_info(5 * r // 2, 3, 200, 512, dtype)
+        assert (info["kernel"], info["xs_hoisted"]) == ("x_shared", True), info
+        got = awqgemm.moe_gemm(x, packed, offsets, rows)
+    torch.cuda.synchronize()
+    assert (got[2 * r + r // 6 :] == 0).all() and torch.isfinite(got).all()
+    assert torch.equal(got, before)
+    w = torch.stack([awqgemm.dequantize_awq(ck[0][e], ck[1][e], ck[2][e], group) for e in range(3)]).double()
+    safe = rows.clamp(0, x.shape[0] - 1).long()
+    for e, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
+        if hi > lo:
+            bound = 5e-3 if dtype == torch.float16 else 2e-2
+            assert rel_err(got[lo:hi], x[safe[lo:hi]].double() @ w[e]) < bound, (dtype, group, r, e)
+
+
+@pytest.mark.wip("xs_hoisted_copies")
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_xs_hoisted_copies(dtype, group):
+    _xs_hoisted_dense(dtype, group, XS_TOKENS, XS_SHAPES)
+    for r in (40, 64):  # 34 and 54 rows per active expert (grouped plans take 64-token tiles above 32)
+        _xs_hoisted_grouped(dtype, group, r)
+
+
+@pytest.mark.wip("xs_hoisted_copies")
+def test_sanitizer_subset_xs_hoisted_copies():
+    """The hoisted x-shared kernel for compute-sanitizer memcheck: both tile heights, the K tail, a
+    partial last row block, grouped rows with garbage indices."""
+    for dtype in (torch.float16, torch.bfloat16):
+        _xs_hoisted_dense(dtype, 64, (17, 33, 63), ((1120, 104), (1152, 1376)))
+        _xs_hoisted_grouped(dtype, 64, 40)
+
+
+@pytest.mark.wip("xs_hoisted_copies")
+def test_racecheck_subset_xs_hoisted_copies():
+    """The hoisted x-shared kernel for compute-sanitizer racecheck (its shared-memory ring), references on
+    the CPU (no cuBLAS kernel under racecheck)."""
+    skip_unless_family("sm80")
+    for dtype in (torch.float16, torch.bfloat16):
+        for k, n in ((1120, 104), (1152, 1376)):
+            qweight, qzeros, scales = random_awq(k, n, 64, dtype, "cuda")
+            w = awqgemm.dequantize_awq(qweight.cpu(), qzeros.cpu(), scales.cpu(), 64).double()
+            with awqgemm.testing.force(family="sm80", xs_hoisted_copies=True):
+                packed = awqgemm.pack_awq(qweight, qzeros, scales, 64)
+                for m in (17, 33, 64):
+                    x = torch.randn(m, k, dtype=dtype)
+                    out = awqgemm.gemm(x.cuda(), packed).cpu()
+                    assert rel_err(out, x.double() @ w) < (5e-3 if dtype == torch.float16 else 2e-2), (k, n, m)

@@ -67,15 +67,22 @@ bool have_sm90a();
 constexpr int64_t kMaxDenseChunkBytes = int64_t{64} << 20;
 int dense_chunk_columns(int N, int K, int dtype_bytes);
 
+// Work in progress behind test-only switches (awqgemm.testing.force): bits of the planners' `wip`
+// argument. Production passes 0; a feature either becomes the default or goes, with its bit.
+enum WipFeature : int {
+  kWipXsHoisted = 1,  // x-shared kernel: copy sources set up once per thread (gemm_xshared.cuh)
+};
+
 // The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes
 // from choose_family; `dtype_bytes` sizes the dense weight.
-Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes);
+Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes,
+               int wip = 0);
 
 // The grouped sibling (MoE experts: GemmProblem::row_offsets): R rows over
 // E experts, N x K each. The K-split kernel; for experts of more than 32 rows
 // v11.1 (the warp-specialized wgmma kernel) on the sm90 family, the x-shared
 // kernel on sm80 (see dispatch.cu).
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K);
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, int wip = 0);
 
 // Launches the fused kernel (and the split-K reduction when the plan splits).
 cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream);

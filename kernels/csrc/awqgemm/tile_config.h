@@ -204,6 +204,7 @@ struct TileConfig {
   int splits = 1;  // blocks splitting K
   int pdl_flags = 0;  // kPdl* bits: launched as a programmatic dependent (sm90+), early trigger
   bool stream_k = false;  // kWgmmaWs with one K split: the stream-K tail above
+  bool xs_hoisted = false;  // kXShared: gemm_xs_kernel's kHoisted copy setup (work in progress, kWipXsHoisted)
 };
 
 }  // namespace awqgemm

@@ -27,11 +27,17 @@ class _Override:
     # fused_moe's routing / silu-mul / combine as CUDA kernels; tests turn it off to run the torch ops
     # the kernels are checked against (bit for bit).
     moe_routing_kernels: bool = True
-    # Work in progress behind a switch of its own goes here (tests and benchmarks select it; production
-    # never): none today.
+    # Work in progress behind a switch of its own (tests and benchmarks select it; production never); each
+    # name is a key of _C.wip_features, its bit in the planners' `wip` argument:
+    xs_hoisted_copies: bool = False  # sm80 x-shared kernel: copy sources set up once per thread
 
 
 state = _Override()
+
+
+def wip_bits() -> int:
+    """The planners' ``wip`` argument: the bits of the work-in-progress switches that are on."""
+    return sum(bit for name, bit in _C.wip_features.items() if getattr(state, name))
 
 
 def device_index(device: torch.device) -> int:
@@ -73,7 +79,7 @@ def _gemm_cuda(x, qweight, scales, bias, K, N, group_size, layout):
     # One call makes the plan (and raises for an unsupported GPU/dtype); its
     # code goes to _C.gemm unchanged, so the plan is made once per call.
     code, family, family_layout, dense, ws_bytes = _C.plan(
-        state.family, _PATH_CODE[state.path], dtype_code, M, N, K, device
+        state.family, _PATH_CODE[state.path], dtype_code, M, N, K, device, wip_bits()
     )
     if family_layout != layout:
         raise ValueError(
@@ -162,5 +168,7 @@ def plan_info(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) 
     if device.type != "cuda" or _C is None or state.path == "reference":
         return {"family": None, "kernel": "reference", "dense": False, "workspace_bytes": 0}
     index = device_index(device)
-    code, family, _, dense, ws = _C.plan(state.family, _PATH_CODE[state.path], _DTYPE_CODE[dtype], M, N, K, index)
+    code, family, _, dense, ws = _C.plan(
+        state.family, _PATH_CODE[state.path], _DTYPE_CODE[dtype], M, N, K, index, wip_bits()
+    )
     return {"family": f"sm{family}", "dense": bool(dense), "workspace_bytes": ws, **_C.describe_plan(code)}

@@ -167,7 +167,9 @@ def _moe_gemm_cuda(x, qweight, scales, expert_offsets, row_index, K, N, group_si
     device = _ops.device_index(x.device)
     stream = torch.cuda.current_stream(x.device).cuda_stream
     dtype_code = _ops._DTYPE_CODE[x.dtype]
-    code, family, family_layout, ws_bytes = _C.plan_grouped(_ops.state.family, dtype_code, rows, num, N, K, device)
+    code, family, family_layout, ws_bytes = _C.plan_grouped(
+        _ops.state.family, dtype_code, rows, num, N, K, device, _ops.wip_bits()
+    )
     if family_layout != layout:
         raise ValueError(
             f"awqgemm: the experts were packed in layout {layout} but kernel family sm{family} reads layout "
@@ -777,5 +779,6 @@ def grouped_plan_info(
         N,
         K,
         index,
+        _ops.wip_bits(),
     )
     return {"family": f"sm{family}", "workspace_bytes": ws, **_C.describe_plan(code)}

@@ -44,6 +44,7 @@ def force(
     path: str = "auto",
     *,
     moe_routing_kernels: bool = True,
+    xs_hoisted_copies: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -52,10 +53,12 @@ def force(
     ``moe_routing_kernels=False`` runs fused_moe's routing, silu-mul and combine as torch ops instead of
     its CUDA kernels (the reference the kernels are tested against).
 
-    Work in progress lands behind a keyword switch of its own here (tests/conftest.py's WIP_FEATURES names
-    it); none today."""
+    Work in progress behind a switch (tests/conftest.py's WIP_FEATURES names it): ``xs_hoisted_copies``
+    runs the sm80 x-shared kernel (17-64 tokens, and grouped experts of more than 32 rows on the sm80
+    family) with its copy sources set up once per thread instead of per k-tile."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
+        "xs_hoisted_copies": xs_hoisted_copies,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
