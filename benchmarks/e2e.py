@@ -19,7 +19,8 @@ Contenders (``--quant``, comma separated):
                       (awqgemm.testing.force in the worker): what an A100 / L40S runs, timed here;
                       compare with awq_marlin:marlin (issue 11)
   awqgemm:wip         the plugin with the work-in-progress switches on for the whole engine: their e2e
-                      effect (today xs_hoisted_copies, which only the sm80 family runs)
+                      effect (today xs_hoisted_copies, run by the sm80 family only, and ws_raw_x, sm90 batches
+                      of at most 64 tokens)
   awqgemm:sm80:wip    awqgemm:sm80 with the work-in-progress switches on (issue 11's A/B)
   fp16                dense fp16, no quantization
 The kernel each AWQ engine used is read from the loaded model and recorded.
@@ -249,7 +250,7 @@ CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
 #: contender -> awqgemm.testing.force arguments for its whole worker (benchmark-only)
 FORCED: dict[str, dict[str, Any]] = {
     "awqgemm:sm80": {"family": "sm80"},
-    "awqgemm:wip": {"xs_hoisted_copies": True},  # every work-in-progress switch of awqgemm.testing.force
+    "awqgemm:wip": {"xs_hoisted_copies": True, "ws_raw_x": True},  # every work-in-progress switch
     "awqgemm:sm80:wip": {"family": "sm80", "xs_hoisted_copies": True},
 }
 

@@ -12,9 +12,11 @@ import torch
 from .shapes import DTYPES, Shape
 from .timing import short_error
 
-CONTENDERS = ("auto", "a80", "a80h", "fused", "wt", "wg", "dpath", "cublas", "tm", "machete", "marlin")
+CONTENDERS = ("auto", "autox", "a80", "a80h", "fused", "wt", "wg", "dpath", "cublas", "tm", "machete", "marlin")
 CONTENDER_DOC = {
     "auto": "awqgemm.gemm, default dispatch (what users get)",
+    "autox": "auto with the work-in-progress switch ws_raw_x on (v11.1's 64-token tiles copy x themselves, "
+    "no staging kernel; testing.force(ws_raw_x=True))",
     "a80": "awqgemm's default dispatch with the sm80 family forced (what an A100 / L40S / RTX 4090 runs; "
     "issue 11's comparison with Marlin) (testing.force(family='sm80'))",
     "a80h": "a80 with the work-in-progress switch xs_hoisted_copies on (the x-shared kernel's copy sources "
@@ -98,7 +100,7 @@ def build_contenders(
     unavailable: dict[str, str] = {}
     keep: list[Any] = []
 
-    awq_names = [c for c in ("auto", "a80", "a80h", "fused", "wt", "wg", "dpath") if c in wanted]
+    awq_names = [c for c in ("auto", "autox", "a80", "a80h", "fused", "wt", "wg", "dpath") if c in wanted]
     cuda = device.type == "cuda"
     for c in ("wg",):
         if c in awq_names and "sm90a_m64nNk16" not in awqgemm.build_info()["kernel_families"]:
@@ -115,6 +117,7 @@ def build_contenders(
         sm80 = cuda and torch.cuda.get_device_capability(device) >= (8, 0)
         force = {
             "auto": {},
+            "autox": {"ws_raw_x": True},
             "a80": {"family": "sm80"} if sm80 else {},
             "a80h": {"family": "sm80", "xs_hoisted_copies": True} if sm80 else {"xs_hoisted_copies": True},
             "fused": {"family": "sm80", "path": "fused"} if sm80 else {"path": "fused"},

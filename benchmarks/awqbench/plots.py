@@ -14,6 +14,7 @@ PLOT_STYLE = {
     "auto": {"color": "C0", "lw": 2.0, "label": "awqgemm auto"},
     "a80": {"color": "C5", "lw": 1.5, "label": "awqgemm auto, sm80 family forced"},
     "a80h": {"color": "k", "lw": 1.0, "label": "a80, xs_hoisted_copies (wip)"},
+    "autox": {"color": "0.5", "lw": 1.0, "label": "auto, ws_raw_x (wip)"},
     "fused": {"color": "C2", "lw": 1.0, "label": "awqgemm fused (sm80)"},
     "wt": {"color": "C9", "lw": 1.0, "label": "awqgemm weight-tile (sm80)"},
     "wg": {"color": "C6", "lw": 1.5, "label": "awqgemm wgmma (sm90a)"},

@@ -188,6 +188,7 @@ NB_MODULE(_C, m) {
         d["splits"] = plan.tile.splits;
         d["stream_k"] = plan.tile.stream_k;
         d["xs_hoisted"] = plan.tile.xs_hoisted;
+        d["ws_raw_x"] = plan.tile.ws_raw_x;
         d["wide"] = plan.tile.kind == KernelKind::kWgmmaWs && plan.tile.nt == 2 * kWgNT;
         d["block_warps"] = plan.dense ? 0 : plan.tile.kwarps;
         // The K-split kernel's block width (32, or 64: plan_ksplit's wide decode blocks); 0 for the others.
@@ -301,6 +302,7 @@ NB_MODULE(_C, m) {
   // Work-in-progress switches (awqgemm.testing.force keywords) -> their bit in the planners' `wip`.
   nb::dict wip_features;
   wip_features["xs_hoisted_copies"] = static_cast<int>(kWipXsHoisted);
+  wip_features["ws_raw_x"] = static_cast<int>(kWipWsRawX);
   m.attr("wip_features") = wip_features;
 
   m.def(

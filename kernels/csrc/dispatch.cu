@@ -113,7 +113,7 @@ int64_t encode_plan(const Plan& plan) {
   const int64_t fields[8] = {static_cast<int>(plan.family), static_cast<int>(t.kind), t.mt, t.nt, t.kwarps, t.splits,
                              t.pdl_flags,
                              (plan.dense ? 1 : 0) | (plan.reduce_pdl ? 2 : 0) | (t.stream_k ? 4 : 0) |
-                                 (t.xs_hoisted ? 8 : 0)};
+                                 (t.xs_hoisted ? 8 : 0) | (t.ws_raw_x ? 16 : 0)};
   int64_t code = 0;
   for (int i = 7; i >= 0; --i) code = (code << 8) | (fields[i] & 0xFF);
   return code;
@@ -123,13 +123,15 @@ bool decode_plan(int64_t code, Plan* plan) {
   int f[8];
   for (int i = 0; i < 8; ++i) f[i] = static_cast<int>((code >> (8 * i)) & 0xFF);
   const bool family_ok = f[0] == 70 || f[0] == 75 || f[0] == 80 || (f[0] == 90 && have_sm90a());
-  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 15) {
+  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 31) {
     return false;
   }
   // Stream-K exists only for v11.1 with one K split.
   if ((f[7] & 4) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[5] != 1)) return false;
   // The hoisted copies are an x-shared kernel's.
   if ((f[7] & 8) != 0 && f[1] != static_cast<int>(KernelKind::kXShared)) return false;
+  // Raw x: v11.1's 64-token tiles.
+  if ((f[7] & 16) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[2] != 8)) return false;
   plan->family = static_cast<Family>(f[0]);
   plan->tile.kind = static_cast<KernelKind>(f[1]);
   plan->tile.mt = f[2];
@@ -141,6 +143,7 @@ bool decode_plan(int64_t code, Plan* plan) {
   plan->reduce_pdl = (f[7] & 2) != 0;
   plan->tile.stream_k = (f[7] & 4) != 0;
   plan->tile.xs_hoisted = (f[7] & 8) != 0;
+  plan->tile.ws_raw_x = (f[7] & 16) != 0;
   return true;
 }
 
@@ -373,7 +376,7 @@ void plan_wtile(Plan& plan, int sms, int M, int N, int K) {
 // kernel forced): geomean 0.95x the time at M = 64, 0.97x at 128, 0.84x at 256,
 // 0.90x at 512, 0.88x at 1024; down to 0.63x where a partial round idled most
 // SMs (Llama-2-70B qkv at 256), before the rule against > 3 pieces below.
-bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
+bool plan_wgws(Plan& plan, int sms, int M, int N, int K, int wip) {
   TileConfig& t = plan.tile;
   const int chunk = ws_chunk_rows(M, K);
   if (chunk < std::min(M, 256)) return false;
@@ -434,6 +437,7 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
       }
     }
   }
+  t.ws_raw_x = (wip & kWipWsRawX) != 0 && t.mt == 8;
   return true;
 }
 
@@ -551,7 +555,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   if (family == Family::kSm90) {
     if (path == PathRequest::kFused || (path == PathRequest::kAuto && wgmma_auto(M, N, K, sms))) {
       plan.family = Family::kSm90;
-      if (!plan_wgws(plan, sms, M, N, K)) {
+      if (!plan_wgws(plan, sms, M, N, K, wip)) {
         // K too long to stage even 256 rows (K > 65536): the v9 kernel, which gathers x itself. BM =
         // 64, 128 or 256 tokens (256: one block per SM, twice the tokens per dequantized weight).
         const int mt = M <= 64 ? 8 : M <= 512 ? 16 : 32;

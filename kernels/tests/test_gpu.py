@@ -834,3 +834,66 @@ def test_racecheck_subset_xs_hoisted_copies():
                     x = torch.randn(m, k, dtype=dtype)
                     out = awqgemm.gemm(x.cuda(), packed).cpu()
                     assert rel_err(out, x.double() @ w) < (5e-3 if dtype == torch.float16 else 2e-2), (k, n, m)
+
+
+# Work in progress: ws_raw_x (testing.force), v11.1 at 64-token tiles copying the caller's x into each stage
+# itself (no staging kernel). The stages hold the same bytes as the staged copy's, so the outputs must equal
+# the kernel's without the switch bit for bit, on top of the fp64 check. Shapes: a K tail (1120), N shards,
+# K-split plans (qkv-like) and a stream-K plan (Llama-3-8B gate_up at 64 tokens).
+RAW_X_TOKENS = (1, 5, 16, 17, 40, 63, 64)
+RAW_X_SHAPES = ((1152, 1376), (1120, 104), (4096, 6144), (2752, 4096), (4096, 28672))
+
+
+def _raw_x(dtype, group, tokens, shapes, graph=False):
+    skip_unless_family("sm90")
+    kinds = set()
+    for k, n in shapes:
+        qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+        with awqgemm.testing.force(family="sm90", path="fused"):
+            packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
+        for m in tokens:
+            x = torch.randn(m, k, dtype=dtype, device="cuda")
+            with awqgemm.testing.force(family="sm90", path="fused"):
+                before = awqgemm.gemm(x, packed)
+            with awqgemm.testing.force(family="sm90", path="fused", ws_raw_x=True):
+                info = awqgemm.plan_info(m, n, k, dtype)
+                assert (info["kernel"], info["tile_tokens"], info["ws_raw_x"]) == ("wgmma_ws", 64, True), (m, n, k)
+                kinds.add("stream-K" if info["stream_k"] else f"{info['splits']} splits")
+                check(x, qweight, qzeros, scales, group, label=f"raw x M={m} K={k} N={n}")
+                assert torch.equal(awqgemm.gemm(x, packed), before), (m, n, k)
+                if graph:
+                    assert_graph_replay_equals_eager(x, packed, replays=2)
+    return kinds
+
+
+@pytest.mark.wip("ws_raw_x")
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_ws_raw_x(dtype, group):
+    kinds = _raw_x(dtype, group, RAW_X_TOKENS, RAW_X_SHAPES, graph=group == 128)
+    assert "stream-K" in kinds and any(s.endswith("splits") for s in kinds), kinds
+
+
+@pytest.mark.wip("ws_raw_x")
+def test_sanitizer_subset_ws_raw_x():
+    """v11.1 with raw x for compute-sanitizer memcheck: the K tail, a partial row block, a K split and the
+    stream-K tail."""
+    for dtype in (torch.float16, torch.bfloat16):
+        _raw_x(dtype, 64, (5, 64), ((1120, 104), (4096, 6144), (4096, 28672)))
+
+
+@pytest.mark.wip("ws_raw_x")
+def test_racecheck_subset_ws_raw_x():
+    """v11.1 with raw x for compute-sanitizer racecheck (the x warps' cp.async writes, handed to the
+    consumers' wgmmas through the full barriers), references on the CPU."""
+    skip_unless_family("sm90")
+    for dtype in (torch.float16, torch.bfloat16):
+        for k, n in ((1120, 104), (1152, 1376)):
+            qweight, qzeros, scales = random_awq(k, n, 64, dtype, "cuda")
+            w = awqgemm.dequantize_awq(qweight.cpu(), qzeros.cpu(), scales.cpu(), 64).double()
+            with awqgemm.testing.force(family="sm90", path="fused", ws_raw_x=True):
+                packed = awqgemm.pack_awq(qweight, qzeros, scales, 64)
+                for m in (5, 64):
+                    x = torch.randn(m, k, dtype=dtype)
+                    out = awqgemm.gemm(x.cuda(), packed).cpu()
+                    assert rel_err(out, x.double() @ w) < (5e-3 if dtype == torch.float16 else 2e-2), (k, n, m)

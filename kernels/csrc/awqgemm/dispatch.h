@@ -71,6 +71,7 @@ int dense_chunk_columns(int N, int K, int dtype_bytes);
 // argument. Production passes 0; a feature either becomes the default or goes, with its bit.
 enum WipFeature : int {
   kWipXsHoisted = 1,  // x-shared kernel: copy sources set up once per thread (gemm_xshared.cuh)
+  kWipWsRawX = 2,     // v11.1 at 64-token tiles: the producer copies x itself, no staging kernel
 };
 
 // The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes

@@ -30,6 +30,7 @@ class _Override:
     # Work in progress behind a switch of its own (tests and benchmarks select it; production never); each
     # name is a key of _C.wip_features, its bit in the planners' `wip` argument:
     xs_hoisted_copies: bool = False  # sm80 x-shared kernel: copy sources set up once per thread
+    ws_raw_x: bool = False  # sm90 v11.1 at 64-token tiles: the producer copies x, no staging kernel
 
 
 state = _Override()
