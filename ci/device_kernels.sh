@@ -34,11 +34,15 @@ WIP_FAILED=""
 
 # in_parts LABEL "FEATURES" CMD...: runs CMD (a pytest command line, in kernels/) with --wip none, then
 # with --wip F for each feature F; logs $OUT/LABEL.log and $OUT/LABEL-F.log (junit XML beside them).
+# WIP_ONLY=1 leaves out the --wip none part (device time, when the default code is what an earlier run
+# already tested: say so in the run's notes).
 # tests/test_wip_selection.py checks that every feature has tests in the file it is listed for.
 in_parts() {
   local label=$1 features=$2 part log r all=0
   shift 2
-  for part in none $features; do
+  local parts="none $features"
+  [ "${WIP_ONLY:-0}" = 1 ] && parts=$features
+  for part in $parts; do
     # A feature that already failed (traps included) is not run again under a sanitizer.
     case " $WIP_FAILED " in *" $part "*)
       echo "$label [wip: $part] not run: it failed earlier in this run" | tee -a "$OUT/summary.txt"; continue;;
