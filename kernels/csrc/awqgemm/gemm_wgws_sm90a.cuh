@@ -304,6 +304,27 @@ __device__ __forceinline__ WsUnit ws_unit(int u, int mblocks, int nblocks) {
   return {u - rest * mblocks, rest % nblocks, rest / nblocks};
 }
 
+// The producer side's walk over a CTA's work (the copy-issuing lane and, kRawX, the x warps): whole
+// units, then (stream-K) the tail's pieces, in the consumers' order.
+template <bool kStreamK, class F>
+__device__ __forceinline__ void for_each_produced_piece(const WsSchedule& sched, F&& produce) {
+#pragma unroll 1
+  for (int u = blockIdx.x; u < sched.full; u += gridDim.x) produce(WsPiece{u, 0, sched.unit_tiles, kWsWhole});
+  if constexpr (kStreamK) {
+    WsCursor cur(sched, blockIdx.x, /*tail_only=*/true);
+    WsPiece pc;
+#pragma unroll 1
+    while (cur.next(pc)) produce(pc);
+  }
+}
+// The next ring slot, and the phase flipped on wrapping.
+template <int STAGES>
+__device__ __forceinline__ void ring_next(int& slot, uint32_t& phase) {
+  const uint32_t wrap = slot + 1 == STAGES;
+  slot = wrap ? 0 : slot + 1;
+  phase ^= wrap;
+}
+
 // p.x is the staged x (stage_x_tiles_kernel) of p.M rows; out, bias and the
 // split-K workspace ([splits][M][N] fp32) as in the other kernels.
 // kStreamK (splits == 1): the workspace holds the tail's flags and slots
@@ -429,19 +450,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
               arrive_oldest();
               --pending;
             }
-            const uint32_t wrap = slot + 1 == STAGES;
-            slot = wrap ? 0 : slot + 1;
-            phase ^= wrap;
+            ring_next<STAGES>(slot, phase);
           }
         };
-#pragma unroll 1
-        for (int u = blockIdx.x; u < sched.full; u += gridDim.x) produce_x(WsPiece{u, 0, sched.unit_tiles, kWsWhole});
-        if constexpr (kStreamK) {
-          WsCursor cur(sched, blockIdx.x, /*tail_only=*/true);
-          WsPiece pc;
-#pragma unroll 1
-          while (cur.next(pc)) produce_x(pc);
-        }
+        for_each_produced_piece<kStreamK>(sched, produce_x);
         cp_async_wait<0>();
         while (pending-- > 0) arrive_oldest();
         return;
@@ -500,20 +512,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
         mbar_arrive_expect_tx(full, bytes);
         copy_weights(st, full, kt0 + i, w.nb, nvalid, e, sz);
         if constexpr (!kRawX) bulk_g2s(st, xunit + i * x_step, rows * 128, full);
-        const uint32_t wrap = slot + 1 == STAGES;
-        slot = wrap ? 0 : slot + 1;
-        phase ^= wrap;
+        ring_next<STAGES>(slot, phase);
       }
     };
-    // Whole units, then (stream-K) the tail's pieces: the consumers' order.
-#pragma unroll 1
-    for (int u = blockIdx.x; u < sched.full; u += gridDim.x) produce(WsPiece{u, 0, sched.unit_tiles, kWsWhole});
-    if constexpr (kStreamK) {
-      WsCursor cur(sched, blockIdx.x, /*tail_only=*/true);
-      WsPiece pc;
-#pragma unroll 1
-      while (cur.next(pc)) produce(pc);
-    }
+    for_each_produced_piece<kStreamK>(sched, produce);
     return;  // in-flight copies complete into the CTA, which the consumers keep alive
   }
 
