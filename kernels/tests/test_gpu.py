@@ -750,28 +750,60 @@ def test_racecheck_subset_wide_decode_blocks():
             assert err < 5e-3, (k, n, m, err)
 
 
-# Work in progress: xs_hoisted_copies (testing.force), the sm80 x-shared kernel with its copy sources set up
-# once per thread. Only the copies' addressing changes, so the outputs must equal the kernel's without the
-# switch bit for bit, on top of the fp64 check; grouped (MoE) problems run the same kernel.
-XS_TOKENS = (17, 24, 32, 33, 48, 63, 64)  # both tile heights (32 and 64 tokens), partial last rows
-XS_SHAPES = ((1152, 1376), (4096, 6144), (1120, 104), (2752, 4096))  # K tail (1120), N shards, K splits
+# Work in progress behind test switches (testing.force): each changes how a kernel fills its shared memory, not
+# what it computes, so under the switch the outputs must equal the kernel's without it bit for bit, on top of
+# the fp64 check; the plan must say the switch took.
 
 
-def _xs_hoisted_dense(dtype, group, tokens, shapes):
-    skip_unless_family("sm80")
+def _same_under_switch(family, path, switch, expect, dtype, group, tokens, shapes, graph=False):
+    """gemm under testing.force(family, path, switch=True) at each (K, N) x M: plan_info has `expect`'s
+    items, fp64 check, bit-equal to the same force without the switch (and, with `graph`, a replayed CUDA
+    graph equal to eager). Returns the plans."""
+    skip_unless_family(family)
+    plans = []
     for k, n in shapes:
         qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
-        with awqgemm.testing.force(family="sm80"):
+        with awqgemm.testing.force(family=family, path=path):
             packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
         for m in tokens:
             x = torch.randn(m, k, dtype=dtype, device="cuda")
-            with awqgemm.testing.force(family="sm80"):
+            with awqgemm.testing.force(family=family, path=path):
                 before = awqgemm.gemm(x, packed)
-            with awqgemm.testing.force(family="sm80", xs_hoisted_copies=True):
+            with awqgemm.testing.force(family=family, path=path, **{switch: True}):
                 info = awqgemm.plan_info(m, n, k, dtype)
-                assert (info["kernel"], info["xs_hoisted"]) == ("x_shared", True), (m, n, k, info)
-                check(x, qweight, qzeros, scales, group, label=f"xs hoisted M={m} K={k} N={n}")
+                assert {key: info[key] for key in expect} == expect, (m, n, k, info)
+                check(x, qweight, qzeros, scales, group, label=f"{switch} M={m} K={k} N={n}")
                 assert torch.equal(awqgemm.gemm(x, packed), before), (m, n, k)
+                if graph:
+                    assert_graph_replay_equals_eager(x, packed, replays=2)
+            plans.append(info)
+    return plans
+
+
+def _cpu_checked_under_switch(family, path, switch, tokens):
+    """The racecheck variant: fp16 and bf16, group 64, references on the CPU (see test_racecheck_subset)."""
+    skip_unless_family(family)
+    for dtype in (torch.float16, torch.bfloat16):
+        for k, n in ((1120, 104), (1152, 1376)):
+            qweight, qzeros, scales = random_awq(k, n, 64, dtype, "cuda")
+            w = awqgemm.dequantize_awq(qweight.cpu(), qzeros.cpu(), scales.cpu(), 64).double()
+            with awqgemm.testing.force(family=family, path=path, **{switch: True}):
+                packed = awqgemm.pack_awq(qweight, qzeros, scales, 64)
+                for m in tokens:
+                    x = torch.randn(m, k, dtype=dtype)
+                    out = awqgemm.gemm(x.cuda(), packed).cpu()
+                    assert rel_err(out, x.double() @ w) < (5e-3 if dtype == torch.float16 else 2e-2), (k, n, m)
+
+
+# xs_hoisted_copies: the sm80 x-shared kernel with its copy sources set up once per thread; grouped (MoE)
+# problems run the same kernel.
+XS_TOKENS = (17, 24, 32, 33, 48, 63, 64)  # both tile heights (32 and 64 tokens), partial last rows
+XS_SHAPES = ((1152, 1376), (4096, 6144), (1120, 104), (2752, 4096))  # K tail (1120), N shards, K splits
+XS_EXPECT = {"kernel": "x_shared", "xs_hoisted": True}
+
+
+def _xs_hoisted_dense(dtype, group, tokens, shapes):
+    _same_under_switch("sm80", "auto", "xs_hoisted_copies", XS_EXPECT, dtype, group, tokens, shapes)
 
 
 def _xs_hoisted_grouped(dtype, group, rows_per_expert):
@@ -823,47 +855,20 @@ def test_sanitizer_subset_xs_hoisted_copies():
 def test_racecheck_subset_xs_hoisted_copies():
     """The hoisted x-shared kernel for compute-sanitizer racecheck (its shared-memory ring), references on
     the CPU (no cuBLAS kernel under racecheck)."""
-    skip_unless_family("sm80")
-    for dtype in (torch.float16, torch.bfloat16):
-        for k, n in ((1120, 104), (1152, 1376)):
-            qweight, qzeros, scales = random_awq(k, n, 64, dtype, "cuda")
-            w = awqgemm.dequantize_awq(qweight.cpu(), qzeros.cpu(), scales.cpu(), 64).double()
-            with awqgemm.testing.force(family="sm80", xs_hoisted_copies=True):
-                packed = awqgemm.pack_awq(qweight, qzeros, scales, 64)
-                for m in (17, 33, 64):
-                    x = torch.randn(m, k, dtype=dtype)
-                    out = awqgemm.gemm(x.cuda(), packed).cpu()
-                    assert rel_err(out, x.double() @ w) < (5e-3 if dtype == torch.float16 else 2e-2), (k, n, m)
+    _cpu_checked_under_switch("sm80", "auto", "xs_hoisted_copies", (17, 33, 64))
 
 
-# Work in progress: ws_raw_x (testing.force), v11.1 at 64-token tiles copying the caller's x into each stage
-# itself (no staging kernel). The stages hold the same bytes as the staged copy's, so the outputs must equal
-# the kernel's without the switch bit for bit, on top of the fp64 check. Shapes: a K tail (1120), N shards,
-# K-split plans (qkv-like) and a stream-K plan (Llama-3-8B gate_up at 64 tokens).
+# ws_raw_x: v11.1 at 64-token tiles copying the caller's x into each stage itself (no staging kernel).
+# Shapes: a K tail (1120), N shards, K-split plans (qkv-like) and a stream-K plan (Llama-3-8B gate_up at 64
+# tokens).
 RAW_X_TOKENS = (1, 5, 16, 17, 40, 63, 64)
 RAW_X_SHAPES = ((1152, 1376), (1120, 104), (4096, 6144), (2752, 4096), (4096, 28672))
+RAW_X_EXPECT = {"kernel": "wgmma_ws", "tile_tokens": 64, "ws_raw_x": True}
 
 
 def _raw_x(dtype, group, tokens, shapes, graph=False):
-    skip_unless_family("sm90")
-    kinds = set()
-    for k, n in shapes:
-        qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
-        with awqgemm.testing.force(family="sm90", path="fused"):
-            packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
-        for m in tokens:
-            x = torch.randn(m, k, dtype=dtype, device="cuda")
-            with awqgemm.testing.force(family="sm90", path="fused"):
-                before = awqgemm.gemm(x, packed)
-            with awqgemm.testing.force(family="sm90", path="fused", ws_raw_x=True):
-                info = awqgemm.plan_info(m, n, k, dtype)
-                assert (info["kernel"], info["tile_tokens"], info["ws_raw_x"]) == ("wgmma_ws", 64, True), (m, n, k)
-                kinds.add("stream-K" if info["stream_k"] else f"{info['splits']} splits")
-                check(x, qweight, qzeros, scales, group, label=f"raw x M={m} K={k} N={n}")
-                assert torch.equal(awqgemm.gemm(x, packed), before), (m, n, k)
-                if graph:
-                    assert_graph_replay_equals_eager(x, packed, replays=2)
-    return kinds
+    plans = _same_under_switch("sm90", "fused", "ws_raw_x", RAW_X_EXPECT, dtype, group, tokens, shapes, graph)
+    return {"stream-K" if info["stream_k"] else f"{info['splits']} splits" for info in plans}
 
 
 @pytest.mark.wip("ws_raw_x")
@@ -886,14 +891,4 @@ def test_sanitizer_subset_ws_raw_x():
 def test_racecheck_subset_ws_raw_x():
     """v11.1 with raw x for compute-sanitizer racecheck (the x warps' cp.async writes, handed to the
     consumers' wgmmas through the full barriers), references on the CPU."""
-    skip_unless_family("sm90")
-    for dtype in (torch.float16, torch.bfloat16):
-        for k, n in ((1120, 104), (1152, 1376)):
-            qweight, qzeros, scales = random_awq(k, n, 64, dtype, "cuda")
-            w = awqgemm.dequantize_awq(qweight.cpu(), qzeros.cpu(), scales.cpu(), 64).double()
-            with awqgemm.testing.force(family="sm90", path="fused", ws_raw_x=True):
-                packed = awqgemm.pack_awq(qweight, qzeros, scales, 64)
-                for m in (5, 64):
-                    x = torch.randn(m, k, dtype=dtype)
-                    out = awqgemm.gemm(x.cuda(), packed).cpu()
-                    assert rel_err(out, x.double() @ w) < (5e-3 if dtype == torch.float16 else 2e-2), (k, n, m)
+    _cpu_checked_under_switch("sm90", "fused", "ws_raw_x", (5, 64))

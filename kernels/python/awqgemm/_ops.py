@@ -31,13 +31,17 @@ class _Override:
     # name is a key of _C.wip_features, its bit in the planners' `wip` argument:
     xs_hoisted_copies: bool = False  # sm80 x-shared kernel: copy sources set up once per thread
     ws_raw_x: bool = False  # sm90 v11.1 at 64-token tiles: the producer copies x, no staging kernel
+    # wip_bits() of the switches above, kept by testing.force so the GEMM path reads one int per call.
+    wip: int = 0
 
 
 state = _Override()
 
 
 def wip_bits() -> int:
-    """The planners' ``wip`` argument: the bits of the work-in-progress switches that are on."""
+    """The planners' ``wip`` argument for the work-in-progress switches that are on now."""
+    if _C is None:
+        return 0
     return sum(bit for name, bit in _C.wip_features.items() if getattr(state, name))
 
 
@@ -80,7 +84,7 @@ def _gemm_cuda(x, qweight, scales, bias, K, N, group_size, layout):
     # One call makes the plan (and raises for an unsupported GPU/dtype); its
     # code goes to _C.gemm unchanged, so the plan is made once per call.
     code, family, family_layout, dense, ws_bytes = _C.plan(
-        state.family, _PATH_CODE[state.path], dtype_code, M, N, K, device, wip_bits()
+        state.family, _PATH_CODE[state.path], dtype_code, M, N, K, device, state.wip
     )
     if family_layout != layout:
         raise ValueError(
@@ -170,6 +174,6 @@ def plan_info(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) 
         return {"family": None, "kernel": "reference", "dense": False, "workspace_bytes": 0}
     index = device_index(device)
     code, family, _, dense, ws = _C.plan(
-        state.family, _PATH_CODE[state.path], _DTYPE_CODE[dtype], M, N, K, index, wip_bits()
+        state.family, _PATH_CODE[state.path], _DTYPE_CODE[dtype], M, N, K, index, state.wip
     )
     return {"family": f"sm{family}", "dense": bool(dense), "workspace_bytes": ws, **_C.describe_plan(code)}

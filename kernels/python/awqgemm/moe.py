@@ -168,7 +168,7 @@ def _moe_gemm_cuda(x, qweight, scales, expert_offsets, row_index, K, N, group_si
     stream = torch.cuda.current_stream(x.device).cuda_stream
     dtype_code = _ops._DTYPE_CODE[x.dtype]
     code, family, family_layout, ws_bytes = _C.plan_grouped(
-        _ops.state.family, dtype_code, rows, num, N, K, device, _ops.wip_bits()
+        _ops.state.family, dtype_code, rows, num, N, K, device, _ops.state.wip
     )
     if family_layout != layout:
         raise ValueError(
@@ -779,6 +779,6 @@ def grouped_plan_info(
         N,
         K,
         index,
-        _ops.wip_bits(),
+        _ops.state.wip,
     )
     return {"family": f"sm{family}", "workspace_bytes": ws, **_C.describe_plan(code)}

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import torch
 
 from . import _layout
-from ._ops import state
+from ._ops import state, wip_bits
 
 FAMILIES = {"auto": 0, "sm70": 70, "sm75": 75, "sm80": 80, "sm90": 90}
 PATHS = ("auto", "fused", "dense", "reference", "wtile")
@@ -67,15 +67,16 @@ def force(
     for name, v in switches.items():
         if not isinstance(v, bool):
             raise TypeError(f"awqgemm.testing.force: {name} must be a bool, got {type(v).__name__}")
-    old = (state.family, state.path, *(getattr(state, n) for n in switches))
+    old = (state.family, state.path, state.wip, *(getattr(state, n) for n in switches))
     state.family, state.path = _parse_family(family), _parse_path(path)
     for n, v in switches.items():
         setattr(state, n, v)
+    state.wip = wip_bits()
     try:
         yield
     finally:
-        state.family, state.path = old[:2]
-        for n, v in zip(switches, old[2:], strict=True):
+        state.family, state.path, state.wip = old[:3]
+        for n, v in zip(switches, old[3:], strict=True):
             setattr(state, n, v)
 
 
