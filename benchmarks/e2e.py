@@ -19,9 +19,7 @@ Contenders (``--quant``, comma separated):
                       (awqgemm.testing.force in the worker): what an A100 / L40S runs, timed here;
                       compare with awq_marlin:marlin (issue 11)
   awqgemm:wip         the plugin with the work-in-progress switches on for the whole engine: their e2e
-                      effect (today xs_hoisted_copies, run by the sm80 family only, and ws_raw_x, sm90 batches
-                      of at most 64 tokens)
-  awqgemm:sm80:wip    awqgemm:sm80 with the work-in-progress switches on (issue 11's A/B)
+                      effect (none today)
   fp16                dense fp16, no quantization
 The kernel each AWQ engine used is read from the loaded model and recorded.
 
@@ -243,15 +241,13 @@ CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
     "awqgemm": ("awqgemm", {}, True),
     "awqgemm:sm80": ("awqgemm", {}, True),
     "awqgemm:wip": ("awqgemm", {}, True),
-    "awqgemm:sm80:wip": ("awqgemm", {}, True),
     "awq_turbomind": ("awq_turbomind", {}, True),
     "fp16": (None, {}, False),
 }
 #: contender -> awqgemm.testing.force arguments for its whole worker (benchmark-only)
 FORCED: dict[str, dict[str, Any]] = {
     "awqgemm:sm80": {"family": "sm80"},
-    "awqgemm:wip": {"xs_hoisted_copies": True, "ws_raw_x": True},  # every work-in-progress switch
-    "awqgemm:sm80:wip": {"family": "sm80", "xs_hoisted_copies": True},
+    "awqgemm:wip": {},  # every work-in-progress switch of awqgemm.testing.force (none today)
 }
 
 #: name -> (number of prompts, prompt tokens, output tokens, metric)

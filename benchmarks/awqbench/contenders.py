@@ -12,15 +12,11 @@ import torch
 from .shapes import DTYPES, Shape
 from .timing import short_error
 
-CONTENDERS = ("auto", "autox", "a80", "a80h", "fused", "wt", "wg", "dpath", "cublas", "tm", "machete", "marlin")
+CONTENDERS = ("auto", "a80", "fused", "wt", "wg", "dpath", "cublas", "tm", "machete", "marlin")
 CONTENDER_DOC = {
     "auto": "awqgemm.gemm, default dispatch (what users get)",
-    "autox": "auto with the work-in-progress switch ws_raw_x on (v11.1's 64-token tiles copy x themselves, "
-    "no staging kernel; testing.force(ws_raw_x=True))",
     "a80": "awqgemm's default dispatch with the sm80 family forced (what an A100 / L40S / RTX 4090 runs; "
     "issue 11's comparison with Marlin) (testing.force(family='sm80'))",
-    "a80h": "a80 with the work-in-progress switch xs_hoisted_copies on (the x-shared kernel's copy sources "
-    "set up once per thread; testing.force(family='sm80', xs_hoisted_copies=True))",
     "fused": "awqgemm forced onto its sm80 fused kernels (testing.force(family='sm80', path='fused'))",
     "wt": "awqgemm forced onto the sm80 weight-tile kernel at every M (testing.force(family='sm80', path='wtile'))",
     "wg": "awqgemm forced onto the sm90a wgmma kernels, v11.1 (v9 for K > 65536) (force(family='sm90', path='fused'))",
@@ -100,7 +96,7 @@ def build_contenders(
     unavailable: dict[str, str] = {}
     keep: list[Any] = []
 
-    awq_names = [c for c in ("auto", "autox", "a80", "a80h", "fused", "wt", "wg", "dpath") if c in wanted]
+    awq_names = [c for c in ("auto", "a80", "fused", "wt", "wg", "dpath") if c in wanted]
     cuda = device.type == "cuda"
     for c in ("wg",):
         if c in awq_names and "sm90a_m64nNk16" not in awqgemm.build_info()["kernel_families"]:
@@ -117,9 +113,7 @@ def build_contenders(
         sm80 = cuda and torch.cuda.get_device_capability(device) >= (8, 0)
         force = {
             "auto": {},
-            "autox": {"ws_raw_x": True},
             "a80": {"family": "sm80"} if sm80 else {},
-            "a80h": {"family": "sm80", "xs_hoisted_copies": True} if sm80 else {"xs_hoisted_copies": True},
             "fused": {"family": "sm80", "path": "fused"} if sm80 else {"path": "fused"},
             "wt": {"family": "sm80", "path": "wtile"} if sm80 else {"path": "wtile"},
             "wg": {"family": "sm90", "path": "fused"},

@@ -61,8 +61,6 @@ def plan_estimate(blocks: Sequence[Block], ms: Sequence[int], args: argparse.Nam
             per = {
                 "auto": awq if M < 256 else dense + K * N * 2.5 / bw,
                 "a80": awq * (2 if M >= 256 else 1),
-                "a80h": awq * (2 if M >= 256 else 1),
-                "autox": awq if M < 256 else dense + K * N * 2.5 / bw,
                 "fused": awq * (3 if M >= 1024 else 1),
                 "wt": awq * (2 if M >= 1024 else 1),
                 "wg": awq * 1.3,

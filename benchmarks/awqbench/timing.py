@@ -129,8 +129,6 @@ def fake_hint(c: str, M: int, K: int, N: int, G: int, ceil: dict[str, Any], dnam
     return {
         "auto": min(fused, dpath),
         "a80": min(fused * 1.1, dpath),
-        "a80h": min(fused, dpath),
-        "autox": min(fused, dpath) * 0.98,
         "fused": fused,
         "wt": awq * (1.05 + M / 512),
         "wg": awq * 1.2,

@@ -111,9 +111,7 @@ int dense_chunk_columns(int N, int K, int dtype_bytes) {
 int64_t encode_plan(const Plan& plan) {
   const TileConfig& t = plan.tile;
   const int64_t fields[8] = {static_cast<int>(plan.family), static_cast<int>(t.kind), t.mt, t.nt, t.kwarps, t.splits,
-                             t.pdl_flags,
-                             (plan.dense ? 1 : 0) | (plan.reduce_pdl ? 2 : 0) | (t.stream_k ? 4 : 0) |
-                                 (t.xs_hoisted ? 8 : 0) | (t.ws_raw_x ? 16 : 0)};
+                             t.pdl_flags, (plan.dense ? 1 : 0) | (plan.reduce_pdl ? 2 : 0) | (t.stream_k ? 4 : 0)};
   int64_t code = 0;
   for (int i = 7; i >= 0; --i) code = (code << 8) | (fields[i] & 0xFF);
   return code;
@@ -123,15 +121,11 @@ bool decode_plan(int64_t code, Plan* plan) {
   int f[8];
   for (int i = 0; i < 8; ++i) f[i] = static_cast<int>((code >> (8 * i)) & 0xFF);
   const bool family_ok = f[0] == 70 || f[0] == 75 || f[0] == 80 || (f[0] == 90 && have_sm90a());
-  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 31) {
+  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 7) {
     return false;
   }
   // Stream-K exists only for v11.1 with one K split.
   if ((f[7] & 4) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[5] != 1)) return false;
-  // The hoisted copies are an x-shared kernel's.
-  if ((f[7] & 8) != 0 && f[1] != static_cast<int>(KernelKind::kXShared)) return false;
-  // Raw x: v11.1's 64-token tiles.
-  if ((f[7] & 16) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[2] != 8)) return false;
   plan->family = static_cast<Family>(f[0]);
   plan->tile.kind = static_cast<KernelKind>(f[1]);
   plan->tile.mt = f[2];
@@ -142,8 +136,6 @@ bool decode_plan(int64_t code, Plan* plan) {
   plan->dense = (f[7] & 1) != 0;
   plan->reduce_pdl = (f[7] & 2) != 0;
   plan->tile.stream_k = (f[7] & 4) != 0;
-  plan->tile.xs_hoisted = (f[7] & 8) != 0;
-  plan->tile.ws_raw_x = (f[7] & 16) != 0;
   return true;
 }
 
@@ -376,7 +368,7 @@ void plan_wtile(Plan& plan, int sms, int M, int N, int K) {
 // kernel forced): geomean 0.95x the time at M = 64, 0.97x at 128, 0.84x at 256,
 // 0.90x at 512, 0.88x at 1024; down to 0.63x where a partial round idled most
 // SMs (Llama-2-70B qkv at 256), before the rule against > 3 pieces below.
-bool plan_wgws(Plan& plan, int sms, int M, int N, int K, int wip) {
+bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
   TileConfig& t = plan.tile;
   const int chunk = ws_chunk_rows(M, K);
   if (chunk < std::min(M, 256)) return false;
@@ -437,7 +429,6 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K, int wip) {
       }
     }
   }
-  t.ws_raw_x = (wip & kWipWsRawX) != 0 && t.mt == 8;
   return true;
 }
 
@@ -527,9 +518,8 @@ void plan_ksplit(TileConfig& t, Family family, int rows, int ntiles, int ktiles,
 // the tile height (M, or the rows per active expert of a grouped problem);
 // row_blocks(mt) is the grid's block rows for that height.
 template <class RowBlocks>
-void plan_xshared(TileConfig& t, int rows, RowBlocks row_blocks, int ntiles, int ktiles, int64_t want, int wip) {
+void plan_xshared(TileConfig& t, int rows, RowBlocks row_blocks, int ntiles, int ktiles, int64_t want) {
   t.kind = KernelKind::kXShared;
-  t.xs_hoisted = (wip & kWipXsHoisted) != 0;
   t.mt = rows <= 32 ? 4 : 8;
   t.nt = kXsNT;
   t.kwarps = kXsWarps;
@@ -542,7 +532,7 @@ void plan_xshared(TileConfig& t, int rows, RowBlocks row_blocks, int ntiles, int
   t.splits = std::min(t.splits, xs_max_splits());
 }
 
-Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes, int wip) {
+Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes, int /*wip*/) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -555,7 +545,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   if (family == Family::kSm90) {
     if (path == PathRequest::kFused || (path == PathRequest::kAuto && wgmma_auto(M, N, K, sms))) {
       plan.family = Family::kSm90;
-      if (!plan_wgws(plan, sms, M, N, K, wip)) {
+      if (!plan_wgws(plan, sms, M, N, K)) {
         // K too long to stage even 256 rows (K > 65536): the v9 kernel, which gathers x itself. BM =
         // 64, 128 or 256 tokens (256: one block per SM, twice the tokens per dequantized weight).
         const int mt = M <= 64 ? 8 : M <= 512 ? 16 : 32;
@@ -585,7 +575,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
     return plan;
   }
   if (family == Family::kSm80 && M > 16) {
-    plan_xshared(t, M, [&](int mt) { return ceil_div(M, 8 * mt); }, ntiles, ktiles, want, wip);
+    plan_xshared(t, M, [&](int mt) { return ceil_div(M, 8 * mt); }, ntiles, ktiles, want);
   } else {
     // Warps split K (plan_ksplit); grid.y covers M in token tiles.
     plan_ksplit(t, family, M, ntiles, ktiles, [&](int mt) { return ceil_div(M, 8 * mt); }, want, (7 * sms + 7) / 8);
@@ -616,7 +606,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 // it would dequantize all E experts (E x N x K) or need each expert's row count
 // on the host (a sync). Split-K partials are [splits][R][N] fp32, capped like
 // the wgmma plan's.
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, int wip) {
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, int /*wip*/) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -652,7 +642,7 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
     // (moe-h200-20261128-1127, the two grouped GEMMs alone): 0.68-0.78x the
     // K-split kernel's time at 64-256 rows per expert on Qwen3-30B-A3B, 0.92-0.93x
     // at 256-1024 on Mixtral; 1.11x at 32 (Mixtral T = 128), hence > 32.
-    plan_xshared(t, rows_per_expert, row_blocks, ntiles, ktiles, want, wip);
+    plan_xshared(t, rows_per_expert, row_blocks, ntiles, ktiles, want);
   } else {
     // Routed rows per expert scatter around the mean (~Poisson: at T = 128 on Qwen3-30B-A3B, 8 rows
     // per expert on average and over 8 for ~40 % of the experts), and every expert over the tile

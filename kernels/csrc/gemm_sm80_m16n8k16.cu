@@ -48,15 +48,15 @@ struct Sm80M16n8k16 : M16n8Lanes {
 namespace awqgemm {
 namespace {
 
-template <typename T, int MT, bool kHoisted>
+template <typename T, int MT>
 cudaError_t launch_xs(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   constexpr int kSmem = XsSmem<MT, kXsNT, kXsWarps, xs_stages(MT)>::kBytes;
   const int ntiles = padded_n(p.N) / kTileN;
   const bool grouped = p.row_offsets != nullptr;
   const dim3 grid(ceil_div(ntiles, kXsNT * kXsWarps), grouped_grid_rows(p.M, 8 * MT, grouped ? p.num_batches : 0),
                   cfg.splits);
-  constexpr auto kernel = gemm_xs_kernel<T, MT, kXsNT, kXsWarps, xs_stages(MT), Sm80M16n8k16, false, kHoisted>;
-  constexpr auto grouped_kernel = gemm_xs_kernel<T, MT, kXsNT, kXsWarps, xs_stages(MT), Sm80M16n8k16, true, kHoisted>;
+  constexpr auto kernel = gemm_xs_kernel<T, MT, kXsNT, kXsWarps, xs_stages(MT), Sm80M16n8k16>;
+  constexpr auto grouped_kernel = gemm_xs_kernel<T, MT, kXsNT, kXsWarps, xs_stages(MT), Sm80M16n8k16, true>;
   return grouped ? launch_with_smem<kSmem, grouped_kernel>(grid, kXsWarps * 32, p, cfg, stream)
                  : launch_with_smem<kSmem, kernel>(grid, kXsWarps * 32, p, cfg, stream);
 }
@@ -86,8 +86,8 @@ cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream
   }
   if (cfg.nt != kXsNT || cfg.kwarps != kXsWarps) return cudaErrorInvalidConfiguration;
   switch (cfg.mt) {
-    case 4: return cfg.xs_hoisted ? launch_xs<T, 4, true>(p, cfg, stream) : launch_xs<T, 4, false>(p, cfg, stream);
-    case 8: return cfg.xs_hoisted ? launch_xs<T, 8, true>(p, cfg, stream) : launch_xs<T, 8, false>(p, cfg, stream);
+    case 4: return launch_xs<T, 4>(p, cfg, stream);
+    case 8: return launch_xs<T, 8>(p, cfg, stream);
     default: return cudaErrorInvalidConfiguration;
   }
 }

@@ -316,19 +316,6 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     return e != cudaSuccess ? e : ws_register_pool(gemm_ws_kernel<T, BM, kStages, true>);
   }();
   if (pool != cudaSuccess) return pool;
-  // Raw x (work in progress, BM = 64): the kernel reads the caller's x in 4-byte pairs, no staging.
-  constexpr bool kRawXBuilt = BM == 64;
-  if (cfg.ws_raw_x) {
-    if (!kRawXBuilt || chunk < p.M) return cudaErrorInvalidConfiguration;
-    if ((reinterpret_cast<uintptr_t>(p.x) & 3) != 0 || (p.x_row_stride & 1) != 0) return cudaErrorMisalignedAddress;
-  }
-  if constexpr (kRawXBuilt) {
-    static const cudaError_t raw_pool = [&] {
-      const cudaError_t e = ws_register_pool(gemm_ws_kernel<T, BM, kStages, false, false, true>);
-      return e != cudaSuccess ? e : ws_register_pool(gemm_ws_kernel<T, BM, kStages, true, false, true>);
-    }();
-    if (cfg.ws_raw_x && raw_pool != cudaSuccess) return raw_pool;
-  }
   int device = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
@@ -354,12 +341,9 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     const int64_t units = static_cast<int64_t>(nblocks) * ceil_div(rows, BM) * cfg.splits;
     const int grid = ws_grid(static_cast<int>(units), ceil_div(ktiles, cfg.splits), sms, cfg.stream_k);
     int* const flags = cfg.stream_k ? reinterpret_cast<int*>(after_x) : nullptr;
-    // Raw x: no staging; a stream-K plan still needs its flags cleared (one block, no rows).
-    if (!cfg.ws_raw_x || cfg.stream_k) {
-      err = launch_maybe_pdl(stage_x_tiles_kernel<T>, dim3(cfg.ws_raw_x ? 1 : blocks), dim3(threads), 0, pdl, stream, p,
-                             m0, cfg.ws_raw_x ? 0 : rows, xs, flags, cfg.stream_k ? grid : 0);
-      if (err != cudaSuccess) return err;
-    }
+    err = launch_maybe_pdl(stage_x_tiles_kernel<T>, dim3(blocks), dim3(threads), 0, pdl, stream, p, m0, rows, xs,
+                           flags, cfg.stream_k ? grid : 0);
+    if (err != cudaSuccess) return err;
     GemmProblem g = p;
     g.M = rows;
     g.x = xs;
@@ -367,19 +351,6 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     g.out = reinterpret_cast<T*>(p.out) + static_cast<int64_t>(m0) * p.out_row_stride;
     g.workspace = after_x;
     const WsGroup none{nullptr, 0};
-    if constexpr (kRawXBuilt) {
-      if (cfg.ws_raw_x) {
-        g.x = p.x;  // one chunk (checked above): rows are the caller's rows
-        g.x_row_stride = p.x_row_stride;
-        err = cfg.stream_k
-                  ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true, false, true>>(dim3(grid), kWsThreads, g,
-                                                                                               cfg, stream, wmap, none)
-                  : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, false, true>>(
-                        dim3(grid), kWsThreads, g, cfg, stream, wmap, none);
-        if (err != cudaSuccess) return err;
-        continue;
-      }
-    }
     err = cfg.stream_k ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true>>(dim3(grid), kWsThreads, g, cfg,
                                                                                         stream, wmap, none)
                        : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false>>(dim3(grid), kWsThreads, g, cfg,

@@ -64,22 +64,17 @@ def plans(all_plans: list[dict]) -> list[dict]:
 
 
 def test_wip_switches_change_only_their_plans(all_plans):
-    """Planned with every work-in-progress switch on ('W' dense, 'H' grouped), a problem gets the production
-    plan, plus xs_hoisted_copies' flag (8) on exactly the x-shared plans and ws_raw_x's (16) on exactly the
-    dense v11.1 plans of 64-token tiles; the codes round-trip."""
+    """Planned with every work-in-progress bit on ('W' dense, 'H' grouped), a problem gets the production
+    plan plus only its features' plan flags; the codes round-trip. No feature is in progress today
+    (dispatch.h's WipFeature is empty), so every plan must be the production one: a feature that lands
+    adds its flag's expectation here (e.g. 8 on exactly the x-shared plans, as xs_hoisted_copies did)."""
     prod = {(p["problem"], p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in all_plans}
     wip = [p for p in all_plans if p["problem"] in ("W", "H")]
     assert len(wip) > 10000
-    hoisted = raw = 0
     for w in wip:
         p = prod[("P" if w["problem"] == "W" else "G", w["cap"], w["fam"], w["a"], w["K"], w["N"], w["M"])]
-        xs = p["kind"] == 1  # KernelKind::kXShared
-        raw_x = w["problem"] == "W" and p["kind"] == 4 and p["mt"] == 8  # kWgmmaWs, BM = 64
-        assert w["code"] == p["code"] | ((8 << 56) if xs else 0) | ((16 << 56) if raw_x else 0), (p, w)
+        assert w["code"] == p["code"], (p, w)
         assert w["ws"] == p["ws"] and w["roundtrip"] == 1, (p, w)
-        hoisted += xs
-        raw += raw_x
-    assert hoisted > 500 and raw > 200, (hoisted, raw)
 
 
 def test_every_plan_code_round_trips(plans):

@@ -750,68 +750,10 @@ def test_racecheck_subset_wide_decode_blocks():
             assert err < 5e-3, (k, n, m, err)
 
 
-# Work in progress behind test switches (testing.force): each changes how a kernel fills its shared memory, not
-# what it computes, so under the switch the outputs must equal the kernel's without it bit for bit, on top of
-# the fp64 check; the plan must say the switch took.
-
-
-def _same_under_switch(family, path, switch, expect, dtype, group, tokens, shapes, graph=False):
-    """gemm under testing.force(family, path, switch=True) at each (K, N) x M: plan_info has `expect`'s
-    items, fp64 check, bit-equal to the same force without the switch (and, with `graph`, a replayed CUDA
-    graph equal to eager). Returns the plans."""
-    skip_unless_family(family)
-    plans = []
-    for k, n in shapes:
-        if k % group:  # the K-tail shapes exist only for groups that divide K (group 32 for K = 1120)
-            continue
-        qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
-        with awqgemm.testing.force(family=family, path=path):
-            packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
-        for m in tokens:
-            x = torch.randn(m, k, dtype=dtype, device="cuda")
-            with awqgemm.testing.force(family=family, path=path):
-                before = awqgemm.gemm(x, packed)
-            with awqgemm.testing.force(family=family, path=path, **{switch: True}):
-                info = awqgemm.plan_info(m, n, k, dtype)
-                assert {key: info[key] for key in expect} == expect, (m, n, k, info)
-                check(x, qweight, qzeros, scales, group, label=f"{switch} M={m} K={k} N={n}")
-                assert torch.equal(awqgemm.gemm(x, packed), before), (m, n, k)
-                if graph:
-                    assert_graph_replay_equals_eager(x, packed, replays=2)
-            plans.append(info)
-    return plans
-
-
-def _cpu_checked_under_switch(family, path, switch, tokens):
-    """The racecheck variant: fp16 and bf16, group 32 (K = 1120 has a half last k-tile), references on the
-    CPU (see test_racecheck_subset)."""
-    skip_unless_family(family)
-    for dtype in (torch.float16, torch.bfloat16):
-        for k, n in ((1120, 104), (1152, 1376)):
-            qweight, qzeros, scales = random_awq(k, n, 32, dtype, "cuda")
-            w = awqgemm.dequantize_awq(qweight.cpu(), qzeros.cpu(), scales.cpu(), 32).double()
-            with awqgemm.testing.force(family=family, path=path, **{switch: True}):
-                packed = awqgemm.pack_awq(qweight, qzeros, scales, 32)
-                for m in tokens:
-                    x = torch.randn(m, k, dtype=dtype)
-                    out = awqgemm.gemm(x.cuda(), packed).cpu()
-                    assert rel_err(out, x.double() @ w) < (5e-3 if dtype == torch.float16 else 2e-2), (k, n, m)
-
-
-# xs_hoisted_copies: the sm80 x-shared kernel with its copy sources set up once per thread; grouped (MoE)
-# problems run the same kernel.
-XS_TOKENS = (17, 24, 32, 33, 48, 63, 64)  # both tile heights (32 and 64 tokens), partial last rows
-XS_SHAPES = ((1152, 1376), (4096, 6144), (1120, 104), (2752, 4096))  # K tail (1120), N shards, K splits
-XS_EXPECT = {"kernel": "x_shared", "xs_hoisted": True}
-
-
-def _xs_hoisted_dense(dtype, group, tokens, shapes):
-    _same_under_switch("sm80", "auto", "xs_hoisted_copies", XS_EXPECT, dtype, group, tokens, shapes)
-
-
-def _xs_hoisted_grouped(dtype, group, rows_per_expert):
+def _xshared_grouped(dtype, group, rows_per_expert):
     """3 experts (the middle one empty) with garbage row indices and rows past offsets[E] (zero), on the
-    grouped x-shared kernel with and without the switch."""
+    sm80 family's grouped x-shared kernel (its x row addresses are set up once per thread from the
+    gathered row indices)."""
     r = rows_per_expert
     parts = [random_awq(512, 200, group, dtype, "cuda", seed=70 + e) for e in range(3)]
     ck = tuple(torch.stack([p[i] for p in parts]) for i in range(3))
@@ -820,14 +762,10 @@ def _xs_hoisted_grouped(dtype, group, rows_per_expert):
     rows = torch.randint(-5, 2 * r, (5 * r // 2,), dtype=torch.int32, device="cuda")
     with awqgemm.testing.force(family="sm80"):
         packed = awqgemm.pack_awq_experts(*ck, group)
-        before = awqgemm.moe_gemm(x, packed, offsets, rows)
-    with awqgemm.testing.force(family="sm80", xs_hoisted_copies=True):
-        info = awqgemm.moe.grouped_plan_info(5 * r // 2, 3, 200, 512, dtype)
-        assert (info["kernel"], info["xs_hoisted"]) == ("x_shared", True), info
+        assert awqgemm.moe.grouped_plan_info(5 * r // 2, 3, 200, 512, dtype)["kernel"] == "x_shared"
         got = awqgemm.moe_gemm(x, packed, offsets, rows)
     torch.cuda.synchronize()
     assert (got[2 * r + r // 6 :] == 0).all() and torch.isfinite(got).all()
-    assert torch.equal(got, before)
     w = torch.stack([awqgemm.dequantize_awq(ck[0][e], ck[1][e], ck[2][e], group) for e in range(3)]).double()
     safe = rows.clamp(0, x.shape[0] - 1).long()
     for e, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
@@ -836,62 +774,9 @@ def _xs_hoisted_grouped(dtype, group, rows_per_expert):
             assert rel_err(got[lo:hi], x[safe[lo:hi]].double() @ w[e]) < bound, (dtype, group, r, e)
 
 
-@pytest.mark.wip("xs_hoisted_copies")
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_xs_hoisted_copies(dtype, group):
-    _xs_hoisted_dense(dtype, group, XS_TOKENS, XS_SHAPES)
+def test_xshared_grouped_garbage_rows(dtype, group):
+    skip_unless_family("sm80")
     for r in (40, 64):  # 34 and 54 rows per active expert (grouped plans take 64-token tiles above 32)
-        _xs_hoisted_grouped(dtype, group, r)
-
-
-@pytest.mark.wip("xs_hoisted_copies")
-def test_sanitizer_subset_xs_hoisted_copies():
-    """The hoisted x-shared kernel for compute-sanitizer memcheck: both tile heights, the K tail, a
-    partial last row block, grouped rows with garbage indices."""
-    for dtype in (torch.float16, torch.bfloat16):
-        _xs_hoisted_dense(dtype, 32, (17, 33, 63), ((1120, 104), (1152, 1376)))
-        _xs_hoisted_grouped(dtype, 64, 40)
-
-
-@pytest.mark.wip("xs_hoisted_copies")
-def test_racecheck_subset_xs_hoisted_copies():
-    """The hoisted x-shared kernel for compute-sanitizer racecheck (its shared-memory ring), references on
-    the CPU (no cuBLAS kernel under racecheck)."""
-    _cpu_checked_under_switch("sm80", "auto", "xs_hoisted_copies", (17, 33, 64))
-
-
-# ws_raw_x: v11.1 at 64-token tiles copying the caller's x into each stage itself (no staging kernel).
-# Shapes: a K tail (1120), N shards, K-split plans (qkv-like) and a stream-K plan (Llama-3-8B gate_up at 64
-# tokens).
-RAW_X_TOKENS = (1, 5, 16, 17, 40, 63, 64)
-RAW_X_SHAPES = ((1152, 1376), (1120, 104), (4096, 6144), (2752, 4096), (4096, 28672))
-RAW_X_EXPECT = {"kernel": "wgmma_ws", "tile_tokens": 64, "ws_raw_x": True}
-
-
-def _raw_x(dtype, group, tokens, shapes, graph=False):
-    plans = _same_under_switch("sm90", "fused", "ws_raw_x", RAW_X_EXPECT, dtype, group, tokens, shapes, graph)
-    return {"stream-K" if info["stream_k"] else f"{info['splits']} splits" for info in plans}
-
-
-@pytest.mark.wip("ws_raw_x")
-@pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_ws_raw_x(dtype, group):
-    kinds = _raw_x(dtype, group, RAW_X_TOKENS, RAW_X_SHAPES, graph=group == 128)
-    assert "stream-K" in kinds and any(s.endswith("splits") for s in kinds), kinds
-
-
-@pytest.mark.wip("ws_raw_x")
-def test_sanitizer_subset_ws_raw_x():
-    """v11.1 with raw x for compute-sanitizer memcheck: the K tail, a partial row block, a K split and the
-    stream-K tail."""
-    for dtype in (torch.float16, torch.bfloat16):
-        _raw_x(dtype, 32, (5, 64), ((1120, 104), (4096, 6144), (4096, 28672)))
-
-
-@pytest.mark.wip("ws_raw_x")
-def test_racecheck_subset_ws_raw_x():
-    """v11.1 with raw x for compute-sanitizer racecheck (the x warps' cp.async writes, handed to the
-    consumers' wgmmas through the full barriers), references on the CPU."""
-    _cpu_checked_under_switch("sm90", "fused", "ws_raw_x", (5, 64))
+        _xshared_grouped(dtype, group, r)

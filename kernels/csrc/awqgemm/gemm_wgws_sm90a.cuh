@@ -125,14 +125,6 @@ __device__ __forceinline__ void mbar_arrive_if(uint32_t bar, uint32_t pred) {
       "r"(pred)
       : "memory");
 }
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-// 4 bytes global -> shared (a shared address), through L1 (x is re-read by every n-block's unit);
-// src_bytes = 0 writes zeros.
-__device__ __forceinline__ void cp_async_4_zfill(uint32_t dst, const void* src, uint32_t src_bytes) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
 // 1D bulk copy global -> this CTA's shared memory (16-byte aligned, size a
 // multiple of 16), completing `bytes` of the mbarrier's transaction count.
 __device__ __forceinline__ void bulk_g2s(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
@@ -304,8 +296,8 @@ __device__ __forceinline__ WsUnit ws_unit(int u, int mblocks, int nblocks) {
   return {u - rest * mblocks, rest % nblocks, rest / nblocks};
 }
 
-// The producer side's walk over a CTA's work (the copy-issuing lane and, kRawX, the x warps): whole
-// units, then (stream-K) the tail's pieces, in the consumers' order.
+// The producer side's walk over a CTA's work: whole units, then (stream-K) the tail's pieces, in the
+// consumers' order.
 template <bool kStreamK, class F>
 __device__ __forceinline__ void for_each_produced_piece(const WsSchedule& sched, F&& produce) {
 #pragma unroll 1
@@ -343,15 +335,7 @@ __device__ __forceinline__ void ring_next(int& slot, uint32_t& phase) {
 // rows are its tile's ([m0, m_end) of out), its weights and scales its tile's expert's (wmap is 3-D:
 // [expert][column tile][ktiles x 128 words]); the units of tiles of no expert skip the k-loop and
 // store zeros. Its own instantiation, like kStreamK.
-// kRawX (work in progress, testing.force(ws_raw_x=True); dense, BM = 64): no staging kernel. p.x is the
-// caller's x, and the producer warpgroup's last two warps (kWsXWarps) copy each stage's x rows themselves,
-// 4-byte cp.asyncs into the staged order and swizzle (a warp reads one row's 128 bytes of the k-tile,
-// coalesced, and writes its 32 words to 32 distinct banks). Each x thread keeps kWsXLag stages in
-// flight, then (cp.async.wait_group, fence.proxy.async: generic writes before the consumers' async-proxy
-// wgmma reads) arrives on the stage's full barrier, which counts 1 + 32 kWsXWarps arrivals. Lane 0 of
-// the producer warpgroup's first warp still issues the weight and (scale, zero) copies alone. Saves the
-// staging launch (1.6-2.6 us of each batch-64 layer, perf-notes' 21:27 timeline) and its round trip.
-template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false, bool kRawX = false>
+template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
                                                                const int pdl_flags,
                                                                const __grid_constant__ TensorMap128 wmap,
@@ -380,7 +364,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   if (tid == 0) {
 #pragma unroll 1
     for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full0 + 8 * s, kRawX ? 1 + 32 * kWsXWarps : 1);
+      mbar_init(full0 + 8 * s, 1);
       mbar_init(empty0 + 8 * s, 32 * kWsConsumerWarps);
     }
     mbar_init_fence();
@@ -403,62 +387,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
 
   if (warp >= kWsConsumerWarps) {
     setmaxnreg_dec<kWsProducerRegs>();
-    if constexpr (kRawX) {
-      static_assert(BM == 64 && !kGrouped && kWsXWarps == 2, "raw x: dense 64-token units, two x warps");
-      if (warp >= kWsThreads / 32 - kWsXWarps) {
-        // Warp xw (0, 1) of the last two copies rows xw + 2 j; lane l the k pair 2 l of the k-tile, which
-        // stage_x_tiles_kernel puts in 16-byte chunk l & 7, word l >> 3, of the row, the chunk swizzled by
-        // r & 7 = xw + 2 (j & 3): so row j's word is at (j & 3)'s offset + 1024 (j >> 2), 4 offsets per
-        // thread, and a copy costs its LDGSTS and the 64-bit source step.
-        const int xw = warp - (kWsThreads / 32 - kWsXWarps);
-        const uint32_t word = (16 * (lane & 7) + 4 * (lane >> 3)) ^ (16 * xw);
-        uint32_t row_off[4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) row_off[j] = (xw + 2 * j) * 128 + (word ^ (32 * j));
-        const T* const x = reinterpret_cast<const T*>(p.x);
-        const int64_t step = static_cast<int64_t>(kWsXWarps) * p.x_row_stride;
-        int slot = 0, aslot = 0, pending = 0;
-        uint32_t phase = 0;
-        auto arrive_oldest = [&] {
-          fence_proxy_async_shared();  // this thread's completed copies before the consumers' wgmmas
-          mbar_arrive(full0 + 8 * aslot);
-          aslot = aslot + 1 == STAGES ? 0 : aslot + 1;
-        };
-        auto produce_x = [&](const WsPiece& pc) {
-          const WsUnit w = ws_unit(pc.unit, mblocks, nblocks);
-          const int kt0 = w.split * per_split + pc.kt0;
-          const int n_k = max(0, min(ktiles, kt0 + pc.n_k) - kt0);
-          const int rows = min(BM, p.M - w.mb * BM);
-          const T* const xrow = x + static_cast<int64_t>(w.mb * BM + xw) * p.x_row_stride;
-          const int my_rows = (rows - xw + kWsXWarps - 1) / kWsXWarps;  // this warp's rows xw + 2 j < rows
-#pragma unroll 1
-          for (int i = 0; i < n_k; ++i) {
-            mbar_wait(empty0 + 8 * slot, phase ^ 1);
-            const int k = (kt0 + i) * kTileK + 2 * lane;
-            const uint32_t src_bytes = k < p.K ? 4u : 0u;  // zeros past K (they meet the padded weights' zeros)
-            const T* src = xrow + (k < p.K ? k : 0);
-            const uint32_t st = base + slot * kStage;
-            // Rows past M are not copied: their outputs are never stored.
-#pragma unroll
-            for (int j = 0; j < BM / kWsXWarps; ++j) {
-              if (j < my_rows) cp_async_4_zfill(st + row_off[j & 3] + 1024 * (j >> 2), src, src_bytes);
-              src += step;
-            }
-            cp_async_commit();  // one group per stage, empty or not: the lag counts stages
-            if (++pending == kWsXLag) {
-              cp_async_wait<kWsXLag - 1>();
-              arrive_oldest();
-              --pending;
-            }
-            ring_next<STAGES>(slot, phase);
-          }
-        };
-        for_each_produced_piece<kStreamK>(sched, produce_x);
-        cp_async_wait<0>();
-        while (pending-- > 0) arrive_oldest();
-        return;
-      }
-    }
     // One thread issues every copy: the operands of a bulk copy live in
     // uniform registers, so per-lane copies would be issued one lane at a time.
     if (warp != kWsConsumerWarps || lane != 0) return;
@@ -501,7 +429,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
         if (e < 0) n_k = 0;  // rows of no expert: the consumers store zeros
         sz = szsrc + static_cast<int64_t>(max(e, 0)) * p.scale_zero_batch_stride * static_cast<int64_t>(sizeof(T));
       }
-      const uint32_t bytes = static_cast<uint32_t>((kRawX ? 0 : rows * 128) + kNB * 512 + sz_rows * nvalid * 64);
+      const uint32_t bytes = static_cast<uint32_t>(rows * 128 + kNB * 512 + sz_rows * nvalid * 64);
       const unsigned char* const xunit = xsrc + (static_cast<int64_t>(kt0) * p.M + w.mb * BM) * 128;
       const int64_t x_step = static_cast<int64_t>(p.M) * 128;  // bytes per k-tile
 #pragma unroll 1
@@ -511,7 +439,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
         const uint32_t st = base + slot * kStage;
         mbar_arrive_expect_tx(full, bytes);
         copy_weights(st, full, kt0 + i, w.nb, nvalid, e, sz);
-        if constexpr (!kRawX) bulk_g2s(st, xunit + i * x_step, rows * 128, full);
+        bulk_g2s(st, xunit + i * x_step, rows * 128, full);
         ring_next<STAGES>(slot, phase);
       }
     };

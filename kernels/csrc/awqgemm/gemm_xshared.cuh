@@ -31,14 +31,14 @@ struct XsSmem {
 
 // kGrouped: its own instantiation, so the dense kernel's code (and registers:
 // the grouped bookkeeping made the 64-token variant spill) stay as they were.
-// kHoisted (work in progress, testing.force(xs_hoisted_copies=True)): the copy
-// sources are set up once per thread and the scale group is a shift, as in the
-// weight-tile kernel. The per-k-tile fetch otherwise recomputes every x row
-// address (a 64-bit multiply each), runs the chunk loop with a remainder path
-// (its trip count starts at threadIdx.x) and divides by the group size: in the
-// 64-token build ~250 of the k-tile's ~530 instructions for 64 MMAs, where ncu
-// found the kernel latency-bound (issue 46 %, tensor pipe 37 %).
-template <typename T, int MT, int NT, int WN, int STAGES, class Fam, bool kGrouped = false, bool kHoisted = false>
+// The copy sources are set up once per thread and the scale group is a shift,
+// as in the weight-tile kernel: a fetch that recomputed every x row address
+// (a 64-bit multiply each), ran the chunk loop with a remainder path and
+// divided by the group size spent ~250 of the k-tile's ~530 instructions for
+// 64 MMAs in the 64-token build, where ncu found the kernel latency-bound
+// (issue 46 %, tensor pipe 37 %); hoisted, 324 (H200: 0.90x the time at
+// M = 33-64, docs/perf-notes.md).
+template <typename T, int MT, int NT, int WN, int STAGES, class Fam, bool kGrouped = false>
 __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(const GemmProblem p, const int splits, const int pdl_flags) {
   if constexpr (!Fam::template supported<T>()) {
     __trap();
@@ -93,25 +93,22 @@ __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(con
     const uint2* szptr = reinterpret_cast<const uint2*>(kGrouped ? scale_zero : p.scale_zero) + Fam::w_row(lane);
     const T* x = reinterpret_cast<const T*>(p.x);
 
-    // kHoisted: this thread's x chunks are rows (tid >> 3) + 16 j, 16-byte column (tid & 7) of every
+    // This thread's x chunks are rows (tid >> 3) + (kThreads / 8) j, 16-byte column (tid & 7) of every
     // k-tile (kThreads is a multiple of 8), so their row addresses are fixed for the whole loop.
     static_assert(kXChunks % kThreads == 0 && kThreads % 8 == 0, "even activation copy split");
     constexpr int kXPer = kXChunks / kThreads;
-    const T* xsrc[kHoisted ? kXPer : 1];
-    const uint2* szsrc[kHoisted ? NT : 1];
-    int gshift = 0;
-    if constexpr (kHoisted) {
-      // Group sizes are powers of two (checked at the C++ boundary): a shift, not a division.
-      gshift = 31 - __clz(p.group_size);
+    const T* xsrc[kXPer];
+    const uint2* szsrc[NT];
+    // Group sizes are powers of two (checked at the C++ boundary): a shift, not a division.
+    const int gshift = 31 - __clz(p.group_size);
 #pragma unroll
-      for (int j = 0; j < kXPer; ++j) {
-        const int r = (j * kThreads + static_cast<int>(threadIdx.x)) >> 3;
-        const int row = kGrouped ? x_rows_s[r] : min(m0 + r, p.M - 1);
-        xsrc[j] = x + static_cast<size_t>(row) * p.x_row_stride;
-      }
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) szsrc[nt] = szptr + static_cast<size_t>(ntc[nt]) * 8;
+    for (int j = 0; j < kXPer; ++j) {
+      const int r = (j * kThreads + static_cast<int>(threadIdx.x)) >> 3;
+      const int row = kGrouped ? x_rows_s[r] : min(m0 + r, p.M - 1);
+      xsrc[j] = x + static_cast<size_t>(row) * p.x_row_stride;
     }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) szsrc[nt] = szptr + static_cast<size_t>(ntc[nt]) * 8;
 
     auto stage = [&](int slot) { return base + slot * L::kStage; };
     auto sw = [&](int slot, int nt) { return reinterpret_cast<uint4*>(stage(slot)) + nt * kThreads + threadIdx.x; };
@@ -129,42 +126,21 @@ __global__ void __launch_bounds__(WN * 32, xs_min_blocks(MT)) gemm_xs_kernel(con
         for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.f;
 
     auto fetch = [&](int slot, int i) {
-      if constexpr (kHoisted) {
-        if (i < n_k) {
-          const int kt = kt_begin + i;
-          const size_t sz_off = static_cast<size_t>((kt * kTileK + Fam::x_koff(lane)) >> gshift) * ntiles * 8;
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            cp_async_16(sw(slot, nt), wptr[nt] + static_cast<size_t>(kt) * 32);
-            cp_async_8(ssz(slot, nt), szsrc[nt] + sz_off);
-          }
-          // K tail: the padded weights are zero, and so must x be (0 * NaN).
-          const int k = kt * kTileK + 8 * (threadIdx.x & 7);
-          const int kk = k < p.K ? k : 0;
-          unsigned char* dst = sx(slot) + (threadIdx.x >> 3) * kXsRowBytes + 16 * (threadIdx.x & 7);
-#pragma unroll
-          for (int j = 0; j < kXPer; ++j) {
-            cp_async_16_ca_zfill(dst + j * (kThreads / 8) * kXsRowBytes, xsrc[j] + kk, k < p.K ? 16 : 0);
-          }
-        }
-        cp_async_commit();
-        return;
-      }
       if (i < n_k) {
         const int kt = kt_begin + i;
-        const int grp = (kt * kTileK + Fam::x_koff(lane)) / p.group_size;
+        const size_t sz_off = static_cast<size_t>((kt * kTileK + Fam::x_koff(lane)) >> gshift) * ntiles * 8;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
           cp_async_16(sw(slot, nt), wptr[nt] + static_cast<size_t>(kt) * 32);
-          cp_async_8(ssz(slot, nt), szptr + (static_cast<size_t>(grp) * ntiles + ntc[nt]) * 8);
+          cp_async_8(ssz(slot, nt), szsrc[nt] + sz_off);
         }
+        // K tail: the padded weights are zero, and so must x be (0 * NaN).
+        const int k = kt * kTileK + 8 * (threadIdx.x & 7);
+        const int kk = k < p.K ? k : 0;
+        unsigned char* dst = sx(slot) + (threadIdx.x >> 3) * kXsRowBytes + 16 * (threadIdx.x & 7);
 #pragma unroll
-        for (int c = threadIdx.x; c < kXChunks; c += kThreads) {
-          const int r = c >> 3, j = c & 7;
-          const int k = kt * kTileK + 8 * j;
-          const int row = kGrouped ? x_rows_s[r] : min(m0 + r, p.M - 1);
-          const T* src = x + static_cast<size_t>(row) * p.x_row_stride + (k < p.K ? k : 0);
-          cp_async_16_ca_zfill(sx(slot) + r * kXsRowBytes + 16 * j, src, k < p.K ? 16 : 0);
+        for (int j = 0; j < kXPer; ++j) {
+          cp_async_16_ca_zfill(dst + j * (kThreads / 8) * kXsRowBytes, xsrc[j] + kk, k < p.K ? 16 : 0);
         }
       }
       cp_async_commit();

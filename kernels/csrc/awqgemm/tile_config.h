@@ -70,10 +70,6 @@ AWQGEMM_HD constexpr int64_t wg_staged_x_bytes(int m, int k) {
 constexpr int kWsConsumerWarps = 8;
 constexpr int kWsThreads = 32 * (kWsConsumerWarps + 4);
 constexpr int kWsProducerRegs = 40;
-// ws_raw_x (work in progress): the producer warpgroup's warps copying x, and the stages each of their
-// threads keeps in flight before handing the oldest over (<= ws_stages(64)).
-constexpr int kWsXWarps = 2;
-constexpr int kWsXLag = 4;
 constexpr int kWsConsumerRegs = 232;
 // Weight tiles per consumer warp: 2 at BM = 64 (a 256-column block: at 128 columns a
 // 64-token stage carries as many x bytes as weight bytes, and ncu found the k-tile
@@ -208,8 +204,6 @@ struct TileConfig {
   int splits = 1;  // blocks splitting K
   int pdl_flags = 0;  // kPdl* bits: launched as a programmatic dependent (sm90+), early trigger
   bool stream_k = false;  // kWgmmaWs with one K split: the stream-K tail above
-  bool xs_hoisted = false;  // kXShared: gemm_xs_kernel's kHoisted copy setup (work in progress, kWipXsHoisted)
-  bool ws_raw_x = false;    // kWgmmaWs, BM = 64, dense: gemm_ws_kernel's kRawX (work in progress, kWipWsRawX)
 };
 
 }  // namespace awqgemm

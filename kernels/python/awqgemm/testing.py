@@ -44,8 +44,6 @@ def force(
     path: str = "auto",
     *,
     moe_routing_kernels: bool = True,
-    xs_hoisted_copies: bool = False,
-    ws_raw_x: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -54,15 +52,10 @@ def force(
     ``moe_routing_kernels=False`` runs fused_moe's routing, silu-mul and combine as torch ops instead of
     its CUDA kernels (the reference the kernels are tested against).
 
-    Work in progress behind a switch (tests/conftest.py's WIP_FEATURES names it): ``xs_hoisted_copies``
-    runs the sm80 x-shared kernel (17-64 tokens, and grouped experts of more than 32 rows on the sm80
-    family) with its copy sources set up once per thread instead of per k-tile; ``ws_raw_x`` runs the sm90
-    family's v11.1 kernel at 64-token tiles (dense, M <= 64) on the caller's x, copied into each stage by
-    the producer warpgroup, instead of x staged by a kernel of its own."""
+    Work in progress lands behind a keyword switch of its own here (tests/conftest.py's WIP_FEATURES names
+    it, _C.wip_features gives its bit); none today."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
-        "xs_hoisted_copies": xs_hoisted_copies,
-        "ws_raw_x": ws_raw_x,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
