@@ -13,8 +13,6 @@ from .shapes import MODELS
 PLOT_STYLE = {
     "auto": {"color": "C0", "lw": 2.0, "label": "awqgemm auto"},
     "a80": {"color": "C5", "lw": 1.5, "label": "awqgemm auto, sm80 family forced"},
-    "a80h": {"color": "k", "lw": 1.0, "label": "a80, xs_hoisted_copies (wip)"},
-    "autox": {"color": "0.5", "lw": 1.0, "label": "auto, ws_raw_x (wip)"},
     "fused": {"color": "C2", "lw": 1.0, "label": "awqgemm fused (sm80)"},
     "wt": {"color": "C9", "lw": 1.0, "label": "awqgemm weight-tile (sm80)"},
     "wg": {"color": "C6", "lw": 1.5, "label": "awqgemm wgmma (sm90a)"},
@@ -53,7 +51,9 @@ def make_plots(
     paths: list[Path] = []
     panels = _panels(live)
     if panels:
-        for kind in ("floor", "speedup"):
+        # The speedup figure divides by dense cuBLAS: a run without that contender (a kernel A/B) has none.
+        with_dense = any(r["us"].get("cublas") for r in live)
+        for kind in ("floor", "speedup") if with_dense else ("floor",):
             nr, nc = _grid(len(panels))
             fig_h = 2.6 * nr + 1.2  # + title and legend bands
             fig, axes = plt.subplots(nr, nc, figsize=(3.3 * nc, fig_h), squeeze=False)
@@ -121,7 +121,8 @@ def make_plots(
                     if lab not in labels:
                         handles.append(h)
                         labels.append(lab)
-            fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)
+            if labels:  # none when no plotted contender has a style (e.g. bf16 rows without auto)
+                fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)
             if kind == "floor":
                 sup = (
                     f"time / W4 floor vs M  (floor = max(bytes / {ceil['hbm_read_Bps'] / 1e12:.2f} TB/s, "
