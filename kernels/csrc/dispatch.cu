@@ -213,7 +213,7 @@ int dense_min_m(Family family) {
 // v11.1 (e.g. v11.1 at every M <= 512) measured no better on that data (0.80x
 // at 512 with a 1.03x worst case), so the rule below, fitted to v9, stays.
 //
-// The rule as fitted to v9: the wgmma kernel for M >= kWgAutoMinM while its grid
+// The rule as fitted to v9: the wgmma kernel for M >= 64 while its grid
 // (before any K split) fills the GPU well enough for the token count, the sm80
 // rules elsewhere. Fitted to the H200 sweep of all 32 layer shapes (benchmarks/
 // results/h200-2026-11-28-wg-v4.txt; time of the wgmma kernel / the better of
@@ -243,9 +243,23 @@ int dense_min_m(Family family) {
 // o 0.91x); below that it lost (Qwen2.5-7B qkv 1.27x, Llama-3-8B qkv 1.07x,
 // Qwen2.5-32B o 1.09x). At 2048 it won on the deep layers and the widest gate_up
 // but lost on most others: dequantize + cuBLAS from 2048 on.
-constexpr int kWgAutoMinM = 64;
+//
+// Below 64 tokens v11.1 runs one 64-token tile, and its time is flat in M (the
+// dequantization of each weight, not the MMA, bounds it), so it wins where the
+// sm80 rules' kernels (x-shared, weight-tile) cost more than v11.1 at 64. The
+// H200 sweep of all 32 layer shapes at M = 17-63 (benchmarks/results/
+// h200-2026-11-29-xs-vs-wg, v11.1 forced against the sm80 rules with the hoisted
+// x-shared copies): above 32 tokens v11.1 took 0.55-0.96x the time on every layer
+// with K > 2048 (geomean 0.73x) and lost only on the two shallowest (K = 1792,
+// 2048: 1.07-1.11x); at 17-32 tokens (x-shared's 32-token tiles) it won on the
+// deep layers (K >= 7168: 0.75-0.95x) and the wide ones of K = 5120 (N >= 7168:
+// 0.78-0.95x), lost up to 1.38x on the rest. The rule below, against the sm80
+// rules: 0.92x the time at 17-32, 0.72x at 33-63 (worst point 1.08x its best
+// kernel's).
 bool wgmma_auto(int M, int N, int K, int sms) {
-  if (M < kWgAutoMinM || M > 1024) return false;
+  if (M <= 16 || M > 1024) return false;
+  if (M <= 32) return K >= 7168 || (K >= 5120 && N >= 7168);
+  if (M < 64) return K > 2048;
   if (M <= 128 || K >= 3 * N) return true;
   const int blocks = ceil_div(N, kWgNT * kTileN) * ceil_div(M, M <= 512 ? 128 : 256);
   if (M <= 256) return 2 * blocks >= sms;

@@ -131,6 +131,13 @@ def test_dispatch_rules_of_the_design_doc(plans):
         # 9.0 with the sm90 family: the wgmma kernel at 64 <= M <= 128 on every layer.
         if p["cap"] == 90 and p["fam"] == 90 and 64 <= p["M"] <= 128:
             assert p["family"] == 90 and not dense, p
+        # Below 64 tokens (one 64-token tile, wgmma_auto): above 32 on every layer deeper than K = 2048; at
+        # 17-32 on the deep layers (K >= 7168) and the wide ones of K = 5120; the sm80 rules elsewhere.
+        if p["cap"] == 90 and p["fam"] == 90 and 16 < p["M"] < 64:
+            K, N, M = p["K"], p["N"], p["M"]
+            wg = K > 2048 if M > 32 else K >= 7168 or (K >= 5120 and N >= 7168)
+            assert (p["family"] == 90) == wg and not dense, p
+            assert not wg or (p["kind"] == 4 and p["mt"] == 8), p  # v11.1, 64-token tile
         # Decode: the K-split kernel, never the dense path.
         if p["M"] <= 16:
             assert not dense and p["kind"] == 0, p

@@ -665,6 +665,12 @@ def test_plan_info_names_the_dispatchers_choice():
     wide = awqgemm.plan_info(128, 28672, 4096)
     if "sm90" in families():
         assert (wide["family"], wide["kernel"]) == ("sm90", "wgmma_ws"), wide
+        # Below 64 tokens (wgmma_auto): v11.1's one 64-token tile above 32 tokens where K > 2048, at 17-32
+        # on deep layers; the sm80 rules' kernels elsewhere.
+        for m, n, k, kernel in ((48, 4096, 4096, "wgmma_ws"), (33, 4096, 2048, "x_shared"),
+                                (24, 4096, 14336, "wgmma_ws"), (24, 4096, 4096, "x_shared")):  # fmt: skip
+            info = awqgemm.plan_info(m, n, k)
+            assert info["kernel"] == kernel and (kernel != "wgmma_ws" or info["tile_tokens"] == 64), (m, n, k, info)
     else:
         assert wide["kernel"] == "w_tile", wide
     with awqgemm.testing.force(family="sm80"):  # wtile_auto in dispatch.cu
