@@ -298,8 +298,9 @@ NB_MODULE(_C, m) {
   // fused_moe's routing / activation / combine kernels (awqgemm/moe_routing.h).
   m.attr("max_route_experts") = kMaxRouteExperts;
   // Work-in-progress switches (awqgemm.testing.force keywords) -> their bit in the planners' `wip`
-  // (WipFeature in dispatch.h; none now).
+  // (WipFeature in dispatch.h).
   nb::dict wip_features;
+  wip_features["ws_short_tiles"] = static_cast<int>(kWipWsShortTiles);
   m.attr("wip_features") = wip_features;
 
   m.def(

@@ -382,12 +382,15 @@ void plan_wtile(Plan& plan, int sms, int M, int N, int K) {
 // kernel forced): geomean 0.95x the time at M = 64, 0.97x at 128, 0.84x at 256,
 // 0.90x at 512, 0.88x at 1024; down to 0.63x where a partial round idled most
 // SMs (Llama-2-70B qkv at 256), before the rule against > 3 pieces below.
-bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
+bool plan_wgws(Plan& plan, int sms, int M, int N, int K, int wip) {
   TileConfig& t = plan.tile;
   const int chunk = ws_chunk_rows(M, K);
   if (chunk < std::min(M, 256)) return false;
   t.kind = KernelKind::kWgmmaWs;
-  const int ntw = ws_ntw(M <= 64 ? 64 : 128);  // BM is 64 exactly up to 64 tokens
+  // BM is 64 exactly up to 64 tokens (ws_short_tiles, work in progress: the smallest of 32, 48, 64
+  // that holds M).
+  const int small_bm = (wip & kWipWsShortTiles) != 0 ? ws_short_tile(M) : 64;
+  const int ntw = ws_ntw(M <= 64 ? small_bm : 128);
   t.nt = kWgNT * ntw;
   t.kwarps = kWsThreads / 32;  // warps per block: 8 consumers + the producer warpgroup
   const int nblocks = ceil_div(padded_n(N) / kTileN, kWgNT * ntw);
@@ -421,8 +424,8 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
     return (units / sch.ctas) * unit_cycles(bm, ktiles) + unit_cycles(bm, per_cta) + 16 * bm * (1 + parts) + 1000;
   };
   int64_t best = -1;
-  for (const int bm : {256, 128, 64}) {
-    if ((M <= 64) != (bm == 64)) continue;
+  for (const int bm : {256, 128, small_bm}) {
+    if ((M <= 64) != (bm == small_bm)) continue;
     for (int s = 1; s <= 16; ++s) {
       if (s > 1 && (chunk < M || ktiles / s < 4 || staged + static_cast<int64_t>(s) * M * N * 4 > kMaxWorkspaceBytes)) {
         break;
@@ -546,7 +549,7 @@ void plan_xshared(TileConfig& t, int rows, RowBlocks row_blocks, int ntiles, int
   t.splits = std::min(t.splits, xs_max_splits());
 }
 
-Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes, int /*wip*/) {
+Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes, int wip) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -557,9 +560,12 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   const int64_t want = static_cast<int64_t>(inflight_bytes_per_sm()) * sms;
 
   if (family == Family::kSm90) {
-    if (path == PathRequest::kFused || (path == PathRequest::kAuto && wgmma_auto(M, N, K, sms))) {
+    // ws_short_tiles (work in progress) also takes v11.1 at 17-32 tokens wherever it takes it above 32.
+    const bool wg_auto = wgmma_auto(M, N, K, sms) ||
+                         ((wip & kWipWsShortTiles) != 0 && M > 16 && M <= 32 && wgmma_auto(33, N, K, sms));
+    if (path == PathRequest::kFused || (path == PathRequest::kAuto && wg_auto)) {
       plan.family = Family::kSm90;
-      if (!plan_wgws(plan, sms, M, N, K)) {
+      if (!plan_wgws(plan, sms, M, N, K, wip)) {
         // K too long to stage even 256 rows (K > 65536): the v9 kernel, which gathers x itself. BM =
         // 64, 128 or 256 tokens (256: one block per SM, twice the tokens per dequantized weight).
         const int mt = M <= 64 ? 8 : M <= 512 ? 16 : 32;
@@ -620,7 +626,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 // it would dequantize all E experts (E x N x K) or need each expert's row count
 // on the host (a sync). Split-K partials are [splits][R][N] fp32, capped like
 // the wgmma plan's.
-Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, int /*wip*/) {
+Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, int wip) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -631,8 +637,14 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   // Tiles that do work: at least one per active expert, at least R / tile.
   const auto row_blocks = [&](int mt) { return std::max(active, ceil_div(R, 8 * mt)); };
   const int rows_per_expert = ceil_div(R, active);
-  const int ws_bm = rows_per_expert <= 64 ? 64 : 128;
-  if (family == Family::kSm90 && rows_per_expert > 32 && ws_group_chunk_tiles(ws_bm, K) >= 1) {
+  // ws_short_tiles (work in progress): experts of 17-64 rows on v11.1 too, in the smallest of 32, 48
+  // and 64-token tiles that holds mean + 2 standard deviations of the routed rows (~Poisson, as the
+  // K-split tiles below), so most experts take one tile.
+  const bool short_tiles = (wip & kWipWsShortTiles) != 0 && rows_per_expert > 16 && rows_per_expert <= 64;
+  const double mean_rows = static_cast<double>(R) / active;
+  const int spread_rows = static_cast<int>(std::ceil(mean_rows + 2.0 * std::sqrt(mean_rows)));
+  const int ws_bm = short_tiles ? ws_short_tile(std::min(64, spread_rows)) : rows_per_expert <= 64 ? 64 : 128;
+  if (family == Family::kSm90 && (rows_per_expert > 32 || short_tiles) && ws_group_chunk_tiles(ws_bm, K) >= 1) {
     // v11.1 over token tiles of one expert each (launch_ws_grouped), 64 tokens up to 64 rows per
     // expert, 128 above; one K split (a prefill-sized problem has units for every SM). H200, whole
     // layer with Marlin MoE in the same process (moe-h200-20261129-0315), against the sm80 x-shared
@@ -664,9 +676,7 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
     // weight stream, not the MMAs, so the tile is sized for mean + 2 standard deviations. H200
     // (moe-h200-20261128-1508, CUDA graphs, whole layer): Qwen3-30B-A3B T = 128 229 -> 213 us,
     // T = 256 303 -> 294; Mixtral T = 64 470 -> 429; other points within 1 %.
-    const double mean = static_cast<double>(R) / active;
-    const int tile_rows = static_cast<int>(std::ceil(mean + 2.0 * std::sqrt(mean)));
-    plan_ksplit(t, family, tile_rows, ntiles, ktiles, row_blocks, want, 4 * static_cast<int64_t>(sms),
+    plan_ksplit(t, family, spread_rows, ntiles, ktiles, row_blocks, want, 4 * static_cast<int64_t>(sms),
                 /*grouped=*/true);
   }
   while (t.splits > 1 && static_cast<int64_t>(t.splits) * R * N * 4 > kMaxWorkspaceBytes) --t.splits;

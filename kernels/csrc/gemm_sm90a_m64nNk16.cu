@@ -426,13 +426,17 @@ cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream
   if (cfg.kind == KernelKind::kWgmmaWs) {
     if (cfg.nt != kWgNT * ws_ntw(8 * cfg.mt) || cfg.kwarps != kWsThreads / 32) return cudaErrorInvalidConfiguration;
     if (p.row_offsets != nullptr) {
-      switch (cfg.mt * 8) {  // make_grouped_plan's tiles
+      switch (cfg.mt * 8) {  // make_grouped_plan's tiles (32 and 48: ws_short_tiles, work in progress)
+        case 32: return launch_ws_grouped<T, 32>(p, cfg, stream);
+        case 48: return launch_ws_grouped<T, 48>(p, cfg, stream);
         case 64: return launch_ws_grouped<T, 64>(p, cfg, stream);
         case 128: return launch_ws_grouped<T, 128>(p, cfg, stream);
         default: return cudaErrorInvalidConfiguration;
       }
     }
     switch (cfg.mt * 8) {
+      case 32: return launch_ws<T, 32>(p, cfg, stream);  // 32 and 48: ws_short_tiles (work in progress)
+      case 48: return launch_ws<T, 48>(p, cfg, stream);
       case 64: return launch_ws<T, 64>(p, cfg, stream);
       case 128: return launch_ws<T, 128>(p, cfg, stream);
       case 256: return launch_ws<T, 256>(p, cfg, stream);

@@ -16,9 +16,8 @@ def has_gpu() -> bool:
 # marked @pytest.mark.wip("<feature>"). ci/device_kernels.sh runs each suite with --wip none first, then
 # each feature in a process of its own: a kernel that traps (a hung mbarrier, a bad TMA box) kills the
 # CUDA context, and with it every later test of its process. When a feature becomes the default, its
-# switch, its name here and the device script's list of it go together. None today (xs_hoisted_copies
-# became the default and ws_raw_x went, both measured on the H200 on 2026-11-29).
-WIP_FEATURES: tuple[str, ...] = ()
+# switch, its name here and the device script's list of it go together.
+WIP_FEATURES: tuple[str, ...] = ("ws_short_tiles",)
 
 
 def pytest_addoption(parser):

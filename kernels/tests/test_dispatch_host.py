@@ -5,6 +5,7 @@ kernels and the issues rely on."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -63,18 +64,39 @@ def plans(all_plans: list[dict]) -> list[dict]:
     return rows
 
 
+def _short_tile(rows: int) -> int:
+    return 32 if rows <= 32 else 48 if rows <= 48 else 64
+
+
 def test_wip_switches_change_only_their_plans(all_plans):
     """Planned with every work-in-progress bit on ('W' dense, 'H' grouped), a problem gets the production
-    plan plus only its features' plan flags; the codes round-trip. No feature is in progress today
-    (dispatch.h's WipFeature is empty), so every plan must be the production one: a feature that lands
-    adds its flag's expectation here (e.g. 8 on exactly the x-shared plans, as xs_hoisted_copies did)."""
+    plan except where a feature says otherwise; the codes round-trip. ws_short_tiles: on 9.0 with the sm90
+    family, v11.1 plans below 49 tokens take the 32- or 48-token tile, the auto path takes v11.1 at 17-32
+    tokens wherever it does above 32 (K > 2048), and grouped experts of 17-64 rows per expert run v11.1 in
+    the short tile that holds mean + 2 sd of their rows."""
     prod = {(p["problem"], p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in all_plans}
     wip = [p for p in all_plans if p["problem"] in ("W", "H")]
     assert len(wip) > 10000
+    changed = {"W": 0, "H": 0}
     for w in wip:
         p = prod[("P" if w["problem"] == "W" else "G", w["cap"], w["fam"], w["a"], w["K"], w["N"], w["M"])]
-        assert w["code"] == p["code"], (p, w)
-        assert w["ws"] == p["ws"] and w["roundtrip"] == 1, (p, w)
+        assert w["ws"] >= 0 and w["roundtrip"] == 1, w
+        if w["code"] == p["code"]:
+            continue
+        changed[w["problem"]] += 1
+        assert w["cap"] == 90 and w["family"] == 90 and w["kind"] == 4, (p, w)  # v11.1
+        if w["problem"] == "W":
+            assert w["M"] <= 48 or (w["M"] < 64 and p["kind"] != 4), (p, w)
+            assert 8 * w["mt"] == _short_tile(w["M"]), (p, w)
+            if p["kind"] != 4:  # newly v11.1: the auto path at 17-32 tokens, K > 2048
+                assert w["a"] == 0 and 16 < w["M"] <= 32 and w["K"] > 2048, (p, w)
+        else:  # grouped lines: "a" is E, "M" is R (the routed rows)
+            active = max(1, min(w["a"], w["M"]))
+            rows = w["M"] / active
+            assert 16 < -(-w["M"] // active) <= 64, (p, w)
+            spread = min(64, math.ceil(rows + 2 * math.sqrt(rows)))
+            assert 8 * w["mt"] == _short_tile(spread), (p, w)
+    assert changed["W"] > 200 and changed["H"] > 10, changed
 
 
 def test_every_plan_code_round_trips(plans):

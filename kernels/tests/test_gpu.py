@@ -7,6 +7,8 @@ remain valid there, so the same code that runs on a V100 / T4 is checked here.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -786,3 +788,114 @@ def test_xshared_grouped_garbage_rows(dtype, group):
     skip_unless_family("sm80")
     for r in (40, 64):  # 34 and 54 rows per active expert (grouped plans take 64-token tiles above 32)
         _xshared_grouped(dtype, group, r)
+
+
+# ws_short_tiles (work in progress): v11.1 with 32- and 48-token tiles below 49 tokens, dense and grouped.
+# Shapes: a K tail (1120, group 32 only), N shards, K-split plans (qkv-like) and stream-K ones (gate_up).
+SHORT_TOKENS = (1, 5, 16, 17, 24, 32, 33, 40, 48)
+SHORT_SHAPES = ((1152, 1376), (1120, 104), (4096, 6144), (2752, 4096), (4096, 28672))
+
+
+def _short_tile(m):
+    return 32 if m <= 32 else 48 if m <= 48 else 64
+
+
+def _short_dense(dtype, group, tokens, shapes, graph=False):
+    """v11.1 forced with the switch at each (K, N) x M: the plan's tile is the short one, fp64 check (and,
+    with `graph`, a replayed CUDA graph equal to eager). Returns the set of schedule kinds planned."""
+    skip_unless_family("sm90")
+    kinds = set()
+    for k, n in shapes:
+        if k % group:  # the K-tail shape exists only for groups that divide K (group 32 for K = 1120)
+            continue
+        qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+        with awqgemm.testing.force(family="sm90", path="fused", ws_short_tiles=True):
+            packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
+            for m in tokens:
+                info = awqgemm.plan_info(m, n, k, dtype)
+                assert (info["kernel"], info["tile_tokens"]) == ("wgmma_ws", _short_tile(m)), (m, n, k, info)
+                kinds.add("stream-K" if info["stream_k"] else f"{info['splits']} splits")
+                x = torch.randn(m, k, dtype=dtype, device="cuda")
+                check(x, qweight, qzeros, scales, group, label=f"ws_short_tiles M={m} K={k} N={n} {info}")
+                if graph:
+                    assert_graph_replay_equals_eager(x, packed, replays=2)
+    return kinds
+
+
+def _short_grouped(dtype, group, rows_per_expert):
+    """3 experts (the middle one empty) with garbage row indices and rows past offsets[E] (zero), on grouped
+    v11.1 with short tiles: the plan's tile follows the routed rows' spread, every expert's rows checked
+    against float64."""
+    skip_unless_family("sm90")
+    r = rows_per_expert
+    parts = [random_awq(512, 200, group, dtype, "cuda", seed=80 + e) for e in range(3)]
+    ck = tuple(torch.stack([p[i] for p in parts]) for i in range(3))
+    x = torch.randn(3 * r // 2, 512, dtype=dtype, device="cuda")
+    offsets = torch.tensor([0, r, r, 2 * r + r // 6], dtype=torch.int32, device="cuda")
+    rows = torch.randint(-5, 2 * r, (5 * r // 2,), dtype=torch.int32, device="cuda")
+    with awqgemm.testing.force(family="sm90", ws_short_tiles=True):
+        packed = awqgemm.pack_awq_experts(*ck, group)
+        info = awqgemm.moe.grouped_plan_info(5 * r // 2, 3, 200, 512, dtype)
+        mean = (5 * r // 2) / 3  # routed rows per expert as the planner sees them (R / E)
+        assert info["kernel"] == "wgmma_ws", info
+        assert info["tile_tokens"] == _short_tile(min(64, math.ceil(mean + 2 * math.sqrt(mean)))), (r, info)
+        got = awqgemm.moe_gemm(x, packed, offsets, rows)
+    torch.cuda.synchronize()
+    assert (got[2 * r + r // 6 :] == 0).all() and torch.isfinite(got).all()
+    w = torch.stack([awqgemm.dequantize_awq(ck[0][e], ck[1][e], ck[2][e], group) for e in range(3)]).double()
+    safe = rows.clamp(0, x.shape[0] - 1).long()
+    for e, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
+        if hi > lo:
+            bound = 5e-3 if dtype == torch.float16 else 2e-2
+            assert rel_err(got[lo:hi], x[safe[lo:hi]].double() @ w[e]) < bound, (dtype, group, r, e)
+    return info["tile_tokens"]
+
+
+@pytest.mark.wip("ws_short_tiles")
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_ws_short_tiles(dtype, group):
+    kinds = _short_dense(dtype, group, SHORT_TOKENS, SHORT_SHAPES, graph=group == 128)
+    assert "stream-K" in kinds and any(s.endswith("splits") for s in kinds), kinds
+    # 16.7, 24 and 46.7 rows per expert as planned (R / E): tiles of 32, 48 and 64 tokens (mean + 2 sd).
+    assert {_short_grouped(dtype, group, r) for r in (20, 29, 56)} == {32, 48, 64}
+
+
+@pytest.mark.wip("ws_short_tiles")
+def test_ws_short_tiles_auto_plans():
+    """With the switch the auto path takes v11.1 at 17-32 tokens wherever it takes it above 32 (K > 2048),
+    in the short tile; without it those plans are the sm80 rules' (x-shared at K = 4096, N = 4096)."""
+    skip_unless_family("sm90")
+    assert awqgemm.plan_info(24, 4096, 4096)["kernel"] == "x_shared"
+    with awqgemm.testing.force(ws_short_tiles=True):
+        for m, tokens in ((17, 32), (24, 32), (32, 32), (40, 48), (48, 48), (49, 64)):
+            info = awqgemm.plan_info(m, 4096, 4096)
+            assert (info["kernel"], info["tile_tokens"]) == ("wgmma_ws", tokens), (m, info)
+        assert awqgemm.plan_info(24, 4096, 2048)["kernel"] == "x_shared"  # K <= 2048: the sm80 rules
+        assert awqgemm.plan_info(16, 4096, 4096)["kernel"] == "k_split"
+
+
+@pytest.mark.wip("ws_short_tiles")
+def test_sanitizer_subset_ws_short_tiles():
+    """v11.1's short tiles for compute-sanitizer memcheck: the K tail, partial row blocks, a K split, the
+    stream-K tail, grouped tiles of 32 and 48 rows with garbage row indices."""
+    for dtype in (torch.float16, torch.bfloat16):
+        _short_dense(dtype, 32, (5, 24, 40), ((1120, 104), (4096, 6144), (4096, 28672)))
+        for r in (20, 29):
+            _short_grouped(dtype, 32, r)
+
+
+@pytest.mark.wip("ws_short_tiles")
+def test_racecheck_subset_ws_short_tiles():
+    """v11.1's short tiles for compute-sanitizer racecheck (their ring and epilogue), references on the CPU
+    (see test_racecheck_subset)."""
+    skip_unless_family("sm90")
+    for k, n, m in ((1120, 104, 24), (1152, 1376, 40), (4096, 6144, 17)):
+        qweight, qzeros, scales = random_awq(k, n, 32, torch.float16, "cpu")
+        w = awqgemm.dequantize_awq(qweight, qzeros, scales, 32).double()
+        with awqgemm.testing.force(family="sm90", path="fused", ws_short_tiles=True):
+            assert awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))["tile_tokens"] == _short_tile(m)
+            packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), 32)
+            x = torch.randn(m, k, dtype=torch.float16)
+            out = awqgemm.gemm(x.cuda(), packed).cpu()
+        assert rel_err(out, x.double() @ w) < 5e-3, (k, n, m)

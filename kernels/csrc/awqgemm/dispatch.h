@@ -68,10 +68,12 @@ constexpr int64_t kMaxDenseChunkBytes = int64_t{64} << 20;
 int dense_chunk_columns(int N, int K, int dtype_bytes);
 
 // Work in progress behind test-only switches (awqgemm.testing.force): bits of the planners' `wip`
-// argument. Production passes 0; a feature either becomes the default or goes, with its bit. None is
-// in progress now (the last two, xs_hoisted_copies and ws_raw_x, were measured on the H200 on
-// 2026-11-29: the first became the default, the second went; docs/perf-notes.md).
-enum WipFeature : int {};
+// argument. Production passes 0; a feature either becomes the default or goes, with its bit.
+enum WipFeature : int {
+  // v11.1 with 32- and 48-token tiles (m64n32k16 / m64n48k16) below 49 tokens, dense and grouped,
+  // instead of one 64-token tile whose MMAs are half or a quarter padding.
+  kWipWsShortTiles = 1,
+};
 
 // The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes
 // from choose_family; `dtype_bytes` sizes the dense weight.

@@ -76,6 +76,26 @@ __device__ __forceinline__ void zero_a_sets(A (&a)[N]) {
 template <int N, typename T>
 struct WgmmaRA;
 
+// m64n32: D in %0..%15, A in %16..%19, the descriptor %20, scale-d %21.
+#define AWQGEMM_WGMMA_SETP_32 "setp.ne.b32 p, %21, 0;\n"
+#define AWQGEMM_WGMMA_OPERANDS_32 \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15" \
+  "}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n"
+#define AWQGEMM_WGMMA_D_32 \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+
+// m64n48: D in %0..%23, A in %24..%27, the descriptor %28, scale-d %29.
+#define AWQGEMM_WGMMA_SETP_48 "setp.ne.b32 p, %29, 0;\n"
+#define AWQGEMM_WGMMA_OPERANDS_48 \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+  "%16, %17, %18, %19, %20, %21, %22, %23" \
+  "}, {%24, %25, %26, %27}, %28, p, 1, 1, 0;\n"
+#define AWQGEMM_WGMMA_D_48 \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
+
 // m64n64: D in %0..%31, A in %32..%35, the descriptor %36, scale-d %37.
 #define AWQGEMM_WGMMA_SETP_64 "setp.ne.b32 p, %37, 0;\n"
 #define AWQGEMM_WGMMA_OPERANDS_64 \
@@ -149,6 +169,10 @@ struct WgmmaRA;
     }                                                                                                      \
   };
 
+AWQGEMM_WGMMA_RA(32, __half, "f16")
+AWQGEMM_WGMMA_RA(32, __nv_bfloat16, "bf16")
+AWQGEMM_WGMMA_RA(48, __half, "f16")
+AWQGEMM_WGMMA_RA(48, __nv_bfloat16, "bf16")
 AWQGEMM_WGMMA_RA(64, __half, "f16")
 AWQGEMM_WGMMA_RA(64, __nv_bfloat16, "bf16")
 AWQGEMM_WGMMA_RA(128, __half, "f16")

@@ -44,6 +44,7 @@ def force(
     path: str = "auto",
     *,
     moe_routing_kernels: bool = True,
+    ws_short_tiles: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -52,10 +53,13 @@ def force(
     ``moe_routing_kernels=False`` runs fused_moe's routing, silu-mul and combine as torch ops instead of
     its CUDA kernels (the reference the kernels are tested against).
 
-    Work in progress lands behind a keyword switch of its own here (tests/conftest.py's WIP_FEATURES names
-    it, _C.wip_features gives its bit); none today."""
+    Work in progress behind a switch (tests/conftest.py's WIP_FEATURES names it, _C.wip_features gives its
+    bit): ``ws_short_tiles`` plans the sm90 family's v11.1 kernel with 32- and 48-token tiles (m64n32k16,
+    m64n48k16) below 49 tokens, dense and grouped, instead of one 64-token tile, and takes v11.1 at
+    17-32 tokens wherever the auto path takes it above 32; MoE experts of 17-64 rows then run v11.1 too."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
+        "ws_short_tiles": ws_short_tiles,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
