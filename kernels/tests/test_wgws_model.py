@@ -159,14 +159,19 @@ def run_model(x, q, z, scales, group, bm, splits, ntw=1):
     return partials.sum(0)
 
 
-@pytest.mark.parametrize("group,splits,ntw", [(32, 2, 1), (64, 1, 1), (128, 3, 1), (32, 1, 2), (128, 2, 2)])
-def test_model_matches_x_at_w(group, splits, ntw):
-    """ntw = 2: the 256-column blocks of BM = 64 (tile_config.h ws_ntw)."""
+@pytest.mark.parametrize(
+    "group,splits,ntw,m_rows,bm",
+    [(32, 2, 1, 20, 16), (64, 1, 1, 20, 16), (128, 3, 1, 20, 16), (32, 1, 2, 20, 16), (128, 2, 2, 20, 16),
+     (32, 2, 2, 60, 48), (64, 1, 2, 40, 32)],
+)  # fmt: skip
+def test_model_matches_x_at_w(group, splits, ntw, m_rows, bm):
+    """ntw = 2: the 256-column blocks of BM <= 64 (tile_config.h ws_ntw); BM = 48 and 32 are ws_short_tiles'
+    tiles (two m-blocks each, the last partial)."""
     torch.manual_seed(group)
     k_dim = 3 * 64 - 32 if group == 32 else 3 * 128  # a K tail where the group allows one
     # two blocks, the second partial (and a partial 16-column tile); wide: its second half partial too
     n_dim = 8 * 16 + 40 if ntw == 1 else 16 * 16 + 11 * 16 + 8
-    m_rows, bm = 20, 16  # the model takes any BM divisible by 8: two m-blocks, the last partial
+    # the model takes any BM divisible by 8: two m-blocks, the last partial
     dtype = torch.float16
     groups = k_dim // group
     q = torch.randint(0, 16, (k_dim, n_dim), dtype=torch.uint8)
