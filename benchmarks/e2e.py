@@ -28,6 +28,10 @@ Workloads (``--workloads``):
   decode64    batch 64, 128 in / 256 out: ms per decode step
   decode1     batch 1, 32 in / 256 out: ms per decode step
 ms/step = (t(out tokens) - t(1 token)) / (out - 1), the median over ``--reps`` of each.
+``--kernel-profile``: after its timed runs each workload runs once more under torch.profiler (CUDA
+kernels, graph replays included; the engine is in-process) and the JSON and table get the GPU time by
+kernel class (AWQ GEMMs, dense GEMMs, attention, the rest) and the top kernels: where a contender's
+time goes, e.g. which half of the 1024 / 128 workload a kernel change can win. Not for timing.
 Every prompt is random token ids (distinct per prompt) and prefix caching is off, so
 repeats do not hit a cache; ``ignore_eos`` fixes the output lengths.
 
@@ -366,6 +370,11 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 decode_tok_per_s=n / step,
             )
         progress(f"{spec['name']}: {wl} -> {summary_value(wl, results[wl])}")
+        if spec.get("kernel_profile"):
+            times = profiled_kernel_times(lambda p=prompts, o=n_out: timed(p, o))
+            results[wl]["kernel_profile"] = summarize_kernels(times)
+            cls = results[wl]["kernel_profile"]["classes"]
+            progress(f"{spec['name']}: {wl} kernel time " + ", ".join(f"{c} {v['share']:.0%}" for c, v in cls.items()))
     awqgemm_info = None
     try:
         import awqgemm
@@ -389,6 +398,67 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         torch=torch.__version__,
         awqgemm=awqgemm_info,
     )
+
+
+#: kernel classes of --kernel-profile, first match wins (lower-case substrings of the kernel name)
+KERNEL_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # awqgemm's kernel names (csrc), whatever namespace the profiler prints them in
+    (
+        "awqgemm GEMM",
+        (
+            "gemm_tc_kernel",
+            "gemm_xs_kernel",
+            "gemm_wt_kernel",
+            "gemm_wg_kernel",
+            "gemm_ws_kernel",
+            "stage_x_tiles",
+            "stage_x_grouped",
+            "grouped_ws_tiles",
+            "splitk_reduce",
+            "dequantize_t_kernel",
+        ),
+    ),
+    ("awqgemm MoE glue", ("moe_route_kernel", "moe_route_count", "moe_silu_mul", "moe_combine")),
+    ("Machete", ("machete",)),
+    ("Marlin", ("marlin",)),
+    ("dense GEMM", ("gemm", "xmma", "cutlass", "nvjet", "cublas")),
+    ("attention", ("flash", "attn", "attention", "fmha")),
+)
+
+
+def kernel_class(name: str) -> str:
+    low = name.lower()
+    return next((cls for cls, keys in KERNEL_CLASSES if any(k in low for k in keys)), "other")
+
+
+def summarize_kernels(times: dict[str, float], top: int = 12) -> dict[str, Any]:
+    """GPU time per kernel name (µs) -> the total, µs and share per class, and the `top` kernels."""
+    total = sum(times.values())
+    classes: dict[str, float] = {}
+    for name, us in times.items():
+        classes[kernel_class(name)] = classes.get(kernel_class(name), 0.0) + us
+    ranked = sorted(times.items(), key=lambda kv: -kv[1])[:top]
+    share = (lambda us: us / total) if total > 0 else (lambda us: 0.0)
+    return dict(
+        total_us=total,
+        classes={c: dict(us=us, share=share(us)) for c, us in sorted(classes.items(), key=lambda kv: -kv[1])},
+        top=[dict(name=n[:160], cls=kernel_class(n), us=us, share=share(us)) for n, us in ranked],
+    )
+
+
+def profiled_kernel_times(run: Any) -> dict[str, float]:
+    """Runs `run()` under torch.profiler (CUDA activity: kernels inside graph replays too, as
+    profile_one.py's timeline reads them) and returns each kernel name's GPU time in µs."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+    times: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == DeviceType.CUDA:
+            times[e.name] = times.get(e.name, 0.0) + (e.time_range.end - e.time_range.start)
+    return times
 
 
 def summary_value(wl: str, r: dict[str, Any]) -> str:
@@ -452,6 +522,7 @@ def worker_spec(args: argparse.Namespace, name: str, dirs: dict[bool, str], voca
         num_prompts=args.num_prompts,
         reps=args.reps,
         throughput_reps=args.throughput_reps,
+        kernel_profile=args.kernel_profile,
     )
 
 
@@ -525,6 +596,26 @@ def render_table(doc: dict[str, Any]) -> str:
                 f"engine start {r['engine_start_s']:.0f} s{', env ' + str(r['env']) if r['env'] else ''}"
             )
     lines.append("(ratio > 1: awqgemm faster; ms/step ratio is awq_marlin ÷ awqgemm)")
+    profiled = [
+        (r["name"], wl, w["kernel_profile"]) for r in rows for wl, w in r["workloads"].items() if "kernel_profile" in w
+    ]
+    if profiled:
+        classes = sorted({c for _, _, kp in profiled for c in kp["classes"]})
+        lines += [
+            "",
+            "GPU kernel time by class (--kernel-profile: one extra run under torch.profiler, ms and share):",
+            "",
+        ]
+        lines += [
+            "| contender | workload | total ms | " + " | ".join(classes) + " |",
+            "|---|---|---|" + "---|" * len(classes),
+        ]
+        for name, wl, kp in profiled:
+            cells = [
+                f"{kp['classes'][c]['us'] / 1e3:.1f} ({kp['classes'][c]['share']:.0%})" if c in kp["classes"] else "-"
+                for c in classes
+            ]
+            lines.append(f"| {name} | {wl} | {kp['total_us'] / 1e3:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -651,6 +742,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
     p.add_argument("--capture-sizes", default=",".join(map(str, CAPTURE_SIZES)), help="CUDA graph batch sizes")
     p.add_argument("--eager", action="store_true", help="no torch.compile / CUDA graphs (not for reported numbers)")
+    p.add_argument(
+        "--kernel-profile", action="store_true", help="GPU time by kernel class per workload (one extra profiled run)"
+    )
     p.add_argument("--out-dir", action="append", default=[], help="also write results here (repeatable)")
     p.add_argument("--no-results", action="store_true", help="do not write under benchmarks/results/")
     p.add_argument("--label", default="", help="free text stored in the JSON (e.g. the commit)")

@@ -227,3 +227,46 @@ def test_e2e_forced_sm80_contender_plan():
     for plan in plans[:2]:
         with awqgemm.testing.force(**plan["force"]):  # the worker's call: every key is a real switch
             pass
+
+
+def test_e2e_kernel_profile_summary_and_table():
+    """--kernel-profile's classes (first match wins, lower-case substrings), shares, top list and table rows."""
+    e2e = _e2e_module()
+    times = {
+        "void awqgemm::gemm_ws_kernel<__half, 64, 12, false, false>(...)": 600.0,
+        "void awqgemm::stage_x_tiles_kernel<__half>(...)": 50.0,
+        "awqgemm::moe_route_kernel": 10.0,
+        "void vllm::machete::MacheteKernel<...>": 300.0,
+        "Marlin<...>": 40.0,
+        "nvjet_hsh_128x256_64x4_2x1_v_bz_coopA_NNT": 200.0,
+        "void flash::flash_fwd_splitkv_kernel<...>": 150.0,
+        "void vllm::rms_norm_kernel<c10::Half>(...)": 50.0,
+    }
+    kp = e2e.summarize_kernels(times, top=3)
+    assert kp["total_us"] == 1400.0
+    assert {c: v["us"] for c, v in kp["classes"].items()} == {
+        "awqgemm GEMM": 650.0,
+        "Machete": 300.0,
+        "dense GEMM": 200.0,
+        "attention": 150.0,
+        "other": 50.0,
+        "Marlin": 40.0,
+        "awqgemm MoE glue": 10.0,
+    }
+    assert next(iter(kp["classes"])) == "awqgemm GEMM" and abs(kp["classes"]["Machete"]["share"] - 300 / 1400) < 1e-12
+    assert [t["us"] for t in kp["top"]] == [600.0, 300.0, 200.0] and kp["top"][2]["cls"] == "dense GEMM"
+    assert e2e.summarize_kernels({})["classes"] == {}
+    doc = dict(
+        model="m",
+        gpu="g",
+        vllm="0.26.0",
+        date="d",
+        num_prompts=200,
+        workloads=["throughput"],
+        contenders=[
+            dict(name="awqgemm", quantization="awqgemm", kernels={}, engine_start_s=1.0, env={},
+                 workloads={"throughput": dict(req_per_s=30.0, kernel_profile=kp)}),
+        ],
+    )  # fmt: skip
+    table = e2e.render_table(doc)
+    assert "| awqgemm | throughput | 1.4 |" in table and "0.7 (46%)" in table, table
