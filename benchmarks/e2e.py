@@ -19,7 +19,8 @@ Contenders (``--quant``, comma separated):
                       (awqgemm.testing.force in the worker): what an A100 / L40S runs, timed here;
                       compare with awq_marlin:marlin (issue 11)
   awqgemm:wip         the plugin with the work-in-progress switches on for the whole engine: their e2e
-                      effect (today ws_short_tiles: sm90 batches and MoE experts of 17-48 tokens)
+                      effect (today ws_short_tiles and ws_wide_128: sm90 v11.1 tiles below 49 tokens and
+                      above 64)
   fp16                dense fp16, no quantization
 The kernel each AWQ engine used is read from the loaded model and recorded.
 
@@ -251,7 +252,8 @@ CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
 #: contender -> awqgemm.testing.force arguments for its whole worker (benchmark-only)
 FORCED: dict[str, dict[str, Any]] = {
     "awqgemm:sm80": {"family": "sm80"},
-    "awqgemm:wip": {"ws_short_tiles": True},  # every work-in-progress switch of awqgemm.testing.force
+    # every work-in-progress switch of awqgemm.testing.force
+    "awqgemm:wip": {"ws_short_tiles": True, "ws_wide_128": True},
 }
 
 #: name -> (number of prompts, prompt tokens, output tokens, metric)

@@ -301,6 +301,7 @@ NB_MODULE(_C, m) {
   // (WipFeature in dispatch.h).
   nb::dict wip_features;
   wip_features["ws_short_tiles"] = static_cast<int>(kWipWsShortTiles);
+  wip_features["ws_wide_128"] = static_cast<int>(kWipWsWide128);
   m.attr("wip_features") = wip_features;
 
   m.def(

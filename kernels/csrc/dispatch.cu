@@ -390,7 +390,9 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K, int wip) {
   // BM is 64 exactly up to 64 tokens (ws_short_tiles, work in progress: the smallest of 32, 48, 64
   // that holds M).
   const int small_bm = (wip & kWipWsShortTiles) != 0 ? ws_short_tile(M) : 64;
-  const int ntw = ws_ntw(M <= 64 ? small_bm : 128);
+  // ws_wide_128 (work in progress): above 64 tokens only 128-token tiles, of 256 columns.
+  const bool wide128 = (wip & kWipWsWide128) != 0 && M > 64;
+  const int ntw = wide128 ? 2 : ws_ntw(M <= 64 ? small_bm : 128);
   t.nt = kWgNT * ntw;
   t.kwarps = kWsThreads / 32;  // warps per block: 8 consumers + the producer warpgroup
   const int nblocks = ceil_div(padded_n(N) / kTileN, kWgNT * ntw);
@@ -425,7 +427,7 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K, int wip) {
   };
   int64_t best = -1;
   for (const int bm : {256, 128, small_bm}) {
-    if ((M <= 64) != (bm == small_bm)) continue;
+    if ((M <= 64) != (bm == small_bm) || (wide128 && bm == 256)) continue;
     for (int s = 1; s <= 16; ++s) {
       if (s > 1 && (chunk < M || ktiles / s < 4 || staged + static_cast<int64_t>(s) * M * N * 4 > kMaxWorkspaceBytes)) {
         break;
@@ -644,6 +646,7 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   const double mean_rows = static_cast<double>(R) / active;
   const int spread_rows = static_cast<int>(std::ceil(mean_rows + 2.0 * std::sqrt(mean_rows)));
   const int ws_bm = short_tiles ? ws_short_tile(std::min(64, spread_rows)) : rows_per_expert <= 64 ? 64 : 128;
+  const int ws_tiles_per_warp = ws_bm == 128 && (wip & kWipWsWide128) != 0 ? 2 : ws_ntw(ws_bm);  // ws_wide_128
   if (family == Family::kSm90 && (rows_per_expert > 32 || short_tiles) && ws_group_chunk_tiles(ws_bm, K) >= 1) {
     // v11.1 over token tiles of one expert each (launch_ws_grouped), 64 tokens up to 64 rows per
     // expert, 128 above; one K split (a prefill-sized problem has units for every SM). H200, whole
@@ -654,7 +657,7 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
     plan.family = Family::kSm90;
     t.kind = KernelKind::kWgmmaWs;
     t.mt = ws_bm / 8;
-    t.nt = kWgNT * ws_ntw(ws_bm);
+    t.nt = kWgNT * ws_tiles_per_warp;
     t.kwarps = kWsThreads / 32;
     t.splits = 1;
     finish_plan(plan, dev, /*kernel_has_wait=*/true, R, N, K);

@@ -73,7 +73,8 @@ def test_wip_switches_change_only_their_plans(all_plans):
     plan except where a feature says otherwise; the codes round-trip. ws_short_tiles: on 9.0 with the sm90
     family, v11.1 plans below 49 tokens take the 32- or 48-token tile, the auto path takes v11.1 at 17-32
     tokens wherever it does above 32 (K > 2048), and grouped experts of 17-64 rows per expert run v11.1 in
-    the short tile that holds mean + 2 sd of their rows."""
+    the short tile that holds mean + 2 sd of their rows. ws_wide_128: v11.1 plans above 64 tokens (and
+    grouped ones of 128-token tiles) take 128-token tiles of 256 columns (nt 16)."""
     prod = {(p["problem"], p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in all_plans}
     wip = [p for p in all_plans if p["problem"] in ("W", "H")]
     assert len(wip) > 10000
@@ -85,12 +86,16 @@ def test_wip_switches_change_only_their_plans(all_plans):
             continue
         changed[w["problem"]] += 1
         assert w["cap"] == 90 and w["family"] == 90 and w["kind"] == 4, (p, w)  # v11.1
-        if w["problem"] == "W":
+        if w["problem"] == "W" and w["M"] > 64:  # ws_wide_128
+            assert p["kind"] == 4 and (w["mt"], w["nt"]) == (16, 16), (p, w)
+        elif w["problem"] == "W":
             assert w["M"] <= 48 or (w["M"] < 64 and p["kind"] != 4), (p, w)
             assert 8 * w["mt"] == _short_tile(w["M"]), (p, w)
             if p["kind"] != 4:  # newly v11.1: the auto path at 17-32 tokens, K > 2048
                 assert w["a"] == 0 and 16 < w["M"] <= 32 and w["K"] > 2048, (p, w)
-        else:  # grouped lines: "a" is E, "M" is R (the routed rows)
+        elif w["mt"] == 16:  # ws_wide_128, grouped
+            assert p["kind"] == 4 and p["mt"] == 16 and w["nt"] == 16, (p, w)
+        else:  # ws_short_tiles, grouped lines: "a" is E, "M" is R (the routed rows)
             active = max(1, min(w["a"], w["M"]))
             rows = w["M"] / active
             assert 16 < -(-w["M"] // active) <= 64, (p, w)

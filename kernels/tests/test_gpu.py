@@ -899,3 +899,92 @@ def test_racecheck_subset_ws_short_tiles():
             x = torch.randn(m, k, dtype=torch.float16)
             out = awqgemm.gemm(x.cuda(), packed).cpu()
         assert rel_err(out, x.double() @ w) < 5e-3, (k, n, m)
+
+
+# ws_wide_128 (work in progress): v11.1 above 64 tokens in 128-token tiles of 256 columns, dense and grouped.
+WIDE128_TOKENS = (65, 100, 128, 129, 300, 700, 1100)
+WIDE128_SHAPES = ((1152, 1376), (1120, 104), (4096, 6144), (2752, 4096), (14336, 4096))
+
+
+def _wide128_dense(dtype, group, tokens, shapes, graph=False):
+    """v11.1 forced with the switch: every plan a 128-token tile of 256 columns ("wide"), fp64 check (and,
+    with `graph`, a replayed CUDA graph equal to eager). Returns the set of schedule kinds planned."""
+    skip_unless_family("sm90")
+    kinds = set()
+    for k, n in shapes:
+        if k % group:  # the K-tail shape exists only for groups that divide K (group 32 for K = 1120)
+            continue
+        qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+        with awqgemm.testing.force(family="sm90", path="fused", ws_wide_128=True):
+            packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
+            for m in tokens:
+                info = awqgemm.plan_info(m, n, k, dtype)
+                assert (info["kernel"], info["tile_tokens"], info["wide"]) == ("wgmma_ws", 128, True), (m, n, k, info)
+                kinds.add("stream-K" if info["stream_k"] else f"{info['splits']} splits")
+                x = torch.randn(m, k, dtype=dtype, device="cuda")
+                b = torch.randn(n, dtype=dtype, device="cuda") if m == 129 else None
+                check(x, qweight, qzeros, scales, group, b, label=f"ws_wide_128 M={m} K={k} N={n} {info}")
+                if graph and m in (100, 300):
+                    assert_graph_replay_equals_eager(x, packed, replays=2)
+    return kinds
+
+
+def _wide128_grouped(dtype, group):
+    """3 experts (the middle one empty, the last ~1.5 tiles) with garbage row indices and rows past
+    offsets[E] (zero), on grouped v11.1 in 128-token tiles of 256 columns, every expert's rows against
+    float64. N = 300: the second column block is partial."""
+    skip_unless_family("sm90")
+    r = 150
+    parts = [random_awq(512, 300, group, dtype, "cuda", seed=90 + e) for e in range(3)]
+    ck = tuple(torch.stack([p[i] for p in parts]) for i in range(3))
+    x = torch.randn(3 * r // 2, 512, dtype=dtype, device="cuda")
+    offsets = torch.tensor([0, r, r, 2 * r + r // 6], dtype=torch.int32, device="cuda")
+    rows = torch.randint(-5, 2 * r, (5 * r // 2,), dtype=torch.int32, device="cuda")
+    with awqgemm.testing.force(family="sm90", ws_wide_128=True):
+        packed = awqgemm.pack_awq_experts(*ck, group)
+        info = awqgemm.moe.grouped_plan_info(5 * r // 2, 3, 300, 512, dtype)
+        assert (info["kernel"], info["tile_tokens"], info["wide"]) == ("wgmma_ws", 128, True), info
+        got = awqgemm.moe_gemm(x, packed, offsets, rows)
+    torch.cuda.synchronize()
+    assert (got[2 * r + r // 6 :] == 0).all() and torch.isfinite(got).all()
+    w = torch.stack([awqgemm.dequantize_awq(ck[0][e], ck[1][e], ck[2][e], group) for e in range(3)]).double()
+    safe = rows.clamp(0, x.shape[0] - 1).long()
+    for e, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
+        if hi > lo:
+            bound = 5e-3 if dtype == torch.float16 else 2e-2
+            assert rel_err(got[lo:hi], x[safe[lo:hi]].double() @ w[e]) < bound, (dtype, group, e)
+
+
+@pytest.mark.wip("ws_wide_128")
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_ws_wide_128(dtype, group):
+    kinds = _wide128_dense(dtype, group, WIDE128_TOKENS, WIDE128_SHAPES, graph=group == 128)
+    assert "stream-K" in kinds and any(s.endswith("splits") for s in kinds), kinds
+    _wide128_grouped(dtype, group)
+
+
+@pytest.mark.wip("ws_wide_128")
+def test_sanitizer_subset_ws_wide_128():
+    """128-token tiles of 256 columns for compute-sanitizer memcheck: the K tail, partial row and column
+    blocks, a K split, the stream-K tail, grouped tiles with garbage row indices."""
+    for dtype in (torch.float16, torch.bfloat16):
+        _wide128_dense(dtype, 32, (65, 300), ((1120, 104), (4096, 6144), (14336, 4096)))
+        _wide128_grouped(dtype, 32)
+
+
+@pytest.mark.wip("ws_wide_128")
+def test_racecheck_subset_ws_wide_128():
+    """128-token tiles of 256 columns for compute-sanitizer racecheck (their ring, stream-K slots and
+    epilogue), references on the CPU (see test_racecheck_subset)."""
+    skip_unless_family("sm90")
+    for k, n, m in ((1120, 104, 100), (1152, 1376, 130), (4096, 6144, 200)):
+        qweight, qzeros, scales = random_awq(k, n, 32, torch.float16, "cpu")
+        w = awqgemm.dequantize_awq(qweight, qzeros, scales, 32).double()
+        with awqgemm.testing.force(family="sm90", path="fused", ws_wide_128=True):
+            info = awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))
+            assert (info["tile_tokens"], info["wide"]) == (128, True), info
+            packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), 32)
+            x = torch.randn(m, k, dtype=torch.float16)
+            out = awqgemm.gemm(x.cuda(), packed).cpu()
+        assert rel_err(out, x.double() @ w) < 5e-3, (k, n, m)

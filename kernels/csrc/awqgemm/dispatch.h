@@ -73,6 +73,10 @@ enum WipFeature : int {
   // v11.1 with 32- and 48-token tiles (m64n32k16 / m64n48k16) below 49 tokens, dense and grouped,
   // instead of one 64-token tile whose MMAs are half or a quarter padding.
   kWipWsShortTiles = 1,
+  // v11.1 above 64 tokens in 128-token tiles of 256 columns (2 weight tiles per consumer warp) instead of
+  // 128 or 256-token tiles of 128 columns: half the staged-x bytes each block reads from L2 per weight
+  // byte (at M >= 128, ~5.5 TB/s of x re-reads account for v11.1's time on the H200).
+  kWipWsWide128 = 2,
 };
 
 // The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes

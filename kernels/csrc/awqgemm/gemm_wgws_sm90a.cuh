@@ -335,7 +335,8 @@ __device__ __forceinline__ void ring_next(int& slot, uint32_t& phase) {
 // rows are its tile's ([m0, m_end) of out), its weights and scales its tile's expert's (wmap is 3-D:
 // [expert][column tile][ktiles x 128 words]); the units of tiles of no expert skip the k-loop and
 // store zeros. Its own instantiation, like kStreamK.
-template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false>
+// NTW other than ws_ntw(BM): ws_wide_128 (work in progress), 256-column blocks at BM = 128.
+template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false, int NTW = ws_ntw(BM)>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
                                                                const int pdl_flags,
                                                                const __grid_constant__ TensorMap128 wmap,
@@ -343,9 +344,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
 #if defined(AWQGEMM_NO_WGMMA)
   __trap();
 #else
-  constexpr int NTW = ws_ntw(BM);
   constexpr int kNB = kWgNT * NTW;           // column tiles per block
-  constexpr int kStage = ws_stage_bytes(BM);
+  constexpr int kStage = ws_stage_bytes(BM, NTW);
   constexpr int kWOff = BM * 128;            // kNB weight tiles of 512 bytes after the x tile
   constexpr int kSzOff = kWOff + kNB * 512;  // (scale, zero) rows: [0] for k 0..31 of the tile, [1] for 32..63
   constexpr int kSzRow = kNB * 64;           // bytes of one (scale, zero) row of the block
@@ -454,6 +454,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   const int q = lane & 3;
   const uint32_t w_off = kWOff + warp * 512 + lane * 16;  // tile j: + 8 j * 512
   const uint32_t sz_off = kSzOff + (sz_rows == 2 ? (q >> 1) * kSzRow : 0) + warp * 64 + g * 8;  // + 8 j * 64
+  // kTileBuffers (ws_wide_128's BM = 128 with 2 tiles per warp): one A register set per weight tile
+  // (a[0]), each reused one k-tile later, instead of two sets of every tile: 64 accumulators per tile
+  // leave no room for 64 A registers (ptxas serialized the wgmmas, C7512).
+  constexpr bool kTileBuffers = BM == 128 && NTW == 2;
   uint32_t a[2][NTW][4][4];
   zero_a_sets(a);
   int slot = 0;
@@ -533,12 +537,54 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       slot = wrap ? 0 : slot + 1;
       phase ^= wrap;
     };
+    // kTileBuffers: tile j's A of k-tile i is written once tile j's wgmmas of k-tile i - 1 retired (the
+    // wait before it leaves only the group after those in flight); the stage of k-tile i - 1 goes back
+    // once its last tile's group retired. One commit group per tile.
+    auto step_tiles = [&](uint32_t (&at)[NTW][4][4]) {
+      mbar_wait(full0 + 8 * slot, phase);
+      const unsigned char* const gst = sbase + slot * kStage;
+      const uint32_t lo = desc_lo + static_cast<uint32_t>(slot * (kStage >> 4));
+#pragma unroll
+      for (int j = 0; j < NTW; ++j) {
+        wgmma_wait<NTW - 1>();
+#pragma unroll
+        for (int s = 0; s < 4; ++s) keep_live(at[j][s]);
+        if (j == NTW - 1) {
+          mbar_arrive_if(prev_empty, have_prev);
+          prev_empty = empty0 + 8 * slot;
+          have_prev = 1;
+        }
+        const uint4 wv = *reinterpret_cast<const uint4*>(gst + w_off + 8 * 512 * j);
+        const uint2 sz = *reinterpret_cast<const uint2*>(gst + sz_off + 8 * 64 * j);
+        uint32_t scale2[2], zero2[2];
+        split_scale_zero(sz.x, scale2[0], zero2[0]);
+        split_scale_zero(sz.y, scale2[1], zero2[1]);
+        dequant_word<T, true>(wv.x, zero2, scale2, at[j][0]);
+        dequant_word<T, true>(wv.y, zero2, scale2, at[j][1]);
+        dequant_word<T, true>(wv.z, zero2, scale2, at[j][2]);
+        dequant_word<T, true>(wv.w, zero2, scale2, at[j][3]);
+        wgmma_fence();
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+          WgmmaRA<BM, T>::run(acc[j], at[j][s], (static_cast<uint64_t>(desc_hi) << 32) | (lo + 2 * s));
+        }
+        wgmma_commit();
+      }
+      const uint32_t wrap = slot + 1 == STAGES;
+      slot = wrap ? 0 : slot + 1;
+      phase ^= wrap;
+    };
     int i = 0;
-    for (; i + 1 < n_k; i += 2) {
-      step(a[0], a[1]);
-      step(a[1], a[0]);
+    if constexpr (kTileBuffers) {
+#pragma unroll 1
+      for (; i < n_k; ++i) step_tiles(a[0]);
+    } else {
+      for (; i + 1 < n_k; i += 2) {
+        step(a[0], a[1]);
+        step(a[1], a[0]);
+      }
+      if (i < n_k) step(a[0], a[1]);
     }
-    if (i < n_k) step(a[0], a[1]);
     wgmma_wait<0>();
 #pragma unroll
     for (int j = 0; j < NTW; ++j) keep_live(acc[j]);

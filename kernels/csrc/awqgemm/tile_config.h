@@ -78,7 +78,9 @@ constexpr int kWsConsumerRegs = 232;
 AWQGEMM_HD constexpr int ws_ntw(int bm) { return bm <= 64 ? 2 : 1; }
 // ws_short_tiles' tile height for `rows` (<= 64) tokens: the smallest of 32, 48, 64 that holds them.
 AWQGEMM_HD constexpr int ws_short_tile(int rows) { return rows <= 32 ? 32 : rows <= 48 ? 48 : 64; }
-AWQGEMM_HD constexpr int ws_stage_bytes(int bm) { return bm * 128 + ws_ntw(bm) * (8 * 512 + 2 * 512); }
+// ws_wide_128 (work in progress): BM = 128 with 2 weight tiles per warp (256 columns).
+AWQGEMM_HD constexpr int ws_stage_bytes(int bm, int ntw) { return bm * 128 + ntw * (8 * 512 + 2 * 512); }
+AWQGEMM_HD constexpr int ws_stage_bytes(int bm) { return ws_stage_bytes(bm, ws_ntw(bm)); }
 // As many stages as ~225 KiB of shared memory hold (14 / 16 / 18 KiB stages at BM = 32 / 48 / 64).
 AWQGEMM_HD constexpr int ws_stages(int bm) {
   return bm >= 256 ? 5 : bm >= 128 ? 8 : bm >= 64 ? 12 : bm >= 48 ? 13 : 16;
