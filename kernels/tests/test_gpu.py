@@ -758,19 +758,19 @@ def test_racecheck_subset_wide_decode_blocks():
             assert err < 5e-3, (k, n, m, err)
 
 
-def _xshared_grouped(dtype, group, rows_per_expert):
-    """3 experts (the middle one empty) with garbage row indices and rows past offsets[E] (zero), on the
-    sm80 family's grouped x-shared kernel (its x row addresses are set up once per thread from the
-    gathered row indices)."""
+def _grouped_garbage_rows(force, dtype, group, rows_per_expert, n=200):
+    """3 experts (the middle one empty) with garbage row indices and rows past offsets[E] (zero) under
+    testing.force(**force): every expert's rows against float64, the padding rows zero. Returns the
+    grouped plan (grouped_plan_info) the call ran."""
     r = rows_per_expert
-    parts = [random_awq(512, 200, group, dtype, "cuda", seed=70 + e) for e in range(3)]
+    parts = [random_awq(512, n, group, dtype, "cuda", seed=70 + e) for e in range(3)]
     ck = tuple(torch.stack([p[i] for p in parts]) for i in range(3))
     x = torch.randn(3 * r // 2, 512, dtype=dtype, device="cuda")
     offsets = torch.tensor([0, r, r, 2 * r + r // 6], dtype=torch.int32, device="cuda")
     rows = torch.randint(-5, 2 * r, (5 * r // 2,), dtype=torch.int32, device="cuda")
-    with awqgemm.testing.force(family="sm80"):
+    with awqgemm.testing.force(**force):
         packed = awqgemm.pack_awq_experts(*ck, group)
-        assert awqgemm.moe.grouped_plan_info(5 * r // 2, 3, 200, 512, dtype)["kernel"] == "x_shared"
+        info = awqgemm.moe.grouped_plan_info(5 * r // 2, 3, n, 512, dtype)
         got = awqgemm.moe_gemm(x, packed, offsets, rows)
     torch.cuda.synchronize()
     assert (got[2 * r + r // 6 :] == 0).all() and torch.isfinite(got).all()
@@ -779,15 +779,58 @@ def _xshared_grouped(dtype, group, rows_per_expert):
     for e, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
         if hi > lo:
             bound = 5e-3 if dtype == torch.float16 else 2e-2
-            assert rel_err(got[lo:hi], x[safe[lo:hi]].double() @ w[e]) < bound, (dtype, group, r, e)
+            assert rel_err(got[lo:hi], x[safe[lo:hi]].double() @ w[e]) < bound, (dtype, group, r, e, info)
+    return info
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_xshared_grouped_garbage_rows(dtype, group):
+    """The sm80 family's grouped x-shared kernel (its x row addresses set up once per thread from the
+    gathered row indices)."""
     skip_unless_family("sm80")
     for r in (40, 64):  # 34 and 54 rows per active expert (grouped plans take 64-token tiles above 32)
-        _xshared_grouped(dtype, group, r)
+        assert _grouped_garbage_rows({"family": "sm80"}, dtype, group, r)["kernel"] == "x_shared"
+
+
+def _forced_v11_cases(switch, expect, dtype, group, tokens, shapes, graph_ms=(), bias_ms=()):
+    """v11.1 forced (sm90 family, fused path) with `switch` on at each (K, N) x M: plan_info has the items
+    of expect(m), fp64 check (a bias at bias_ms; at graph_ms a replayed CUDA graph equal to eager too).
+    Returns the set of schedule kinds planned."""
+    skip_unless_family("sm90")
+    kinds = set()
+    for k, n in shapes:
+        if k % group:  # the K-tail shape exists only for groups that divide K (group 32 for K = 1120)
+            continue
+        qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+        with awqgemm.testing.force(family="sm90", path="fused", **{switch: True}):
+            packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
+            for m in tokens:
+                info = awqgemm.plan_info(m, n, k, dtype)
+                assert {key: info[key] for key in expect(m)} == expect(m), (m, n, k, info)
+                kinds.add("stream-K" if info["stream_k"] else f"{info['splits']} splits")
+                x = torch.randn(m, k, dtype=dtype, device="cuda")
+                b = torch.randn(n, dtype=dtype, device="cuda") if m in bias_ms else None
+                check(x, qweight, qzeros, scales, group, b, label=f"{switch} M={m} K={k} N={n} {info}")
+                if m in graph_ms:
+                    assert_graph_replay_equals_eager(x, packed, replays=2)
+    return kinds
+
+
+def _v11_racecheck_cases(switch, expect, cases):
+    """The racecheck variant of _forced_v11_cases: fp16, group 32, references on the CPU (see
+    test_racecheck_subset)."""
+    skip_unless_family("sm90")
+    for k, n, m in cases:
+        qweight, qzeros, scales = random_awq(k, n, 32, torch.float16, "cpu")
+        w = awqgemm.dequantize_awq(qweight, qzeros, scales, 32).double()
+        with awqgemm.testing.force(family="sm90", path="fused", **{switch: True}):
+            info = awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))
+            assert {key: info[key] for key in expect(m)} == expect(m), (m, n, k, info)
+            packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), 32)
+            x = torch.randn(m, k, dtype=torch.float16)
+            out = awqgemm.gemm(x.cuda(), packed).cpu()
+        assert rel_err(out, x.double() @ w) < 5e-3, (k, n, m)
 
 
 # ws_short_tiles (work in progress): v11.1 with 32- and 48-token tiles below 49 tokens, dense and grouped.
@@ -800,54 +843,17 @@ def _short_tile(m):
     return 32 if m <= 32 else 48 if m <= 48 else 64
 
 
-def _short_dense(dtype, group, tokens, shapes, graph=False):
-    """v11.1 forced with the switch at each (K, N) x M: the plan's tile is the short one, fp64 check (and,
-    with `graph`, a replayed CUDA graph equal to eager). Returns the set of schedule kinds planned."""
-    skip_unless_family("sm90")
-    kinds = set()
-    for k, n in shapes:
-        if k % group:  # the K-tail shape exists only for groups that divide K (group 32 for K = 1120)
-            continue
-        qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
-        with awqgemm.testing.force(family="sm90", path="fused", ws_short_tiles=True):
-            packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
-            for m in tokens:
-                info = awqgemm.plan_info(m, n, k, dtype)
-                assert (info["kernel"], info["tile_tokens"]) == ("wgmma_ws", _short_tile(m)), (m, n, k, info)
-                kinds.add("stream-K" if info["stream_k"] else f"{info['splits']} splits")
-                x = torch.randn(m, k, dtype=dtype, device="cuda")
-                check(x, qweight, qzeros, scales, group, label=f"ws_short_tiles M={m} K={k} N={n} {info}")
-                if graph:
-                    assert_graph_replay_equals_eager(x, packed, replays=2)
-    return kinds
+def _short_expect(m):
+    return {"kernel": "wgmma_ws", "tile_tokens": _short_tile(m)}
 
 
 def _short_grouped(dtype, group, rows_per_expert):
-    """3 experts (the middle one empty) with garbage row indices and rows past offsets[E] (zero), on grouped
-    v11.1 with short tiles: the plan's tile follows the routed rows' spread, every expert's rows checked
-    against float64."""
+    """Grouped v11.1 with short tiles: the plan's tile holds mean + 2 sd of the routed rows per expert."""
     skip_unless_family("sm90")
-    r = rows_per_expert
-    parts = [random_awq(512, 200, group, dtype, "cuda", seed=80 + e) for e in range(3)]
-    ck = tuple(torch.stack([p[i] for p in parts]) for i in range(3))
-    x = torch.randn(3 * r // 2, 512, dtype=dtype, device="cuda")
-    offsets = torch.tensor([0, r, r, 2 * r + r // 6], dtype=torch.int32, device="cuda")
-    rows = torch.randint(-5, 2 * r, (5 * r // 2,), dtype=torch.int32, device="cuda")
-    with awqgemm.testing.force(family="sm90", ws_short_tiles=True):
-        packed = awqgemm.pack_awq_experts(*ck, group)
-        info = awqgemm.moe.grouped_plan_info(5 * r // 2, 3, 200, 512, dtype)
-        mean = (5 * r // 2) / 3  # routed rows per expert as the planner sees them (R / E)
-        assert info["kernel"] == "wgmma_ws", info
-        assert info["tile_tokens"] == _short_tile(min(64, math.ceil(mean + 2 * math.sqrt(mean)))), (r, info)
-        got = awqgemm.moe_gemm(x, packed, offsets, rows)
-    torch.cuda.synchronize()
-    assert (got[2 * r + r // 6 :] == 0).all() and torch.isfinite(got).all()
-    w = torch.stack([awqgemm.dequantize_awq(ck[0][e], ck[1][e], ck[2][e], group) for e in range(3)]).double()
-    safe = rows.clamp(0, x.shape[0] - 1).long()
-    for e, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
-        if hi > lo:
-            bound = 5e-3 if dtype == torch.float16 else 2e-2
-            assert rel_err(got[lo:hi], x[safe[lo:hi]].double() @ w[e]) < bound, (dtype, group, r, e)
+    info = _grouped_garbage_rows({"family": "sm90", "ws_short_tiles": True}, dtype, group, rows_per_expert)
+    mean = (5 * rows_per_expert // 2) / 3  # routed rows per expert as the planner sees them (R / E)
+    assert info["kernel"] == "wgmma_ws", info
+    assert info["tile_tokens"] == _short_tile(min(64, math.ceil(mean + 2 * math.sqrt(mean)))), info
     return info["tile_tokens"]
 
 
@@ -855,7 +861,8 @@ def _short_grouped(dtype, group, rows_per_expert):
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_ws_short_tiles(dtype, group):
-    kinds = _short_dense(dtype, group, SHORT_TOKENS, SHORT_SHAPES, graph=group == 128)
+    graph_ms = SHORT_TOKENS if group == 128 else ()
+    kinds = _forced_v11_cases("ws_short_tiles", _short_expect, dtype, group, SHORT_TOKENS, SHORT_SHAPES, graph_ms)
     assert "stream-K" in kinds and any(s.endswith("splits") for s in kinds), kinds
     # 16.7, 24 and 46.7 rows per expert as planned (R / E): tiles of 32, 48 and 64 tokens (mean + 2 sd).
     assert {_short_grouped(dtype, group, r) for r in (20, 29, 56)} == {32, 48, 64}
@@ -880,25 +887,16 @@ def test_sanitizer_subset_ws_short_tiles():
     """v11.1's short tiles for compute-sanitizer memcheck: the K tail, partial row blocks, a K split, the
     stream-K tail, grouped tiles of 32 and 48 rows with garbage row indices."""
     for dtype in (torch.float16, torch.bfloat16):
-        _short_dense(dtype, 32, (5, 24, 40), ((1120, 104), (4096, 6144), (4096, 28672)))
+        shapes = ((1120, 104), (4096, 6144), (4096, 28672))
+        _forced_v11_cases("ws_short_tiles", _short_expect, dtype, 32, (5, 24, 40), shapes)
         for r in (20, 29):
             _short_grouped(dtype, 32, r)
 
 
 @pytest.mark.wip("ws_short_tiles")
 def test_racecheck_subset_ws_short_tiles():
-    """v11.1's short tiles for compute-sanitizer racecheck (their ring and epilogue), references on the CPU
-    (see test_racecheck_subset)."""
-    skip_unless_family("sm90")
-    for k, n, m in ((1120, 104, 24), (1152, 1376, 40), (4096, 6144, 17)):
-        qweight, qzeros, scales = random_awq(k, n, 32, torch.float16, "cpu")
-        w = awqgemm.dequantize_awq(qweight, qzeros, scales, 32).double()
-        with awqgemm.testing.force(family="sm90", path="fused", ws_short_tiles=True):
-            assert awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))["tile_tokens"] == _short_tile(m)
-            packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), 32)
-            x = torch.randn(m, k, dtype=torch.float16)
-            out = awqgemm.gemm(x.cuda(), packed).cpu()
-        assert rel_err(out, x.double() @ w) < 5e-3, (k, n, m)
+    """v11.1's short tiles for compute-sanitizer racecheck (their ring and epilogue)."""
+    _v11_racecheck_cases("ws_short_tiles", _short_expect, ((1120, 104, 24), (1152, 1376, 40), (4096, 6144, 17)))
 
 
 # ws_wide_128 (work in progress): v11.1 above 64 tokens in 128-token tiles of 256 columns, dense and grouped.
@@ -906,60 +904,26 @@ WIDE128_TOKENS = (65, 100, 128, 129, 300, 700, 1100)
 WIDE128_SHAPES = ((1152, 1376), (1120, 104), (4096, 6144), (2752, 4096), (14336, 4096))
 
 
-def _wide128_dense(dtype, group, tokens, shapes, graph=False):
-    """v11.1 forced with the switch: every plan a 128-token tile of 256 columns ("wide"), fp64 check (and,
-    with `graph`, a replayed CUDA graph equal to eager). Returns the set of schedule kinds planned."""
-    skip_unless_family("sm90")
-    kinds = set()
-    for k, n in shapes:
-        if k % group:  # the K-tail shape exists only for groups that divide K (group 32 for K = 1120)
-            continue
-        qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
-        with awqgemm.testing.force(family="sm90", path="fused", ws_wide_128=True):
-            packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
-            for m in tokens:
-                info = awqgemm.plan_info(m, n, k, dtype)
-                assert (info["kernel"], info["tile_tokens"], info["wide"]) == ("wgmma_ws", 128, True), (m, n, k, info)
-                kinds.add("stream-K" if info["stream_k"] else f"{info['splits']} splits")
-                x = torch.randn(m, k, dtype=dtype, device="cuda")
-                b = torch.randn(n, dtype=dtype, device="cuda") if m == 129 else None
-                check(x, qweight, qzeros, scales, group, b, label=f"ws_wide_128 M={m} K={k} N={n} {info}")
-                if graph and m in (100, 300):
-                    assert_graph_replay_equals_eager(x, packed, replays=2)
-    return kinds
+def _wide128_expect(m):
+    return {"kernel": "wgmma_ws", "tile_tokens": 128, "wide": True}
 
 
 def _wide128_grouped(dtype, group):
-    """3 experts (the middle one empty, the last ~1.5 tiles) with garbage row indices and rows past
-    offsets[E] (zero), on grouped v11.1 in 128-token tiles of 256 columns, every expert's rows against
-    float64. N = 300: the second column block is partial."""
+    """Grouped v11.1 in 128-token tiles of 256 columns: ~125 rows per expert, N = 300 (the second column
+    block partial)."""
     skip_unless_family("sm90")
-    r = 150
-    parts = [random_awq(512, 300, group, dtype, "cuda", seed=90 + e) for e in range(3)]
-    ck = tuple(torch.stack([p[i] for p in parts]) for i in range(3))
-    x = torch.randn(3 * r // 2, 512, dtype=dtype, device="cuda")
-    offsets = torch.tensor([0, r, r, 2 * r + r // 6], dtype=torch.int32, device="cuda")
-    rows = torch.randint(-5, 2 * r, (5 * r // 2,), dtype=torch.int32, device="cuda")
-    with awqgemm.testing.force(family="sm90", ws_wide_128=True):
-        packed = awqgemm.pack_awq_experts(*ck, group)
-        info = awqgemm.moe.grouped_plan_info(5 * r // 2, 3, 300, 512, dtype)
-        assert (info["kernel"], info["tile_tokens"], info["wide"]) == ("wgmma_ws", 128, True), info
-        got = awqgemm.moe_gemm(x, packed, offsets, rows)
-    torch.cuda.synchronize()
-    assert (got[2 * r + r // 6 :] == 0).all() and torch.isfinite(got).all()
-    w = torch.stack([awqgemm.dequantize_awq(ck[0][e], ck[1][e], ck[2][e], group) for e in range(3)]).double()
-    safe = rows.clamp(0, x.shape[0] - 1).long()
-    for e, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
-        if hi > lo:
-            bound = 5e-3 if dtype == torch.float16 else 2e-2
-            assert rel_err(got[lo:hi], x[safe[lo:hi]].double() @ w[e]) < bound, (dtype, group, e)
+    info = _grouped_garbage_rows({"family": "sm90", "ws_wide_128": True}, dtype, group, 150, n=300)
+    assert (info["kernel"], info["tile_tokens"], info["wide"]) == ("wgmma_ws", 128, True), info
 
 
 @pytest.mark.wip("ws_wide_128")
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_ws_wide_128(dtype, group):
-    kinds = _wide128_dense(dtype, group, WIDE128_TOKENS, WIDE128_SHAPES, graph=group == 128)
+    graph_ms = (100, 300) if group == 128 else ()
+    kinds = _forced_v11_cases(
+        "ws_wide_128", _wide128_expect, dtype, group, WIDE128_TOKENS, WIDE128_SHAPES, graph_ms, bias_ms=(129,)
+    )
     assert "stream-K" in kinds and any(s.endswith("splits") for s in kinds), kinds
     _wide128_grouped(dtype, group)
 
@@ -969,22 +933,13 @@ def test_sanitizer_subset_ws_wide_128():
     """128-token tiles of 256 columns for compute-sanitizer memcheck: the K tail, partial row and column
     blocks, a K split, the stream-K tail, grouped tiles with garbage row indices."""
     for dtype in (torch.float16, torch.bfloat16):
-        _wide128_dense(dtype, 32, (65, 300), ((1120, 104), (4096, 6144), (14336, 4096)))
+        shapes = ((1120, 104), (4096, 6144), (14336, 4096))
+        _forced_v11_cases("ws_wide_128", _wide128_expect, dtype, 32, (65, 300), shapes)
         _wide128_grouped(dtype, 32)
 
 
 @pytest.mark.wip("ws_wide_128")
 def test_racecheck_subset_ws_wide_128():
     """128-token tiles of 256 columns for compute-sanitizer racecheck (their ring, stream-K slots and
-    epilogue), references on the CPU (see test_racecheck_subset)."""
-    skip_unless_family("sm90")
-    for k, n, m in ((1120, 104, 100), (1152, 1376, 130), (4096, 6144, 200)):
-        qweight, qzeros, scales = random_awq(k, n, 32, torch.float16, "cpu")
-        w = awqgemm.dequantize_awq(qweight, qzeros, scales, 32).double()
-        with awqgemm.testing.force(family="sm90", path="fused", ws_wide_128=True):
-            info = awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))
-            assert (info["tile_tokens"], info["wide"]) == (128, True), info
-            packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), 32)
-            x = torch.randn(m, k, dtype=torch.float16)
-            out = awqgemm.gemm(x.cuda(), packed).cpu()
-        assert rel_err(out, x.double() @ w) < 5e-3, (k, n, m)
+    epilogue)."""
+    _v11_racecheck_cases("ws_wide_128", _wide128_expect, ((1120, 104, 100), (1152, 1376, 130), (4096, 6144, 200)))

@@ -317,6 +317,22 @@ __device__ __forceinline__ void ring_next(int& slot, uint32_t& phase) {
   phase ^= wrap;
 }
 
+// A consumer thread's 16-byte word of one weight tile in a stage and its (scale, zero) pair, dequantized
+// into the A fragments of the tile's 4 k16 steps.
+template <typename T>
+__device__ __forceinline__ void ws_dequant_tile(const unsigned char* w, const unsigned char* szp,
+                                                uint32_t (&a)[4][4]) {
+  const uint4 wv = *reinterpret_cast<const uint4*>(w);
+  const uint2 sz = *reinterpret_cast<const uint2*>(szp);
+  uint32_t scale2[2], zero2[2];
+  split_scale_zero(sz.x, scale2[0], zero2[0]);
+  split_scale_zero(sz.y, scale2[1], zero2[1]);
+  dequant_word<T, true>(wv.x, zero2, scale2, a[0]);
+  dequant_word<T, true>(wv.y, zero2, scale2, a[1]);
+  dequant_word<T, true>(wv.z, zero2, scale2, a[2]);
+  dequant_word<T, true>(wv.w, zero2, scale2, a[3]);
+}
+
 // p.x is the staged x (stage_x_tiles_kernel) of p.M rows; out, bias and the
 // split-K workspace ([splits][M][N] fp32) as in the other kernels.
 // kStreamK (splits == 1): the workspace holds the tail's flags and slots
@@ -501,15 +517,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       const unsigned char* const gst = sbase + slot * kStage;
 #pragma unroll
       for (int j = 0; j < NTW; ++j) {
-        const uint4 wv = *reinterpret_cast<const uint4*>(gst + w_off + 8 * 512 * j);
-        const uint2 sz = *reinterpret_cast<const uint2*>(gst + sz_off + 8 * 64 * j);
-        uint32_t scale2[2], zero2[2];
-        split_scale_zero(sz.x, scale2[0], zero2[0]);
-        split_scale_zero(sz.y, scale2[1], zero2[1]);
-        dequant_word<T, true>(wv.x, zero2, scale2, at[j][0]);
-        dequant_word<T, true>(wv.y, zero2, scale2, at[j][1]);
-        dequant_word<T, true>(wv.z, zero2, scale2, at[j][2]);
-        dequant_word<T, true>(wv.w, zero2, scale2, at[j][3]);
+        ws_dequant_tile<T>(gst + w_off + 8 * 512 * j, gst + sz_off + 8 * 64 * j, at[j]);
       }
       const uint32_t lo = desc_lo + static_cast<uint32_t>(slot * (kStage >> 4));
       wgmma_fence();
@@ -554,15 +562,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
           prev_empty = empty0 + 8 * slot;
           have_prev = 1;
         }
-        const uint4 wv = *reinterpret_cast<const uint4*>(gst + w_off + 8 * 512 * j);
-        const uint2 sz = *reinterpret_cast<const uint2*>(gst + sz_off + 8 * 64 * j);
-        uint32_t scale2[2], zero2[2];
-        split_scale_zero(sz.x, scale2[0], zero2[0]);
-        split_scale_zero(sz.y, scale2[1], zero2[1]);
-        dequant_word<T, true>(wv.x, zero2, scale2, at[j][0]);
-        dequant_word<T, true>(wv.y, zero2, scale2, at[j][1]);
-        dequant_word<T, true>(wv.z, zero2, scale2, at[j][2]);
-        dequant_word<T, true>(wv.w, zero2, scale2, at[j][3]);
+        ws_dequant_tile<T>(gst + w_off + 8 * 512 * j, gst + sz_off + 8 * 64 * j, at[j]);
         wgmma_fence();
 #pragma unroll
         for (int s = 0; s < 4; ++s) {
