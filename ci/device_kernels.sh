@@ -103,7 +103,7 @@ if has ncu; then
         --section LaunchStats --section ComputeWorkloadAnalysis \
         python3 benchmarks/profile_one.py --k $1 --n $2 --m $3 ${NCU_PROFILE_ARGS:-} >"$OUT/ncu-$1x$2-m$3.log" 2>&1
     echo "--- K=$1 N=$2 M=$3"
-    grep -E "plan:|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Stall|Warp Cycles Per Issued|Grid Size|Block Size|Waves Per SM|L1/TEX Hit|L2 Hit|Issued Warp|Compute \(SM\)|Executed Ipc|Pipe" "$OUT/ncu-$1x$2-m$3.log" | head -45
+    grep -E "plan:|Duration|DRAM Throughput|Memory Throughput|Cache Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Stall|Warp Cycles Per Issued|Grid Size|Block Size|Waves Per SM|L1/TEX Hit|L2 Hit|Issued Warp|Compute \(SM\)|Executed Ipc|Pipe" "$OUT/ncu-$1x$2-m$3.log" | head -45
   done
 fi
 if has ncu_source; then
