@@ -645,8 +645,14 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   const bool short_tiles = (wip & kWipWsShortTiles) != 0 && rows_per_expert > 16 && rows_per_expert <= 64;
   const double mean_rows = static_cast<double>(R) / active;
   const int spread_rows = static_cast<int>(std::ceil(mean_rows + 2.0 * std::sqrt(mean_rows)));
-  const int ws_bm = short_tiles ? ws_short_tile(std::min(64, spread_rows)) : rows_per_expert <= 64 ? 64 : 128;
-  const int ws_tiles_per_warp = ws_bm == 128 && (wip & kWipWsWide128) != 0 ? 2 : ws_ntw(ws_bm);  // ws_wide_128
+  // ws_wide_128 (work in progress): 128-token tiles of 256 columns wherever v11.1 takes 128-token tiles,
+  // and also where mean + 2 sd of the rows per expert pass 64 (many experts would run a second 64-token
+  // tile that dequantizes their weights again: the narrow-tails A/B of 2026-11-29 05:25 measured Qwen3
+  // T = 1,024 at 0.82x with 128-token tiles; its Mixtral loss came from 128-column units' 4:1 x bytes).
+  const bool wide128 = (wip & kWipWsWide128) != 0;
+  const bool tall = rows_per_expert > 64 || (wide128 && rows_per_expert > 32 && spread_rows > 64);
+  const int ws_bm = tall ? 128 : short_tiles ? ws_short_tile(std::min(64, spread_rows)) : 64;
+  const int ws_tiles_per_warp = ws_bm == 128 && wide128 ? 2 : ws_ntw(ws_bm);
   if (family == Family::kSm90 && (rows_per_expert > 32 || short_tiles) && ws_group_chunk_tiles(ws_bm, K) >= 1) {
     // v11.1 over token tiles of one expert each (launch_ws_grouped), 64 tokens up to 64 rows per
     // expert, 128 above; one K split (a prefill-sized problem has units for every SM). H200, whole

@@ -73,8 +73,9 @@ def test_wip_switches_change_only_their_plans(all_plans):
     plan except where a feature says otherwise; the codes round-trip. ws_short_tiles: on 9.0 with the sm90
     family, v11.1 plans below 49 tokens take the 32- or 48-token tile, the auto path takes v11.1 at 17-32
     tokens wherever it does above 32 (K > 2048), and grouped experts of 17-64 rows per expert run v11.1 in
-    the short tile that holds mean + 2 sd of their rows. ws_wide_128: v11.1 plans above 64 tokens (and
-    grouped ones of 128-token tiles) take 128-token tiles of 256 columns (nt 16)."""
+    the short tile that holds mean + 2 sd of their rows. ws_wide_128: v11.1 plans above 64 tokens take
+    128-token tiles of 256 columns (nt 16), and so do grouped plans of 128-token tiles and those whose
+    mean + 2 sd of rows per expert pass 64."""
     prod = {(p["problem"], p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in all_plans}
     wip = [p for p in all_plans if p["problem"] in ("W", "H")]
     assert len(wip) > 10000
@@ -93,8 +94,11 @@ def test_wip_switches_change_only_their_plans(all_plans):
             assert 8 * w["mt"] == _short_tile(w["M"]), (p, w)
             if p["kind"] != 4:  # newly v11.1: the auto path at 17-32 tokens, K > 2048
                 assert w["a"] == 0 and 16 < w["M"] <= 32 and w["K"] > 2048, (p, w)
-        elif w["mt"] == 16:  # ws_wide_128, grouped
-            assert p["kind"] == 4 and p["mt"] == 16 and w["nt"] == 16, (p, w)
+        elif w["mt"] == 16:  # ws_wide_128, grouped: 128-token tiles, also where mean + 2 sd pass 64 rows
+            active = max(1, min(w["a"], w["M"]))
+            rows = w["M"] / active
+            assert w["nt"] == 16 and w["family"] == 90, (p, w)
+            assert (p["kind"], p["mt"]) == (4, 16) or rows + 2 * math.sqrt(rows) > 64, (p, w)
         else:  # ws_short_tiles, grouped lines: "a" is E, "M" is R (the routed rows)
             active = max(1, min(w["a"], w["M"]))
             rows = w["M"] / active

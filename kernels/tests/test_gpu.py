@@ -908,11 +908,12 @@ def _wide128_expect(m):
     return {"kernel": "wgmma_ws", "tile_tokens": 128, "wide": True}
 
 
-def _wide128_grouped(dtype, group):
-    """Grouped v11.1 in 128-token tiles of 256 columns: ~125 rows per expert, N = 300 (the second column
-    block partial)."""
+def _wide128_grouped(dtype, group, rows_per_expert=150):
+    """Grouped v11.1 in 128-token tiles of 256 columns, N = 300 (the second column block partial): ~125
+    rows per expert (128-token tiles without the switch too), or 58 (mean + 2 sd past 64: 64-token
+    tiles without it)."""
     skip_unless_family("sm90")
-    info = _grouped_garbage_rows({"family": "sm90", "ws_wide_128": True}, dtype, group, 150, n=300)
+    info = _grouped_garbage_rows({"family": "sm90", "ws_wide_128": True}, dtype, group, rows_per_expert, n=300)
     assert (info["kernel"], info["tile_tokens"], info["wide"]) == ("wgmma_ws", 128, True), info
 
 
@@ -925,7 +926,8 @@ def test_ws_wide_128(dtype, group):
         "ws_wide_128", _wide128_expect, dtype, group, WIDE128_TOKENS, WIDE128_SHAPES, graph_ms, bias_ms=(129,)
     )
     assert "stream-K" in kinds and any(s.endswith("splits") for s in kinds), kinds
-    _wide128_grouped(dtype, group)
+    for r in (150, 70):
+        _wide128_grouped(dtype, group, r)
 
 
 @pytest.mark.wip("ws_wide_128")
