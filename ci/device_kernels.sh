@@ -126,12 +126,14 @@ moe-qwen3-t128:gemm_tc_kernel:2:2:--moe 128,8,2048,768 --m 128"}
 fi
 if has timeline; then
   echo "== timeline: each kernel of one call, from a CUDA graph replay under torch.profiler =="
-  # TIMELINE_CASES: profile_one.py argument lists (default: Llama-3-8B's four layers at batch 64, the
-  # Qwen3-30B-A3B MoE layer at 16, 64, 256, 1024 and 4096 tokens; a case with
+  # TIMELINE_CASES: profile_one.py argument lists (default: Llama-3-8B's four layers at batch 64, its
+  # gate_up at 24 and 256 tokens without and with the switch for that size, the Qwen3-30B-A3B MoE layer
+  # at 16, 64, 256, 1024 and 4096 tokens; a case with
   # --wip F is left out when F's tests failed earlier in this run: the moe step runs after this one, so
   # each case runs in a process of its own).
   cases=${TIMELINE_CASES:-"--k 4096 --n 6144 --m 64;--k 4096 --n 4096 --m 64;--k 4096 --n 28672 --m 64;\
---k 14336 --n 4096 --m 64;--moe 128,8,2048,768 --m 16;--moe 128,8,2048,768 --m 64;--moe 128,8,2048,768 --m 256;\
+--k 14336 --n 4096 --m 64;--k 4096 --n 28672 --m 24;--k 4096 --n 28672 --m 24 --wip ws_short_tiles;\
+--k 4096 --n 28672 --m 256;--k 4096 --n 28672 --m 256 --wip ws_wide_128;--moe 128,8,2048,768 --m 16;--moe 128,8,2048,768 --m 64;--moe 128,8,2048,768 --m 256;\
 --moe 128,8,2048,768 --m 1024;--moe 128,8,2048,768 --m 4096"}
   IFS=';' read -ra case_list <<<"$cases"
   for args in "${case_list[@]}"; do
