@@ -436,15 +436,16 @@ def kernel_class(name: str) -> str:
 def summarize_kernels(times: dict[str, float], top: int = 12) -> dict[str, Any]:
     """GPU time per kernel name (µs) -> the total, µs and share per class, and the `top` kernels."""
     total = sum(times.values())
+    cls_of = {name: kernel_class(name) for name in times}
     classes: dict[str, float] = {}
     for name, us in times.items():
-        classes[kernel_class(name)] = classes.get(kernel_class(name), 0.0) + us
+        classes[cls_of[name]] = classes.get(cls_of[name], 0.0) + us
     ranked = sorted(times.items(), key=lambda kv: -kv[1])[:top]
     share = (lambda us: us / total) if total > 0 else (lambda us: 0.0)
     return dict(
         total_us=total,
         classes={c: dict(us=us, share=share(us)) for c, us in sorted(classes.items(), key=lambda kv: -kv[1])},
-        top=[dict(name=n[:160], cls=kernel_class(n), us=us, share=share(us)) for n, us in ranked],
+        top=[dict(name=n[:160], cls=cls_of[n], us=us, share=share(us)) for n, us in ranked],
     )
 
 

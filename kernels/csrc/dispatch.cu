@@ -382,6 +382,10 @@ void plan_wtile(Plan& plan, int sms, int M, int N, int K) {
 // kernel forced): geomean 0.95x the time at M = 64, 0.97x at 128, 0.84x at 256,
 // 0.90x at 512, 0.88x at 1024; down to 0.63x where a partial round idled most
 // SMs (Llama-2-70B qkv at 256), before the rule against > 3 pieces below.
+// v11.1's weight tiles per consumer warp for a BM-token tile: ws_ntw(BM), or 2 at BM = 128 under
+// ws_wide_128 (work in progress: 256-column blocks).
+int ws_plan_ntw(int bm, int wip) { return bm == 128 && (wip & kWipWsWide128) != 0 ? 2 : ws_ntw(bm); }
+
 bool plan_wgws(Plan& plan, int sms, int M, int N, int K, int wip) {
   TileConfig& t = plan.tile;
   const int chunk = ws_chunk_rows(M, K);
@@ -392,7 +396,7 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K, int wip) {
   const int small_bm = (wip & kWipWsShortTiles) != 0 ? ws_short_tile(M) : 64;
   // ws_wide_128 (work in progress): above 64 tokens only 128-token tiles, of 256 columns.
   const bool wide128 = (wip & kWipWsWide128) != 0 && M > 64;
-  const int ntw = wide128 ? 2 : ws_ntw(M <= 64 ? small_bm : 128);
+  const int ntw = ws_plan_ntw(M <= 64 ? small_bm : 128, wip);
   t.nt = kWgNT * ntw;
   t.kwarps = kWsThreads / 32;  // warps per block: 8 consumers + the producer warpgroup
   const int nblocks = ceil_div(padded_n(N) / kTileN, kWgNT * ntw);
@@ -652,7 +656,6 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   const bool wide128 = (wip & kWipWsWide128) != 0;
   const bool tall = rows_per_expert > 64 || (wide128 && rows_per_expert > 32 && spread_rows > 64);
   const int ws_bm = tall ? 128 : short_tiles ? ws_short_tile(std::min(64, spread_rows)) : 64;
-  const int ws_tiles_per_warp = ws_bm == 128 && wide128 ? 2 : ws_ntw(ws_bm);
   if (family == Family::kSm90 && (rows_per_expert > 32 || short_tiles) && ws_group_chunk_tiles(ws_bm, K) >= 1) {
     // v11.1 over token tiles of one expert each (launch_ws_grouped), 64 tokens up to 64 rows per
     // expert, 128 above; one K split (a prefill-sized problem has units for every SM). H200, whole
@@ -663,7 +666,7 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
     plan.family = Family::kSm90;
     t.kind = KernelKind::kWgmmaWs;
     t.mt = ws_bm / 8;
-    t.nt = kWgNT * ws_tiles_per_warp;
+    t.nt = kWgNT * ws_plan_ntw(ws_bm, wip);
     t.kwarps = kWsThreads / 32;
     t.splits = 1;
     finish_plan(plan, dev, /*kernel_has_wait=*/true, R, N, K);

@@ -541,9 +541,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
         for (int s = 0; s < 4; ++s) keep_live(prev[j][s]);
       prev_empty = empty0 + 8 * slot;
       have_prev = 1;
-      const uint32_t wrap = slot + 1 == STAGES;
-      slot = wrap ? 0 : slot + 1;
-      phase ^= wrap;
+      ring_next<STAGES>(slot, phase);
     };
     // kTileBuffers: tile j's A of k-tile i is written once tile j's wgmmas of k-tile i - 1 retired (the
     // wait before it leaves only the group after those in flight); the stage of k-tile i - 1 goes back
@@ -570,9 +568,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
         }
         wgmma_commit();
       }
-      const uint32_t wrap = slot + 1 == STAGES;
-      slot = wrap ? 0 : slot + 1;
-      phase ^= wrap;
+      ring_next<STAGES>(slot, phase);
     };
     int i = 0;
     if constexpr (kTileBuffers) {
