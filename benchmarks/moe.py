@@ -166,7 +166,7 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 # --wip: the work-in-progress switches (awqgemm.testing.force) each variant turns on.
-WIP_VARIANTS: dict[str, tuple[str, ...]] = {"short": ("ws_short_tiles",), "wide": ("ws_wide_128",)}
+WIP_VARIANTS: dict[str, tuple[str, ...]] = {"short": ("grouped_short_tiles",)}
 
 
 def route_only(ti, tw, num, dry):

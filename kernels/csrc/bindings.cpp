@@ -300,8 +300,7 @@ NB_MODULE(_C, m) {
   // Work-in-progress switches (awqgemm.testing.force keywords) -> their bit in the planners' `wip`
   // (WipFeature in dispatch.h).
   nb::dict wip_features;
-  wip_features["ws_short_tiles"] = static_cast<int>(kWipWsShortTiles);
-  wip_features["ws_wide_128"] = static_cast<int>(kWipWsWide128);
+  wip_features["grouped_short_tiles"] = static_cast<int>(kWipGroupedShortTiles);
   m.attr("wip_features") = wip_features;
 
   m.def(

@@ -244,25 +244,39 @@ int dense_min_m(Family family) {
 // Qwen2.5-32B o 1.09x). At 2048 it won on the deep layers and the widest gate_up
 // but lost on most others: dequantize + cuBLAS from 2048 on.
 //
-// Below 64 tokens v11.1 runs one 64-token tile, and its time is flat in M (Llama-3-8B
-// gate_up 40.7-41.5 us from 24 to 64 tokens on the H200), so it wins where the
-// sm80 rules' kernels (x-shared, weight-tile) cost more than v11.1 at 64. The
-// H200 sweep of all 32 layer shapes at M = 17-63 (benchmarks/results/
-// h200-2026-11-29-xs-vs-wg, v11.1 forced against the sm80 rules with the hoisted
-// x-shared copies): above 32 tokens v11.1 took 0.55-0.96x the time on every layer
-// with K > 2048 (geomean 0.73x) and lost only on the two shallowest (K = 1792,
-// 2048: 1.07-1.11x); at 17-32 tokens (x-shared's 32-token tiles) it won on the
-// deep layers (K >= 7168: 0.75-0.95x) and the wide ones of K = 5120 (N >= 7168:
-// 0.78-0.95x), lost up to 1.38x on the rest. The rule below, against the sm80
-// rules: 0.92x the time at 17-32, 0.72x at 33-63 (worst point 1.08x its best
-// kernel's).
+// Below 64 tokens v11.1's tile is the smallest of 32, 48 and 64 tokens that holds
+// M (m64n32k16 / m64n48k16 / m64n64k16 wgmmas; no more padded MMA rows than that).
+// H200 (benchmarks/results/h200-2026-11-29-switches2, all 32 layer shapes, v11.1
+// forced): the 32- and 48-token tiles took 0.87x the 64-token tile's time at 16-32
+// tokens and 0.94x at 48 (geomean; faster at all 34 points per M). Against the
+// sm80 rules' kernels (x-shared, weight-tile) in the same run: at 33-48 tokens
+// v11.1 still loses only on K = 1792 / 2048 (1.04-1.06x; the 64-token sweep
+// h200-2026-11-29-xs-vs-wg found the same); at 17-32 tokens it now wins on every
+// layer of >= 25 Mi weights (0.80-0.96x the previous rule's time) and ties or
+// loses on the smaller ones (0.97-1.24x: Llama-3-8B qkv/o, the TP2 qkv/o layers).
+// At 16 tokens and below the sm80 rules' split-K decode plans stay (v11.1 in a
+// 32-token tile lost 1.01-2.03x on 30 of 34 shapes).
+//
+// Above 128 tokens, refitted on the same run (v11.1 forced against what the rule
+// before took: dequantize + cuBLAS from 256 on, the weight-tile kernel below):
+// layers with K >= 1.75 N (every down projection) won at every M up to 1024
+// (Llama-3-8B / Qwen2.5-7B / Qwen2.5-32B TP2 down: 0.60-0.67x at 256, 0.67-0.91x
+// at 512, 0.87-0.91x at 1024); at 256 tokens the layers of K >= 4096 won on small
+// grids too (Llama-3-8B o 0.89x, Qwen2.5-32B TP2 qkv 0.91x) while the shallow TP2
+// o layers (K <= 2048) lost (1.12-1.26x); at 512 every layer of >= 25 Mi weights
+// won (Llama-3-8B qkv 0.89x, Qwen2.5-32B o 0.90x, Llama-2-70B TP2 qkv 0.79x) and
+// the smaller ones mostly lost (1.03-1.19x). At 1024 the grid rule stands.
+constexpr int64_t kLargeLayerWeights = int64_t{25} << 20;
+
 bool wgmma_auto(int M, int N, int K, int sms) {
   if (M <= 16 || M > 1024) return false;
-  if (M <= 32) return K >= 7168 || (K >= 5120 && N >= 7168);
+  const int64_t weights = static_cast<int64_t>(N) * K;
+  if (M <= 32) return K > 2048 && weights >= kLargeLayerWeights;
   if (M < 64) return K > 2048;
-  if (M <= 128 || K >= 3 * N) return true;
+  if (M <= 128 || 4 * static_cast<int64_t>(K) >= 7 * static_cast<int64_t>(N)) return true;
   const int blocks = ceil_div(N, kWgNT * kTileN) * ceil_div(M, M <= 512 ? 128 : 256);
-  if (M <= 256) return 2 * blocks >= sms;
+  if (M <= 256) return K >= 4096 || 2 * blocks >= sms;
+  if (M <= 512) return weights >= kLargeLayerWeights || 2 * blocks >= 3 * sms;
   return 2 * blocks >= 3 * sms;
 }
 
@@ -361,7 +375,7 @@ void plan_wtile(Plan& plan, int sms, int M, int N, int K) {
 // ~2000 bytes/cycle for the whole GPU) -- partial traffic is what made the v9
 // kernel lose on small grids. The stream-K tail (one split) runs the whole
 // rounds, then deals the rest's k-tiles out over the grid (WsSchedule).
-// BM: 64 up to 64 tokens, else 128 or 256 (equal cost: 256, which
+// BM: 32, 48 or 64 up to 64 tokens (the smallest holding M), else 128 or 256 (equal cost: 256, which
 // dequantizes each weight once per 256 tokens). Up to 64 tokens a block covers
 // 256 columns (nt = 16, each consumer warp owning two weight tiles): a 64 x 128
 // block reads as many x bytes as weight bytes per stage, and ncu found its
@@ -382,21 +396,14 @@ void plan_wtile(Plan& plan, int sms, int M, int N, int K) {
 // kernel forced): geomean 0.95x the time at M = 64, 0.97x at 128, 0.84x at 256,
 // 0.90x at 512, 0.88x at 1024; down to 0.63x where a partial round idled most
 // SMs (Llama-2-70B qkv at 256), before the rule against > 3 pieces below.
-// v11.1's weight tiles per consumer warp for a BM-token tile: ws_ntw(BM), or 2 at BM = 128 under
-// ws_wide_128 (work in progress: 256-column blocks).
-int ws_plan_ntw(int bm, int wip) { return bm == 128 && (wip & kWipWsWide128) != 0 ? 2 : ws_ntw(bm); }
-
-bool plan_wgws(Plan& plan, int sms, int M, int N, int K, int wip) {
+bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
   TileConfig& t = plan.tile;
   const int chunk = ws_chunk_rows(M, K);
   if (chunk < std::min(M, 256)) return false;
   t.kind = KernelKind::kWgmmaWs;
-  // BM is 64 exactly up to 64 tokens (ws_short_tiles, work in progress: the smallest of 32, 48, 64
-  // that holds M).
-  const int small_bm = (wip & kWipWsShortTiles) != 0 ? ws_short_tile(M) : 64;
-  // ws_wide_128 (work in progress): above 64 tokens only 128-token tiles, of 256 columns.
-  const bool wide128 = (wip & kWipWsWide128) != 0 && M > 64;
-  const int ntw = ws_plan_ntw(M <= 64 ? small_bm : 128, wip);
+  // Up to 64 tokens BM is the smallest of 32, 48, 64 that holds M.
+  const int small_bm = ws_short_tile(M);
+  const int ntw = ws_ntw(M <= 64 ? small_bm : 128);
   t.nt = kWgNT * ntw;
   t.kwarps = kWsThreads / 32;  // warps per block: 8 consumers + the producer warpgroup
   const int nblocks = ceil_div(padded_n(N) / kTileN, kWgNT * ntw);
@@ -431,7 +438,7 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K, int wip) {
   };
   int64_t best = -1;
   for (const int bm : {256, 128, small_bm}) {
-    if ((M <= 64) != (bm == small_bm) || (wide128 && bm == 256)) continue;
+    if ((M <= 64) != (bm == small_bm)) continue;
     for (int s = 1; s <= 16; ++s) {
       if (s > 1 && (chunk < M || ktiles / s < 4 || staged + static_cast<int64_t>(s) * M * N * 4 > kMaxWorkspaceBytes)) {
         break;
@@ -555,7 +562,8 @@ void plan_xshared(TileConfig& t, int rows, RowBlocks row_blocks, int ntiles, int
   t.splits = std::min(t.splits, xs_max_splits());
 }
 
-Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes, int wip) {
+Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes,
+               int /*wip: no dense plan is behind a switch today*/) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -566,12 +574,9 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   const int64_t want = static_cast<int64_t>(inflight_bytes_per_sm()) * sms;
 
   if (family == Family::kSm90) {
-    // ws_short_tiles (work in progress) also takes v11.1 at 17-32 tokens wherever it takes it above 32.
-    const bool wg_auto = wgmma_auto(M, N, K, sms) ||
-                         ((wip & kWipWsShortTiles) != 0 && M > 16 && M <= 32 && wgmma_auto(33, N, K, sms));
-    if (path == PathRequest::kFused || (path == PathRequest::kAuto && wg_auto)) {
+    if (path == PathRequest::kFused || (path == PathRequest::kAuto && wgmma_auto(M, N, K, sms))) {
       plan.family = Family::kSm90;
-      if (!plan_wgws(plan, sms, M, N, K, wip)) {
+      if (!plan_wgws(plan, sms, M, N, K)) {
         // K too long to stage even 256 rows (K > 65536): the v9 kernel, which gathers x itself. BM =
         // 64, 128 or 256 tokens (256: one block per SM, twice the tokens per dequantized weight).
         const int mt = M <= 64 ? 8 : M <= 512 ? 16 : 32;
@@ -643,19 +648,13 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   // Tiles that do work: at least one per active expert, at least R / tile.
   const auto row_blocks = [&](int mt) { return std::max(active, ceil_div(R, 8 * mt)); };
   const int rows_per_expert = ceil_div(R, active);
-  // ws_short_tiles (work in progress): experts of 17-64 rows on v11.1 too, in the smallest of 32, 48
+  // grouped_short_tiles (work in progress): experts of 17-64 rows on v11.1 too, in the smallest of 32, 48
   // and 64-token tiles that holds mean + 2 standard deviations of the routed rows (~Poisson, as the
   // K-split tiles below), so most experts take one tile.
-  const bool short_tiles = (wip & kWipWsShortTiles) != 0 && rows_per_expert > 16 && rows_per_expert <= 64;
+  const bool short_tiles = (wip & kWipGroupedShortTiles) != 0 && rows_per_expert > 16 && rows_per_expert <= 64;
   const double mean_rows = static_cast<double>(R) / active;
   const int spread_rows = static_cast<int>(std::ceil(mean_rows + 2.0 * std::sqrt(mean_rows)));
-  // ws_wide_128 (work in progress): 128-token tiles of 256 columns wherever v11.1 takes 128-token tiles,
-  // and also where mean + 2 sd of the rows per expert pass 64 (many experts would run a second 64-token
-  // tile that dequantizes their weights again: the narrow-tails A/B of 2026-11-29 05:25 measured Qwen3
-  // T = 1,024 at 0.82x with 128-token tiles; its Mixtral loss came from 128-column units' 4:1 x bytes).
-  const bool wide128 = (wip & kWipWsWide128) != 0;
-  const bool tall = rows_per_expert > 64 || (wide128 && rows_per_expert > 32 && spread_rows > 64);
-  const int ws_bm = tall ? 128 : short_tiles ? ws_short_tile(std::min(64, spread_rows)) : 64;
+  const int ws_bm = rows_per_expert > 64 ? 128 : short_tiles ? ws_short_tile(std::min(64, spread_rows)) : 64;
   if (family == Family::kSm90 && (rows_per_expert > 32 || short_tiles) && ws_group_chunk_tiles(ws_bm, K) >= 1) {
     // v11.1 over token tiles of one expert each (launch_ws_grouped), 64 tokens up to 64 rows per
     // expert, 128 above; one K split (a prefill-sized problem has units for every SM). H200, whole
@@ -666,7 +665,7 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
     plan.family = Family::kSm90;
     t.kind = KernelKind::kWgmmaWs;
     t.mt = ws_bm / 8;
-    t.nt = kWgNT * ws_plan_ntw(ws_bm, wip);
+    t.nt = kWgNT * ws_ntw(ws_bm);
     t.kwarps = kWsThreads / 32;
     t.splits = 1;
     finish_plan(plan, dev, /*kernel_has_wait=*/true, R, N, K);

@@ -295,10 +295,11 @@ cudaError_t ws_register_pool(Kernel kernel) {
 // K then, so the partials' [splits][M][N] indexing stays whole-problem. Under
 // PDL each stage kernel waits for the GEMM before it (which still reads the
 // staged x it overwrites) and each GEMM for its stage kernel.
-template <typename T, int BM, int NTW = ws_ntw(BM)>
+template <typename T, int BM>
 cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   constexpr int kStages = ws_stages(BM);
-  constexpr int kSmem = kStages * ws_stage_bytes(BM, NTW) + 1024;  // + 1024: the base is aligned up to a swizzle atom
+  constexpr int NTW = ws_ntw(BM);
+  constexpr int kSmem = kStages * ws_stage_bytes(BM) + 1024;  // + 1024: the base is aligned up to a swizzle atom
   static_assert(kSmem <= 227 * 1024, "one block per SM must fit");
   const int chunk = ws_chunk_rows(p.M, p.K);
   if (chunk <= 0 || (chunk < p.M && cfg.splits != 1) || (cfg.stream_k && cfg.splits != 1)) {
@@ -311,8 +312,8 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     return cudaErrorMisalignedAddress;
   }
   static const cudaError_t pool = [&] {
-    const cudaError_t e = ws_register_pool(gemm_ws_kernel<T, BM, kStages, false, false, NTW>);
-    return e != cudaSuccess ? e : ws_register_pool(gemm_ws_kernel<T, BM, kStages, true, false, NTW>);
+    const cudaError_t e = ws_register_pool(gemm_ws_kernel<T, BM, kStages, false>);
+    return e != cudaSuccess ? e : ws_register_pool(gemm_ws_kernel<T, BM, kStages, true>);
   }();
   if (pool != cudaSuccess) return pool;
   int device = 0, sms = 0;
@@ -350,9 +351,9 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     g.out = reinterpret_cast<T*>(p.out) + static_cast<int64_t>(m0) * p.out_row_stride;
     g.workspace = after_x;
     const WsGroup none{nullptr, 0};
-    err = cfg.stream_k ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true, false, NTW>>(
+    err = cfg.stream_k ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true>>(
                              dim3(grid), kWsThreads, g, cfg, stream, wmap, none)
-                       : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, false, NTW>>(
+                       : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false>>(
                              dim3(grid), kWsThreads, g, cfg, stream, wmap, none);
     if (err != cudaSuccess) return err;
   }
@@ -363,10 +364,11 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
 // workspace, then per chunk of tiles the grouped staging kernel and the persistent kernel over (tile,
 // n-block) units. One K split, no bias (MoE experts have none), no stream-K. Under PDL each kernel
 // waits for the one before it, as in launch_ws.
-template <typename T, int BM, int NTW = ws_ntw(BM)>
+template <typename T, int BM>
 cudaError_t launch_ws_grouped(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   constexpr int kStages = ws_stages(BM);
-  constexpr int kSmem = kStages * ws_stage_bytes(BM, NTW) + 1024;
+  constexpr int NTW = ws_ntw(BM);
+  constexpr int kSmem = kStages * ws_stage_bytes(BM) + 1024;
   static_assert(kSmem <= 227 * 1024, "one block per SM must fit");
   if (cfg.splits != 1 || cfg.stream_k || p.bias != nullptr || p.num_batches < 1) {
     return cudaErrorInvalidConfiguration;
@@ -380,7 +382,7 @@ cudaError_t launch_ws_grouped(const GemmProblem& p, const TileConfig& cfg, cudaS
       (p.scale_zero_batch_stride * static_cast<int64_t>(sizeof(T))) % 16 != 0) {
     return cudaErrorMisalignedAddress;
   }
-  static const cudaError_t pool = ws_register_pool(gemm_ws_kernel<T, BM, kStages, false, true, NTW>);
+  static const cudaError_t pool = ws_register_pool(gemm_ws_kernel<T, BM, kStages, false, true>);
   if (pool != cudaSuccess) return pool;
   int device = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&device);
@@ -413,7 +415,7 @@ cudaError_t launch_ws_grouped(const GemmProblem& p, const TileConfig& cfg, cudaS
     g.x = xs;
     g.x_row_stride = kTileK;  // not read: the kernel indexes the staged tiles itself
     const int grid = ws_grid(nblocks * count, ktiles, sms, /*stream_k=*/false);
-    err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, true, NTW>>(dim3(grid), kWsThreads, g, cfg,
+    err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, true>>(dim3(grid), kWsThreads, g, cfg,
                                                                                       stream, wmap, WsGroup{table, t0});
     if (err != cudaSuccess) return err;
   }
@@ -423,26 +425,21 @@ cudaError_t launch_ws_grouped(const GemmProblem& p, const TileConfig& cfg, cudaS
 template <typename T>
 cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   if (cfg.kind == KernelKind::kWgmmaWs) {
-    // 256-column blocks at BM = 128: ws_wide_128 (work in progress).
-    const bool wide128 = cfg.mt == 16 && cfg.nt == 2 * kWgNT;
-    if ((cfg.nt != kWgNT * ws_ntw(8 * cfg.mt) && !wide128) || cfg.kwarps != kWsThreads / 32) {
-      return cudaErrorInvalidConfiguration;
-    }
+    if (cfg.nt != kWgNT * ws_ntw(8 * cfg.mt) || cfg.kwarps != kWsThreads / 32) return cudaErrorInvalidConfiguration;
     if (p.row_offsets != nullptr) {
-      switch (cfg.mt * 8) {  // make_grouped_plan's tiles (32 and 48: ws_short_tiles, work in progress)
+      switch (cfg.mt * 8) {  // make_grouped_plan's tiles (32 and 48: grouped_short_tiles, work in progress)
         case 32: return launch_ws_grouped<T, 32>(p, cfg, stream);
         case 48: return launch_ws_grouped<T, 48>(p, cfg, stream);
         case 64: return launch_ws_grouped<T, 64>(p, cfg, stream);
-        case 128:
-          return wide128 ? launch_ws_grouped<T, 128, 2>(p, cfg, stream) : launch_ws_grouped<T, 128>(p, cfg, stream);
+        case 128: return launch_ws_grouped<T, 128>(p, cfg, stream);
         default: return cudaErrorInvalidConfiguration;
       }
     }
     switch (cfg.mt * 8) {
-      case 32: return launch_ws<T, 32>(p, cfg, stream);  // 32 and 48: ws_short_tiles (work in progress)
+      case 32: return launch_ws<T, 32>(p, cfg, stream);
       case 48: return launch_ws<T, 48>(p, cfg, stream);
       case 64: return launch_ws<T, 64>(p, cfg, stream);
-      case 128: return wide128 ? launch_ws<T, 128, 2>(p, cfg, stream) : launch_ws<T, 128>(p, cfg, stream);
+      case 128: return launch_ws<T, 128>(p, cfg, stream);
       case 256: return launch_ws<T, 256>(p, cfg, stream);
       default: return cudaErrorInvalidConfiguration;
     }

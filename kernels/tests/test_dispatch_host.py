@@ -70,12 +70,9 @@ def _short_tile(rows: int) -> int:
 
 def test_wip_switches_change_only_their_plans(all_plans):
     """Planned with every work-in-progress bit on ('W' dense, 'H' grouped), a problem gets the production
-    plan except where a feature says otherwise; the codes round-trip. ws_short_tiles: on 9.0 with the sm90
-    family, v11.1 plans below 49 tokens take the 32- or 48-token tile, the auto path takes v11.1 at 17-32
-    tokens wherever it does above 32 (K > 2048), and grouped experts of 17-64 rows per expert run v11.1 in
-    the short tile that holds mean + 2 sd of their rows. ws_wide_128: v11.1 plans above 64 tokens take
-    128-token tiles of 256 columns (nt 16), and so do grouped plans of 128-token tiles and those whose
-    mean + 2 sd of rows per expert pass 64."""
+    plan except where a feature says otherwise; the codes round-trip. No dense plan is behind a switch
+    today. grouped_short_tiles: on 9.0 with the sm90 family, grouped experts of 17-64 rows per expert run
+    v11.1 in the short tile that holds mean + 2 sd of their rows."""
     prod = {(p["problem"], p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in all_plans}
     wip = [p for p in all_plans if p["problem"] in ("W", "H")]
     assert len(wip) > 10000
@@ -86,26 +83,22 @@ def test_wip_switches_change_only_their_plans(all_plans):
         if w["code"] == p["code"]:
             continue
         changed[w["problem"]] += 1
+        assert w["problem"] == "H", (p, w)
         assert w["cap"] == 90 and w["family"] == 90 and w["kind"] == 4, (p, w)  # v11.1
-        if w["problem"] == "W" and w["M"] > 64:  # ws_wide_128
-            assert p["kind"] == 4 and (w["mt"], w["nt"]) == (16, 16), (p, w)
-        elif w["problem"] == "W":
-            assert w["M"] <= 48 or (w["M"] < 64 and p["kind"] != 4), (p, w)
-            assert 8 * w["mt"] == _short_tile(w["M"]), (p, w)
-            if p["kind"] != 4:  # newly v11.1: the auto path at 17-32 tokens, K > 2048
-                assert w["a"] == 0 and 16 < w["M"] <= 32 and w["K"] > 2048, (p, w)
-        elif w["mt"] == 16:  # ws_wide_128, grouped: 128-token tiles, also where mean + 2 sd pass 64 rows
-            active = max(1, min(w["a"], w["M"]))
-            rows = w["M"] / active
-            assert w["nt"] == 16 and w["family"] == 90, (p, w)
-            assert (p["kind"], p["mt"]) == (4, 16) or rows + 2 * math.sqrt(rows) > 64, (p, w)
-        else:  # ws_short_tiles, grouped lines: "a" is E, "M" is R (the routed rows)
-            active = max(1, min(w["a"], w["M"]))
-            rows = w["M"] / active
-            assert 16 < -(-w["M"] // active) <= 64, (p, w)
-            spread = min(64, math.ceil(rows + 2 * math.sqrt(rows)))
-            assert 8 * w["mt"] == _short_tile(spread), (p, w)
-    assert changed["W"] > 200 and changed["H"] > 10, changed
+        active = max(1, min(w["a"], w["M"]))  # grouped lines: "a" is E, "M" is R (the routed rows)
+        rows = w["M"] / active
+        assert 16 < -(-w["M"] // active) <= 64, (p, w)
+        spread = min(64, math.ceil(rows + 2 * math.sqrt(rows)))
+        assert 8 * w["mt"] == _short_tile(spread), (p, w)
+    assert changed == {"W": 0, "H": changed["H"]} and changed["H"] > 10, changed
+
+
+def test_v11_tiles_below_64_tokens_hold_m(plans):
+    """Dense v11.1 plans up to 64 tokens run the smallest of the 32-, 48- and 64-token tiles that holds M."""
+    ws = [p for p in plans if p["problem"] == "P" and p["kind"] == 4 and p["M"] <= 64]
+    assert len(ws) > 100
+    for p in ws:
+        assert 8 * p["mt"] == _short_tile(p["M"]), p
 
 
 def test_every_plan_code_round_trips(plans):
@@ -162,13 +155,16 @@ def test_dispatch_rules_of_the_design_doc(plans):
         # 9.0 with the sm90 family: the wgmma kernel at 64 <= M <= 128 on every layer.
         if p["cap"] == 90 and p["fam"] == 90 and 64 <= p["M"] <= 128:
             assert p["family"] == 90 and not dense, p
-        # Below 64 tokens (one 64-token tile, wgmma_auto): above 32 on every layer deeper than K = 2048; at
-        # 17-32 on the deep layers (K >= 7168) and the wide ones of K = 5120; the sm80 rules elsewhere.
+        # Below 64 tokens (wgmma_auto): above 32 on every layer deeper than K = 2048; at 17-32 on those of
+        # >= 25 Mi weights too; the sm80 rules elsewhere. v11.1 in the smallest tile holding M.
         if p["cap"] == 90 and p["fam"] == 90 and 16 < p["M"] < 64:
             K, N, M = p["K"], p["N"], p["M"]
-            wg = K > 2048 if M > 32 else K >= 7168 or (K >= 5120 and N >= 7168)
+            wg = K > 2048 and (M > 32 or K * N >= 25 << 20)
             assert (p["family"] == 90) == wg and not dense, p
-            assert not wg or (p["kind"] == 4 and p["mt"] == 8), p  # v11.1, 64-token tile
+            assert not wg or (p["kind"] == 4 and 8 * p["mt"] == _short_tile(M)), p
+        # 129-1024 tokens: v11.1 on every layer with K >= 1.75 N (the down projections).
+        if p["cap"] == 90 and p["fam"] == 90 and 128 < p["M"] <= 1024 and 4 * p["K"] >= 7 * p["N"]:
+            assert p["family"] == 90 and p["kind"] == 4 and not dense, p
         # Decode: the K-split kernel, never the dense path.
         if p["M"] <= 16:
             assert not dense and p["kind"] == 0, p
@@ -258,14 +254,14 @@ def test_grouped_k_split_tile_covers_the_busier_experts(plans):
 
 
 def test_v11_1_blocks_are_256_columns_up_to_64_tokens(plans):
-    """v11.1 (kernel 4) runs 256-column blocks (nt 16) exactly where its tile is 64 tokens (M <= 64; the
-    launcher has no 128-column 64-token instantiation) and 128-column blocks (nt 8) at BM 128 and 256;
-    its stream-K slots are sized for the block's width (ws_stream_k_bytes)."""
+    """v11.1 (kernel 4) runs 256-column blocks (nt 16) exactly where its tile is 32, 48 or 64 tokens
+    (M <= 64; the launcher has no 128-column instantiation of them) and 128-column blocks (nt 8) at BM 128
+    and 256; its stream-K slots are sized for the block's width (ws_stream_k_bytes)."""
     v11 = [p for p in plans if p["problem"] == "P" and p["kind"] == 4]
     assert any(p["nt"] == 16 for p in v11) and any(p["nt"] == 8 for p in v11), "both widths must occur"
     for p in v11:
-        assert (p["mt"] == 8) == (p["M"] <= 64), p
-        assert p["nt"] == (16 if p["mt"] == 8 else 8), p
+        assert (p["mt"] <= 8) == (p["M"] <= 64), p
+        assert p["nt"] == (16 if p["mt"] <= 8 else 8), p
 
 
 def test_wide_decode_blocks_where_the_grid_stays_large(plans):

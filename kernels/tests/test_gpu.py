@@ -793,17 +793,17 @@ def test_xshared_grouped_garbage_rows(dtype, group):
         assert _grouped_garbage_rows({"family": "sm80"}, dtype, group, r)["kernel"] == "x_shared"
 
 
-def _forced_v11_cases(switch, expect, dtype, group, tokens, shapes, graph_ms=(), bias_ms=()):
-    """v11.1 forced (sm90 family, fused path) with `switch` on at each (K, N) x M: plan_info has the items
-    of expect(m), fp64 check (a bias at bias_ms; at graph_ms a replayed CUDA graph equal to eager too).
-    Returns the set of schedule kinds planned."""
+def _forced_v11_cases(expect, dtype, group, tokens, shapes, graph_ms=(), bias_ms=()):
+    """v11.1 forced (sm90 family, fused path) at each (K, N) x M: plan_info has the items of expect(m),
+    fp64 check (a bias at bias_ms; at graph_ms a replayed CUDA graph equal to eager too). Returns the set
+    of schedule kinds planned."""
     skip_unless_family("sm90")
     kinds = set()
     for k, n in shapes:
         if k % group:  # the K-tail shape exists only for groups that divide K (group 32 for K = 1120)
             continue
         qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
-        with awqgemm.testing.force(family="sm90", path="fused", **{switch: True}):
+        with awqgemm.testing.force(family="sm90", path="fused"):
             packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
             for m in tokens:
                 info = awqgemm.plan_info(m, n, k, dtype)
@@ -811,20 +811,20 @@ def _forced_v11_cases(switch, expect, dtype, group, tokens, shapes, graph_ms=(),
                 kinds.add("stream-K" if info["stream_k"] else f"{info['splits']} splits")
                 x = torch.randn(m, k, dtype=dtype, device="cuda")
                 b = torch.randn(n, dtype=dtype, device="cuda") if m in bias_ms else None
-                check(x, qweight, qzeros, scales, group, b, label=f"{switch} M={m} K={k} N={n} {info}")
+                check(x, qweight, qzeros, scales, group, b, label=f"v11.1 M={m} K={k} N={n} {info}")
                 if m in graph_ms:
                     assert_graph_replay_equals_eager(x, packed, replays=2)
     return kinds
 
 
-def _v11_racecheck_cases(switch, expect, cases):
+def _v11_racecheck_cases(expect, cases):
     """The racecheck variant of _forced_v11_cases: fp16, group 32, references on the CPU (see
     test_racecheck_subset)."""
     skip_unless_family("sm90")
     for k, n, m in cases:
         qweight, qzeros, scales = random_awq(k, n, 32, torch.float16, "cpu")
         w = awqgemm.dequantize_awq(qweight, qzeros, scales, 32).double()
-        with awqgemm.testing.force(family="sm90", path="fused", **{switch: True}):
+        with awqgemm.testing.force(family="sm90", path="fused"):
             info = awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))
             assert {key: info[key] for key in expect(m)} == expect(m), (m, n, k, info)
             packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), 32)
@@ -833,8 +833,8 @@ def _v11_racecheck_cases(switch, expect, cases):
         assert rel_err(out, x.double() @ w) < 5e-3, (k, n, m)
 
 
-# ws_short_tiles (work in progress): v11.1 with 32- and 48-token tiles below 49 tokens, dense and grouped.
-# Shapes: a K tail (1120, group 32 only), N shards, K-split plans (qkv-like) and stream-K ones (gate_up).
+# v11.1 below 49 tokens: 32- and 48-token tiles (m64n32k16 / m64n48k16). Shapes: a K tail (1120, group 32
+# only), N shards, K-split plans (qkv-like) and stream-K ones (gate_up).
 SHORT_TOKENS = (1, 5, 16, 17, 24, 32, 33, 40, 48)
 SHORT_SHAPES = ((1152, 1376), (1120, 104), (4096, 6144), (2752, 4096), (4096, 28672))
 
@@ -847,101 +847,62 @@ def _short_expect(m):
     return {"kernel": "wgmma_ws", "tile_tokens": _short_tile(m)}
 
 
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_v11_short_tiles(dtype, group):
+    graph_ms = SHORT_TOKENS if group == 128 else ()
+    kinds = _forced_v11_cases(_short_expect, dtype, group, SHORT_TOKENS, SHORT_SHAPES, graph_ms)
+    assert "stream-K" in kinds and any(s.endswith("splits") for s in kinds), kinds
+
+
+def test_v11_short_tiles_auto_plans():
+    """The auto path (dispatch.cu wgmma_auto) takes v11.1 in the short tile at 17-32 tokens on layers of
+    >= 25 Mi weights with K > 2048, at 33-63 on every layer with K > 2048; the sm80 rules elsewhere."""
+    skip_unless_family("sm90")
+    for m, tokens in ((17, 32), (24, 32), (32, 32), (40, 48), (48, 48), (49, 64)):
+        info = awqgemm.plan_info(m, 28672, 4096)
+        assert (info["kernel"], info["tile_tokens"]) == ("wgmma_ws", tokens), (m, info)
+    assert awqgemm.plan_info(24, 4096, 4096)["kernel"] == "x_shared"  # 16 Mi weights
+    assert awqgemm.plan_info(40, 4096, 4096)["tile_tokens"] == 48
+    assert awqgemm.plan_info(40, 4096, 2048)["kernel"] == "x_shared"  # K <= 2048
+    assert awqgemm.plan_info(16, 28672, 4096)["kernel"] == "k_split"
+
+
+def test_sanitizer_subset_v11_short_tiles():
+    """v11.1's short tiles for compute-sanitizer memcheck: the K tail, partial row blocks, a K split, the
+    stream-K tail."""
+    for dtype in (torch.float16, torch.bfloat16):
+        shapes = ((1120, 104), (4096, 6144), (4096, 28672))
+        _forced_v11_cases(_short_expect, dtype, 32, (5, 24, 40), shapes)
+
+
+def test_racecheck_subset_v11_short_tiles():
+    """v11.1's short tiles for compute-sanitizer racecheck (their ring and epilogue)."""
+    _v11_racecheck_cases(_short_expect, ((1120, 104, 24), (1152, 1376, 40), (4096, 6144, 17)))
+
+
+# grouped_short_tiles (work in progress): MoE experts of 17-64 rows on v11.1 in the short tiles.
 def _short_grouped(dtype, group, rows_per_expert):
     """Grouped v11.1 with short tiles: the plan's tile holds mean + 2 sd of the routed rows per expert."""
     skip_unless_family("sm90")
-    info = _grouped_garbage_rows({"family": "sm90", "ws_short_tiles": True}, dtype, group, rows_per_expert)
+    info = _grouped_garbage_rows({"family": "sm90", "grouped_short_tiles": True}, dtype, group, rows_per_expert)
     mean = (5 * rows_per_expert // 2) / 3  # routed rows per expert as the planner sees them (R / E)
     assert info["kernel"] == "wgmma_ws", info
     assert info["tile_tokens"] == _short_tile(min(64, math.ceil(mean + 2 * math.sqrt(mean)))), info
     return info["tile_tokens"]
 
 
-@pytest.mark.wip("ws_short_tiles")
+@pytest.mark.wip("grouped_short_tiles")
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_ws_short_tiles(dtype, group):
-    graph_ms = SHORT_TOKENS if group == 128 else ()
-    kinds = _forced_v11_cases("ws_short_tiles", _short_expect, dtype, group, SHORT_TOKENS, SHORT_SHAPES, graph_ms)
-    assert "stream-K" in kinds and any(s.endswith("splits") for s in kinds), kinds
+def test_grouped_short_tiles(dtype, group):
     # 16.7, 24 and 46.7 rows per expert as planned (R / E): tiles of 32, 48 and 64 tokens (mean + 2 sd).
     assert {_short_grouped(dtype, group, r) for r in (20, 29, 56)} == {32, 48, 64}
 
 
-@pytest.mark.wip("ws_short_tiles")
-def test_ws_short_tiles_auto_plans():
-    """With the switch the auto path takes v11.1 at 17-32 tokens wherever it takes it above 32 (K > 2048),
-    in the short tile; without it those plans are the sm80 rules' (x-shared at K = 4096, N = 4096)."""
-    skip_unless_family("sm90")
-    assert awqgemm.plan_info(24, 4096, 4096)["kernel"] == "x_shared"
-    with awqgemm.testing.force(ws_short_tiles=True):
-        for m, tokens in ((17, 32), (24, 32), (32, 32), (40, 48), (48, 48), (49, 64)):
-            info = awqgemm.plan_info(m, 4096, 4096)
-            assert (info["kernel"], info["tile_tokens"]) == ("wgmma_ws", tokens), (m, info)
-        assert awqgemm.plan_info(24, 4096, 2048)["kernel"] == "x_shared"  # K <= 2048: the sm80 rules
-        assert awqgemm.plan_info(16, 4096, 4096)["kernel"] == "k_split"
-
-
-@pytest.mark.wip("ws_short_tiles")
-def test_sanitizer_subset_ws_short_tiles():
-    """v11.1's short tiles for compute-sanitizer memcheck: the K tail, partial row blocks, a K split, the
-    stream-K tail, grouped tiles of 32 and 48 rows with garbage row indices."""
+@pytest.mark.wip("grouped_short_tiles")
+def test_sanitizer_subset_grouped_short_tiles():
+    """Grouped short tiles of 32 and 48 rows with garbage row indices, for compute-sanitizer memcheck."""
     for dtype in (torch.float16, torch.bfloat16):
-        shapes = ((1120, 104), (4096, 6144), (4096, 28672))
-        _forced_v11_cases("ws_short_tiles", _short_expect, dtype, 32, (5, 24, 40), shapes)
         for r in (20, 29):
             _short_grouped(dtype, 32, r)
-
-
-@pytest.mark.wip("ws_short_tiles")
-def test_racecheck_subset_ws_short_tiles():
-    """v11.1's short tiles for compute-sanitizer racecheck (their ring and epilogue)."""
-    _v11_racecheck_cases("ws_short_tiles", _short_expect, ((1120, 104, 24), (1152, 1376, 40), (4096, 6144, 17)))
-
-
-# ws_wide_128 (work in progress): v11.1 above 64 tokens in 128-token tiles of 256 columns, dense and grouped.
-WIDE128_TOKENS = (65, 100, 128, 129, 300, 700, 1100)
-WIDE128_SHAPES = ((1152, 1376), (1120, 104), (4096, 6144), (2752, 4096), (14336, 4096))
-
-
-def _wide128_expect(m):
-    return {"kernel": "wgmma_ws", "tile_tokens": 128, "wide": True}
-
-
-def _wide128_grouped(dtype, group, rows_per_expert=150):
-    """Grouped v11.1 in 128-token tiles of 256 columns, N = 300 (the second column block partial): ~125
-    rows per expert (128-token tiles without the switch too), or 58 (mean + 2 sd past 64: 64-token
-    tiles without it)."""
-    skip_unless_family("sm90")
-    info = _grouped_garbage_rows({"family": "sm90", "ws_wide_128": True}, dtype, group, rows_per_expert, n=300)
-    assert (info["kernel"], info["tile_tokens"], info["wide"]) == ("wgmma_ws", 128, True), info
-
-
-@pytest.mark.wip("ws_wide_128")
-@pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_ws_wide_128(dtype, group):
-    graph_ms = (100, 300) if group == 128 else ()
-    kinds = _forced_v11_cases(
-        "ws_wide_128", _wide128_expect, dtype, group, WIDE128_TOKENS, WIDE128_SHAPES, graph_ms, bias_ms=(129,)
-    )
-    assert "stream-K" in kinds and any(s.endswith("splits") for s in kinds), kinds
-    for r in (150, 70):
-        _wide128_grouped(dtype, group, r)
-
-
-@pytest.mark.wip("ws_wide_128")
-def test_sanitizer_subset_ws_wide_128():
-    """128-token tiles of 256 columns for compute-sanitizer memcheck: the K tail, partial row and column
-    blocks, a K split, the stream-K tail, grouped tiles with garbage row indices."""
-    for dtype in (torch.float16, torch.bfloat16):
-        shapes = ((1120, 104), (4096, 6144), (14336, 4096))
-        _forced_v11_cases("ws_wide_128", _wide128_expect, dtype, 32, (65, 300), shapes)
-        _wide128_grouped(dtype, 32)
-
-
-@pytest.mark.wip("ws_wide_128")
-def test_racecheck_subset_ws_wide_128():
-    """128-token tiles of 256 columns for compute-sanitizer racecheck (their ring, stream-K slots and
-    epilogue)."""
-    _v11_racecheck_cases("ws_wide_128", _wide128_expect, ((1120, 104, 100), (1152, 1376, 130), (4096, 6144, 200)))

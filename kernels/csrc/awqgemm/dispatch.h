@@ -70,13 +70,10 @@ int dense_chunk_columns(int N, int K, int dtype_bytes);
 // Work in progress behind test-only switches (awqgemm.testing.force): bits of the planners' `wip`
 // argument. Production passes 0; a feature either becomes the default or goes, with its bit.
 enum WipFeature : int {
-  // v11.1 with 32- and 48-token tiles (m64n32k16 / m64n48k16) below 49 tokens, dense and grouped,
-  // instead of one 64-token tile whose MMAs are half or a quarter padding.
-  kWipWsShortTiles = 1,
-  // v11.1 above 64 tokens in 128-token tiles of 256 columns (2 weight tiles per consumer warp) instead of
-  // 128 or 256-token tiles of 128 columns: half the staged-x bytes each block reads from L2 per weight
-  // byte (at M >= 128, ~5.5 TB/s of x re-reads account for v11.1's time on the H200).
-  kWipWsWide128 = 2,
+  // Grouped (MoE) experts of 17-64 rows on v11.1 in 32- and 48-token tiles (m64n32k16 / m64n48k16),
+  // the smallest that holds mean + 2 sd of the rows per expert, instead of the sm80 K-split kernel
+  // (17-32 rows) or one 64-token tile (33-48). Dense plans take these tiles by default.
+  kWipGroupedShortTiles = 1,
 };
 
 // The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes

@@ -351,8 +351,7 @@ __device__ __forceinline__ void ws_dequant_tile(const unsigned char* w, const un
 // rows are its tile's ([m0, m_end) of out), its weights and scales its tile's expert's (wmap is 3-D:
 // [expert][column tile][ktiles x 128 words]); the units of tiles of no expert skip the k-loop and
 // store zeros. Its own instantiation, like kStreamK.
-// NTW other than ws_ntw(BM): ws_wide_128 (work in progress), 256-column blocks at BM = 128.
-template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false, int NTW = ws_ntw(BM)>
+template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
                                                                const int pdl_flags,
                                                                const __grid_constant__ TensorMap128 wmap,
@@ -360,8 +359,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
 #if defined(AWQGEMM_NO_WGMMA)
   __trap();
 #else
+  constexpr int NTW = ws_ntw(BM);
   constexpr int kNB = kWgNT * NTW;           // column tiles per block
-  constexpr int kStage = ws_stage_bytes(BM, NTW);
+  constexpr int kStage = ws_stage_bytes(BM);
   constexpr int kWOff = BM * 128;            // kNB weight tiles of 512 bytes after the x tile
   constexpr int kSzOff = kWOff + kNB * 512;  // (scale, zero) rows: [0] for k 0..31 of the tile, [1] for 32..63
   constexpr int kSzRow = kNB * 64;           // bytes of one (scale, zero) row of the block
@@ -470,10 +470,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   const int q = lane & 3;
   const uint32_t w_off = kWOff + warp * 512 + lane * 16;  // tile j: + 8 j * 512
   const uint32_t sz_off = kSzOff + (sz_rows == 2 ? (q >> 1) * kSzRow : 0) + warp * 64 + g * 8;  // + 8 j * 64
-  // kTileBuffers (ws_wide_128's BM = 128 with 2 tiles per warp): one A register set per weight tile
-  // (a[0]), each reused one k-tile later, instead of two sets of every tile: 64 accumulators per tile
-  // leave no room for 64 A registers (ptxas serialized the wgmmas, C7512).
-  constexpr bool kTileBuffers = BM == 128 && NTW == 2;
   uint32_t a[2][NTW][4][4];
   zero_a_sets(a);
   int slot = 0;
@@ -543,44 +539,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       have_prev = 1;
       ring_next<STAGES>(slot, phase);
     };
-    // kTileBuffers: tile j's A of k-tile i is written once tile j's wgmmas of k-tile i - 1 retired (the
-    // wait before it leaves only the group after those in flight); the stage of k-tile i - 1 goes back
-    // once its last tile's group retired. One commit group per tile.
-    auto step_tiles = [&](uint32_t (&at)[NTW][4][4]) {
-      mbar_wait(full0 + 8 * slot, phase);
-      const unsigned char* const gst = sbase + slot * kStage;
-      const uint32_t lo = desc_lo + static_cast<uint32_t>(slot * (kStage >> 4));
-#pragma unroll
-      for (int j = 0; j < NTW; ++j) {
-        wgmma_wait<NTW - 1>();
-#pragma unroll
-        for (int s = 0; s < 4; ++s) keep_live(at[j][s]);
-        if (j == NTW - 1) {
-          mbar_arrive_if(prev_empty, have_prev);
-          prev_empty = empty0 + 8 * slot;
-          have_prev = 1;
-        }
-        ws_dequant_tile<T>(gst + w_off + 8 * 512 * j, gst + sz_off + 8 * 64 * j, at[j]);
-        wgmma_fence();
-#pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          WgmmaRA<BM, T>::run(acc[j], at[j][s], (static_cast<uint64_t>(desc_hi) << 32) | (lo + 2 * s));
-        }
-        wgmma_commit();
-      }
-      ring_next<STAGES>(slot, phase);
-    };
     int i = 0;
-    if constexpr (kTileBuffers) {
-#pragma unroll 1
-      for (; i < n_k; ++i) step_tiles(a[0]);
-    } else {
-      for (; i + 1 < n_k; i += 2) {
-        step(a[0], a[1]);
-        step(a[1], a[0]);
-      }
-      if (i < n_k) step(a[0], a[1]);
+    for (; i + 1 < n_k; i += 2) {
+      step(a[0], a[1]);
+      step(a[1], a[0]);
     }
+    if (i < n_k) step(a[0], a[1]);
     wgmma_wait<0>();
 #pragma unroll
     for (int j = 0; j < NTW; ++j) keep_live(acc[j]);

@@ -74,13 +74,11 @@ constexpr int kWsConsumerRegs = 232;
 // Weight tiles per consumer warp: 2 up to BM = 64 (a 256-column block: at 128 columns a
 // 64-token stage carries as many x bytes as weight bytes, and ncu found the k-tile
 // waiting on it; dispatch.cu's plan_wgws has the measurements), else 1 (128 columns).
-// BM = 32 and 48 (m64n32k16 / m64n48k16) are work in progress (ws_short_tiles).
+// BM = 32 and 48 (m64n32k16 / m64n48k16) serve M <= 48 (dense) and grouped_short_tiles (work in progress).
 AWQGEMM_HD constexpr int ws_ntw(int bm) { return bm <= 64 ? 2 : 1; }
-// ws_short_tiles' tile height for `rows` (<= 64) tokens: the smallest of 32, 48, 64 that holds them.
+// v11.1's tile height for `rows` (<= 64) tokens: the smallest of 32, 48, 64 that holds them.
 AWQGEMM_HD constexpr int ws_short_tile(int rows) { return rows <= 32 ? 32 : rows <= 48 ? 48 : 64; }
-// ws_wide_128 (work in progress): BM = 128 with 2 weight tiles per warp (256 columns).
-AWQGEMM_HD constexpr int ws_stage_bytes(int bm, int ntw) { return bm * 128 + ntw * (8 * 512 + 2 * 512); }
-AWQGEMM_HD constexpr int ws_stage_bytes(int bm) { return ws_stage_bytes(bm, ws_ntw(bm)); }
+AWQGEMM_HD constexpr int ws_stage_bytes(int bm) { return bm * 128 + ws_ntw(bm) * (8 * 512 + 2 * 512); }
 // As many stages as ~225 KiB of shared memory hold (14 / 16 / 18 KiB stages at BM = 32 / 48 / 64).
 AWQGEMM_HD constexpr int ws_stages(int bm) {
   return bm >= 256 ? 5 : bm >= 128 ? 8 : bm >= 64 ? 12 : bm >= 48 ? 13 : 16;

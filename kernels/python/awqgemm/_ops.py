@@ -29,8 +29,7 @@ class _Override:
     moe_routing_kernels: bool = True
     # Work in progress behind a switch of its own (tests and benchmarks select it; production never); each
     # name is a key of _C.wip_features, its bit in the planners' `wip` argument:
-    ws_short_tiles: bool = False  # sm90 v11.1 with 32- and 48-token tiles below 49 tokens (dense and MoE)
-    ws_wide_128: bool = False  # sm90 v11.1 above 64 tokens in 128-token tiles of 256 columns (dense and MoE)
+    grouped_short_tiles: bool = False  # sm90 v11.1 for MoE experts of 17-64 rows, in 32/48/64-token tiles
     # wip_bits() of the switches above, kept by testing.force so the GEMM path reads one int per call.
     wip: int = 0
 

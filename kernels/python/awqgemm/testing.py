@@ -44,8 +44,7 @@ def force(
     path: str = "auto",
     *,
     moe_routing_kernels: bool = True,
-    ws_short_tiles: bool = False,
-    ws_wide_128: bool = False,
+    grouped_short_tiles: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -55,15 +54,12 @@ def force(
     its CUDA kernels (the reference the kernels are tested against).
 
     Work in progress behind a switch (tests/conftest.py's WIP_FEATURES names it, _C.wip_features gives its
-    bit): ``ws_short_tiles`` plans the sm90 family's v11.1 kernel with 32- and 48-token tiles (m64n32k16,
-    m64n48k16) below 49 tokens, dense and grouped, instead of one 64-token tile, and takes v11.1 at
-    17-32 tokens wherever the auto path takes it above 32; MoE experts of 17-64 rows then run v11.1 too.
-    ``ws_wide_128`` plans v11.1 above 64 tokens (dense, and MoE experts of more than 64 rows) in 128-token
-    tiles of 256 columns instead of 128 or 256-token tiles of 128 columns."""
+    bit): ``grouped_short_tiles`` runs MoE experts of 17-64 rows per expert on the sm90 family's v11.1
+    kernel in the 32-, 48- or 64-token tile that holds mean + 2 sd of their rows (dense problems below 49
+    tokens take those tiles by default) instead of the sm80 K-split kernel or one 64-token tile."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
-        "ws_short_tiles": ws_short_tiles,
-        "ws_wide_128": ws_wide_128,
+        "grouped_short_tiles": grouped_short_tiles,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
