@@ -421,10 +421,14 @@ KERNEL_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("awqgemm MoE glue", ("moe_route_kernel", "moe_route_count", "moe_silu_mul", "moe_combine")),
+    # torch.compile's fused pointwise / reduction kernels are named after the ops they fuse
+    # (triton_poi_fused_machete_mm_mul_silu_..., triton_red_fused_..._rms_norm_gemm_2): not GEMMs.
+    ("Triton elementwise", ("triton_",)),
+    # before the GEMM classes: FlashAttention-3 runs as cutlass::device_kernel<flash::...>
+    ("attention", ("flash", "attn", "attention", "fmha")),
     ("Machete", ("machete",)),
     ("Marlin", ("marlin",)),
     ("dense GEMM", ("gemm", "xmma", "cutlass", "nvjet", "cublas")),
-    ("attention", ("flash", "attn", "attention", "fmha")),
 )
 
 
