@@ -70,9 +70,11 @@ def _short_tile(rows: int) -> int:
 
 def test_wip_switches_change_only_their_plans(all_plans):
     """Planned with every work-in-progress bit on ('W' dense, 'H' grouped), a problem gets the production
-    plan except where a feature says otherwise; the codes round-trip. No dense plan is behind a switch
-    today. grouped_short_tiles: on 9.0 with the sm90 family, grouped experts of 17-64 rows per expert run
-    v11.1 in the short tile that holds mean + 2 sd of their rows."""
+    plan except where a feature says otherwise; the codes round-trip. grouped_short_tiles: on 9.0 with the
+    sm90 family, grouped experts of 17-64 rows per expert run v11.1 in the short tile that holds mean + 2
+    sd of their rows. ws_cluster_splitk: v11.1's plans of 4-8 K splits at BM <= 64 keep kernel, tile and
+    splits and take the cluster flag (8), no early PDL trigger (no reduction kernel follows) and no
+    partials in their workspace."""
     prod = {(p["problem"], p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in all_plans}
     wip = [p for p in all_plans if p["problem"] in ("W", "H")]
     assert len(wip) > 10000
@@ -81,16 +83,25 @@ def test_wip_switches_change_only_their_plans(all_plans):
         p = prod[("P" if w["problem"] == "W" else "G", w["cap"], w["fam"], w["a"], w["K"], w["N"], w["M"])]
         assert w["ws"] >= 0 and w["roundtrip"] == 1, w
         if w["code"] == p["code"]:
+            assert not w["flags"] & 8, w
+            if p["kind"] == 4 and p["mt"] <= 8 and 4 <= p["splits"] <= 8 and w["problem"] == "W":
+                raise AssertionError(f"a 4-8-split v11.1 plan without the cluster flag: {w}")
             continue
         changed[w["problem"]] += 1
-        assert w["problem"] == "H", (p, w)
         assert w["cap"] == 90 and w["family"] == 90 and w["kind"] == 4, (p, w)  # v11.1
+        if w["problem"] == "W":  # ws_cluster_splitk
+            same = ("family", "kind", "mt", "nt", "kwarps", "splits")
+            assert all(w[k] == p[k] for k in same) and w["flags"] == p["flags"] | 8, (p, w)
+            assert w["mt"] <= 8 and 4 <= w["splits"] <= 8 and not w["flags"] & 4, (p, w)
+            assert w["pdl"] == p["pdl"] & ~2, (p, w)
+            assert w["ws"] == p["ws"] - w["splits"] * w["M"] * w["N"] * 4, (p, w)
+            continue
         active = max(1, min(w["a"], w["M"]))  # grouped lines: "a" is E, "M" is R (the routed rows)
         rows = w["M"] / active
         assert 16 < -(-w["M"] // active) <= 64, (p, w)
         spread = min(64, math.ceil(rows + 2 * math.sqrt(rows)))
         assert 8 * w["mt"] == _short_tile(spread), (p, w)
-    assert changed == {"W": 0, "H": changed["H"]} and changed["H"] > 10, changed
+    assert changed["W"] > 50 and changed["H"] > 10, changed
 
 
 def test_v11_tiles_below_64_tokens_hold_m(plans):

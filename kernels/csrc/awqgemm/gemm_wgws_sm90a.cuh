@@ -154,6 +154,62 @@ __device__ __forceinline__ void flag_wait(const int* flag) {
 // The 8 consumer warps only (named barrier 1; the producer warpgroup has left).
 __device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
 
+// Thread-block clusters (the cluster K split, TileConfig::cluster_k).
+__device__ __forceinline__ int cluster_rank() {
+  int r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ int cluster_index() {
+  int r;
+  asm volatile("mov.u32 %0, %%clusterid.x;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ int cluster_count() {
+  int r;
+  asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
+  return r;
+}
+// Every thread of every CTA of the cluster (none may have exited): release, then acquire.
+__device__ __forceinline__ void cluster_sync_all() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// This CTA's shared address `a` as the same address in CTA `rank` of the cluster.
+__device__ __forceinline__ uint32_t cluster_map(uint32_t a, int rank) {
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(rank));
+  return r;
+}
+__device__ __forceinline__ void cluster_red_add(uint32_t remote, float v) {
+  asm volatile("red.relaxed.cluster.shared::cluster.add.f32 [%0], %1;\n" ::"r"(remote), "f"(v) : "memory");
+}
+__device__ __forceinline__ void fence_cluster() { asm volatile("fence.acq_rel.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_arrive_remote(uint32_t remote) {
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
+}
+// mbar_wait with acquire at cluster scope (arrivals from other CTAs of the cluster), same hang trap.
+__device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred p;\n.reg .u64 t0, t1;\n.reg .u32 n;\n"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%0], %1;\n"
+      "@p bra AWQ_WSC_DONE;\n"
+      "mov.u64 t0, %%globaltimer;\n"
+      "mov.u32 n, 0;\n"
+      "AWQ_WSC_WAIT:\n"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%0], %1;\n"
+      "@p bra AWQ_WSC_DONE;\n"
+      "add.u32 n, n, 1;\n"
+      "mov.u64 t1, %%globaltimer;\n"
+      "sub.u64 t1, t1, t0;\n"
+      "setp.gt.u64 p, t1, %2;\n"
+      "setp.gt.and.u32 p, n, %3, p;\n"
+      "@p trap;\n"
+      "bra AWQ_WSC_WAIT;\n"
+      "AWQ_WSC_DONE:\n}\n" ::"r"(bar),
+      "r"(parity), "l"(kWsHangNs), "r"(kWsHangTries)
+      : "memory");
+}
+
 // A 2-D tensor copy global -> this CTA's shared memory: box at element
 // coordinates (c0 innermost, c1), completing its bytes on the mbarrier.
 __device__ __forceinline__ void tma_g2s_2d(uint32_t dst, const TensorMap128* map, int c0, int c1, uint32_t bar) {
@@ -351,7 +407,10 @@ __device__ __forceinline__ void ws_dequant_tile(const unsigned char* w, const un
 // rows are its tile's ([m0, m_end) of out), its weights and scales its tile's expert's (wmap is 3-D:
 // [expert][column tile][ktiles x 128 words]); the units of tiles of no expert skip the k-loop and
 // store zeros. Its own instantiation, like kStreamK.
-template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false>
+// kClusterK (work in progress, TileConfig::cluster_k): launched as clusters of `splits` CTAs; cluster c
+// walks the units' (m-block, n-block) tiles c, c + clusters, ..., rank r taking K slice r of each, and
+// the slices are summed in the owners' buffers after the ring (tile_config.h) instead of the workspace.
+template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false, bool kClusterK = false>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
                                                                const int pdl_flags,
                                                                const __grid_constant__ TensorMap128 wmap,
@@ -366,7 +425,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   constexpr int kSzOff = kWOff + kNB * 512;  // (scale, zero) rows: [0] for k 0..31 of the tile, [1] for 32..63
   constexpr int kSzRow = kNB * 64;           // bytes of one (scale, zero) row of the block
   static_assert(kStage % 1024 == 0, "every stage's x tile starts on a swizzle atom");
-  __shared__ uint64_t bars[2 * STAGES];  // full[0..STAGES), empty[0..STAGES)
+  static_assert(!kClusterK || (!kStreamK && !kGrouped && NTW == 2), "cluster K split: dense 256-column blocks");
+  // full[0..STAGES), empty[0..STAGES); kClusterK: then the owner buffer's "all ranks added" and "all
+  // owners read and cleared" barriers.
+  __shared__ uint64_t bars[2 * STAGES + (kClusterK ? 2 : 0)];
   extern __shared__ uint4 smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   const uint32_t base = (raw + 1023u) & ~1023u;
@@ -377,15 +439,30 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
   const int lane = tid & 31;
+  // kClusterK: the owner buffer and its barriers (one arrival per rank each).
+  const uint32_t cl_buf = base + STAGES * kStage;
+  const uint32_t cl_added = empty0 + 8 * STAGES;
+  const uint32_t cl_free = cl_added + 8;
   if (tid == 0) {
 #pragma unroll 1
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full0 + 8 * s, 1);
       mbar_init(empty0 + 8 * s, 32 * kWsConsumerWarps);
     }
+    if constexpr (kClusterK) {
+      mbar_init(cl_added, splits);
+      mbar_init(cl_free, splits);
+    }
     mbar_init_fence();
   }
-  __syncthreads();  // the only block barrier: the ring's barriers exist for everyone
+  if constexpr (kClusterK) {
+    float* const buf = reinterpret_cast<float*>(smem_raw) + (cl_buf - raw) / 4;
+    for (int i = tid; i < ws_cluster_buffer_bytes(BM) / 4; i += kWsThreads) buf[i] = 0.f;
+    // Every CTA's barriers and zeroed buffer exist before any peer's first remote add or arrival.
+    cluster_sync_all();
+  } else {
+    __syncthreads();  // the only block barrier: the ring's barriers exist for everyone
+  }
   // Everyone waits: the producer reads x, the consumers write out / workspace.
   if (pdl_flags & kPdlLaunched) pdl_wait();
 
@@ -459,7 +536,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
         ring_next<STAGES>(slot, phase);
       }
     };
-    for_each_produced_piece<kStreamK>(sched, produce);
+    if constexpr (kClusterK) {
+      const int tiles = nblocks * mblocks;
+#pragma unroll 1
+      for (int t = cluster_index(); t < tiles; t += cluster_count()) {
+        produce(WsPiece{t + cluster_rank() * tiles, 0, per_split, kWsWhole});
+      }
+    } else {
+      for_each_produced_piece<kStreamK>(sched, produce);
+    }
     return;  // in-flight copies complete into the CTA, which the consumers keep alive
   }
 
@@ -486,6 +571,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   // Stream-K tail: flags, then per CTA a slot of NTW x BM / 2 partials per consumer thread, [j][i][thread].
   int* const flags = reinterpret_cast<int*>(p.workspace);
   float* const slots = p.workspace + ws_flag_bytes(gridDim.x) / 4;
+  // kClusterK: the cluster's tile count so far (the owner barriers' phase) and whether this is its last.
+  int cl_iter = 0;
+  bool cl_last = false;
   // One piece: its k-loop, then (stream-K tail) parking or collecting partials, then the epilogue.
   // The role is a compile-time tag: see the loops below.
   auto run_piece = [&](const WsPiece& pc, auto role_tag) {
@@ -493,7 +581,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     const WsUnit w = ws_unit(pc.unit, mblocks, nblocks);
     const int kt0 = w.split * per_split + pc.kt0;
     int n_k = max(0, min(ktiles, kt0 + pc.n_k) - kt0);
-    WsGroupTile tile{0, 0, 0, 0};  // kGrouped: this unit's rows of out
+    [[maybe_unused]] WsGroupTile tile{0, 0, 0, 0};  // kGrouped: this unit's rows of out
     if constexpr (kGrouped) {
       tile = grp.tiles[grp.t0 + w.mb];
       if (tile.e < 0) n_k = 0;  // the producer skips it too; the epilogue stores the zeroed accumulators
@@ -578,7 +666,55 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       }
     }
 
-    if constexpr (kRole != kWsPart) {  // a parked piece has no epilogue: its owner stores
+    if constexpr (kClusterK) {
+      // Add this CTA's K slice into the owners' buffers (tile w + 8 j belongs to rank (w + 8 j) / tpr;
+      // the buffer is [BM][tpr x 16 columns] fp32), then, as an owner, store the sums of its columns.
+      const int tpr = ws_cluster_tiles(splits);
+      const int cols = tpr * kTileN;
+      const int rows = min(BM, p.M - w.mb * BM);
+      if (cl_iter > 0) mbar_wait_cluster(cl_free, (cl_iter - 1) & 1);  // every owner cleared the last tile
+#pragma unroll
+      for (int j = 0; j < NTW; ++j) {
+        const int tile = warp + 8 * j;
+        const int owner = tile / tpr;
+        const uint32_t dst = cluster_map(cl_buf, owner) + 4 * ((tile - owner * tpr) * kTileN + g);
+#pragma unroll
+        for (int c = 0; c < BM / 8; ++c)
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int t = 0; t < 2; ++t) {
+              const int m = 8 * c + 2 * q + t;
+              if (m < rows) cluster_red_add(dst + 4 * (m * cols + 8 * h), acc[j][4 * c + 2 * h + t]);
+            }
+      }
+      fence_cluster();
+      consumers_sync();
+      if (tid < splits) mbar_arrive_remote(cluster_map(cl_added, tid));
+      mbar_wait_cluster(cl_added, cl_iter & 1);
+      const int rank = w.split;
+      const int n_base = (kNB * w.nb + rank * tpr) * kTileN;
+      const int my_cols = max(0, min(kNB, (rank + 1) * tpr) - rank * tpr) * kTileN;
+      float* const buf = reinterpret_cast<float*>(const_cast<unsigned char*>(sbase)) + STAGES * kStage / 4;
+      const T* const bias = reinterpret_cast<const T*>(p.bias);
+#pragma unroll 1
+      for (int idx = tid; idx < rows * cols; idx += 32 * kWsConsumerWarps) {
+        const int m = idx / cols;
+        const int col = idx - m * cols;
+        const int n = n_base + col;
+        float v = buf[idx];
+        buf[idx] = 0.f;
+        if (col < my_cols && n < p.N) {
+          if (bias != nullptr) v += to_float(bias[n]);
+          reinterpret_cast<T*>(p.out)[static_cast<size_t>(w.mb * BM + m) * p.out_row_stride + n] = from_float<T>(v);
+        }
+      }
+      if (!cl_last) {  // after a cluster's last tile no peer adds here again, and peers may have exited
+        fence_cluster();
+        consumers_sync();
+        if (tid < splits) mbar_arrive_remote(cluster_map(cl_free, tid));
+      }
+    } else if constexpr (kRole != kWsPart) {  // a parked piece has no epilogue: its owner stores
 #pragma unroll
       for (int j = 0; j < NTW; ++j) {
         // D fragment: acc[j][4 c + 2 h + t] = (n row g + 8 h of this warp's tile j, token 8 c + 2 q + t).
@@ -619,22 +755,33 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   // wgmma descriptor (the SASS of 22355ab), and v11.1 ran 1.05-1.6x slower at every M, stream-K or
   // not (H200, same plans: the 11:05 and 15:05 runs of 2026-11-28).
   using Whole = std::integral_constant<int, kWsWhole>;
+  if constexpr (kClusterK) {
+    const int tiles = nblocks * mblocks;
 #pragma unroll 1
-  for (int u = blockIdx.x; u < sched.full; u += gridDim.x) run_piece(WsPiece{u, 0, sched.unit_tiles, kWsWhole}, Whole{});
-  if constexpr (kStreamK) {
-    WsCursor cur(sched, blockIdx.x, /*tail_only=*/true);
-    WsPiece pc;
-    bool more = cur.next(pc);
-    if (more && pc.role == kWsPart) {
-      run_piece(pc, std::integral_constant<int, kWsPart>{});
-      more = cur.next(pc);
+    for (int t = cluster_index(); t < tiles; t += cluster_count(), ++cl_iter) {
+      cl_last = t + cluster_count() >= tiles;
+      run_piece(WsPiece{t + cluster_rank() * tiles, 0, per_split, kWsWhole}, Whole{});
     }
+  } else {
 #pragma unroll 1
-    while (more && pc.role == kWsWhole) {
-      run_piece(pc, Whole{});
-      more = cur.next(pc);
+    for (int u = blockIdx.x; u < sched.full; u += gridDim.x) {
+      run_piece(WsPiece{u, 0, sched.unit_tiles, kWsWhole}, Whole{});
     }
-    if (more) run_piece(pc, std::integral_constant<int, kWsOwner>{});  // the range's last piece
+    if constexpr (kStreamK) {
+      WsCursor cur(sched, blockIdx.x, /*tail_only=*/true);
+      WsPiece pc;
+      bool more = cur.next(pc);
+      if (more && pc.role == kWsPart) {
+        run_piece(pc, std::integral_constant<int, kWsPart>{});
+        more = cur.next(pc);
+      }
+#pragma unroll 1
+      while (more && pc.role == kWsWhole) {
+        run_piece(pc, Whole{});
+        more = cur.next(pc);
+      }
+      if (more) run_piece(pc, std::integral_constant<int, kWsOwner>{});  // the range's last piece
+    }
   }
 #endif
 }

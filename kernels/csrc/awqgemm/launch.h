@@ -29,7 +29,7 @@ cudaError_t launch_maybe_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, i
 }
 
 // Launches a kernel taking (GemmProblem, splits, pdl_flags) with kSmem bytes of dynamic
-// shared memory. Opting in to > 48 KiB is a per-function, per-device
+// shared memory (opt_in_smem). Opting in to > 48 KiB is a per-function, per-device
 // attribute: set it on the first launch on each device (it neither allocates
 // nor synchronizes, so it is also safe during capture). The kernel is a
 // template argument so every instantiation keeps its own flag -- fp16 and
@@ -40,9 +40,8 @@ cudaError_t launch_maybe_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, i
 // attribute (sm90+; see pdl_wait in gemm_tile.cuh): it may begin while the
 // previous kernel on the stream drains. Stream capture records it as a
 // programmatic graph edge, so graph replay keeps the overlap.
-template <int kSmem, auto Kernel, class... Extra>
-cudaError_t launch_with_smem(dim3 grid, int threads, const GemmProblem& p, const TileConfig& cfg,
-                             cudaStream_t stream, Extra... extra) {
+template <int kSmem, auto Kernel>
+cudaError_t opt_in_smem() {
   if constexpr (kSmem > 48 * 1024) {
     constexpr int kMaxDevices = 64;
     static std::atomic<bool> opted_in[kMaxDevices];
@@ -55,6 +54,14 @@ cudaError_t launch_with_smem(dim3 grid, int threads, const GemmProblem& p, const
       if (device < kMaxDevices) opted_in[device].store(true, std::memory_order_release);
     }
   }
+  return cudaSuccess;
+}
+
+template <int kSmem, auto Kernel, class... Extra>
+cudaError_t launch_with_smem(dim3 grid, int threads, const GemmProblem& p, const TileConfig& cfg,
+                             cudaStream_t stream, Extra... extra) {
+  const cudaError_t err = opt_in_smem<kSmem, Kernel>();
+  if (err != cudaSuccess) return err;
   return launch_maybe_pdl(Kernel, grid, dim3(threads), kSmem, (cfg.pdl_flags & kPdlLaunched) != 0, stream, p, cfg.splits,
                           cfg.pdl_flags, extra...);
 }

@@ -45,6 +45,7 @@ def force(
     *,
     moe_routing_kernels: bool = True,
     grouped_short_tiles: bool = False,
+    ws_cluster_splitk: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -56,10 +57,14 @@ def force(
     Work in progress behind a switch (tests/conftest.py's WIP_FEATURES names it, _C.wip_features gives its
     bit): ``grouped_short_tiles`` runs MoE experts of 17-64 rows per expert on the sm90 family's v11.1
     kernel in the 32-, 48- or 64-token tile that holds mean + 2 sd of their rows (dense problems below 49
-    tokens take those tiles by default) instead of the sm80 K-split kernel or one 64-token tile."""
+    tokens take those tiles by default) instead of the sm80 K-split kernel or one 64-token tile.
+    ``ws_cluster_splitk`` runs v11.1's K-split plans of 4-8 splits at up to 64 tokens as one thread-block
+    cluster per output tile whose CTAs sum their K slices through distributed shared memory, instead of
+    fp32 partials in the workspace and a reduction kernel."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
         "grouped_short_tiles": grouped_short_tiles,
+        "ws_cluster_splitk": ws_cluster_splitk,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
