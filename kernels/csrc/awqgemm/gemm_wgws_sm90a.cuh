@@ -94,27 +94,33 @@ __device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier
 // first try failed.
 constexpr unsigned long long kWsHangNs = 30ull * 1000 * 1000 * 1000;
 constexpr unsigned kWsHangTries = 1u << 24;
+// One try_wait loop for both scopes: SEM is "" (the CTA's own arrivals) or ".acquire.cluster".
+#define AWQGEMM_MBAR_WAIT_ASM(SEM)                                    \
+  "{\n.reg .pred p;\n.reg .u64 t0, t1;\n.reg .u32 n;\n"              \
+  "mbarrier.try_wait.parity" SEM ".shared::cta.b64 p, [%0], %1;\n"   \
+  "@p bra AWQ_WS_DONE;\n"                                             \
+  "mov.u64 t0, %%globaltimer;\n"                                      \
+  "mov.u32 n, 0;\n"                                                   \
+  "AWQ_WS_WAIT:\n"                                                    \
+  "mbarrier.try_wait.parity" SEM ".shared::cta.b64 p, [%0], %1;\n"   \
+  "@p bra AWQ_WS_DONE;\n"                                             \
+  "add.u32 n, n, 1;\n"                                                \
+  "mov.u64 t1, %%globaltimer;\n"                                      \
+  "sub.u64 t1, t1, t0;\n"                                             \
+  "setp.gt.u64 p, t1, %2;\n"                                          \
+  "setp.gt.and.u32 p, n, %3, p;\n"                                    \
+  "@p trap;\n"                                                        \
+  "bra AWQ_WS_WAIT;\n"                                                \
+  "AWQ_WS_DONE:\n}\n"
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred p;\n.reg .u64 t0, t1;\n.reg .u32 n;\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      "@p bra AWQ_WS_DONE;\n"
-      "mov.u64 t0, %%globaltimer;\n"
-      "mov.u32 n, 0;\n"
-      "AWQ_WS_WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      "@p bra AWQ_WS_DONE;\n"
-      "add.u32 n, n, 1;\n"
-      "mov.u64 t1, %%globaltimer;\n"
-      "sub.u64 t1, t1, t0;\n"
-      "setp.gt.u64 p, t1, %2;\n"
-      "setp.gt.and.u32 p, n, %3, p;\n"
-      "@p trap;\n"
-      "bra AWQ_WS_WAIT;\n"
-      "AWQ_WS_DONE:\n}\n" ::"r"(bar),
-      "r"(parity), "l"(kWsHangNs), "r"(kWsHangTries)
-      : "memory");
+  asm volatile(AWQGEMM_MBAR_WAIT_ASM("")::"r"(bar), "r"(parity), "l"(kWsHangNs), "r"(kWsHangTries) : "memory");
 }
+// The same with acquire at cluster scope (arrivals from other CTAs of the cluster).
+__device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
+  asm volatile(AWQGEMM_MBAR_WAIT_ASM(".acquire.cluster")::"r"(bar), "r"(parity), "l"(kWsHangNs), "r"(kWsHangTries)
+               : "memory");
+}
+#undef AWQGEMM_MBAR_WAIT_ASM
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
@@ -186,28 +192,6 @@ __device__ __forceinline__ void cluster_red_add(uint32_t remote, float v) {
 __device__ __forceinline__ void fence_cluster() { asm volatile("fence.acq_rel.cluster;\n" ::: "memory"); }
 __device__ __forceinline__ void mbar_arrive_remote(uint32_t remote) {
   asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
-}
-// mbar_wait with acquire at cluster scope (arrivals from other CTAs of the cluster), same hang trap.
-__device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred p;\n.reg .u64 t0, t1;\n.reg .u32 n;\n"
-      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%0], %1;\n"
-      "@p bra AWQ_WSC_DONE;\n"
-      "mov.u64 t0, %%globaltimer;\n"
-      "mov.u32 n, 0;\n"
-      "AWQ_WSC_WAIT:\n"
-      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%0], %1;\n"
-      "@p bra AWQ_WSC_DONE;\n"
-      "add.u32 n, n, 1;\n"
-      "mov.u64 t1, %%globaltimer;\n"
-      "sub.u64 t1, t1, t0;\n"
-      "setp.gt.u64 p, t1, %2;\n"
-      "setp.gt.and.u32 p, n, %3, p;\n"
-      "@p trap;\n"
-      "bra AWQ_WSC_WAIT;\n"
-      "AWQ_WSC_DONE:\n}\n" ::"r"(bar),
-      "r"(parity), "l"(kWsHangNs), "r"(kWsHangTries)
-      : "memory");
 }
 
 // A 2-D tensor copy global -> this CTA's shared memory: box at element
@@ -387,6 +371,18 @@ __device__ __forceinline__ void ws_dequant_tile(const unsigned char* w, const un
   dequant_word<T, true>(wv.y, zero2, scale2, a[1]);
   dequant_word<T, true>(wv.z, zero2, scale2, a[2]);
   dequant_word<T, true>(wv.w, zero2, scale2, a[3]);
+}
+
+// A thread's m64nBMk16 D fragment: acc[4 c + 2 h + t] holds (weight row g + 8 h of its warp's tile,
+// token 8 c + 2 q + t); f(token, h, index into acc) for each element.
+template <int BM, class F>
+__device__ __forceinline__ void for_each_d_element(int q, F&& f) {
+#pragma unroll
+  for (int c = 0; c < BM / 8; ++c)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int t = 0; t < 2; ++t) f(8 * c + 2 * q + t, h, 4 * c + 2 * h + t);
 }
 
 // p.x is the staged x (stage_x_tiles_kernel) of p.M rows; out, bias and the
@@ -678,15 +674,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
         const int tile = warp + 8 * j;
         const int owner = tile / tpr;
         const uint32_t dst = cluster_map(cl_buf, owner) + 4 * ((tile - owner * tpr) * kTileN + g);
-#pragma unroll
-        for (int c = 0; c < BM / 8; ++c)
-#pragma unroll
-          for (int h = 0; h < 2; ++h)
-#pragma unroll
-            for (int t = 0; t < 2; ++t) {
-              const int m = 8 * c + 2 * q + t;
-              if (m < rows) cluster_red_add(dst + 4 * (m * cols + 8 * h), acc[j][4 * c + 2 * h + t]);
-            }
+        for_each_d_element<BM>(q, [&](int m, int h, int i) {
+          if (m < rows) cluster_red_add(dst + 4 * (m * cols + 8 * h), acc[j][i]);
+        });
       }
       fence_cluster();
       consumers_sync();
