@@ -33,7 +33,9 @@ ms/step = (t(out tokens) - t(1 token)) / (out - 1), the median over ``--reps`` o
 ``--kernel-profile``: after its timed runs each workload runs once more under torch.profiler (CUDA
 kernels, graph replays included; the engine is in-process) and the JSON and table get the GPU time by
 kernel class (AWQ GEMMs, dense GEMMs, attention, the rest) and the top kernels: where a contender's
-time goes, e.g. which half of the 1024 / 128 workload a kernel change can win. Not for timing.
+time goes, e.g. which half of the 1024 / 128 workload a kernel change can win; then the same prompts
+run once for one output token under the profiler, whose classes (a "prefill only" row) are the
+prefill's share. Not for timing.
 Every prompt is random token ids (distinct per prompt) and prefix caching is off, so
 repeats do not hit a cache; ``ignore_eos`` fixes the output lengths.
 
@@ -376,6 +378,10 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         if spec.get("kernel_profile"):
             times = profiled_kernel_times(lambda p=prompts, o=n_out: timed(p, o))
             results[wl]["kernel_profile"] = summarize_kernels(times)
+            # The same prompts for one output token: the prefill's share (eager, chunks of up to
+            # max_num_batched_tokens), so the rest is the decode steps' (CUDA graphs).
+            prefill = summarize_kernels(profiled_kernel_times(lambda p=prompts: timed(p, 1)))
+            results[wl]["kernel_profile"]["prefill"] = prefill
             cls = results[wl]["kernel_profile"]["classes"]
             progress(f"{spec['name']}: {wl} kernel time " + ", ".join(f"{c} {v['share']:.0%}" for c, v in cls.items()))
     awqgemm_info = None
@@ -604,9 +610,13 @@ def render_table(doc: dict[str, Any]) -> str:
                 f"engine start {r['engine_start_s']:.0f} s{', env ' + str(r['env']) if r['env'] else ''}"
             )
     lines.append("(ratio > 1: awqgemm faster; ms/step ratio is awq_marlin ÷ awqgemm)")
-    profiled = [
-        (r["name"], wl, w["kernel_profile"]) for r in rows for wl, w in r["workloads"].items() if "kernel_profile" in w
-    ]
+    profiled = []
+    for r in rows:
+        for wl, w in r["workloads"].items():
+            if "kernel_profile" in w:
+                profiled.append((r["name"], wl, w["kernel_profile"]))
+                if "prefill" in w["kernel_profile"]:
+                    profiled.append((r["name"], f"{wl}, prefill only", w["kernel_profile"]["prefill"]))
     if profiled:
         classes = sorted({c for _, _, kp in profiled for c in kp["classes"]})
         lines += [

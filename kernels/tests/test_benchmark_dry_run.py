@@ -262,6 +262,7 @@ def test_e2e_kernel_profile_summary_and_table():
     assert next(iter(kp["classes"])) == "awqgemm GEMM" and abs(kp["classes"]["Machete"]["share"] - 300 / 1410) < 1e-12
     assert [t["us"] for t in kp["top"]] == [600.0, 300.0, 200.0] and kp["top"][2]["cls"] == "dense GEMM"
     assert e2e.summarize_kernels({})["classes"] == {}
+    kp = dict(kp, prefill=e2e.summarize_kernels({"nvjet_hsh_128x256_64x4_2x1_v_bz_coopA_NNT": 200.0}))
     doc = dict(
         model="m",
         gpu="g",
@@ -276,3 +277,4 @@ def test_e2e_kernel_profile_summary_and_table():
     )  # fmt: skip
     table = e2e.render_table(doc)
     assert "| awqgemm | throughput | 1.4 |" in table and "0.7 (46%)" in table, table
+    assert "| awqgemm | throughput, prefill only | 0.2 |" in table and "0.2 (100%)" in table, table
