@@ -304,3 +304,60 @@ def test_grouped_model_matches_each_expert(bm, ntw, chunk):
         ref = x[row_index[lo:hi]].double() @ wq.double()
         assert torch.allclose(out[lo:hi], ref, rtol=1e-9, atol=1e-9), (e, (out[lo:hi] - ref).abs().max())
     assert (out[offsets[-1] :] == 0).all(), "rows of no expert must be zero"
+
+
+def ws_cluster_tiles(splits: int) -> int:
+    """tile_config.h ws_cluster_tiles: column tiles (of the block's 16) each rank owns."""
+    return (16 + splits - 1) // splits
+
+
+@pytest.mark.parametrize("splits", [4, 5, 6, 7, 8])
+@pytest.mark.parametrize("bm,rows,n_cols", [(64, 64, 256), (48, 40, 256), (32, 17, 200), (64, 9, 36)])
+def test_cluster_split_epilogue_sums_every_slice_once(splits, bm, rows, n_cols):
+    """The cluster K split's epilogue (gemm_ws_kernel, kClusterK), replayed on the CPU: every rank's
+    consumer thread (warp w, lane 4 g + q) adds acc[j][4 c + 2 h + t] -- weight row g + 8 h of tile
+    w + 8 j, token 8 c + 2 q + t -- at float index m * cols + (tile - owner * tpr) * 16 + g + 8 h of
+    rank owner = tile / tpr's buffer (rows m < rows only); then each owner's 256 threads read index
+    idx -> (m, col) = divmod(idx, cols) for idx < rows * cols and store column n_base + col where col
+    is within its own tiles and the block's n < N. The stored block must be the sum of the ranks'
+    slices, every output exactly once, and the buffers all zero afterwards (the next tile's adds
+    start from zero)."""
+    torch.manual_seed(splits * 1000 + bm + rows)
+    tpr = ws_cluster_tiles(splits)
+    cols = tpr * 16
+    assert bm * cols * 4 <= bm * ws_cluster_tiles(4) * 16 * 4, "ws_cluster_buffer_bytes holds the slice"
+    partials = torch.randn(splits, bm, 256, dtype=torch.float64)  # [rank][token][block column]
+    buffers = torch.zeros(splits, bm * cols, dtype=torch.float64)
+    for rank in range(splits):
+        for warp in range(8):
+            for lane in range(32):
+                g, q = lane >> 2, lane & 3
+                for j in range(2):  # NTW = 2
+                    tile = warp + 8 * j
+                    owner = tile // tpr
+                    assert owner < splits
+                    for c in range(bm // 8):
+                        for h in range(2):
+                            for t in range(2):
+                                m = 8 * c + 2 * q + t
+                                if m < rows:
+                                    col = (tile - owner * tpr) * 16 + g + 8 * h
+                                    buffers[owner, m * cols + col] += partials[rank, m, tile * 16 + g + 8 * h]
+    out = torch.full((bm, 256), float("nan"), dtype=torch.float64)
+    stores = torch.zeros(bm, 256, dtype=torch.int64)
+    for rank in range(splits):
+        n_base = rank * tpr * 16  # (kNB nb + rank tpr) * 16 with nb = 0
+        my_cols = max(0, min(16, (rank + 1) * tpr) - rank * tpr) * 16
+        for tid in range(256):
+            for idx in range(tid, rows * cols, 256):
+                m, col = divmod(idx, cols)
+                v = buffers[rank, idx].item()
+                buffers[rank, idx] = 0.0
+                n = n_base + col
+                if col < my_cols and n < n_cols:
+                    out[m, n] = v
+                    stores[m, n] += 1
+    want = partials.sum(0)
+    assert (stores[:rows, :n_cols] == 1).all() and (stores[rows:] == 0).all() and (stores[:, n_cols:] == 0).all()
+    assert torch.allclose(out[:rows, :n_cols], want[:rows, :n_cols], rtol=0, atol=1e-12)
+    assert (buffers == 0).all()
