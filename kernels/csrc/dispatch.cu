@@ -128,8 +128,8 @@ bool decode_plan(int64_t code, Plan* plan) {
   }
   // Stream-K exists only for v11.1 with one K split.
   if ((f[7] & 4) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[5] != 1)) return false;
-  // The cluster K split: v11.1's 256-column blocks, a portable cluster of >= kWsClusterMin CTAs.
-  if ((f[7] & 8) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[2] > 8 || f[5] < kWsClusterMin ||
+  // The cluster K split: v11.1, a portable cluster of >= kWsClusterMin CTAs.
+  if ((f[7] & 8) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[5] < kWsClusterMin ||
                           f[5] > kWsClusterMax || (f[7] & 4) != 0)) {
     return false;
   }
@@ -467,8 +467,8 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K, int wip) {
       }
     }
   }
-  // ws_cluster_splitk (work in progress): a K split of 4-8 slices at BM <= 64 as one cluster per tile.
-  t.cluster_k = (wip & kWipWsClusterSplitK) != 0 && !t.stream_k && t.mt <= 8 && t.splits >= kWsClusterMin &&
+  // ws_cluster_splitk (work in progress): a K split of 4-8 slices as one cluster per tile.
+  t.cluster_k = (wip & kWipWsClusterSplitK) != 0 && !t.stream_k && t.splits >= kWsClusterMin &&
                 t.splits <= kWsClusterMax;
   return true;
 }

@@ -72,8 +72,8 @@ def test_wip_switches_change_only_their_plans(all_plans):
     """Planned with every work-in-progress bit on ('W' dense, 'H' grouped), a problem gets the production
     plan except where a feature says otherwise; the codes round-trip. grouped_short_tiles: on 9.0 with the
     sm90 family, grouped experts of 17-64 rows per expert run v11.1 in the short tile that holds mean + 2
-    sd of their rows. ws_cluster_splitk: v11.1's plans of 4-8 K splits at BM <= 64 keep kernel, tile and
-    splits and take the cluster flag (8), no early PDL trigger (no reduction kernel follows) and no
+    sd of their rows. ws_cluster_splitk: v11.1's plans of 4-8 K splits keep kernel, tile and splits and
+    take the cluster flag (8), no early PDL trigger (no reduction kernel follows) and no
     partials in their workspace."""
     prod = {(p["problem"], p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in all_plans}
     wip = [p for p in all_plans if p["problem"] in ("W", "H")]
@@ -84,7 +84,7 @@ def test_wip_switches_change_only_their_plans(all_plans):
         assert w["ws"] >= 0 and w["roundtrip"] == 1, w
         if w["code"] == p["code"]:
             assert not w["flags"] & 8, w
-            if p["kind"] == 4 and p["mt"] <= 8 and 4 <= p["splits"] <= 8 and w["problem"] == "W":
+            if p["kind"] == 4 and 4 <= p["splits"] <= 8 and w["problem"] == "W":
                 raise AssertionError(f"a 4-8-split v11.1 plan without the cluster flag: {w}")
             continue
         changed[w["problem"]] += 1
@@ -92,7 +92,7 @@ def test_wip_switches_change_only_their_plans(all_plans):
         if w["problem"] == "W":  # ws_cluster_splitk
             same = ("family", "kind", "mt", "nt", "kwarps", "splits")
             assert all(w[k] == p[k] for k in same) and w["flags"] == p["flags"] | 8, (p, w)
-            assert w["mt"] <= 8 and 4 <= w["splits"] <= 8 and not w["flags"] & 4, (p, w)
+            assert 4 <= w["splits"] <= 8 and not w["flags"] & 4, (p, w)
             assert w["pdl"] == p["pdl"] & ~2, (p, w)
             assert w["ws"] == p["ws"] - w["splits"] * w["M"] * w["N"] * 4, (p, w)
             continue

@@ -882,15 +882,16 @@ def test_racecheck_subset_v11_short_tiles():
     _v11_racecheck_cases(_short_expect, ((1120, 104, 24), (1152, 1376, 40), (4096, 6144, 17)))
 
 
-# ws_cluster_splitk (work in progress): v11.1's K splits of 4-8 at <= 64 tokens as thread-block clusters
-# summing their slices in distributed shared memory. Shapes: Llama-3-8B qkv (5 splits at 64 tokens), o and
-# down (8 splits), a partial last column block (N = 1376), a K tail (K = 1120, group 32 only).
-CLUSTER_TOKENS = (1, 17, 33, 40, 64)
+# ws_cluster_splitk (work in progress): v11.1's K splits of 4-8 as thread-block clusters summing their
+# slices in distributed shared memory. Shapes: Llama-3-8B qkv (5 splits at 64 tokens), o and down (8
+# splits; 4 at 128-token tiles), a partial last column block (N = 1376), a K tail (K = 1120, group 32
+# only); tokens in 32-, 48-, 64-, 128- and 256-token tiles, partial ones included.
+CLUSTER_TOKENS = (1, 17, 33, 40, 64, 100, 200)
 CLUSTER_SHAPES = ((4096, 6144), (4096, 4096), (14336, 4096), (4096, 1376), (1120, 1376))
 
 
 def _cluster_expect(m):
-    return {"kernel": "wgmma_ws", "tile_tokens": _short_tile(m)}
+    return {"kernel": "wgmma_ws"} if m > 64 else {"kernel": "wgmma_ws", "tile_tokens": _short_tile(m)}
 
 
 @pytest.mark.wip("ws_cluster_splitk")
@@ -912,14 +913,14 @@ def test_sanitizer_subset_ws_cluster_splitk():
     partial row blocks, the bias."""
     for dtype in (torch.float16, torch.bfloat16):
         shapes = ((4096, 1376), (14336, 4096))
-        _forced_v11_cases(_cluster_expect, dtype, 32, (17, 64), shapes, bias_ms=(17,), ws_cluster_splitk=True)
+        _forced_v11_cases(_cluster_expect, dtype, 32, (17, 64, 100), shapes, bias_ms=(17,), ws_cluster_splitk=True)
 
 
 @pytest.mark.wip("ws_cluster_splitk")
 def test_racecheck_subset_ws_cluster_splitk():
     """The cluster K split for compute-sanitizer racecheck: the owners' buffer adds, reads and clears
     across tiles of one cluster."""
-    cases = ((4096, 4096, 64), (14336, 1376, 40))
+    cases = ((4096, 4096, 64), (14336, 1376, 40), (14336, 4096, 100))
     _v11_racecheck_cases(_cluster_expect, cases, ws_cluster_splitk=True)
 
 

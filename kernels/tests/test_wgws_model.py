@@ -306,13 +306,15 @@ def test_grouped_model_matches_each_expert(bm, ntw, chunk):
     assert (out[offsets[-1] :] == 0).all(), "rows of no expert must be zero"
 
 
-def ws_cluster_tiles(splits: int) -> int:
-    """tile_config.h ws_cluster_tiles: column tiles (of the block's 16) each rank owns."""
-    return (16 + splits - 1) // splits
+def ws_cluster_tiles(block_tiles: int, splits: int) -> int:
+    """tile_config.h ws_cluster_tiles: column tiles of the block each rank owns."""
+    return (block_tiles + splits - 1) // splits
 
 
 @pytest.mark.parametrize("splits", [4, 5, 6, 7, 8])
-@pytest.mark.parametrize("bm,rows,n_cols", [(64, 64, 256), (48, 40, 256), (32, 17, 200), (64, 9, 36)])
+@pytest.mark.parametrize(
+    "bm,rows,n_cols", [(64, 64, 256), (48, 40, 256), (32, 17, 200), (64, 9, 36), (128, 100, 128), (256, 130, 72)]
+)
 def test_cluster_split_epilogue_sums_every_slice_once(splits, bm, rows, n_cols):
     """The cluster K split's epilogue (gemm_ws_kernel, kClusterK), replayed on the CPU: every rank's
     consumer thread (warp w, lane 4 g + q) adds acc[j][4 c + 2 h + t] -- weight row g + 8 h of tile
@@ -321,18 +323,20 @@ def test_cluster_split_epilogue_sums_every_slice_once(splits, bm, rows, n_cols):
     idx -> (m, col) = divmod(idx, cols) for idx < rows * cols and store column n_base + col where col
     is within its own tiles and the block's n < N. The stored block must be the sum of the ranks'
     slices, every output exactly once, and the buffers all zero afterwards (the next tile's adds
-    start from zero)."""
+    start from zero). Blocks of 16 column tiles up to BM = 64 (two per warp), 8 above."""
     torch.manual_seed(splits * 1000 + bm + rows)
-    tpr = ws_cluster_tiles(splits)
+    ntw = 2 if bm <= 64 else 1
+    block_tiles = 8 * ntw
+    tpr = ws_cluster_tiles(block_tiles, splits)
     cols = tpr * 16
-    assert bm * cols * 4 <= bm * ws_cluster_tiles(4) * 16 * 4, "ws_cluster_buffer_bytes holds the slice"
-    partials = torch.randn(splits, bm, 256, dtype=torch.float64)  # [rank][token][block column]
+    assert cols <= ws_cluster_tiles(block_tiles, 4) * 16, "ws_cluster_buffer_bytes holds the slice"
+    partials = torch.randn(splits, bm, 16 * block_tiles, dtype=torch.float64)  # [rank][token][block column]
     buffers = torch.zeros(splits, bm * cols, dtype=torch.float64)
     for rank in range(splits):
         for warp in range(8):
             for lane in range(32):
                 g, q = lane >> 2, lane & 3
-                for j in range(2):  # NTW = 2
+                for j in range(ntw):
                     tile = warp + 8 * j
                     owner = tile // tpr
                     assert owner < splits
@@ -343,11 +347,11 @@ def test_cluster_split_epilogue_sums_every_slice_once(splits, bm, rows, n_cols):
                                 if m < rows:
                                     col = (tile - owner * tpr) * 16 + g + 8 * h
                                     buffers[owner, m * cols + col] += partials[rank, m, tile * 16 + g + 8 * h]
-    out = torch.full((bm, 256), float("nan"), dtype=torch.float64)
-    stores = torch.zeros(bm, 256, dtype=torch.int64)
+    out = torch.full((bm, 16 * block_tiles), float("nan"), dtype=torch.float64)
+    stores = torch.zeros(bm, 16 * block_tiles, dtype=torch.int64)
     for rank in range(splits):
         n_base = rank * tpr * 16  # (kNB nb + rank tpr) * 16 with nb = 0
-        my_cols = max(0, min(16, (rank + 1) * tpr) - rank * tpr) * 16
+        my_cols = max(0, min(block_tiles, (rank + 1) * tpr) - rank * tpr) * 16
         for tid in range(256):
             for idx in range(tid, rows * cols, 256):
                 m, col = divmod(idx, cols)

@@ -74,7 +74,7 @@ enum WipFeature : int {
   // the smallest that holds mean + 2 sd of the rows per expert, instead of the sm80 K-split kernel
   // (17-32 rows) or one 64-token tile (33-48). Dense plans take these tiles by default.
   kWipGroupedShortTiles = 1,
-  // v11.1's K-split plans of 4-8 splits at BM <= 64 (the decode layers' qkv / o / down) as one
+  // v11.1's K-split plans of 4-8 splits (decode layers' qkv / o / down up to ~1,024 tokens) as one
   // thread-block cluster per tile, summing the slices through distributed shared memory
   // (TileConfig::cluster_k) instead of partials and a reduction kernel.
   kWipWsClusterSplitK = 2,

@@ -421,7 +421,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   constexpr int kSzOff = kWOff + kNB * 512;  // (scale, zero) rows: [0] for k 0..31 of the tile, [1] for 32..63
   constexpr int kSzRow = kNB * 64;           // bytes of one (scale, zero) row of the block
   static_assert(kStage % 1024 == 0, "every stage's x tile starts on a swizzle atom");
-  static_assert(!kClusterK || (!kStreamK && !kGrouped && NTW == 2), "cluster K split: dense 256-column blocks");
+  static_assert(!kClusterK || (!kStreamK && !kGrouped), "cluster K split: dense K-split plans only");
   // full[0..STAGES), empty[0..STAGES); kClusterK: then the owner buffer's "all ranks added" and "all
   // owners read and cleared" barriers.
   __shared__ uint64_t bars[2 * STAGES + (kClusterK ? 2 : 0)];
@@ -665,7 +665,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     if constexpr (kClusterK) {
       // Add this CTA's K slice into the owners' buffers (tile w + 8 j belongs to rank (w + 8 j) / tpr;
       // the buffer is [BM][tpr x 16 columns] fp32), then, as an owner, store the sums of its columns.
-      const int tpr = ws_cluster_tiles(splits);
+      const int tpr = ws_cluster_tiles(kNB, splits);
       const int cols = tpr * kTileN;
       const int rows = min(BM, p.M - w.mb * BM);
       if (cl_iter > 0) mbar_wait_cluster(cl_free, (cl_iter - 1) & 1);  // every owner cleared the last tile

@@ -88,14 +88,16 @@ AWQGEMM_HD constexpr int ws_stages(int bm) {
 // slices and add their fp32 accumulators into the owning CTA's slice of the block through
 // distributed shared memory (red.shared::cluster), instead of writing [splits][M][N] partials
 // for a second kernel to sum: no reduction launch, no partials' round trip through L2. Rank r
-// owns ws_cluster_tiles(splits) of the block's 16 column tiles; its buffer (BM rows x 4 tiles of
-// fp32, for >= kWsClusterMin ranks) sits after the ring, which gives up a stage for it where
-// 227 KiB would not hold both. Only 256-column blocks (BM <= 64: the decode plans that split K).
+// owns ws_cluster_tiles(block tiles, splits) of the block's 16 (BM <= 64) or 8 column tiles; its
+// buffer (BM rows x a quarter of the block's columns, fp32: enough for >= kWsClusterMin ranks)
+// sits after the ring, which gives up a stage for it at BM <= 64, where 227 KiB would not hold both.
 constexpr int kWsClusterMin = 4;
 constexpr int kWsClusterMax = 8;  // the portable cluster size
-AWQGEMM_HD constexpr int ws_cluster_tiles(int splits) { return (16 + splits - 1) / splits; }
-AWQGEMM_HD constexpr int ws_cluster_buffer_bytes(int bm) { return bm * ws_cluster_tiles(kWsClusterMin) * 16 * 4; }
-AWQGEMM_HD constexpr int ws_cluster_stages(int bm) { return bm >= 64 ? 11 : bm >= 48 ? 13 : 15; }
+AWQGEMM_HD constexpr int ws_cluster_tiles(int block_tiles, int splits) { return (block_tiles + splits - 1) / splits; }
+AWQGEMM_HD constexpr int ws_cluster_buffer_bytes(int bm) {
+  return bm * ws_cluster_tiles(8 * ws_ntw(bm), kWsClusterMin) * 16 * 4;
+}
+AWQGEMM_HD constexpr int ws_cluster_stages(int bm) { return bm >= 128 ? ws_stages(bm) : bm >= 64 ? 11 : bm >= 48 ? 13 : 15; }
 
 // x is staged tile-major ([k-tile][M][64], rows pre-swizzled) in the workspace,
 // at most kWgMaxStagedXBytes of it: larger problems run as chunks of this many
@@ -224,7 +226,7 @@ struct TileConfig {
   int splits = 1;  // blocks splitting K
   int pdl_flags = 0;  // kPdl* bits: launched as a programmatic dependent (sm90+), early trigger
   bool stream_k = false;  // kWgmmaWs with one K split: the stream-K tail above
-  bool cluster_k = false;  // kWgmmaWs, BM <= 64, kWsClusterMin..kWsClusterMax splits as one cluster (above)
+  bool cluster_k = false;  // kWgmmaWs, kWsClusterMin..kWsClusterMax splits as one cluster (above)
 };
 
 }  // namespace awqgemm
