@@ -196,20 +196,20 @@ def test_wtile_model_shapes(dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_wgmma_ws_model_shapes(dtype):
     """The warp-specialized persistent wgmma kernel (v11.1) forced on real and TP-shard layers (N, K
-    tails), every tile height (64, 128, 256 tokens) and K splits on the small grids."""
+    tails), every tile height (32, 48, 64, 128, 256 tokens) and K splits on the small grids."""
     skip_unless_family("sm90")
     with awqgemm.testing.force(family="sm90", path="fused"):
         seen = set()
         for k, n in MODEL_SHAPES["tp-shards"] + [(4096, 6144), (14336, 4096), (4096, 28672)]:
             group = 128 if k % 128 == 0 else 32
             qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
-            for m in (1, 17, 64, 65, 128, 129, 300, 512, 1024):
+            for m in (1, 17, 40, 64, 65, 128, 129, 300, 512, 1024):
                 info = awqgemm.plan_info(m, n, k, dtype, torch.device("cuda"))
                 assert info["kernel"] == "wgmma_ws", info
                 seen.add((info["tile_tokens"], info["splits"] > 1))
                 x = torch.randn(m, k, dtype=dtype, device="cuda")
                 check(x, qweight, qzeros, scales, group, label=f"wgmma_ws {k}x{n} M={m} {info}")
-        assert {t for t, _ in seen} == {64, 128, 256} and (64, True) in seen, seen
+        assert {t for t, _ in seen} == {32, 48, 64, 128, 256} and (64, True) in seen, seen
 
 
 # (K, N, M, group): problems whose plan takes the stream-K tail (dispatch.cu plan_wgws): fewer units
@@ -667,12 +667,15 @@ def test_plan_info_names_the_dispatchers_choice():
     wide = awqgemm.plan_info(128, 28672, 4096)
     if "sm90" in families():
         assert (wide["family"], wide["kernel"]) == ("sm90", "wgmma_ws"), wide
-        # Below 64 tokens (wgmma_auto): v11.1's one 64-token tile above 32 tokens where K > 2048, at 17-32
-        # on deep layers; the sm80 rules' kernels elsewhere.
+        # Below 64 tokens (wgmma_auto): v11.1 in the smallest tile holding M above 32 tokens where K > 2048,
+        # at 17-32 on those layers of >= 25 Mi weights; the sm80 rules' kernels elsewhere. From 129 to 1024
+        # tokens v11.1 on every layer with K >= 1.75 N.
         for m, n, k, kernel in ((48, 4096, 4096, "wgmma_ws"), (33, 4096, 2048, "x_shared"),
-                                (24, 4096, 14336, "wgmma_ws"), (24, 4096, 4096, "x_shared")):  # fmt: skip
+                                (24, 4096, 14336, "wgmma_ws"), (24, 4096, 4096, "x_shared"),
+                                (600, 4096, 7168, "wgmma_ws")):  # fmt: skip
             info = awqgemm.plan_info(m, n, k)
-            assert info["kernel"] == kernel and (kernel != "wgmma_ws" or info["tile_tokens"] == 64), (m, n, k, info)
+            tokens = _short_tile(m) if m <= 64 else info["tile_tokens"]
+            assert info["kernel"] == kernel and (kernel != "wgmma_ws" or info["tile_tokens"] == tokens), (m, n, k, info)
     else:
         assert wide["kernel"] == "w_tile", wide
     with awqgemm.testing.force(family="sm80"):  # wtile_auto in dispatch.cu
@@ -682,7 +685,8 @@ def test_plan_info_names_the_dispatchers_choice():
         assert awqgemm.plan_info(32, 8192, 8192)["kernel"] == "w_tile"
     if "sm90" in families():  # v11.1 forced at every M: tile heights by M and grid (plan_wgws)
         with awqgemm.testing.force(family="sm90", path="fused"):
-            for m, n, tokens in ((1, 4096, 64), (64, 4096, 64), (65, 4096, 128), (300, 4096, 128), (1024, 28672, 256)):
+            for m, n, tokens in ((1, 4096, 32), (40, 4096, 48), (64, 4096, 64), (65, 4096, 128), (300, 4096, 128),
+                                 (1024, 28672, 256)):  # fmt: skip
                 info = awqgemm.plan_info(m, n, 4096)
                 assert (info["kernel"], info["tile_tokens"]) == ("wgmma_ws", tokens), (m, n, info)
             assert awqgemm.plan_info(64, 4096, 4096)["splits"] > 1
