@@ -127,12 +127,14 @@ fi
 if has timeline; then
   echo "== timeline: each kernel of one call, from a CUDA graph replay under torch.profiler =="
   # TIMELINE_CASES: profile_one.py argument lists (default: Llama-3-8B's four layers at batch 64, its
-  # gate_up at 24 and 256 tokens, the Qwen3-30B-A3B MoE layer at 16, 64, 256, 512, 1024 and 4096 tokens,
-  # at 512 also with grouped_short_tiles (32 rows per expert); a case with
+  # qkv, o and down there also with ws_cluster_splitk (no reduction kernel), its gate_up at 24 and 256
+  # tokens, the Qwen3-30B-A3B MoE layer at 16, 64, 256, 512, 1024 and 4096 tokens, at 512 also with
+  # grouped_short_tiles (32 rows per expert); a case with
   # --wip F is left out when F's tests failed earlier in this run: the moe step runs after this one, so
   # each case runs in a process of its own).
   cases=${TIMELINE_CASES:-"--k 4096 --n 6144 --m 64;--k 4096 --n 4096 --m 64;--k 4096 --n 28672 --m 64;\
---k 14336 --n 4096 --m 64;--k 4096 --n 28672 --m 24;--k 4096 --n 28672 --m 256;--moe 128,8,2048,768 --m 16;\
+--k 14336 --n 4096 --m 64;--k 4096 --n 6144 --m 64 --wip ws_cluster_splitk;--k 4096 --n 4096 --m 64 --wip ws_cluster_splitk;\
+--k 14336 --n 4096 --m 64 --wip ws_cluster_splitk;--k 4096 --n 28672 --m 24;--k 4096 --n 28672 --m 256;--moe 128,8,2048,768 --m 16;\
 --moe 128,8,2048,768 --m 64;--moe 128,8,2048,768 --m 256;--moe 128,8,2048,768 --m 512;\
 --moe 128,8,2048,768 --m 512 --wip grouped_short_tiles;--moe 128,8,2048,768 --m 1024;--moe 128,8,2048,768 --m 4096"}
   IFS=';' read -ra case_list <<<"$cases"
