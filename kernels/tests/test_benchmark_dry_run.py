@@ -278,3 +278,36 @@ def test_e2e_kernel_profile_summary_and_table():
     table = e2e.render_table(doc)
     assert "| awqgemm | throughput | 1.4 |" in table and "0.7 (46%)" in table, table
     assert "| awqgemm | throughput, prefill only | 0.2 |" in table and "0.2 (100%)" in table, table
+
+
+COMPARE_PY = GEMM_PY.parent / "compare.py"
+
+
+def test_compare_ratios_per_m(tmp_path):
+    """benchmarks/compare.py: per (dtype, M) geomean, range and points faster of a/b over the rows with
+    both times; filters; a clear error for an unknown contender or a file that is not a result."""
+    if not COMPARE_PY.exists():
+        pytest.skip(f"benchmarks/compare.py is not next to these tests ({COMPARE_PY}): it runs from the source tree")
+
+    def row(shape, m, **us):
+        return {"shape": shape, "group": 128, "dtype": "fp16", "M": m, "us": us}
+
+    rows = [row("a/qkv/tp1", 64, x=1.0, y=2.0), row("a/o/tp1", 64, x=4.0, y=1.0), row("a/o/tp1", 128, x=3.0)]
+    result = tmp_path / "r.json"
+    result.write_text(json.dumps({"rows": rows}))
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(COMPARE_PY), *map(str, args)], capture_output=True, text=True)
+
+    r = run(result, "x/y", "--points")
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("fp16"))
+    assert line.split()[1:] == ["64", "1.414", "0.50", "4.00", "1/2"], r.stdout  # sqrt(0.5 * 4); M = 128 lacks y
+    assert "a/qkv/tp1 g128" in r.stdout and "0.500" in r.stdout
+    assert run(result, "x/y", "--shapes", "qkv").stdout.count("0.500") == 1
+    bad = run(result, "x/z")
+    assert bad.returncode == 2 and "no times for z" in bad.stderr, bad.stderr
+    assert run(result, "xy").returncode == 2
+    (tmp_path / "n.json").write_text("[1, 2]")
+    nope = run(tmp_path / "n.json", "x/y")
+    assert nope.returncode == 2 and "not a gemm.py result JSON" in nope.stderr, nope.stderr
