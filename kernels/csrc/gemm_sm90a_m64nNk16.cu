@@ -157,15 +157,7 @@ __global__ void __launch_bounds__(kWgThreads, wg_min_blocks(BM)) gemm_wg_kernel(
   zero_a_sets(a);
   auto compute = [&](int slot, uint32_t (&at)[4][4], uint32_t (&prev)[4][4]) {
     const unsigned char* gst = sbase + slot * L::kStage;
-    const uint4 w = *reinterpret_cast<const uint4*>(gst + L::kX + tid * 16);
-    const uint2 sz = *reinterpret_cast<const uint2*>(gst + L::kX + L::kW + tid * 8);
-    uint32_t scale2[2], zero2[2];
-    split_scale_zero(sz.x, scale2[0], zero2[0]);
-    split_scale_zero(sz.y, scale2[1], zero2[1]);
-    dequant_word<T, true>(w.x, zero2, scale2, at[0]);
-    dequant_word<T, true>(w.y, zero2, scale2, at[1]);
-    dequant_word<T, true>(w.z, zero2, scale2, at[2]);
-    dequant_word<T, true>(w.w, zero2, scale2, at[3]);
+    dequant_smem_tile<T>(gst + L::kX + tid * 16, gst + L::kX + L::kW + tid * 8, at);
     const uint32_t xaddr = base + slot * L::kStage;
     wgmma_fence();
 #pragma unroll
@@ -295,7 +287,7 @@ cudaError_t ws_register_pool(Kernel kernel) {
 // so fewer than SMs / size may be resident). No partials: the kernel sums the slices itself.
 template <typename T, int BM>
 cudaError_t launch_ws_cluster(const GemmProblem& g, const TileConfig& cfg, cudaStream_t stream,
-                              const TensorMap128& wmap, int tiles) {
+                              const TensorMap128& wmap, int tiles, int device) {
   constexpr int kStages = ws_cluster_stages(BM);
   constexpr int kSmem = kStages * ws_stage_bytes(BM) + ws_cluster_buffer_bytes(BM) + 1024;
   static_assert(kSmem <= 227 * 1024, "one block per SM must fit");
@@ -305,9 +297,6 @@ cudaError_t launch_ws_cluster(const GemmProblem& g, const TileConfig& cfg, cudaS
   static const cudaError_t pool = ws_register_pool(kKernel);
   if (pool != cudaSuccess) return pool;
   cudaError_t err = opt_in_smem<kSmem, kKernel>();
-  if (err != cudaSuccess) return err;
-  int device = 0;
-  err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
   cudaLaunchConfig_t config = {};
   config.blockDim = dim3(kWsThreads);
@@ -401,7 +390,7 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     g.out = reinterpret_cast<T*>(p.out) + static_cast<int64_t>(m0) * p.out_row_stride;
     g.workspace = after_x;
     if (cfg.cluster_k) {
-      err = launch_ws_cluster<T, BM>(g, cfg, stream, wmap, nblocks * ceil_div(rows, BM));
+      err = launch_ws_cluster<T, BM>(g, cfg, stream, wmap, nblocks * ceil_div(rows, BM), device);
       if (err != cudaSuccess) return err;
       continue;
     }

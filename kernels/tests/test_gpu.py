@@ -895,7 +895,7 @@ CLUSTER_SHAPES = ((4096, 6144), (4096, 4096), (14336, 4096), (4096, 1376), (1120
 
 
 def _cluster_expect(m):
-    return {"kernel": "wgmma_ws"} if m > 64 else {"kernel": "wgmma_ws", "tile_tokens": _short_tile(m)}
+    return {"kernel": "wgmma_ws"} if m > 64 else _short_expect(m)
 
 
 @pytest.mark.wip("ws_cluster_splitk")

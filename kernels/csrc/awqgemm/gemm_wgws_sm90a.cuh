@@ -357,10 +357,10 @@ __device__ __forceinline__ void ring_next(int& slot, uint32_t& phase) {
   phase ^= wrap;
 }
 
-// A consumer thread's 16-byte word of one weight tile in a stage and its (scale, zero) pair, dequantized
-// into the A fragments of the tile's 4 k16 steps.
+// A thread's 16-byte word of one weight tile in shared memory and its (scale, zero) pair, dequantized
+// into the A fragments of the tile's 4 k16 steps (v11.1's consumers and the v9 kernel).
 template <typename T>
-__device__ __forceinline__ void ws_dequant_tile(const unsigned char* w, const unsigned char* szp,
+__device__ __forceinline__ void dequant_smem_tile(const unsigned char* w, const unsigned char* szp,
                                                 uint32_t (&a)[4][4]) {
   const uint4 wv = *reinterpret_cast<const uint4*>(w);
   const uint2 sz = *reinterpret_cast<const uint2*>(szp);
@@ -451,9 +451,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     }
     mbar_init_fence();
   }
+  float* const cl_buf_ptr = reinterpret_cast<float*>(smem_raw) + (cl_buf - raw) / 4;
   if constexpr (kClusterK) {
-    float* const buf = reinterpret_cast<float*>(smem_raw) + (cl_buf - raw) / 4;
-    for (int i = tid; i < ws_cluster_buffer_bytes(BM) / 4; i += kWsThreads) buf[i] = 0.f;
+    for (int i = tid; i < ws_cluster_buffer_bytes(BM) / 4; i += kWsThreads) cl_buf_ptr[i] = 0.f;
     // Every CTA's barriers and zeroed buffer exist before any peer's first remote add or arrival.
     cluster_sync_all();
   } else {
@@ -597,7 +597,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       const unsigned char* const gst = sbase + slot * kStage;
 #pragma unroll
       for (int j = 0; j < NTW; ++j) {
-        ws_dequant_tile<T>(gst + w_off + 8 * 512 * j, gst + sz_off + 8 * 64 * j, at[j]);
+        dequant_smem_tile<T>(gst + w_off + 8 * 512 * j, gst + sz_off + 8 * 64 * j, at[j]);
       }
       const uint32_t lo = desc_lo + static_cast<uint32_t>(slot * (kStage >> 4));
       wgmma_fence();
@@ -685,15 +685,14 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       const int rank = w.split;
       const int n_base = (kNB * w.nb + rank * tpr) * kTileN;
       const int my_cols = max(0, min(kNB, (rank + 1) * tpr) - rank * tpr) * kTileN;
-      float* const buf = reinterpret_cast<float*>(const_cast<unsigned char*>(sbase)) + STAGES * kStage / 4;
       const T* const bias = reinterpret_cast<const T*>(p.bias);
 #pragma unroll 1
       for (int idx = tid; idx < rows * cols; idx += 32 * kWsConsumerWarps) {
         const int m = idx / cols;
         const int col = idx - m * cols;
         const int n = n_base + col;
-        float v = buf[idx];
-        buf[idx] = 0.f;
+        float v = cl_buf_ptr[idx];
+        cl_buf_ptr[idx] = 0.f;
         if (col < my_cols && n < p.N) {
           if (bias != nullptr) v += to_float(bias[n]);
           reinterpret_cast<T*>(p.out)[static_cast<size_t>(w.mb * BM + m) * p.out_row_stride + n] = from_float<T>(v);
