@@ -19,8 +19,7 @@ Contenders (``--quant``, comma separated):
                       (awqgemm.testing.force in the worker): what an A100 / L40S runs, timed here;
                       compare with awq_marlin:marlin (issue 11)
   awqgemm:wip         the plugin with the work-in-progress switches on for the whole engine: their e2e
-                      effect (today grouped_short_tiles: MoE experts of 17-64 rows on sm90 v11.1 in
-                      32/48-token tiles; ws_cluster_splitk: v11.1's decode K splits summed in
+                      effect (today ws_cluster_splitk: v11.1's decode K splits summed in
                       distributed shared memory)
   fp16                dense fp16, no quantization
 The kernel each AWQ engine used is read from the loaded model and recorded.
@@ -256,7 +255,7 @@ CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
 FORCED: dict[str, dict[str, Any]] = {
     "awqgemm:sm80": {"family": "sm80"},
     # every work-in-progress switch of awqgemm.testing.force
-    "awqgemm:wip": {"grouped_short_tiles": True, "ws_cluster_splitk": True},
+    "awqgemm:wip": {"ws_cluster_splitk": True},
 }
 
 #: name -> (number of prompts, prompt tokens, output tokens, metric)

@@ -7,20 +7,21 @@
 #   2. slims vllm (drops FA2 -- FA3 serves Hopper --, vllm-rs, deep_gemm, fmha_sm100);
 #   3. installs vllm and the deps with `pip install --no-deps --target` into one tree (vsite/);
 #   4. tars that tree, compresses it with zstd -19 and splits it into parts of
-#      PART_BYTES (default 28,000,000: one part + p1's tools + the tracked work tree, 31 MiB
-#      on 2026-11-28, must stay under the 64 MiB a device run carries; 34,000,000 stopped
-#      fitting that day);
+#      PART_BYTES (default 20,000,000: one part + p1's tools + the tracked work tree must stay
+#      under the 64 MiB a device run carries; the tree was 31 MiB on 2026-11-28, when
+#      34,000,000 stopped fitting, and 37.5 MiB on 2026-11-29, when 28,000,000 stopped too:
+#      20,000,000 leaves room for the results sessions add);
 #   5. adds a zstd binary (+ liblz4) for machines without zstd, and a manifest.
 #
 # Output: ci/vllm_gpu/parts/ (git-ignored), one sub-folder per device run:
 #   parts/p1/ vsite.tar.zst.part-aa + zstd tools + MANIFEST, parts/p2/ ..-ab, ...
 # Carry one of them per run:   carry=["ci/vllm_gpu/parts/p1"]   then   bash ci/device_vllm.sh stash
 #
-#   bash ci/vllm_gpu/prepare.sh            (CACHE=~/.cache/awqgemm-vllm-gpu, PART_BYTES=28000000)
+#   bash ci/vllm_gpu/prepare.sh            (CACHE=~/.cache/awqgemm-vllm-gpu, PART_BYTES=20000000)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 CACHE=${CACHE:-$HOME/.cache/awqgemm-vllm-gpu}
-PART_BYTES=${PART_BYTES:-28000000}
+PART_BYTES=${PART_BYTES:-20000000}
 LEVEL=${ZSTD_LEVEL:-19}
 req="$here/requirements-gpu-deps.txt"
 out="$here/parts"

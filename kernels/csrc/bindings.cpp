@@ -301,7 +301,6 @@ NB_MODULE(_C, m) {
   // Work-in-progress switches (awqgemm.testing.force keywords) -> their bit in the planners' `wip`
   // (WipFeature in dispatch.h).
   nb::dict wip_features;
-  wip_features["grouped_short_tiles"] = static_cast<int>(kWipGroupedShortTiles);
   wip_features["ws_cluster_splitk"] = static_cast<int>(kWipWsClusterSplitK);
   m.attr("wip_features") = wip_features;
 

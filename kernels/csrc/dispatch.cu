@@ -274,6 +274,11 @@ int dense_min_m(Family family) {
 // o layers (K <= 2048) lost (1.12-1.26x); at 512 every layer of >= 25 Mi weights
 // won (Llama-3-8B qkv 0.89x, Qwen2.5-32B o 0.90x, Llama-2-70B TP2 qkv 0.79x) and
 // the smaller ones mostly lost (1.03-1.19x). At 1024 the grid rule stands.
+// Between 128 and 256 tokens the rule's other choice is the sm80 weight-tile
+// kernel, not dequantize + cuBLAS, and it lost everywhere: at 192 tokens
+// (h200-2026-11-29-refit-check, all 34 points) 1.29-2.71x v11.1's time, which
+// the refit above had handed Qwen2.5-7B qkv / o and Llama-3-8B TP2 o (1.29-1.61x
+// the best); so v11.1 takes every layer below 256 tokens.
 constexpr int64_t kLargeLayerWeights = int64_t{25} << 20;
 
 bool wgmma_auto(int M, int N, int K, int sms) {
@@ -281,7 +286,7 @@ bool wgmma_auto(int M, int N, int K, int sms) {
   const int64_t weights = static_cast<int64_t>(N) * K;
   if (M <= 32) return K > 2048 && weights >= kLargeLayerWeights;
   if (M < 64) return K > 2048;
-  if (M <= 128 || 4 * static_cast<int64_t>(K) >= 7 * static_cast<int64_t>(N)) return true;
+  if (M < 256 || 4 * static_cast<int64_t>(K) >= 7 * static_cast<int64_t>(N)) return true;
   const int blocks = ceil_div(N, kWgNT * kTileN) * ceil_div(M, M <= 512 ? 128 : 256);
   if (M <= 256) return K >= 4096 || 2 * blocks >= sms;
   if (M <= 512) return weights >= kLargeLayerWeights || 2 * blocks >= 3 * sms;
@@ -658,20 +663,22 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   // Tiles that do work: at least one per active expert, at least R / tile.
   const auto row_blocks = [&](int mt) { return std::max(active, ceil_div(R, 8 * mt)); };
   const int rows_per_expert = ceil_div(R, active);
-  // grouped_short_tiles (work in progress): experts of 17-64 rows on v11.1 too, in the smallest of 32, 48
-  // and 64-token tiles that holds mean + 2 standard deviations of the routed rows (~Poisson, as the
-  // K-split tiles below), so most experts take one tile.
-  const bool short_tiles = (wip & kWipGroupedShortTiles) != 0 && rows_per_expert > 16 && rows_per_expert <= 64;
+  // Experts of 17-64 rows run v11.1 too, in the smallest of the 32-, 48- and 64-token tiles that holds
+  // mean + 2 standard deviations of the routed rows (~Poisson, as the K-split tiles below), so most
+  // experts take one tile. H200, whole Qwen3-30B-A3B layer (moe-h200-20261129-1327, CUDA graphs): T = 384
+  // (24 rows per expert) 235.9 -> 205.2 us, T = 512 (32 rows) 297.4 -> 218.0 (Marlin MoE 223.1 / 270.3)
+  // against the sm80 K-split kernel these experts ran before; 48 and 64 rows within 1 % of one
+  // 64-token tile.
   const double mean_rows = static_cast<double>(R) / active;
   const int spread_rows = static_cast<int>(std::ceil(mean_rows + 2.0 * std::sqrt(mean_rows)));
-  const int ws_bm = rows_per_expert > 64 ? 128 : short_tiles ? ws_short_tile(std::min(64, spread_rows)) : 64;
-  if (family == Family::kSm90 && (rows_per_expert > 32 || short_tiles) && ws_group_chunk_tiles(ws_bm, K) >= 1) {
-    // v11.1 over token tiles of one expert each (launch_ws_grouped), 64 tokens up to 64 rows per
-    // expert, 128 above; one K split (a prefill-sized problem has units for every SM). H200, whole
+  const int ws_bm = rows_per_expert > 64 ? 128 : ws_short_tile(std::min(64, spread_rows));
+  if (family == Family::kSm90 && rows_per_expert > 16 && ws_group_chunk_tiles(ws_bm, K) >= 1) {
+    // v11.1 over token tiles of one expert each (launch_ws_grouped), 128 tokens above 64 rows per
+    // expert; one K split (a prefill-sized problem has units for every SM). H200, whole
     // layer with Marlin MoE in the same process (moe-h200-20261129-0315), against the sm80 x-shared
     // kernel these experts ran before: Qwen3-30B-A3B T = 1024 523 -> 416 us, T = 4096 1,500 -> 1,021
     // (Marlin MoE 504 / 1,457); Mixtral T = 256 993 -> 642, T = 4096 11,760 -> 6,138 (Marlin MoE
-    // 867 / 10,670); at 32 rows per expert and below (Qwen3 T <= 512) the K-split plans stay.
+    // 867 / 10,670). At 16 rows per expert and below (Qwen3 T <= 256) the K-split plans stay.
     plan.family = Family::kSm90;
     t.kind = KernelKind::kWgmmaWs;
     t.mt = ws_bm / 8;

@@ -70,15 +70,13 @@ def _short_tile(rows: int) -> int:
 
 def test_wip_switches_change_only_their_plans(all_plans):
     """Planned with every work-in-progress bit on ('W' dense, 'H' grouped), a problem gets the production
-    plan except where a feature says otherwise; the codes round-trip. grouped_short_tiles: on 9.0 with the
-    sm90 family, grouped experts of 17-64 rows per expert run v11.1 in the short tile that holds mean + 2
-    sd of their rows. ws_cluster_splitk: v11.1's plans of 4-8 K splits keep kernel, tile and splits and
-    take the cluster flag (8), no early PDL trigger (no reduction kernel follows) and no
-    partials in their workspace."""
+    plan except where a feature says otherwise; the codes round-trip. ws_cluster_splitk: v11.1's plans of
+    4-8 K splits keep kernel, tile and splits and take the cluster flag (8), no early PDL trigger (no
+    reduction kernel follows) and no partials in their workspace. No feature changes grouped plans."""
     prod = {(p["problem"], p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in all_plans}
     wip = [p for p in all_plans if p["problem"] in ("W", "H")]
     assert len(wip) > 10000
-    changed = {"W": 0, "H": 0}
+    changed = 0
     for w in wip:
         p = prod[("P" if w["problem"] == "W" else "G", w["cap"], w["fam"], w["a"], w["K"], w["N"], w["M"])]
         assert w["ws"] >= 0 and w["roundtrip"] == 1, w
@@ -86,22 +84,35 @@ def test_wip_switches_change_only_their_plans(all_plans):
             assert not w["flags"] & 8, w
             if p["kind"] == 4 and 4 <= p["splits"] <= 8 and w["problem"] == "W":
                 raise AssertionError(f"a 4-8-split v11.1 plan without the cluster flag: {w}")
+            assert w["ws"] == p["ws"], (p, w)
             continue
-        changed[w["problem"]] += 1
+        changed += 1
+        assert w["problem"] == "W", (p, w)
         assert w["cap"] == 90 and w["family"] == 90 and w["kind"] == 4, (p, w)  # v11.1
-        if w["problem"] == "W":  # ws_cluster_splitk
-            same = ("family", "kind", "mt", "nt", "kwarps", "splits")
-            assert all(w[k] == p[k] for k in same) and w["flags"] == p["flags"] | 8, (p, w)
-            assert 4 <= w["splits"] <= 8 and not w["flags"] & 4, (p, w)
-            assert w["pdl"] == p["pdl"] & ~2, (p, w)
-            assert w["ws"] == p["ws"] - w["splits"] * w["M"] * w["N"] * 4, (p, w)
-            continue
-        active = max(1, min(w["a"], w["M"]))  # grouped lines: "a" is E, "M" is R (the routed rows)
-        rows = w["M"] / active
-        assert 16 < -(-w["M"] // active) <= 64, (p, w)
-        spread = min(64, math.ceil(rows + 2 * math.sqrt(rows)))
-        assert 8 * w["mt"] == _short_tile(spread), (p, w)
-    assert changed["W"] > 50 and changed["H"] > 10, changed
+        same = ("family", "kind", "mt", "nt", "kwarps", "splits")
+        assert all(w[k] == p[k] for k in same) and w["flags"] == p["flags"] | 8, (p, w)
+        assert 4 <= w["splits"] <= 8 and not w["flags"] & 4, (p, w)
+        assert w["pdl"] == p["pdl"] & ~2, (p, w)
+        assert w["ws"] == p["ws"] - w["splits"] * w["M"] * w["N"] * 4, (p, w)
+    assert changed > 50, changed
+
+
+def test_grouped_short_tiles(plans):
+    """On 9.0 with the sm90 family, grouped experts of 17-64 rows per expert run v11.1 in the smallest of
+    the 32-, 48- and 64-token tiles that holds mean + 2 sd of their rows; 16 and fewer stay on the K-split
+    kernel (the sm80 family's, kind 1)."""
+    grouped = [p for p in plans if p["problem"] == "G" and p["cap"] == 90 and p["fam"] == 90]
+    short = 0
+    for p in grouped:
+        active = max(1, min(p["a"], p["M"]))  # grouped lines: "a" is E, "M" is R (the routed rows)
+        per_expert = -(-p["M"] // active)
+        if per_expert <= 16:
+            assert p["kind"] != 4, p
+        elif per_expert <= 64 and p["kind"] == 4:
+            rows = p["M"] / active
+            assert 8 * p["mt"] == _short_tile(min(64, math.ceil(rows + 2 * math.sqrt(rows)))), p
+            short += p["mt"] < 8
+    assert short > 10, short
 
 
 def test_v11_tiles_below_64_tokens_hold_m(plans):
@@ -140,13 +151,15 @@ def test_families_run_only_where_they_can(plans):
             assert p["flags"] & 1 == 0, p  # grouped problems never take the dense path (E x N x K)
             # Grid rows (grouped_grid_rows in problem.h) within CUDA's 65535 for every R of the grid.
             assert -(-p["M"] // (8 * p["mt"])) + min(p["a"], p["M"]) <= 65535, p
-            # Experts of > 32 rows: v11.1 on the sm90 family, the x-shared kernel on sm80; the K-split
-            # kernel otherwise (sm90 hands those to sm80's kernel: same packed layout).
-            wg = p["fam"] == 90 and per_expert > 32
+            # Experts of > 16 rows: v11.1 on the sm90 family; of > 32 the x-shared kernel on sm80; the
+            # K-split kernel otherwise (sm90 hands those to sm80's kernel: same packed layout).
+            wg = p["fam"] == 90 and per_expert > 16
             assert (p["family"] == 90) == wg, p
             assert p["kind"] == (4 if wg else 1 if p["family"] == 80 and per_expert > 32 else 0), p
-            if wg:  # grouped v11.1: 64-token tiles (256 columns) up to 64 rows per expert, 128 above; one split
-                assert (p["mt"], p["nt"]) == ((8, 16) if per_expert <= 64 else (16, 8)) and p["splits"] == 1, p
+            if wg:  # grouped v11.1: 32-64-token tiles (256 columns) up to 64 rows per expert, 128 above; one split
+                tile = (p["mt"], p["nt"])
+                assert tile in ((4, 16), (6, 16), (8, 16)) if per_expert <= 64 else tile == (16, 8), p
+                assert p["splits"] == 1, p
                 assert p["pdl"] & 1, p  # its tile-table kernel waits (griddepcontrol) before reading offsets
                 # Workspace: the tile table (16 bytes per tile, grouped_grid_rows of them) and one chunk of
                 # staged x (whole tiles of BM rows, <= 32 MiB), each rounded to 256 bytes.
@@ -155,7 +168,8 @@ def test_families_run_only_where_they_can(plans):
                 staged = min(tiles, (32 << 20) // (bm * kpad * 2)) * bm * kpad * 2
                 assert p["ws"] == -(-tiles * 16 // 256) * 256 + -(-staged // 256) * 256, p
     wg = {p["mt"] for p in plans if p["problem"] == "G" and p["kind"] == 4}
-    assert wg == {8, 16}, wg  # both tiles
+    # 48-, 64- and 128-token tiles (the driver's grid has no 17-22 rows per expert, where 32 would do).
+    assert {6, 8, 16} <= wg <= {4, 6, 8, 16}, wg
 
 
 def test_dispatch_rules_of_the_design_doc(plans):
@@ -163,9 +177,6 @@ def test_dispatch_rules_of_the_design_doc(plans):
     auto = [p for p in plans if p["problem"] == "P" and p["a"] == 0]
     for p in auto:
         dense = p["flags"] & 1 == 1
-        # 9.0 with the sm90 family: the wgmma kernel at 64 <= M <= 128 on every layer.
-        if p["cap"] == 90 and p["fam"] == 90 and 64 <= p["M"] <= 128:
-            assert p["family"] == 90 and not dense, p
         # Below 64 tokens (wgmma_auto): above 32 on every layer deeper than K = 2048; at 17-32 on those of
         # >= 25 Mi weights too; the sm80 rules elsewhere. v11.1 in the smallest tile holding M.
         if p["cap"] == 90 and p["fam"] == 90 and 16 < p["M"] < 64:
@@ -173,7 +184,10 @@ def test_dispatch_rules_of_the_design_doc(plans):
             wg = K > 2048 and (M > 32 or K * N >= 25 << 20)
             assert (p["family"] == 90) == wg and not dense, p
             assert not wg or (p["kind"] == 4 and 8 * p["mt"] == _short_tile(M)), p
-        # 129-1024 tokens: v11.1 on every layer with K >= 1.75 N (the down projections).
+        # 64-255 tokens: v11.1 on every layer; up to 1024 on every layer with K >= 1.75 N (the down
+        # projections).
+        if p["cap"] == 90 and p["fam"] == 90 and 64 <= p["M"] < 256:
+            assert p["family"] == 90 and not dense, p
         if p["cap"] == 90 and p["fam"] == 90 and 128 < p["M"] <= 1024 and 4 * p["K"] >= 7 * p["N"]:
             assert p["family"] == 90 and p["kind"] == 4 and not dense, p
         # Decode: the K-split kernel, never the dense path.

@@ -668,11 +668,11 @@ def test_plan_info_names_the_dispatchers_choice():
     if "sm90" in families():
         assert (wide["family"], wide["kernel"]) == ("sm90", "wgmma_ws"), wide
         # Below 64 tokens (wgmma_auto): v11.1 in the smallest tile holding M above 32 tokens where K > 2048,
-        # at 17-32 on those layers of >= 25 Mi weights; the sm80 rules' kernels elsewhere. From 129 to 1024
-        # tokens v11.1 on every layer with K >= 1.75 N.
+        # at 17-32 on those layers of >= 25 Mi weights; the sm80 rules' kernels elsewhere. Every layer up
+        # to 255 tokens (a shallow one at 192 too); from 256 to 1024 every layer with K >= 1.75 N.
         for m, n, k, kernel in ((48, 4096, 4096, "wgmma_ws"), (33, 4096, 2048, "x_shared"),
                                 (24, 4096, 14336, "wgmma_ws"), (24, 4096, 4096, "x_shared"),
-                                (600, 4096, 7168, "wgmma_ws")):  # fmt: skip
+                                (192, 2304, 3584, "wgmma_ws"), (600, 4096, 7168, "wgmma_ws")):  # fmt: skip
             info = awqgemm.plan_info(m, n, k)
             tokens = _short_tile(m) if m <= 64 else info["tile_tokens"]
             assert info["kernel"] == kernel and (kernel != "wgmma_ws" or info["tile_tokens"] == tokens), (m, n, k, info)
@@ -928,18 +928,17 @@ def test_racecheck_subset_ws_cluster_splitk():
     _v11_racecheck_cases(_cluster_expect, cases, ws_cluster_splitk=True)
 
 
-# grouped_short_tiles (work in progress): MoE experts of 17-64 rows on v11.1 in the short tiles.
+# Grouped experts of 17-64 rows on v11.1 in the short tiles (the default since 2026-11-29).
 def _short_grouped(dtype, group, rows_per_expert):
     """Grouped v11.1 with short tiles: the plan's tile holds mean + 2 sd of the routed rows per expert."""
     skip_unless_family("sm90")
-    info = _grouped_garbage_rows({"family": "sm90", "grouped_short_tiles": True}, dtype, group, rows_per_expert)
+    info = _grouped_garbage_rows({"family": "sm90"}, dtype, group, rows_per_expert)
     mean = (5 * rows_per_expert // 2) / 3  # routed rows per expert as the planner sees them (R / E)
     assert info["kernel"] == "wgmma_ws", info
     assert info["tile_tokens"] == _short_tile(min(64, math.ceil(mean + 2 * math.sqrt(mean)))), info
     return info["tile_tokens"]
 
 
-@pytest.mark.wip("grouped_short_tiles")
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_grouped_short_tiles(dtype, group):
@@ -947,7 +946,6 @@ def test_grouped_short_tiles(dtype, group):
     assert {_short_grouped(dtype, group, r) for r in (20, 29, 56)} == {32, 48, 64}
 
 
-@pytest.mark.wip("grouped_short_tiles")
 def test_sanitizer_subset_grouped_short_tiles():
     """Grouped short tiles of 32 and 48 rows with garbage row indices, for compute-sanitizer memcheck."""
     for dtype in (torch.float16, torch.bfloat16):

@@ -70,14 +70,10 @@ int dense_chunk_columns(int N, int K, int dtype_bytes);
 // Work in progress behind test-only switches (awqgemm.testing.force): bits of the planners' `wip`
 // argument. Production passes 0; a feature either becomes the default or goes, with its bit.
 enum WipFeature : int {
-  // Grouped (MoE) experts of 17-64 rows on v11.1 in 32- and 48-token tiles (m64n32k16 / m64n48k16),
-  // the smallest that holds mean + 2 sd of the rows per expert, instead of the sm80 K-split kernel
-  // (17-32 rows) or one 64-token tile (33-48). Dense plans take these tiles by default.
-  kWipGroupedShortTiles = 1,
   // v11.1's K-split plans of 4-8 splits (decode layers' qkv / o / down up to ~1,024 tokens) as one
   // thread-block cluster per tile, summing the slices through distributed shared memory
   // (TileConfig::cluster_k) instead of partials and a reduction kernel.
-  kWipWsClusterSplitK = 2,
+  kWipWsClusterSplitK = 1,
 };
 
 // The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes
@@ -86,9 +82,10 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
                int wip = 0);
 
 // The grouped sibling (MoE experts: GemmProblem::row_offsets): R rows over
-// E experts, N x K each. The K-split kernel; for experts of more than 32 rows
-// v11.1 (the warp-specialized wgmma kernel) on the sm90 family, the x-shared
-// kernel on sm80 (see dispatch.cu).
+// E experts, N x K each. The K-split kernel; for experts of more than 16 rows
+// v11.1 (the warp-specialized wgmma kernel) on the sm90 family, and of more
+// than 32 the x-shared kernel on sm80 (see dispatch.cu). No work-in-progress
+// feature changes grouped plans today: `wip` is there for the next one.
 Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, int wip = 0);
 
 // Launches the fused kernel (and the split-K reduction when the plan splits).

@@ -29,7 +29,6 @@ class _Override:
     moe_routing_kernels: bool = True
     # Work in progress behind a switch of its own (tests and benchmarks select it; production never); each
     # name is a key of _C.wip_features, its bit in the planners' `wip` argument:
-    grouped_short_tiles: bool = False  # sm90 v11.1 for MoE experts of 17-64 rows, in 32/48/64-token tiles
     ws_cluster_splitk: bool = False  # sm90 v11.1 K splits of 4-8 at <= 64 tokens as clusters summing in DSMEM
     # wip_bits() of the switches above, kept by testing.force so the GEMM path reads one int per call.
     wip: int = 0

@@ -44,7 +44,6 @@ def force(
     path: str = "auto",
     *,
     moe_routing_kernels: bool = True,
-    grouped_short_tiles: bool = False,
     ws_cluster_splitk: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
@@ -55,15 +54,11 @@ def force(
     its CUDA kernels (the reference the kernels are tested against).
 
     Work in progress behind a switch (tests/conftest.py's WIP_FEATURES names it, _C.wip_features gives its
-    bit): ``grouped_short_tiles`` runs MoE experts of 17-64 rows per expert on the sm90 family's v11.1
-    kernel in the 32-, 48- or 64-token tile that holds mean + 2 sd of their rows (dense problems below 49
-    tokens take those tiles by default) instead of the sm80 K-split kernel or one 64-token tile.
-    ``ws_cluster_splitk`` runs v11.1's K-split plans of 4-8 splits at up to 64 tokens as one thread-block
+    bit): ``ws_cluster_splitk`` runs v11.1's K-split plans of 4-8 splits at up to 64 tokens as one thread-block
     cluster per output tile whose CTAs sum their K slices through distributed shared memory, instead of
     fp32 partials in the workspace and a reduction kernel."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
-        "grouped_short_tiles": grouped_short_tiles,
         "ws_cluster_splitk": ws_cluster_splitk,
     }
     for name, v in switches.items():
