@@ -472,9 +472,10 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K, int wip) {
       }
     }
   }
-  // ws_cluster_splitk (work in progress): a K split of 4-8 slices as one cluster per tile.
+  // ws_cluster_splitk (work in progress): a K split of 4-8 slices as one cluster per tile, up to
+  // 128-token tiles.
   t.cluster_k = (wip & kWipWsClusterSplitK) != 0 && !t.stream_k && t.splits >= kWsClusterMin &&
-                t.splits <= kWsClusterMax;
+                t.splits <= kWsClusterMax && 8 * t.mt <= kWsClusterMaxBM;
   return true;
 }
 

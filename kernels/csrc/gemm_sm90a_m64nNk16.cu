@@ -280,14 +280,15 @@ cudaError_t ws_register_pool(Kernel kernel) {
                                                                                      : cudaErrorInvalidConfiguration;
 }
 
-// v11.1 with the K split as thread-block clusters (TileConfig::cluster_k, work in progress; any BM: the
-// ring gives up a stage for the owners' buffer at BM <= 64, tile_config.h): `tiles`
+// v11.1 with the K split as thread-block clusters (TileConfig::cluster_k, work in progress; BM <= 128:
+// the ring gives up stages for the slice buffer, tile_config.h): `tiles`
 // (m-block, n-block) tiles over as many clusters of cfg.splits CTAs as the GPU holds at once
 // (cudaOccupancyMaxActiveClusters, asked once per device and size: clusters must fit within a GPC,
 // so fewer than SMs / size may be resident). No partials: the kernel sums the slices itself.
 template <typename T, int BM>
 cudaError_t launch_ws_cluster(const GemmProblem& g, const TileConfig& cfg, cudaStream_t stream,
                               const TensorMap128& wmap, int tiles, int device) {
+  static_assert(BM <= kWsClusterMaxBM, "no cluster K split for taller tiles (tile_config.h)");
   constexpr int kStages = ws_cluster_stages(BM);
   constexpr int kSmem = kStages * ws_stage_bytes(BM) + ws_cluster_buffer_bytes(BM) + 1024;
   static_assert(kSmem <= 227 * 1024, "one block per SM must fit");
@@ -390,7 +391,11 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     g.out = reinterpret_cast<T*>(p.out) + static_cast<int64_t>(m0) * p.out_row_stride;
     g.workspace = after_x;
     if (cfg.cluster_k) {
-      err = launch_ws_cluster<T, BM>(g, cfg, stream, wmap, nblocks * ceil_div(rows, BM), device);
+      if constexpr (BM <= kWsClusterMaxBM) {
+        err = launch_ws_cluster<T, BM>(g, cfg, stream, wmap, nblocks * ceil_div(rows, BM), device);
+      } else {
+        err = cudaErrorInvalidConfiguration;
+      }
       if (err != cudaSuccess) return err;
       continue;
     }
@@ -472,7 +477,7 @@ cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream
     if (cfg.nt != kWgNT * ws_ntw(8 * cfg.mt) || cfg.kwarps != kWsThreads / 32) return cudaErrorInvalidConfiguration;
     if (cfg.cluster_k && p.row_offsets != nullptr) return cudaErrorInvalidConfiguration;
     if (p.row_offsets != nullptr) {
-      switch (cfg.mt * 8) {  // make_grouped_plan's tiles (32 and 48: grouped_short_tiles, work in progress)
+      switch (cfg.mt * 8) {  // make_grouped_plan's tiles
         case 32: return launch_ws_grouped<T, 32>(p, cfg, stream);
         case 48: return launch_ws_grouped<T, 48>(p, cfg, stream);
         case 64: return launch_ws_grouped<T, 64>(p, cfg, stream);

@@ -887,9 +887,9 @@ def test_racecheck_subset_v11_short_tiles():
 
 
 # ws_cluster_splitk (work in progress): v11.1's K splits of 4-8 as thread-block clusters summing their
-# slices in distributed shared memory. Shapes: Llama-3-8B qkv (5 splits at 64 tokens), o and down (8
+# slices through distributed shared memory. Shapes: Llama-3-8B qkv (5 splits at 64 tokens), o and down (8
 # splits; 4 at 128-token tiles), a partial last column block (N = 1376), a K tail (K = 1120, group 32
-# only); tokens in 32-, 48-, 64-, 128- and 256-token tiles, partial ones included.
+# only); tokens in 32-, 48-, 64-, 128- and 256-token tiles (no clusters at 256), partial ones included.
 CLUSTER_TOKENS = (1, 17, 33, 40, 64, 100, 200)
 CLUSTER_SHAPES = ((4096, 6144), (4096, 4096), (14336, 4096), (4096, 1376), (1120, 1376))
 
@@ -907,8 +907,20 @@ def test_ws_cluster_splitk(dtype, group):
         _cluster_expect, dtype, group, CLUSTER_TOKENS, CLUSTER_SHAPES, graph_ms, bias_ms=(33,), ws_cluster_splitk=True
     )
     assert any(k.endswith("(cluster)") for k in kinds), kinds
-    # The same problems without the switch plan no clusters.
+    # The same problems without the switch plan no clusters, and compute the same bits: the owners sum
+    # the ranks' slices in the reduction kernel's order, from zero, bias last.
     assert not awqgemm.plan_info(64, 4096, 4096, dtype)["cluster_k"]
+    for k, n, m in ((4096, 6144, 64), (14336, 4096, 40), (4096, 1376, 127), (4096, 4096, 17)):
+        qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
+        x = torch.randn(m, k, dtype=dtype, device="cuda")
+        b = torch.randn(n, dtype=dtype, device="cuda")
+        with awqgemm.testing.force(family="sm90", path="fused"):
+            packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
+            plain = awqgemm.gemm(x, packed, b)
+            with awqgemm.testing.force(family="sm90", path="fused", ws_cluster_splitk=True):
+                assert awqgemm.plan_info(m, n, k, dtype)["cluster_k"], (k, n, m)
+                clustered = awqgemm.gemm(x, packed, b)
+        assert torch.equal(clustered, plain), (k, n, m, (clustered.float() - plain.float()).abs().max())
 
 
 @pytest.mark.wip("ws_cluster_splitk")
@@ -922,8 +934,8 @@ def test_sanitizer_subset_ws_cluster_splitk():
 
 @pytest.mark.wip("ws_cluster_splitk")
 def test_racecheck_subset_ws_cluster_splitk():
-    """The cluster K split for compute-sanitizer racecheck: the owners' buffer adds, reads and clears
-    across tiles of one cluster."""
+    """The cluster K split for compute-sanitizer racecheck: each rank's buffer stores, the owners' reads
+    of it, and the next tile's stores after them, across tiles of one cluster."""
     cases = ((4096, 4096, 64), (14336, 1376, 40), (14336, 4096, 100))
     _v11_racecheck_cases(_cluster_expect, cases, ws_cluster_splitk=True)
 

@@ -186,10 +186,15 @@ __device__ __forceinline__ uint32_t cluster_map(uint32_t a, int rank) {
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(rank));
   return r;
 }
-__device__ __forceinline__ void cluster_red_add(uint32_t remote, float v) {
-  asm volatile("red.relaxed.cluster.shared::cluster.add.f32 [%0], %1;\n" ::"r"(remote), "f"(v) : "memory");
+// 16 bytes of another CTA's (or this CTA's) shared memory, at a cluster_map address.
+__device__ __forceinline__ float4 ld_cluster_v4(uint32_t remote) {
+  float4 v;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(remote)
+               : "memory");
+  return v;
 }
-__device__ __forceinline__ void fence_cluster() { asm volatile("fence.acq_rel.cluster;\n" ::: "memory"); }
 __device__ __forceinline__ void mbar_arrive_remote(uint32_t remote) {
   asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
 }
@@ -404,8 +409,9 @@ __device__ __forceinline__ void for_each_d_element(int q, F&& f) {
 // [expert][column tile][ktiles x 128 words]); the units of tiles of no expert skip the k-loop and
 // store zeros. Its own instantiation, like kStreamK.
 // kClusterK (work in progress, TileConfig::cluster_k): launched as clusters of `splits` CTAs; cluster c
-// walks the units' (m-block, n-block) tiles c, c + clusters, ..., rank r taking K slice r of each, and
-// the slices are summed in the owners' buffers after the ring (tile_config.h) instead of the workspace.
+// walks the units' (m-block, n-block) tiles c, c + clusters, ..., rank r taking K slice r of each; each
+// rank's slice goes into its buffer after the ring and the owners sum them from there (tile_config.h)
+// instead of the workspace.
 template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false, bool kClusterK = false>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
                                                                const int pdl_flags,
@@ -422,8 +428,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   constexpr int kSzRow = kNB * 64;           // bytes of one (scale, zero) row of the block
   static_assert(kStage % 1024 == 0, "every stage's x tile starts on a swizzle atom");
   static_assert(!kClusterK || (!kStreamK && !kGrouped), "cluster K split: dense K-split plans only");
-  // full[0..STAGES), empty[0..STAGES); kClusterK: then the owner buffer's "all ranks added" and "all
-  // owners read and cleared" barriers.
+  // full[0..STAGES), empty[0..STAGES); kClusterK: then "every rank's buffer holds this tile's slice"
+  // and "every owner has read this CTA's buffer" (one arrival per rank each).
   __shared__ uint64_t bars[2 * STAGES + (kClusterK ? 2 : 0)];
   extern __shared__ uint4 smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
@@ -435,10 +441,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
   const int lane = tid & 31;
-  // kClusterK: the owner buffer and its barriers (one arrival per rank each).
+  // kClusterK: this CTA's slice buffer and the two barriers.
   const uint32_t cl_buf = base + STAGES * kStage;
-  const uint32_t cl_added = empty0 + 8 * STAGES;
-  const uint32_t cl_free = cl_added + 8;
+  const uint32_t cl_ready = empty0 + 8 * STAGES;
+  const uint32_t cl_free = cl_ready + 8;
   if (tid == 0) {
 #pragma unroll 1
     for (int s = 0; s < STAGES; ++s) {
@@ -446,16 +452,14 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       mbar_init(empty0 + 8 * s, 32 * kWsConsumerWarps);
     }
     if constexpr (kClusterK) {
-      mbar_init(cl_added, splits);
+      mbar_init(cl_ready, splits);
       mbar_init(cl_free, splits);
     }
     mbar_init_fence();
   }
   float* const cl_buf_ptr = reinterpret_cast<float*>(smem_raw) + (cl_buf - raw) / 4;
   if constexpr (kClusterK) {
-    for (int i = tid; i < ws_cluster_buffer_bytes(BM) / 4; i += kWsThreads) cl_buf_ptr[i] = 0.f;
-    // Every CTA's barriers and zeroed buffer exist before any peer's first remote add or arrival.
-    cluster_sync_all();
+    cluster_sync_all();  // every CTA's barriers exist before any peer's first remote arrival
   } else {
     __syncthreads();  // the only block barrier: the ring's barriers exist for everyone
   }
@@ -567,7 +571,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   // Stream-K tail: flags, then per CTA a slot of NTW x BM / 2 partials per consumer thread, [j][i][thread].
   int* const flags = reinterpret_cast<int*>(p.workspace);
   float* const slots = p.workspace + ws_flag_bytes(gridDim.x) / 4;
-  // kClusterK: the cluster's tile count so far (the owner barriers' phase) and whether this is its last.
+  // kClusterK: the cluster's tile count so far (the phase of cl_ready and cl_free) and whether this is its
+  // last.
   int cl_iter = 0;
   bool cl_last = false;
   // One piece: its k-loop, then (stream-K tail) parking or collecting partials, then the epilogue.
@@ -663,46 +668,61 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     }
 
     if constexpr (kClusterK) {
-      // Add this CTA's K slice into the owners' buffers (tile w + 8 j belongs to rank (w + 8 j) / tpr;
-      // the buffer is [BM][tpr x 16 columns] fp32), then, as an owner, store the sums of its columns.
+      // This CTA's K slice into its buffer ([BM][ws_cluster_row_floats], every row: only rows < M are
+      // read), then, as rank r, the sum over the ranks' buffers of its column tiles [r tpr, (r + 1) tpr),
+      // in rank order from zero (the reduction kernel's order), with the bias, stored as T.
+      constexpr int kRow = ws_cluster_row_floats(BM);
       const int tpr = ws_cluster_tiles(kNB, splits);
-      const int cols = tpr * kTileN;
       const int rows = min(BM, p.M - w.mb * BM);
-      if (cl_iter > 0) mbar_wait_cluster(cl_free, (cl_iter - 1) & 1);  // every owner cleared the last tile
+      if (cl_iter > 0) mbar_wait_cluster(cl_free, (cl_iter - 1) & 1);  // every owner read the last tile
 #pragma unroll
       for (int j = 0; j < NTW; ++j) {
-        const int tile = warp + 8 * j;
-        const int owner = tile / tpr;
-        const uint32_t dst = cluster_map(cl_buf, owner) + 4 * ((tile - owner * tpr) * kTileN + g);
-        for_each_d_element<BM>(q, [&](int m, int h, int i) {
-          if (m < rows) cluster_red_add(dst + 4 * (m * cols + 8 * h), acc[j][i]);
-        });
+        float* const col = cl_buf_ptr + (warp + 8 * j) * kTileN + g;
+        for_each_d_element<BM>(q, [&](int m, int h, int i) { col[m * kRow + 8 * h] = acc[j][i]; });
       }
-      fence_cluster();
-      consumers_sync();
-      if (tid < splits) mbar_arrive_remote(cluster_map(cl_added, tid));
-      mbar_wait_cluster(cl_added, cl_iter & 1);
+      consumers_sync();  // the release below covers every consumer's stores
+      if (tid < splits) mbar_arrive_remote(cluster_map(cl_ready, tid));
+      mbar_wait_cluster(cl_ready, cl_iter & 1);
       const int rank = w.split;
-      const int n_base = (kNB * w.nb + rank * tpr) * kTileN;
-      const int my_cols = max(0, min(kNB, (rank + 1) * tpr) - rank * tpr) * kTileN;
+      const int quads = max(0, min(kNB, (rank + 1) * tpr) - rank * tpr) * (kTileN / 4);  // float4s per row
+      const int col0 = rank * tpr * kTileN;
+      const int n0 = kNB * w.nb * kTileN + col0;
       const T* const bias = reinterpret_cast<const T*>(p.bias);
+      T* const out = reinterpret_cast<T*>(p.out) + static_cast<size_t>(w.mb * BM) * p.out_row_stride;
 #pragma unroll 1
-      for (int idx = tid; idx < rows * cols; idx += 32 * kWsConsumerWarps) {
-        const int m = idx / cols;
-        const int col = idx - m * cols;
-        const int n = n_base + col;
-        float v = cl_buf_ptr[idx];
-        cl_buf_ptr[idx] = 0.f;
-        if (col < my_cols && n < p.N) {
-          if (bias != nullptr) v += to_float(bias[n]);
-          reinterpret_cast<T*>(p.out)[static_cast<size_t>(w.mb * BM + m) * p.out_row_stride + n] = from_float<T>(v);
+      for (int idx = tid; idx < rows * quads; idx += 32 * kWsConsumerWarps) {
+        const int m = idx / quads;
+        const int c = 4 * (idx - m * quads);
+        const uint32_t at = cl_buf + 4 * (m * kRow + col0 + c);
+        float4 v[kWsClusterMax];
+#pragma unroll
+        for (int r = 0; r < kWsClusterMax; ++r) {  // every load in flight before the first add
+          if (r < splits) v[r] = ld_cluster_v4(cluster_map(at, r));
+        }
+        float sum[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int r = 0; r < kWsClusterMax; ++r) {
+          if (r < splits) {
+            sum[0] += v[r].x;
+            sum[1] += v[r].y;
+            sum[2] += v[r].z;
+            sum[3] += v[r].w;
+          }
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int n = n0 + c + e;
+          if (n < p.N) {
+            if (bias != nullptr) sum[e] += to_float(bias[n]);
+            out[static_cast<size_t>(m) * p.out_row_stride + n] = from_float<T>(sum[e]);
+          }
         }
       }
-      if (!cl_last) {  // after a cluster's last tile no peer adds here again, and peers may have exited
-        fence_cluster();
-        consumers_sync();
-        if (tid < splits) mbar_arrive_remote(cluster_map(cl_free, tid));
-      }
+      consumers_sync();  // every consumer's reads of the ranks' buffers are done
+      if (tid < splits) mbar_arrive_remote(cluster_map(cl_free, tid));
+      // After the cluster's last tile the owners read this CTA's buffer until they arrive here: its
+      // shared memory must outlive that.
+      if (cl_last) mbar_wait_cluster(cl_free, cl_iter & 1);
     } else if constexpr (kRole != kWsPart) {  // a parked piece has no epilogue: its owner stores
 #pragma unroll
       for (int j = 0; j < NTW; ++j) {
@@ -751,6 +771,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       cl_last = t + cluster_count() >= tiles;
       run_piece(WsPiece{t + cluster_rank() * tiles, 0, per_split, kWsWhole}, Whole{});
     }
+
   } else {
 #pragma unroll 1
     for (int u = blockIdx.x; u < sched.full; u += gridDim.x) {

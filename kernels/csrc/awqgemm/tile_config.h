@@ -74,7 +74,7 @@ constexpr int kWsConsumerRegs = 232;
 // Weight tiles per consumer warp: 2 up to BM = 64 (a 256-column block: at 128 columns a
 // 64-token stage carries as many x bytes as weight bytes, and ncu found the k-tile
 // waiting on it; dispatch.cu's plan_wgws has the measurements), else 1 (128 columns).
-// BM = 32 and 48 (m64n32k16 / m64n48k16) serve M <= 48 (dense) and grouped_short_tiles (work in progress).
+// BM = 32 and 48 (m64n32k16 / m64n48k16) serve M <= 48 (dense) and grouped experts of 17-48 rows.
 AWQGEMM_HD constexpr int ws_ntw(int bm) { return bm <= 64 ? 2 : 1; }
 // v11.1's tile height for `rows` (<= 64) tokens: the smallest of 32, 48, 64 that holds them.
 AWQGEMM_HD constexpr int ws_short_tile(int rows) { return rows <= 32 ? 32 : rows <= 48 ? 48 : 64; }
@@ -84,20 +84,32 @@ AWQGEMM_HD constexpr int ws_stages(int bm) {
   return bm >= 256 ? 5 : bm >= 128 ? 8 : bm >= 64 ? 12 : bm >= 48 ? 13 : 16;
 }
 // K split as a thread-block cluster (TileConfig::cluster_k; work in progress behind
-// testing.force(ws_cluster_splitk=True)): the `splits` CTAs of a cluster take one unit's K
-// slices and add their fp32 accumulators into the owning CTA's slice of the block through
-// distributed shared memory (red.shared::cluster), instead of writing [splits][M][N] partials
-// for a second kernel to sum: no reduction launch, no partials' round trip through L2. Rank r
-// owns ws_cluster_tiles(block tiles, splits) of the block's 16 (BM <= 64) or 8 column tiles; its
-// buffer (BM rows x a quarter of the block's columns, fp32: enough for >= kWsClusterMin ranks)
-// sits after the ring, which gives up a stage for it at BM <= 64, where 227 KiB would not hold both.
+// testing.force(ws_cluster_splitk=True)): the `splits` CTAs of a cluster take one tile's K slices
+// instead of writing [splits][M][N] partials for a second kernel to sum. Each CTA stores its fp32
+// accumulators into a buffer of its own after the ring (the whole BM x block tile); rank r then reads
+// its ws_cluster_tiles(block tiles, splits) column tiles from every rank's buffer through distributed
+// shared memory, sums them in rank order (the reduction kernel's order: the same bits as the partials
+// path, run after run) and stores them. Pulling, not pushing: sm_90 has no float add into another CTA's
+// shared memory (ptxas turns red.shared::cluster.add.f32 into a compare-and-swap loop per element; the
+// H200 run of 2026-11-29 13:13 measured that version at 4-7x the partials path's time, its sums
+// changing with the adds' arrival order). Up to BM = 128: a 256-token tile's buffer would leave the
+// ring 2 stages.
 constexpr int kWsClusterMin = 4;
 constexpr int kWsClusterMax = 8;  // the portable cluster size
+constexpr int kWsClusterMaxBM = 128;
 AWQGEMM_HD constexpr int ws_cluster_tiles(int block_tiles, int splits) { return (block_tiles + splits - 1) / splits; }
-AWQGEMM_HD constexpr int ws_cluster_buffer_bytes(int bm) {
-  return bm * ws_cluster_tiles(8 * ws_ntw(bm), kWsClusterMin) * 16 * 4;
+// A buffer row: the block's columns + 4 floats, so that a warp's D-fragment stores (8 columns g x 4 token
+// pairs q per instruction: bank 8 q + 4 t + g + const) hit 32 different banks, and rows stay 16-byte
+// aligned for the owners' float4 reads.
+AWQGEMM_HD constexpr int ws_cluster_row_floats(int bm) { return 8 * ws_ntw(bm) * 16 + 4; }
+AWQGEMM_HD constexpr int ws_cluster_buffer_bytes(int bm) { return bm * ws_cluster_row_floats(bm) * 4; }
+// As many stages as fit beside the buffer (13 / 11 / 8 / 7 at BM = 32 / 48 / 64 / 128, of 16 / 13 / 12 / 8).
+constexpr int kWsMaxSmemBytes = 227 * 1024;
+AWQGEMM_HD constexpr int ws_cluster_stages(int bm) {
+  return (kWsMaxSmemBytes - ws_cluster_buffer_bytes(bm) - 1024) / ws_stage_bytes(bm) < ws_stages(bm)
+             ? (kWsMaxSmemBytes - ws_cluster_buffer_bytes(bm) - 1024) / ws_stage_bytes(bm)
+             : ws_stages(bm);
 }
-AWQGEMM_HD constexpr int ws_cluster_stages(int bm) { return bm >= 128 ? ws_stages(bm) : bm >= 64 ? 11 : bm >= 48 ? 13 : 15; }
 
 // x is staged tile-major ([k-tile][M][64], rows pre-swizzled) in the workspace,
 // at most kWgMaxStagedXBytes of it: larger problems run as chunks of this many
