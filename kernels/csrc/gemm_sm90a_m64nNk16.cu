@@ -490,6 +490,7 @@ cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream
       case 48: return launch_ws<T, 48>(p, cfg, stream);
       case 64: return launch_ws<T, 64>(p, cfg, stream);
       case 128: return launch_ws<T, 128>(p, cfg, stream);
+      case 192: return launch_ws<T, 192>(p, cfg, stream);  // ws_tile_192 (work in progress)
       case 256: return launch_ws<T, 256>(p, cfg, stream);
       default: return cudaErrorInvalidConfiguration;
     }
