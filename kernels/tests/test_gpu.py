@@ -940,45 +940,46 @@ def test_racecheck_subset_ws_cluster_splitk():
     _v11_racecheck_cases(_cluster_expect, cases, ws_cluster_splitk=True)
 
 
-# ws_tile_192 (work in progress): v11.1 may take 192-token tiles (m64n192k16) above 64 tokens. Shapes: a K
-# tail with a partial last column block (K = 1120, group 32 only; N = 1376), N = 1376 at K = 4096,
-# Llama-3-8B qkv and gate_up; tokens around and in the 192-token tiles (129 and 150: one partial tile;
-# 192 and 384 whole ones), 65 and 600 where other tiles win.
-TILE192_TOKENS = (65, 129, 150, 192, 255, 384, 600)
-TILE192_SHAPES = ((1120, 1376), (4096, 1376), (4096, 6144), (4096, 28672))
+# ws_mid_tiles (work in progress): v11.1 may take 160-, 192- and 224-token tiles (m64n160k16 ...
+# m64n224k16) above 64 tokens. Shapes: a K tail (K = 1120, group 32 only), a partial last column block
+# (N = 1376: 160-token tiles with a K split at 129 tokens), Llama-3-8B qkv and gate_up (stream-K plans in
+# 160-, 192- and 224-token tiles); tokens around and in those tiles, partial ones included, and 65 / 600
+# where other tiles win.
+MID_TOKENS = (65, 129, 150, 192, 200, 255, 300, 384, 600)
+MID_SHAPES = ((1120, 1376), (4096, 1376), (4096, 6144), (4096, 28672))
 
 
-def _tile192_expect(m):
+def _mid_expect(m):
     return {"kernel": "wgmma_ws"}
 
 
-@pytest.mark.wip("ws_tile_192")
+@pytest.mark.wip("ws_mid_tiles")
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_ws_tile_192(dtype, group):
+def test_ws_mid_tiles(dtype, group):
     graph_ms = (150, 384) if group == 128 else ()
-    _forced_v11_cases(
-        _tile192_expect, dtype, group, TILE192_TOKENS, TILE192_SHAPES, graph_ms, bias_ms=(129,), ws_tile_192=True
-    )
-    with awqgemm.testing.force(family="sm90", path="fused", ws_tile_192=True):
-        tiles = {m: awqgemm.plan_info(m, n, 4096, dtype)["tile_tokens"] for m, n in ((129, 6144), (192, 28672))}
-    assert tiles == {129: 192, 192: 192}, tiles
+    _forced_v11_cases(_mid_expect, dtype, group, MID_TOKENS, MID_SHAPES, graph_ms, bias_ms=(129,), ws_mid_tiles=True)
+    cases = ((150, 28672), (192, 28672), (200, 28672), (129, 1376))
+    with awqgemm.testing.force(family="sm90", path="fused", ws_mid_tiles=True):
+        plans = {(m, n): awqgemm.plan_info(m, n, 4096, dtype) for m, n in cases}
+    assert [plans[c]["tile_tokens"] for c in cases] == [160, 192, 224, 160], plans
+    assert plans[(129, 1376)]["splits"] > 1, plans  # a K split (partials + reduction) in a mid tile too
     # Without the switch no plan takes them.
-    assert awqgemm.plan_info(192, 28672, 4096, dtype)["tile_tokens"] != 192
+    assert awqgemm.plan_info(192, 28672, 4096, dtype)["tile_tokens"] in (128, 256)
 
 
-@pytest.mark.wip("ws_tile_192")
-def test_sanitizer_subset_ws_tile_192():
-    """192-token tiles for compute-sanitizer memcheck: a partial tile, a K tail, a partial column block."""
+@pytest.mark.wip("ws_mid_tiles")
+def test_sanitizer_subset_ws_mid_tiles():
+    """160-224-token tiles for compute-sanitizer memcheck: partial tiles, a K split, a partial column block."""
     for dtype in (torch.float16, torch.bfloat16):
-        shapes = ((1120, 1376), (4096, 6144))
-        _forced_v11_cases(_tile192_expect, dtype, 32, (129, 384), shapes, bias_ms=(129,), ws_tile_192=True)
+        shapes = ((4096, 1376), (4096, 6144))
+        _forced_v11_cases(_mid_expect, dtype, 32, (129, 200, 384), shapes, bias_ms=(129,), ws_mid_tiles=True)
 
 
-@pytest.mark.wip("ws_tile_192")
-def test_racecheck_subset_ws_tile_192():
-    """192-token tiles for compute-sanitizer racecheck: their ring and epilogue."""
-    _v11_racecheck_cases(_tile192_expect, ((1120, 1376, 150), (4096, 6144, 129)), ws_tile_192=True)
+@pytest.mark.wip("ws_mid_tiles")
+def test_racecheck_subset_ws_mid_tiles():
+    """160-224-token tiles for compute-sanitizer racecheck: their rings and epilogues."""
+    _v11_racecheck_cases(_mid_expect, ((4096, 1376, 129), (4096, 6144, 192), (4096, 6144, 200)), ws_mid_tiles=True)
 
 
 # Grouped experts of 17-64 rows on v11.1 in the short tiles (the default since 2026-11-29).

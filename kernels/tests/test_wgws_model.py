@@ -166,7 +166,7 @@ def run_model(x, q, z, scales, group, bm, splits, ntw=1):
 )  # fmt: skip
 def test_model_matches_x_at_w(group, splits, ntw, m_rows, bm):
     """ntw = 2: the 256-column blocks of BM <= 64 (tile_config.h ws_ntw), BM = 48 and 32 included (the
-    tiles of M <= 48); BM = 192: ws_tile_192's tiles (128 columns)."""
+    tiles of M <= 48); BM = 192: one of ws_mid_tiles' tiles (128 columns)."""
     torch.manual_seed(group)
     k_dim = 3 * 64 - 32 if group == 32 else 3 * 128  # a K tail where the group allows one
     # two blocks, the second partial (and a partial 16-column tile); wide: its second half partial too

@@ -74,9 +74,10 @@ enum WipFeature : int {
   // thread-block cluster per tile, summing the slices through distributed shared memory
   // (TileConfig::cluster_k) instead of partials and a reduction kernel.
   kWipWsClusterSplitK = 1,
-  // v11.1 in 192-token tiles (m64n192k16) too, for the planner to cost beside 128 and 256: a 129-255-token
-  // problem otherwise computes 256 rows (at 192 tokens v11.1 took 0.96x its 256-token time on the H200).
-  kWipWsTile192 = 2,
+  // v11.1 in 160-, 192- and 224-token tiles (m64n160k16 ... m64n224k16) too, for the planner to cost beside
+  // 128 and 256: a 129-255-token problem otherwise computes 256 rows (at 192 tokens v11.1 took 0.96x its
+  // 256-token time on the H200).
+  kWipWsMidTiles = 2,
 };
 
 // The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes

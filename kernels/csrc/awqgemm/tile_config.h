@@ -79,10 +79,11 @@ AWQGEMM_HD constexpr int ws_ntw(int bm) { return bm <= 64 ? 2 : 1; }
 // v11.1's tile height for `rows` (<= 64) tokens: the smallest of 32, 48, 64 that holds them.
 AWQGEMM_HD constexpr int ws_short_tile(int rows) { return rows <= 32 ? 32 : rows <= 48 ? 48 : 64; }
 AWQGEMM_HD constexpr int ws_stage_bytes(int bm) { return bm * 128 + ws_ntw(bm) * (8 * 512 + 2 * 512); }
-// As many stages as ~225 KiB of shared memory hold (14 / 16 / 18 KiB stages at BM = 32 / 48 / 64); 8,
-// 6 and 5 of 21 / 29 / 37 KiB at BM = 128 / 192 / 256 (~170-190 KiB in flight).
+// As many stages as ~225 KiB of shared memory hold (14 / 16 / 18 KiB stages at BM = 32 / 48 / 64); from
+// 128 tokens ~170-190 KiB in flight: 8 / 7 / 6 / 5 / 5 stages of 21 / 25 / 29 / 33 / 37 KiB at BM = 128 /
+// 160 / 192 / 224 / 256.
 AWQGEMM_HD constexpr int ws_stages(int bm) {
-  return bm >= 256 ? 5 : bm >= 192 ? 6 : bm >= 128 ? 8 : bm >= 64 ? 12 : bm >= 48 ? 13 : 16;
+  return bm >= 224 ? 5 : bm >= 192 ? 6 : bm >= 160 ? 7 : bm >= 128 ? 8 : bm >= 64 ? 12 : bm >= 48 ? 13 : 16;
 }
 // K split as a thread-block cluster (TileConfig::cluster_k; work in progress behind
 // testing.force(ws_cluster_splitk=True)): the `splits` CTAs of a cluster take one tile's K slices
