@@ -166,8 +166,7 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 # --wip: the work-in-progress switches (awqgemm.testing.force) each variant turns on.
-# None today: grouped_short_tiles, the last, became the default on 2026-11-29.
-WIP_VARIANTS: dict[str, tuple[str, ...]] = {}
+WIP_VARIANTS: dict[str, tuple[str, ...]] = {"mid": ("ws_mid_tiles",)}
 
 
 def route_only(ti, tw, num, dry):

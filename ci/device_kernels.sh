@@ -26,7 +26,7 @@ build_awqgemm || exit 1
 WIP_GPU="ws_cluster_splitk ws_mid_tiles"
 WIP_MOE=""
 # Features tested in test_gpu.py (their MoE cases included) that moe.py's --wip variants also switch on.
-WIP_MOE_FROM_GPU=""
+WIP_MOE_FROM_GPU="ws_mid_tiles"
 # The benchmarks leave out what a feature whose tests failed would run (a trap would end the whole
 # sweep): gemm.py's contender of each feature, moe.py's --wip variants that use it.
 declare -A WIP_CONTENDER=([ws_cluster_splitk]=wgc,autox [ws_mid_tiles]=wgm,autox)

@@ -673,7 +673,13 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   // 64-token tile.
   const double mean_rows = static_cast<double>(R) / active;
   const int spread_rows = static_cast<int>(std::ceil(mean_rows + 2.0 * std::sqrt(mean_rows)));
-  const int ws_bm = rows_per_expert > 64 ? 128 : ws_short_tile(std::min(64, spread_rows));
+  int ws_bm = rows_per_expert > 64 ? 128 : ws_short_tile(std::min(64, spread_rows));
+  // ws_mid_tiles (work in progress): where mean + 2 sd of the rows per expert is 129-224, the smallest of
+  // the 160-, 192- and 224-token tiles that holds it: one tile (one pass over the expert's weights) for
+  // most experts instead of two of 128.
+  if ((wip & kWipWsMidTiles) != 0 && rows_per_expert > 64 && spread_rows > 128 && spread_rows <= 224) {
+    ws_bm = spread_rows <= 160 ? 160 : spread_rows <= 192 ? 192 : 224;
+  }
   if (family == Family::kSm90 && rows_per_expert > 16 && ws_group_chunk_tiles(ws_bm, K) >= 1) {
     // v11.1 over token tiles of one expert each (launch_ws_grouped), 128 tokens above 64 rows per
     // expert; one K split (a prefill-sized problem has units for every SM). H200, whole

@@ -74,7 +74,7 @@ def test_wip_switches_change_only_their_plans(all_plans):
     4-8 K splits in tiles of up to 128 tokens keep kernel, tile and splits and take the cluster flag (8),
     no early PDL trigger (no reduction kernel follows) and no partials in their workspace. ws_mid_tiles:
     some v11.1 plans above 64 tokens take a 160-, 192- or 224-token tile instead of a 128- or 256-token
-    one. No feature changes grouped plans."""
+    one, and grouped experts whose mean + 2 sd rows are 129-224 the smallest of those that holds them."""
     prod = {(p["problem"], p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in all_plans}
     wip = [p for p in all_plans if p["problem"] in ("W", "H")]
     assert len(wip) > 10000
@@ -89,8 +89,14 @@ def test_wip_switches_change_only_their_plans(all_plans):
             assert w["ws"] == p["ws"], (p, w)
             continue
         changed += 1
-        assert w["problem"] == "W", (p, w)
         assert w["cap"] == 90 and w["family"] == 90 and w["kind"] == 4, (p, w)  # v11.1
+        if w["problem"] == "H":  # ws_mid_tiles, grouped: mean + 2 sd of the rows per expert in 129-224
+            rows = w["M"] / max(1, min(w["a"], w["M"]))
+            spread = math.ceil(rows + 2 * math.sqrt(rows))
+            assert p["kind"] == 4 and p["mt"] == 16 and 128 < spread <= 224, (p, w)
+            assert 8 * w["mt"] == (160 if spread <= 160 else 192 if spread <= 192 else 224), (p, w)
+            mid += 1
+            continue
         if w["mt"] in (20, 24, 28):  # ws_mid_tiles: where the planner costed them below 128 and 256
             assert p["kind"] == 4 and p["mt"] in (16, 32) and w["M"] > 64, (p, w)
             assert not w["flags"] & 8, (p, w)  # no cluster above 128-token tiles

@@ -970,16 +970,33 @@ def test_ws_mid_tiles(dtype, group):
 
 @pytest.mark.wip("ws_mid_tiles")
 def test_sanitizer_subset_ws_mid_tiles():
-    """160-224-token tiles for compute-sanitizer memcheck: partial tiles, a K split, a partial column block."""
+    """160-224-token tiles for compute-sanitizer memcheck: partial tiles, a K split, a partial column block,
+    grouped tiles with garbage row indices."""
     for dtype in (torch.float16, torch.bfloat16):
         shapes = ((4096, 1376), (4096, 6144))
         _forced_v11_cases(_mid_expect, dtype, 32, (129, 200, 384), shapes, bias_ms=(129,), ws_mid_tiles=True)
+        _grouped_garbage_rows({"family": "sm90", "ws_mid_tiles": True}, dtype, 32, 180)
 
 
 @pytest.mark.wip("ws_mid_tiles")
 def test_racecheck_subset_ws_mid_tiles():
     """160-224-token tiles for compute-sanitizer racecheck: their rings and epilogues."""
     _v11_racecheck_cases(_mid_expect, ((4096, 1376, 129), (4096, 6144, 192), (4096, 6144, 200)), ws_mid_tiles=True)
+
+
+@pytest.mark.wip("ws_mid_tiles")
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_grouped_mid_tiles(dtype, group):
+    """Grouped v11.1 in 160-, 192- and 224-token tiles (ws_mid_tiles): 110, 150 and 180 routed rows per
+    expert as planned (R / E; mean + 2 sd 131, 175, 207), experts of r and r + r / 6 rows (the larger one
+    spilling into a second tile), garbage row indices, against fp64."""
+    tiles = set()
+    for r in (132, 180, 216):
+        info = _grouped_garbage_rows({"family": "sm90", "ws_mid_tiles": True}, dtype, group, r)
+        assert info["kernel"] == "wgmma_ws", info
+        tiles.add(info["tile_tokens"])
+    assert tiles == {160, 192, 224}, tiles
 
 
 # Grouped experts of 17-64 rows on v11.1 in the short tiles (the default since 2026-11-29).

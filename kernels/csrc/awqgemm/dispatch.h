@@ -88,8 +88,8 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 // The grouped sibling (MoE experts: GemmProblem::row_offsets): R rows over
 // E experts, N x K each. The K-split kernel; for experts of more than 16 rows
 // v11.1 (the warp-specialized wgmma kernel) on the sm90 family, and of more
-// than 32 the x-shared kernel on sm80 (see dispatch.cu). No work-in-progress
-// feature changes grouped plans today: `wip` is there for the next one.
+// than 32 the x-shared kernel on sm80 (see dispatch.cu). `wip`: ws_mid_tiles
+// gives grouped v11.1 its 160-224-token tiles too.
 Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, int wip = 0);
 
 // Launches the fused kernel (and the split-K reduction when the plan splits).
