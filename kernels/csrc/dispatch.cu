@@ -452,7 +452,8 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K, int wip) {
   int64_t best = -1;
   for (const int bm : {256, 224, 192, 160, 128, small_bm}) {
     if ((M <= 64) != (bm == small_bm)) continue;
-    if (bm % 128 != 0 && bm > 64 && (wip & kWipWsMidTiles) == 0) continue;  // ws_mid_tiles (work in progress)
+    const bool mid = bm == 160 || bm == 192 || bm == 224;
+    if (mid && (wip & kWipWsMidTiles) == 0) continue;  // ws_mid_tiles (work in progress)
     for (int s = 1; s <= 16; ++s) {
       if (s > 1 && (chunk < M || ktiles / s < 4 || staged + static_cast<int64_t>(s) * M * N * 4 > kMaxWorkspaceBytes)) {
         break;

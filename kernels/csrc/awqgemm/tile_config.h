@@ -108,9 +108,8 @@ AWQGEMM_HD constexpr int ws_cluster_buffer_bytes(int bm) { return bm * ws_cluste
 // As many stages as fit beside the buffer (13 / 11 / 8 / 7 at BM = 32 / 48 / 64 / 128, of 16 / 13 / 12 / 8).
 constexpr int kWsMaxSmemBytes = 227 * 1024;
 AWQGEMM_HD constexpr int ws_cluster_stages(int bm) {
-  return (kWsMaxSmemBytes - ws_cluster_buffer_bytes(bm) - 1024) / ws_stage_bytes(bm) < ws_stages(bm)
-             ? (kWsMaxSmemBytes - ws_cluster_buffer_bytes(bm) - 1024) / ws_stage_bytes(bm)
-             : ws_stages(bm);
+  const int fit = (kWsMaxSmemBytes - ws_cluster_buffer_bytes(bm) - 1024) / ws_stage_bytes(bm);
+  return fit < ws_stages(bm) ? fit : ws_stages(bm);
 }
 
 // x is staged tile-major ([k-tile][M][64], rows pre-swizzled) in the workspace,

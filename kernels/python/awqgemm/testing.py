@@ -55,9 +55,9 @@ def force(
     its CUDA kernels (the reference the kernels are tested against).
 
     Work in progress behind a switch (tests/conftest.py's WIP_FEATURES names it, _C.wip_features gives its
-    bit): ``ws_cluster_splitk`` runs v11.1's K-split plans of 4-8 splits at up to 64 tokens as one thread-block
-    cluster per output tile whose CTAs sum their K slices through distributed shared memory, instead of
-    fp32 partials in the workspace and a reduction kernel. ``ws_mid_tiles`` lets the planner give v11.1
+    bit): ``ws_cluster_splitk`` runs v11.1's K-split plans of 4-8 splits in tiles of up to 128 tokens as one
+    thread-block cluster per output tile whose CTAs sum their K slices through distributed shared memory,
+    instead of fp32 partials in the workspace and a reduction kernel. ``ws_mid_tiles`` lets the planner give v11.1
     160-, 192- and 224-token tiles beside the 128- and 256-token ones above 64 tokens."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
