@@ -245,8 +245,8 @@ NB_MODULE(_C, m) {
         const bool grouped_kind =
             (plan.tile.kind == KernelKind::kKSplit && plan.family != Family::kSm90) ||
             (plan.tile.kind == KernelKind::kXShared && plan.family == Family::kSm80) ||
-            (plan.tile.kind == KernelKind::kWgmmaWs && plan.family == Family::kSm90 && plan.tile.mt <= 16 &&
-             plan.tile.splits == 1 && !plan.tile.stream_k);
+            (plan.tile.kind == KernelKind::kWgmmaWs && plan.family == Family::kSm90 && 8 * plan.tile.mt <= 224 &&
+             plan.tile.splits == 1 && !plan.tile.stream_k);  // make_grouped_plan's tiles: 32-128, 160-224
         if (!decoded || plan.dense || !grouped_kind) {
           throw nb::value_error("awqgemm: not a grouped plan code from plan_grouped()");
         }
