@@ -20,8 +20,7 @@ Contenders (``--quant``, comma separated):
                       compare with awq_marlin:marlin (issue 11)
   awqgemm:wip         the plugin with the work-in-progress switches on for the whole engine: their e2e
                       effect (today ws_cluster_splitk: v11.1's decode K splits summed in
-                      distributed shared memory; ws_mid_tiles: v11.1's 160-224-token tiles)
-  awqgemm:mid         the plugin with ws_mid_tiles alone
+                      distributed shared memory)
   fp16                dense fp16, no quantization
 The kernel each AWQ engine used is read from the loaded model and recorded.
 
@@ -249,7 +248,6 @@ CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
     "awqgemm": ("awqgemm", {}, True),
     "awqgemm:sm80": ("awqgemm", {}, True),
     "awqgemm:wip": ("awqgemm", {}, True),
-    "awqgemm:mid": ("awqgemm", {}, True),
     "awq_turbomind": ("awq_turbomind", {}, True),
     "fp16": (None, {}, False),
 }
@@ -257,9 +255,7 @@ CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
 FORCED: dict[str, dict[str, Any]] = {
     "awqgemm:sm80": {"family": "sm80"},
     # every work-in-progress switch of awqgemm.testing.force
-    "awqgemm:wip": {"ws_cluster_splitk": True, "ws_mid_tiles": True},
-    # one switch alone, for its own e2e effect
-    "awqgemm:mid": {"ws_mid_tiles": True},
+    "awqgemm:wip": {"ws_cluster_splitk": True},
 }
 
 #: name -> (number of prompts, prompt tokens, output tokens, metric)

@@ -166,7 +166,7 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 # --wip: the work-in-progress switches (awqgemm.testing.force) each variant turns on.
-WIP_VARIANTS: dict[str, tuple[str, ...]] = {"mid": ("ws_mid_tiles",)}
+WIP_VARIANTS: dict[str, tuple[str, ...]] = {}
 
 
 def route_only(ti, tw, num, dry):

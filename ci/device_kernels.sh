@@ -23,13 +23,13 @@ build_awqgemm || exit 1
 # WIP_FEATURES; test_wip_selection.py checks the two agree). Each suite runs without them first, then
 # once per feature, each in a pytest process of its own: a kernel that traps (a hung mbarrier, a bad TMA
 # box) kills its process's CUDA context and would fail every later test there. Simplest first.
-WIP_GPU="ws_cluster_splitk ws_mid_tiles"
+WIP_GPU="ws_cluster_splitk"
 WIP_MOE=""
 # Features tested in test_gpu.py (their MoE cases included) that moe.py's --wip variants also switch on.
-WIP_MOE_FROM_GPU="ws_mid_tiles"
+WIP_MOE_FROM_GPU=""
 # The benchmarks leave out what a feature whose tests failed would run (a trap would end the whole
 # sweep): gemm.py's contender of each feature, moe.py's --wip variants that use it.
-declare -A WIP_CONTENDER=([ws_cluster_splitk]=wgc,autox [ws_mid_tiles]=wgm,autox)
+declare -A WIP_CONTENDER=([ws_cluster_splitk]=wgc,autox)
 WIP_FAILED=""
 
 # in_parts LABEL "FEATURES" CMD...: runs CMD (a pytest command line, in kernels/) with --wip none, then

@@ -12,7 +12,7 @@ import torch
 from .shapes import DTYPES, Shape
 from .timing import short_error
 
-CONTENDERS = ("auto", "autox", "a80", "fused", "wt", "wg", "wgc", "wgm", "dpath", "cublas", "tm", "machete", "marlin")
+CONTENDERS = ("auto", "autox", "a80", "fused", "wt", "wg", "wgc", "dpath", "cublas", "tm", "machete", "marlin")
 CONTENDER_DOC = {
     "auto": "awqgemm.gemm, default dispatch (what users get)",
     "autox": "auto with every work-in-progress switch of awqgemm._C.wip_features on (what the plugin's "
@@ -24,8 +24,6 @@ CONTENDER_DOC = {
     "wg": "awqgemm forced onto the sm90a wgmma kernels, v11.1 (v9 for K > 65536) (force(family='sm90', path='fused'))",
     "wgc": "wg with the work-in-progress switch ws_cluster_splitk on (K splits of 4-8 at <= 64 tokens as "
     "clusters summing in distributed shared memory; force(family='sm90', path='fused', ws_cluster_splitk=True))",
-    "wgm": "wg with the work-in-progress switch ws_mid_tiles on (160-224-token tiles beside 128 and 256 above 64 "
-    "tokens; force(family='sm90', path='fused', ws_mid_tiles=True))",
     "dpath": "awqgemm forced onto dequantize + cuBLAS (testing.force(path='dense'))",
     "cublas": "dense torch matmul x @ w, w [K, N] in the same dtype (cuBLAS)",
     "tm": "turbomind==0.0.2 Linear(K, N, quant_method='awq'), fp16 + g128 only",
@@ -102,9 +100,9 @@ def build_contenders(
     unavailable: dict[str, str] = {}
     keep: list[Any] = []
 
-    awq_names = [c for c in ("auto", "autox", "a80", "fused", "wt", "wg", "wgc", "wgm", "dpath") if c in wanted]
+    awq_names = [c for c in ("auto", "autox", "a80", "fused", "wt", "wg", "wgc", "dpath") if c in wanted]
     cuda = device.type == "cuda"
-    for c in ("wg", "wgc", "wgm"):
+    for c in ("wg", "wgc"):
         if c in awq_names and "sm90a_m64nNk16" not in awqgemm.build_info()["kernel_families"]:
             awq_names.remove(c)
             unavailable[c] = "n/a: this awqgemm build has no sm90a family (CUDA_ARCHITECTURES without 90a-real)"
@@ -125,7 +123,6 @@ def build_contenders(
             "wt": {"family": "sm80", "path": "wtile"} if sm80 else {"path": "wtile"},
             "wg": {"family": "sm90", "path": "fused"},
             "wgc": {"family": "sm90", "path": "fused", "ws_cluster_splitk": True},
-            "wgm": {"family": "sm90", "path": "fused", "ws_mid_tiles": True},
             "dpath": {"path": "dense"},
         }
         for c in awq_names:

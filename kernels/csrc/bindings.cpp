@@ -302,7 +302,6 @@ NB_MODULE(_C, m) {
   // (WipFeature in dispatch.h).
   nb::dict wip_features;
   wip_features["ws_cluster_splitk"] = static_cast<int>(kWipWsClusterSplitK);
-  wip_features["ws_mid_tiles"] = static_cast<int>(kWipWsMidTiles);
   m.attr("wip_features") = wip_features;
 
   m.def(

@@ -388,8 +388,12 @@ void plan_wtile(Plan& plan, int sms, int M, int N, int K) {
 // ~2000 bytes/cycle for the whole GPU) -- partial traffic is what made the v9
 // kernel lose on small grids. The stream-K tail (one split) runs the whole
 // rounds, then deals the rest's k-tiles out over the grid (WsSchedule).
-// BM: 32, 48 or 64 up to 64 tokens (the smallest holding M), else 128 or 256 (equal cost: 256, which
-// dequantizes each weight once per 256 tokens). Up to 64 tokens a block covers
+// BM: 32, 48 or 64 up to 64 tokens (the smallest holding M), else 128, 160, 192, 224 or 256 (equal
+// cost: the larger, which dequantizes each weight for more tokens). The mid tiles keep a 129-255-token
+// problem from computing 256 rows: H200, v11.1 forced, 34 TP1/TP2 points per M
+// (h200-2026-11-29-mid-tiles; with / without them, geomean): 0.76x the time at 129 tokens, 0.77x at
+// 160, 0.85x at 192, 0.93x at 200-224, 0.84x at 300, 0.91x at 384 (two 192-token tiles), 1.00x at 256
+// and 512 (the same plans). Up to 64 tokens a block covers
 // 256 columns (nt = 16, each consumer warp owning two weight tiles): a 64 x 128
 // block reads as many x bytes as weight bytes per stage, and ncu found its
 // k-tile waiting on the stage. Its k-tile is costed at 1.4x the 128-column
@@ -452,8 +456,6 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K, int wip) {
   int64_t best = -1;
   for (const int bm : {256, 224, 192, 160, 128, small_bm}) {
     if ((M <= 64) != (bm == small_bm)) continue;
-    const bool mid = bm == 160 || bm == 192 || bm == 224;
-    if (mid && (wip & kWipWsMidTiles) == 0) continue;  // ws_mid_tiles (work in progress)
     for (int s = 1; s <= 16; ++s) {
       if (s > 1 && (chunk < M || ktiles / s < 4 || staged + static_cast<int64_t>(s) * M * N * 4 > kMaxWorkspaceBytes)) {
         break;
@@ -675,15 +677,17 @@ Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N
   const double mean_rows = static_cast<double>(R) / active;
   const int spread_rows = static_cast<int>(std::ceil(mean_rows + 2.0 * std::sqrt(mean_rows)));
   int ws_bm = rows_per_expert > 64 ? 128 : ws_short_tile(std::min(64, spread_rows));
-  // ws_mid_tiles (work in progress): where mean + 2 sd of the rows per expert is 129-224, the smallest of
-  // the 160-, 192- and 224-token tiles that holds it: one tile (one pass over the expert's weights) for
-  // most experts instead of two of 128.
-  if ((wip & kWipWsMidTiles) != 0 && rows_per_expert > 64 && spread_rows > 128 && spread_rows <= 224) {
+  // Where mean + 2 sd of the rows per expert is 129-224, the smallest of the 160-, 192- and 224-token
+  // tiles that holds it: one pass over most experts' weights instead of two 128-token tiles. H200, whole
+  // layer (moe-h200-20261129-1614, CUDA graphs): Mixtral T = 512 (128 rows per expert, 160-token tiles)
+  // 1,283 -> 932 us, T = 768 (224) 1,454 -> 1,326; Qwen3-30B-A3B T = 2,048 (160) 590 -> 542, T = 3,072
+  // (224) 796 -> 803 (Marlin MoE 1,628 / 2,146 / 786 / 1,130).
+  if (rows_per_expert > 64 && spread_rows > 128 && spread_rows <= 224) {
     ws_bm = spread_rows <= 160 ? 160 : spread_rows <= 192 ? 192 : 224;
   }
   if (family == Family::kSm90 && rows_per_expert > 16 && ws_group_chunk_tiles(ws_bm, K) >= 1) {
-    // v11.1 over token tiles of one expert each (launch_ws_grouped), 128 tokens above 64 rows per
-    // expert; one K split (a prefill-sized problem has units for every SM). H200, whole
+    // v11.1 over token tiles of one expert each (launch_ws_grouped), 128 tokens (or a mid tile, above)
+    // above 64 rows per expert; one K split (a prefill-sized problem has units for every SM). H200, whole
     // layer with Marlin MoE in the same process (moe-h200-20261129-0315), against the sm80 x-shared
     // kernel these experts ran before: Qwen3-30B-A3B T = 1024 523 -> 416 us, T = 4096 1,500 -> 1,021
     // (Marlin MoE 504 / 1,457); Mixtral T = 256 993 -> 642, T = 4096 11,760 -> 6,138 (Marlin MoE

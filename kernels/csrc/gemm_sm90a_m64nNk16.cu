@@ -482,7 +482,7 @@ cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream
         case 48: return launch_ws_grouped<T, 48>(p, cfg, stream);
         case 64: return launch_ws_grouped<T, 64>(p, cfg, stream);
         case 128: return launch_ws_grouped<T, 128>(p, cfg, stream);
-        case 160: return launch_ws_grouped<T, 160>(p, cfg, stream);  // 160-224: ws_mid_tiles (work in progress)
+        case 160: return launch_ws_grouped<T, 160>(p, cfg, stream);
         case 192: return launch_ws_grouped<T, 192>(p, cfg, stream);
         case 224: return launch_ws_grouped<T, 224>(p, cfg, stream);
         default: return cudaErrorInvalidConfiguration;
@@ -493,7 +493,7 @@ cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream
       case 48: return launch_ws<T, 48>(p, cfg, stream);
       case 64: return launch_ws<T, 64>(p, cfg, stream);
       case 128: return launch_ws<T, 128>(p, cfg, stream);
-      case 160: return launch_ws<T, 160>(p, cfg, stream);  // 160-224: ws_mid_tiles (work in progress)
+      case 160: return launch_ws<T, 160>(p, cfg, stream);
       case 192: return launch_ws<T, 192>(p, cfg, stream);
       case 224: return launch_ws<T, 224>(p, cfg, stream);
       case 256: return launch_ws<T, 256>(p, cfg, stream);

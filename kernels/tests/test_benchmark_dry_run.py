@@ -212,20 +212,19 @@ def test_e2e_forced_sm80_contender_plan():
     sm80 family forced in its worker, `awqgemm:wip` with the work-in-progress switches on; plain awqgemm
     forces nothing."""
     _e2e_module()
-    quant = "awqgemm:sm80,awqgemm:wip,awqgemm:mid,awqgemm"
+    quant = "awqgemm:sm80,awqgemm:wip,awqgemm"
     cmd = [sys.executable, str(E2E_PY), "--dry-run", "--shape", "llama3-8b", "--quant", quant]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     plans = _json_objects(r.stdout)[:-1]
     assert [(p["name"], p["engine"]["quantization"], p["force"]) for p in plans] == [
         ("awqgemm:sm80", "awqgemm", {"family": "sm80"}),
-        ("awqgemm:wip", "awqgemm", {"ws_cluster_splitk": True, "ws_mid_tiles": True}),
-        ("awqgemm:mid", "awqgemm", {"ws_mid_tiles": True}),
+        ("awqgemm:wip", "awqgemm", {"ws_cluster_splitk": True}),
         ("awqgemm", "awqgemm", None),
     ]
     import awqgemm.testing
 
-    for plan in plans[:3]:
+    for plan in plans[:2]:
         with awqgemm.testing.force(**plan["force"]):  # the worker's call: every key is a real switch
             pass
 

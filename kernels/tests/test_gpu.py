@@ -940,11 +940,10 @@ def test_racecheck_subset_ws_cluster_splitk():
     _v11_racecheck_cases(_cluster_expect, cases, ws_cluster_splitk=True)
 
 
-# ws_mid_tiles (work in progress): v11.1 may take 160-, 192- and 224-token tiles (m64n160k16 ...
-# m64n224k16) above 64 tokens. Shapes: a K tail (K = 1120, group 32 only), a partial last column block
-# (N = 1376: 160-token tiles with a K split at 129 tokens), Llama-3-8B qkv and gate_up (stream-K plans in
-# 160-, 192- and 224-token tiles); tokens around and in those tiles, partial ones included, and 65 / 600
-# where other tiles win.
+# v11.1's 160-, 192- and 224-token tiles (m64n160k16 ... m64n224k16; the default since 2026-11-29).
+# Shapes: a K tail (K = 1120, group 32 only), a partial last column block (N = 1376: 160-token tiles with
+# a K split at 129 tokens), Llama-3-8B qkv and gate_up (stream-K plans in 160-, 192- and 224-token tiles);
+# tokens around and in those tiles, partial ones included, and 65 / 600 where other tiles win.
 MID_TOKENS = (65, 129, 150, 192, 200, 255, 300, 384, 600)
 MID_SHAPES = ((1120, 1376), (4096, 1376), (4096, 6144), (4096, 28672))
 
@@ -953,47 +952,42 @@ def _mid_expect(m):
     return {"kernel": "wgmma_ws"}
 
 
-@pytest.mark.wip("ws_mid_tiles")
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_ws_mid_tiles(dtype, group):
     graph_ms = (150, 384) if group == 128 else ()
-    _forced_v11_cases(_mid_expect, dtype, group, MID_TOKENS, MID_SHAPES, graph_ms, bias_ms=(129,), ws_mid_tiles=True)
+    _forced_v11_cases(_mid_expect, dtype, group, MID_TOKENS, MID_SHAPES, graph_ms, bias_ms=(129,))
     cases = ((150, 28672), (192, 28672), (200, 28672), (129, 1376))
-    with awqgemm.testing.force(family="sm90", path="fused", ws_mid_tiles=True):
+    with awqgemm.testing.force(family="sm90", path="fused"):
         plans = {(m, n): awqgemm.plan_info(m, n, 4096, dtype) for m, n in cases}
     assert [plans[c]["tile_tokens"] for c in cases] == [160, 192, 224, 160], plans
     assert plans[(129, 1376)]["splits"] > 1, plans  # a K split (partials + reduction) in a mid tile too
-    # Without the switch no plan takes them.
-    assert awqgemm.plan_info(192, 28672, 4096, dtype)["tile_tokens"] in (128, 256)
 
 
-@pytest.mark.wip("ws_mid_tiles")
-def test_sanitizer_subset_ws_mid_tiles():
+def test_sanitizer_subset_mid_tiles():
     """160-224-token tiles for compute-sanitizer memcheck: partial tiles, a K split, a partial column block,
     grouped tiles with garbage row indices."""
     for dtype in (torch.float16, torch.bfloat16):
         shapes = ((4096, 1376), (4096, 6144))
-        _forced_v11_cases(_mid_expect, dtype, 32, (129, 200, 384), shapes, bias_ms=(129,), ws_mid_tiles=True)
-        _grouped_garbage_rows({"family": "sm90", "ws_mid_tiles": True}, dtype, 32, 180)
+        _forced_v11_cases(_mid_expect, dtype, 32, (129, 200, 384), shapes, bias_ms=(129,))
+        _grouped_garbage_rows({"family": "sm90"}, dtype, 32, 180)
 
 
-@pytest.mark.wip("ws_mid_tiles")
-def test_racecheck_subset_ws_mid_tiles():
+def test_racecheck_subset_mid_tiles():
     """160-224-token tiles for compute-sanitizer racecheck: their rings and epilogues."""
-    _v11_racecheck_cases(_mid_expect, ((4096, 1376, 129), (4096, 6144, 192), (4096, 6144, 200)), ws_mid_tiles=True)
+    _v11_racecheck_cases(_mid_expect, ((4096, 1376, 129), (4096, 6144, 192), (4096, 6144, 200)))
 
 
-@pytest.mark.wip("ws_mid_tiles")
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_grouped_mid_tiles(dtype, group):
-    """Grouped v11.1 in 160-, 192- and 224-token tiles (ws_mid_tiles): 110, 150 and 180 routed rows per
+    """Grouped v11.1 in 160-, 192- and 224-token tiles: 110, 150 and 180 routed rows per
     expert as planned (R / E; mean + 2 sd 131, 175, 207), experts of r and r + r / 6 rows (the larger one
     spilling into a second tile), garbage row indices, against fp64."""
+    skip_unless_family("sm90")
     tiles = set()
     for r in (132, 180, 216):
-        info = _grouped_garbage_rows({"family": "sm90", "ws_mid_tiles": True}, dtype, group, r)
+        info = _grouped_garbage_rows({"family": "sm90"}, dtype, group, r)
         assert info["kernel"] == "wgmma_ws", info
         tiles.add(info["tile_tokens"])
     assert tiles == {160, 192, 224}, tiles

@@ -74,10 +74,6 @@ enum WipFeature : int {
   // thread-block cluster per tile, summing the slices through distributed shared memory
   // (TileConfig::cluster_k) instead of partials and a reduction kernel.
   kWipWsClusterSplitK = 1,
-  // v11.1 in 160-, 192- and 224-token tiles (m64n160k16 ... m64n224k16) too, for the planner to cost beside
-  // 128 and 256: a 129-255-token problem otherwise computes 256 rows (at 192 tokens v11.1 took 0.96x its
-  // 256-token time on the H200).
-  kWipWsMidTiles = 2,
 };
 
 // The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes
@@ -88,8 +84,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
 // The grouped sibling (MoE experts: GemmProblem::row_offsets): R rows over
 // E experts, N x K each. The K-split kernel; for experts of more than 16 rows
 // v11.1 (the warp-specialized wgmma kernel) on the sm90 family, and of more
-// than 32 the x-shared kernel on sm80 (see dispatch.cu). `wip`: ws_mid_tiles
-// gives grouped v11.1 its 160-224-token tiles too.
+// than 32 the x-shared kernel on sm80 (see dispatch.cu).
 Plan make_grouped_plan(Family family, const DeviceInfo& dev, int R, int E, int N, int K, int wip = 0);
 
 // Launches the fused kernel (and the split-K reduction when the plan splits).

@@ -30,7 +30,6 @@ class _Override:
     # Work in progress behind a switch of its own (tests and benchmarks select it; production never); each
     # name is a key of _C.wip_features, its bit in the planners' `wip` argument:
     ws_cluster_splitk: bool = False  # sm90 v11.1 K splits of 4-8 in <= 128-token tiles as clusters (DSMEM sums)
-    ws_mid_tiles: bool = False  # sm90 v11.1 may take 160/192/224-token tiles above 64 tokens (beside 128, 256)
     # wip_bits() of the switches above, kept by testing.force so the GEMM path reads one int per call.
     wip: int = 0
 

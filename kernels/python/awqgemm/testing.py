@@ -45,7 +45,6 @@ def force(
     *,
     moe_routing_kernels: bool = True,
     ws_cluster_splitk: bool = False,
-    ws_mid_tiles: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -57,12 +56,10 @@ def force(
     Work in progress behind a switch (tests/conftest.py's WIP_FEATURES names it, _C.wip_features gives its
     bit): ``ws_cluster_splitk`` runs v11.1's K-split plans of 4-8 splits in tiles of up to 128 tokens as one
     thread-block cluster per output tile whose CTAs sum their K slices through distributed shared memory,
-    instead of fp32 partials in the workspace and a reduction kernel. ``ws_mid_tiles`` lets the planner give v11.1
-    160-, 192- and 224-token tiles beside the 128- and 256-token ones above 64 tokens."""
+    instead of fp32 partials in the workspace and a reduction kernel."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
         "ws_cluster_splitk": ws_cluster_splitk,
-        "ws_mid_tiles": ws_mid_tiles,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
