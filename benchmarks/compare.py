@@ -1,7 +1,7 @@
 """Ratios between contenders of a gemm.py result, per dtype and M.
 
     python benchmarks/compare.py benchmarks/results/h200-2026-11-29-switches2.json wgs/wg machete/auto
-    python benchmarks/compare.py RESULT.json wgc/wg --shapes llama3-8b --m 64 --points
+    python benchmarks/compare.py RESULT.json wg/auto --shapes llama3-8b --m 64 --points
 
 For each ratio ``a/b`` (contender names of the JSON's rows: time of a over time of b) it prints, per
 (dtype, M), the geometric mean, the range and how many points a is faster at (ratio < 1), over the rows

@@ -187,7 +187,6 @@ NB_MODULE(_C, m) {
         d["tile_tokens"] = 8 * plan.tile.mt;
         d["splits"] = plan.tile.splits;
         d["stream_k"] = plan.tile.stream_k;
-        d["cluster_k"] = plan.tile.cluster_k;
         d["wide"] = plan.tile.kind == KernelKind::kWgmmaWs && plan.tile.nt == 2 * kWgNT;
         d["block_warps"] = plan.dense ? 0 : plan.tile.kwarps;
         // The K-split kernel's block width (32, or 64: plan_ksplit's wide decode blocks); 0 for the others.
@@ -299,9 +298,8 @@ NB_MODULE(_C, m) {
   // fused_moe's routing / activation / combine kernels (awqgemm/moe_routing.h).
   m.attr("max_route_experts") = kMaxRouteExperts;
   // Work-in-progress switches (awqgemm.testing.force keywords) -> their bit in the planners' `wip`
-  // (WipFeature in dispatch.h).
+  // (WipFeature in dispatch.h; none now).
   nb::dict wip_features;
-  wip_features["ws_cluster_splitk"] = static_cast<int>(kWipWsClusterSplitK);
   m.attr("wip_features") = wip_features;
 
   m.def(

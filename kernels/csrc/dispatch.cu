@@ -90,8 +90,7 @@ int64_t partials_offset_bytes(const Plan& plan, int M, int K) {
 }
 
 int64_t fused_workspace_bytes(const Plan& plan, int M, int N, int K, int sms) {
-  const int64_t partials =
-      plan.tile.splits > 1 && !plan.tile.cluster_k ? static_cast<int64_t>(plan.tile.splits) * M * N * 4 : 0;
+  const int64_t partials = plan.tile.splits > 1 ? static_cast<int64_t>(plan.tile.splits) * M * N * 4 : 0;
   const int64_t stream_k = plan.tile.stream_k ? ws_stream_k_bytes(sms, 8 * plan.tile.mt, plan.tile.nt) : 0;
   return partials_offset_bytes(plan, M, K) + partials + stream_k;
 }
@@ -112,8 +111,7 @@ int dense_chunk_columns(int N, int K, int dtype_bytes) {
 int64_t encode_plan(const Plan& plan) {
   const TileConfig& t = plan.tile;
   const int64_t fields[8] = {static_cast<int>(plan.family), static_cast<int>(t.kind), t.mt, t.nt, t.kwarps, t.splits,
-                             t.pdl_flags,
-                             (plan.dense ? 1 : 0) | (plan.reduce_pdl ? 2 : 0) | (t.stream_k ? 4 : 0) | (t.cluster_k ? 8 : 0)};
+                             t.pdl_flags, (plan.dense ? 1 : 0) | (plan.reduce_pdl ? 2 : 0) | (t.stream_k ? 4 : 0)};
   int64_t code = 0;
   for (int i = 7; i >= 0; --i) code = (code << 8) | (fields[i] & 0xFF);
   return code;
@@ -123,16 +121,11 @@ bool decode_plan(int64_t code, Plan* plan) {
   int f[8];
   for (int i = 0; i < 8; ++i) f[i] = static_cast<int>((code >> (8 * i)) & 0xFF);
   const bool family_ok = f[0] == 70 || f[0] == 75 || f[0] == 80 || (f[0] == 90 && have_sm90a());
-  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 15) {
+  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 7) {
     return false;
   }
   // Stream-K exists only for v11.1 with one K split.
   if ((f[7] & 4) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[5] != 1)) return false;
-  // The cluster K split: v11.1, a portable cluster of >= kWsClusterMin CTAs.
-  if ((f[7] & 8) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[5] < kWsClusterMin ||
-                          f[5] > kWsClusterMax || (f[7] & 4) != 0)) {
-    return false;
-  }
   plan->family = static_cast<Family>(f[0]);
   plan->tile.kind = static_cast<KernelKind>(f[1]);
   plan->tile.mt = f[2];
@@ -143,7 +136,6 @@ bool decode_plan(int64_t code, Plan* plan) {
   plan->dense = (f[7] & 1) != 0;
   plan->reduce_pdl = (f[7] & 2) != 0;
   plan->tile.stream_k = (f[7] & 4) != 0;
-  plan->tile.cluster_k = (f[7] & 8) != 0;
   return true;
 }
 
@@ -328,7 +320,7 @@ void finish_plan(Plan& plan, const DeviceInfo& dev, bool kernel_has_wait, int M,
   const bool pdl = dev.capability >= 90 && pdl_enabled();
   t.pdl_flags = pdl && kernel_has_wait ? kPdlLaunched : 0;
   plan.reduce_pdl = pdl && dev.ptx_arch >= 90;
-  if (t.pdl_flags != 0 && plan.reduce_pdl && t.splits > 1 && !t.cluster_k) t.pdl_flags |= kPdlEarlyTrigger;
+  if (t.pdl_flags != 0 && plan.reduce_pdl && t.splits > 1) t.pdl_flags |= kPdlEarlyTrigger;
   plan.workspace_bytes = fused_workspace_bytes(plan, M, N, K, dev.sm_count > 0 ? dev.sm_count : 80);
 }
 
@@ -413,7 +405,7 @@ void plan_wtile(Plan& plan, int sms, int M, int N, int K) {
 // kernel forced): geomean 0.95x the time at M = 64, 0.97x at 128, 0.84x at 256,
 // 0.90x at 512, 0.88x at 1024; down to 0.63x where a partial round idled most
 // SMs (Llama-2-70B qkv at 256), before the rule against > 3 pieces below.
-bool plan_wgws(Plan& plan, int sms, int M, int N, int K, int wip) {
+bool plan_wgws(Plan& plan, int sms, int M, int N, int K) {
   TileConfig& t = plan.tile;
   const int chunk = ws_chunk_rows(M, K);
   if (chunk < std::min(M, 256)) return false;
@@ -476,10 +468,6 @@ bool plan_wgws(Plan& plan, int sms, int M, int N, int K, int wip) {
       }
     }
   }
-  // ws_cluster_splitk (work in progress): a K split of 4-8 slices as one cluster per tile, up to
-  // 128-token tiles.
-  t.cluster_k = (wip & kWipWsClusterSplitK) != 0 && !t.stream_k && t.splits >= kWsClusterMin &&
-                t.splits <= kWsClusterMax && 8 * t.mt <= kWsClusterMaxBM;
   return true;
 }
 
@@ -583,7 +571,8 @@ void plan_xshared(TileConfig& t, int rows, RowBlocks row_blocks, int ntiles, int
   t.splits = std::min(t.splits, xs_max_splits());
 }
 
-Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes, int wip) {
+Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, int N, int K, int dtype_bytes,
+               int /*wip: no dense plan is behind a switch today*/) {
   Plan plan;
   TileConfig& t = plan.tile;
   const int ntiles = padded_n(N) / kTileN;
@@ -596,7 +585,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
   if (family == Family::kSm90) {
     if (path == PathRequest::kFused || (path == PathRequest::kAuto && wgmma_auto(M, N, K, sms))) {
       plan.family = Family::kSm90;
-      if (!plan_wgws(plan, sms, M, N, K, wip)) {
+      if (!plan_wgws(plan, sms, M, N, K)) {
         // K too long to stage even 256 rows (K > 65536): the v9 kernel, which gathers x itself. BM =
         // 64, 128 or 256 tokens (256: one block per SM, twice the tokens per dequantized weight).
         const int mt = M <= 64 ? 8 : M <= 512 ? 16 : 32;
@@ -736,7 +725,7 @@ cudaError_t run_gemm(const Plan& plan, const GemmProblem& p, cudaStream_t stream
 #endif
     default: break;
   }
-  if (err != cudaSuccess || plan.tile.splits == 1 || plan.tile.cluster_k) return err;
+  if (err != cudaSuccess || plan.tile.splits == 1) return err;
   GemmProblem partials = p;
   partials.workspace = p.workspace + partials_offset_bytes(plan, p.M, p.K) / 4;
   return launch_splitk_reduce(partials, plan.tile.splits, plan.reduce_pdl, stream);

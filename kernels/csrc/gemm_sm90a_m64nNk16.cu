@@ -280,54 +280,6 @@ cudaError_t ws_register_pool(Kernel kernel) {
                                                                                      : cudaErrorInvalidConfiguration;
 }
 
-// v11.1 with the K split as thread-block clusters (TileConfig::cluster_k, work in progress; BM <= 128:
-// the ring gives up stages for the slice buffer, tile_config.h): `tiles`
-// (m-block, n-block) tiles over as many clusters of cfg.splits CTAs as the GPU holds at once
-// (cudaOccupancyMaxActiveClusters, asked once per device and size: clusters must fit within a GPC,
-// so fewer than SMs / size may be resident). No partials: the kernel sums the slices itself.
-template <typename T, int BM>
-cudaError_t launch_ws_cluster(const GemmProblem& g, const TileConfig& cfg, cudaStream_t stream,
-                              const TensorMap128& wmap, int tiles, int device) {
-  static_assert(BM <= kWsClusterMaxBM, "no cluster K split for taller tiles (tile_config.h)");
-  constexpr int kStages = ws_cluster_stages(BM);
-  constexpr int kSmem = kStages * ws_stage_bytes(BM) + ws_cluster_buffer_bytes(BM) + 1024;
-  static_assert(kSmem <= 227 * 1024, "one block per SM must fit");
-  constexpr auto kKernel = gemm_ws_kernel<T, BM, kStages, false, false, true>;
-  const int size = cfg.splits;
-  if (size < kWsClusterMin || size > kWsClusterMax || cfg.stream_k || tiles < 1) return cudaErrorInvalidConfiguration;
-  static const cudaError_t pool = ws_register_pool(kKernel);
-  if (pool != cudaSuccess) return pool;
-  cudaError_t err = opt_in_smem<kSmem, kKernel>();
-  if (err != cudaSuccess) return err;
-  cudaLaunchConfig_t config = {};
-  config.blockDim = dim3(kWsThreads);
-  config.dynamicSmemBytes = kSmem;
-  config.stream = stream;
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(size);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = 1;
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> resident[kMaxDevices][kWsClusterMax + 1];
-  int most = device < kMaxDevices ? resident[device][size].load(std::memory_order_relaxed) : 0;
-  if (most < 1) {
-    config.gridDim = dim3(static_cast<unsigned>(size));
-    err = cudaOccupancyMaxActiveClusters(&most, kKernel, &config);
-    if (err != cudaSuccess) return err;
-    if (most < 1) return cudaErrorInvalidConfiguration;
-    if (device < kMaxDevices) resident[device][size].store(most, std::memory_order_relaxed);
-  }
-  config.gridDim = dim3(static_cast<unsigned>(size * std::min(tiles, most)));
-  config.numAttrs = (cfg.pdl_flags & kPdlLaunched) != 0 ? 2 : 1;
-  err = cudaLaunchKernelEx(&config, kKernel, g, cfg.splits, cfg.pdl_flags, wmap, WsGroup{nullptr, 0});
-  return err != cudaSuccess ? err : cudaGetLastError();
-}
-
 // v11 (gemm_wgws_sm90a.cuh): x staged tile-major and swizzled at the front of
 // the workspace, then the persistent kernel on min(units, SMs) blocks. Above
 // kWgMaxStagedXBytes of staged x the rows go in chunks (ws_chunk_rows, a
@@ -390,15 +342,6 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     g.x_row_stride = kTileK;  // not read: the kernel indexes the staged tiles itself
     g.out = reinterpret_cast<T*>(p.out) + static_cast<int64_t>(m0) * p.out_row_stride;
     g.workspace = after_x;
-    if (cfg.cluster_k) {
-      if constexpr (BM <= kWsClusterMaxBM) {
-        err = launch_ws_cluster<T, BM>(g, cfg, stream, wmap, nblocks * ceil_div(rows, BM), device);
-      } else {
-        err = cudaErrorInvalidConfiguration;
-      }
-      if (err != cudaSuccess) return err;
-      continue;
-    }
     const WsGroup none{nullptr, 0};
     err = cfg.stream_k ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true>>(
                              dim3(grid), kWsThreads, g, cfg, stream, wmap, none)
@@ -475,7 +418,6 @@ template <typename T>
 cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   if (cfg.kind == KernelKind::kWgmmaWs) {
     if (cfg.nt != kWgNT * ws_ntw(8 * cfg.mt) || cfg.kwarps != kWsThreads / 32) return cudaErrorInvalidConfiguration;
-    if (cfg.cluster_k && p.row_offsets != nullptr) return cudaErrorInvalidConfiguration;
     if (p.row_offsets != nullptr) {
       switch (cfg.mt * 8) {  // make_grouped_plan's tiles
         case 32: return launch_ws_grouped<T, 32>(p, cfg, stream);

@@ -7,7 +7,9 @@
 // With the argument `schedules` it instead walks v11.1's stream-K schedules
 // (WsSchedule / WsCursor, as producer and consumers do) over a grid of units,
 // k-tiles per unit and SM counts, checks each, and prints "checked N"; the
-// first broken one is printed to stderr with exit status 1.
+// first broken one is printed to stderr with exit status 1. With the argument
+// `decode` it reads plan codes from stdin and prints 1 for each that
+// decode_plan accepts, else 0.
 #include <cstdio>
 #include <cstring>
 #include <set>
@@ -105,8 +107,16 @@ static int check_schedules() {
   return 0;
 }
 
+static int check_decode() {
+  long long code = 0;
+  Plan p;
+  while (std::scanf("%lld", &code) == 1) std::printf("%d\n", decode_plan(code, &p) ? 1 : 0);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "schedules") == 0) return check_schedules();
+  if (argc > 1 && std::strcmp(argv[1], "decode") == 0) return check_decode();
   const DeviceInfo devs[] = {{90, 132, 90}, {80, 108, 80}, {86, 84, 86}, {75, 40, 75}, {70, 80, 70}};
   // (K, N): the perf-anchor layers at TP1/TP2, MoE experts, odd TP shards.
   const int shapes[][2] = {{4096, 6144},  {4096, 4096},  {4096, 28672}, {14336, 4096}, {3584, 37888}, {18944, 3584},

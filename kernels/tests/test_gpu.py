@@ -797,23 +797,22 @@ def test_xshared_grouped_garbage_rows(dtype, group):
         assert _grouped_garbage_rows({"family": "sm80"}, dtype, group, r)["kernel"] == "x_shared"
 
 
-def _forced_v11_cases(expect, dtype, group, tokens, shapes, graph_ms=(), bias_ms=(), **switches):
-    """v11.1 forced (sm90 family, fused path, and the work-in-progress `switches`) at each (K, N) x M:
-    plan_info has the items of expect(m), fp64 check (a bias at bias_ms; at graph_ms a replayed CUDA graph
-    equal to eager too). Returns the set of schedule kinds planned."""
+def _forced_v11_cases(expect, dtype, group, tokens, shapes, graph_ms=(), bias_ms=()):
+    """v11.1 forced (sm90 family, fused path) at each (K, N) x M: plan_info has the items of expect(m),
+    fp64 check (a bias at bias_ms; at graph_ms a replayed CUDA graph equal to eager too). Returns the set
+    of schedule kinds planned."""
     skip_unless_family("sm90")
     kinds = set()
     for k, n in shapes:
         if k % group:  # the K-tail shape exists only for groups that divide K (group 32 for K = 1120)
             continue
         qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
-        with awqgemm.testing.force(family="sm90", path="fused", **switches):
+        with awqgemm.testing.force(family="sm90", path="fused"):
             packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
             for m in tokens:
                 info = awqgemm.plan_info(m, n, k, dtype)
                 assert {key: info[key] for key in expect(m)} == expect(m), (m, n, k, info)
-                split = f"{info['splits']} splits" + (" (cluster)" if info["cluster_k"] else "")
-                kinds.add("stream-K" if info["stream_k"] else split)
+                kinds.add("stream-K" if info["stream_k"] else f"{info['splits']} splits")
                 x = torch.randn(m, k, dtype=dtype, device="cuda")
                 b = torch.randn(n, dtype=dtype, device="cuda") if m in bias_ms else None
                 check(x, qweight, qzeros, scales, group, b, label=f"v11.1 M={m} K={k} N={n} {info}")
@@ -822,14 +821,14 @@ def _forced_v11_cases(expect, dtype, group, tokens, shapes, graph_ms=(), bias_ms
     return kinds
 
 
-def _v11_racecheck_cases(expect, cases, **switches):
+def _v11_racecheck_cases(expect, cases):
     """The racecheck variant of _forced_v11_cases: fp16, group 32, references on the CPU (see
     test_racecheck_subset)."""
     skip_unless_family("sm90")
     for k, n, m in cases:
         qweight, qzeros, scales = random_awq(k, n, 32, torch.float16, "cpu")
         w = awqgemm.dequantize_awq(qweight, qzeros, scales, 32).double()
-        with awqgemm.testing.force(family="sm90", path="fused", **switches):
+        with awqgemm.testing.force(family="sm90", path="fused"):
             info = awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))
             assert {key: info[key] for key in expect(m)} == expect(m), (m, n, k, info)
             packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), 32)
@@ -884,60 +883,6 @@ def test_sanitizer_subset_v11_short_tiles():
 def test_racecheck_subset_v11_short_tiles():
     """v11.1's short tiles for compute-sanitizer racecheck (their ring and epilogue)."""
     _v11_racecheck_cases(_short_expect, ((1120, 104, 24), (1152, 1376, 40), (4096, 6144, 17)))
-
-
-# ws_cluster_splitk (work in progress): v11.1's K splits of 4-8 as thread-block clusters summing their
-# slices through distributed shared memory. Shapes: Llama-3-8B qkv (5 splits at 64 tokens), o and down (8
-# splits; 4 at 128-token tiles), a partial last column block (N = 1376), a K tail (K = 1120, group 32
-# only); tokens in 32-, 48-, 64-, 128- and 256-token tiles (no clusters at 256), partial ones included.
-CLUSTER_TOKENS = (1, 17, 33, 40, 64, 100, 200)
-CLUSTER_SHAPES = ((4096, 6144), (4096, 4096), (14336, 4096), (4096, 1376), (1120, 1376))
-
-
-def _cluster_expect(m):
-    return {"kernel": "wgmma_ws"} if m > 64 else _short_expect(m)
-
-
-@pytest.mark.wip("ws_cluster_splitk")
-@pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_ws_cluster_splitk(dtype, group):
-    graph_ms = (17, 64) if group == 128 else ()
-    kinds = _forced_v11_cases(
-        _cluster_expect, dtype, group, CLUSTER_TOKENS, CLUSTER_SHAPES, graph_ms, bias_ms=(33,), ws_cluster_splitk=True
-    )
-    assert any(k.endswith("(cluster)") for k in kinds), kinds
-    # The same problems without the switch plan no clusters, and compute the same bits: the owners sum
-    # the ranks' slices in the reduction kernel's order, from zero, bias last.
-    assert not awqgemm.plan_info(64, 4096, 4096, dtype)["cluster_k"]
-    for k, n, m in ((4096, 6144, 64), (14336, 4096, 40), (4096, 1376, 127), (4096, 4096, 17)):
-        qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
-        x = torch.randn(m, k, dtype=dtype, device="cuda")
-        b = torch.randn(n, dtype=dtype, device="cuda")
-        with awqgemm.testing.force(family="sm90", path="fused"):
-            packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
-            plain = awqgemm.gemm(x, packed, b)
-            with awqgemm.testing.force(family="sm90", path="fused", ws_cluster_splitk=True):
-                assert awqgemm.plan_info(m, n, k, dtype)["cluster_k"], (k, n, m)
-                clustered = awqgemm.gemm(x, packed, b)
-        assert torch.equal(clustered, plain), (k, n, m, (clustered.float() - plain.float()).abs().max())
-
-
-@pytest.mark.wip("ws_cluster_splitk")
-def test_sanitizer_subset_ws_cluster_splitk():
-    """The cluster K split for compute-sanitizer memcheck: the owners' buffers, the partial column block,
-    partial row blocks, the bias."""
-    for dtype in (torch.float16, torch.bfloat16):
-        shapes = ((4096, 1376), (14336, 4096))
-        _forced_v11_cases(_cluster_expect, dtype, 32, (17, 64, 100), shapes, bias_ms=(17,), ws_cluster_splitk=True)
-
-
-@pytest.mark.wip("ws_cluster_splitk")
-def test_racecheck_subset_ws_cluster_splitk():
-    """The cluster K split for compute-sanitizer racecheck: each rank's buffer stores, the owners' reads
-    of it, and the next tile's stores after them, across tiles of one cluster."""
-    cases = ((4096, 4096, 64), (14336, 1376, 40), (14336, 4096, 100))
-    _v11_racecheck_cases(_cluster_expect, cases, ws_cluster_splitk=True)
 
 
 # v11.1's 160-, 192- and 224-token tiles (m64n160k16 ... m64n224k16; the default since 2026-11-29).

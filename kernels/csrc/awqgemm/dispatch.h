@@ -68,13 +68,10 @@ constexpr int64_t kMaxDenseChunkBytes = int64_t{64} << 20;
 int dense_chunk_columns(int N, int K, int dtype_bytes);
 
 // Work in progress behind test-only switches (awqgemm.testing.force): bits of the planners' `wip`
-// argument. Production passes 0; a feature either becomes the default or goes, with its bit.
-enum WipFeature : int {
-  // v11.1's K-split plans of 4-8 splits (decode layers' qkv / o / down up to ~1,024 tokens) as one
-  // thread-block cluster per tile, summing the slices through distributed shared memory
-  // (TileConfig::cluster_k) instead of partials and a reduction kernel.
-  kWipWsClusterSplitK = 1,
-};
+// argument. Production passes 0; a feature either becomes the default or goes, with its bit. None is
+// in progress now (the last, ws_cluster_splitk -- v11.1's K split as thread-block clusters -- was
+// measured on the H200 on 2026-11-29 at 1.5-1.7x the partials path's time and went: docs/design.md).
+enum WipFeature : int {};
 
 // The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes
 // from choose_family; `dtype_bytes` sizes the dense weight.

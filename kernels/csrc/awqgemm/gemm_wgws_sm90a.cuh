@@ -94,33 +94,27 @@ __device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier
 // first try failed.
 constexpr unsigned long long kWsHangNs = 30ull * 1000 * 1000 * 1000;
 constexpr unsigned kWsHangTries = 1u << 24;
-// One try_wait loop for both scopes: SEM is "" (the CTA's own arrivals) or ".acquire.cluster".
-#define AWQGEMM_MBAR_WAIT_ASM(SEM)                                    \
-  "{\n.reg .pred p;\n.reg .u64 t0, t1;\n.reg .u32 n;\n"              \
-  "mbarrier.try_wait.parity" SEM ".shared::cta.b64 p, [%0], %1;\n"   \
-  "@p bra AWQ_WS_DONE;\n"                                             \
-  "mov.u64 t0, %%globaltimer;\n"                                      \
-  "mov.u32 n, 0;\n"                                                   \
-  "AWQ_WS_WAIT:\n"                                                    \
-  "mbarrier.try_wait.parity" SEM ".shared::cta.b64 p, [%0], %1;\n"   \
-  "@p bra AWQ_WS_DONE;\n"                                             \
-  "add.u32 n, n, 1;\n"                                                \
-  "mov.u64 t1, %%globaltimer;\n"                                      \
-  "sub.u64 t1, t1, t0;\n"                                             \
-  "setp.gt.u64 p, t1, %2;\n"                                          \
-  "setp.gt.and.u32 p, n, %3, p;\n"                                    \
-  "@p trap;\n"                                                        \
-  "bra AWQ_WS_WAIT;\n"                                                \
-  "AWQ_WS_DONE:\n}\n"
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(AWQGEMM_MBAR_WAIT_ASM("")::"r"(bar), "r"(parity), "l"(kWsHangNs), "r"(kWsHangTries) : "memory");
+  asm volatile(
+      "{\n.reg .pred p;\n.reg .u64 t0, t1;\n.reg .u32 n;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@p bra AWQ_WS_DONE;\n"
+      "mov.u64 t0, %%globaltimer;\n"
+      "mov.u32 n, 0;\n"
+      "AWQ_WS_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@p bra AWQ_WS_DONE;\n"
+      "add.u32 n, n, 1;\n"
+      "mov.u64 t1, %%globaltimer;\n"
+      "sub.u64 t1, t1, t0;\n"
+      "setp.gt.u64 p, t1, %2;\n"
+      "setp.gt.and.u32 p, n, %3, p;\n"
+      "@p trap;\n"
+      "bra AWQ_WS_WAIT;\n"
+      "AWQ_WS_DONE:\n}\n" ::"r"(bar),
+      "r"(parity), "l"(kWsHangNs), "r"(kWsHangTries)
+      : "memory");
 }
-// The same with acquire at cluster scope (arrivals from other CTAs of the cluster).
-__device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
-  asm volatile(AWQGEMM_MBAR_WAIT_ASM(".acquire.cluster")::"r"(bar), "r"(parity), "l"(kWsHangNs), "r"(kWsHangTries)
-               : "memory");
-}
-#undef AWQGEMM_MBAR_WAIT_ASM
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
@@ -159,45 +153,6 @@ __device__ __forceinline__ void flag_wait(const int* flag) {
 }
 // The 8 consumer warps only (named barrier 1; the producer warpgroup has left).
 __device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
-
-// Thread-block clusters (the cluster K split, TileConfig::cluster_k).
-__device__ __forceinline__ int cluster_rank() {
-  int r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ int cluster_index() {
-  int r;
-  asm volatile("mov.u32 %0, %%clusterid.x;\n" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ int cluster_count() {
-  int r;
-  asm volatile("mov.u32 %0, %%nclusterid.x;\n" : "=r"(r));
-  return r;
-}
-// Every thread of every CTA of the cluster (none may have exited): release, then acquire.
-__device__ __forceinline__ void cluster_sync_all() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-// This CTA's shared address `a` as the same address in CTA `rank` of the cluster.
-__device__ __forceinline__ uint32_t cluster_map(uint32_t a, int rank) {
-  uint32_t r;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(rank));
-  return r;
-}
-// 16 bytes of another CTA's (or this CTA's) shared memory, at a cluster_map address.
-__device__ __forceinline__ float4 ld_cluster_v4(uint32_t remote) {
-  float4 v;
-  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-               : "r"(remote)
-               : "memory");
-  return v;
-}
-__device__ __forceinline__ void mbar_arrive_remote(uint32_t remote) {
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
-}
 
 // A 2-D tensor copy global -> this CTA's shared memory: box at element
 // coordinates (c0 innermost, c1), completing its bytes on the mbarrier.
@@ -378,18 +333,6 @@ __device__ __forceinline__ void dequant_smem_tile(const unsigned char* w, const 
   dequant_word<T, true>(wv.w, zero2, scale2, a[3]);
 }
 
-// A thread's m64nBMk16 D fragment: acc[4 c + 2 h + t] holds (weight row g + 8 h of its warp's tile,
-// token 8 c + 2 q + t); f(token, h, index into acc) for each element.
-template <int BM, class F>
-__device__ __forceinline__ void for_each_d_element(int q, F&& f) {
-#pragma unroll
-  for (int c = 0; c < BM / 8; ++c)
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-      for (int t = 0; t < 2; ++t) f(8 * c + 2 * q + t, h, 4 * c + 2 * h + t);
-}
-
 // p.x is the staged x (stage_x_tiles_kernel) of p.M rows; out, bias and the
 // split-K workspace ([splits][M][N] fp32) as in the other kernels.
 // kStreamK (splits == 1): the workspace holds the tail's flags and slots
@@ -408,11 +351,7 @@ __device__ __forceinline__ void for_each_d_element(int q, F&& f) {
 // rows are its tile's ([m0, m_end) of out), its weights and scales its tile's expert's (wmap is 3-D:
 // [expert][column tile][ktiles x 128 words]); the units of tiles of no expert skip the k-loop and
 // store zeros. Its own instantiation, like kStreamK.
-// kClusterK (work in progress, TileConfig::cluster_k): launched as clusters of `splits` CTAs; cluster c
-// walks the units' (m-block, n-block) tiles c, c + clusters, ..., rank r taking K slice r of each; each
-// rank's slice goes into its buffer after the ring and the owners sum them from there (tile_config.h)
-// instead of the workspace.
-template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false, bool kClusterK = false>
+template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
                                                                const int pdl_flags,
                                                                const __grid_constant__ TensorMap128 wmap,
@@ -427,10 +366,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   constexpr int kSzOff = kWOff + kNB * 512;  // (scale, zero) rows: [0] for k 0..31 of the tile, [1] for 32..63
   constexpr int kSzRow = kNB * 64;           // bytes of one (scale, zero) row of the block
   static_assert(kStage % 1024 == 0, "every stage's x tile starts on a swizzle atom");
-  static_assert(!kClusterK || (!kStreamK && !kGrouped), "cluster K split: dense K-split plans only");
-  // full[0..STAGES), empty[0..STAGES); kClusterK: then "every rank's buffer holds this tile's slice"
-  // and "every owner has read this CTA's buffer" (one arrival per rank each).
-  __shared__ uint64_t bars[2 * STAGES + (kClusterK ? 2 : 0)];
+  __shared__ uint64_t bars[2 * STAGES];  // full[0..STAGES), empty[0..STAGES)
   extern __shared__ uint4 smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   const uint32_t base = (raw + 1023u) & ~1023u;
@@ -441,28 +377,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
   const int lane = tid & 31;
-  // kClusterK: this CTA's slice buffer and the two barriers.
-  const uint32_t cl_buf = base + STAGES * kStage;
-  const uint32_t cl_ready = empty0 + 8 * STAGES;
-  const uint32_t cl_free = cl_ready + 8;
   if (tid == 0) {
 #pragma unroll 1
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full0 + 8 * s, 1);
       mbar_init(empty0 + 8 * s, 32 * kWsConsumerWarps);
     }
-    if constexpr (kClusterK) {
-      mbar_init(cl_ready, splits);
-      mbar_init(cl_free, splits);
-    }
     mbar_init_fence();
   }
-  float* const cl_buf_ptr = reinterpret_cast<float*>(smem_raw) + (cl_buf - raw) / 4;
-  if constexpr (kClusterK) {
-    cluster_sync_all();  // every CTA's barriers exist before any peer's first remote arrival
-  } else {
-    __syncthreads();  // the only block barrier: the ring's barriers exist for everyone
-  }
+  __syncthreads();  // the only block barrier: the ring's barriers exist for everyone
   // Everyone waits: the producer reads x, the consumers write out / workspace.
   if (pdl_flags & kPdlLaunched) pdl_wait();
 
@@ -536,15 +459,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
         ring_next<STAGES>(slot, phase);
       }
     };
-    if constexpr (kClusterK) {
-      const int tiles = nblocks * mblocks;
-#pragma unroll 1
-      for (int t = cluster_index(); t < tiles; t += cluster_count()) {
-        produce(WsPiece{t + cluster_rank() * tiles, 0, per_split, kWsWhole});
-      }
-    } else {
-      for_each_produced_piece<kStreamK>(sched, produce);
-    }
+    for_each_produced_piece<kStreamK>(sched, produce);
     return;  // in-flight copies complete into the CTA, which the consumers keep alive
   }
 
@@ -571,10 +486,6 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   // Stream-K tail: flags, then per CTA a slot of NTW x BM / 2 partials per consumer thread, [j][i][thread].
   int* const flags = reinterpret_cast<int*>(p.workspace);
   float* const slots = p.workspace + ws_flag_bytes(gridDim.x) / 4;
-  // kClusterK: the cluster's tile count so far (the phase of cl_ready and cl_free) and whether this is its
-  // last.
-  int cl_iter = 0;
-  bool cl_last = false;
   // One piece: its k-loop, then (stream-K tail) parking or collecting partials, then the epilogue.
   // The role is a compile-time tag: see the loops below.
   auto run_piece = [&](const WsPiece& pc, auto role_tag) {
@@ -582,7 +493,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     const WsUnit w = ws_unit(pc.unit, mblocks, nblocks);
     const int kt0 = w.split * per_split + pc.kt0;
     int n_k = max(0, min(ktiles, kt0 + pc.n_k) - kt0);
-    [[maybe_unused]] WsGroupTile tile{0, 0, 0, 0};  // kGrouped: this unit's rows of out
+    WsGroupTile tile{0, 0, 0, 0};  // kGrouped: this unit's rows of out
     if constexpr (kGrouped) {
       tile = grp.tiles[grp.t0 + w.mb];
       if (tile.e < 0) n_k = 0;  // the producer skips it too; the epilogue stores the zeroed accumulators
@@ -667,63 +578,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       }
     }
 
-    if constexpr (kClusterK) {
-      // This CTA's K slice into its buffer ([BM][ws_cluster_row_floats], every row: only rows < M are
-      // read), then, as rank r, the sum over the ranks' buffers of its column tiles [r tpr, (r + 1) tpr),
-      // in rank order from zero (the reduction kernel's order), with the bias, stored as T.
-      constexpr int kRow = ws_cluster_row_floats(BM);
-      const int tpr = ws_cluster_tiles(kNB, splits);
-      const int rows = min(BM, p.M - w.mb * BM);
-      if (cl_iter > 0) mbar_wait_cluster(cl_free, (cl_iter - 1) & 1);  // every owner read the last tile
-#pragma unroll
-      for (int j = 0; j < NTW; ++j) {
-        float* const col = cl_buf_ptr + (warp + 8 * j) * kTileN + g;
-        for_each_d_element<BM>(q, [&](int m, int h, int i) { col[m * kRow + 8 * h] = acc[j][i]; });
-      }
-      consumers_sync();  // the release below covers every consumer's stores
-      if (tid < splits) mbar_arrive_remote(cluster_map(cl_ready, tid));
-      mbar_wait_cluster(cl_ready, cl_iter & 1);
-      const int rank = w.split;
-      const int quads = max(0, min(kNB, (rank + 1) * tpr) - rank * tpr) * (kTileN / 4);  // float4s per row
-      const int col0 = rank * tpr * kTileN;
-      const int n0 = kNB * w.nb * kTileN + col0;
-      const T* const bias = reinterpret_cast<const T*>(p.bias);
-      T* const out = reinterpret_cast<T*>(p.out) + static_cast<size_t>(w.mb * BM) * p.out_row_stride;
-#pragma unroll 1
-      for (int idx = tid; idx < rows * quads; idx += 32 * kWsConsumerWarps) {
-        const int m = idx / quads;
-        const int c = 4 * (idx - m * quads);
-        const uint32_t at = cl_buf + 4 * (m * kRow + col0 + c);
-        float4 v[kWsClusterMax];
-#pragma unroll
-        for (int r = 0; r < kWsClusterMax; ++r) {  // every load in flight before the first add
-          if (r < splits) v[r] = ld_cluster_v4(cluster_map(at, r));
-        }
-        float sum[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int r = 0; r < kWsClusterMax; ++r) {
-          if (r < splits) {
-            sum[0] += v[r].x;
-            sum[1] += v[r].y;
-            sum[2] += v[r].z;
-            sum[3] += v[r].w;
-          }
-        }
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int n = n0 + c + e;
-          if (n < p.N) {
-            if (bias != nullptr) sum[e] += to_float(bias[n]);
-            out[static_cast<size_t>(m) * p.out_row_stride + n] = from_float<T>(sum[e]);
-          }
-        }
-      }
-      consumers_sync();  // every consumer's reads of the ranks' buffers are done
-      if (tid < splits) mbar_arrive_remote(cluster_map(cl_free, tid));
-      // After the cluster's last tile the owners read this CTA's buffer until they arrive here: its
-      // shared memory must outlive that.
-      if (cl_last) mbar_wait_cluster(cl_free, cl_iter & 1);
-    } else if constexpr (kRole != kWsPart) {  // a parked piece has no epilogue: its owner stores
+    if constexpr (kRole != kWsPart) {  // a parked piece has no epilogue: its owner stores
 #pragma unroll
       for (int j = 0; j < NTW; ++j) {
         // D fragment: acc[j][4 c + 2 h + t] = (n row g + 8 h of this warp's tile j, token 8 c + 2 q + t).
@@ -764,34 +619,22 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   // wgmma descriptor (the SASS of 22355ab), and v11.1 ran 1.05-1.6x slower at every M, stream-K or
   // not (H200, same plans: the 11:05 and 15:05 runs of 2026-11-28).
   using Whole = std::integral_constant<int, kWsWhole>;
-  if constexpr (kClusterK) {
-    const int tiles = nblocks * mblocks;
 #pragma unroll 1
-    for (int t = cluster_index(); t < tiles; t += cluster_count(), ++cl_iter) {
-      cl_last = t + cluster_count() >= tiles;
-      run_piece(WsPiece{t + cluster_rank() * tiles, 0, per_split, kWsWhole}, Whole{});
+  for (int u = blockIdx.x; u < sched.full; u += gridDim.x) run_piece(WsPiece{u, 0, sched.unit_tiles, kWsWhole}, Whole{});
+  if constexpr (kStreamK) {
+    WsCursor cur(sched, blockIdx.x, /*tail_only=*/true);
+    WsPiece pc;
+    bool more = cur.next(pc);
+    if (more && pc.role == kWsPart) {
+      run_piece(pc, std::integral_constant<int, kWsPart>{});
+      more = cur.next(pc);
     }
-
-  } else {
 #pragma unroll 1
-    for (int u = blockIdx.x; u < sched.full; u += gridDim.x) {
-      run_piece(WsPiece{u, 0, sched.unit_tiles, kWsWhole}, Whole{});
+    while (more && pc.role == kWsWhole) {
+      run_piece(pc, Whole{});
+      more = cur.next(pc);
     }
-    if constexpr (kStreamK) {
-      WsCursor cur(sched, blockIdx.x, /*tail_only=*/true);
-      WsPiece pc;
-      bool more = cur.next(pc);
-      if (more && pc.role == kWsPart) {
-        run_piece(pc, std::integral_constant<int, kWsPart>{});
-        more = cur.next(pc);
-      }
-#pragma unroll 1
-      while (more && pc.role == kWsWhole) {
-        run_piece(pc, Whole{});
-        more = cur.next(pc);
-      }
-      if (more) run_piece(pc, std::integral_constant<int, kWsOwner>{});  // the range's last piece
-    }
+    if (more) run_piece(pc, std::integral_constant<int, kWsOwner>{});  // the range's last piece
   }
 #endif
 }

@@ -85,33 +85,6 @@ AWQGEMM_HD constexpr int ws_stage_bytes(int bm) { return bm * 128 + ws_ntw(bm) *
 AWQGEMM_HD constexpr int ws_stages(int bm) {
   return bm >= 224 ? 5 : bm >= 192 ? 6 : bm >= 160 ? 7 : bm >= 128 ? 8 : bm >= 64 ? 12 : bm >= 48 ? 13 : 16;
 }
-// K split as a thread-block cluster (TileConfig::cluster_k; work in progress behind
-// testing.force(ws_cluster_splitk=True)): the `splits` CTAs of a cluster take one tile's K slices
-// instead of writing [splits][M][N] partials for a second kernel to sum. Each CTA stores its fp32
-// accumulators into a buffer of its own after the ring (the whole BM x block tile); rank r then reads
-// its ws_cluster_tiles(block tiles, splits) column tiles from every rank's buffer through distributed
-// shared memory, sums them in rank order (the reduction kernel's order: the same bits as the partials
-// path, run after run) and stores them. Pulling, not pushing: sm_90 has no float add into another CTA's
-// shared memory (ptxas turns red.shared::cluster.add.f32 into a compare-and-swap loop per element; the
-// H200 run of 2026-11-29 13:13 measured that version at 4-7x the partials path's time, its sums
-// changing with the adds' arrival order). Up to BM = 128: a 256-token tile's buffer would leave the
-// ring 2 stages.
-constexpr int kWsClusterMin = 4;
-constexpr int kWsClusterMax = 8;  // the portable cluster size
-constexpr int kWsClusterMaxBM = 128;
-AWQGEMM_HD constexpr int ws_cluster_tiles(int block_tiles, int splits) { return (block_tiles + splits - 1) / splits; }
-// A buffer row: the block's columns + 4 floats, so that a warp's D-fragment stores (8 columns g x 4 token
-// pairs q per instruction: bank 8 q + 4 t + g + const) hit 32 different banks, and rows stay 16-byte
-// aligned for the owners' float4 reads.
-AWQGEMM_HD constexpr int ws_cluster_row_floats(int bm) { return 8 * ws_ntw(bm) * 16 + 4; }
-AWQGEMM_HD constexpr int ws_cluster_buffer_bytes(int bm) { return bm * ws_cluster_row_floats(bm) * 4; }
-// As many stages as fit beside the buffer (13 / 11 / 8 / 7 at BM = 32 / 48 / 64 / 128, of 16 / 13 / 12 / 8).
-constexpr int kWsMaxSmemBytes = 227 * 1024;
-AWQGEMM_HD constexpr int ws_cluster_stages(int bm) {
-  const int fit = (kWsMaxSmemBytes - ws_cluster_buffer_bytes(bm) - 1024) / ws_stage_bytes(bm);
-  return fit < ws_stages(bm) ? fit : ws_stages(bm);
-}
-
 // x is staged tile-major ([k-tile][M][64], rows pre-swizzled) in the workspace,
 // at most kWgMaxStagedXBytes of it: larger problems run as chunks of this many
 // rows (a multiple of 256), each staged and multiplied in turn.
@@ -239,7 +212,6 @@ struct TileConfig {
   int splits = 1;  // blocks splitting K
   int pdl_flags = 0;  // kPdl* bits: launched as a programmatic dependent (sm90+), early trigger
   bool stream_k = false;  // kWgmmaWs with one K split: the stream-K tail above
-  bool cluster_k = false;  // kWgmmaWs, kWsClusterMin..kWsClusterMax splits as one cluster (above)
 };
 
 }  // namespace awqgemm

@@ -44,7 +44,6 @@ def force(
     path: str = "auto",
     *,
     moe_routing_kernels: bool = True,
-    ws_cluster_splitk: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -53,13 +52,10 @@ def force(
     ``moe_routing_kernels=False`` runs fused_moe's routing, silu-mul and combine as torch ops instead of
     its CUDA kernels (the reference the kernels are tested against).
 
-    Work in progress behind a switch (tests/conftest.py's WIP_FEATURES names it, _C.wip_features gives its
-    bit): ``ws_cluster_splitk`` runs v11.1's K-split plans of 4-8 splits in tiles of up to 128 tokens as one
-    thread-block cluster per output tile whose CTAs sum their K slices through distributed shared memory,
-    instead of fp32 partials in the workspace and a reduction kernel."""
+    Work in progress lands behind a keyword switch of its own here (tests/conftest.py's WIP_FEATURES names
+    it, _C.wip_features gives its bit); none today."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
-        "ws_cluster_splitk": ws_cluster_splitk,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
