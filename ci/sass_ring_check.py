@@ -104,7 +104,7 @@ def check_ring(funcs: dict[str, list[str]]) -> int:
     for name, body in funcs.items():
         if "gemm_ws_kernel" not in name:
             continue
-        # gemm_ws_kernel<T, BM, STAGES, kStreamK, kGrouped>: the first bool is kStreamK.
+        # gemm_ws_kernel<T, BM, STAGES, kStreamK, kGrouped, kTmaX>: the first bool is kStreamK.
         flags = re.search(r"ELi\d+ELb(\d)E", name)
         stream_k = flags is not None and flags.group(1) == "1"
         found = loops(body)

@@ -187,6 +187,7 @@ NB_MODULE(_C, m) {
         d["tile_tokens"] = 8 * plan.tile.mt;
         d["splits"] = plan.tile.splits;
         d["stream_k"] = plan.tile.stream_k;
+        d["tma_x"] = plan.tile.tma_x;
         d["wide"] = plan.tile.kind == KernelKind::kWgmmaWs && plan.tile.nt == 2 * kWgNT;
         d["block_warps"] = plan.dense ? 0 : plan.tile.kwarps;
         // The K-split kernel's block width (32, or 64: plan_ksplit's wide decode blocks); 0 for the others.
@@ -245,7 +246,8 @@ NB_MODULE(_C, m) {
             (plan.tile.kind == KernelKind::kKSplit && plan.family != Family::kSm90) ||
             (plan.tile.kind == KernelKind::kXShared && plan.family == Family::kSm80) ||
             (plan.tile.kind == KernelKind::kWgmmaWs && plan.family == Family::kSm90 && 8 * plan.tile.mt <= 224 &&
-             plan.tile.splits == 1 && !plan.tile.stream_k);  // make_grouped_plan's tiles: 32-128, 160-224
+             plan.tile.splits == 1 && !plan.tile.stream_k &&
+             !plan.tile.tma_x);  // make_grouped_plan's tiles: 32-128, 160-224
         if (!decoded || plan.dense || !grouped_kind) {
           throw nb::value_error("awqgemm: not a grouped plan code from plan_grouped()");
         }
@@ -298,8 +300,9 @@ NB_MODULE(_C, m) {
   // fused_moe's routing / activation / combine kernels (awqgemm/moe_routing.h).
   m.attr("max_route_experts") = kMaxRouteExperts;
   // Work-in-progress switches (awqgemm.testing.force keywords) -> their bit in the planners' `wip`
-  // (WipFeature in dispatch.h; none now).
+  // (WipFeature in dispatch.h).
   nb::dict wip_features;
+  wip_features["ws_tma_x"] = static_cast<int>(kWipWsTmaX);
   m.attr("wip_features") = wip_features;
 
   m.def(

@@ -265,6 +265,35 @@ cudaError_t weight_tensor_map(const GemmProblem& p, TensorMap128* map, unsigned 
   return rc == 0 ? cudaSuccess : cudaErrorInvalidValue;
 }
 
+// ws_tma_x (work in progress): the weight as [column tiles][ktiles x 4 lines][32 words] with the
+// 128-byte swizzle (a box of 4 lines x kNB tiles is one k-tile of a block, as the 2-D map's), so the
+// consumers' reads of other lanes' words hit 8 bank groups (gemm_wgws_sm90a.cuh, kTmaX); and x itself
+// [M][K] of 16-bit elements, boxes of BM rows x 64 k in the 128-byte swizzle the B descriptor reads,
+// rows past M and k past K zero-filled (CU_TENSOR_MAP_DATA_TYPE_UINT16 = 1, SWIZZLE_128B = 3).
+cudaError_t weight_tensor_map_lines(const GemmProblem& p, TensorMap128* map, unsigned box_tiles) {
+  const EncodeTiledFn encode = tensor_map_encoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const unsigned long long ktiles = padded_k(p.K) / kTileK;
+  const unsigned long long dims[3] = {32, ktiles * 4, static_cast<unsigned long long>(padded_n(p.N) / kTileN)};
+  const unsigned long long strides[2] = {128, ktiles * kWordsPerTile * 4};
+  const unsigned box[3] = {32, 4, box_tiles};
+  const unsigned unit_strides[3] = {1, 1, 1};
+  const int rc = encode(map, /*UINT32*/ 2, 3, const_cast<void*>(p.qweight), dims, strides, box, unit_strides,
+                        /*interleave none*/ 0, /*swizzle 128B*/ 3, /*L2 256B*/ 3, /*OOB fill none*/ 0);
+  return rc == 0 ? cudaSuccess : cudaErrorInvalidValue;
+}
+cudaError_t x_tensor_map(const GemmProblem& p, TensorMap128* map, unsigned box_rows) {
+  const EncodeTiledFn encode = tensor_map_encoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const unsigned long long dims[2] = {static_cast<unsigned long long>(p.K), static_cast<unsigned long long>(p.M)};
+  const unsigned long long strides[1] = {static_cast<unsigned long long>(p.x_row_stride) * 2};
+  const unsigned box[2] = {kTileK, box_rows};
+  const unsigned unit_strides[2] = {1, 1};
+  const int rc = encode(map, /*UINT16*/ 1, 2, const_cast<void*>(p.x), dims, strides, box, unit_strides,
+                        /*interleave none*/ 0, /*swizzle 128B*/ 3, /*L2 256B*/ 3, /*OOB fill none*/ 0);
+  return rc == 0 ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 // setmaxnreg.inc waits (in hardware, past the hang trap) until the block's pool has the registers the
 // consumers ask for, and the pool is what the launch allocated: numRegs x threads. ptxas gives this
 // kernel 168 = 65536 / 384 rounded down to 8, exactly 128 x 40 + 256 x 232; a build that gave it fewer
@@ -278,6 +307,43 @@ cudaError_t ws_register_pool(Kernel kernel) {
   if (e != cudaSuccess) return e;
   return attr.numRegs * kWsThreads >= 128 * kWsProducerRegs + 256 * kWsConsumerRegs ? cudaSuccess
                                                                                      : cudaErrorInvalidConfiguration;
+}
+
+// ws_tma_x (work in progress): v11.1 reading x through a tensor map, no staging kernel. A stream-K
+// plan still needs its flags cleared (the workspace comes from torch uncleared): the staging kernel
+// with no rows does that and nothing else. `after_x`: the workspace past the (unused) staged-x area,
+// where launch_ws keeps the partials and stream-K slots.
+template <typename T, int BM>
+cudaError_t launch_ws_tma_x(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream, int sms,
+                            float* after_x) {
+  constexpr int kStages = ws_stages(BM);
+  constexpr int NTW = ws_ntw(BM);
+  constexpr int kSmem = kStages * ws_stage_bytes(BM) + 1024;
+  static const cudaError_t pool = [&] {
+    const cudaError_t e = ws_register_pool(gemm_ws_kernel<T, BM, kStages, false, false, true>);
+    return e != cudaSuccess ? e : ws_register_pool(gemm_ws_kernel<T, BM, kStages, true, false, true>);
+  }();
+  if (pool != cudaSuccess) return pool;
+  typename WsMaps<true>::type maps{};
+  cudaError_t err = weight_tensor_map_lines(p, &maps.w, kWgNT * NTW);
+  if (err == cudaSuccess) err = x_tensor_map(p, &maps.x, BM);
+  if (err != cudaSuccess) return err;
+  const int nblocks = ceil_div(padded_n(p.N) / kTileN, kWgNT * NTW);
+  const int ktiles = padded_k(p.K) / kTileK;
+  const int64_t units = static_cast<int64_t>(nblocks) * ceil_div(p.M, BM) * cfg.splits;
+  const int grid = ws_grid(static_cast<int>(units), ceil_div(ktiles, cfg.splits), sms, cfg.stream_k);
+  if (cfg.stream_k) {
+    err = launch_maybe_pdl(stage_x_tiles_kernel<T>, dim3(1), dim3(256), 0, (cfg.pdl_flags & kPdlLaunched) != 0,
+                           stream, p, 0, 0, static_cast<T*>(nullptr), reinterpret_cast<int*>(after_x), grid);
+    if (err != cudaSuccess) return err;
+  }
+  GemmProblem g = p;
+  g.workspace = after_x;
+  const WsGroup none{nullptr, 0};
+  return cfg.stream_k ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true, false, true>>(
+                            dim3(grid), kWsThreads, g, cfg, stream, maps, none)
+                      : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, false, true>>(
+                            dim3(grid), kWsThreads, g, cfg, stream, maps, none);
 }
 
 // v11 (gemm_wgws_sm90a.cuh): x staged tile-major and swizzled at the front of
@@ -313,9 +379,6 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
   const bool pdl = (cfg.pdl_flags & kPdlLaunched) != 0;
-  TensorMap128 wmap{};
-  err = weight_tensor_map(p, &wmap, kWgNT * NTW);
-  if (err != cudaSuccess) return err;
   T* xs = reinterpret_cast<T*>(p.workspace);
   const int nblocks = ceil_div(padded_n(p.N) / kTileN, kWgNT * NTW);
   const int ktiles = padded_k(p.K) / kTileK;
@@ -325,6 +388,16 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   if (cfg.stream_k && wg_staged_x_bytes(chunk, p.K) + ws_stream_k_bytes(sms, BM, kWgNT * NTW) > p.workspace_bytes) {
     return cudaErrorInvalidValue;
   }
+  // ws_tma_x: one launch over every row, x read where the caller left it. The tensor map needs a 16-byte
+  // aligned x and row stride, and its kernels take groups of 64 / 128; anything else takes the staged
+  // path below (the plan's workspace has room for it either way).
+  if (cfg.tma_x && chunk >= p.M && p.group_size >= 64 &&
+      ((reinterpret_cast<uintptr_t>(p.x) | (p.x_row_stride * sizeof(T))) & 15) == 0) {
+    return launch_ws_tma_x<T, BM>(p, cfg, stream, sms, after_x);
+  }
+  TensorMap128 wmap{};
+  err = weight_tensor_map(p, &wmap, kWgNT * NTW);
+  if (err != cudaSuccess) return err;
   for (int m0 = 0; m0 < p.M; m0 += chunk) {
     const int rows = std::min(chunk, p.M - m0);
     const int threads = 256;
@@ -407,8 +480,8 @@ cudaError_t launch_ws_grouped(const GemmProblem& p, const TileConfig& cfg, cudaS
     g.x = xs;
     g.x_row_stride = kTileK;  // not read: the kernel indexes the staged tiles itself
     const int grid = ws_grid(nblocks * count, ktiles, sms, /*stream_k=*/false);
-    err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, true>>(dim3(grid), kWsThreads, g, cfg,
-                                                                                      stream, wmap, WsGroup{table, t0});
+    err = launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, true>>(
+        dim3(grid), kWsThreads, g, cfg, stream, wmap, WsGroup{table, t0});
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
@@ -418,6 +491,7 @@ template <typename T>
 cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   if (cfg.kind == KernelKind::kWgmmaWs) {
     if (cfg.nt != kWgNT * ws_ntw(8 * cfg.mt) || cfg.kwarps != kWsThreads / 32) return cudaErrorInvalidConfiguration;
+    if (cfg.tma_x && p.row_offsets != nullptr) return cudaErrorInvalidConfiguration;  // dense only
     if (p.row_offsets != nullptr) {
       switch (cfg.mt * 8) {  // make_grouped_plan's tiles
         case 32: return launch_ws_grouped<T, 32>(p, cfg, stream);

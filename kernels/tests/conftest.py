@@ -18,7 +18,7 @@ def has_gpu() -> bool:
 # CUDA context, and with it every later test of its process. When a feature becomes the default, its
 # switch, its name here and the device script's list of it go together. None today (ws_cluster_splitk
 # went after the H200 run of 2026-11-29: 1.5-1.7x the partials path's time).
-WIP_FEATURES: tuple[str, ...] = ()
+WIP_FEATURES: tuple[str, ...] = ("ws_tma_x",)
 
 
 def pytest_addoption(parser):

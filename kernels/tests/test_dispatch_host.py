@@ -70,22 +70,29 @@ def _short_tile(rows: int) -> int:
 
 def test_wip_switches_change_only_their_plans(all_plans):
     """Planned with every work-in-progress bit on ('W' dense, 'H' grouped), a problem gets the production
-    plan plus only its features' plan flags; the codes round-trip. No feature is in progress today
-    (dispatch.h's WipFeature is empty: ws_cluster_splitk and its flag 8 went after the H200 run of
-    2026-11-29), so every plan must be the production one: a feature that lands adds its expectation here."""
+    plan plus only its features' plan flags; the codes round-trip. ws_tma_x: dense v11.1 plans whose rows
+    go in one launch take flag 8 (x through a tensor map), nothing else changes (same tile, splits,
+    workspace); grouped plans never."""
     prod = {(p["problem"], p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in all_plans}
     wip = [p for p in all_plans if p["problem"] in ("W", "H")]
     assert len(wip) > 10000
+    tma_x = 0
     for w in wip:
         p = prod[("P" if w["problem"] == "W" else "G", w["cap"], w["fam"], w["a"], w["K"], w["N"], w["M"])]
-        assert w["code"] == p["code"], (p, w)
         assert w["ws"] == p["ws"] and w["roundtrip"] == 1, (p, w)
+        v11_dense = w["problem"] == "W" and p["family"] == 90 and p["kind"] == 4 and not p["flags"] & 1
+        if w["code"] != p["code"]:
+            assert v11_dense and w["code"] == p["code"] | (8 << 56), (p, w)
+            tma_x += 1
+        elif v11_dense and w["M"] * -(-w["K"] // 64) * 64 * 2 <= 16 << 20:  # staged x would fit one launch
+            raise AssertionError(f"a v11.1 plan of one launch without ws_tma_x's flag: {w}")
+    assert tma_x > 500, tma_x
 
 
-def test_plan_flags_within_three_bits(plans, driver):
-    """A plan's flags are dense (1), reduce PDL (2) and stream-K (4): no production plan has a higher bit,
-    and decode_plan refuses codes that do (8 was the cluster K split's, removed), as it refuses nothing
-    the planners make."""
+def test_plan_flags(plans, driver):
+    """A plan's flags are dense (1), reduce PDL (2), stream-K (4) and x through a tensor map (8, ws_tma_x,
+    work in progress): no production plan has 8 or above; decode_plan accepts 8 on a fused v11.1 code
+    only, refuses 16 and 64 on any, and refuses nothing the planners make."""
     assert not [p for p in plans if p["flags"] > 7]
     codes = sorted({p["code"] for p in plans})
     probe = codes + [c | (bit << 56) for c in codes for bit in (8, 16, 64)]
@@ -94,7 +101,11 @@ def test_plan_flags_within_three_bits(plans, driver):
     assert run.returncode == 0, run.stderr[-2000:]
     accepted = dict(zip(probe, map(int, run.stdout.split()), strict=True))
     assert all(accepted[c] for c in codes), [c for c in codes if not accepted[c]][:5]
-    assert not any(accepted[c] for c in probe[len(codes) :]), [c for c in probe[len(codes) :] if accepted[c]][:5]
+    fields = {p["code"]: p for p in plans}
+    for c in codes:
+        v11_fused = fields[c]["kind"] == 4 and not fields[c]["flags"] & 1
+        assert accepted[c | (8 << 56)] == v11_fused, fields[c]
+        assert not accepted[c | (16 << 56)] and not accepted[c | (64 << 56)], fields[c]
 
 
 def test_mid_tiles(plans):

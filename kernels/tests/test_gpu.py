@@ -797,7 +797,7 @@ def test_xshared_grouped_garbage_rows(dtype, group):
         assert _grouped_garbage_rows({"family": "sm80"}, dtype, group, r)["kernel"] == "x_shared"
 
 
-def _forced_v11_cases(expect, dtype, group, tokens, shapes, graph_ms=(), bias_ms=()):
+def _forced_v11_cases(expect, dtype, group, tokens, shapes, graph_ms=(), bias_ms=(), **switches):
     """v11.1 forced (sm90 family, fused path) at each (K, N) x M: plan_info has the items of expect(m),
     fp64 check (a bias at bias_ms; at graph_ms a replayed CUDA graph equal to eager too). Returns the set
     of schedule kinds planned."""
@@ -807,7 +807,7 @@ def _forced_v11_cases(expect, dtype, group, tokens, shapes, graph_ms=(), bias_ms
         if k % group:  # the K-tail shape exists only for groups that divide K (group 32 for K = 1120)
             continue
         qweight, qzeros, scales = random_awq(k, n, group, dtype, "cuda")
-        with awqgemm.testing.force(family="sm90", path="fused"):
+        with awqgemm.testing.force(family="sm90", path="fused", **switches):
             packed = awqgemm.pack_awq(qweight, qzeros, scales, group)
             for m in tokens:
                 info = awqgemm.plan_info(m, n, k, dtype)
@@ -821,17 +821,17 @@ def _forced_v11_cases(expect, dtype, group, tokens, shapes, graph_ms=(), bias_ms
     return kinds
 
 
-def _v11_racecheck_cases(expect, cases):
-    """The racecheck variant of _forced_v11_cases: fp16, group 32, references on the CPU (see
-    test_racecheck_subset)."""
+def _v11_racecheck_cases(expect, cases, group=32, **switches):
+    """The racecheck variant of _forced_v11_cases: fp16, group 32 unless given, references on the CPU
+    (see test_racecheck_subset)."""
     skip_unless_family("sm90")
     for k, n, m in cases:
-        qweight, qzeros, scales = random_awq(k, n, 32, torch.float16, "cpu")
-        w = awqgemm.dequantize_awq(qweight, qzeros, scales, 32).double()
-        with awqgemm.testing.force(family="sm90", path="fused"):
+        qweight, qzeros, scales = random_awq(k, n, group, torch.float16, "cpu")
+        w = awqgemm.dequantize_awq(qweight, qzeros, scales, group).double()
+        with awqgemm.testing.force(family="sm90", path="fused", **switches):
             info = awqgemm.plan_info(m, n, k, torch.float16, torch.device("cuda"))
             assert {key: info[key] for key in expect(m)} == expect(m), (m, n, k, info)
-            packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), 32)
+            packed = awqgemm.pack_awq(qweight.cuda(), qzeros.cuda(), scales.cuda(), group)
             x = torch.randn(m, k, dtype=torch.float16)
             out = awqgemm.gemm(x.cuda(), packed).cpu()
         assert rel_err(out, x.double() @ w) < 5e-3, (k, n, m)
@@ -921,6 +921,67 @@ def test_sanitizer_subset_mid_tiles():
 def test_racecheck_subset_mid_tiles():
     """160-224-token tiles for compute-sanitizer racecheck: their rings and epilogues."""
     _v11_racecheck_cases(_mid_expect, ((4096, 1376, 129), (4096, 6144, 192), (4096, 6144, 200)))
+
+
+# ws_tma_x (work in progress): dense v11.1 reads x through a tensor map from the caller's tensor (no
+# staging kernel) and takes layout 1's words in the wgmma's k order from shared memory; groups of 64 / 128
+# (32 keeps the staged path). Shapes: an odd number of k-tiles (K = 1088, groups of 64), a K tail (K =
+# 1120, group 32: the staged path), a partial last column block (N = 1376), Llama-3-8B qkv and gate_up;
+# tokens from the 32-token tile to a 256-token one, partial tiles, K splits and stream-K plans among them.
+TMA_X_TOKENS = (1, 17, 40, 64, 100, 129, 192, 300)
+TMA_X_SHAPES = ((1088, 1376), (1120, 1376), (4096, 1376), (4096, 6144), (4096, 28672))
+
+
+def _tma_x_expect(m):
+    return {"kernel": "wgmma_ws", "tma_x": True}
+
+
+@pytest.mark.wip("ws_tma_x")
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_ws_tma_x(dtype, group):
+    """Group 32 plans the same but its launch stages x (the kTmaX kernels take groups of 64 / 128)."""
+    graph_ms = (64, 192) if group == 128 else ()
+    kinds = _forced_v11_cases(
+        _tma_x_expect, dtype, group, TMA_X_TOKENS, TMA_X_SHAPES, graph_ms, bias_ms=(40,), ws_tma_x=True
+    )
+    assert "stream-K" in kinds and any(k != "1 splits" and k != "stream-K" for k in kinds), kinds
+    # Without the switch no plan reads x through the map.
+    with awqgemm.testing.force(family="sm90", path="fused"):
+        assert not awqgemm.plan_info(64, 6144, 4096, dtype)["tma_x"]
+
+
+@pytest.mark.wip("ws_tma_x")
+def test_ws_tma_x_strided_x():
+    """x as column slices of a wider tensor (rows 6 bytes off alignment, 16 bytes off, and a padded row
+    stride): bit for bit the result of a contiguous copy (the op copies what the tensor map cannot read)."""
+    skip_unless_family("sm90")
+    k, n = 4096, 6144
+    qweight, qzeros, scales = random_awq(k, n, 128, torch.float16, "cuda")
+    with awqgemm.testing.force(family="sm90", path="fused", ws_tma_x=True):
+        packed = awqgemm.pack_awq(qweight, qzeros, scales, 128)
+        wide = torch.randn(64, k + 24, dtype=torch.float16, device="cuda")
+        for x in (wide[:, 3 : 3 + k], wide[:, 8 : 8 + k], wide[:, :k]):
+            out = awqgemm.gemm(x, packed)
+            ref = awqgemm.gemm(x.contiguous(), packed)
+            assert torch.equal(out, ref), (x.stride(), x.storage_offset())
+
+
+@pytest.mark.wip("ws_tma_x")
+def test_sanitizer_subset_ws_tma_x():
+    """ws_tma_x for compute-sanitizer memcheck: the x box past M (zero-filled by the TMA), a partial
+    column block, a K split and a stream-K plan."""
+    for dtype in (torch.float16, torch.bfloat16):
+        shapes = ((1088, 1376), (4096, 6144))
+        _forced_v11_cases(_tma_x_expect, dtype, 64, (17, 64, 129), shapes, bias_ms=(17,), ws_tma_x=True)
+
+
+@pytest.mark.wip("ws_tma_x")
+def test_racecheck_subset_ws_tma_x():
+    """ws_tma_x for compute-sanitizer racecheck: the consumers' reads of other lanes' words and the
+    producer's next copies into the slot."""
+    cases = ((4096, 1376, 64), (4096, 6144, 129), (1088, 1376, 40))
+    _v11_racecheck_cases(_tma_x_expect, cases, group=64, ws_tma_x=True)
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])

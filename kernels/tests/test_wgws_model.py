@@ -185,6 +185,156 @@ def test_model_matches_x_at_w(group, splits, ntw, m_rows, bm):
     assert torch.allclose(out, ref, rtol=1e-9, atol=1e-9), (out - ref).abs().max()
 
 
+# ---- ws_tma_x (work in progress): x through a tensor map, the weights' k order rearranged in shared memory
+
+
+def sw128(offset: int) -> int:
+    """The 128-byte swizzle of a byte offset from a 1024-byte aligned base: 16-byte chunk ^= line & 7."""
+    return offset ^ (((offset >> 7) & 7) << 4)
+
+
+def producer_stage_tma_x(qbytes, szbytes, x, ntiles, ktiles, gshift, bm, mb, nb, kt, ntw=1):
+    """One stage as the kTmaX producer fills it: the weight box of the 3-D map [tiles][ktiles x 4
+    lines][32 words] (weight_tensor_map_lines) at (0, 4 kt, kNB nb) -- tile j's 4 lines of k-tile kt,
+    128-byte swizzled, tiles past the last zero-filled; the (scale, zero) rows as producer_stage; x from
+    the map over the caller's [M][K] (x_tensor_map) at (64 kt, BM mb): BM rows of 64 k, 128-byte
+    swizzled, rows past M and k past K zero. Returns the stage and the bytes the copies complete
+    (the whole x box: BM x 128)."""
+    nbt = 8 * ntw
+    nvalid = min(nbt, ntiles - nbt * nb)
+    plain = torch.zeros((nbt * 512,), dtype=torch.uint8)
+    for j in range(nbt):
+        if nbt * nb + j < ntiles:
+            src = ((nbt * nb + j) * ktiles + kt) * 512
+            plain[512 * j : 512 * j + 512] = qbytes[src : src + 512]
+    w = torch.empty_like(plain)
+    for off in range(0, nbt * 512, 16):  # the box lands at a 1024-byte aligned offset of the stage
+        w[sw128(off) : sw128(off) + 16] = plain[off : off + 16]
+    sz = torch.full((2 * nbt * 64,), 0xEE, dtype=torch.uint8)
+    for r in (0, 1) if gshift == 5 else (0,):
+        grp = (kt * TILE_K + 32 * r) >> gshift
+        src = (grp * ntiles + nbt * nb) * 64
+        sz[nbt * 64 * r : nbt * 64 * r + nvalid * 64] = szbytes[src : src + nvalid * 64]
+    m_rows, k_dim = x.shape
+    xt = torch.empty((bm * 64,), dtype=torch.float64)
+    for r in range(bm):
+        for kk in range(64):
+            m, k = mb * bm + r, kt * TILE_K + kk
+            xt[sw128(128 * r + 2 * kk) // 2] = x[m, k].item() if m < m_rows and k < k_dim else 0.0
+    copied = bm * 128 + nbt * 512 + (2 if gshift == 5 else 1) * nvalid * 64
+    return w, sz, xt, copied
+
+
+def consumer_a_tma_x(w, sz, gshift, dtype, ntw=1):
+    """The A operand as kTmaX's consumers build it (dequant_smem_tile_natural): thread (g, q) of warp
+    w, tile t = w + 8 j, reads in step s the words at stage offset w_nat ^ (16 s) and + 8, w_nat =
+    sw128(t * 512 + 64 g) + 4 (q >> 1); prmt with 0x6240 + 0x1111 (q & 1) puts bytes (q & 1) and
+    2 + (q & 1) of the first word in bytes 0 and 2, of the second in 1 and 3; dequant_word as in
+    consumer_a; its (scale, zero) pair at t * 64 + g * 8 (groups of 64 / 128 only: launch_ws stages x
+    for groups of 32)."""
+    magic = _layout.MAGIC[dtype]
+    raw = w.numpy().tobytes()
+    pairs = sz.view(dtype).to(torch.float64)
+    a = torch.zeros(128 * ntw, 4, 16, dtype=torch.float64)
+
+    def word_at(off):
+        return int.from_bytes(raw[off : off + 4], "little")
+
+    for t in range(8 * ntw):
+        for lane in range(32):
+            g, q = lane >> 2, lane & 3
+            w_nat = sw128(t * 512 + 64 * g) + 4 * (q >> 1)
+            sel = 0x6240 + 0x1111 * (q & 1)
+            for s in range(4):
+                lo, hi = word_at(w_nat ^ (16 * s)), word_at((w_nat ^ (16 * s)) + 8)
+                src = lo | (hi << 32)
+                word = 0
+                for b in range(4):
+                    word |= ((src >> (8 * ((sel >> (4 * b)) & 7))) & 0xFF) << (8 * b)
+                assert gshift >= 6, "kTmaX takes groups of 64 / 128"
+                e = (t * 64 + g * 8) // 2
+                scale = (pairs[e].item(), pairs[e + 2].item())
+                zero = (pairs[e + 1].item() - magic, pairs[e + 3].item() - magic)
+                for i in range(4):
+                    h = i & 1
+                    for tt, nib in enumerate(((word >> (4 * i)) & 0xF, (word >> (16 + 4 * i)) & 0xF)):
+                        v = torch.tensor((nib - zero[h]), dtype=dtype) * torch.tensor(scale[h], dtype=dtype)
+                        a[16 * t + g + 8 * h, s, 2 * q + 8 * (i >> 1) + tt] = v.to(torch.float64)
+    return a
+
+
+def run_model_tma_x(x, q, z, scales, group, bm, splits, ntw=1):
+    dtype = scales.dtype
+    m_rows, k_dim = x.shape
+    n_dim = q.shape[1]
+    qbytes = _layout.pack_qweight(q, _layout.LAYOUT_TC16X64).contiguous().view(torch.uint8).flatten()
+    szbytes = _layout.pack_scale_zero(scales, z, k_dim, group).contiguous().view(torch.uint8).flatten()
+    ktiles = (k_dim + TILE_K - 1) // TILE_K
+    ntiles = (n_dim + 15) // 16
+    nbt = 8 * ntw
+    nblocks = (ntiles + nbt - 1) // nbt
+    mblocks = (m_rows + bm - 1) // bm
+    gshift = group.bit_length() - 1
+    per_split = (ktiles + splits - 1) // splits
+    x64 = x.to(torch.float64)
+    partials = torch.full((splits, m_rows, n_dim), float("nan"), dtype=torch.float64)
+    for u in range(nblocks * mblocks * splits):
+        rest = u // mblocks
+        mb, nb, split = u - rest * mblocks, rest % nblocks, rest // nblocks
+        kt0 = split * per_split
+        acc = torch.zeros(16 * nbt, bm, dtype=torch.float64)
+        for kt in range(kt0, min(ktiles, kt0 + per_split)):
+            w, sz, xt, copied = producer_stage_tma_x(qbytes, szbytes, x64, ntiles, ktiles, gshift, bm, mb, nb, kt, ntw)
+            # gemm_ws_kernel's expect_tx with kTmaX: BM * 128 + kNB * 512 + sz_rows * nvalid * 64.
+            nvalid = min(nbt, ntiles - nbt * nb)
+            assert copied == bm * 128 + nbt * 512 + (2 if gshift == 5 else 1) * nvalid * 64
+            acc += torch.einsum("nsj,sjm->nm", consumer_a_tma_x(w, sz, gshift, dtype, ntw), consumer_b(xt, bm))
+        for n_local in range(16 * nbt):
+            n = nb * 16 * nbt + n_local
+            for m_local in range(bm):
+                m = mb * bm + m_local
+                if m < m_rows and n < n_dim:
+                    partials[split, m, n] = acc[n_local, m_local]
+    return partials.sum(0)
+
+
+@pytest.mark.parametrize(
+    "group,splits,ntw,m_rows,bm",
+    [(64, 2, 1, 20, 16), (64, 1, 1, 20, 16), (128, 3, 1, 20, 16), (64, 1, 2, 20, 16), (128, 2, 2, 20, 16),
+     (64, 2, 2, 60, 48), (128, 1, 2, 40, 32), (64, 1, 1, 200, 192)],
+)  # fmt: skip
+def test_tma_x_model_matches_x_at_w(group, splits, ntw, m_rows, bm):
+    """kTmaX's data movement (x through the tensor map, layout 1's words read across the quad in the
+    wgmma's k order) gives x @ W on test_model_matches_x_at_w's shapes with the kernels' groups, 64 and
+    128 (no K tail: K is a multiple of the group, so of the 64-k tile)."""
+    torch.manual_seed(group + splits + bm)
+    k_dim = 5 * 64 if group == 64 else 3 * 128
+    n_dim = 8 * 16 + 40 if ntw == 1 else 16 * 16 + 11 * 16 + 8
+    dtype = torch.float16
+    groups = k_dim // group
+    q = torch.randint(0, 16, (k_dim, n_dim), dtype=torch.uint8)
+    z = torch.randint(0, 16, (groups, n_dim), dtype=torch.uint8)
+    scales = ((torch.rand(groups, n_dim) + 0.5) / 16).to(dtype)
+    x = torch.randn(m_rows, k_dim).to(dtype)
+    out = run_model_tma_x(x, q, z, scales, group, bm, splits, ntw)
+    wq = (q.double() - z.double().repeat_interleave(group, 0)).to(dtype) * scales.repeat_interleave(group, 0)
+    ref = x.double() @ wq.double()
+    assert torch.isfinite(out).all(), "an output reads a hole (uncopied weight or scale)"
+    assert torch.allclose(out, ref, rtol=1e-9, atol=1e-9), (out - ref).abs().max()
+
+
+def test_tma_x_weight_reads_hit_eight_bank_groups():
+    """Every kTmaX consumer load of a warp (one step, one tile) touches 16-byte chunks in 8 different
+    bank groups (chunk index mod 8 of the 128-byte line): one wavefront per load, no conflict."""
+    for t in range(16):
+        for s in range(4):
+            chunks = set()
+            for g in range(8):
+                off = sw128(t * 512 + 64 * g) ^ (16 * s)
+                chunks.add((off >> 4) & 7)
+            assert len(chunks) == 8, (t, s, chunks)
+
+
 def test_stage_rows_sit_in_their_swizzle_atom():
     # A unit's x tile starts at row mb * BM of the staged k-tile (BM a multiple of 8), so the
     # staged swizzle (by r & 7 of the row in the chunk) is the one the descriptor applies to the

@@ -333,8 +333,45 @@ __device__ __forceinline__ void dequant_smem_tile(const unsigned char* w, const 
   dequant_word<T, true>(wv.w, zero2, scale2, a[3]);
 }
 
-// p.x is the staged x (stage_x_tiles_kernel) of p.M rows; out, bias and the
-// split-K workspace ([splits][M][N] fp32) as in the other kernels.
+// A value ptxas must keep in a register: without it, it recomputed the kTmaX consumers' per-thread
+// offsets from the thread index in every k-tile (~25 instructions per k-tile at BM 128).
+__device__ __forceinline__ uint32_t opaque_u32(uint32_t v) {
+  asm volatile("mov.b32 %0, %0;\n" : "+r"(v));
+  return v;
+}
+
+// kTmaX (work in progress, testing.force(ws_tma_x=True)): the same A fragments with lane (g, q)'s
+// registers at actual k = 16 s + 2 q + {0, 1, 8, 9} in step s -- the wgmma's own k order, so B is x
+// as the TMA copies it from the caller's tensor, no staging kernel. Layout 1 keeps those k's in lane
+// (g, s)'s words q >> 1 (k 16 s + 4 (q >> 1) + 0..3) and 2 + (q >> 1): each step reads those two
+// words of the quad's lane s, and one prmt keeps the two bytes of each (those of k offsets
+// 2 (q & 1) + {0, 1}, rows g and g + 8) in the byte places dequant_word reads registers 0-3 from.
+// The stage's weight tiles come through the 128-byte swizzle (weight map 3-D, 128-byte lines), so
+// the 8 distinct 16-byte chunks a warp's step reads sit in 8 different bank groups: one wavefront
+// per load. w[s]: the offset in the stage of this thread's swizzled chunk of step s, q >> 1 words in.
+// Groups of 64 and 128 only: with 32 the group would change with the step (s >> 1), not with the lane,
+// and the second (scale, zero) set cost ~8 instructions per k-tile in every kernel; launch_ws stages x
+// for those.
+template <typename T>
+__device__ __forceinline__ void dequant_smem_tile_natural(const unsigned char* stage, const uint32_t (&w)[4],
+                                                        const unsigned char* szp, uint32_t prmt_sel,
+                                                        uint32_t (&a)[4][4]) {
+  const uint2 sz = *reinterpret_cast<const uint2*>(szp);
+  uint32_t scale2[2], zero2[2];
+  split_scale_zero(sz.x, scale2[0], zero2[0]);
+  split_scale_zero(sz.y, scale2[1], zero2[1]);
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    const uint32_t lo = *reinterpret_cast<const uint32_t*>(stage + w[s]);
+    const uint32_t hi = *reinterpret_cast<const uint32_t*>(stage + w[s] + 8);
+    uint32_t word;
+    asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(word) : "r"(lo), "r"(hi), "r"(prmt_sel));
+    dequant_word<T, true>(word, zero2, scale2, a[s]);
+  }
+}
+
+// p.x is the staged x (stage_x_tiles_kernel) of p.M rows (kTmaX: the caller's x, read through xmap);
+// out, bias and the split-K workspace ([splits][M][N] fp32) as in the other kernels.
 // kStreamK (splits == 1): the workspace holds the tail's flags and slots
 // (ws_stream_k_bytes(gridDim.x, BM, kNB)). Its own instantiation: with the
 // tail's loops compiled in, ptxas moved the producer's ring position and copy
@@ -351,10 +388,35 @@ __device__ __forceinline__ void dequant_smem_tile(const unsigned char* w, const 
 // rows are its tile's ([m0, m_end) of out), its weights and scales its tile's expert's (wmap is 3-D:
 // [expert][column tile][ktiles x 128 words]); the units of tiles of no expert skip the k-loop and
 // store zeros. Its own instantiation, like kStreamK.
-template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false>
+// The tensor-map parameter: the weight's map, and with kTmaX x's map after it. The kernels without kTmaX
+// keep the parameter (and code) they had: a second parameter, or __grid_constant__ on the WsGroup one,
+// changed the grouped kernels' code (nvcc loaded WsGroup bytewise, or through LDC).
+template <bool kTmaX>
+struct WsMaps {
+  using type = TensorMap128;
+};
+template <>
+struct WsMaps<true> {
+  struct type {
+    TensorMap128 w, x;
+  };
+};
+// The weight's map in it (as an expression on the parameter: a pointer variable captured by the
+// producer's lambdas put it on the stack).
+template <bool kTmaX>
+__device__ __forceinline__ const TensorMap128* ws_weight_map(const typename WsMaps<kTmaX>::type& maps) {
+  if constexpr (kTmaX) {
+    return &maps.w;
+  } else {
+    return &maps;
+  }
+}
+
+template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false, bool kTmaX = false>
 __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
                                                                const int pdl_flags,
-                                                               const __grid_constant__ TensorMap128 wmap,
+                                                               const __grid_constant__
+                                                               typename WsMaps<kTmaX>::type maps,
                                                                const WsGroup grp) {
 #if defined(AWQGEMM_NO_WGMMA)
   __trap();
@@ -366,6 +428,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   constexpr int kSzOff = kWOff + kNB * 512;  // (scale, zero) rows: [0] for k 0..31 of the tile, [1] for 32..63
   constexpr int kSzRow = kNB * 64;           // bytes of one (scale, zero) row of the block
   static_assert(kStage % 1024 == 0, "every stage's x tile starts on a swizzle atom");
+  static_assert(!kTmaX || (!kGrouped && kWOff % 1024 == 0), "kTmaX: dense, weight tiles on a swizzle atom");
+  // kTmaX: groups of 64 / 128 (launch_ws_tma_x), one (scale, zero) row per stage.
   __shared__ uint64_t bars[2 * STAGES];  // full[0..STAGES), empty[0..STAGES)
   extern __shared__ uint4 smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
@@ -406,7 +470,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     // One thread issues every copy: the operands of a bulk copy live in
     // uniform registers, so per-lane copies would be issued one lane at a time.
     if (warp != kWsConsumerWarps || lane != 0) return;
-    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&wmap)) : "memory");
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(ws_weight_map<kTmaX>(maps)))
+                 : "memory");
+    if constexpr (kTmaX) {
+      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&maps.x)) : "memory");
+    }
     const unsigned char* const szsrc = reinterpret_cast<const unsigned char*>(p.scale_zero);
     const unsigned char* const xsrc = reinterpret_cast<const unsigned char*>(p.x);
     int slot = 0;
@@ -417,9 +485,12 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     auto copy_weights = [&](uint32_t st, uint32_t full, int kt, int nb, int nvalid, int e,
                             const unsigned char* sz) {
       if constexpr (kGrouped) {
-        tma_g2s_3d(st + kWOff, &wmap, kt * kWordsPerTile, kNB * nb, e, full);
+        tma_g2s_3d(st + kWOff, ws_weight_map<kTmaX>(maps), kt * kWordsPerTile, kNB * nb, e, full);
+      } else if constexpr (kTmaX) {
+        // [tiles][4 lines of k-tile kt][32 words]
+        tma_g2s_3d(st + kWOff, ws_weight_map<kTmaX>(maps), 0, 4 * kt, kNB * nb, full);
       } else {
-        tma_g2s_2d(st + kWOff, &wmap, kt * kWordsPerTile, kNB * nb, full);
+        tma_g2s_2d(st + kWOff, ws_weight_map<kTmaX>(maps), kt * kWordsPerTile, kNB * nb, full);
       }
 #pragma unroll 1
       for (int r = 0; r < sz_rows; ++r) {
@@ -445,7 +516,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
         if (e < 0) n_k = 0;  // rows of no expert: the consumers store zeros
         sz = szsrc + static_cast<int64_t>(max(e, 0)) * p.scale_zero_batch_stride * static_cast<int64_t>(sizeof(T));
       }
-      const uint32_t bytes = static_cast<uint32_t>(rows * 128 + kNB * 512 + sz_rows * nvalid * 64);
+      // kTmaX: the x box is always BM rows (those past M zero-filled, and counted).
+      const uint32_t bytes = static_cast<uint32_t>((kTmaX ? BM : rows) * 128 + kNB * 512 + sz_rows * nvalid * 64);
       const unsigned char* const xunit = xsrc + (static_cast<int64_t>(kt0) * p.M + w.mb * BM) * 128;
       const int64_t x_step = static_cast<int64_t>(p.M) * 128;  // bytes per k-tile
 #pragma unroll 1
@@ -455,7 +527,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
         const uint32_t st = base + slot * kStage;
         mbar_arrive_expect_tx(full, bytes);
         copy_weights(st, full, kt0 + i, w.nb, nvalid, e, sz);
-        bulk_g2s(st, xunit + i * x_step, rows * 128, full);
+        if constexpr (kTmaX) {
+          tma_g2s_2d(st, &maps.x, (kt0 + i) * kTileK, w.mb * BM, full);
+        } else {
+          bulk_g2s(st, xunit + i * x_step, rows * 128, full);
+        }
         ring_next<STAGES>(slot, phase);
       }
     };
@@ -470,6 +546,20 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   const int q = lane & 3;
   const uint32_t w_off = kWOff + warp * 512 + lane * 16;  // tile j: + 8 j * 512
   const uint32_t sz_off = kSzOff + (sz_rows == 2 ? (q >> 1) * kSzRow : 0) + warp * 64 + g * 8;  // + 8 j * 64
+  // kTmaX: tile t = warp + 8 j's step-0 chunk (lane 4 g's 16 bytes, line 4 t + g / 2 of the stage's
+  // weight region) after the swizzle, q >> 1 words in; prmt keeps bytes (q & 1) and 2 + (q & 1).
+  // The chunk's line in the stage is 4 t + g / 2 (mod 8: 4 (warp & 1) + g / 2, the same for tiles w and
+  // w + 8), so the swizzle XORs (4 (warp & 1) + g / 2) & 7 into the chunk index of every step.
+  [[maybe_unused]] uint32_t w_nat[4] = {0, 0, 0, 0};
+  [[maybe_unused]] uint32_t prmt_sel = 0;
+  if constexpr (kTmaX) {
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      const uint32_t plain = g * 64 + 16 * s;
+      w_nat[s] = opaque_u32(kWOff + warp * 512 + (plain ^ (((4 * (warp & 1) + (g >> 1)) & 7) << 4)) + 4 * (q >> 1));
+    }
+    prmt_sel = opaque_u32(0x6240u + 0x1111u * static_cast<uint32_t>(q & 1));
+  }
   uint32_t a[2][NTW][4][4];
   zero_a_sets(a);
   int slot = 0;
@@ -513,7 +603,11 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       const unsigned char* const gst = sbase + slot * kStage;
 #pragma unroll
       for (int j = 0; j < NTW; ++j) {
-        dequant_smem_tile<T>(gst + w_off + 8 * 512 * j, gst + sz_off + 8 * 64 * j, at[j]);
+        if constexpr (kTmaX) {
+          dequant_smem_tile_natural<T>(gst + 8 * 512 * j, w_nat, gst + sz_off + 8 * 64 * j, prmt_sel, at[j]);
+        } else {
+          dequant_smem_tile<T>(gst + w_off + 8 * 512 * j, gst + sz_off + 8 * 64 * j, at[j]);
+        }
       }
       const uint32_t lo = desc_lo + static_cast<uint32_t>(slot * (kStage >> 4));
       wgmma_fence();
