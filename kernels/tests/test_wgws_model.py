@@ -102,12 +102,18 @@ def consumer_a(w, sz, gshift, dtype, ntw=1):
             zero = (pairs[e + 1].item() - magic, pairs[e + 3].item() - magic)
             for s in range(4):
                 word = int(words[(j * 512 + lane * 16) // 4 + s].item()) & 0xFFFFFFFF
-                for i in range(4):
-                    h = i & 1
-                    for t, nib in enumerate(((word >> (4 * i)) & 0xF, (word >> (16 + 4 * i)) & 0xF)):
-                        v = torch.tensor((nib - zero[h]), dtype=dtype) * torch.tensor(scale[h], dtype=dtype)
-                        a[16 * j + g + 8 * h, s, 2 * q + 8 * (i >> 1) + t] = v.to(torch.float64)
+                dequant_word_into(a, word, scale, zero, 16 * j + g, s, q, dtype)
     return a
+
+
+def dequant_word_into(a, word, scale, zero, row, s, q, dtype):
+    """dequant_word<T, true>: register i takes nibbles i (low half) and i + 4 (high half) of the word,
+    row half i & 1 (row, row + 8), logical k 2 q + 8 (i >> 1) + {0, 1} of step s; (q - z) * s in dtype."""
+    for i in range(4):
+        h = i & 1
+        for t, nib in enumerate(((word >> (4 * i)) & 0xF, (word >> (16 + 4 * i)) & 0xF)):
+            v = torch.tensor((nib - zero[h]), dtype=dtype) * torch.tensor(scale[h], dtype=dtype)
+            a[row + 8 * h, s, 2 * q + 8 * (i >> 1) + t] = v.to(torch.float64)
 
 
 def consumer_b(xt, bm):
@@ -120,7 +126,9 @@ def consumer_b(xt, bm):
     return b
 
 
-def run_model(x, q, z, scales, group, bm, splits, ntw=1):
+def run_model(x, q, z, scales, group, bm, splits, ntw=1, tma_x=False):
+    """The kernel's units over the whole problem, summed over K splits. tma_x: kTmaX's stages and
+    consumers (producer_stage_tma_x, consumer_a_tma_x) instead of the staged ones."""
     dtype = scales.dtype
     m_rows, k_dim = x.shape
     n_dim = q.shape[1]
@@ -134,7 +142,7 @@ def run_model(x, q, z, scales, group, bm, splits, ntw=1):
     nblocks = (ntiles + nbt - 1) // nbt
     mblocks = (m_rows + bm - 1) // bm
     gshift = group.bit_length() - 1
-    xs = staged_x(x.to(torch.float64), ktiles)
+    xs = None if tma_x else staged_x(x.to(torch.float64), ktiles)
     per_split = (ktiles + splits - 1) // splits
     partials = torch.full((splits, m_rows, n_dim), float("nan"), dtype=torch.float64)
     for u in range(nblocks * mblocks * splits):  # ws_unit: m fastest, then n, then the split
@@ -143,11 +151,16 @@ def run_model(x, q, z, scales, group, bm, splits, ntw=1):
         kt0 = split * per_split
         acc = torch.zeros(16 * nbt, bm, dtype=torch.float64)
         for kt in range(kt0, min(ktiles, kt0 + per_split)):
-            w, sz, xt, copied = producer_stage(qbytes, szbytes, xs, m_rows, ntiles, ktiles, gshift, bm, mb, nb, kt, ntw)
-            # gemm_ws_kernel's expect_tx: rows * 128 + kNB * 512 (the whole weight box) + sz_rows * nvalid * 64.
-            nvalid, rows = min(nbt, ntiles - nbt * nb), min(bm, m_rows - mb * bm)
+            stage = (qbytes, szbytes, x.to(torch.float64) if tma_x else xs)
+            if tma_x:
+                w, sz, xt, copied = producer_stage_tma_x(*stage, ntiles, ktiles, gshift, bm, mb, nb, kt, ntw)
+            else:
+                w, sz, xt, copied = producer_stage(*stage, m_rows, ntiles, ktiles, gshift, bm, mb, nb, kt, ntw)
+            # gemm_ws_kernel's expect_tx: rows * 128 (kTmaX: the whole box, BM * 128) + kNB * 512 (the whole
+            # weight box) + sz_rows * nvalid * 64.
+            nvalid, rows = min(nbt, ntiles - nbt * nb), bm if tma_x else min(bm, m_rows - mb * bm)
             assert copied == rows * 128 + nbt * 512 + (2 if gshift == 5 else 1) * nvalid * 64
-            a = consumer_a(w, sz, gshift, dtype, ntw)
+            a = (consumer_a_tma_x if tma_x else consumer_a)(w, sz, gshift, dtype, ntw)
             b = consumer_b(xt, bm)
             acc += torch.einsum("nsj,sjm->nm", a, b)
         for n_local in range(16 * nbt):
@@ -166,9 +179,14 @@ def run_model(x, q, z, scales, group, bm, splits, ntw=1):
 )  # fmt: skip
 def test_model_matches_x_at_w(group, splits, ntw, m_rows, bm):
     """ntw = 2: the 256-column blocks of BM <= 64 (tile_config.h ws_ntw), BM = 48 and 32 included (the
-    tiles of M <= 48); BM = 192: one of ws_mid_tiles' tiles (128 columns)."""
+    tiles of M <= 48); BM = 192: one of the mid tiles (128 columns)."""
     torch.manual_seed(group)
     k_dim = 3 * 64 - 32 if group == 32 else 3 * 128  # a K tail where the group allows one
+    check_model(group, splits, ntw, m_rows, bm, k_dim, tma_x=False)
+
+
+def check_model(group, splits, ntw, m_rows, bm, k_dim, tma_x):
+    """run_model on random AWQ data against x @ W in float64 (fp16 dequantized weights)."""
     # two blocks, the second partial (and a partial 16-column tile); wide: its second half partial too
     n_dim = 8 * 16 + 40 if ntw == 1 else 16 * 16 + 11 * 16 + 8
     # the model takes any BM divisible by 8: two m-blocks, the last partial
@@ -178,7 +196,7 @@ def test_model_matches_x_at_w(group, splits, ntw, m_rows, bm):
     z = torch.randint(0, 16, (groups, n_dim), dtype=torch.uint8)
     scales = ((torch.rand(groups, n_dim) + 0.5) / 16).to(dtype)
     x = torch.randn(m_rows, k_dim).to(dtype)
-    out = run_model(x, q, z, scales, group, bm, splits, ntw)
+    out = run_model(x, q, z, scales, group, bm, splits, ntw, tma_x)
     wq = (q.double() - z.double().repeat_interleave(group, 0)).to(dtype) * scales.repeat_interleave(group, 0)
     ref = x.double() @ wq.double()
     assert torch.isfinite(out).all(), "an output reads a hole (unstaged x, uncopied weight or scale)"
@@ -255,47 +273,8 @@ def consumer_a_tma_x(w, sz, gshift, dtype, ntw=1):
                 e = (t * 64 + g * 8) // 2
                 scale = (pairs[e].item(), pairs[e + 2].item())
                 zero = (pairs[e + 1].item() - magic, pairs[e + 3].item() - magic)
-                for i in range(4):
-                    h = i & 1
-                    for tt, nib in enumerate(((word >> (4 * i)) & 0xF, (word >> (16 + 4 * i)) & 0xF)):
-                        v = torch.tensor((nib - zero[h]), dtype=dtype) * torch.tensor(scale[h], dtype=dtype)
-                        a[16 * t + g + 8 * h, s, 2 * q + 8 * (i >> 1) + tt] = v.to(torch.float64)
+                dequant_word_into(a, word, scale, zero, 16 * t + g, s, q, dtype)
     return a
-
-
-def run_model_tma_x(x, q, z, scales, group, bm, splits, ntw=1):
-    dtype = scales.dtype
-    m_rows, k_dim = x.shape
-    n_dim = q.shape[1]
-    qbytes = _layout.pack_qweight(q, _layout.LAYOUT_TC16X64).contiguous().view(torch.uint8).flatten()
-    szbytes = _layout.pack_scale_zero(scales, z, k_dim, group).contiguous().view(torch.uint8).flatten()
-    ktiles = (k_dim + TILE_K - 1) // TILE_K
-    ntiles = (n_dim + 15) // 16
-    nbt = 8 * ntw
-    nblocks = (ntiles + nbt - 1) // nbt
-    mblocks = (m_rows + bm - 1) // bm
-    gshift = group.bit_length() - 1
-    per_split = (ktiles + splits - 1) // splits
-    x64 = x.to(torch.float64)
-    partials = torch.full((splits, m_rows, n_dim), float("nan"), dtype=torch.float64)
-    for u in range(nblocks * mblocks * splits):
-        rest = u // mblocks
-        mb, nb, split = u - rest * mblocks, rest % nblocks, rest // nblocks
-        kt0 = split * per_split
-        acc = torch.zeros(16 * nbt, bm, dtype=torch.float64)
-        for kt in range(kt0, min(ktiles, kt0 + per_split)):
-            w, sz, xt, copied = producer_stage_tma_x(qbytes, szbytes, x64, ntiles, ktiles, gshift, bm, mb, nb, kt, ntw)
-            # gemm_ws_kernel's expect_tx with kTmaX: BM * 128 + kNB * 512 + sz_rows * nvalid * 64.
-            nvalid = min(nbt, ntiles - nbt * nb)
-            assert copied == bm * 128 + nbt * 512 + (2 if gshift == 5 else 1) * nvalid * 64
-            acc += torch.einsum("nsj,sjm->nm", consumer_a_tma_x(w, sz, gshift, dtype, ntw), consumer_b(xt, bm))
-        for n_local in range(16 * nbt):
-            n = nb * 16 * nbt + n_local
-            for m_local in range(bm):
-                m = mb * bm + m_local
-                if m < m_rows and n < n_dim:
-                    partials[split, m, n] = acc[n_local, m_local]
-    return partials.sum(0)
 
 
 @pytest.mark.parametrize(
@@ -308,19 +287,7 @@ def test_tma_x_model_matches_x_at_w(group, splits, ntw, m_rows, bm):
     wgmma's k order) gives x @ W on test_model_matches_x_at_w's shapes with the kernels' groups, 64 and
     128 (no K tail: K is a multiple of the group, so of the 64-k tile)."""
     torch.manual_seed(group + splits + bm)
-    k_dim = 5 * 64 if group == 64 else 3 * 128
-    n_dim = 8 * 16 + 40 if ntw == 1 else 16 * 16 + 11 * 16 + 8
-    dtype = torch.float16
-    groups = k_dim // group
-    q = torch.randint(0, 16, (k_dim, n_dim), dtype=torch.uint8)
-    z = torch.randint(0, 16, (groups, n_dim), dtype=torch.uint8)
-    scales = ((torch.rand(groups, n_dim) + 0.5) / 16).to(dtype)
-    x = torch.randn(m_rows, k_dim).to(dtype)
-    out = run_model_tma_x(x, q, z, scales, group, bm, splits, ntw)
-    wq = (q.double() - z.double().repeat_interleave(group, 0)).to(dtype) * scales.repeat_interleave(group, 0)
-    ref = x.double() @ wq.double()
-    assert torch.isfinite(out).all(), "an output reads a hole (uncopied weight or scale)"
-    assert torch.allclose(out, ref, rtol=1e-9, atol=1e-9), (out - ref).abs().max()
+    check_model(group, splits, ntw, m_rows, bm, 5 * 64 if group == 64 else 3 * 128, tma_x=True)
 
 
 def test_tma_x_weight_reads_hit_eight_bank_groups():
