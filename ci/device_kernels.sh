@@ -127,9 +127,10 @@ fi
 if has timeline; then
   echo "== timeline: each kernel of one call, from a CUDA graph replay under torch.profiler =="
   # TIMELINE_CASES: profile_one.py argument lists (default: Llama-3-8B's four layers at batch 64, its
-  # gate_up at 24 and 256 tokens, its qkv at 192, the four layers at 64 with ws_tma_x, the Qwen3-30B-A3B MoE layer at 16, 64, 256, 512, 1024
-  # and 4096 tokens; a case with --wip F is left out when F's tests failed earlier in this run: the moe
-  # step runs after this one, so each case runs in a process of its own).
+  # gate_up at 24 and 256 tokens, its qkv at 192, the four layers at 64 with ws_tma_x, the Qwen3-30B-A3B
+  # MoE layer at 16, 64, 256, 512, 1024 and 4096 tokens; a case with --wip F is left out when F's tests
+  # failed earlier in this run: the moe step runs after this one, so each case runs in a process of its
+  # own).
   cases=${TIMELINE_CASES:-"--k 4096 --n 6144 --m 64;--k 4096 --n 4096 --m 64;--k 4096 --n 28672 --m 64;\
 --k 14336 --n 4096 --m 64;--k 4096 --n 28672 --m 24;--k 4096 --n 28672 --m 256;\
 --k 4096 --n 6144 --m 192;--k 4096 --n 6144 --m 64 --wip ws_tma_x;--k 4096 --n 4096 --m 64 --wip ws_tma_x;\

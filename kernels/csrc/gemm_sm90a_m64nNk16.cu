@@ -244,13 +244,23 @@ EncodeTiledFn tensor_map_encoder() {
   return fn;
 }
 
+// One tiled map: unit element strides, no interleave, 256-byte L2 promotion (3), out-of-bounds
+// elements read as zeros; `rank` dims, rank - 1 byte strides.
+cudaError_t encode_tiled(TensorMap128* map, int dtype, unsigned rank, const void* base, const unsigned long long* dims,
+                         const unsigned long long* strides, const unsigned* box, int swizzle) {
+  const EncodeTiledFn encode = tensor_map_encoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const unsigned unit_strides[3] = {1, 1, 1};
+  const int rc = encode(map, dtype, rank, const_cast<void*>(base), dims, strides, box, unit_strides,
+                        /*interleave none*/ 0, swizzle, /*L2 256B*/ 3, /*OOB fill none*/ 0);
+  return rc == 0 ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 // box_rows: column tiles per box (a block's: kWgNT x ws_ntw(BM)). Grouped problems
 // get a third dimension, the expert (qweight_batch_stride words apart), so a box
 // past an expert's last column tile is zero-filled instead of reading the next
 // expert's.
 cudaError_t weight_tensor_map(const GemmProblem& p, TensorMap128* map, unsigned box_rows) {
-  const EncodeTiledFn encode = tensor_map_encoder();
-  if (encode == nullptr) return cudaErrorNotSupported;
   const unsigned long long ktiles = padded_k(p.K) / kTileK;
   const bool grouped = p.row_offsets != nullptr;
   const unsigned long long dims[3] = {ktiles * kWordsPerTile, static_cast<unsigned long long>(padded_n(p.N) / kTileN),
@@ -259,10 +269,7 @@ cudaError_t weight_tensor_map(const GemmProblem& p, TensorMap128* map, unsigned 
                                          static_cast<unsigned long long>(p.qweight_batch_stride) * 4};
   if (grouped && (p.qweight_batch_stride < 0 || strides[1] % 16 != 0)) return cudaErrorMisalignedAddress;
   const unsigned box[3] = {kWordsPerTile, box_rows, 1};
-  const unsigned unit_strides[3] = {1, 1, 1};
-  const int rc = encode(map, /*UINT32*/ 2, grouped ? 3 : 2, const_cast<void*>(p.qweight), dims, strides, box,
-                        unit_strides, /*interleave none*/ 0, /*swizzle none*/ 0, /*L2 256B*/ 3, /*OOB fill none*/ 0);
-  return rc == 0 ? cudaSuccess : cudaErrorInvalidValue;
+  return encode_tiled(map, /*UINT32*/ 2, grouped ? 3 : 2, p.qweight, dims, strides, box, /*swizzle none*/ 0);
 }
 
 // ws_tma_x (work in progress): the weight as [column tiles][ktiles x 4 lines][32 words] with the
@@ -271,27 +278,17 @@ cudaError_t weight_tensor_map(const GemmProblem& p, TensorMap128* map, unsigned 
 // [M][K] of 16-bit elements, boxes of BM rows x 64 k in the 128-byte swizzle the B descriptor reads,
 // rows past M and k past K zero-filled (CU_TENSOR_MAP_DATA_TYPE_UINT16 = 1, SWIZZLE_128B = 3).
 cudaError_t weight_tensor_map_lines(const GemmProblem& p, TensorMap128* map, unsigned box_tiles) {
-  const EncodeTiledFn encode = tensor_map_encoder();
-  if (encode == nullptr) return cudaErrorNotSupported;
   const unsigned long long ktiles = padded_k(p.K) / kTileK;
   const unsigned long long dims[3] = {32, ktiles * 4, static_cast<unsigned long long>(padded_n(p.N) / kTileN)};
   const unsigned long long strides[2] = {128, ktiles * kWordsPerTile * 4};
   const unsigned box[3] = {32, 4, box_tiles};
-  const unsigned unit_strides[3] = {1, 1, 1};
-  const int rc = encode(map, /*UINT32*/ 2, 3, const_cast<void*>(p.qweight), dims, strides, box, unit_strides,
-                        /*interleave none*/ 0, /*swizzle 128B*/ 3, /*L2 256B*/ 3, /*OOB fill none*/ 0);
-  return rc == 0 ? cudaSuccess : cudaErrorInvalidValue;
+  return encode_tiled(map, /*UINT32*/ 2, 3, p.qweight, dims, strides, box, /*swizzle 128B*/ 3);
 }
 cudaError_t x_tensor_map(const GemmProblem& p, TensorMap128* map, unsigned box_rows) {
-  const EncodeTiledFn encode = tensor_map_encoder();
-  if (encode == nullptr) return cudaErrorNotSupported;
   const unsigned long long dims[2] = {static_cast<unsigned long long>(p.K), static_cast<unsigned long long>(p.M)};
   const unsigned long long strides[1] = {static_cast<unsigned long long>(p.x_row_stride) * 2};
   const unsigned box[2] = {kTileK, box_rows};
-  const unsigned unit_strides[2] = {1, 1};
-  const int rc = encode(map, /*UINT16*/ 1, 2, const_cast<void*>(p.x), dims, strides, box, unit_strides,
-                        /*interleave none*/ 0, /*swizzle 128B*/ 3, /*L2 256B*/ 3, /*OOB fill none*/ 0);
-  return rc == 0 ? cudaSuccess : cudaErrorInvalidValue;
+  return encode_tiled(map, /*UINT16*/ 1, 2, p.x, dims, strides, box, /*swizzle 128B*/ 3);
 }
 
 // setmaxnreg.inc waits (in hardware, past the hang trap) until the block's pool has the registers the
@@ -308,30 +305,31 @@ cudaError_t ws_register_pool(Kernel kernel) {
   return attr.numRegs * kWsThreads >= 128 * kWsProducerRegs + 256 * kWsConsumerRegs ? cudaSuccess
                                                                                      : cudaErrorInvalidConfiguration;
 }
+// Both instantiations (stream-K or not) of one launcher's kernel, checked once per process.
+template <typename T, int BM, int STAGES, bool kTmaX>
+cudaError_t ws_register_pools() {
+  static const cudaError_t pools = [] {
+    const cudaError_t e = ws_register_pool(gemm_ws_kernel<T, BM, STAGES, false, false, kTmaX>);
+    return e != cudaSuccess ? e : ws_register_pool(gemm_ws_kernel<T, BM, STAGES, true, false, kTmaX>);
+  }();
+  return pools;
+}
 
 // ws_tma_x (work in progress): v11.1 reading x through a tensor map, no staging kernel. A stream-K
 // plan still needs its flags cleared (the workspace comes from torch uncleared): the staging kernel
-// with no rows does that and nothing else. `after_x`: the workspace past the (unused) staged-x area,
-// where launch_ws keeps the partials and stream-K slots.
+// with no rows does that and nothing else. `grid` and `after_x` (the workspace past the unused
+// staged-x area, where the partials and stream-K slots go): launch_ws's.
 template <typename T, int BM>
-cudaError_t launch_ws_tma_x(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream, int sms,
+cudaError_t launch_ws_tma_x(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream, int grid,
                             float* after_x) {
   constexpr int kStages = ws_stages(BM);
-  constexpr int NTW = ws_ntw(BM);
   constexpr int kSmem = kStages * ws_stage_bytes(BM) + 1024;
-  static const cudaError_t pool = [&] {
-    const cudaError_t e = ws_register_pool(gemm_ws_kernel<T, BM, kStages, false, false, true>);
-    return e != cudaSuccess ? e : ws_register_pool(gemm_ws_kernel<T, BM, kStages, true, false, true>);
-  }();
-  if (pool != cudaSuccess) return pool;
+  cudaError_t err = ws_register_pools<T, BM, kStages, true>();
+  if (err != cudaSuccess) return err;
   typename WsMaps<true>::type maps{};
-  cudaError_t err = weight_tensor_map_lines(p, &maps.w, kWgNT * NTW);
+  err = weight_tensor_map_lines(p, &maps.w, kWgNT * ws_ntw(BM));
   if (err == cudaSuccess) err = x_tensor_map(p, &maps.x, BM);
   if (err != cudaSuccess) return err;
-  const int nblocks = ceil_div(padded_n(p.N) / kTileN, kWgNT * NTW);
-  const int ktiles = padded_k(p.K) / kTileK;
-  const int64_t units = static_cast<int64_t>(nblocks) * ceil_div(p.M, BM) * cfg.splits;
-  const int grid = ws_grid(static_cast<int>(units), ceil_div(ktiles, cfg.splits), sms, cfg.stream_k);
   if (cfg.stream_k) {
     err = launch_maybe_pdl(stage_x_tiles_kernel<T>, dim3(1), dim3(256), 0, (cfg.pdl_flags & kPdlLaunched) != 0,
                            stream, p, 0, 0, static_cast<T*>(nullptr), reinterpret_cast<int*>(after_x), grid);
@@ -369,19 +367,21 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
         reinterpret_cast<uintptr_t>(p.workspace)) & 15) != 0) {
     return cudaErrorMisalignedAddress;
   }
-  static const cudaError_t pool = [&] {
-    const cudaError_t e = ws_register_pool(gemm_ws_kernel<T, BM, kStages, false>);
-    return e != cudaSuccess ? e : ws_register_pool(gemm_ws_kernel<T, BM, kStages, true>);
-  }();
-  if (pool != cudaSuccess) return pool;
+  cudaError_t err = ws_register_pools<T, BM, kStages, false>();
+  if (err != cudaSuccess) return err;
   int device = 0, sms = 0;
-  cudaError_t err = cudaGetDevice(&device);
+  err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
   const bool pdl = (cfg.pdl_flags & kPdlLaunched) != 0;
   T* xs = reinterpret_cast<T*>(p.workspace);
   const int nblocks = ceil_div(padded_n(p.N) / kTileN, kWgNT * NTW);
   const int ktiles = padded_k(p.K) / kTileK;
+  // The persistent grid for a launch over `rows` rows.
+  const auto grid_for = [&](int rows) {
+    const int64_t units = static_cast<int64_t>(nblocks) * ceil_div(rows, BM) * cfg.splits;
+    return ws_grid(static_cast<int>(units), ceil_div(ktiles, cfg.splits), sms, cfg.stream_k);
+  };
   float* const after_x = p.workspace + wg_staged_x_bytes(chunk, p.K) / 4;
   // The stream-K flags and slots (at most one CTA per SM): refused, not overrun, if the caller's
   // workspace is short of them.
@@ -393,7 +393,7 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   // path below (the plan's workspace has room for it either way).
   if (cfg.tma_x && chunk >= p.M && p.group_size >= 64 &&
       ((reinterpret_cast<uintptr_t>(p.x) | (p.x_row_stride * sizeof(T))) & 15) == 0) {
-    return launch_ws_tma_x<T, BM>(p, cfg, stream, sms, after_x);
+    return launch_ws_tma_x<T, BM>(p, cfg, stream, grid_for(p.M), after_x);
   }
   TensorMap128 wmap{};
   err = weight_tensor_map(p, &wmap, kWgNT * NTW);
@@ -403,8 +403,7 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
     const int threads = 256;
     const int64_t chunks = static_cast<int64_t>(rows) * ktiles * 8;
     const int blocks = static_cast<int>(std::min<int64_t>((chunks + threads - 1) / threads, 65535));
-    const int64_t units = static_cast<int64_t>(nblocks) * ceil_div(rows, BM) * cfg.splits;
-    const int grid = ws_grid(static_cast<int>(units), ceil_div(ktiles, cfg.splits), sms, cfg.stream_k);
+    const int grid = grid_for(rows);
     int* const flags = cfg.stream_k ? reinterpret_cast<int*>(after_x) : nullptr;
     err = launch_maybe_pdl(stage_x_tiles_kernel<T>, dim3(blocks), dim3(threads), 0, pdl, stream, p, m0, rows, xs,
                            flags, cfg.stream_k ? grid : 0);

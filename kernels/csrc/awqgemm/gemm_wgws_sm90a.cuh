@@ -546,10 +546,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   const int q = lane & 3;
   const uint32_t w_off = kWOff + warp * 512 + lane * 16;  // tile j: + 8 j * 512
   const uint32_t sz_off = kSzOff + (sz_rows == 2 ? (q >> 1) * kSzRow : 0) + warp * 64 + g * 8;  // + 8 j * 64
-  // kTmaX: tile t = warp + 8 j's step-0 chunk (lane 4 g's 16 bytes, line 4 t + g / 2 of the stage's
-  // weight region) after the swizzle, q >> 1 words in; prmt keeps bytes (q & 1) and 2 + (q & 1).
-  // The chunk's line in the stage is 4 t + g / 2 (mod 8: 4 (warp & 1) + g / 2, the same for tiles w and
-  // w + 8), so the swizzle XORs (4 (warp & 1) + g / 2) & 7 into the chunk index of every step.
+  // kTmaX: step s reads lane 4 g + s's 16 bytes of tile t = warp (+ 8 j), q >> 1 words in; their line
+  // in the stage is 4 t + g / 2, i.e. 4 (warp & 1) + g / 2 mod 8 for tiles w and w + 8 alike, which the
+  // swizzle XORs into the chunk index. prmt keeps bytes (q & 1) and 2 + (q & 1) of each word.
   [[maybe_unused]] uint32_t w_nat[4] = {0, 0, 0, 0};
   [[maybe_unused]] uint32_t prmt_sel = 0;
   if constexpr (kTmaX) {
