@@ -165,8 +165,7 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return (torch.linalg.vector_norm(got - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30)).item()
 
 
-# --wip: the work-in-progress switches (awqgemm.testing.force) each variant turns on. None today (ws_tma_x
-# changes dense plans only).
+# --wip: the work-in-progress switches (awqgemm.testing.force) each variant turns on.
 WIP_VARIANTS: dict[str, tuple[str, ...]] = {}
 
 

@@ -300,9 +300,8 @@ NB_MODULE(_C, m) {
   // fused_moe's routing / activation / combine kernels (awqgemm/moe_routing.h).
   m.attr("max_route_experts") = kMaxRouteExperts;
   // Work-in-progress switches (awqgemm.testing.force keywords) -> their bit in the planners' `wip`
-  // (WipFeature in dispatch.h).
+  // (WipFeature in dispatch.h; none now).
   nb::dict wip_features;
-  wip_features["ws_tma_x"] = static_cast<int>(kWipWsTmaX);
   m.attr("wip_features") = wip_features;
 
   m.def(

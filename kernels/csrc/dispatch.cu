@@ -128,7 +128,7 @@ bool decode_plan(int64_t code, Plan* plan) {
   }
   // Stream-K exists only for v11.1 with one K split.
   if ((f[7] & 4) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[5] != 1)) return false;
-  // x through a tensor map (ws_tma_x, work in progress): v11.1, fused.
+  // x through a tensor map: v11.1, fused.
   if ((f[7] & 8) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || (f[7] & 1) != 0)) return false;
   plan->family = static_cast<Family>(f[0]);
   plan->tile.kind = static_cast<KernelKind>(f[1]);
@@ -591,9 +591,10 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
     if (path == PathRequest::kFused || (path == PathRequest::kAuto && wgmma_auto(M, N, K, sms))) {
       plan.family = Family::kSm90;
       if (plan_wgws(plan, sms, M, N, K)) {
-        // ws_tma_x (work in progress): x through a tensor map where the rows go in one launch (the
-        // staged-x chunks exist only for the staging kernel's workspace).
-        t.tma_x = (wip & kWipWsTmaX) != 0 && ws_chunk_rows(M, K) >= M;
+        // x through a tensor map where the rows go in one launch (the staged-x chunks exist only for
+        // the staging kernel's workspace). launch_ws still stages x for groups of 32 and for an x the
+        // map cannot read (unaligned base or row stride).
+        t.tma_x = ws_chunk_rows(M, K) >= M;
       } else {
         // K too long to stage even 256 rows (K > 65536): the v9 kernel, which gathers x itself. BM =
         // 64, 128 or 256 tokens (256: one block per SM, twice the tokens per dequantized weight).

@@ -272,7 +272,7 @@ cudaError_t weight_tensor_map(const GemmProblem& p, TensorMap128* map, unsigned 
   return encode_tiled(map, /*UINT32*/ 2, grouped ? 3 : 2, p.qweight, dims, strides, box, /*swizzle none*/ 0);
 }
 
-// ws_tma_x (work in progress): the weight as [column tiles][ktiles x 4 lines][32 words] with the
+// Dense v11.1 with x through a tensor map (TileConfig::tma_x): the weight as [column tiles][ktiles x 4 lines][32 words] with the
 // 128-byte swizzle (a box of 4 lines x kNB tiles is one k-tile of a block, as the 2-D map's), so the
 // consumers' reads of other lanes' words hit 8 bank groups (gemm_wgws_sm90a.cuh, kTmaX); and x itself
 // [M][K] of 16-bit elements, boxes of BM rows x 64 k in the 128-byte swizzle the B descriptor reads,
@@ -315,7 +315,7 @@ cudaError_t ws_register_pools() {
   return pools;
 }
 
-// ws_tma_x (work in progress): v11.1 reading x through a tensor map, no staging kernel. A stream-K
+// v11.1 reading x through a tensor map, no staging kernel (TileConfig::tma_x). A stream-K
 // plan still needs its flags cleared (the workspace comes from torch uncleared): the staging kernel
 // with no rows does that and nothing else. `grid` and `after_x` (the workspace past the unused
 // staged-x area, where the partials and stream-K slots go): launch_ws's.
@@ -388,7 +388,7 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   if (cfg.stream_k && wg_staged_x_bytes(chunk, p.K) + ws_stream_k_bytes(sms, BM, kWgNT * NTW) > p.workspace_bytes) {
     return cudaErrorInvalidValue;
   }
-  // ws_tma_x: one launch over every row, x read where the caller left it. The tensor map needs a 16-byte
+  // tma_x: one launch over every row, x read where the caller left it. The tensor map needs a 16-byte
   // aligned x and row stride, and its kernels take groups of 64 / 128; anything else takes the staged
   // path below (the plan's workspace has room for it either way).
   if (cfg.tma_x && chunk >= p.M && p.group_size >= 64 &&

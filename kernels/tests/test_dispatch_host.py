@@ -70,30 +70,37 @@ def _short_tile(rows: int) -> int:
 
 def test_wip_switches_change_only_their_plans(all_plans):
     """Planned with every work-in-progress bit on ('W' dense, 'H' grouped), a problem gets the production
-    plan plus only its features' plan flags; the codes round-trip. ws_tma_x: dense v11.1 plans whose rows
-    go in one launch take flag 8 (x through a tensor map), nothing else changes (same tile, splits,
-    workspace); grouped plans never."""
+    plan plus only its features' plan flags; the codes round-trip. No feature is in progress today
+    (dispatch.h's WipFeature is empty: ws_tma_x became the default after the H200 run of 2026-11-29
+    18:45), so every plan must be the production one: a feature that lands adds its expectation here."""
     prod = {(p["problem"], p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in all_plans}
     wip = [p for p in all_plans if p["problem"] in ("W", "H")]
     assert len(wip) > 10000
-    tma_x = 0
     for w in wip:
         p = prod[("P" if w["problem"] == "W" else "G", w["cap"], w["fam"], w["a"], w["K"], w["N"], w["M"])]
+        assert w["code"] == p["code"], (p, w)
         assert w["ws"] == p["ws"] and w["roundtrip"] == 1, (p, w)
-        v11_dense = w["problem"] == "W" and p["family"] == 90 and p["kind"] == 4 and not p["flags"] & 1
-        if w["code"] != p["code"]:
-            assert v11_dense and w["code"] == p["code"] | (8 << 56), (p, w)
-            tma_x += 1
-        elif v11_dense and w["M"] * -(-w["K"] // 64) * 64 * 2 <= 16 << 20:  # staged x would fit one launch
-            raise AssertionError(f"a v11.1 plan of one launch without ws_tma_x's flag: {w}")
+
+
+def test_tma_x_on_every_dense_v11_plan_of_one_launch(plans):
+    """Flag 8 (x through a tensor map) marks exactly the dense (not grouped) fused v11.1 plans whose rows
+    go in one launch: M rows of staged x (K padded to 64) fit one 32 MiB chunk of a multiple of 256 rows
+    (ws_chunk_rows). Bigger
+    problems stage x chunk by chunk; grouped plans always stage (their rows are gathered by expert)."""
+    tma_x = 0
+    for p in plans:
+        v11_dense = p["problem"] == "P" and p["family"] == 90 and p["kind"] == 4 and not p["flags"] & 1
+        one_launch = (32 << 20) // (-(-p["K"] // 64) * 128) // 256 * 256 >= p["M"]  # ws_chunk_rows
+        assert bool(p["flags"] & 8) == (v11_dense and one_launch), p
+        tma_x += bool(p["flags"] & 8)
     assert tma_x > 500, tma_x
 
 
 def test_plan_flags(plans, driver):
-    """A plan's flags are dense (1), reduce PDL (2), stream-K (4) and x through a tensor map (8, ws_tma_x,
-    work in progress): no production plan has 8 or above; decode_plan accepts 8 on a fused v11.1 code
-    only, refuses 16 and 64 on any, and refuses nothing the planners make."""
-    assert not [p for p in plans if p["flags"] > 7]
+    """A plan's flags are dense (1), reduce PDL (2), stream-K (4) and x through a tensor map (8): no plan
+    has a higher bit; decode_plan accepts 8 on a fused v11.1 code only, refuses 16 and 64 on any, and
+    refuses nothing the planners make."""
+    assert not [p for p in plans if p["flags"] > 15]
     codes = sorted({p["code"] for p in plans})
     probe = codes + [c | (bit << 56) for c in codes for bit in (8, 16, 64)]
     run = subprocess.run([str(driver), "decode"], input="\n".join(map(str, probe)), capture_output=True, text=True,

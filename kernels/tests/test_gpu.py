@@ -209,16 +209,17 @@ def test_wgmma_ws_model_shapes(dtype):
                 seen.add((info["tile_tokens"], info["splits"] > 1))
                 x = torch.randn(m, k, dtype=dtype, device="cuda")
                 check(x, qweight, qzeros, scales, group, label=f"wgmma_ws {k}x{n} M={m} {info}")
-        assert {t for t, _ in seen} == {32, 48, 64, 128, 256} and (64, True) in seen, seen
+        assert {t for t, _ in seen} == {32, 48, 64, 128, 160, 256} and (64, True) in seen, seen
 
 
 # (K, N, M, group): problems whose plan takes the stream-K tail (dispatch.cu plan_wgws): fewer units
 # than SMs with K tails and 8-tile pieces (1120 x 4096), whole rounds then a tail (2048 x 4096 at
-# M = 1500), a tail on 64 of 132 CTAs (M = 4100), 64-token (256-column) tiles with rows past M (M = 17), and the
-# two-chunk staging of x with a partial n-block (4128 x 232 at M = 4100).
+# M = 2107: 176 units of 192 tokens), two rounds then a tail (M = 4100), 64-token (256-column) tiles
+# with rows past M (M = 17), and the two-chunk staging of x with a partial n-block (4128 x 232 at
+# M = 4100).
 STREAM_K_CASES = (
     (1120, 4096, 130, 32),
-    (2048, 4096, 1500, 128),
+    (2048, 4096, 2107, 128),
     (2048, 4096, 4100, 64),
     (2048, 14336, 17, 128),
     (4128, 232, 4100, 32),
@@ -685,7 +686,7 @@ def test_plan_info_names_the_dispatchers_choice():
         assert awqgemm.plan_info(32, 8192, 8192)["kernel"] == "w_tile"
     if "sm90" in families():  # v11.1 forced at every M: tile heights by M and grid (plan_wgws)
         with awqgemm.testing.force(family="sm90", path="fused"):
-            for m, n, tokens in ((1, 4096, 32), (40, 4096, 48), (64, 4096, 64), (65, 4096, 128), (300, 4096, 128),
+            for m, n, tokens in ((1, 4096, 32), (40, 4096, 48), (64, 4096, 64), (65, 4096, 128), (300, 4096, 160),
                                  (1024, 28672, 256)):  # fmt: skip
                 info = awqgemm.plan_info(m, n, 4096)
                 assert (info["kernel"], info["tile_tokens"]) == ("wgmma_ws", tokens), (m, n, info)
@@ -923,8 +924,8 @@ def test_racecheck_subset_mid_tiles():
     _v11_racecheck_cases(_mid_expect, ((4096, 1376, 129), (4096, 6144, 192), (4096, 6144, 200)))
 
 
-# ws_tma_x (work in progress): dense v11.1 reads x through a tensor map from the caller's tensor (no
-# staging kernel) and takes layout 1's words in the wgmma's k order from shared memory; groups of 64 / 128
+# Dense v11.1 reads x through a tensor map from the caller's tensor (no staging kernel; the default since
+# 2026-11-29) and takes layout 1's words in the wgmma's k order from shared memory; groups of 64 / 128
 # (32 keeps the staged path). Shapes: an odd number of k-tiles (K = 1088, groups of 64), a K tail (K =
 # 1120, group 32: the staged path), a partial last column block (N = 1376), Llama-3-8B qkv and gate_up;
 # tokens from the 32-token tile to a 256-token one, partial tiles, K splits and stream-K plans among them.
@@ -936,29 +937,25 @@ def _tma_x_expect(m):
     return {"kernel": "wgmma_ws", "tma_x": True}
 
 
-@pytest.mark.wip("ws_tma_x")
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_ws_tma_x(dtype, group):
     """Group 32 plans the same but its launch stages x (the kTmaX kernels take groups of 64 / 128)."""
     graph_ms = (64, 192) if group == 128 else ()
-    kinds = _forced_v11_cases(
-        _tma_x_expect, dtype, group, TMA_X_TOKENS, TMA_X_SHAPES, graph_ms, bias_ms=(40,), ws_tma_x=True
-    )
+    kinds = _forced_v11_cases(_tma_x_expect, dtype, group, TMA_X_TOKENS, TMA_X_SHAPES, graph_ms, bias_ms=(40,))
     assert "stream-K" in kinds and any(k != "1 splits" and k != "stream-K" for k in kinds), kinds
-    # Without the switch no plan reads x through the map.
+    # Rows past one staged chunk (32 MiB of x: 4096 rows at K = 4096) keep the staged path.
     with awqgemm.testing.force(family="sm90", path="fused"):
-        assert not awqgemm.plan_info(64, 6144, 4096, dtype)["tma_x"]
+        assert not awqgemm.plan_info(8192, 6144, 4096, dtype)["tma_x"]
 
 
-@pytest.mark.wip("ws_tma_x")
 def test_ws_tma_x_strided_x():
     """x as column slices of a wider tensor (rows 6 bytes off alignment, 16 bytes off, and a padded row
     stride): bit for bit the result of a contiguous copy (the op copies what the tensor map cannot read)."""
     skip_unless_family("sm90")
     k, n = 4096, 6144
     qweight, qzeros, scales = random_awq(k, n, 128, torch.float16, "cuda")
-    with awqgemm.testing.force(family="sm90", path="fused", ws_tma_x=True):
+    with awqgemm.testing.force(family="sm90", path="fused"):
         packed = awqgemm.pack_awq(qweight, qzeros, scales, 128)
         wide = torch.randn(64, k + 24, dtype=torch.float16, device="cuda")
         for x in (wide[:, 3 : 3 + k], wide[:, 8 : 8 + k], wide[:, :k]):
@@ -967,21 +964,19 @@ def test_ws_tma_x_strided_x():
             assert torch.equal(out, ref), (x.stride(), x.storage_offset())
 
 
-@pytest.mark.wip("ws_tma_x")
 def test_sanitizer_subset_ws_tma_x():
-    """ws_tma_x for compute-sanitizer memcheck: the x box past M (zero-filled by the TMA), a partial
-    column block, a K split and a stream-K plan."""
+    """x through a tensor map for compute-sanitizer memcheck: the x box past M (zero-filled by the TMA), a
+    partial column block, a K split and a stream-K plan."""
     for dtype in (torch.float16, torch.bfloat16):
         shapes = ((1088, 1376), (4096, 6144))
-        _forced_v11_cases(_tma_x_expect, dtype, 64, (17, 64, 129), shapes, bias_ms=(17,), ws_tma_x=True)
+        _forced_v11_cases(_tma_x_expect, dtype, 64, (17, 64, 129), shapes, bias_ms=(17,))
 
 
-@pytest.mark.wip("ws_tma_x")
 def test_racecheck_subset_ws_tma_x():
-    """ws_tma_x for compute-sanitizer racecheck: the consumers' reads of other lanes' words and the
+    """x through a tensor map for compute-sanitizer racecheck: the consumers' reads of other lanes' words and the
     producer's next copies into the slot."""
     cases = ((4096, 1376, 64), (4096, 6144, 129), (1088, 1376, 40))
-    _v11_racecheck_cases(_tma_x_expect, cases, group=64, ws_tma_x=True)
+    _v11_racecheck_cases(_tma_x_expect, cases, group=64)
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])

@@ -203,7 +203,8 @@ def check_model(group, splits, ntw, m_rows, bm, k_dim, tma_x):
     assert torch.allclose(out, ref, rtol=1e-9, atol=1e-9), (out - ref).abs().max()
 
 
-# ---- ws_tma_x (work in progress): x through a tensor map, the weights' k order rearranged in shared memory
+# ---- kTmaX (dense plans, TileConfig::tma_x): x through a tensor map, the weights' k order rearranged
+# in shared memory
 
 
 def sw128(offset: int) -> int:
@@ -365,7 +366,7 @@ def staged_x_grouped(x, row_index, tiles, t0, count, bm, ktiles):
 
 @pytest.mark.parametrize("bm,ntw,chunk", [(16, 1, 3), (8, 2, 100)])
 def test_grouped_model_matches_each_expert(bm, ntw, chunk):
-    """Grouped v11.1 (work in progress: launch_ws_grouped): the tile table, per-tile staging in chunks of
+    """Grouped v11.1 (launch_ws_grouped): the tile table, per-tile staging in chunks of
     `chunk` tiles, the producer's expert box (the 3-D map's third coordinate: expert e's packed bytes)
     and scale rows, the consumers' rows [m0, m_end) and the zeros of tiles of no expert, against
     x[row_index] @ W_e per expert. Experts: one of 21 rows (tiles 16 + 5 at BM 16), an empty one, one of

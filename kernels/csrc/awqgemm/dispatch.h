@@ -68,15 +68,10 @@ constexpr int64_t kMaxDenseChunkBytes = int64_t{64} << 20;
 int dense_chunk_columns(int N, int K, int dtype_bytes);
 
 // Work in progress behind test-only switches (awqgemm.testing.force): bits of the planners' `wip`
-// argument. Production passes 0; a feature either becomes the default or goes, with its bit (the
-// last to go, ws_cluster_splitk -- v11.1's K split as thread-block clusters -- measured 1.5-1.7x the
-// partials path's time on the H200 on 2026-11-29: docs/design.md).
-enum WipFeature : int {
-  // Dense v11.1 reads x through a tensor map straight from the caller's tensor (TileConfig::tma_x): no
-  // staging kernel (1.6-2.6 us of each split layer at 64 tokens); the consumers take layout 1's words
-  // in the wgmma's own k order from shared memory instead (gemm_wgws_sm90a.cuh, kTmaX).
-  kWipWsTmaX = 1,
-};
+// argument. Production passes 0; a feature either becomes the default or goes, with its bit. None is
+// in progress now (the last, ws_tma_x -- dense v11.1 reading x through a tensor map -- became the
+// default after the H200 run of 2026-11-29 18:45: docs/perf-notes.md).
+enum WipFeature : int {};
 
 // The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes
 // from choose_family; `dtype_bytes` sizes the dense weight.

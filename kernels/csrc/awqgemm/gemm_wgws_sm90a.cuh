@@ -340,7 +340,7 @@ __device__ __forceinline__ uint32_t opaque_u32(uint32_t v) {
   return v;
 }
 
-// kTmaX (work in progress, testing.force(ws_tma_x=True)): the same A fragments with lane (g, q)'s
+// kTmaX (TileConfig::tma_x, dense plans): the same A fragments with lane (g, q)'s
 // registers at actual k = 16 s + 2 q + {0, 1, 8, 9} in step s -- the wgmma's own k order, so B is x
 // as the TMA copies it from the caller's tensor, no staging kernel. Layout 1 keeps those k's in lane
 // (g, s)'s words q >> 1 (k 16 s + 4 (q >> 1) + 0..3) and 2 + (q >> 1): each step reads those two

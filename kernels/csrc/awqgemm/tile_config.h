@@ -212,7 +212,7 @@ struct TileConfig {
   int splits = 1;  // blocks splitting K
   int pdl_flags = 0;  // kPdl* bits: launched as a programmatic dependent (sm90+), early trigger
   bool stream_k = false;  // kWgmmaWs with one K split: the stream-K tail above
-  bool tma_x = false;     // kWgmmaWs, dense: x through a tensor map, not staged (WipFeature kWipWsTmaX)
+  bool tma_x = false;     // kWgmmaWs, dense: x through a tensor map, not staged
 };
 
 }  // namespace awqgemm

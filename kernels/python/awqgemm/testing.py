@@ -44,7 +44,6 @@ def force(
     path: str = "auto",
     *,
     moe_routing_kernels: bool = True,
-    ws_tma_x: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -54,12 +53,9 @@ def force(
     its CUDA kernels (the reference the kernels are tested against).
 
     Work in progress lands behind a keyword switch of its own here (tests/conftest.py's WIP_FEATURES names
-    it, _C.wip_features gives its bit). ``ws_tma_x``: dense v11.1 reads x through a tensor map from the
-    caller's tensor (no staging kernel), its consumers taking the packed words in the wgmma's k order
-    from shared memory."""
+    it, _C.wip_features gives its bit); none today."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
-        "ws_tma_x": ws_tma_x,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
