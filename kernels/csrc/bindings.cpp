@@ -188,6 +188,7 @@ NB_MODULE(_C, m) {
         d["splits"] = plan.tile.splits;
         d["stream_k"] = plan.tile.stream_k;
         d["tma_x"] = plan.tile.tma_x;
+        d["regroup"] = plan.tile.regroup;
         d["wide"] = plan.tile.kind == KernelKind::kWgmmaWs && plan.tile.nt == 2 * kWgNT;
         d["block_warps"] = plan.dense ? 0 : plan.tile.kwarps;
         // The K-split kernel's block width (32, or 64: plan_ksplit's wide decode blocks); 0 for the others.
@@ -300,8 +301,9 @@ NB_MODULE(_C, m) {
   // fused_moe's routing / activation / combine kernels (awqgemm/moe_routing.h).
   m.attr("max_route_experts") = kMaxRouteExperts;
   // Work-in-progress switches (awqgemm.testing.force keywords) -> their bit in the planners' `wip`
-  // (WipFeature in dispatch.h; none now).
+  // (WipFeature in dispatch.h).
   nb::dict wip_features;
+  wip_features["ws_regroup"] = static_cast<int>(kWipWsRegroup);
   m.attr("wip_features") = wip_features;
 
   m.def(

@@ -305,12 +305,17 @@ cudaError_t ws_register_pool(Kernel kernel) {
   return attr.numRegs * kWsThreads >= 128 * kWsProducerRegs + 256 * kWsConsumerRegs ? cudaSuccess
                                                                                      : cudaErrorInvalidConfiguration;
 }
-// Both instantiations (stream-K or not) of one launcher's kernel, checked once per process.
-template <typename T, int BM, int STAGES, bool kTmaX>
+// Both instantiations (stream-K or not; kRegroup has no stream-K one) of one launcher's kernel, checked
+// once per process.
+template <typename T, int BM, int STAGES, bool kTmaX, bool kRegroup = false>
 cudaError_t ws_register_pools() {
   static const cudaError_t pools = [] {
-    const cudaError_t e = ws_register_pool(gemm_ws_kernel<T, BM, STAGES, false, false, kTmaX>);
-    return e != cudaSuccess ? e : ws_register_pool(gemm_ws_kernel<T, BM, STAGES, true, false, kTmaX>);
+    const cudaError_t e = ws_register_pool(gemm_ws_kernel<T, BM, STAGES, false, false, kTmaX, kRegroup>);
+    if constexpr (kRegroup) {
+      return e;
+    } else {
+      return e != cudaSuccess ? e : ws_register_pool(gemm_ws_kernel<T, BM, STAGES, true, false, kTmaX>);
+    }
   }();
   return pools;
 }
@@ -318,13 +323,15 @@ cudaError_t ws_register_pools() {
 // v11.1 reading x through a tensor map, no staging kernel (TileConfig::tma_x). A stream-K
 // plan still needs its flags cleared (the workspace comes from torch uncleared): the staging kernel
 // with no rows does that and nothing else. `grid` and `after_x` (the workspace past the unused
-// staged-x area, where the partials and stream-K slots go): launch_ws's.
-template <typename T, int BM>
+// staged-x area, where the partials and stream-K slots go): launch_ws's. kRegroup (TileConfig::regroup,
+// work in progress): the weights' k order is rearranged once per stage by producer warps, not per
+// k-tile by the consumers.
+template <typename T, int BM, bool kRegroup>
 cudaError_t launch_ws_tma_x(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream, int grid,
                             float* after_x) {
   constexpr int kStages = ws_stages(BM);
   constexpr int kSmem = kStages * ws_stage_bytes(BM) + 1024;
-  cudaError_t err = ws_register_pools<T, BM, kStages, true>();
+  cudaError_t err = ws_register_pools<T, BM, kStages, true, kRegroup>();
   if (err != cudaSuccess) return err;
   typename WsMaps<true>::type maps{};
   err = weight_tensor_map_lines(p, &maps.w, kWgNT * ws_ntw(BM));
@@ -338,10 +345,15 @@ cudaError_t launch_ws_tma_x(const GemmProblem& p, const TileConfig& cfg, cudaStr
   GemmProblem g = p;
   g.workspace = after_x;
   const WsGroup none{nullptr, 0};
-  return cfg.stream_k ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true, false, true>>(
-                            dim3(grid), kWsThreads, g, cfg, stream, maps, none)
-                      : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, false, true>>(
-                            dim3(grid), kWsThreads, g, cfg, stream, maps, none);
+  if constexpr (kRegroup) {
+    return launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, false, true, true>>(
+        dim3(grid), kWsThreads, g, cfg, stream, maps, none);
+  } else {
+    return cfg.stream_k ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true, false, true>>(
+                              dim3(grid), kWsThreads, g, cfg, stream, maps, none)
+                        : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, false, true>>(
+                              dim3(grid), kWsThreads, g, cfg, stream, maps, none);
+  }
 }
 
 // v11 (gemm_wgws_sm90a.cuh): x staged tile-major and swizzled at the front of
@@ -393,7 +405,8 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   // path below (the plan's workspace has room for it either way).
   if (cfg.tma_x && chunk >= p.M && p.group_size >= 64 &&
       ((reinterpret_cast<uintptr_t>(p.x) | (p.x_row_stride * sizeof(T))) & 15) == 0) {
-    return launch_ws_tma_x<T, BM>(p, cfg, stream, grid_for(p.M), after_x);
+    return cfg.regroup ? launch_ws_tma_x<T, BM, true>(p, cfg, stream, grid_for(p.M), after_x)
+                       : launch_ws_tma_x<T, BM, false>(p, cfg, stream, grid_for(p.M), after_x);
   }
   TensorMap128 wmap{};
   err = weight_tensor_map(p, &wmap, kWgNT * NTW);
@@ -490,7 +503,8 @@ template <typename T>
 cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   if (cfg.kind == KernelKind::kWgmmaWs) {
     if (cfg.nt != kWgNT * ws_ntw(8 * cfg.mt) || cfg.kwarps != kWsThreads / 32) return cudaErrorInvalidConfiguration;
-    if (cfg.tma_x && p.row_offsets != nullptr) return cudaErrorInvalidConfiguration;  // dense only
+    if ((cfg.tma_x || cfg.regroup) && p.row_offsets != nullptr) return cudaErrorInvalidConfiguration;  // dense only
+    if (cfg.regroup && (!cfg.tma_x || cfg.stream_k)) return cudaErrorInvalidConfiguration;
     if (p.row_offsets != nullptr) {
       switch (cfg.mt * 8) {  // make_grouped_plan's tiles
         case 32: return launch_ws_grouped<T, 32>(p, cfg, stream);

@@ -70,16 +70,20 @@ def _short_tile(rows: int) -> int:
 
 def test_wip_switches_change_only_their_plans(all_plans):
     """Planned with every work-in-progress bit on ('W' dense, 'H' grouped), a problem gets the production
-    plan plus only its features' plan flags; the codes round-trip. No feature is in progress today
-    (dispatch.h's WipFeature is empty: ws_tma_x became the default after the H200 run of 2026-11-29
-    18:45), so every plan must be the production one: a feature that lands adds its expectation here."""
+    plan plus only its features' plan flags; the codes round-trip. ws_regroup: exactly the plans that read
+    x through the tensor map (flag 8) without stream-K (4) take flag 16, nothing else changes (tile,
+    splits, workspace)."""
     prod = {(p["problem"], p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in all_plans}
     wip = [p for p in all_plans if p["problem"] in ("W", "H")]
     assert len(wip) > 10000
+    regrouped = 0
     for w in wip:
         p = prod[("P" if w["problem"] == "W" else "G", w["cap"], w["fam"], w["a"], w["K"], w["N"], w["M"])]
-        assert w["code"] == p["code"], (p, w)
+        want = p["code"] | (16 << 56) if p["flags"] & 12 == 8 else p["code"]
+        assert w["code"] == want, (p, w)
         assert w["ws"] == p["ws"] and w["roundtrip"] == 1, (p, w)
+        regrouped += w["code"] != p["code"]
+    assert regrouped > 300, regrouped
 
 
 def test_tma_x_on_every_dense_v11_plan_of_one_launch(plans):
@@ -97,9 +101,10 @@ def test_tma_x_on_every_dense_v11_plan_of_one_launch(plans):
 
 
 def test_plan_flags(plans, driver):
-    """A plan's flags are dense (1), reduce PDL (2), stream-K (4) and x through a tensor map (8): no plan
-    has a higher bit; decode_plan accepts 8 on a fused v11.1 code only, refuses 16 and 64 on any, and
-    refuses nothing the planners make."""
+    """A plan's flags are dense (1), reduce PDL (2), stream-K (4), x through a tensor map (8) and the
+    weights regrouped by producer warps (16, ws_regroup, work in progress): no production plan has 16 or
+    above; decode_plan accepts 8 on a fused v11.1 code only, 16 only beside 8 and without 4, refuses 64
+    on any, and refuses nothing the planners make."""
     assert not [p for p in plans if p["flags"] > 15]
     codes = sorted({p["code"] for p in plans})
     probe = codes + [c | (bit << 56) for c in codes for bit in (8, 16, 64)]
@@ -112,7 +117,8 @@ def test_plan_flags(plans, driver):
     for c in codes:
         v11_fused = fields[c]["kind"] == 4 and not fields[c]["flags"] & 1
         assert accepted[c | (8 << 56)] == v11_fused, fields[c]
-        assert not accepted[c | (16 << 56)] and not accepted[c | (64 << 56)], fields[c]
+        assert accepted[c | (16 << 56)] == (fields[c]["flags"] & 12 == 8), fields[c]
+        assert not accepted[c | (64 << 56)], fields[c]
 
 
 def test_mid_tiles(plans):

@@ -979,6 +979,52 @@ def test_racecheck_subset_ws_tma_x():
     _v11_racecheck_cases(_tma_x_expect, cases, group=64)
 
 
+# ws_regroup (work in progress): where v11.1 reads x through its map, two producer warps regroup each
+# stage's weight words into the wgmma's k order in shared memory (in place, 128-byte swizzled) and the
+# consumers read one 16-byte word per tile and k-tile; a third ring of barriers (ready) between them.
+# Not on stream-K plans (their kernels ran out of registers: gemm_wgws_sm90a.cuh). The tma_x shapes and
+# tokens: odd k-tile counts, a partial column block, 32- to 256-token tiles (one and two regrouped quads
+# per thread), K splits, and stream-K plans (which must not regroup).
+def _regroup_expect(m):
+    return {"kernel": "wgmma_ws", "tma_x": True}
+
+
+@pytest.mark.wip("ws_regroup")
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_ws_regroup(dtype, group):
+    """Group 32 plans the same but its launch stages x (and so never regroups)."""
+    graph_ms = (64, 192) if group == 128 else ()
+    kinds = _forced_v11_cases(
+        _regroup_expect, dtype, group, TMA_X_TOKENS, TMA_X_SHAPES, graph_ms, bias_ms=(40,), ws_regroup=True
+    )
+    assert "stream-K" in kinds and any(k != "1 splits" and k != "stream-K" for k in kinds), kinds
+    with awqgemm.testing.force(family="sm90", path="fused", ws_regroup=True):
+        plans = [awqgemm.plan_info(m, n, k, dtype) for k, n in TMA_X_SHAPES for m in TMA_X_TOKENS]
+        assert all(p["regroup"] == (not p["stream_k"]) for p in plans), plans
+        assert awqgemm.plan_info(64, 6144, 4096, dtype)["regroup"]  # qkv: 5 K splits
+        assert not awqgemm.plan_info(64, 28672, 4096, dtype)["regroup"]  # gate_up: stream-K
+    with awqgemm.testing.force(family="sm90", path="fused"):  # without the switch no plan regroups
+        assert not awqgemm.plan_info(64, 6144, 4096, dtype)["regroup"]
+
+
+@pytest.mark.wip("ws_regroup")
+def test_sanitizer_subset_ws_regroup():
+    """ws_regroup for compute-sanitizer memcheck: the regrouping warps' in-place shared-memory reads and
+    writes (one and two quads per thread), a partial column block, a K split and a stream-K plan."""
+    for dtype in (torch.float16, torch.bfloat16):
+        shapes = ((1088, 1376), (4096, 6144))
+        _forced_v11_cases(_regroup_expect, dtype, 64, (17, 64, 129), shapes, bias_ms=(17,), ws_regroup=True)
+
+
+@pytest.mark.wip("ws_regroup")
+def test_racecheck_subset_ws_regroup():
+    """ws_regroup for compute-sanitizer racecheck: the regrouping warps' writes against the consumers'
+    reads (ready barrier) and against the producer's next bulk copies into the slot (empty barrier)."""
+    cases = ((4096, 1376, 64), (4096, 6144, 129), (1088, 1376, 40))
+    _v11_racecheck_cases(_regroup_expect, cases, group=64, ws_regroup=True)
+
+
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_grouped_mid_tiles(dtype, group):

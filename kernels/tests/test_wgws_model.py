@@ -303,6 +303,93 @@ def test_tma_x_weight_reads_hit_eight_bank_groups():
             assert len(chunks) == 8, (t, s, chunks)
 
 
+# ---- ws_regroup (work in progress): the same k order made once per stage by two producer warps
+
+
+def prmt(lo: int, hi: int, sel: int) -> int:
+    """prmt.b32 (default mode): byte b of the result is byte (sel >> 4 b) & 7 of hi:lo."""
+    src = lo | (hi << 32)
+    return sum(((src >> (8 * ((sel >> (4 * b)) & 7))) & 0xFF) << (8 * b) for b in range(4))
+
+
+def regroup_quad_offset(quad: int) -> int:
+    """regroup_quad_offsets: the box offset of lane 4 g's chunk of quad g = quad & 7 of tile quad >> 3."""
+    g = quad & 7
+    line = 4 * (quad >> 3) + (g >> 1)
+    return line * 128 + 16 * ((4 * (g & 1)) ^ (line & 7))
+
+
+def regroup_stage(w, ntw=1, sel=(0x6240, 0x7351)):
+    """regroup_weight_quads over a stage's weight box as kTmaX's producer fills it (128-byte swizzled
+    lines): threads u = 0..63 each take quads u + 64 r; lane 4 g + q's chunk becomes, word s, prmt(word
+    q / 2, word 2 + q / 2 of lane 4 g + s's chunk), all read before any is written. Returns a copy."""
+    raw = bytearray(w.numpy().tobytes())
+    for u in range(64):
+        for r in range(ntw):
+            off = regroup_quad_offset(u + 64 * r)
+            chunks = [bytes(raw[off ^ 16 * c : (off ^ 16 * c) + 16]) for c in range(4)]
+            old = [[int.from_bytes(ch[4 * i : 4 * i + 4], "little") for i in range(4)] for ch in chunks]
+            for q in range(4):
+                words = [prmt(old[st][q >> 1], old[st][2 + (q >> 1)], sel[q & 1]) for st in range(4)]
+                raw[off ^ 16 * q : (off ^ 16 * q) + 16] = b"".join(v.to_bytes(4, "little") for v in words)
+    return torch.frombuffer(raw, dtype=torch.uint8).clone()
+
+
+def consumer_a_regroup(w, sz, gshift, dtype, ntw=1):
+    """The A operand as kRegroup's consumers build it (dequant_smem_tile at w_rg): thread (g, q) of warp
+    w, tile t = w + 8 j, reads its 16 bytes at t * 512 + (g / 2) * 128 + 16 ((lane & 7) ^ ((4 t + g / 2) &
+    7)), word s for step s; (scale, zero) as consumer_a_tma_x."""
+    assert gshift >= 6, "kTmaX (and so kRegroup) takes groups of 64 / 128"
+    magic = _layout.MAGIC[dtype]
+    raw = w.numpy().tobytes()
+    pairs = sz.view(dtype).to(torch.float64)
+    a = torch.zeros(128 * ntw, 4, 16, dtype=torch.float64)
+    for t in range(8 * ntw):
+        for lane in range(32):
+            g, q = lane >> 2, lane & 3
+            off = t * 512 + (g >> 1) * 128 + 16 * ((lane & 7) ^ ((4 * t + (g >> 1)) & 7))
+            e = (t * 64 + g * 8) // 2
+            scale = (pairs[e].item(), pairs[e + 2].item())
+            zero = (pairs[e + 1].item() - magic, pairs[e + 3].item() - magic)
+            for st in range(4):
+                word = int.from_bytes(raw[off + 4 * st : off + 4 * st + 4], "little")
+                dequant_word_into(a, word, scale, zero, 16 * t + g, st, q, dtype)
+    return a
+
+
+@pytest.mark.parametrize("ntw", [1, 2])
+def test_regrouped_stage_gives_the_tma_x_operand(ntw):
+    """On a random stage (any bytes), the regrouped consumers' A equals kTmaX's (which test_tma_x_model
+    ties to x @ W); a wrong prmt selector, or no regrouping, fails it."""
+    torch.manual_seed(ntw)
+    dtype = torch.float16
+    w = torch.randint(0, 256, (8 * ntw * 512,), dtype=torch.uint8)
+    sz = torch.zeros(2 * 8 * ntw * 64, dtype=torch.uint8)
+    pairs = sz.view(dtype)
+    pairs[0::2] = ((torch.rand(pairs.numel() // 2) + 0.5) / 16).to(dtype)
+    pairs[1::2] = (_layout.MAGIC[dtype] + torch.randint(0, 16, (pairs.numel() // 2,))).to(dtype)
+    want = consumer_a_tma_x(w, sz, 7, dtype, ntw)
+    assert torch.equal(consumer_a_regroup(regroup_stage(w, ntw), sz, 7, dtype, ntw), want)
+    assert not torch.equal(consumer_a_regroup(regroup_stage(w, ntw, (0x6240, 0x6240)), sz, 7, dtype, ntw), want)
+    assert not torch.equal(consumer_a_regroup(w, sz, 7, dtype, ntw), want)  # not regrouped at all
+
+
+def test_regroup_accesses_hit_eight_bank_groups():
+    """Each regrouping access (chunk l of a quarter-warp's 8 quads: one tile) and each consumer load (a
+    warp's 32 chunks of one tile, 4 lines) touches distinct 16-byte bank groups per 128 bytes: no conflict."""
+    for u0 in range(0, 64 * 2, 8):
+        for c in range(4):
+            groups = {((regroup_quad_offset(u0 + i) ^ 16 * c) >> 4) & 7 for i in range(8)}
+            assert len(groups) == 8, (u0, c, groups)
+    for t in range(16):
+        for line in range(4):
+            groups = set()
+            for lane in range(8 * line, 8 * line + 8):
+                g = lane >> 2
+                groups.add((lane & 7) ^ ((4 * t + (g >> 1)) & 7))
+            assert len(groups) == 8, (t, line, groups)
+
+
 def test_stage_rows_sit_in_their_swizzle_atom():
     # A unit's x tile starts at row mb * BM of the staged k-tile (BM a multiple of 8), so the
     # staged swizzle (by r & 7 of the row in the chunk) is the one the descriptor applies to the

@@ -213,6 +213,7 @@ struct TileConfig {
   int pdl_flags = 0;  // kPdl* bits: launched as a programmatic dependent (sm90+), early trigger
   bool stream_k = false;  // kWgmmaWs with one K split: the stream-K tail above
   bool tma_x = false;     // kWgmmaWs, dense: x through a tensor map, not staged
+  bool regroup = false;   // with tma_x: producer warps regroup the weights' k order (kWipWsRegroup)
 };
 
 }  // namespace awqgemm

@@ -44,6 +44,7 @@ def force(
     path: str = "auto",
     *,
     moe_routing_kernels: bool = True,
+    ws_regroup: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -53,9 +54,12 @@ def force(
     its CUDA kernels (the reference the kernels are tested against).
 
     Work in progress lands behind a keyword switch of its own here (tests/conftest.py's WIP_FEATURES names
-    it, _C.wip_features gives its bit); none today."""
+    it, _C.wip_features gives its bit). ``ws_regroup``: where dense v11.1 reads x through its tensor map,
+    two producer warps regroup each stage's weight words into the wgmma's k order in shared memory, so
+    the consumers read one 16-byte word per tile and k-tile instead of gathering across the quad."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
+        "ws_regroup": ws_regroup,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
