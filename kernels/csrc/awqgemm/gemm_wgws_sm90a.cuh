@@ -404,8 +404,8 @@ __device__ __forceinline__ void regroup_weight_quads(unsigned char* stage, const
     }
   }
 }
-// quad_off[r]: the stage offset of lane 4 g's chunk of the thread's quad r (u + 64 r: quad g = & 7 of
-// tile >> 3), in line 4 t + g / 2, swizzled: chunk 4 (g & 1) ^ (line & 7). Lane 4 g + l's chunk is at
+// quad_off[r]: the stage offset of lane 4 g's chunk of the thread's quad u + 64 r (g = quad & 7, tile
+// t = quad >> 3), in line 4 t + g / 2, swizzled: chunk 4 (g & 1) ^ (line & 7). Lane 4 g + l's chunk is at
 // quad_off ^ 16 l: the line is 128-byte aligned in the stage (and the stage in shared memory), and
 // 4 (g & 1) + l = 4 (g & 1) ^ l.
 template <int NTW>
