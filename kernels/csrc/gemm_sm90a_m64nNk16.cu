@@ -272,9 +272,10 @@ cudaError_t weight_tensor_map(const GemmProblem& p, TensorMap128* map, unsigned 
   return encode_tiled(map, /*UINT32*/ 2, grouped ? 3 : 2, p.qweight, dims, strides, box, /*swizzle none*/ 0);
 }
 
-// Dense v11.1 with x through a tensor map (TileConfig::tma_x): the weight as [column tiles][ktiles x 4 lines][32 words] with the
-// 128-byte swizzle (a box of 4 lines x kNB tiles is one k-tile of a block, as the 2-D map's), so the
-// consumers' reads of other lanes' words hit 8 bank groups (gemm_wgws_sm90a.cuh, kTmaX); and x itself
+// Dense v11.1 with x through a tensor map (TileConfig::tma_x): the weight as [column tiles][ktiles x 4
+// lines][32 words] with the 128-byte swizzle (a box of 4 lines x kNB tiles is one k-tile of a block, as
+// the 2-D map's), so the consumers' reads of other lanes' words hit 8 bank groups (gemm_wgws_sm90a.cuh,
+// kTmaX; kRegroup's regrouping warps likewise); and x itself
 // [M][K] of 16-bit elements, boxes of BM rows x 64 k in the 128-byte swizzle the B descriptor reads,
 // rows past M and k past K zero-filled (CU_TENSOR_MAP_DATA_TYPE_UINT16 = 1, SWIZZLE_128B = 3).
 cudaError_t weight_tensor_map_lines(const GemmProblem& p, TensorMap128* map, unsigned box_tiles) {
