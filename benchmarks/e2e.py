@@ -19,7 +19,8 @@ Contenders (``--quant``, comma separated):
                       (awqgemm.testing.force in the worker): what an A100 / L40S runs, timed here;
                       compare with awq_marlin:marlin (issue 11)
   awqgemm:wip         the plugin with the work-in-progress switches on for the whole engine: their e2e
-                      effect (today ws_regroup: v11.1's weights regrouped by producer warps)
+                      effect (today ws_regroup and ws_four_wg: v11.1's weights regrouped by producer warps, four
+                      consumer warpgroups at tiles of <= 64 tokens)
   fp16                dense fp16, no quantization
 The kernel each AWQ engine used is read from the loaded model and recorded.
 
@@ -253,7 +254,7 @@ CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
 #: contender -> awqgemm.testing.force arguments for its whole worker (benchmark-only)
 FORCED: dict[str, dict[str, Any]] = {
     "awqgemm:sm80": {"family": "sm80"},
-    "awqgemm:wip": {"ws_regroup": True},  # every work-in-progress switch of awqgemm.testing.force
+    "awqgemm:wip": {"ws_regroup": True, "ws_four_wg": True},  # every work-in-progress switch of awqgemm.testing.force
 }
 
 #: name -> (number of prompts, prompt tokens, output tokens, metric)

@@ -189,6 +189,7 @@ NB_MODULE(_C, m) {
         d["stream_k"] = plan.tile.stream_k;
         d["tma_x"] = plan.tile.tma_x;
         d["regroup"] = plan.tile.regroup;
+        d["four_wg"] = plan.tile.four_wg;
         d["wide"] = plan.tile.kind == KernelKind::kWgmmaWs && plan.tile.nt == 2 * kWgNT;
         d["block_warps"] = plan.dense ? 0 : plan.tile.kwarps;
         // The K-split kernel's block width (32, or 64: plan_ksplit's wide decode blocks); 0 for the others.
@@ -304,6 +305,7 @@ NB_MODULE(_C, m) {
   // (WipFeature in dispatch.h).
   nb::dict wip_features;
   wip_features["ws_regroup"] = static_cast<int>(kWipWsRegroup);
+  wip_features["ws_four_wg"] = static_cast<int>(kWipWsFourWg);
   m.attr("wip_features") = wip_features;
 
   m.def(

@@ -113,7 +113,7 @@ int64_t encode_plan(const Plan& plan) {
   const int64_t fields[8] = {static_cast<int>(plan.family), static_cast<int>(t.kind), t.mt, t.nt, t.kwarps, t.splits,
                              t.pdl_flags,
                              (plan.dense ? 1 : 0) | (plan.reduce_pdl ? 2 : 0) | (t.stream_k ? 4 : 0) |
-                                 (t.tma_x ? 8 : 0) | (t.regroup ? 16 : 0)};
+                                 (t.tma_x ? 8 : 0) | (t.regroup ? 16 : 0) | (t.four_wg ? 32 : 0)};
   int64_t code = 0;
   for (int i = 7; i >= 0; --i) code = (code << 8) | (fields[i] & 0xFF);
   return code;
@@ -123,7 +123,7 @@ bool decode_plan(int64_t code, Plan* plan) {
   int f[8];
   for (int i = 0; i < 8; ++i) f[i] = static_cast<int>((code >> (8 * i)) & 0xFF);
   const bool family_ok = f[0] == 70 || f[0] == 75 || f[0] == 80 || (f[0] == 90 && have_sm90a());
-  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 31) {
+  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 63) {
     return false;
   }
   // Stream-K exists only for v11.1 with one K split.
@@ -133,6 +133,10 @@ bool decode_plan(int64_t code, Plan* plan) {
   // Weights regrouped by producer warps (ws_regroup, work in progress): only with x through the map,
   // without stream-K.
   if ((f[7] & 16) != 0 && ((f[7] & 8) == 0 || (f[7] & 4) != 0)) return false;
+  // Four consumer warpgroups (ws_four_wg, work in progress): x through the map, not regrouped, tiles of
+  // at most 64 tokens, 20 warps.
+  if ((f[7] & 32) != 0 && ((f[7] & 24) != 8 || f[2] > 8 || f[4] != ws_threads(4) / 32)) return false;
+  if ((f[7] & 32) == 0 && f[1] == static_cast<int>(KernelKind::kWgmmaWs) && f[4] != kWsThreads / 32) return false;
   plan->family = static_cast<Family>(f[0]);
   plan->tile.kind = static_cast<KernelKind>(f[1]);
   plan->tile.mt = f[2];
@@ -145,6 +149,7 @@ bool decode_plan(int64_t code, Plan* plan) {
   plan->tile.stream_k = (f[7] & 4) != 0;
   plan->tile.tma_x = (f[7] & 8) != 0;
   plan->tile.regroup = (f[7] & 16) != 0;
+  plan->tile.four_wg = (f[7] & 32) != 0;
   return true;
 }
 
@@ -600,6 +605,11 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
         // map cannot read (unaligned base or row stride).
         t.tma_x = ws_chunk_rows(M, K) >= M;
         t.regroup = t.tma_x && !t.stream_k && (wip & kWipWsRegroup) != 0;  // work in progress
+        if (t.tma_x && 8 * t.mt <= 64 && (wip & kWipWsFourWg) != 0) {  // work in progress
+          t.four_wg = true;
+          t.regroup = false;
+          t.kwarps = ws_threads(4) / 32;
+        }
       } else {
         // K too long to stage even 256 rows (K > 65536): the v9 kernel, which gathers x itself. BM =
         // 64, 128 or 256 tokens (256: one block per SM, twice the tokens per dequantized weight).

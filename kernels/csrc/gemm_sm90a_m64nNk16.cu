@@ -298,24 +298,29 @@ cudaError_t x_tensor_map(const GemmProblem& p, TensorMap128* map, unsigned box_r
 // (-maxrregcount, another ptxas) would hang every launch, so it is refused instead.
 static_assert(128 * kWsProducerRegs + 256 * kWsConsumerRegs <= kWsThreads * ((65536 / kWsThreads) & ~7),
               "the producer's and consumers' registers must fit one block's pool");
-template <class Kernel>
+static_assert(128 * ws_producer_regs(4) + 512 * ws_consumer_regs(4) <= ws_threads(4) * ((65536 / ws_threads(4)) & ~7),
+              "ws_four_wg: the producer's and four consumer warpgroups' registers must fit one block's pool");
+template <int kCWG = 2, class Kernel>
 cudaError_t ws_register_pool(Kernel kernel) {
   cudaFuncAttributes attr{};
   const cudaError_t e = cudaFuncGetAttributes(&attr, kernel);
   if (e != cudaSuccess) return e;
-  return attr.numRegs * kWsThreads >= 128 * kWsProducerRegs + 256 * kWsConsumerRegs ? cudaSuccess
-                                                                                     : cudaErrorInvalidConfiguration;
+  return attr.numRegs * ws_threads(kCWG) >= 128 * ws_producer_regs(kCWG) + 128 * kCWG * ws_consumer_regs(kCWG)
+             ? cudaSuccess
+             : cudaErrorInvalidConfiguration;
 }
 // Both instantiations (stream-K or not; kRegroup has no stream-K one) of one launcher's kernel, checked
 // once per process.
-template <typename T, int BM, int STAGES, bool kTmaX, bool kRegroup = false>
+template <typename T, int BM, int STAGES, bool kTmaX, bool kRegroup = false, int kCWG = 2>
 cudaError_t ws_register_pools() {
   static const cudaError_t pools = [] {
-    const cudaError_t e = ws_register_pool(gemm_ws_kernel<T, BM, STAGES, false, false, kTmaX, kRegroup>);
+    const cudaError_t e =
+        ws_register_pool<kCWG>(gemm_ws_kernel<T, BM, STAGES, false, false, kTmaX, kRegroup, kCWG>);
     if constexpr (kRegroup) {
       return e;
     } else {
-      return e != cudaSuccess ? e : ws_register_pool(gemm_ws_kernel<T, BM, STAGES, true, false, kTmaX>);
+      return e != cudaSuccess ? e
+                              : ws_register_pool<kCWG>(gemm_ws_kernel<T, BM, STAGES, true, false, kTmaX, false, kCWG>);
     }
   }();
   return pools;
@@ -326,13 +331,14 @@ cudaError_t ws_register_pools() {
 // with no rows does that and nothing else. `grid` and `after_x` (the workspace past the unused
 // staged-x area, where the partials and stream-K slots go): launch_ws's. kRegroup (TileConfig::regroup,
 // work in progress): the weights' k order is rearranged once per stage by producer warps, not per
-// k-tile by the consumers.
-template <typename T, int BM, bool kRegroup>
+// k-tile by the consumers. kCWG = 4 (TileConfig::four_wg, work in progress, BM <= 64): four consumer
+// warpgroups of one tile each, 640 threads.
+template <typename T, int BM, bool kRegroup, int kCWG = 2>
 cudaError_t launch_ws_tma_x(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream, int grid,
                             float* after_x) {
   constexpr int kStages = ws_stages(BM);
   constexpr int kSmem = kStages * ws_stage_bytes(BM) + 1024;
-  cudaError_t err = ws_register_pools<T, BM, kStages, true, kRegroup>();
+  cudaError_t err = ws_register_pools<T, BM, kStages, true, kRegroup, kCWG>();
   if (err != cudaSuccess) return err;
   typename WsMaps<true>::type maps{};
   err = weight_tensor_map_lines(p, &maps.w, kWgNT * ws_ntw(BM));
@@ -350,10 +356,11 @@ cudaError_t launch_ws_tma_x(const GemmProblem& p, const TileConfig& cfg, cudaStr
     return launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, false, true, true>>(
         dim3(grid), kWsThreads, g, cfg, stream, maps, none);
   } else {
-    return cfg.stream_k ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true, false, true>>(
-                              dim3(grid), kWsThreads, g, cfg, stream, maps, none)
-                        : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, false, true>>(
-                              dim3(grid), kWsThreads, g, cfg, stream, maps, none);
+    constexpr int kThreads = ws_threads(kCWG);
+    return cfg.stream_k ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true, false, true, false, kCWG>>(
+                              dim3(grid), kThreads, g, cfg, stream, maps, none)
+                        : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, false, true, false, kCWG>>(
+                              dim3(grid), kThreads, g, cfg, stream, maps, none);
   }
 }
 
@@ -406,6 +413,9 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   // path below (the plan's workspace has room for it either way).
   if (cfg.tma_x && chunk >= p.M && p.group_size >= 64 &&
       ((reinterpret_cast<uintptr_t>(p.x) | (p.x_row_stride * sizeof(T))) & 15) == 0) {
+    if constexpr (BM <= 64) {
+      if (cfg.four_wg) return launch_ws_tma_x<T, BM, false, 4>(p, cfg, stream, grid_for(p.M), after_x);
+    }
     return cfg.regroup ? launch_ws_tma_x<T, BM, true>(p, cfg, stream, grid_for(p.M), after_x)
                        : launch_ws_tma_x<T, BM, false>(p, cfg, stream, grid_for(p.M), after_x);
   }
@@ -503,9 +513,14 @@ cudaError_t launch_ws_grouped(const GemmProblem& p, const TileConfig& cfg, cudaS
 template <typename T>
 cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream) {
   if (cfg.kind == KernelKind::kWgmmaWs) {
-    if (cfg.nt != kWgNT * ws_ntw(8 * cfg.mt) || cfg.kwarps != kWsThreads / 32) return cudaErrorInvalidConfiguration;
-    if ((cfg.tma_x || cfg.regroup) && p.row_offsets != nullptr) return cudaErrorInvalidConfiguration;  // dense only
+    if (cfg.nt != kWgNT * ws_ntw(8 * cfg.mt) || cfg.kwarps != ws_threads(cfg.four_wg ? 4 : 2) / 32) {
+      return cudaErrorInvalidConfiguration;
+    }
+    if ((cfg.tma_x || cfg.regroup || cfg.four_wg) && p.row_offsets != nullptr) {
+      return cudaErrorInvalidConfiguration;  // dense only
+    }
     if (cfg.regroup && (!cfg.tma_x || cfg.stream_k)) return cudaErrorInvalidConfiguration;
+    if (cfg.four_wg && (!cfg.tma_x || cfg.regroup || 8 * cfg.mt > 64)) return cudaErrorInvalidConfiguration;
     if (p.row_offsets != nullptr) {
       switch (cfg.mt * 8) {  // make_grouped_plan's tiles
         case 32: return launch_ws_grouped<T, 32>(p, cfg, stream);

@@ -17,7 +17,7 @@ def has_gpu() -> bool:
 # each feature in a process of its own: a kernel that traps (a hung mbarrier, a bad TMA box) kills the
 # CUDA context, and with it every later test of its process. When a feature becomes the default, its
 # switch, its name here and the device script's list of it go together.
-WIP_FEATURES: tuple[str, ...] = ("ws_regroup",)
+WIP_FEATURES: tuple[str, ...] = ("ws_regroup", "ws_four_wg")
 
 
 def pytest_addoption(parser):

@@ -70,20 +70,26 @@ def _short_tile(rows: int) -> int:
 
 def test_wip_switches_change_only_their_plans(all_plans):
     """Planned with every work-in-progress bit on ('W' dense, 'H' grouped), a problem gets the production
-    plan plus only its features' plan flags; the codes round-trip. ws_regroup: exactly the plans that read
-    x through the tensor map (flag 8) without stream-K (4) take flag 16, nothing else changes (tile,
-    splits, workspace)."""
+    plan plus only its features' plan flags; the codes round-trip. ws_four_wg: the plans that read x
+    through the tensor map (flag 8) in tiles of up to 64 tokens take flag 32 and 20 block warps; ws_regroup:
+    the other flag-8 plans without stream-K (4) take flag 16; nothing else changes (tile, splits,
+    workspace)."""
     prod = {(p["problem"], p["cap"], p["fam"], p["a"], p["K"], p["N"], p["M"]): p for p in all_plans}
     wip = [p for p in all_plans if p["problem"] in ("W", "H")]
     assert len(wip) > 10000
-    regrouped = 0
+    regrouped = four_wg = 0
     for w in wip:
         p = prod[("P" if w["problem"] == "W" else "G", w["cap"], w["fam"], w["a"], w["K"], w["N"], w["M"])]
-        want = p["code"] | (16 << 56) if p["flags"] & 12 == 8 else p["code"]
+        want = p["code"]
+        if p["flags"] & 8 and p["mt"] <= 8:
+            want = (p["code"] | (32 << 56)) & ~(0xFF << 32) | (20 << 32)  # flag 32, kwarps byte 20
+            four_wg += 1
+        elif p["flags"] & 12 == 8:
+            want = p["code"] | (16 << 56)
+            regrouped += 1
         assert w["code"] == want, (p, w)
         assert w["ws"] == p["ws"] and w["roundtrip"] == 1, (p, w)
-        regrouped += w["code"] != p["code"]
-    assert regrouped > 300, regrouped
+    assert regrouped > 100 and four_wg > 300, (regrouped, four_wg)
 
 
 def test_tma_x_on_every_dense_v11_plan_of_one_launch(plans):
@@ -102,12 +108,17 @@ def test_tma_x_on_every_dense_v11_plan_of_one_launch(plans):
 
 def test_plan_flags(plans, driver):
     """A plan's flags are dense (1), reduce PDL (2), stream-K (4), x through a tensor map (8) and the
-    weights regrouped by producer warps (16, ws_regroup, work in progress): no production plan has 16 or
-    above; decode_plan accepts 8 on a fused v11.1 code only, 16 only beside 8 and without 4, refuses 64
-    on any, and refuses nothing the planners make."""
+    weights regrouped by producer warps (16, ws_regroup, work in progress) and four consumer warpgroups
+    (32, ws_four_wg, work in progress): no production plan has 16 or above; decode_plan accepts 8 on a
+    fused v11.1 code only, 16 only beside 8 and without 4, 32 only with 20 block warps, refuses 64 on
+    any, and refuses nothing the planners make."""
     assert not [p for p in plans if p["flags"] > 15]
     codes = sorted({p["code"] for p in plans})
-    probe = codes + [c | (bit << 56) for c in codes for bit in (8, 16, 64)]
+
+    def four(c: int) -> int:  # flag 32 with the kwarps byte at 20 (ws_four_wg's block)
+        return (c | (32 << 56)) & ~(0xFF << 32) | (20 << 32)
+
+    probe = codes + [c | (bit << 56) for c in codes for bit in (8, 16, 32, 64)] + [four(c) for c in codes]
     run = subprocess.run([str(driver), "decode"], input="\n".join(map(str, probe)), capture_output=True, text=True,
                          timeout=120)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
@@ -118,6 +129,8 @@ def test_plan_flags(plans, driver):
         v11_fused = fields[c]["kind"] == 4 and not fields[c]["flags"] & 1
         assert accepted[c | (8 << 56)] == v11_fused, fields[c]
         assert accepted[c | (16 << 56)] == (fields[c]["flags"] & 12 == 8), fields[c]
+        assert not accepted[c | (32 << 56)], fields[c]  # 12 block warps
+        assert accepted[four(c)] == (fields[c]["flags"] & 8 != 0 and fields[c]["mt"] <= 8), fields[c]
         assert not accepted[c | (64 << 56)], fields[c]
 
 

@@ -1025,6 +1025,48 @@ def test_racecheck_subset_ws_regroup():
     _v11_racecheck_cases(_regroup_expect, cases, group=64, ws_regroup=True)
 
 
+# ws_four_wg (work in progress): where v11.1 reads x through its map in tiles of up to 64 tokens, four
+# consumer warpgroups of one tile set each (20 warps: warp w owns tile w of the 256-column block). The tma_x
+# shapes at 1-64 tokens: 32-, 48- and 64-token tiles, odd k-tile counts, a partial column block, K splits and
+# stream-K plans; above 64 tokens the plans must not change.
+FOUR_WG_TOKENS = (1, 17, 40, 48, 64)
+
+
+def _four_wg_expect(m):
+    return {"kernel": "wgmma_ws", "tma_x": True, "four_wg": True, "block_warps": 20}
+
+
+@pytest.mark.wip("ws_four_wg")
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_ws_four_wg(dtype, group):
+    """Group 32 plans the same but its launch stages x (two consumer warpgroups, the staged kernels)."""
+    graph_ms = (17, 64) if group == 128 else ()
+    kinds = _forced_v11_cases(
+        _four_wg_expect, dtype, group, FOUR_WG_TOKENS, TMA_X_SHAPES, graph_ms, bias_ms=(40,), ws_four_wg=True
+    )
+    assert "stream-K" in kinds and any(k != "1 splits" and k != "stream-K" for k in kinds), kinds
+    with awqgemm.testing.force(family="sm90", path="fused", ws_four_wg=True):
+        assert not awqgemm.plan_info(129, 6144, 4096, dtype)["four_wg"]  # a 160-token tile
+
+
+@pytest.mark.wip("ws_four_wg")
+def test_sanitizer_subset_ws_four_wg():
+    """ws_four_wg for compute-sanitizer memcheck: 32- and 64-token tiles, a partial column block, a K split
+    and a stream-K plan."""
+    for dtype in (torch.float16, torch.bfloat16):
+        shapes = ((1088, 1376), (4096, 6144), (4096, 28672))
+        _forced_v11_cases(_four_wg_expect, dtype, 64, (17, 64), shapes, bias_ms=(17,), ws_four_wg=True)
+
+
+@pytest.mark.wip("ws_four_wg")
+def test_racecheck_subset_ws_four_wg():
+    """ws_four_wg for compute-sanitizer racecheck: sixteen consumer warps on one ring, and the stream-K
+    slots and flags of 512 consumer threads."""
+    cases = ((4096, 1376, 64), (4096, 6144, 40), (1088, 1376, 24))
+    _v11_racecheck_cases(_four_wg_expect, cases, group=64, ws_four_wg=True)
+
+
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_grouped_mid_tiles(dtype, group):

@@ -77,6 +77,11 @@ enum WipFeature : int {
   // (TileConfig::regroup), so the consumers read one 16-byte word per tile and k-tile, as on the
   // staged path.
   kWipWsRegroup = 1,
+  // Plans of 32- to 64-token tiles that read x through the map run four consumer warpgroups of one
+  // tile set each instead of two of two (TileConfig::four_wg, 20 warps): at the 64-token tile the
+  // consumers are latency-bound with 2 warps per scheduler (H200 stall sampling, 2026-11-29). Takes
+  // precedence over kWipWsRegroup there.
+  kWipWsFourWg = 2,
 };
 
 // The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes

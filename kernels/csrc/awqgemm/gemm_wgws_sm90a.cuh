@@ -151,8 +151,10 @@ __device__ __forceinline__ void flag_wait(const int* flag) {
     __nanosleep(64);
   }
 }
-// The 8 consumer warps only (named barrier 1; the producer warpgroup has left).
-__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
+// The consumer warps only (named barrier 1; the producer warpgroup has left): 256 threads, 512 with
+// four consumer warpgroups.
+template <int kThreads = 256>
+__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kThreads) : "memory"); }
 
 // A 2-D tensor copy global -> this CTA's shared memory: box at element
 // coordinates (c0 innermost, c1), completing its bytes on the mbarrier.
@@ -464,8 +466,8 @@ __device__ __forceinline__ const TensorMap128* ws_weight_map(const typename WsMa
 }
 
 template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false, bool kTmaX = false,
-          bool kRegroup = false>
-__global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProblem p, const int splits,
+          bool kRegroup = false, int kCWG = 2>
+__global__ void __launch_bounds__(ws_threads(kCWG), 1) gemm_ws_kernel(const GemmProblem p, const int splits,
                                                                const int pdl_flags,
                                                                const __grid_constant__
                                                                typename WsMaps<kTmaX>::type maps,
@@ -475,6 +477,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
 #else
   constexpr int NTW = ws_ntw(BM);
   constexpr int kNB = kWgNT * NTW;           // column tiles per block
+  // Consumer warps and the weight tiles each owns (kCWG = 4, ws_four_wg: 16 warps of one tile at BM <= 64;
+  // otherwise NTWC = NTW). Warp w's tile j is w + kCWarps j.
+  constexpr int kCWarps = 4 * kCWG;
+  constexpr int kCThreads = 32 * kCWarps;
+  constexpr int NTWC = kNB / kCWarps;
+  static_assert(kCWG == 2 || (kCWG == 4 && NTWC == 1 && kTmaX && !kRegroup),
+                "ws_four_wg: BM <= 64 (16 tiles, one per consumer warp), x through the map, no regrouping");
   constexpr int kStage = ws_stage_bytes(BM);
   constexpr int kWOff = BM * 128;            // kNB weight tiles of 512 bytes after the x tile
   constexpr int kSzOff = kWOff + kNB * 512;  // (scale, zero) rows: [0] for k 0..31 of the tile, [1] for 32..63
@@ -505,7 +514,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
 #pragma unroll 1
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full0 + 8 * s, 1);
-      mbar_init(empty0 + 8 * s, 32 * kWsConsumerWarps);
+      mbar_init(empty0 + 8 * s, kCThreads);
       if constexpr (kRegroup) mbar_init(ready0 + 8 * s, kWsRegroupThreads);
     }
     mbar_init_fence();
@@ -526,15 +535,15 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   const int gshift = 31 - __clz(p.group_size);
   const int sz_rows = gshift == 5 ? 2 : 1;
 
-  if (warp >= kWsConsumerWarps) {
-    setmaxnreg_dec<kWsProducerRegs>();
+  if (warp >= kCWarps) {
+    setmaxnreg_dec<ws_producer_regs(kCWG)>();
     if constexpr (kRegroup) {
       // Warps 1 and 2 of the warpgroup regroup each stage's weights. The warp index goes through a
       // shuffle from lane 0 so that ptxas knows it is warp-uniform: branching on the plain one before
       // the copy loop moved that loop's slot and phase out of the uniform registers (an R2UR per copy).
       const int wu = __shfl_sync(0xffffffffu, warp, 0);
-      if (wu == kWsConsumerWarps + 1 || wu == kWsConsumerWarps + 2) {
-        const int u = tid - 32 * (kWsConsumerWarps + 1);
+      if (wu == kCWarps + 1 || wu == kCWarps + 2) {
+        const int u = tid - 32 * (kCWarps + 1);
         // The consumers' ring, stage by stage: full (copied) -> regrouped -> ready. The writes are
         // generic-proxy stores into memory the next bulk copy overwrites: fenced against the async proxy.
         // The CTA's stages: the k-tiles of its units' K splits (no stream-K tail here).
@@ -561,7 +570,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     }
     // One thread issues every copy: the operands of a bulk copy live in
     // uniform registers, so per-lane copies would be issued one lane at a time.
-    if (warp != kWsConsumerWarps || lane != 0) return;
+    if (warp != kCWarps || lane != 0) return;
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(ws_weight_map<kTmaX>(maps)))
                  : "memory");
     if constexpr (kTmaX) {
@@ -631,13 +640,13 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     return;  // in-flight copies complete into the CTA, which the consumers keep alive
   }
 
-  setmaxnreg_inc<kWsConsumerRegs>();
-  // ---- consumers: warp w (0..7) owns weight tile w (and w + 8 when NTW = 2) of
+  setmaxnreg_inc<ws_consumer_regs(kCWG)>();
+  // ---- consumers: warp w (0..7) owns weight tile w (and w + 8 when NTW = 2; kCWG = 4: warp 0..15, tile w) of
   // each unit, i.e. rows 16 (w & 3) .. + 15 of its warpgroup's 64-row A (of each A).
   const int g = lane >> 2;
   const int q = lane & 3;
-  const uint32_t w_off = kWOff + warp * 512 + lane * 16;  // tile j: + 8 j * 512
-  const uint32_t sz_off = kSzOff + (sz_rows == 2 ? (q >> 1) * kSzRow : 0) + warp * 64 + g * 8;  // + 8 j * 64
+  const uint32_t w_off = kWOff + warp * 512 + lane * 16;  // tile j: + kCWarps j * 512
+  const uint32_t sz_off = kSzOff + (sz_rows == 2 ? (q >> 1) * kSzRow : 0) + warp * 64 + g * 8;  // + kCWarps j * 64
   // kTmaX: step s reads lane 4 g + s's 16 bytes of tile t = warp (+ 8 j), q >> 1 words in; their line
   // in the stage is 4 t + g / 2, i.e. 4 (warp & 1) + g / 2 mod 8 for tiles w and w + 8 alike, which the
   // swizzle XORs into the chunk index. prmt keeps bytes (q & 1) and 2 + (q & 1) of each word.
@@ -656,7 +665,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     }
     prmt_sel = opaque_u32(0x6240u + 0x1111u * static_cast<uint32_t>(q & 1));
   }
-  uint32_t a[2][NTW][4][4];
+  uint32_t a[2][NTWC][4][4];
   zero_a_sets(a);
   int slot = 0;
   uint32_t phase = 0;
@@ -669,7 +678,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
   const uint32_t desc_lo = static_cast<uint32_t>(desc_base);
   const uint32_t desc_hi = static_cast<uint32_t>(desc_base >> 32);
 
-  // Stream-K tail: flags, then per CTA a slot of NTW x BM / 2 partials per consumer thread, [j][i][thread].
+  // Stream-K tail: flags, then per CTA a slot of NTWC x BM / 2 partials per consumer thread, [j][i][thread].
   int* const flags = reinterpret_cast<int*>(p.workspace);
   float* const slots = p.workspace + ws_flag_bytes(gridDim.x) / 4;
   // One piece: its k-loop, then (stream-K tail) parking or collecting partials, then the epilogue.
@@ -684,9 +693,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       tile = grp.tiles[grp.t0 + w.mb];
       if (tile.e < 0) n_k = 0;  // the producer skips it too; the epilogue stores the zeroed accumulators
     }
-    float acc[NTW][BM / 2];
+    float acc[NTWC][BM / 2];
 #pragma unroll
-    for (int j = 0; j < NTW; ++j)
+    for (int j = 0; j < NTWC; ++j)
 #pragma unroll
       for (int i = 0; i < BM / 2; ++i) acc[j][i] = 0.f;
     uint32_t prev_empty = empty0;
@@ -694,23 +703,23 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     // Tile i is dequantized into one register set while tile i - 1's wgmmas
     // run from the other; wait_group 1 after tile i's commit retires tile
     // i - 1, whose slot is then handed back and whose registers tile i + 1 reuses.
-    auto step = [&](uint32_t (&at)[NTW][4][4], uint32_t (&prev)[NTW][4][4]) {
+    auto step = [&](uint32_t (&at)[NTWC][4][4], uint32_t (&prev)[NTWC][4][4]) {
       mbar_wait((kRegroup ? ready0 : full0) + 8 * slot, phase);
       const unsigned char* const gst = sbase + slot * kStage;
 #pragma unroll
-      for (int j = 0; j < NTW; ++j) {
+      for (int j = 0; j < NTWC; ++j) {
         if constexpr (kRegroup) {
-          dequant_smem_tile<T>(gst + w_rg + 8 * 512 * j, gst + sz_off + 8 * 64 * j, at[j]);
+          dequant_smem_tile<T>(gst + w_rg + kCWarps * 512 * j, gst + sz_off + kCWarps * 64 * j, at[j]);
         } else if constexpr (kTmaX) {
-          dequant_smem_tile_natural<T>(gst + 8 * 512 * j, w_nat, gst + sz_off + 8 * 64 * j, prmt_sel, at[j]);
+          dequant_smem_tile_natural<T>(gst + kCWarps * 512 * j, w_nat, gst + sz_off + kCWarps * 64 * j, prmt_sel, at[j]);
         } else {
-          dequant_smem_tile<T>(gst + w_off + 8 * 512 * j, gst + sz_off + 8 * 64 * j, at[j]);
+          dequant_smem_tile<T>(gst + w_off + kCWarps * 512 * j, gst + sz_off + kCWarps * 64 * j, at[j]);
         }
       }
       const uint32_t lo = desc_lo + static_cast<uint32_t>(slot * (kStage >> 4));
       wgmma_fence();
 #pragma unroll
-      for (int j = 0; j < NTW; ++j)
+      for (int j = 0; j < NTWC; ++j)
 #pragma unroll
         for (int s = 0; s < 4; ++s) {
           WgmmaRA<BM, T>::run(acc[j], at[j][s], (static_cast<uint64_t>(desc_hi) << 32) | (lo + 2 * s));
@@ -724,7 +733,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
       // producer's next bulk copy and reported every other lane's (H200 run).
       mbar_arrive_if(prev_empty, have_prev);
 #pragma unroll
-      for (int j = 0; j < NTW; ++j)
+      for (int j = 0; j < NTWC; ++j)
 #pragma unroll
         for (int s = 0; s < 4; ++s) keep_live(prev[j][s]);
       prev_empty = empty0 + 8 * slot;
@@ -739,18 +748,18 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
     if (i < n_k) step(a[0], a[1]);
     wgmma_wait<0>();
 #pragma unroll
-    for (int j = 0; j < NTW; ++j) keep_live(acc[j]);
+    for (int j = 0; j < NTWC; ++j) keep_live(acc[j]);
     mbar_arrive_if(prev_empty, have_prev);
 
     if constexpr (kRole == kWsPart) {
       // This CTA's first tail piece, the middle or end of a unit another CTA owns.
-      float* const slot = slots + static_cast<int64_t>(blockIdx.x) * NTW * (BM / 2) * 256 + tid;
+      float* const slot = slots + static_cast<int64_t>(blockIdx.x) * NTWC * (BM / 2) * kCThreads + tid;
 #pragma unroll
-      for (int j = 0; j < NTW; ++j)
+      for (int j = 0; j < NTWC; ++j)
 #pragma unroll
-        for (int i = 0; i < BM / 2; ++i) __stcg(slot + (j * (BM / 2) + i) * 256, acc[j][i]);
+        for (int i = 0; i < BM / 2; ++i) __stcg(slot + (j * (BM / 2) + i) * kCThreads, acc[j][i]);
       __threadfence();
-      consumers_sync();
+      consumers_sync<kCThreads>();
       if (tid == 0) flag_raise(flags + blockIdx.x);
     }
     if constexpr (kRole == kWsOwner) {
@@ -761,20 +770,20 @@ __global__ void __launch_bounds__(kWsThreads, 1) gemm_ws_kernel(const GemmProble
 #pragma unroll 1
       for (int c = blockIdx.x + 1; c <= last; ++c) {
         if (tid == 0) flag_wait(flags + c);
-        consumers_sync();
-        const float* const slot = slots + static_cast<int64_t>(c) * NTW * (BM / 2) * 256 + tid;
+        consumers_sync<kCThreads>();
+        const float* const slot = slots + static_cast<int64_t>(c) * NTWC * (BM / 2) * kCThreads + tid;
 #pragma unroll
-        for (int j = 0; j < NTW; ++j)
+        for (int j = 0; j < NTWC; ++j)
 #pragma unroll
-          for (int i = 0; i < BM / 2; ++i) acc[j][i] += __ldcg(slot + (j * (BM / 2) + i) * 256);
+          for (int i = 0; i < BM / 2; ++i) acc[j][i] += __ldcg(slot + (j * (BM / 2) + i) * kCThreads);
       }
     }
 
     if constexpr (kRole != kWsPart) {  // a parked piece has no epilogue: its owner stores
 #pragma unroll
-      for (int j = 0; j < NTW; ++j) {
+      for (int j = 0; j < NTWC; ++j) {
         // D fragment: acc[j][4 c + 2 h + t] = (n row g + 8 h of this warp's tile j, token 8 c + 2 q + t).
-        const int n0 = (kNB * w.nb + warp + 8 * j) * kTileN + g;
+        const int n0 = (kNB * w.nb + warp + kCWarps * j) * kTileN + g;
         // The thread's two bias values, loaded once: out may alias bias as far as
         // the compiler knows, so it would reload them after every store.
         float bias[2] = {0.f, 0.f};

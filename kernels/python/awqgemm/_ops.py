@@ -30,6 +30,7 @@ class _Override:
     # Work in progress behind a switch of its own (tests and benchmarks select it; production never), each
     # named by a key of _C.wip_features (its bit in the planners' `wip` argument):
     ws_regroup: bool = False  # sm90 v11.1 (x through its map): producer warps regroup the weights' k order
+    ws_four_wg: bool = False  # sm90 v11.1 (x through its map, <= 64-token tiles): four consumer warpgroups
     # wip_bits() of the switches above, kept by testing.force so the GEMM path reads one int per call.
     wip: int = 0
 
