@@ -985,6 +985,16 @@ def test_racecheck_subset_ws_tma_x():
 # Not on stream-K plans (their kernels ran out of registers: gemm_wgws_sm90a.cuh). The tma_x shapes and
 # tokens: odd k-tile counts, a partial column block, 32- to 256-token tiles (one and two regrouped quads
 # per thread), K splits, and stream-K plans (which must not regroup).
+def _tma_x_variant_cases(expect, dtype, group, tokens, graph_ms, **switch):
+    """A switch's variant of x through the map on the tma_x shapes: every plan has `expect`'s items, fp64
+    check (a bias at 40 tokens; CUDA graph == eager at graph_ms with group 128), stream-K and K-split
+    plans among them."""
+    kinds = _forced_v11_cases(
+        expect, dtype, group, tokens, TMA_X_SHAPES, graph_ms if group == 128 else (), bias_ms=(40,), **switch
+    )
+    assert "stream-K" in kinds and any(k != "1 splits" and k != "stream-K" for k in kinds), kinds
+
+
 def _regroup_expect(m):
     return {"kernel": "wgmma_ws", "tma_x": True}
 
@@ -994,11 +1004,7 @@ def _regroup_expect(m):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_ws_regroup(dtype, group):
     """Group 32 plans the same but its launch stages x (and so never regroups)."""
-    graph_ms = (64, 192) if group == 128 else ()
-    kinds = _forced_v11_cases(
-        _regroup_expect, dtype, group, TMA_X_TOKENS, TMA_X_SHAPES, graph_ms, bias_ms=(40,), ws_regroup=True
-    )
-    assert "stream-K" in kinds and any(k != "1 splits" and k != "stream-K" for k in kinds), kinds
+    _tma_x_variant_cases(_regroup_expect, dtype, group, TMA_X_TOKENS, (64, 192), ws_regroup=True)
     with awqgemm.testing.force(family="sm90", path="fused", ws_regroup=True):
         plans = [awqgemm.plan_info(m, n, k, dtype) for k, n in TMA_X_SHAPES for m in TMA_X_TOKENS]
         assert all(p["regroup"] == (not p["stream_k"]) for p in plans), plans
@@ -1041,11 +1047,7 @@ def _four_wg_expect(m):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_ws_four_wg(dtype, group):
     """Group 32 plans the same but its launch stages x (two consumer warpgroups, the staged kernels)."""
-    graph_ms = (17, 64) if group == 128 else ()
-    kinds = _forced_v11_cases(
-        _four_wg_expect, dtype, group, FOUR_WG_TOKENS, TMA_X_SHAPES, graph_ms, bias_ms=(40,), ws_four_wg=True
-    )
-    assert "stream-K" in kinds and any(k != "1 splits" and k != "stream-K" for k in kinds), kinds
+    _tma_x_variant_cases(_four_wg_expect, dtype, group, FOUR_WG_TOKENS, (17, 64), ws_four_wg=True)
     with awqgemm.testing.force(family="sm90", path="fused", ws_four_wg=True):
         assert not awqgemm.plan_info(129, 6144, 4096, dtype)["four_wg"]  # a 160-token tile
 
