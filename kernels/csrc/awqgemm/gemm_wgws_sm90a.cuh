@@ -468,10 +468,10 @@ __device__ __forceinline__ const TensorMap128* ws_weight_map(const typename WsMa
 template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false, bool kTmaX = false,
           bool kRegroup = false, int kCWG = 2>
 __global__ void __launch_bounds__(ws_threads(kCWG), 1) gemm_ws_kernel(const GemmProblem p, const int splits,
-                                                               const int pdl_flags,
-                                                               const __grid_constant__
-                                                               typename WsMaps<kTmaX>::type maps,
-                                                               const WsGroup grp) {
+                                                                       const int pdl_flags,
+                                                                       const __grid_constant__
+                                                                       typename WsMaps<kTmaX>::type maps,
+                                                                       const WsGroup grp) {
 #if defined(AWQGEMM_NO_WGMMA)
   __trap();
 #else
@@ -711,7 +711,8 @@ __global__ void __launch_bounds__(ws_threads(kCWG), 1) gemm_ws_kernel(const Gemm
         if constexpr (kRegroup) {
           dequant_smem_tile<T>(gst + w_rg + kCWarps * 512 * j, gst + sz_off + kCWarps * 64 * j, at[j]);
         } else if constexpr (kTmaX) {
-          dequant_smem_tile_natural<T>(gst + kCWarps * 512 * j, w_nat, gst + sz_off + kCWarps * 64 * j, prmt_sel, at[j]);
+          dequant_smem_tile_natural<T>(gst + kCWarps * 512 * j, w_nat, gst + sz_off + kCWarps * 64 * j, prmt_sel,
+                                       at[j]);
         } else {
           dequant_smem_tile<T>(gst + w_off + kCWarps * 512 * j, gst + sz_off + kCWarps * 64 * j, at[j]);
         }
