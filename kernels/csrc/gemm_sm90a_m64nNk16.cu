@@ -296,18 +296,14 @@ cudaError_t x_tensor_map(const GemmProblem& p, TensorMap128* map, unsigned box_r
 // consumers ask for, and the pool is what the launch allocated: numRegs x threads. ptxas gives this
 // kernel 168 = 65536 / 384 rounded down to 8, exactly 128 x 40 + 256 x 232; a build that gave it fewer
 // (-maxrregcount, another ptxas) would hang every launch, so it is refused instead.
-static_assert(128 * kWsProducerRegs + 256 * kWsConsumerRegs <= kWsThreads * ((65536 / kWsThreads) & ~7),
-              "the producer's and consumers' registers must fit one block's pool");
-static_assert(128 * ws_producer_regs(4) + 512 * ws_consumer_regs(4) <= ws_threads(4) * ((65536 / ws_threads(4)) & ~7),
-              "ws_four_wg: the producer's and four consumer warpgroups' registers must fit one block's pool");
+static_assert(ws_pool_regs(2) <= ws_launch_regs(2) && ws_pool_regs(4) <= ws_launch_regs(4),
+              "the producer's and consumers' registers must fit one block's pool (two or four consumer warpgroups)");
 template <int kCWG = 2, class Kernel>
 cudaError_t ws_register_pool(Kernel kernel) {
   cudaFuncAttributes attr{};
   const cudaError_t e = cudaFuncGetAttributes(&attr, kernel);
   if (e != cudaSuccess) return e;
-  return attr.numRegs * ws_threads(kCWG) >= 128 * ws_producer_regs(kCWG) + 128 * kCWG * ws_consumer_regs(kCWG)
-             ? cudaSuccess
-             : cudaErrorInvalidConfiguration;
+  return attr.numRegs * ws_threads(kCWG) >= ws_pool_regs(kCWG) ? cudaSuccess : cudaErrorInvalidConfiguration;
 }
 // Both instantiations (stream-K or not; kRegroup has no stream-K one) of one launcher's kernel, checked
 // once per process.
@@ -352,11 +348,11 @@ cudaError_t launch_ws_tma_x(const GemmProblem& p, const TileConfig& cfg, cudaStr
   GemmProblem g = p;
   g.workspace = after_x;
   const WsGroup none{nullptr, 0};
+  constexpr int kThreads = ws_threads(kCWG);
   if constexpr (kRegroup) {
     return launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, false, true, true>>(
-        dim3(grid), kWsThreads, g, cfg, stream, maps, none);
+        dim3(grid), kThreads, g, cfg, stream, maps, none);
   } else {
-    constexpr int kThreads = ws_threads(kCWG);
     return cfg.stream_k ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true, false, true, false, kCWG>>(
                               dim3(grid), kThreads, g, cfg, stream, maps, none)
                         : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, false, true, false, kCWG>>(

@@ -82,6 +82,12 @@ def producer_stage(qbytes, szbytes, xs, m_rows, ntiles, ktiles, gshift, bm, mb, 
     return w, sz, xt, copied
 
 
+def scale_zero_at(pairs, e, magic):
+    """split_scale_zero on the (scale, zero) pairs of rows g and g + 8 at element e of the scale region:
+    the scales and the zeros with the magic number taken off."""
+    return (pairs[e].item(), pairs[e + 2].item()), (pairs[e + 1].item() - magic, pairs[e + 3].item() - magic)
+
+
 def consumer_a(w, sz, gshift, dtype, ntw=1):
     """The A operand of the stage, [128 rows][4 steps][16 logical k], as the consumers build it:
     warp j reads its word at j * 512 + lane * 16 of the weight region and its
@@ -98,8 +104,7 @@ def consumer_a(w, sz, gshift, dtype, ntw=1):
             g, q = lane >> 2, lane & 3
             sz_off = ((q >> 1) * 512 * ntw if gshift == 5 else 0) + j * 64 + g * 8
             e = sz_off // 2
-            scale = (pairs[e].item(), pairs[e + 2].item())
-            zero = (pairs[e + 1].item() - magic, pairs[e + 3].item() - magic)
+            scale, zero = scale_zero_at(pairs, e, magic)
             for s in range(4):
                 word = int(words[(j * 512 + lane * 16) // 4 + s].item()) & 0xFFFFFFFF
                 dequant_word_into(a, word, scale, zero, 16 * j + g, s, q, dtype)
@@ -272,8 +277,7 @@ def consumer_a_tma_x(w, sz, gshift, dtype, ntw=1):
                     word |= ((src >> (8 * ((sel >> (4 * b)) & 7))) & 0xFF) << (8 * b)
                 assert gshift >= 6, "kTmaX takes groups of 64 / 128"
                 e = (t * 64 + g * 8) // 2
-                scale = (pairs[e].item(), pairs[e + 2].item())
-                zero = (pairs[e + 1].item() - magic, pairs[e + 3].item() - magic)
+                scale, zero = scale_zero_at(pairs, e, magic)
                 dequant_word_into(a, word, scale, zero, 16 * t + g, s, q, dtype)
     return a
 
@@ -349,8 +353,7 @@ def consumer_a_regroup(w, sz, gshift, dtype, ntw=1):
             g, q = lane >> 2, lane & 3
             off = t * 512 + (g >> 1) * 128 + 16 * ((lane & 7) ^ ((4 * t + (g >> 1)) & 7))
             e = (t * 64 + g * 8) // 2
-            scale = (pairs[e].item(), pairs[e + 2].item())
-            zero = (pairs[e + 1].item() - magic, pairs[e + 3].item() - magic)
+            scale, zero = scale_zero_at(pairs, e, magic)
             for st in range(4):
                 word = int.from_bytes(raw[off + 4 * st : off + 4 * st + 4], "little")
                 dequant_word_into(a, word, scale, zero, 16 * t + g, st, q, dtype)

@@ -77,6 +77,12 @@ constexpr int kWsConsumerRegs = 232;
 AWQGEMM_HD constexpr int ws_threads(int cwg) { return 32 * (4 * cwg + 4); }
 AWQGEMM_HD constexpr int ws_producer_regs(int cwg) { return cwg == 2 ? kWsProducerRegs : 32; }
 AWQGEMM_HD constexpr int ws_consumer_regs(int cwg) { return cwg == 2 ? kWsConsumerRegs : 112; }
+// Registers the producer and consumer warpgroups hold after setmaxnreg, and what a launch of
+// ws_threads(cwg) threads gets (65536 / threads rounded down to 8): the first must fit the second.
+AWQGEMM_HD constexpr int ws_pool_regs(int cwg) {
+  return 128 * ws_producer_regs(cwg) + 128 * cwg * ws_consumer_regs(cwg);
+}
+AWQGEMM_HD constexpr int ws_launch_regs(int cwg) { return ws_threads(cwg) * ((65536 / ws_threads(cwg)) & ~7); }
 // Weight tiles per consumer warp: 2 up to BM = 64 (a 256-column block: at 128 columns a
 // 64-token stage carries as many x bytes as weight bytes, and ncu found the k-tile
 // waiting on it; dispatch.cu's plan_wgws has the measurements), else 1 (128 columns).
