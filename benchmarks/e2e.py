@@ -19,8 +19,7 @@ Contenders (``--quant``, comma separated):
                       (awqgemm.testing.force in the worker): what an A100 / L40S runs, timed here;
                       compare with awq_marlin:marlin (issue 11)
   awqgemm:wip         the plugin with the work-in-progress switches on for the whole engine: their e2e
-                      effect (today ws_regroup and ws_four_wg: v11.1's weights regrouped by producer warps, four
-                      consumer warpgroups at tiles of <= 64 tokens)
+                      effect (none in flight today: the same plans as awqgemm)
   fp16                dense fp16, no quantization
 The kernel each AWQ engine used is read from the loaded model and recorded.
 
@@ -254,7 +253,7 @@ CONTENDERS: dict[str, tuple[str | None, dict[str, str], bool]] = {
 #: contender -> awqgemm.testing.force arguments for its whole worker (benchmark-only)
 FORCED: dict[str, dict[str, Any]] = {
     "awqgemm:sm80": {"family": "sm80"},
-    "awqgemm:wip": {"ws_regroup": True, "ws_four_wg": True},  # every work-in-progress switch of awqgemm.testing.force
+    "awqgemm:wip": {},  # every work-in-progress switch of awqgemm.testing.force (none today)
 }
 
 #: name -> (number of prompts, prompt tokens, output tokens, metric)

@@ -47,7 +47,7 @@ def main() -> None:
         p = awqgemm.plan_info(a.m, a.n, a.k, dtype, "cuda")
         kind = "dequantize + dense matmul" if p["dense"] else f"{p['kernel']}, {p['tile_tokens']} tokens/tile"
         # the v11.1 plan flags (the launch still stages x for groups of 32 under tma_x)
-        flags = "".join(f", {f}" for f in ("stream_k", "tma_x", "regroup", "four_wg") if p.get(f))
+        flags = "".join(f", {f}" for f in ("stream_k", "tma_x", "four_wg") if p.get(f))
         print(f"plan: family {p['family']}, {kind}, {p['splits']} K splits{flags}, workspace {p['workspace_bytes']} B")
         run = lambda: awqgemm.gemm(x, packed)
         if a.timeline:

@@ -23,13 +23,13 @@ build_awqgemm || exit 1
 # WIP_FEATURES; test_wip_selection.py checks the two agree). Each suite runs without them first, then
 # once per feature, each in a pytest process of its own: a kernel that traps (a hung mbarrier, a bad TMA
 # box) kills its process's CUDA context and would fail every later test there. Simplest first.
-WIP_GPU="ws_regroup ws_four_wg"
+WIP_GPU=""
 WIP_MOE=""
 # Features tested in test_gpu.py (their MoE cases included) that moe.py's --wip variants also switch on.
 WIP_MOE_FROM_GPU=""
 # The benchmarks leave out what a feature whose tests failed would run (a trap would end the whole
 # sweep): gemm.py's contender of each feature, moe.py's --wip variants that use it.
-declare -A WIP_CONTENDER=([ws_regroup]=wgr,autox [ws_four_wg]=wg4,autox)
+declare -A WIP_CONTENDER=()
 WIP_FAILED=""
 
 # in_parts LABEL "FEATURES" CMD...: runs CMD (a pytest command line, in kernels/) with --wip none, then
@@ -127,15 +127,12 @@ fi
 if has timeline; then
   echo "== timeline: each kernel of one call, from a CUDA graph replay under torch.profiler =="
   # TIMELINE_CASES: profile_one.py argument lists (default: Llama-3-8B's four layers at batch 64, its
-  # gate_up at 24 and 256 tokens, its qkv at 192, its K-split layers at 64 with ws_regroup, the four layers at
-  # 64 with ws_four_wg, the Qwen3-30B-A3B MoE layer at 16, 64, 256, 512, 1024 and 4096 tokens; a case with --wip F is left out when F's tests
-  # failed earlier in this run: the moe step runs after this one, so each case runs in a process of its
-  # own).
+  # down at 48 tokens, its gate_up at 24 and 256 tokens, its qkv at 192, the Qwen3-30B-A3B MoE layer at 16, 64, 256, 512, 1024
+  # and 4096 tokens; a case with --wip F is left out when F's tests failed earlier in this run: the moe
+  # step runs after this one, so each case runs in a process of its own).
   cases=${TIMELINE_CASES:-"--k 4096 --n 6144 --m 64;--k 4096 --n 4096 --m 64;--k 4096 --n 28672 --m 64;\
---k 14336 --n 4096 --m 64;--k 4096 --n 28672 --m 24;--k 4096 --n 28672 --m 256;\
---k 4096 --n 6144 --m 192;--k 4096 --n 6144 --m 64 --wip ws_regroup;--k 4096 --n 4096 --m 64 --wip ws_regroup;\
---k 14336 --n 4096 --m 64 --wip ws_regroup;--k 4096 --n 6144 --m 64 --wip ws_four_wg;\
---k 4096 --n 4096 --m 64 --wip ws_four_wg;--k 4096 --n 28672 --m 64 --wip ws_four_wg;--k 14336 --n 4096 --m 64 --wip ws_four_wg;--moe 128,8,2048,768 --m 16;--moe 128,8,2048,768 --m 64;--moe 128,8,2048,768 --m 256;\
+--k 14336 --n 4096 --m 64;--k 14336 --n 4096 --m 48;--k 4096 --n 28672 --m 24;--k 4096 --n 28672 --m 256;\
+--k 4096 --n 6144 --m 192;--moe 128,8,2048,768 --m 16;--moe 128,8,2048,768 --m 64;--moe 128,8,2048,768 --m 256;\
 --moe 128,8,2048,768 --m 512;--moe 128,8,2048,768 --m 1024;--moe 128,8,2048,768 --m 4096"}
   IFS=';' read -ra case_list <<<"$cases"
   for args in "${case_list[@]}"; do

@@ -12,7 +12,7 @@ import torch
 from .shapes import DTYPES, Shape
 from .timing import short_error
 
-CONTENDERS = ("auto", "autox", "a80", "fused", "wt", "wg", "wgr", "wg4", "dpath", "cublas", "tm", "machete", "marlin")
+CONTENDERS = ("auto", "autox", "a80", "fused", "wt", "wg", "dpath", "cublas", "tm", "machete", "marlin")
 CONTENDER_DOC = {
     "auto": "awqgemm.gemm, default dispatch (what users get)",
     "autox": "auto with every work-in-progress switch of awqgemm._C.wip_features on (what the plugin's "
@@ -22,10 +22,6 @@ CONTENDER_DOC = {
     "fused": "awqgemm forced onto its sm80 fused kernels (testing.force(family='sm80', path='fused'))",
     "wt": "awqgemm forced onto the sm80 weight-tile kernel at every M (testing.force(family='sm80', path='wtile'))",
     "wg": "awqgemm forced onto the sm90a wgmma kernels, v11.1 (v9 for K > 65536) (force(family='sm90', path='fused'))",
-    "wgr": "wg with the work-in-progress switch ws_regroup on (producer warps regroup the weights' k order "
-    "once per stage; force(family='sm90', path='fused', ws_regroup=True))",
-    "wg4": "wg with the work-in-progress switch ws_four_wg on (four consumer warpgroups at tiles of <= 64 tokens; "
-    "force(family='sm90', path='fused', ws_four_wg=True))",
     "dpath": "awqgemm forced onto dequantize + cuBLAS (testing.force(path='dense'))",
     "cublas": "dense torch matmul x @ w, w [K, N] in the same dtype (cuBLAS)",
     "tm": "turbomind==0.0.2 Linear(K, N, quant_method='awq'), fp16 + g128 only",
@@ -102,9 +98,9 @@ def build_contenders(
     unavailable: dict[str, str] = {}
     keep: list[Any] = []
 
-    awq_names = [c for c in ("auto", "autox", "a80", "fused", "wt", "wg", "wgr", "wg4", "dpath") if c in wanted]
+    awq_names = [c for c in ("auto", "autox", "a80", "fused", "wt", "wg", "dpath") if c in wanted]
     cuda = device.type == "cuda"
-    for c in ("wg", "wgr", "wg4"):
+    for c in ("wg",):
         if c in awq_names and "sm90a_m64nNk16" not in awqgemm.build_info()["kernel_families"]:
             awq_names.remove(c)
             unavailable[c] = "n/a: this awqgemm build has no sm90a family (CUDA_ARCHITECTURES without 90a-real)"
@@ -124,8 +120,6 @@ def build_contenders(
             "fused": {"family": "sm80", "path": "fused"} if sm80 else {"path": "fused"},
             "wt": {"family": "sm80", "path": "wtile"} if sm80 else {"path": "wtile"},
             "wg": {"family": "sm90", "path": "fused"},
-            "wgr": {"family": "sm90", "path": "fused", "ws_regroup": True},
-            "wg4": {"family": "sm90", "path": "fused", "ws_four_wg": True},
             "dpath": {"path": "dense"},
         }
         for c in awq_names:

@@ -16,8 +16,6 @@ PLOT_STYLE = {
     "fused": {"color": "C2", "lw": 1.0, "label": "awqgemm fused (sm80)"},
     "wt": {"color": "C9", "lw": 1.0, "label": "awqgemm weight-tile (sm80)"},
     "wg": {"color": "C6", "lw": 1.5, "label": "awqgemm wgmma (sm90a)"},
-    "wgr": {"color": "k", "lw": 1.0, "label": "wgmma, ws_regroup (wip)"},
-    "wg4": {"color": "m", "lw": 1.0, "label": "wgmma, ws_four_wg (wip)"},
     "autox": {"color": "0.5", "lw": 1.0, "label": "auto, every wip switch"},
     "machete": {"color": "C7", "lw": 1.5, "label": "vLLM Machete"},
     "marlin": {"color": "C8", "lw": 1.0, "label": "vLLM Marlin"},

@@ -54,7 +54,7 @@ def derive(row: dict[str, Any]) -> None:
     row["auto_read"] = a / row["read_us"] if a and row.get("read_us") else None
     row["speedup_dense"] = us["cublas"] / a if a and us.get("cublas") else None
     row["speedup_tm"] = us["tm"] / a if a and us.get("tm") else None
-    awq_paths = ("autox", "a80", "fused", "wt", "wg", "wgr", "wg4", "dpath")
+    awq_paths = ("autox", "a80", "fused", "wt", "wg", "dpath")
     row["best_awq_us"] = min([us[c] for c in awq_paths if us.get(c)], default=None)
     row["speedup_machete"] = us["machete"] / a if a and us.get("machete") else None
     a80 = us.get("a80")

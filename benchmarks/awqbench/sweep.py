@@ -64,8 +64,6 @@ def plan_estimate(blocks: Sequence[Block], ms: Sequence[int], args: argparse.Nam
                 "fused": awq * (3 if M >= 1024 else 1),
                 "wt": awq * (2 if M >= 1024 else 1),
                 "wg": awq * 1.3,
-                "wgr": awq * 1.25,
-                "wg4": awq * 1.2,
                 "autox": awq if M < 256 else dense + K * N * 2.5 / bw,
                 "dpath": dense + K * N * 2.5 / bw,
                 "cublas": dense,

@@ -132,8 +132,6 @@ def fake_hint(c: str, M: int, K: int, N: int, G: int, ceil: dict[str, Any], dnam
         "fused": fused,
         "wt": awq * (1.05 + M / 512),
         "wg": awq * 1.2,
-        "wgr": awq * 1.15,
-        "wg4": awq * 1.1,
         "autox": min(fused, dpath) * 0.97,
         "dpath": dpath,
         "cublas": dense * 1.1,

@@ -188,7 +188,6 @@ NB_MODULE(_C, m) {
         d["splits"] = plan.tile.splits;
         d["stream_k"] = plan.tile.stream_k;
         d["tma_x"] = plan.tile.tma_x;
-        d["regroup"] = plan.tile.regroup;
         d["four_wg"] = plan.tile.four_wg;
         d["wide"] = plan.tile.kind == KernelKind::kWgmmaWs && plan.tile.nt == 2 * kWgNT;
         d["block_warps"] = plan.dense ? 0 : plan.tile.kwarps;
@@ -302,10 +301,8 @@ NB_MODULE(_C, m) {
   // fused_moe's routing / activation / combine kernels (awqgemm/moe_routing.h).
   m.attr("max_route_experts") = kMaxRouteExperts;
   // Work-in-progress switches (awqgemm.testing.force keywords) -> their bit in the planners' `wip`
-  // (WipFeature in dispatch.h).
+  // (WipFeature in dispatch.h; none now).
   nb::dict wip_features;
-  wip_features["ws_regroup"] = static_cast<int>(kWipWsRegroup);
-  wip_features["ws_four_wg"] = static_cast<int>(kWipWsFourWg);
   m.attr("wip_features") = wip_features;
 
   m.def(

@@ -113,7 +113,7 @@ int64_t encode_plan(const Plan& plan) {
   const int64_t fields[8] = {static_cast<int>(plan.family), static_cast<int>(t.kind), t.mt, t.nt, t.kwarps, t.splits,
                              t.pdl_flags,
                              (plan.dense ? 1 : 0) | (plan.reduce_pdl ? 2 : 0) | (t.stream_k ? 4 : 0) |
-                                 (t.tma_x ? 8 : 0) | (t.regroup ? 16 : 0) | (t.four_wg ? 32 : 0)};
+                                 (t.tma_x ? 8 : 0) | (t.four_wg ? 16 : 0)};
   int64_t code = 0;
   for (int i = 7; i >= 0; --i) code = (code << 8) | (fields[i] & 0xFF);
   return code;
@@ -123,20 +123,16 @@ bool decode_plan(int64_t code, Plan* plan) {
   int f[8];
   for (int i = 0; i < 8; ++i) f[i] = static_cast<int>((code >> (8 * i)) & 0xFF);
   const bool family_ok = f[0] == 70 || f[0] == 75 || f[0] == 80 || (f[0] == 90 && have_sm90a());
-  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 63) {
+  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 31) {
     return false;
   }
   // Stream-K exists only for v11.1 with one K split.
   if ((f[7] & 4) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || f[5] != 1)) return false;
   // x through a tensor map: v11.1, fused.
   if ((f[7] & 8) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || (f[7] & 1) != 0)) return false;
-  // Weights regrouped by producer warps (ws_regroup, work in progress): only with x through the map,
-  // without stream-K.
-  if ((f[7] & 16) != 0 && ((f[7] & 8) == 0 || (f[7] & 4) != 0)) return false;
-  // Four consumer warpgroups (ws_four_wg, work in progress): x through the map, not regrouped, tiles of
-  // at most 64 tokens, 20 warps.
-  if ((f[7] & 32) != 0 && ((f[7] & 24) != 8 || f[2] > 8 || f[4] != ws_threads(4) / 32)) return false;
-  if ((f[7] & 32) == 0 && f[1] == static_cast<int>(KernelKind::kWgmmaWs) && f[4] != kWsThreads / 32) return false;
+  // Four consumer warpgroups: x through the map, no stream-K, tiles of 48 or 64 tokens, 20 warps.
+  if ((f[7] & 16) != 0 && ((f[7] & 12) != 8 || (f[2] != 6 && f[2] != 8) || f[4] != ws_threads(4) / 32)) return false;
+  if ((f[7] & 16) == 0 && f[1] == static_cast<int>(KernelKind::kWgmmaWs) && f[4] != kWsThreads / 32) return false;
   plan->family = static_cast<Family>(f[0]);
   plan->tile.kind = static_cast<KernelKind>(f[1]);
   plan->tile.mt = f[2];
@@ -148,8 +144,7 @@ bool decode_plan(int64_t code, Plan* plan) {
   plan->reduce_pdl = (f[7] & 2) != 0;
   plan->tile.stream_k = (f[7] & 4) != 0;
   plan->tile.tma_x = (f[7] & 8) != 0;
-  plan->tile.regroup = (f[7] & 16) != 0;
-  plan->tile.four_wg = (f[7] & 32) != 0;
+  plan->tile.four_wg = (f[7] & 16) != 0;
   return true;
 }
 
@@ -604,10 +599,15 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
         // the staging kernel's workspace). launch_ws still stages x for groups of 32 and for an x the
         // map cannot read (unaligned base or row stride).
         t.tma_x = ws_chunk_rows(M, K) >= M;
-        t.regroup = t.tma_x && !t.stream_k && (wip & kWipWsRegroup) != 0;  // work in progress
-        if (t.tma_x && 8 * t.mt <= 64 && (wip & kWipWsFourWg) != 0) {  // work in progress
+        // Four consumer warpgroups of one weight tile per warp (20 warps) instead of two of two, at the
+        // 48- and 64-token tiles without stream-K. There the consumers are latency-bound (ncu of down at
+        // 64 tokens: 2.1 active warps per scheduler, 0.58 eligible; with four: 4.2 and 1.10, 27.6 ->
+        // 25.7 us). H200, 2026-11-29 22:03, four / two warpgroups: fp16 0.96-0.98 geomean at M = 40-64
+        // (down 0.92-0.96), bf16 0.97 at 40 / 48 and 1.00 at 56 / 64; Llama-3-8B batch 64 end to end
+        // 5.177 -> 5.022 ms per step. Measured slower, so left on two: the 32-token tiles (1.00-1.04)
+        // and the stream-K plans (every gate_up at <= 64 tokens: 1.00-1.04).
+        if (t.tma_x && !t.stream_k && (t.mt == 6 || t.mt == 8)) {
           t.four_wg = true;
-          t.regroup = false;
           t.kwarps = ws_threads(4) / 32;
         }
       } else {

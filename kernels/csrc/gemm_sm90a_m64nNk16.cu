@@ -275,7 +275,7 @@ cudaError_t weight_tensor_map(const GemmProblem& p, TensorMap128* map, unsigned 
 // Dense v11.1 with x through a tensor map (TileConfig::tma_x): the weight as [column tiles][ktiles x 4
 // lines][32 words] with the 128-byte swizzle (a box of 4 lines x kNB tiles is one k-tile of a block, as
 // the 2-D map's), so the consumers' reads of other lanes' words hit 8 bank groups (gemm_wgws_sm90a.cuh,
-// kTmaX; kRegroup's regrouping warps likewise); and x itself
+// kTmaX); and x itself
 // [M][K] of 16-bit elements, boxes of BM rows x 64 k in the 128-byte swizzle the B descriptor reads,
 // rows past M and k past K zero-filled (CU_TENSOR_MAP_DATA_TYPE_UINT16 = 1, SWIZZLE_128B = 3).
 cudaError_t weight_tensor_map_lines(const GemmProblem& p, TensorMap128* map, unsigned box_tiles) {
@@ -305,18 +305,16 @@ cudaError_t ws_register_pool(Kernel kernel) {
   if (e != cudaSuccess) return e;
   return attr.numRegs * ws_threads(kCWG) >= ws_pool_regs(kCWG) ? cudaSuccess : cudaErrorInvalidConfiguration;
 }
-// Both instantiations (stream-K or not; kRegroup has no stream-K one) of one launcher's kernel, checked
-// once per process.
-template <typename T, int BM, int STAGES, bool kTmaX, bool kRegroup = false, int kCWG = 2>
+// The instantiations of one launcher's kernel (stream-K or not; four consumer warpgroups have no
+// stream-K one), checked once per process.
+template <typename T, int BM, int STAGES, bool kTmaX, int kCWG = 2>
 cudaError_t ws_register_pools() {
   static const cudaError_t pools = [] {
-    const cudaError_t e =
-        ws_register_pool<kCWG>(gemm_ws_kernel<T, BM, STAGES, false, false, kTmaX, kRegroup, kCWG>);
-    if constexpr (kRegroup) {
+    const cudaError_t e = ws_register_pool<kCWG>(gemm_ws_kernel<T, BM, STAGES, false, false, kTmaX, kCWG>);
+    if constexpr (kCWG == 4) {
       return e;
     } else {
-      return e != cudaSuccess ? e
-                              : ws_register_pool<kCWG>(gemm_ws_kernel<T, BM, STAGES, true, false, kTmaX, false, kCWG>);
+      return e != cudaSuccess ? e : ws_register_pool(gemm_ws_kernel<T, BM, STAGES, true, false, kTmaX>);
     }
   }();
   return pools;
@@ -325,16 +323,14 @@ cudaError_t ws_register_pools() {
 // v11.1 reading x through a tensor map, no staging kernel (TileConfig::tma_x). A stream-K
 // plan still needs its flags cleared (the workspace comes from torch uncleared): the staging kernel
 // with no rows does that and nothing else. `grid` and `after_x` (the workspace past the unused
-// staged-x area, where the partials and stream-K slots go): launch_ws's. kRegroup (TileConfig::regroup,
-// work in progress): the weights' k order is rearranged once per stage by producer warps, not per
-// k-tile by the consumers. kCWG = 4 (TileConfig::four_wg, work in progress, BM <= 64): four consumer
-// warpgroups of one tile each, 640 threads.
-template <typename T, int BM, bool kRegroup, int kCWG = 2>
+// staged-x area, where the partials and stream-K slots go): launch_ws's. kCWG = 4 (TileConfig::four_wg,
+// BM 48 / 64 without stream-K): four consumer warpgroups of one tile per warp, 640 threads.
+template <typename T, int BM, int kCWG = 2>
 cudaError_t launch_ws_tma_x(const GemmProblem& p, const TileConfig& cfg, cudaStream_t stream, int grid,
                             float* after_x) {
   constexpr int kStages = ws_stages(BM);
   constexpr int kSmem = kStages * ws_stage_bytes(BM) + 1024;
-  cudaError_t err = ws_register_pools<T, BM, kStages, true, kRegroup, kCWG>();
+  cudaError_t err = ws_register_pools<T, BM, kStages, true, kCWG>();
   if (err != cudaSuccess) return err;
   typename WsMaps<true>::type maps{};
   err = weight_tensor_map_lines(p, &maps.w, kWgNT * ws_ntw(BM));
@@ -349,13 +345,13 @@ cudaError_t launch_ws_tma_x(const GemmProblem& p, const TileConfig& cfg, cudaStr
   g.workspace = after_x;
   const WsGroup none{nullptr, 0};
   constexpr int kThreads = ws_threads(kCWG);
-  if constexpr (kRegroup) {
-    return launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, false, true, true>>(
-        dim3(grid), kThreads, g, cfg, stream, maps, none);
+  if constexpr (kCWG == 4) {
+    return launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, false, true, 4>>(dim3(grid), kThreads, g,
+                                                                                            cfg, stream, maps, none);
   } else {
-    return cfg.stream_k ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true, false, true, false, kCWG>>(
+    return cfg.stream_k ? launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, true, false, true>>(
                               dim3(grid), kThreads, g, cfg, stream, maps, none)
-                        : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, false, true, false, kCWG>>(
+                        : launch_with_smem<kSmem, gemm_ws_kernel<T, BM, kStages, false, false, true>>(
                               dim3(grid), kThreads, g, cfg, stream, maps, none);
   }
 }
@@ -409,11 +405,10 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   // path below (the plan's workspace has room for it either way).
   if (cfg.tma_x && chunk >= p.M && p.group_size >= 64 &&
       ((reinterpret_cast<uintptr_t>(p.x) | (p.x_row_stride * sizeof(T))) & 15) == 0) {
-    if constexpr (BM <= 64) {
-      if (cfg.four_wg) return launch_ws_tma_x<T, BM, false, 4>(p, cfg, stream, grid_for(p.M), after_x);
+    if constexpr (BM == 48 || BM == 64) {
+      if (cfg.four_wg) return launch_ws_tma_x<T, BM, 4>(p, cfg, stream, grid_for(p.M), after_x);
     }
-    return cfg.regroup ? launch_ws_tma_x<T, BM, true>(p, cfg, stream, grid_for(p.M), after_x)
-                       : launch_ws_tma_x<T, BM, false>(p, cfg, stream, grid_for(p.M), after_x);
+    return launch_ws_tma_x<T, BM>(p, cfg, stream, grid_for(p.M), after_x);
   }
   TensorMap128 wmap{};
   err = weight_tensor_map(p, &wmap, kWgNT * NTW);
@@ -512,11 +507,10 @@ cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream
     if (cfg.nt != kWgNT * ws_ntw(8 * cfg.mt) || cfg.kwarps != ws_threads(cfg.four_wg ? 4 : 2) / 32) {
       return cudaErrorInvalidConfiguration;
     }
-    if ((cfg.tma_x || cfg.regroup || cfg.four_wg) && p.row_offsets != nullptr) {
-      return cudaErrorInvalidConfiguration;  // dense only
+    if ((cfg.tma_x || cfg.four_wg) && p.row_offsets != nullptr) return cudaErrorInvalidConfiguration;  // dense only
+    if (cfg.four_wg && (!cfg.tma_x || cfg.stream_k || (cfg.mt != 6 && cfg.mt != 8))) {
+      return cudaErrorInvalidConfiguration;
     }
-    if (cfg.regroup && (!cfg.tma_x || cfg.stream_k)) return cudaErrorInvalidConfiguration;
-    if (cfg.four_wg && (!cfg.tma_x || cfg.regroup || 8 * cfg.mt > 64)) return cudaErrorInvalidConfiguration;
     if (p.row_offsets != nullptr) {
       switch (cfg.mt * 8) {  // make_grouped_plan's tiles
         case 32: return launch_ws_grouped<T, 32>(p, cfg, stream);

@@ -219,7 +219,7 @@ def test_e2e_forced_sm80_contender_plan():
     plans = _json_objects(r.stdout)[:-1]
     assert [(p["name"], p["engine"]["quantization"], p["force"]) for p in plans] == [
         ("awqgemm:sm80", "awqgemm", {"family": "sm80"}),
-        ("awqgemm:wip", "awqgemm", {"ws_regroup": True, "ws_four_wg": True}),
+        ("awqgemm:wip", "awqgemm", {}),
         ("awqgemm", "awqgemm", None),
     ]
     import awqgemm.testing

@@ -979,94 +979,45 @@ def test_racecheck_subset_ws_tma_x():
     _v11_racecheck_cases(_tma_x_expect, cases, group=64)
 
 
-# ws_regroup (work in progress): where v11.1 reads x through its map, two producer warps regroup each
-# stage's weight words into the wgmma's k order in shared memory (in place, 128-byte swizzled) and the
-# consumers read one 16-byte word per tile and k-tile; a third ring of barriers (ready) between them.
-# Not on stream-K plans (their kernels ran out of registers: gemm_wgws_sm90a.cuh). The tma_x shapes and
-# tokens: odd k-tile counts, a partial column block, 32- to 256-token tiles (one and two regrouped quads
-# per thread), K splits, and stream-K plans (which must not regroup).
-def _tma_x_variant_cases(expect, dtype, group, tokens, graph_ms, **switch):
-    """A switch's variant of x through the map on the tma_x shapes: every plan has `expect`'s items, fp64
-    check (a bias at 40 tokens; CUDA graph == eager at graph_ms with group 128), stream-K and K-split
-    plans among them."""
-    kinds = _forced_v11_cases(
-        expect, dtype, group, tokens, TMA_X_SHAPES, graph_ms if group == 128 else (), bias_ms=(40,), **switch
-    )
-    assert "stream-K" in kinds and any(k != "1 splits" and k != "stream-K" for k in kinds), kinds
-
-
-def _regroup_expect(m):
-    return {"kernel": "wgmma_ws", "tma_x": True}
-
-
-@pytest.mark.wip("ws_regroup")
-@pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_ws_regroup(dtype, group):
-    """Group 32 plans the same but its launch stages x (and so never regroups)."""
-    _tma_x_variant_cases(_regroup_expect, dtype, group, TMA_X_TOKENS, (64, 192), ws_regroup=True)
-    with awqgemm.testing.force(family="sm90", path="fused", ws_regroup=True):
-        plans = [awqgemm.plan_info(m, n, k, dtype) for k, n in TMA_X_SHAPES for m in TMA_X_TOKENS]
-        assert all(p["regroup"] == (not p["stream_k"]) for p in plans), plans
-        assert awqgemm.plan_info(64, 6144, 4096, dtype)["regroup"]  # qkv: 5 K splits
-        assert not awqgemm.plan_info(64, 28672, 4096, dtype)["regroup"]  # gate_up: stream-K
-    with awqgemm.testing.force(family="sm90", path="fused"):  # without the switch no plan regroups
-        assert not awqgemm.plan_info(64, 6144, 4096, dtype)["regroup"]
-
-
-@pytest.mark.wip("ws_regroup")
-def test_sanitizer_subset_ws_regroup():
-    """ws_regroup for compute-sanitizer memcheck: the regrouping warps' in-place shared-memory reads and
-    writes (one and two quads per thread), a partial column block, a K split and a stream-K plan."""
-    for dtype in (torch.float16, torch.bfloat16):
-        shapes = ((1088, 1376), (4096, 6144))
-        _forced_v11_cases(_regroup_expect, dtype, 64, (17, 64, 129), shapes, bias_ms=(17,), ws_regroup=True)
-
-
-@pytest.mark.wip("ws_regroup")
-def test_racecheck_subset_ws_regroup():
-    """ws_regroup for compute-sanitizer racecheck: the regrouping warps' writes against the consumers'
-    reads (ready barrier) and against the producer's next bulk copies into the slot (empty barrier)."""
-    cases = ((4096, 1376, 64), (4096, 6144, 129), (1088, 1376, 40))
-    _v11_racecheck_cases(_regroup_expect, cases, group=64, ws_regroup=True)
-
-
-# ws_four_wg (work in progress): where v11.1 reads x through its map in tiles of up to 64 tokens, four
-# consumer warpgroups of one tile set each (20 warps: warp w owns tile w of the 256-column block). The tma_x
-# shapes at 1-64 tokens: 32-, 48- and 64-token tiles, odd k-tile counts, a partial column block, K splits and
-# stream-K plans; above 64 tokens the plans must not change.
-FOUR_WG_TOKENS = (1, 17, 40, 48, 64)
+# Four consumer warpgroups (TileConfig::four_wg, the default since the H200 run of 2026-11-29 22:03): where
+# v11.1 reads x through its map in 48- or 64-token tiles without stream-K, 20 warps, warp w owning weight
+# tile w of the 256-column block. Shapes: an odd number of k-tiles (K = 1088), a partial column block (N =
+# 1376), K splits (qkv, down) and one split with the bias in the kernel's epilogue (N = 32768, K = 1024).
+# Group 32 plans the same but its launch stages x (the staged kernels, two warpgroups).
+FOUR_WG_TOKENS = (33, 40, 48, 49, 64)
+FOUR_WG_SHAPES = ((1088, 1376), (4096, 6144), (14336, 4096), (1024, 32768))
 
 
 def _four_wg_expect(m):
-    return {"kernel": "wgmma_ws", "tma_x": True, "four_wg": True, "block_warps": 20}
+    return {"kernel": "wgmma_ws", "tma_x": True, "stream_k": False, "four_wg": True, "block_warps": 20}
 
 
-@pytest.mark.wip("ws_four_wg")
 @pytest.mark.parametrize("group", [32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_ws_four_wg(dtype, group):
-    """Group 32 plans the same but its launch stages x (two consumer warpgroups, the staged kernels)."""
-    _tma_x_variant_cases(_four_wg_expect, dtype, group, FOUR_WG_TOKENS, (17, 64), ws_four_wg=True)
-    with awqgemm.testing.force(family="sm90", path="fused", ws_four_wg=True):
-        assert not awqgemm.plan_info(129, 6144, 4096, dtype)["four_wg"]  # a 160-token tile
+    graph_ms = (40, 64) if group == 128 else ()
+    kinds = _forced_v11_cases(_four_wg_expect, dtype, group, FOUR_WG_TOKENS, FOUR_WG_SHAPES, graph_ms, bias_ms=(40,))
+    assert "1 splits" in kinds and len(kinds) > 1, kinds
+    # Around them two warpgroups: the 32-token tile, a stream-K plan (gate_up), the 128-token tile.
+    with awqgemm.testing.force(family="sm90", path="fused"):
+        for m, n in ((32, 6144), (64, 28672), (65, 6144)):
+            info = awqgemm.plan_info(m, n, 4096, dtype)
+            assert not info["four_wg"] and info["block_warps"] == 12, (m, n, info)
 
 
-@pytest.mark.wip("ws_four_wg")
 def test_sanitizer_subset_ws_four_wg():
-    """ws_four_wg for compute-sanitizer memcheck: 32- and 64-token tiles, a partial column block, a K split
-    and a stream-K plan."""
+    """Four consumer warpgroups for compute-sanitizer memcheck: 48- and 64-token tiles, a partial x tile and
+    column block, K splits and one split with a bias."""
     for dtype in (torch.float16, torch.bfloat16):
-        shapes = ((1088, 1376), (4096, 6144), (4096, 28672))
-        _forced_v11_cases(_four_wg_expect, dtype, 64, (17, 64), shapes, bias_ms=(17,), ws_four_wg=True)
+        shapes = ((1088, 1376), (1024, 32768))
+        _forced_v11_cases(_four_wg_expect, dtype, 64, (33, 64), shapes, bias_ms=(33,))
 
 
-@pytest.mark.wip("ws_four_wg")
 def test_racecheck_subset_ws_four_wg():
-    """ws_four_wg for compute-sanitizer racecheck: sixteen consumer warps on one ring, and the stream-K
-    slots and flags of 512 consumer threads."""
-    cases = ((4096, 1376, 64), (4096, 6144, 40), (1088, 1376, 24))
-    _v11_racecheck_cases(_four_wg_expect, cases, group=64, ws_four_wg=True)
+    """Four consumer warpgroups for compute-sanitizer racecheck: sixteen consumer warps on one ring, the
+    producer's next copies into each slot, and the partials of a K split."""
+    cases = ((4096, 1376, 64), (4096, 6144, 40), (1024, 32768, 49))
+    _v11_racecheck_cases(_four_wg_expect, cases, group=64)
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])

@@ -68,21 +68,10 @@ constexpr int64_t kMaxDenseChunkBytes = int64_t{64} << 20;
 int dense_chunk_columns(int N, int K, int dtype_bytes);
 
 // Work in progress behind test-only switches (awqgemm.testing.force): bits of the planners' `wip`
-// argument. Production passes 0; a feature either becomes the default or goes, with its bit (the
-// last to become the default, ws_tma_x -- dense v11.1 reading x through a tensor map -- after the H200
-// run of 2026-11-29 18:45: docs/perf-notes.md).
-enum WipFeature : int {
-  // Plans that read x through the tensor map (TileConfig::tma_x), stream-K ones excepted, have two
-  // producer warps regroup each stage's weight words into the wgmma's k order in shared memory
-  // (TileConfig::regroup), so the consumers read one 16-byte word per tile and k-tile, as on the
-  // staged path.
-  kWipWsRegroup = 1,
-  // Plans of 32- to 64-token tiles that read x through the map run four consumer warpgroups of one
-  // tile set each instead of two of two (TileConfig::four_wg, 20 warps): at the 64-token tile the
-  // consumers are latency-bound with 2 warps per scheduler (H200 stall sampling, 2026-11-29). Takes
-  // precedence over kWipWsRegroup there.
-  kWipWsFourWg = 2,
-};
+// argument. Production passes 0; a feature either becomes the default or goes, with its bit. None is
+// in progress now (after the H200 run of 2026-11-29 22:03, docs/perf-notes.md: ws_four_wg became the
+// default where it measured faster, at 48- and 64-token tiles without stream-K; ws_regroup was removed).
+enum WipFeature : int {};
 
 // The one decider: kernel, tile, K split, dense-or-fused, PDL. `family` comes
 // from choose_family; `dtype_bytes` sizes the dense weight.

@@ -372,57 +372,6 @@ __device__ __forceinline__ void dequant_smem_tile_natural(const unsigned char* s
   }
 }
 
-// kRegroup (work in progress, testing.force(ws_regroup=True)): the same rearrangement done once per
-// stage in shared memory by two of the producer warpgroup's idle warps, so the consumers read one
-// 16-byte word per tile and k-tile as on the staged path (dequant_smem_tile) instead of 8 four-byte
-// words and 4 prmt (measured: the 64-token tile issues at a fixed rate, +15 % instructions there were
-// +11.5 % time). Thread u (0..63) takes quads u + 64 r of the stage's weight box (quad g of tile t:
-// lanes 4 g .. 4 g + 3, half of line 4 t + g / 2), loads the quad's 4 chunks, and writes lane 4 g + q's
-// chunk back as word s = prmt(word q / 2, word 2 + q / 2 of lane 4 g + s's chunk): what
-// dequant_smem_tile_natural builds per step. In place (a thread owns its quads), through the same
-// 128-byte swizzle: the 8 quads of a tile, one quarter-warp, hit 8 bank groups per access.
-template <int NTW>
-__device__ __forceinline__ void regroup_weight_quads(unsigned char* stage, const uint32_t (&quad_off)[NTW]) {
-#pragma unroll
-  for (int r = 0; r < NTW; ++r) {
-    uint32_t w[4][4];
-#pragma unroll
-    for (int l = 0; l < 4; ++l) {
-      const uint4 v = *reinterpret_cast<const uint4*>(stage + (quad_off[r] ^ (16u * l)));
-      w[l][0] = v.x;
-      w[l][1] = v.y;
-      w[l][2] = v.z;
-      w[l][3] = v.w;
-    }
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      uint32_t o[4];
-#pragma unroll
-      for (int st = 0; st < 4; ++st) {
-        asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(o[st]) : "r"(w[st][q >> 1]), "r"(w[st][2 + (q >> 1)]),
-            "r"(0x6240u + 0x1111u * static_cast<uint32_t>(q & 1)));
-      }
-      *reinterpret_cast<uint4*>(stage + (quad_off[r] ^ (16u * q))) = make_uint4(o[0], o[1], o[2], o[3]);
-    }
-  }
-}
-// quad_off[r]: the stage offset of lane 4 g's chunk of the thread's quad u + 64 r (g = quad & 7, tile
-// t = quad >> 3), in line 4 t + g / 2, swizzled: chunk 4 (g & 1) ^ (line & 7). Lane 4 g + l's chunk is at
-// quad_off ^ 16 l: the line is 128-byte aligned in the stage (and the stage in shared memory), and
-// 4 (g & 1) + l = 4 (g & 1) ^ l.
-template <int NTW>
-__device__ __forceinline__ void regroup_quad_offsets(int u, uint32_t wbox_off, uint32_t (&quad_off)[NTW]) {
-#pragma unroll
-  for (int r = 0; r < NTW; ++r) {
-    const int quad = u + 64 * r;
-    const int g = quad & 7;
-    const int line = 4 * (quad >> 3) + (g >> 1);
-    quad_off[r] = opaque_u32(wbox_off + line * 128 + 16 * ((4 * (g & 1)) ^ (line & 7)));
-  }
-}
-// Threads of the producer warpgroup that regroup (warps 1 and 2 of it; warp 0's lane 0 copies).
-constexpr int kWsRegroupThreads = 64;
-
 // p.x is the staged x (stage_x_tiles_kernel) of p.M rows (kTmaX: the caller's x, read through xmap);
 // out, bias and the split-K workspace ([splits][M][N] fp32) as in the other kernels.
 // kStreamK (splits == 1): the workspace holds the tail's flags and slots
@@ -465,8 +414,7 @@ __device__ __forceinline__ const TensorMap128* ws_weight_map(const typename WsMa
   }
 }
 
-template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false, bool kTmaX = false,
-          bool kRegroup = false, int kCWG = 2>
+template <typename T, int BM, int STAGES, bool kStreamK, bool kGrouped = false, bool kTmaX = false, int kCWG = 2>
 __global__ void __launch_bounds__(ws_threads(kCWG), 1) gemm_ws_kernel(const GemmProblem p, const int splits,
                                                                        const int pdl_flags,
                                                                        const __grid_constant__
@@ -477,13 +425,13 @@ __global__ void __launch_bounds__(ws_threads(kCWG), 1) gemm_ws_kernel(const Gemm
 #else
   constexpr int NTW = ws_ntw(BM);
   constexpr int kNB = kWgNT * NTW;           // column tiles per block
-  // Consumer warps and the weight tiles each owns (kCWG = 4, ws_four_wg: 16 warps of one tile at BM <= 64;
+  // Consumer warps and the weight tiles each owns (kCWG = 4, TileConfig::four_wg: 16 warps of one tile at BM 48 / 64;
   // otherwise NTWC = NTW). Warp w's tile j is w + kCWarps j.
   constexpr int kCWarps = 4 * kCWG;
   constexpr int kCThreads = 32 * kCWarps;
   constexpr int NTWC = kNB / kCWarps;
-  static_assert(kCWG == 2 || (kCWG == 4 && NTWC == 1 && kTmaX && !kRegroup),
-                "ws_four_wg: BM <= 64 (16 tiles, one per consumer warp), x through the map, no regrouping");
+  static_assert(kCWG == 2 || (kCWG == 4 && NTWC == 1 && kTmaX), "four consumer warpgroups: BM <= 64 (16 tiles, one "
+                                                                "per consumer warp), x through the map");
   constexpr int kStage = ws_stage_bytes(BM);
   constexpr int kWOff = BM * 128;            // kNB weight tiles of 512 bytes after the x tile
   constexpr int kSzOff = kWOff + kNB * 512;  // (scale, zero) rows: [0] for k 0..31 of the tile, [1] for 32..63
@@ -491,21 +439,14 @@ __global__ void __launch_bounds__(ws_threads(kCWG), 1) gemm_ws_kernel(const Gemm
   static_assert(kStage % 1024 == 0, "every stage's x tile starts on a swizzle atom");
   static_assert(!kTmaX || (!kGrouped && kWOff % 1024 == 0), "kTmaX: dense, weight tiles on a swizzle atom");
   // kTmaX: groups of 64 / 128 (launch_ws_tma_x), one (scale, zero) row per stage.
-  // kRegroup: no stream-K kernels. Every variant of the regrouping warps' stage count tried (the
-  // producer's walk, a closed form, the schedule rebuilt from the parameters, a stop word) gave the
-  // stream-K kernels' consumers C7512 (serialized wgmmas) and spills; the K-split plans are the ones
-  // whose 64-token tiles x through the map slowed.
-  static_assert(!kRegroup || (kTmaX && !kStreamK && kWsRegroupThreads * NTW == kNB * 8),
-                "kRegroup: kTmaX stages without stream-K, NTW of the stage's quads per regrouping thread");
-  // full[0..STAGES), empty[0..STAGES), kRegroup: ready[0..STAGES) (the stage's weights regrouped)
-  __shared__ uint64_t bars[(kRegroup ? 3 : 2) * STAGES];
+  // full[0..STAGES), empty[0..STAGES)
+  __shared__ uint64_t bars[2 * STAGES];
   extern __shared__ uint4 smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   const uint32_t base = (raw + 1023u) & ~1023u;
   const unsigned char* const sbase = reinterpret_cast<const unsigned char*>(smem_raw) + (base - raw);
   const uint32_t full0 = static_cast<uint32_t>(__cvta_generic_to_shared(bars));
   const uint32_t empty0 = full0 + 8 * STAGES;
-  [[maybe_unused]] const uint32_t ready0 = full0 + 16 * STAGES;
 
   const int tid = threadIdx.x;
   const int warp = tid >> 5;
@@ -515,7 +456,6 @@ __global__ void __launch_bounds__(ws_threads(kCWG), 1) gemm_ws_kernel(const Gemm
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full0 + 8 * s, 1);
       mbar_init(empty0 + 8 * s, kCThreads);
-      if constexpr (kRegroup) mbar_init(ready0 + 8 * s, kWsRegroupThreads);
     }
     mbar_init_fence();
   }
@@ -537,37 +477,6 @@ __global__ void __launch_bounds__(ws_threads(kCWG), 1) gemm_ws_kernel(const Gemm
 
   if (warp >= kCWarps) {
     setmaxnreg_dec<ws_producer_regs(kCWG)>();
-    if constexpr (kRegroup) {
-      // Warps 1 and 2 of the warpgroup regroup each stage's weights. The warp index goes through a
-      // shuffle from lane 0 so that ptxas knows it is warp-uniform: branching on the plain one before
-      // the copy loop moved that loop's slot and phase out of the uniform registers (an R2UR per copy).
-      const int wu = __shfl_sync(0xffffffffu, warp, 0);
-      if (wu == kCWarps + 1 || wu == kCWarps + 2) {
-        const int u = tid - 32 * (kCWarps + 1);
-        // The consumers' ring, stage by stage: full (copied) -> regrouped -> ready. The writes are
-        // generic-proxy stores into memory the next bulk copy overwrites: fenced against the async proxy.
-        // The CTA's stages: the k-tiles of its units' K splits (no stream-K tail here).
-        int stages = 0;
-#pragma unroll 1
-        for (int v = blockIdx.x; v < sched.full; v += gridDim.x) {
-          const int kt0 = v / (nblocks * mblocks) * per_split;
-          stages += max(0, min(ktiles, kt0 + sched.unit_tiles) - kt0);
-        }
-        int slot = 0;
-        uint32_t phase = 0;
-        uint32_t quad_off[NTW];
-        regroup_quad_offsets<NTW>(u, kWOff, quad_off);
-#pragma unroll 1
-        for (int i = 0; i < stages; ++i) {
-          mbar_wait(full0 + 8 * slot, phase);
-          regroup_weight_quads<NTW>(const_cast<unsigned char*>(sbase) + slot * kStage, quad_off);
-          fence_proxy_async_shared();
-          mbar_arrive_if(ready0 + 8 * slot, 1);
-          ring_next<STAGES>(slot, phase);
-        }
-        return;
-      }
-    }
     // One thread issues every copy: the operands of a bulk copy live in
     // uniform registers, so per-lane copies would be issued one lane at a time.
     if (warp != kCWarps || lane != 0) return;
@@ -652,12 +561,7 @@ __global__ void __launch_bounds__(ws_threads(kCWG), 1) gemm_ws_kernel(const Gemm
   // swizzle XORs into the chunk index. prmt keeps bytes (q & 1) and 2 + (q & 1) of each word.
   [[maybe_unused]] uint32_t w_nat[4] = {0, 0, 0, 0};
   [[maybe_unused]] uint32_t prmt_sel = 0;
-  // kRegroup: the thread's chunk (lane 4 g + q of tile warp + 8 j) at its swizzled place: line
-  // 4 warp + g / 2 (mod 8 the same for j = 0, 1), chunk lane & 7.
-  [[maybe_unused]] uint32_t w_rg = 0;
-  if constexpr (kRegroup) {
-    w_rg = opaque_u32(kWOff + warp * 512 + (g >> 1) * 128 + 16 * ((lane & 7) ^ ((4 * warp + (g >> 1)) & 7)));
-  } else if constexpr (kTmaX) {
+  if constexpr (kTmaX) {
 #pragma unroll
     for (int s = 0; s < 4; ++s) {
       const uint32_t plain = g * 64 + 16 * s;
@@ -704,13 +608,11 @@ __global__ void __launch_bounds__(ws_threads(kCWG), 1) gemm_ws_kernel(const Gemm
     // run from the other; wait_group 1 after tile i's commit retires tile
     // i - 1, whose slot is then handed back and whose registers tile i + 1 reuses.
     auto step = [&](uint32_t (&at)[NTWC][4][4], uint32_t (&prev)[NTWC][4][4]) {
-      mbar_wait((kRegroup ? ready0 : full0) + 8 * slot, phase);
+      mbar_wait(full0 + 8 * slot, phase);
       const unsigned char* const gst = sbase + slot * kStage;
 #pragma unroll
       for (int j = 0; j < NTWC; ++j) {
-        if constexpr (kRegroup) {
-          dequant_smem_tile<T>(gst + w_rg + kCWarps * 512 * j, gst + sz_off + kCWarps * 64 * j, at[j]);
-        } else if constexpr (kTmaX) {
+        if constexpr (kTmaX) {
           dequant_smem_tile_natural<T>(gst + kCWarps * 512 * j, w_nat, gst + sz_off + kCWarps * 64 * j, prmt_sel,
                                        at[j]);
         } else {

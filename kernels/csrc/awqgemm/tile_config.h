@@ -71,9 +71,11 @@ constexpr int kWsConsumerWarps = 8;
 constexpr int kWsThreads = 32 * (kWsConsumerWarps + 4);
 constexpr int kWsProducerRegs = 40;
 constexpr int kWsConsumerRegs = 232;
-// ws_four_wg (work in progress): at BM <= 64, four consumer warpgroups of one tile set each (the
-// block still 16 tiles, 256 columns): 20 warps, 96 registers each at launch (65536 / 640 rounded down to
-// 8), the producer warpgroup down to 32, the consumers up to 112: 128 x 32 + 512 x 112 = 640 x 96.
+// TileConfig::four_wg (BM 48 and 64, x through the map, no stream-K): four consumer warpgroups of one
+// weight tile per warp (the block still 16 tiles, 256 columns), which the latency-bound consumers of
+// those tiles measured faster with (dispatch.cu's plan): 20 warps, 96 registers each at launch
+// (65536 / 640 rounded down to 8), the producer warpgroup down to 32, the consumers up to 112:
+// 128 x 32 + 512 x 112 = 640 x 96.
 AWQGEMM_HD constexpr int ws_threads(int cwg) { return 32 * (4 * cwg + 4); }
 AWQGEMM_HD constexpr int ws_producer_regs(int cwg) { return cwg == 2 ? kWsProducerRegs : 32; }
 AWQGEMM_HD constexpr int ws_consumer_regs(int cwg) { return cwg == 2 ? kWsConsumerRegs : 112; }
@@ -225,8 +227,7 @@ struct TileConfig {
   int pdl_flags = 0;  // kPdl* bits: launched as a programmatic dependent (sm90+), early trigger
   bool stream_k = false;  // kWgmmaWs with one K split: the stream-K tail above
   bool tma_x = false;     // kWgmmaWs, dense: x through a tensor map, not staged
-  bool regroup = false;   // with tma_x: producer warps regroup the weights' k order (kWipWsRegroup)
-  bool four_wg = false;   // with tma_x, BM <= 64: four consumer warpgroups, 640 threads (kWipWsFourWg)
+  bool four_wg = false;   // with tma_x, BM 48 / 64, no stream-K: four consumer warpgroups, 640 threads
 };
 
 }  // namespace awqgemm

@@ -27,10 +27,8 @@ class _Override:
     # fused_moe's routing / silu-mul / combine as CUDA kernels; tests turn it off to run the torch ops
     # the kernels are checked against (bit for bit).
     moe_routing_kernels: bool = True
-    # Work in progress behind a switch of its own (tests and benchmarks select it; production never), each
-    # named by a key of _C.wip_features (its bit in the planners' `wip` argument):
-    ws_regroup: bool = False  # sm90 v11.1 (x through its map): producer warps regroup the weights' k order
-    ws_four_wg: bool = False  # sm90 v11.1 (x through its map, <= 64-token tiles): four consumer warpgroups
+    # Work in progress behind a switch of its own (tests and benchmarks select it; production never) goes
+    # here, named by a key of _C.wip_features (its bit in the planners' `wip` argument): none today.
     # wip_bits() of the switches above, kept by testing.force so the GEMM path reads one int per call.
     wip: int = 0
 

@@ -44,8 +44,6 @@ def force(
     path: str = "auto",
     *,
     moe_routing_kernels: bool = True,
-    ws_regroup: bool = False,
-    ws_four_wg: bool = False,
 ) -> Iterator[None]:
     """Force a kernel family and/or path (``fused`` kernel at every M (sm90: the wgmma kernels), ``dense``
     dequantize + matmul, ``reference``, ``wtile``: the sm80 family's weight-tile kernel at every M; other
@@ -55,16 +53,9 @@ def force(
     its CUDA kernels (the reference the kernels are tested against).
 
     Work in progress lands behind a keyword switch of its own here (tests/conftest.py's WIP_FEATURES names
-    it, _C.wip_features gives its bit). ``ws_regroup``: where dense v11.1 reads x through its tensor map,
-    two producer warps regroup each stage's weight words into the wgmma's k order in shared memory, so
-    the consumers read one 16-byte word per tile and k-tile instead of gathering across the quad.
-    ``ws_four_wg``: where v11.1 reads x through its map in tiles of up to 64 tokens, four consumer
-    warpgroups of one tile set each (20 warps) instead of two of two (takes precedence over
-    ``ws_regroup`` there)."""
+    it, _C.wip_features gives its bit); none today."""
     switches = {
         "moe_routing_kernels": moe_routing_kernels,
-        "ws_regroup": ws_regroup,
-        "ws_four_wg": ws_four_wg,
     }
     for name, v in switches.items():
         if not isinstance(v, bool):
