@@ -7,12 +7,41 @@
 
 namespace awqgemm {
 
+// kSplits partials of four outputs (16 bytes each), every load issued before the first add: a loop over
+// the runtime count, unrolled 4 ways, had ptxas issue 4 loads per L2 round trip (5-8 splits took two
+// round trips, 13-16 four); predicated loads up to kMaxKSplits ran out of predicate registers and were
+// interleaved with the adds again, so each count has its own straight-line code. The adds go in split
+// order from 0: the sums are bit for bit those of the loop.
+template <int kSplits>
+__device__ __forceinline__ void sum_split_partials(const float4* src, int64_t step, float (&v)[4]) {
+  float4 q[kSplits];
+#pragma unroll
+  for (int s = 0; s < kSplits; ++s) q[s] = __ldcs(src + s * step);  // read once: evict first
+#pragma unroll
+  for (int s = 0; s < kSplits; ++s) {
+    v[0] += q[s].x;
+    v[1] += q[s].y;
+    v[2] += q[s].z;
+    v[3] += q[s].w;
+  }
+}
+template <int kSplits = 1>
+__device__ __forceinline__ void sum_split_partials(int splits, const float4* src, int64_t step, float (&v)[4]) {
+  if constexpr (kSplits < kMaxKSplits) {
+    if (splits != kSplits) return sum_split_partials<kSplits + 1>(splits, src, step, v);
+  }
+  sum_split_partials<kSplits>(src, step, v);
+}
+
 // Four outputs per thread where N is a multiple of 4 (AWQ's N is one of 8): 16-byte loads of every
-// split's partials, all issued before the sum. The batch-64 timeline of Llama-3-8B (H200,
-// profile_one.py --timeline) had the one-output-per-thread version at 3.0-4.0 us for 8-9 MB of
-// partials behind v11.1's K splits, ~20 % of those layers' time.
+// split's partials, all issued before the sum (sum_split_partials). The batch-64 timeline of Llama-3-8B
+// (H200, profile_one.py --timeline) had the one-output-per-thread version at 3.0-4.0 us for 8-9 MB of
+// partials behind v11.1's K splits, ~20 % of those layers' time, and the loop unrolled 4 ways 3.2-3.4 us.
+// __launch_bounds__(256, 1): without it ptxas kept at most ~4-5 loads of a thread in flight and put the
+// adds of the first splits before the later loads (the same two round trips); with it every case issues
+// all its loads first.
 template <typename T, bool kVec4>
-__global__ void splitk_reduce_kernel(const GemmProblem p, const int splits) {
+__global__ void __launch_bounds__(256, 1) splitk_reduce_kernel(const GemmProblem p, const int splits) {
   pdl_wait();  // the partials come from the GEMM kernel just before (PDL: see gemm_tile.cuh)
   constexpr int kW = kVec4 ? 4 : 1;
   const int64_t total = static_cast<int64_t>(p.M) * p.N;
@@ -26,16 +55,7 @@ __global__ void splitk_reduce_kernel(const GemmProblem p, const int splits) {
     if (m >= rows) break;  // idx only grows
     float v[kW] = {};
     if constexpr (kVec4) {
-      const float4* src = reinterpret_cast<const float4*>(p.workspace + idx);
-      const int64_t step = total / 4;
-#pragma unroll 4
-      for (int s = 0; s < splits; ++s) {
-        const float4 q = __ldcs(src + s * step);  // read once: evict first
-        v[0] += q.x;
-        v[1] += q.y;
-        v[2] += q.z;
-        v[3] += q.w;
-      }
+      sum_split_partials(splits, reinterpret_cast<const float4*>(p.workspace + idx), total / 4, v);
     } else {
       for (int s = 0; s < splits; ++s) v[0] += p.workspace[s * total + idx];
     }
@@ -166,7 +186,8 @@ cudaError_t dequantize_typed(const void* qweight, const void* scale_zero, int la
 
 template <typename T>
 cudaError_t launch_splitk_reduce_typed(const GemmProblem& p, int splits, bool pdl, cudaStream_t stream) {
-  const int threads = 256;
+  if (splits < 1 || splits > kMaxKSplits) return cudaErrorInvalidValue;  // the kernel's loads stop at kMaxKSplits
+  const int threads = 256;  // the kernel's __launch_bounds__
   const bool vec4 = p.N % 4 == 0 && (reinterpret_cast<uintptr_t>(p.workspace) & 15) == 0;
   const dim3 blocks(grid_for(static_cast<int64_t>(p.M) * p.N / (vec4 ? 4 : 1), threads));
   return vec4 ? launch_maybe_pdl(splitk_reduce_kernel<T, true>, blocks, dim3(threads), 0, pdl, stream, p, splits)

@@ -123,7 +123,8 @@ bool decode_plan(int64_t code, Plan* plan) {
   int f[8];
   for (int i = 0; i < 8; ++i) f[i] = static_cast<int>((code >> (8 * i)) & 0xFF);
   const bool family_ok = f[0] == 70 || f[0] == 75 || f[0] == 80 || (f[0] == 90 && have_sm90a());
-  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > 16 || f[6] > 3 || f[7] > 31) {
+  if (!family_ok || f[1] > 4 || f[2] < 1 || f[3] < 1 || f[4] < 1 || f[5] < 1 || f[5] > kMaxKSplits || f[6] > 3 ||
+      f[7] > 31) {
     return false;
   }
   // Stream-K exists only for v11.1 with one K split.
@@ -179,7 +180,7 @@ int inflight_bytes_per_sm() {
 // layers up to 22 %), neutral at M = 32 (docs/perf-notes.md, v8).
 constexpr int kXsMaxSplits = 8;
 int xs_max_splits() {
-  static const int splits = env_knob("AWQGEMM_XS_MAX_SPLITS", kXsMaxSplits, 1, 16);
+  static const int splits = env_knob("AWQGEMM_XS_MAX_SPLITS", kXsMaxSplits, 1, kMaxKSplits);
   return splits;
 }
 
@@ -308,7 +309,7 @@ void plan_wg_v9(TileConfig& t, int mt, int blocks, int sms, int ktiles, int rows
   t.nt = kWgNT;
   t.kwarps = kWgNT;
   t.splits = 1;
-  while (t.splits < 16 && blocks * t.splits < sms && ktiles / (t.splits + 1) >= 4 &&
+  while (t.splits < kMaxKSplits && blocks * t.splits < sms && ktiles / (t.splits + 1) >= 4 &&
          static_cast<int64_t>(t.splits + 1) * rows * N * 4 <= kMaxWorkspaceBytes) {
     ++t.splits;
   }
@@ -334,10 +335,10 @@ void finish_plan(Plan& plan, const DeviceInfo& dev, bool kernel_has_wait, int M,
 }
 
 // Split K across blocks until enough bytes are in flight, keeping >= min_tiles
-// k-tiles per split (per warp, for the K-split kernel) and <= 16 splits.
+// k-tiles per split (per warp, for the K-split kernel) and <= kMaxKSplits splits.
 int choose_splits(int ktiles, int min_tiles, int64_t want, int64_t per_split_inflight) {
   int splits = 1;
-  while (splits < 16 && per_split_inflight * splits < want && ktiles / (splits + 1) >= min_tiles) ++splits;
+  while (splits < kMaxKSplits && per_split_inflight * splits < want && ktiles / (splits + 1) >= min_tiles) ++splits;
   return splits;
 }
 

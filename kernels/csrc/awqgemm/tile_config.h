@@ -13,6 +13,10 @@ enum class KernelKind : int {
   kWgmmaWs = 4,  // gemm_ws_kernel (v11.1): warp-specialized persistent wgmma, x staged by TMA-ready tiles (sm90a)
 };
 
+// Most K splits of any plan: the reduction kernel holds one 16-byte load per split in registers, and
+// a plan code stores splits in a byte (decode_plan refuses more).
+constexpr int kMaxKSplits = 16;
+
 // Pipeline depth of the K-split kernel. Register-staged pipelines (sm70/75)
 // get shallower as the activation tile grows, to stay clear of spills; the
 // cp.async rings (sm80+) are 3 deep (2 for MT = 4): at 30 KiB per 4-warp block,
