@@ -425,8 +425,8 @@ __global__ void __launch_bounds__(ws_threads(kCWG), 1) gemm_ws_kernel(const Gemm
 #else
   constexpr int NTW = ws_ntw(BM);
   constexpr int kNB = kWgNT * NTW;           // column tiles per block
-  // Consumer warps and the weight tiles each owns (kCWG = 4, TileConfig::four_wg: 16 warps of one tile at BM 48 / 64;
-  // otherwise NTWC = NTW). Warp w's tile j is w + kCWarps j.
+  // Consumer warps and the weight tiles each owns (kCWG = 4, TileConfig::four_wg: 16 warps of one tile
+  // at BM 48 / 64; otherwise NTWC = NTW). Warp w's tile j is w + kCWarps j.
   constexpr int kCWarps = 4 * kCWG;
   constexpr int kCThreads = 32 * kCWarps;
   constexpr int NTWC = kNB / kCWarps;

@@ -13,8 +13,8 @@ enum class KernelKind : int {
   kWgmmaWs = 4,  // gemm_ws_kernel (v11.1): warp-specialized persistent wgmma, x staged by TMA-ready tiles (sm90a)
 };
 
-// Most K splits of any plan: the reduction kernel holds one 16-byte load per split in registers, and
-// a plan code stores splits in a byte (decode_plan refuses more).
+// Most K splits of any plan: the planners stop there, decode_plan refuses more, and the reduction
+// kernel has straight-line code (one 16-byte load per split in registers) for each count up to it.
 constexpr int kMaxKSplits = 16;
 
 // Pipeline depth of the K-split kernel. Register-staged pipelines (sm70/75)
