@@ -354,6 +354,11 @@ __device__ __forceinline__ uint32_t opaque_u32(uint32_t v) {
 // Groups of 64 and 128 only: with 32 the group would change with the step (s >> 1), not with the lane,
 // and the second (scale, zero) set cost ~8 instructions per k-tile in every kernel; launch_ws stages x
 // for those.
+// The weight words are loaded through the stage's shared address plus the thread's offset, so each
+// is one LDS [R + UR (+ 8)]: through the generic pointer ptxas copied the slot's offset into a vector
+// register and added it per step (4 IADD3 per tile and k-tile, 3 % of the 64-token kernels' k-loop).
+// The (scale, zero) load stays generic: asked the same way, ptxas rebuilt the ring's aligned base in
+// uniform registers every k-tile instead, which cost more than it saved.
 template <typename T>
 __device__ __forceinline__ void dequant_smem_tile_natural(const unsigned char* stage, const uint32_t (&w)[4],
                                                         const unsigned char* szp, uint32_t prmt_sel,
@@ -362,10 +367,11 @@ __device__ __forceinline__ void dequant_smem_tile_natural(const unsigned char* s
   uint32_t scale2[2], zero2[2];
   split_scale_zero(sz.x, scale2[0], zero2[0]);
   split_scale_zero(sz.y, scale2[1], zero2[1]);
+  const uint32_t st = static_cast<uint32_t>(__cvta_generic_to_shared(stage));
 #pragma unroll
   for (int s = 0; s < 4; ++s) {
-    const uint32_t lo = *reinterpret_cast<const uint32_t*>(stage + w[s]);
-    const uint32_t hi = *reinterpret_cast<const uint32_t*>(stage + w[s] + 8);
+    uint32_t lo, hi;  // volatile: kept after the stage's full-barrier wait (itself a volatile asm)
+    asm volatile("ld.shared.b32 %0, [%2];\n\tld.shared.b32 %1, [%2+8];\n" : "=r"(lo), "=r"(hi) : "r"(st + w[s]));
     uint32_t word;
     asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(word) : "r"(lo), "r"(hi), "r"(prmt_sel));
     dequant_word<T, true>(word, zero2, scale2, a[s]);
