@@ -37,11 +37,12 @@ __device__ __forceinline__ void sum_split_partials(int splits, const float4* src
 // split's partials, all issued before the sum (sum_split_partials). The batch-64 timeline of Llama-3-8B
 // (H200, profile_one.py --timeline) had the one-output-per-thread version at 3.0-4.0 us for 8-9 MB of
 // partials behind v11.1's K splits, ~20 % of those layers' time, and the loop unrolled 4 ways 3.2-3.4 us.
-// __launch_bounds__(256, 1): without it ptxas kept at most ~4-5 loads of a thread in flight and put the
+// __launch_bounds__(kReduceThreads, 1): without it ptxas kept at most ~4-5 loads of a thread in flight and put the
 // adds of the first splits before the later loads (the same two round trips); with it every case issues
 // all its loads first.
+constexpr int kReduceThreads = 256;
 template <typename T, bool kVec4>
-__global__ void __launch_bounds__(256, 1) splitk_reduce_kernel(const GemmProblem p, const int splits) {
+__global__ void __launch_bounds__(kReduceThreads, 1) splitk_reduce_kernel(const GemmProblem p, const int splits) {
   pdl_wait();  // the partials come from the GEMM kernel just before (PDL: see gemm_tile.cuh)
   constexpr int kW = kVec4 ? 4 : 1;
   const int64_t total = static_cast<int64_t>(p.M) * p.N;
@@ -187,7 +188,7 @@ cudaError_t dequantize_typed(const void* qweight, const void* scale_zero, int la
 template <typename T>
 cudaError_t launch_splitk_reduce_typed(const GemmProblem& p, int splits, bool pdl, cudaStream_t stream) {
   if (splits < 1 || splits > kMaxKSplits) return cudaErrorInvalidValue;  // the kernel's loads stop at kMaxKSplits
-  const int threads = 256;  // the kernel's __launch_bounds__
+  const int threads = kReduceThreads;
   const bool vec4 = p.N % 4 == 0 && (reinterpret_cast<uintptr_t>(p.workspace) & 15) == 0;
   const dim3 blocks(grid_for(static_cast<int64_t>(p.M) * p.N / (vec4 ? 4 : 1), threads));
   return vec4 ? launch_maybe_pdl(splitk_reduce_kernel<T, true>, blocks, dim3(threads), 0, pdl, stream, p, splits)

@@ -132,7 +132,7 @@ bool decode_plan(int64_t code, Plan* plan) {
   // x through a tensor map: v11.1, fused.
   if ((f[7] & 8) != 0 && (f[1] != static_cast<int>(KernelKind::kWgmmaWs) || (f[7] & 1) != 0)) return false;
   // Four consumer warpgroups: x through the map, no stream-K, tiles of 48 or 64 tokens, 20 warps.
-  if ((f[7] & 16) != 0 && ((f[7] & 12) != 8 || (f[2] != 6 && f[2] != 8) || f[4] != ws_threads(4) / 32)) return false;
+  if ((f[7] & 16) != 0 && ((f[7] & 12) != 8 || !ws_four_wg_tile(8 * f[2]) || f[4] != ws_threads(4) / 32)) return false;
   if ((f[7] & 16) == 0 && f[1] == static_cast<int>(KernelKind::kWgmmaWs) && f[4] != kWsThreads / 32) return false;
   plan->family = static_cast<Family>(f[0]);
   plan->tile.kind = static_cast<KernelKind>(f[1]);
@@ -607,7 +607,7 @@ Plan make_plan(Family family, PathRequest path, const DeviceInfo& dev, int M, in
         // (down 0.92-0.96), bf16 0.97 at 40 / 48 and 1.00 at 56 / 64; Llama-3-8B batch 64 end to end
         // 5.177 -> 5.022 ms per step. Measured slower, so left on two: the 32-token tiles (1.00-1.04)
         // and the stream-K plans (every gate_up at <= 64 tokens: 1.00-1.04).
-        if (t.tma_x && !t.stream_k && (t.mt == 6 || t.mt == 8)) {
+        if (t.tma_x && !t.stream_k && ws_four_wg_tile(8 * t.mt)) {
           t.four_wg = true;
           t.kwarps = ws_threads(4) / 32;
         }

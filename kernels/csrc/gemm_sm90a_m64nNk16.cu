@@ -405,7 +405,7 @@ cudaError_t launch_ws(const GemmProblem& p, const TileConfig& cfg, cudaStream_t 
   // path below (the plan's workspace has room for it either way).
   if (cfg.tma_x && chunk >= p.M && p.group_size >= 64 &&
       ((reinterpret_cast<uintptr_t>(p.x) | (p.x_row_stride * sizeof(T))) & 15) == 0) {
-    if constexpr (BM == 48 || BM == 64) {
+    if constexpr (ws_four_wg_tile(BM)) {
       if (cfg.four_wg) return launch_ws_tma_x<T, BM, 4>(p, cfg, stream, grid_for(p.M), after_x);
     }
     return launch_ws_tma_x<T, BM>(p, cfg, stream, grid_for(p.M), after_x);
@@ -508,7 +508,7 @@ cudaError_t launch_typed(const GemmProblem& p, const TileConfig& cfg, cudaStream
       return cudaErrorInvalidConfiguration;
     }
     if ((cfg.tma_x || cfg.four_wg) && p.row_offsets != nullptr) return cudaErrorInvalidConfiguration;  // dense only
-    if (cfg.four_wg && (!cfg.tma_x || cfg.stream_k || (cfg.mt != 6 && cfg.mt != 8))) {
+    if (cfg.four_wg && (!cfg.tma_x || cfg.stream_k || !ws_four_wg_tile(8 * cfg.mt))) {
       return cudaErrorInvalidConfiguration;
     }
     if (p.row_offsets != nullptr) {

@@ -16,8 +16,8 @@ def has_gpu() -> bool:
 # marked @pytest.mark.wip("<feature>"). ci/device_kernels.sh runs each suite with --wip none first, then
 # each feature in a process of its own: a kernel that traps (a hung mbarrier, a bad TMA box) kills the
 # CUDA context, and with it every later test of its process. When a feature becomes the default, its
-# switch, its name here and the device script's list of it go together. None today (ws_tma_x became
-# the default after the H200 run of 2026-11-29 18:45).
+# switch, its name here and the device script's list of it go together. None today (after the H200 run
+# of 2026-11-29 22:03 four consumer warpgroups became the default where they won; ws_regroup went).
 WIP_FEATURES: tuple[str, ...] = ()
 
 

@@ -81,6 +81,8 @@ constexpr int kWsConsumerRegs = 232;
 // (65536 / 640 rounded down to 8), the producer warpgroup down to 32, the consumers up to 112:
 // 128 x 32 + 512 x 112 = 640 x 96.
 AWQGEMM_HD constexpr int ws_threads(int cwg) { return 32 * (4 * cwg + 4); }
+// The tiles that run four consumer warpgroups (with x through the map, without stream-K).
+AWQGEMM_HD constexpr bool ws_four_wg_tile(int bm) { return bm == 48 || bm == 64; }
 AWQGEMM_HD constexpr int ws_producer_regs(int cwg) { return cwg == 2 ? kWsProducerRegs : 32; }
 AWQGEMM_HD constexpr int ws_consumer_regs(int cwg) { return cwg == 2 ? kWsConsumerRegs : 112; }
 // Registers the producer and consumer warpgroups hold after setmaxnreg, and what a launch of
