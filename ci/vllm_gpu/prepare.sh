@@ -6,22 +6,30 @@
 #      (ci/vllm_gpu/requirements-gpu-deps.txt, cp312 manylinux);
 #   2. slims vllm (drops FA2 -- FA3 serves Hopper --, vllm-rs, deep_gemm, fmha_sm100);
 #   3. installs vllm and the deps with `pip install --no-deps --target` into one tree (vsite/);
-#   4. tars that tree, compresses it with zstd -19 and splits it into parts of
-#      PART_BYTES (default 20,000,000: one part + p1's tools + the tracked work tree must stay
-#      under the 64 MiB a device run carries; the tree was 31 MiB on 2026-11-28, when
-#      34,000,000 stopped fitting, and 37.5 MiB on 2026-11-29, when 28,000,000 stopped too:
-#      20,000,000 leaves room for the results sessions add);
+#   4. tars that tree, compresses it with zstd -19 and splits it into parts of PART_BYTES
+#      (default: what one device run has left of its 64 MiB once the tracked work tree, p1's
+#      tools and a 2 MiB margin are counted; the committed results grow the tree every session:
+#      31 MiB on 2026-11-28, 37.5 on 11-29, 45 on 11-30, when fixed 20,000,000-byte parts
+#      stopped fitting);
 #   5. adds a zstd binary (+ liblz4) for machines without zstd, and a manifest.
 #
 # Output: ci/vllm_gpu/parts/ (git-ignored), one sub-folder per device run:
 #   parts/p1/ vsite.tar.zst.part-aa + zstd tools + MANIFEST, parts/p2/ ..-ab, ...
 # Carry one of them per run:   carry=["ci/vllm_gpu/parts/p1"]   then   bash ci/device_vllm.sh stash
 #
-#   bash ci/vllm_gpu/prepare.sh            (CACHE=~/.cache/awqgemm-vllm-gpu, PART_BYTES=20000000)
+#   bash ci/vllm_gpu/prepare.sh            (CACHE=~/.cache/awqgemm-vllm-gpu, PART_BYTES: see 4.)
+# Steps 1-3 are skipped when the cache already holds the tarball for these pins (re-splitting only).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 CACHE=${CACHE:-$HOME/.cache/awqgemm-vllm-gpu}
-PART_BYTES=${PART_BYTES:-20000000}
+if [ -z "${PART_BYTES:-}" ]; then
+  top=$(git -C "$here" rev-parse --show-toplevel)
+  tree=$(git -C "$top" ls-files -z | (cd "$top" && du -cb --files0-from=-) | tail -1 | cut -f1)
+  tools=$(( $(stat -c %s "$(command -v zstd)") + 1048576 ))
+  PART_BYTES=$(( 64 * 1048576 - tree - tools - 2 * 1048576 ))
+  [ "$PART_BYTES" -gt 4000000 ] || { echo "the tracked tree ($tree bytes) leaves no room for parts" >&2; exit 1; }
+fi
+echo "parts of $PART_BYTES bytes"
 LEVEL=${ZSTD_LEVEL:-19}
 req="$here/requirements-gpu-deps.txt"
 out="$here/parts"
@@ -34,6 +42,9 @@ for p in manylinux_2_35 manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux_2
 done
 plat+=(--platform any)
 
+sha=$(sha256sum "$req" | cut -c1-16)
+tarball="$CACHE/vsite-$sha.tar.zst"
+if [ ! -s "$tarball" ]; then
 echo "== download (cache: $CACHE/whl) =="
 python3 -m pip download -q --no-deps "${plat[@]}" -d "$CACHE/whl" -r "$req"
 
@@ -59,14 +70,11 @@ rm -rf "$stage/vsite/vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so" "$stage/vsite/vll
        "$stage/vsite/bin"
 find "$stage/vsite" -name __pycache__ -type d -prune -exec rm -rf {} +
 du -sh "$stage/vsite"
-sha=$(sha256sum "$req" | cut -c1-16)
 echo "$sha" >"$stage/vsite/.awqgemm-payload"
 
 echo "== tar | zstd -$LEVEL (minutes) =="
-tarball="$CACHE/vsite-$sha.tar.zst"
-if [ ! -s "$tarball" ]; then
-  tar -C "$stage" -cf - vsite | zstd -q -"$LEVEL" --long=27 -T0 -o "$tarball.tmp"
-  mv "$tarball.tmp" "$tarball"
+tar -C "$stage" -cf - vsite | zstd -q -"$LEVEL" --long=27 -T0 -o "$tarball.tmp"
+mv "$tarball.tmp" "$tarball"
 fi
 ls -l "$tarball"
 
