@@ -281,6 +281,12 @@ int dense_min_m(Family family) {
 // (h200-2026-11-29-refit-check, all 34 points) 1.29-2.71x v11.1's time, which
 // the refit above had handed Qwen2.5-7B qkv / o and Llama-3-8B TP2 o (1.29-1.61x
 // the best); so v11.1 takes every layer below 256 tokens.
+// 256-512 tokens, refitted to the kernels of 2026-11-29 (x through a tensor map, 160-224-token tiles;
+// h200-2026-11-29-regroup-4wg, v11.1 forced against this rule's dequantize + cuBLAS, same run): at 512
+// v11.1 won on 9 of the 10 layers the rule had sent to cuBLAS, the small ones included (Llama-3-8B qkv
+// 0.86x, TP2 o 0.79x, Qwen2.5-32B TP2 o 0.80x, Qwen2.5-7B o 0.86x; geomean 0.92x), losing on Qwen2.5-7B
+// TP2 qkv (1.10x); at 256 it won where K > 2048 (Qwen2.5-7B o 0.97x, TP2 qkv 0.86x) and lost on the
+// shallow TP2 o layers (K 2048 / 1792: 1.06x / 1.21x), as below 64 tokens.
 constexpr int64_t kLargeLayerWeights = int64_t{25} << 20;
 
 bool wgmma_auto(int M, int N, int K, int sms) {
@@ -289,10 +295,8 @@ bool wgmma_auto(int M, int N, int K, int sms) {
   if (M <= 32) return K > 2048 && weights >= kLargeLayerWeights;
   if (M < 64) return K > 2048;
   if (M < 256 || 4 * static_cast<int64_t>(K) >= 7 * static_cast<int64_t>(N)) return true;
-  const int blocks = ceil_div(N, kWgNT * kTileN) * ceil_div(M, M <= 512 ? 128 : 256);
-  if (M <= 256) return K >= 4096 || 2 * blocks >= sms;
-  if (M <= 512) return weights >= kLargeLayerWeights || 2 * blocks >= 3 * sms;
-  return 2 * blocks >= 3 * sms;
+  if (M <= 512) return M > 256 || K > 2048 || 2 * ceil_div(N, kWgNT * kTileN) * ceil_div(M, 128) >= sms;
+  return 2 * ceil_div(N, kWgNT * kTileN) * ceil_div(M, 256) >= 3 * sms;
 }
 
 // Largest split-K workspace the wgmma plan may ask for (issue: <= 64 MiB extra per call).

@@ -263,6 +263,9 @@ def test_dispatch_rules_of_the_design_doc(plans):
         # projections).
         if p["cap"] == 90 and p["fam"] == 90 and 64 <= p["M"] < 256:
             assert p["family"] == 90 and not dense, p
+        # 256 tokens: v11.1 where K > 2048 (or its grid fills half the SMs); 257-512: on every layer.
+        if p["cap"] == 90 and p["fam"] == 90 and (p["M"] == 256 and p["K"] > 2048 or 256 < p["M"] <= 512):
+            assert p["family"] == 90 and p["kind"] == 4 and not dense, p
         if p["cap"] == 90 and p["fam"] == 90 and 128 < p["M"] <= 1024 and 4 * p["K"] >= 7 * p["N"]:
             assert p["family"] == 90 and p["kind"] == 4 and not dense, p
         # Decode: the K-split kernel, never the dense path.
