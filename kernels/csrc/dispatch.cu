@@ -214,79 +214,30 @@ int dense_min_m(Family family) {
   }
 }
 
-// sm90 family, auto path. Since v11.1 the kernel it picks is the warp-specialized
-// one (plan_wgws): on the H200 sweep of the 18 TP1 shapes at M = 16..4096
-// (benchmarks/results/h200-2026-11-28-v11.1-v12.txt) it took 0.55-0.93x the v9
-// kernel's time at every point this rule sends to wgmma, and the rule with v11.1
-// and v12's dequantization took 0.77x today's time at M = 64, 0.74x at 128, 0.76x
-// at 256, 0.80x at 512, 0.90x at 1024 (geomean). Refitting the thresholds to
-// v11.1 (e.g. v11.1 at every M <= 512) measured no better on that data (0.80x
-// at 512 with a 1.03x worst case), so the rule below, fitted to v9, stays.
-//
-// The rule as fitted to v9: the wgmma kernel for M >= 64 while its grid
-// (before any K split) fills the GPU well enough for the token count, the sm80
-// rules elsewhere. Fitted to the H200 sweep of all 32 layer shapes (benchmarks/
-// results/h200-2026-11-28-wg-v4.txt; time of the wgmma kernel / the better of
-// x-shared and dequantize + cuBLAS): it wins at M = 64-128 everywhere but a few
-// 4096-wide layers (geomean 0.93, 0.74), at 256 on grids of >= half a block per
-// SM (small grids pay split-K partials and lose up to 1.3x), at 512 on grids of
-// >= 1.5 blocks per SM, and from 1024 on dequantize + cuBLAS is ahead (1.2x).
-// The rule, against the sm80 dispatch on the same data: 0.93x the time at
-// M = 64, 0.73x at 128, 0.86x at 256, 0.94x at 512 (fp16 and bf16 alike).
-// Above 512 the kernel runs BM = 256 tiles (one block per SM): on the H200 check
-// run (benchmarks/results/h200-2026-11-28-quick-v9.4-check.txt, TP1 shapes,
-// fp16) it beat dequantize + cuBLAS at M = 1024 on the wide layers (gate_up:
-// 0.81-0.92x the time) and tied where its grid had >= 2 blocks per SM; on
-// smaller grids it lost (up to 1.9x), and at 2048 it lost or tied everywhere
-// but one shape.
-// Deep layers (K >= 3 N: the MLP down projections) are the exception to the
-// grid rule up to 512 tokens: their small grid is filled by splitting the long
-// K, and dequantize + cuBLAS pays a whole extra pass over a large weight. Two
-// H200 runs (benchmarks/results/h200-2026-11-28-{v9.5-dense-chunks,peers})
-// measured the wgmma kernel at 0.70-0.83x the dense path's time there at
-// M = 256 and 512 (Llama-3-8B and Qwen2.5-7B down; Qwen2.5-32B down 0.87x in
-// one run, 1.08x in the other); at 1024 it lost (1.1-1.7x) then.
-// With the stream-K tail (plan_wgws) the kernel fills partial rounds, and at
-// M = 1024 it beat dequantize + cuBLAS (same run, h200-2026-11-28-stream-k) on
-// every deep layer (0.78-0.96x the time: Llama-3-8B at g32/64/128, Qwen2.5-7B/32B,
-// Llama-2-70B down) and on grids of >= 1.5 blocks per SM (Qwen2.5-32B qkv 0.90x, Llama-2-70B
-// o 0.91x); below that it lost (Qwen2.5-7B qkv 1.27x, Llama-3-8B qkv 1.07x,
-// Qwen2.5-32B o 1.09x). At 2048 it won on the deep layers and the widest gate_up
-// but lost on most others: dequantize + cuBLAS from 2048 on.
-//
-// Below 64 tokens v11.1's tile is the smallest of 32, 48 and 64 tokens that holds
-// M (m64n32k16 / m64n48k16 / m64n64k16 wgmmas; no more padded MMA rows than that).
-// H200 (benchmarks/results/h200-2026-11-29-switches2, all 32 layer shapes, v11.1
-// forced): the 32- and 48-token tiles took 0.87x the 64-token tile's time at 16-32
-// tokens and 0.94x at 48 (geomean; faster at all 34 points per M). Against the
-// sm80 rules' kernels (x-shared, weight-tile) in the same run: at 33-48 tokens
-// v11.1 still loses only on K = 1792 / 2048 (1.04-1.06x; the 64-token sweep
-// h200-2026-11-29-xs-vs-wg found the same); at 17-32 tokens it now wins on every
-// layer of >= 25 Mi weights (0.80-0.96x the previous rule's time) and ties or
-// loses on the smaller ones (0.97-1.24x: Llama-3-8B qkv/o, the TP2 qkv/o layers).
-// At 16 tokens and below the sm80 rules' split-K decode plans stay (v11.1 in a
-// 32-token tile lost 1.01-2.03x on 30 of 34 shapes).
-//
-// Above 128 tokens, refitted on the same run (v11.1 forced against what the rule
-// before took: dequantize + cuBLAS from 256 on, the weight-tile kernel below):
-// layers with K >= 1.75 N (every down projection) won at every M up to 1024
-// (Llama-3-8B / Qwen2.5-7B / Qwen2.5-32B TP2 down: 0.60-0.67x at 256, 0.67-0.91x
-// at 512, 0.87-0.91x at 1024); at 256 tokens the layers of K >= 4096 won on small
-// grids too (Llama-3-8B o 0.89x, Qwen2.5-32B TP2 qkv 0.91x) while the shallow TP2
-// o layers (K <= 2048) lost (1.12-1.26x); at 512 every layer of >= 25 Mi weights
-// won (Llama-3-8B qkv 0.89x, Qwen2.5-32B o 0.90x, Llama-2-70B TP2 qkv 0.79x) and
-// the smaller ones mostly lost (1.03-1.19x). At 1024 the grid rule stands.
-// Between 128 and 256 tokens the rule's other choice is the sm80 weight-tile
-// kernel, not dequantize + cuBLAS, and it lost everywhere: at 192 tokens
-// (h200-2026-11-29-refit-check, all 34 points) 1.29-2.71x v11.1's time, which
-// the refit above had handed Qwen2.5-7B qkv / o and Llama-3-8B TP2 o (1.29-1.61x
-// the best); so v11.1 takes every layer below 256 tokens.
-// 256-512 tokens, refitted to the kernels of 2026-11-29 (x through a tensor map, 160-224-token tiles;
-// h200-2026-11-29-regroup-4wg, v11.1 forced against this rule's dequantize + cuBLAS, same run): at 512
-// v11.1 won on 9 of the 10 layers the rule had sent to cuBLAS, the small ones included (Llama-3-8B qkv
-// 0.86x, TP2 o 0.79x, Qwen2.5-32B TP2 o 0.80x, Qwen2.5-7B o 0.86x; geomean 0.92x), losing on Qwen2.5-7B
-// TP2 qkv (1.10x); at 256 it won where K > 2048 (Qwen2.5-7B o 0.97x, TP2 qkv 0.86x) and lost on the
-// shallow TP2 o layers (K 2048 / 1792: 1.06x / 1.21x), as below 64 tokens.
+// sm90 family, auto path: v11.1 (plan_wgws) or the sm80 rules' choice (the K-split / x-shared kernels
+// below 256 tokens, dequantize + cuBLAS from 256 on). Each band was fitted on an H200 run of all 32 layer
+// shapes with v11.1 forced beside the rule's other choice (benchmarks/results/, docs/perf-notes.md):
+// - <= 16 tokens: the sm80 rules' split-K decode plans (v11.1 in a 32-token tile lost 1.01-2.03x on 30 of
+//   34 shapes; h200-2026-11-29-switches2).
+// - 17-32: v11.1 on layers of K > 2048 and >= 25 Mi weights (0.80-0.96x the x-shared kernel's time); it
+//   ties or loses on the smaller ones (0.97-1.24x: Llama-3-8B qkv / o, the TP2 qkv / o layers).
+// - 33-63: v11.1 where K > 2048; it loses only on K = 1792 / 2048 (1.04-1.06x; h200-2026-11-29-xs-vs-wg).
+//   Its tile is the smallest of 32, 48 and 64 tokens that holds M (m64n32k16 / m64n48k16 / m64n64k16
+//   wgmmas): 0.87x the 64-token tile's time at 16-32 tokens, 0.94x at 48 (switches2, all 34 points).
+// - 64-255: v11.1 on every layer (the weight-tile kernel, the rule's other choice at 129-255, took
+//   1.29-2.71x its time at 192 tokens; h200-2026-11-29-refit-check).
+// - 256-384: v11.1 where K > 2048, on deep layers (K >= 1.75 N: the long K fills a small grid through
+//   K splits, and dequantizing pays a whole extra pass over a large weight) and on grids of >= half a
+//   128-token block per SM; dequantize + cuBLAS on the shallow small layers (Llama-3-8B and Qwen2.5-7B
+//   TP2 o, K 2048 / 1792: v11.1 1.05-1.20x at 256 and 320 tokens; h200-2026-11-30-rule-256-1024).
+// - 385-1024: v11.1 on every layer. h200-2026-11-30-rule-256-1024 (v11.1 and dequantize + cuBLAS timed at
+//   every point of 256-1024 tokens): this rule's choice over the better of the two 1.002 / 1.002 / 1.011
+//   (geomean) at 512 / 768 / 1024 tokens, where the grid rule before it (v11.1 from 1.5 blocks per SM)
+//   measured 1.029 / 1.087 / 1.046; worst Qwen2.5-7B TP2 qkv (1.08x at 512, 1.17x at 1024) and TP1 qkv at
+//   1024 (1.12x). The 257-512 part was fitted on h200-2026-11-29-regroup-4wg and held in this run; 768 and
+//   1024 are fitted on this run alone.
+// - Above 1024: dequantize + cuBLAS (at 2048 v11.1 won only on deep layers and the widest gate_up when
+//   last compared, 2026-11-28, before x through a tensor map and the 160-224-token tiles).
 constexpr int64_t kLargeLayerWeights = int64_t{25} << 20;
 
 bool wgmma_auto(int M, int N, int K, int sms) {
@@ -294,9 +245,8 @@ bool wgmma_auto(int M, int N, int K, int sms) {
   const int64_t weights = static_cast<int64_t>(N) * K;
   if (M <= 32) return K > 2048 && weights >= kLargeLayerWeights;
   if (M < 64) return K > 2048;
-  if (M < 256 || 4 * static_cast<int64_t>(K) >= 7 * static_cast<int64_t>(N)) return true;
-  if (M <= 512) return M > 256 || K > 2048 || 2 * ceil_div(N, kWgNT * kTileN) * ceil_div(M, 128) >= sms;
-  return 2 * ceil_div(N, kWgNT * kTileN) * ceil_div(M, 256) >= 3 * sms;
+  if (M < 256 || M > 384 || K > 2048 || 4 * static_cast<int64_t>(K) >= 7 * static_cast<int64_t>(N)) return true;
+  return 2 * ceil_div(N, kWgNT * kTileN) * ceil_div(M, 128) >= sms;
 }
 
 // Largest split-K workspace the wgmma plan may ask for (issue: <= 64 MiB extra per call).

@@ -263,9 +263,13 @@ def test_dispatch_rules_of_the_design_doc(plans):
         # projections).
         if p["cap"] == 90 and p["fam"] == 90 and 64 <= p["M"] < 256:
             assert p["family"] == 90 and not dense, p
-        # 256 tokens: v11.1 where K > 2048 (or its grid fills half the SMs); 257-512: on every layer.
-        if p["cap"] == 90 and p["fam"] == 90 and (p["M"] == 256 and p["K"] > 2048 or 256 < p["M"] <= 512):
-            assert p["family"] == 90 and p["kind"] == 4 and not dense, p
+        # 256-384 tokens: v11.1 where K > 2048 (or K >= 1.75 N, or its grid fills half the SMs), dequantize +
+        # cuBLAS on the rest; 385-1024: v11.1 on every layer.
+        if p["cap"] == 90 and p["fam"] == 90 and 256 <= p["M"] <= 1024:
+            K, N, M = p["K"], p["N"], p["M"]
+            grid = 2 * -(-N // 256) * -(-M // 128) >= 132
+            wg = M > 384 or K > 2048 or 4 * K >= 7 * N or grid
+            assert (p["family"] == 90 and p["kind"] == 4 and not dense) if wg else dense, p
         if p["cap"] == 90 and p["fam"] == 90 and 128 < p["M"] <= 1024 and 4 * p["K"] >= 7 * p["N"]:
             assert p["family"] == 90 and p["kind"] == 4 and not dense, p
         # Decode: the K-split kernel, never the dense path.
