@@ -34,6 +34,15 @@ def test_gemm_benchmark_dry_run(tmp_path):
     assert all("dpath" in row["us"] and "a80" in row["us"] and "wt" not in row["us"] for row in rows), rows
     checks = data.get("checks", [])
     assert checks and all(c["ok"] for c in checks if c["contender"] in ("auto", "a80", "fused", "dpath")), checks
+    # The figures are 256-colour palette PNGs (awqbench.plots.save_png): every committed result travels
+    # with each device run, within its 64 MiB.
+    from PIL import Image
+
+    pngs = {p.name.rsplit("-", 1)[-1]: p for p in tmp_path.glob("*.png")}
+    assert {"floor.png", "speedup.png"} <= set(pngs), sorted(pngs)
+    for p in pngs.values():
+        with Image.open(p) as im:
+            assert im.mode == "P", (p.name, im.mode)
 
 
 MOE_PY = GEMM_PY.parent / "moe.py"
