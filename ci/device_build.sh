@@ -15,9 +15,10 @@ device_archs() {
   if [ "$cap" = 90 ]; then echo "${AWQGEMM_ARCHS:-90a-real}"; else echo "${AWQGEMM_ARCHS:-${cap}-real}"; fi
 }
 
-src_hash() {  # what a build depends on
+src_hash() {  # what a build depends on (not what building writes: pip leaves plugin/src/*.egg-info behind,
+  # which made every later call's hash differ and rebuild, two side-by-side calls at once)
   find kernels/CMakeLists.txt kernels/pyproject.toml kernels/cuda_archs.txt kernels/csrc kernels/python \
-    plugin/src plugin/pyproject.toml -type f ! -name '*.pyc' -print0 2>/dev/null \
+    plugin/src plugin/pyproject.toml -type f ! -name '*.pyc' ! -path '*.egg-info/*' -print0 2>/dev/null \
     | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
 }
 
