@@ -227,15 +227,18 @@ int dense_min_m(Family family) {
 // - 64-255: v11.1 on every layer (the weight-tile kernel, the rule's other choice at 129-255, took
 //   1.29-2.71x its time at 192 tokens; h200-2026-11-29-refit-check).
 // - 256-384: v11.1 where K > 2048, on deep layers (K >= 1.75 N: the long K fills a small grid through
-//   K splits, and dequantizing pays a whole extra pass over a large weight) and on grids of >= half a
-//   128-token block per SM; dequantize + cuBLAS on the shallow small layers (Llama-3-8B and Qwen2.5-7B
-//   TP2 o, K 2048 / 1792: v11.1 1.05-1.20x at 256 and 320 tokens; h200-2026-11-30-rule-256-1024).
+//   K splits, and dequantizing pays a whole extra pass over a large weight) and where its grid (N/128 x
+//   M/128 blocks) holds at least half a block per SM; dequantize + cuBLAS on the shallow layers of
+//   smaller grids. Of the 32 shapes that is Llama-3-8B and Qwen2.5-7B TP2 o at 256 tokens (v11.1 1.05x /
+//   1.20x there); at 320-384 their grids pass the mark and v11.1 takes them: 1.07-1.17x at three of the
+//   four points, this band's worst (h200-2026-11-30-rule-256-1024).
 // - 385-1024: v11.1 on every layer. h200-2026-11-30-rule-256-1024 (v11.1 and dequantize + cuBLAS timed at
-//   every point of 256-1024 tokens): this rule's choice over the better of the two 1.002 / 1.002 / 1.011
-//   (geomean) at 512 / 768 / 1024 tokens, where the grid rule before it (v11.1 from 1.5 blocks per SM)
-//   measured 1.029 / 1.087 / 1.046; worst Qwen2.5-7B TP2 qkv (1.08x at 512, 1.17x at 1024) and TP1 qkv at
-//   1024 (1.12x). The 257-512 part was fitted on h200-2026-11-29-regroup-4wg and held in this run; 768 and
-//   1024 are fitted on this run alone.
+//   every point of 256-1024 tokens): this rule's choice over the better of the two 1.000 / 1.010 / 1.002 /
+//   1.002 / 1.002 / 1.011 (geomean) at 256 / 320 / 384 / 512 / 768 / 1024 tokens, where the rule before
+//   (v11.1 from >= 25 Mi weights or 1.5 blocks per SM at 257-512, 1.5 blocks at 513-1024) measured 1.004 /
+//   1.062 / 1.042 / 1.029 / 1.072 / 1.021; worst Qwen2.5-7B TP2 qkv (1.08x at 512, 1.17x at 1024) and TP1
+//   qkv at 1024 (1.12x). The 257-512 part was fitted on h200-2026-11-29-regroup-4wg and held in this run;
+//   768 and 1024 are fitted on this run alone.
 // - Above 1024: dequantize + cuBLAS (at 2048 v11.1 won only on deep layers and the widest gate_up when
 //   last compared, 2026-11-28, before x through a tensor map and the 160-224-token tiles).
 constexpr int64_t kLargeLayerWeights = int64_t{25} << 20;

@@ -267,7 +267,7 @@ def test_dispatch_rules_of_the_design_doc(plans):
         # cuBLAS on the rest; 385-1024: v11.1 on every layer.
         if p["cap"] == 90 and p["fam"] == 90 and 256 <= p["M"] <= 1024:
             K, N, M = p["K"], p["N"], p["M"]
-            grid = 2 * -(-N // 256) * -(-M // 128) >= 132
+            grid = 2 * -(-N // 128) * -(-M // 128) >= 132
             wg = M > 384 or K > 2048 or 4 * K >= 7 * N or grid
             assert (p["family"] == 90 and p["kind"] == 4 and not dense) if wg else dense, p
         if p["cap"] == 90 and p["fam"] == 90 and 128 < p["M"] <= 1024 and 4 * p["K"] >= 7 * p["N"]:
