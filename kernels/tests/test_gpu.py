@@ -670,12 +670,13 @@ def test_plan_info_names_the_dispatchers_choice():
         assert (wide["family"], wide["kernel"]) == ("sm90", "wgmma_ws"), wide
         # Below 64 tokens (wgmma_auto): v11.1 in the smallest tile holding M above 32 tokens where K > 2048,
         # at 17-32 on those layers of >= 25 Mi weights; the sm80 rules' kernels elsewhere. Every layer up
-        # to 255 tokens (a shallow one at 192 too); at 256-384 where K > 2048 (or K >= 1.75 N), dequantize +
-        # cuBLAS on the shallow small layers; every layer at 385-1024.
+        # to 255 tokens (a shallow one at 192 too); at 256-384 where K > 2048, K >= 1.75 N or the grid holds
+        # half a block per SM (dequantize + cuBLAS on the shallow layers of smaller grids); every layer at
+        # 385-1024.
         for m, n, k, kernel in ((48, 4096, 4096, "wgmma_ws"), (33, 4096, 2048, "x_shared"),
                                 (24, 4096, 14336, "wgmma_ws"), (24, 4096, 4096, "x_shared"),
                                 (192, 2304, 3584, "wgmma_ws"), (600, 4096, 7168, "wgmma_ws"),
-                                (320, 3584, 1792, "dequantize+dense"), (320, 4608, 3584, "wgmma_ws"),
+                                (256, 3584, 1792, "dequantize+dense"), (320, 4608, 3584, "wgmma_ws"),
                                 (512, 3584, 1792, "wgmma_ws"), (1024, 4096, 4096, "wgmma_ws")):  # fmt: skip
             info = awqgemm.plan_info(m, n, k)
             tokens = _short_tile(m) if m <= 64 else info["tile_tokens"]
