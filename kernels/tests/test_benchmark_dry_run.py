@@ -317,6 +317,13 @@ def test_compare_ratios_per_m(tmp_path):
     bad = run(result, "x/z")
     assert bad.returncode == 2 and "no times for z" in bad.stderr, bad.stderr
     assert run(result, "xy").returncode == 2
+    # The fastest of several (a dispatch rule's choice against the better of two paths) and --dtypes.
+    r = run(result, "x/x|y", "--m", "64")
+    line = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("fp16"))
+    assert r.returncode == 0 and line.split()[1:] == ["64", "2.000", "1.00", "4.00", "0/2"], r.stdout
+    none = run(result, "x/y", "--dtypes", "bf16")
+    assert none.returncode == 2 and "no times for x, y" in none.stderr, none.stderr
+    assert run(result, "x/y|").returncode == 2
     (tmp_path / "n.json").write_text("[1, 2]")
     nope = run(tmp_path / "n.json", "x/y")
     assert nope.returncode == 2 and "not a gemm.py result JSON" in nope.stderr, nope.stderr
