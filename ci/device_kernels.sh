@@ -5,6 +5,10 @@
 #
 #   bash ci/device_kernels.sh [tests|sass|sanitizer|racecheck|ncu|ncu_source|timeline|micro|moe|bench|all]...
 #   (default: tests sanitizer)
+#   bash ci/device_kernels.sh STEPS... -- STEPS...
+#     on a machine of two or more GPUs: builds once, then runs the first list on GPU 0 ($OUT/gpu0) and the
+#     second on GPU 1 ($OUT/gpu1) side by side (e.g. `tests timeline -- sanitizer racecheck`: the sanitizers
+#     take as long as the tests); the exit status is either list's failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/devrun}
@@ -13,11 +17,35 @@ steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(tests sanitizer)
 has() { local s; for s in "${steps[@]}"; do [ "$s" = "$1" ] || [ "$s" = all ] && return 0; done; return 1; }
 
+# shellcheck source=ci/device_build.sh
+source ci/device_build.sh
+if printf '%s\n' "${steps[@]}" | grep -qx -- '--'; then
+  first=() second=() seen=0
+  for s in "${steps[@]}"; do
+    if [ "$s" = -- ]; then seen=1; elif [ $seen = 0 ]; then first+=("$s"); else second+=("$s"); fi
+  done
+  gpus=$(nvidia-smi -L | wc -l)
+  [ "$gpus" -ge 2 ] || { echo "device_kernels.sh: '--' needs two GPUs, this machine has $gpus"; exit 2; }
+  [ ${#first[@]} -gt 0 ] && [ ${#second[@]} -gt 0 ] || { echo "device_kernels.sh: a step list on each side of '--'"; exit 2; }
+  echo "== build awqgemm (once, before the two GPUs' runs) =="
+  build_awqgemm || exit 1
+  mkdir -p "$OUT/gpu0" "$OUT/gpu1"
+  # Each run's own output beside (not in) its folder: a run bundles its folder's logs when it ends.
+  CUDA_VISIBLE_DEVICES=0 OUT=$OUT/gpu0 bash "$0" "${first[@]}" >"$OUT/gpu0.log" 2>&1 &
+  pid0=$!
+  CUDA_VISIBLE_DEVICES=1 OUT=$OUT/gpu1 bash "$0" "${second[@]}" >"$OUT/gpu1.log" 2>&1
+  r1=$?
+  wait "$pid0"
+  r0=$?
+  for g in gpu0 gpu1; do echo "---- $g"; cat "$OUT/$g/summary.txt"; tail -60 "$OUT/$g.log"; done
+  # At most 8 files come back from the GPU machine (two folders down): one bundle of both.
+  (cd "$OUT" && tar czf logs-2gpu.tar.gz --remove-files gpu0 gpu1 gpu0.log gpu1.log 2>/dev/null)
+  exit $((r0 | r1))
+fi
+
 cap=$(python3 -c "import torch; c=torch.cuda.get_device_capability(); print(f'{c[0]}{c[1]}')")
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt" "$OUT/summary.txt"
 echo "== build awqgemm =="
-# shellcheck source=ci/device_build.sh
-source ci/device_build.sh
 build_awqgemm || exit 1
 
 # Work in progress behind test-only switches, by test file (the names are kernels/tests/conftest.py's
