@@ -44,38 +44,40 @@ plat+=(--platform any)
 
 sha=$(sha256sum "$req" | cut -c1-16)
 tarball="$CACHE/vsite-$sha.tar.zst"
-if [ ! -s "$tarball" ]; then
-echo "== download (cache: $CACHE/whl) =="
-python3 -m pip download -q --no-deps "${plat[@]}" -d "$CACHE/whl" -r "$req"
+# Steps 1-3: the payload tarball for these pins.
+build_tarball() {
+  echo "== download (cache: $CACHE/whl) =="
+  python3 -m pip download -q --no-deps "${plat[@]}" -d "$CACHE/whl" -r "$req"
 
-# Exactly the pinned wheels (the cache may hold other versions).
-mapfile -t pins < <(grep -E '^[A-Za-z0-9_.-]+==' "$req" | sed 's/[[:space:]]*#.*//')
-wheels=()
-for pin in "${pins[@]}"; do
-  name=${pin%%==*}; ver=${pin#*==}
-  norm=$(echo "$name" | tr 'A-Z-.' 'a-z__')
-  f=$(ls "$CACHE/whl" | awk -v n="$norm" -v v="$ver" 'BEGIN{IGNORECASE=1} {split($0,a,"-"); m=a[1]; gsub(/[-.]/,"_",m); if (tolower(m)==n && a[2]==v) print $0}' | head -1)
-  [ -n "$f" ] || { echo "missing wheel for $pin" >&2; exit 1; }
-  wheels+=("$CACHE/whl/$f")
-done
-echo "${#wheels[@]} wheels"
+  # Exactly the pinned wheels (the cache may hold other versions).
+  mapfile -t pins < <(grep -E '^[A-Za-z0-9_.-]+==' "$req" | sed 's/[[:space:]]*#.*//')
+  wheels=()
+  for pin in "${pins[@]}"; do
+    name=${pin%%==*}; ver=${pin#*==}
+    norm=$(echo "$name" | tr 'A-Z-.' 'a-z__')
+    f=$(ls "$CACHE/whl" | awk -v n="$norm" -v v="$ver" 'BEGIN{IGNORECASE=1} {split($0,a,"-"); m=a[1]; gsub(/[-.]/,"_",m); if (tolower(m)==n && a[2]==v) print $0}' | head -1)
+    [ -n "$f" ] || { echo "missing wheel for $pin" >&2; exit 1; }
+    wheels+=("$CACHE/whl/$f")
+  done
+  echo "${#wheels[@]} wheels"
 
-stage="$CACHE/stage"
-rm -rf "$stage"; mkdir -p "$stage/vsite"
-echo "== install into the staging tree (--no-deps --target) =="
-python3 -m pip install -q --no-deps --no-compile --no-index "${plat[@]}" --target "$stage/vsite" "${wheels[@]}"
-echo "== slim vllm =="
-rm -rf "$stage/vsite/vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so" "$stage/vsite/vllm/vllm-rs" \
-       "$stage/vsite/vllm/third_party/deep_gemm" "$stage/vsite/vllm/third_party/fmha_sm100" \
-       "$stage/vsite/bin"
-find "$stage/vsite" -name __pycache__ -type d -prune -exec rm -rf {} +
-du -sh "$stage/vsite"
-echo "$sha" >"$stage/vsite/.awqgemm-payload"
+  stage="$CACHE/stage"
+  rm -rf "$stage"; mkdir -p "$stage/vsite"
+  echo "== install into the staging tree (--no-deps --target) =="
+  python3 -m pip install -q --no-deps --no-compile --no-index "${plat[@]}" --target "$stage/vsite" "${wheels[@]}"
+  echo "== slim vllm =="
+  rm -rf "$stage/vsite/vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so" "$stage/vsite/vllm/vllm-rs" \
+         "$stage/vsite/vllm/third_party/deep_gemm" "$stage/vsite/vllm/third_party/fmha_sm100" \
+         "$stage/vsite/bin"
+  find "$stage/vsite" -name __pycache__ -type d -prune -exec rm -rf {} +
+  du -sh "$stage/vsite"
+  echo "$sha" >"$stage/vsite/.awqgemm-payload"
 
-echo "== tar | zstd -$LEVEL (minutes) =="
-tar -C "$stage" -cf - vsite | zstd -q -"$LEVEL" --long=27 -T0 -o "$tarball.tmp"
-mv "$tarball.tmp" "$tarball"
-fi
+  echo "== tar | zstd -$LEVEL (minutes) =="
+  tar -C "$stage" -cf - vsite | zstd -q -"$LEVEL" --long=27 -T0 -o "$tarball.tmp"
+  mv "$tarball.tmp" "$tarball"
+}
+[ -s "$tarball" ] || build_tarball
 ls -l "$tarball"
 
 echo "== split into $PART_BYTES-byte parts =="

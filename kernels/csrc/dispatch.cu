@@ -245,8 +245,7 @@ constexpr int64_t kLargeLayerWeights = int64_t{25} << 20;
 
 bool wgmma_auto(int M, int N, int K, int sms) {
   if (M <= 16 || M > 1024) return false;
-  const int64_t weights = static_cast<int64_t>(N) * K;
-  if (M <= 32) return K > 2048 && weights >= kLargeLayerWeights;
+  if (M <= 32) return K > 2048 && static_cast<int64_t>(N) * K >= kLargeLayerWeights;
   if (M < 64) return K > 2048;
   if (M < 256 || M > 384 || K > 2048 || 4 * static_cast<int64_t>(K) >= 7 * static_cast<int64_t>(N)) return true;
   return 2 * ceil_div(N, kWgNT * kTileN) * ceil_div(M, 128) >= sms;
