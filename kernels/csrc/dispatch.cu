@@ -235,7 +235,7 @@ int dense_min_m(Family family) {
 // - 385-1024: v11.1 on every layer. h200-2026-11-30-rule-256-1024 (v11.1 and dequantize + cuBLAS timed at
 //   every point of 256-1024 tokens): this rule's choice over the better of the two 1.000 / 1.010 / 1.002 /
 //   1.002 / 1.002 / 1.011 (geomean) at 256 / 320 / 384 / 512 / 768 / 1024 tokens, where the rule before
-//   (v11.1 from >= 25 Mi weights or 1.5 blocks per SM at 257-512, 1.5 blocks at 513-1024) measured 1.004 /
+//   (v11.1 from >= 25 Mi weights or 1.5 blocks per SM at 257-512, 1.5 blocks at 513-1024) comes to 1.004 /
 //   1.062 / 1.042 / 1.029 / 1.072 / 1.021; worst Qwen2.5-7B TP2 qkv (1.08x at 512, 1.17x at 1024) and TP1
 //   qkv at 1024 (1.12x). The 257-512 part was fitted on h200-2026-11-29-regroup-4wg and held in this run;
 //   768 and 1024 are fitted on this run alone.
